@@ -1,0 +1,44 @@
+# make test: fresh machine -> .venv, lint, types, tests.  make demo: the embedded federation.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test lint typecheck pytest demo bench chromium proto clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's chromium renders report.html in the browser test; installed only when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the report test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: chromium could not be installed; browser tests will fail"; }
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install chromium
+	$(VENV)/bin/pytest -q -n 2
+
+test: lint typecheck pytest
+
+demo: install
+	$(VENV)/bin/xmatch demo --workdir demo-run
+
+bench: install
+	$(VENV)/bin/xmatch bench
+
+proto: install
+	$(PY) -m proto.build
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -1,0 +1,1 @@
+"""Tamper-evident protocol logs: append, verify, reconcile, report."""

@@ -1,0 +1,1 @@
+"""The civil affairs coordinator: rounds, state, eligibility rules, reports."""

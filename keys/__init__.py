@@ -1,0 +1,1 @@
+"""The federation CA, member certificates and key files."""

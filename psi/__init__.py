@@ -1,0 +1,1 @@
+"""Protocol cores: identifiers, keyed-hash and ECDH PSI, transcripts. Pure: no I/O, no gRPC."""

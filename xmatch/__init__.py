@@ -1,0 +1,1 @@
+"""xmatch: the command line, the embedded demo and the benchmark runner."""

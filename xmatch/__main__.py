@@ -1,0 +1,5 @@
+import sys
+
+from xmatch.cli import main
+
+sys.exit(main())

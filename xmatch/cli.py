@@ -1,0 +1,320 @@
+"""The ``xmatch`` command line: the one thin module at the edge.
+
+Subcommands only parse arguments and call into ``keys``, ``nodes``,
+``coordinator``, ``audit`` and ``xmatch.demo``/``xmatch.bench``. Handlers are
+imported when their command runs, so ``xmatch --help`` stays fast and a
+broken optional piece cannot break unrelated commands.
+
+Errors: every expected failure is an :class:`psi.errors.XmatchError`; it is
+printed as one line on stderr and the exit code is 1 (2 for usage errors,
+from argparse). Anything else is a bug: we print its type and where it was
+raised, never its message (which could quote a value), and the traceback only
+with ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from psi.errors import XmatchError
+
+Handler = Callable[[argparse.Namespace], int]
+
+_EPILOG = """\
+A round, end to end:
+  xmatch keys init-ca --dir pki
+  xmatch keys issue --dir pki --name justice --role node
+  xmatch keys issue --dir pki --name civil-affairs --role coordinator
+  xmatch node serve --config justice.toml          # inside the department
+  xmatch round run --config coordinator.toml --out round-1
+  xmatch audit verify logs/*.audit.jsonl
+Or everything on loopback at once:  xmatch demo
+"""
+
+
+def _date(text: str) -> _dt.date:
+    try:
+        return _dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from xmatch.demo import run_demo
+
+    return run_demo(workdir=args.workdir, children=args.children, seed=args.seed)
+
+
+def _cmd_keys_init_ca(args: argparse.Namespace) -> int:
+    from keys.ca import init_ca
+
+    init_ca(args.dir, passphrase=_passphrase(args))
+    print(f"federation CA written to {args.dir / 'ca.crt'} (key {args.dir / 'ca.key'}, mode 0600)")
+    return 0
+
+
+def _cmd_keys_issue(args: argparse.Namespace) -> int:
+    from keys.ca import issue
+
+    issue(args.dir, name=args.name, role=args.role, passphrase=_passphrase(args))
+    print(f"issued {args.role} certificate {args.dir / (args.name + '.crt')}")
+    return 0
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    env = getattr(args, "passphrase_env", None)
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise XmatchError(f"--passphrase-env {env}: the environment variable is not set")
+    return value.encode()
+
+
+def _cmd_node_serve(args: argparse.Namespace) -> int:
+    from nodes.server import serve_from_config
+
+    return serve_from_config(args.config)
+
+
+def _cmd_round_run(args: argparse.Namespace) -> int:
+    from coordinator.round import run_round_command
+
+    return run_round_command(
+        config=args.config, as_of=args.as_of, out=args.out, lang=args.lang, progress=not args.quiet
+    )
+
+
+def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
+    from coordinator.evaluate import evaluate_command
+
+    return evaluate_command(
+        roster=args.roster,
+        evidence=args.evidence,
+        as_of=args.as_of,
+        failed_sources=args.failed_source,
+        out=args.out,
+        lang=args.lang,
+        encoding=args.encoding,
+        report=args.report,
+    )
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from audit.cli import verify_command
+
+    return verify_command(args.logs, ca=args.ca)
+
+
+def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
+    from audit.cli import reconcile_command
+
+    return reconcile_command(args.coordinator_log, args.node_logs, ca=args.ca)
+
+
+def _cmd_audit_report(args: argparse.Namespace) -> int:
+    from audit.cli import report_command
+
+    return report_command(args.logs, json_out=args.json)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from xmatch.bench import run_bench
+
+    return run_bench(
+        sizes=args.sizes,
+        protocols=args.protocol,
+        out=args.out,
+        workers=args.workers,
+        baseline=not args.no_baseline,
+        roster_size=args.roster_size,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmatch",
+        description=(
+            "Privacy-preserving matching for the orphan and de facto unsupported child "
+            "cross-check (内蒙古民政厅等13部门, 2023). Department nodes answer private set "
+            "intersection queries over their own records; civil affairs learns only the "
+            "matches and turns them into eligibility decisions with written reasons."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a synthetic Inner Mongolia federation on loopback, one round, print the summary",
+        description=(
+            "Generates a CA and keys, realistic synthetic department data (police, justice, "
+            "court, disabled persons' federation, medical insurance) and a civil affairs "
+            "roster, starts each node as its own process with mutual TLS on loopback, runs "
+            "one match round with both protocols, and prints decisions by type and matches "
+            "by department. Exits 0 when the round completed."
+        ),
+    )
+    demo.add_argument("--workdir", type=Path, default=Path("demo-run"), help="where everything is written (default: demo-run)")
+    demo.add_argument("--children", type=int, default=2000, help="roster size in children (default: 2000)")
+    demo.add_argument("--seed", type=int, default=2023, help="random seed of the synthetic data (default: 2023)")
+    demo.set_defaults(func=_cmd_demo)
+
+    keys = sub.add_parser("keys", help="federation CA and member certificates").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    init_ca = keys.add_parser(
+        "init-ca",
+        help="create the federation CA (DIR/ca.crt, DIR/ca.key)",
+        description="Creates the federation CA that issues every member's certificate. The key file is mode 0600.",
+    )
+    init_ca.add_argument("--dir", type=Path, required=True, help="folder for ca.crt and ca.key")
+    init_ca.add_argument("--passphrase-env", metavar="VAR", help="encrypt the CA key with the passphrase in this environment variable")
+    init_ca.set_defaults(func=_cmd_keys_init_ca)
+    issue = keys.add_parser(
+        "issue",
+        help="issue a member certificate and key (DIR/NAME.crt, DIR/NAME.key)",
+        description=(
+            "Issues a TLS certificate whose name is the member's identity (for example 'justice' "
+            "or 'civil-affairs') and an Ed25519 key for signing its protocol log checkpoints."
+        ),
+    )
+    issue.add_argument("--dir", type=Path, required=True, help="folder holding the CA; the new files go there too")
+    issue.add_argument("--name", required=True, help="the member's identity, as node.toml / coordinator.toml name it")
+    issue.add_argument("--role", required=True, choices=["node", "coordinator"])
+    issue.add_argument("--passphrase-env", metavar="VAR", help="passphrase (in this environment variable) of the CA key, and for the new key")
+    issue.set_defaults(func=_cmd_keys_issue)
+
+    node = sub.add_parser("node", help="department node").add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    serve = node.add_parser(
+        "serve",
+        help="serve this department's match sets until SIGTERM/SIGINT",
+        description=(
+            "Loads node.toml, checks every match set's source file, and answers PSI queries "
+            "over gRPC with mutual TLS. Records never leave the node: only tags or blinded "
+            "points cross the wire, and only allowed requesters and purposes are served."
+        ),
+    )
+    serve.add_argument("--config", type=Path, required=True, help="node.toml")
+    serve.set_defaults(func=_cmd_node_serve)
+
+    round_ = sub.add_parser("round", help="match rounds (civil affairs)").add_subparsers(
+        dest="round_command", required=True, metavar="ACTION"
+    )
+    run = round_.add_parser(
+        "run",
+        help="run one match round against the configured nodes",
+        description=(
+            "Reads the roster, queries every configured match set on every node concurrently, "
+            "and writes DIR/evidence.csv, DIR/decisions.json and DIR/report.html. A node that "
+            "fails is listed in failed_sources; its children get REVIEW, never EXIT."
+        ),
+    )
+    run.add_argument("--config", type=Path, required=True, help="coordinator.toml")
+    run.add_argument("--as-of", type=_date, default=None, help="evaluation date YYYY-MM-DD (default: today)")
+    run.add_argument("--out", type=Path, required=True, help="output folder (created; written atomically)")
+    run.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the written reasons (default: zh)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=_cmd_round_run)
+
+    rules = sub.add_parser("rules", help="eligibility rules").add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    evaluate = rules.add_parser(
+        "evaluate",
+        help="apply eligibility.md to gathered evidence",
+        description=(
+            "Decides ENROL / CONTINUE / RECLASSIFY / EXIT / REVIEW / NOT_ELIGIBLE for every roster "
+            "row from evidence already gathered (for example received offline). Each "
+            "--failed-source names a match set that could not be queried: then no child exits "
+            "for want of evidence. Invalid identity numbers give REVIEW and are listed on stderr."
+        ),
+    )
+    evaluate.add_argument("--roster", type=Path, required=True, help="roster.csv (UTF-8 or GB18030)")
+    evaluate.add_argument("--evidence", type=Path, required=True, help="evidence.csv (UTF-8 or GB18030)")
+    evaluate.add_argument("--as-of", type=_date, required=True, help="evaluation date YYYY-MM-DD")
+    evaluate.add_argument("--failed-source", action="append", default=[], metavar="NODE/SET", help="a match set that could not be queried (repeatable)")
+    evaluate.add_argument("--out", type=Path, required=True, help="decisions.json to write")
+    evaluate.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the written reasons (default: zh)")
+    evaluate.add_argument("--encoding", choices=["auto", "utf-8", "gb18030"], default="auto", help="input encoding (default: detect)")
+    evaluate.add_argument("--report", type=Path, default=None, help="also write report.html here")
+    evaluate.set_defaults(func=_cmd_rules_evaluate)
+
+    audit = sub.add_parser("audit", help="tamper-evident protocol logs").add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit.add_parser(
+        "verify",
+        help="check hash chains, signatures and checkpoints; exit 0 only if every log is intact",
+        description="Prints OK:/FAIL: per log, naming the first bad entry. Exit 0 all intact, 1 tampering found.",
+    )
+    verify.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    verify.add_argument("--ca", type=Path, default=None, help="federation CA: also check that signing keys were issued by it")
+    verify.set_defaults(func=_cmd_audit_verify)
+    reconcile = audit.add_parser(
+        "reconcile",
+        help="match rounds across the coordinator's and the nodes' logs",
+        description=(
+            "Pairs every round by round id and transcript hash. A round on one side only, or "
+            "with differing hashes, is a finding. Exit 0 no findings, 1 findings, 2 a log failed verification."
+        ),
+    )
+    reconcile.add_argument("coordinator_log", type=Path, metavar="COORD_LOG")
+    reconcile.add_argument("node_logs", nargs="+", type=Path, metavar="NODE_LOG")
+    reconcile.add_argument("--ca", type=Path, default=None, help="federation CA for the signing keys")
+    reconcile.set_defaults(func=_cmd_audit_reconcile)
+    report = audit.add_parser(
+        "report",
+        help="who queried what, when, for which purpose; flags probing patterns",
+        description="Exit 0 nothing flagged, 1 probing patterns flagged.",
+    )
+    report.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    report.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    report.set_defaults(func=_cmd_audit_report)
+
+    bench = sub.add_parser(
+        "bench",
+        help="end-to-end throughput against openmined-psi",
+        description=(
+            "Builds a federation of real processes on loopback with mutual TLS, runs rounds at "
+            "each size for each protocol, runs openmined-psi on the same sets in the same run, "
+            "and writes a table, JSON and a PNG plot to --out."
+        ),
+    )
+    bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="set sizes per side")
+    bench.add_argument("--protocol", nargs="+", choices=["ecdh", "keyed-hash"], default=["ecdh", "keyed-hash"])
+    bench.add_argument("--roster-size", type=int, default=None, help="roster size (default: equal to each size)")
+    bench.add_argument("--workers", type=int, default=None, help="EC worker processes per party (default: all cores)")
+    bench.add_argument("--no-baseline", action="store_true", help="skip openmined-psi")
+    bench.add_argument("--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except XmatchError as exc:
+        print(f"xmatch: error: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("xmatch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say where, never echo the message (it may quote data)
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+        print(f"xmatch: internal error: {type(exc).__name__}{where} (rerun with -v for the traceback)", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
