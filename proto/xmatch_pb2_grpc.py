@@ -5,7 +5,7 @@ import warnings
 
 from proto import xmatch_pb2 as proto_dot_xmatch__pb2
 
-GRPC_GENERATED_VERSION = '1.73.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -33,3 +33,11 @@ def test_stale_code_is_detected(tmp_path: Path) -> None:
 
     assert protoc.main(["grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", str(staged.relative_to(tmp_path))]) == 0
     assert (tmp_path / "proto" / "xmatch_pb2.py").read_bytes() != original["xmatch_pb2.py"]
+
+
+def test_generated_code_loads_on_the_installed_runtime() -> None:
+    # protoc's gencode refuses an older protobuf runtime at import time.
+    from proto import xmatch_pb2, xmatch_pb2_grpc
+
+    assert xmatch_pb2.DESCRIPTOR.package == "xmatch.v1"
+    assert hasattr(xmatch_pb2_grpc, "NodeServicer")
