@@ -62,13 +62,23 @@ def _cmd_keys_init_ca(args: argparse.Namespace) -> int:
 def _cmd_keys_issue(args: argparse.Namespace) -> int:
     from keys.ca import issue
 
-    issue(args.dir, name=args.name, role=args.role, passphrase=_passphrase(args))
+    ca_pass = _passphrase(args)
+    if args.key_passphrase_env:
+        issue(
+            args.dir,
+            name=args.name,
+            role=args.role,
+            passphrase=ca_pass,
+            key_passphrase=_passphrase(args, "key_passphrase_env"),
+        )
+    else:
+        issue(args.dir, name=args.name, role=args.role, passphrase=ca_pass)
     print(f"issued {args.role} certificate {args.dir / (args.name + '.crt')}")
     return 0
 
 
-def _passphrase(args: argparse.Namespace) -> bytes | None:
-    env = getattr(args, "passphrase_env", None)
+def _passphrase(args: argparse.Namespace, option: str = "passphrase_env") -> bytes | None:
+    env = getattr(args, option, None)
     if not env:
         return None
     value = os.environ.get(env)
@@ -103,13 +113,14 @@ def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
         lang=args.lang,
         encoding=args.encoding,
         report=args.report,
+        service_sources=args.service_source,
     )
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from audit.cli import verify_command
 
-    return verify_command(args.logs, ca=args.ca)
+    return verify_command(args.logs, ca=args.ca, strict=args.strict)
 
 
 def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
@@ -121,7 +132,7 @@ def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
 def _cmd_audit_report(args: argparse.Namespace) -> int:
     from audit.cli import report_command
 
-    return report_command(args.logs, json_out=args.json)
+    return report_command(args.logs, json_out=args.json, ca=args.ca)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -174,23 +185,46 @@ def build_parser() -> argparse.ArgumentParser:
     init_ca = keys.add_parser(
         "init-ca",
         help="create the federation CA (DIR/ca.crt, DIR/ca.key)",
-        description="Creates the federation CA that issues every member's certificate. The key file is mode 0600.",
+        description=(
+            "Creates the federation CA (ECDSA P-256, about 10 years) that issues every "
+            "member's certificate. The key file is mode 0600. An existing CA is never overwritten."
+        ),
     )
     init_ca.add_argument("--dir", type=Path, required=True, help="folder for ca.crt and ca.key")
-    init_ca.add_argument("--passphrase-env", metavar="VAR", help="encrypt the CA key with the passphrase in this environment variable")
+    init_ca.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="encrypt the CA key with the passphrase in this environment variable",
+    )
     init_ca.set_defaults(func=_cmd_keys_init_ca)
     issue = keys.add_parser(
         "issue",
         help="issue a member certificate and key (DIR/NAME.crt, DIR/NAME.key)",
         description=(
             "Issues a TLS certificate whose name is the member's identity (for example 'justice' "
-            "or 'civil-affairs') and an Ed25519 key for signing its protocol log checkpoints."
+            "or 'civil-affairs') and an Ed25519 key for signing its protocol log checkpoints "
+            "(DIR/NAME.audit.crt, DIR/NAME.audit.key). Key files are mode 0600."
         ),
     )
-    issue.add_argument("--dir", type=Path, required=True, help="folder holding the CA; the new files go there too")
-    issue.add_argument("--name", required=True, help="the member's identity, as node.toml / coordinator.toml name it")
+    issue.add_argument(
+        "--dir", type=Path, required=True, help="folder holding the CA; the new files go there too"
+    )
+    issue.add_argument(
+        "--name",
+        required=True,
+        help="the member's identity, as node.toml / coordinator.toml name it",
+    )
     issue.add_argument("--role", required=True, choices=["node", "coordinator"])
-    issue.add_argument("--passphrase-env", metavar="VAR", help="passphrase (in this environment variable) of the CA key, and for the new key")
+    issue.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="passphrase (in this environment variable) of the CA key, and for the new keys",
+    )
+    issue.add_argument(
+        "--key-passphrase-env",
+        metavar="VAR",
+        help="encrypt the new keys with this variable's passphrase instead of the CA's",
+    )
     issue.set_defaults(func=_cmd_keys_issue)
 
     node = sub.add_parser("node", help="department node").add_subparsers(dest="node_command", required=True, metavar="ACTION")
@@ -244,36 +278,70 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the written reasons (default: zh)")
     evaluate.add_argument("--encoding", choices=["auto", "utf-8", "gb18030"], default="auto", help="input encoding (default: detect)")
     evaluate.add_argument("--report", type=Path, default=None, help="also write report.html here")
+    evaluate.add_argument(
+        "--service-source",
+        action="append",
+        default=[],
+        metavar="NODE/SET",
+        help=(
+            "a service-coverage match set of this evidence (repeatable), e.g. "
+            "medical_insurance/enrolled: covered children it did not match are coverage gaps, "
+            "even when it matched nobody"
+        ),
+    )
     evaluate.set_defaults(func=_cmd_rules_evaluate)
 
-    audit = sub.add_parser("audit", help="tamper-evident protocol logs").add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit = sub.add_parser("audit", help="tamper-evident protocol logs").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
     verify = audit.add_parser(
         "verify",
         help="check hash chains, signatures and checkpoints; exit 0 only if every log is intact",
-        description="Prints OK:/FAIL: per log, naming the first bad entry. Exit 0 all intact, 1 tampering found.",
+        description=(
+            "Prints OK:/FAIL: per log, naming the bad entries, and WARNING: for an unsigned "
+            "tail. Exit 0 all intact, 1 tampering found. See docs/audit.md."
+        ),
     )
     verify.add_argument("logs", nargs="+", type=Path, metavar="LOG")
-    verify.add_argument("--ca", type=Path, default=None, help="federation CA: also check that signing keys were issued by it")
+    verify.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        help="federation CA: also check that signing keys were issued by it",
+    )
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail a log whose last entries are not covered by a signed checkpoint",
+    )
     verify.set_defaults(func=_cmd_audit_verify)
     reconcile = audit.add_parser(
         "reconcile",
         help="match rounds across the coordinator's and the nodes' logs",
         description=(
             "Pairs every round by round id and transcript hash. A round on one side only, or "
-            "with differing hashes, is a finding. Exit 0 no findings, 1 findings, 2 a log failed verification."
+            "with differing hashes, is a finding. Exit 0 no findings, 1 findings, "
+            "2 a log failed verification."
         ),
     )
     reconcile.add_argument("coordinator_log", type=Path, metavar="COORD_LOG")
     reconcile.add_argument("node_logs", nargs="+", type=Path, metavar="NODE_LOG")
-    reconcile.add_argument("--ca", type=Path, default=None, help="federation CA for the signing keys")
+    reconcile.add_argument(
+        "--ca", type=Path, default=None, help="federation CA for the signing keys"
+    )
     reconcile.set_defaults(func=_cmd_audit_reconcile)
     report = audit.add_parser(
         "report",
         help="who queried what, when, for which purpose; flags probing patterns",
-        description="Exit 0 nothing flagged, 1 probing patterns flagged.",
+        description=(
+            "Verifies the logs, then tabulates rounds per requester, purpose and match set and "
+            "flags tiny, repeated near-identical and burst queries. Exit 0 nothing flagged, "
+            "1 probing patterns flagged, 2 a log failed verification."
+        ),
     )
     report.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     report.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    report.add_argument("--ca", type=Path, default=None, help="federation CA for the signing keys")
     report.set_defaults(func=_cmd_audit_report)
 
     bench = sub.add_parser(

@@ -1,0 +1,190 @@
+"""The ``xmatch audit`` commands: read files, call the pure checks, print, exit.
+
+Exit codes:
+
+- ``verify``: 0 every log intact (warnings allowed; with ``strict`` an unsigned
+  tail fails too), 1 tampering or damage found.
+- ``reconcile``: 0 no findings, 1 findings, 2 a log failed verification.
+- ``report``: 0 nothing flagged, 1 probing patterns flagged, 2 a log failed
+  verification.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from audit.reconcile import reconcile
+from audit.report import AuditReport, build_report
+from audit.verify import LogVerification, check_log
+from psi.errors import InputError
+
+_MAX_LINES = 20
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot read ({exc.strerror})") from exc
+
+
+def _check(
+    logs: Sequence[Path], ca: Path | None, *, strict: bool, out: TextIO
+) -> tuple[list[LogVerification], bool]:
+    """Verify each log, print OK/FAIL/WARNING lines; return results and whether all passed."""
+    ca_pem = _read(ca, "CA certificate") if ca is not None else None
+    results: list[LogVerification] = []
+    all_ok = True
+    for path in logs:
+        result = check_log(_read(path, "protocol log"), name=str(path), ca_pem=ca_pem)
+        results.append(result)
+        failures = list(result.errors)
+        warnings = list(result.warnings)
+        if strict:
+            failures += [w for w in warnings if w.message.startswith("unsigned tail")]
+            warnings = [w for w in warnings if w not in failures]
+        if failures:
+            all_ok = False
+            for finding in failures[:_MAX_LINES]:
+                print(f"FAIL: {path}: {finding.describe()}", file=out)
+            if len(failures) > _MAX_LINES:
+                print(f"FAIL: {path}: … and {len(failures) - _MAX_LINES} more findings", file=out)
+        else:
+            print(f"OK: {path} ({len(result.entries)} entries, party {result.party})", file=out)
+        for finding in warnings[:_MAX_LINES]:
+            print(f"WARNING: {path}: {finding.describe()}", file=out)
+    return results, all_ok
+
+
+def verify_command(
+    logs: Sequence[Path], ca: Path | None = None, *, strict: bool = False, out: TextIO | None = None
+) -> int:
+    """``xmatch audit verify``: 0 if every log is intact, 1 otherwise.
+
+    Raises:
+        InputError: a log or the CA file cannot be read.
+    """
+    _, ok = _check(logs, ca, strict=strict, out=out or sys.stdout)
+    return 0 if ok else 1
+
+
+def reconcile_command(
+    coord_log: Path, node_logs: Sequence[Path], *, ca: Path | None = None, out: TextIO | None = None
+) -> int:
+    """``xmatch audit reconcile``: 0 consistent, 1 findings, 2 a log failed verification.
+
+    Raises:
+        InputError: a log or the CA file cannot be read.
+    """
+    stream = out or sys.stdout
+    results, ok = _check([coord_log, *node_logs], ca, strict=False, out=stream)
+    if not ok:
+        print("FAIL: not reconciling logs that failed verification", file=stream)
+        return 2
+    result = reconcile(results[0], results[1:])
+    for note in result.notes[:_MAX_LINES]:
+        print(f"NOTE: {note.describe()}", file=stream)
+    for finding in result.findings:
+        print(f"FINDING: {finding.describe()}", file=stream)
+    if result.ok:
+        print(f"OK: {result.compared} rounds reconciled across {len(results)} logs", file=stream)
+        return 0
+    print(f"FAIL: {len(result.findings)} findings ({result.compared} rounds compared)", file=stream)
+    return 1
+
+
+def _print_plain(report: AuditReport, out: TextIO) -> None:
+    print(f"{report.queries} rounds", file=out)
+    print(
+        "requester\tpurpose\tmatch set\trounds\tquery total\trefused\tfailed\tfirst\tlast", file=out
+    )
+    for r in report.rows:
+        print(
+            f"{r.requester}\t{r.purpose}\t{r.match_set}\t{r.rounds}\t{r.total_query_size}\t"
+            f"{r.refusals}\t{r.failures}\t{r.first.isoformat()}\t{r.last.isoformat()}",
+            file=out,
+        )
+    for f in report.flags:
+        print(f"FLAG: {f.kind}: {f.requester} / {f.purpose} / {f.match_set}: {f.message}", file=out)
+    if not report.flags:
+        print("OK: no probing patterns", file=out)
+
+
+def _print_rich(report: AuditReport, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out)
+    table = Table(title=f"Protocol-log usage ({report.queries} rounds)")
+    for column in (
+        "requester",
+        "purpose",
+        "match set",
+        "rounds",
+        "query total",
+        "refused",
+        "failed",
+    ):
+        table.add_column(column, justify="right" if column in ("rounds", "query total") else "left")
+    table.add_column("first")
+    table.add_column("last")
+    for r in report.rows:
+        table.add_row(
+            r.requester,
+            r.purpose,
+            r.match_set,
+            str(r.rounds),
+            str(r.total_query_size),
+            str(r.refusals),
+            str(r.failures),
+            r.first.strftime("%Y-%m-%d %H:%M"),
+            r.last.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+    if report.flags:
+        flags = Table(title="Probing flags", style="red")
+        for column in ("kind", "requester", "purpose", "match set", "what", "rounds"):
+            flags.add_column(column)
+        for f in report.flags:
+            flags.add_row(
+                f.kind, f.requester, f.purpose, f.match_set, f.message, str(len(f.round_ids))
+            )
+        console.print(flags)
+    else:
+        console.print("OK: no probing patterns")
+
+
+def report_command(
+    logs: Sequence[Path],
+    *,
+    json_out: Path | None = None,
+    ca: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """``xmatch audit report``: 0 nothing flagged, 1 flags, 2 a log failed verification.
+
+    Raises:
+        InputError: a log or the CA file cannot be read, or ``json_out`` cannot be written.
+    """
+    stream = out or sys.stdout
+    results, ok = _check(logs, ca, strict=False, out=stream)
+    if not ok:
+        print("FAIL: not reporting on logs that failed verification", file=stream)
+        return 2
+    report = build_report(results)
+    if stream.isatty():
+        _print_rich(report, stream)
+    else:
+        _print_plain(report, stream)
+    if json_out is not None:
+        try:
+            Path(json_out).write_text(
+                json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+            )
+        except OSError as exc:
+            raise InputError(f"{json_out}: cannot write ({exc.strerror})") from exc
+    return 1 if report.flags else 0

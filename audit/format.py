@@ -1,0 +1,242 @@
+"""The protocol-log format (version 1): events, fields, line encoding, chain hashing.
+
+A log is UTF-8 text, one JSON object per line, each line ending in ``\\n``. Entry
+``n`` (1-based, equal to its line number) is::
+
+    {"seq": n, "ts": "2025-01-31T08:00:00.123456Z", "party": "justice",
+     "event": "round_finished", "prev": "<hex>", ...fields}
+
+Chain: ``prev`` of entry 1 is :data:`GENESIS`; ``prev`` of entry ``n`` is
+``SHA-256(line n-1)``, hashing the line's bytes without its newline. A line is
+serialized once, by :func:`encode_entry`, and is never re-serialized: every check
+works on the bytes as written (like the leaf hashes of RFC 6962 section 2.1, which
+hash the entry bytes as logged).
+
+Checkpoints: an entry with ``"event": "checkpoint"`` carries ``covers`` (= its
+seq − 1), ``head`` (= its ``prev``), ``key_id`` (hex SHA-256 of the Ed25519 public
+key), ``cert`` (the CA-issued audit certificate, base64 DER) and, last, ``sig``:
+the base64 Ed25519 signature of :data:`CHECKPOINT_DOMAIN` followed by the line up
+to ``,"sig":`` with ``}`` appended. A checkpoint so authenticates every entry
+before it (through ``head``) and its own fields.
+
+What is never logged: identity numbers, names of persons, payload values, keys.
+Field values are restricted to strings, numbers, booleans, null and flat lists of
+those, and :func:`check_fields` refuses any string that looks like an identity
+number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from psi.errors import XmatchError
+
+FORMAT_VERSION: Final = 1
+GENESIS: Final = hashlib.sha256(b"xmatch protocol log v1 genesis").hexdigest()
+"""The ``prev`` of entry 1."""
+CHECKPOINT_DOMAIN: Final = b"xmatch protocol log v1 checkpoint\n"
+"""Prefix of every signed checkpoint message (domain separation)."""
+MAX_LINE: Final = 65536
+"""Longest accepted line in bytes; longer lines are malformed."""
+
+# The event vocabulary.
+CONFIG_LOADED: Final = "config_loaded"
+"""A party loaded its configuration. Fields: ``config`` (file name), ``config_sha256``
+(hex), ``role``, ``match_sets`` (list, nodes), ``nodes`` (list, coordinator)."""
+ROUND_STARTED: Final = "round_started"
+"""A round began. Fields: the round fields below; ``query_size`` when known."""
+ROUND_FINISHED: Final = "round_finished"
+"""A round completed. Fields: the round fields plus ``query_size``, ``set_size`` (the
+padded size class the coordinator saw, or the node's actual size), ``match_count``
+(where the party learns it: not the node in ``ecdh``), ``seconds``, ``outcome``
+(``"ok"``) and ``transcript`` (hex SHA-256 transcript hash, required)."""
+ROUND_FAILED: Final = "round_failed"
+"""A round broke off. Fields: the round fields plus ``reason`` (a short code or
+sentence, never data), ``seconds``, ``outcome`` (``"failed"``)."""
+ROUND_REFUSED: Final = "round_refused"
+"""A node refused a request. Fields: the round fields plus ``reason`` (for example
+``"purpose not allowed"``, ``"query below minimum size"``, ``"budget exhausted"``),
+``query_size``, ``outcome`` (``"refused"``)."""
+KEY_USED: Final = "key_used"
+"""A long-term key was used. Fields: ``key`` (``"tls"``, ``"audit"``), ``use``,
+``round_id`` when it concerns a round."""
+CHECKPOINT: Final = "checkpoint"
+"""Written by the log itself. Fields: ``covers``, ``head``, ``key_id``, ``cert``, ``sig``."""
+SHUTDOWN: Final = "shutdown"
+"""A party stopped. Fields: ``reason`` (``"SIGTERM"``, ``"SIGINT"``, ``"done"``)."""
+
+EVENTS: Final = frozenset(
+    {
+        CONFIG_LOADED,
+        ROUND_STARTED,
+        ROUND_FINISHED,
+        ROUND_FAILED,
+        ROUND_REFUSED,
+        KEY_USED,
+        CHECKPOINT,
+        SHUTDOWN,
+    }
+)
+ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
+TERMINAL_EVENTS: Final = frozenset({ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
+
+ROUND_FIELDS: Final = ("round_id", "requester", "responder", "purpose", "match_set", "protocol")
+"""Every round event carries these: ``round_id`` (32 hex digits), the ``requester``'s
+and ``responder``'s member names, ``purpose``, ``match_set`` and ``protocol``."""
+
+REQUIRED: Final[Mapping[str, frozenset[str]]] = {
+    ROUND_STARTED: frozenset(ROUND_FIELDS) - {"protocol"},
+    ROUND_FINISHED: frozenset(ROUND_FIELDS) | {"transcript"},
+    ROUND_FAILED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
+    ROUND_REFUSED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
+    KEY_USED: frozenset({"key"}),
+}
+"""Fields that :meth:`audit.log.AuditLog.append` requires per event."""
+
+HEX_FIELDS: Final[Mapping[str, int]] = {
+    "round_id": 32,
+    "transcript": 64,
+    "config_sha256": 64,
+    "prev": 64,
+    "head": 64,
+    "key_id": 64,
+}
+"""Fields that must be lower-case hex of exactly this length."""
+
+HEADER: Final = ("seq", "ts", "party", "event", "prev")
+CHECKPOINT_FIELDS: Final = ("covers", "head", "key_id", "cert", "sig")
+RESERVED: Final = frozenset(HEADER) | frozenset(CHECKPOINT_FIELDS)
+
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+HEX = re.compile(r"[0-9a-f]+")
+_SEPARATORS = re.compile(r"[\s\-\u200b-\u200d\u2060\ufeff]+")
+_ID_LIKE = re.compile(r"\d{15}")
+
+Scalar = str | int | float | bool | None
+Value = Scalar | list[Scalar]
+
+
+def looks_like_identity_number(text: str) -> bool:
+    """True if ``text`` contains what could be an identity number (GB 11643).
+
+    That is any run of 15 digits (old 15-digit numbers, and every 18-character
+    number, ``\\d{17}[\\dX]``, contains one), also after the normalization of
+    ``data-contracts.md`` (NFKC, which folds full-width digits; spaces, hyphens and
+    invisible characters removed). Deliberately broad: a false alarm costs a
+    reworded message, a miss leaks a person.
+    """
+    folded = unicodedata.normalize("NFKC", text)
+    return bool(_ID_LIKE.search(folded) or _ID_LIKE.search(_SEPARATORS.sub("", folded)))
+
+
+class IdentityLeak(XmatchError):
+    """A log field looked like an identity number; the entry was not written."""
+
+
+def _check_scalar(name: str, value: object) -> Scalar:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) >= 10**14:
+            raise IdentityLeak(f"log field {name!r}: integer too large to be a size or count")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise XmatchError(f"log field {name!r}: not a finite number")
+        value = round(value, 6)
+        if looks_like_identity_number(repr(value)):
+            raise IdentityLeak(f"log field {name!r}: number looks like an identity number")
+        return value
+    if isinstance(value, str):
+        if name in HEX_FIELDS:
+            if len(value) != HEX_FIELDS[name] or HEX.fullmatch(value) is None:
+                raise XmatchError(
+                    f"log field {name!r}: expected {HEX_FIELDS[name]} lower-case hex digits"
+                )
+            return value
+        if len(value) > 1024:
+            raise XmatchError(f"log field {name!r}: string longer than 1024 characters")
+        if looks_like_identity_number(value):
+            raise IdentityLeak(
+                f"log field {name!r} looks like it holds an identity number; refusing to log it"
+            )
+        return value
+    raise XmatchError(f"log field {name!r}: {type(value).__name__} is not a loggable value")
+
+
+def check_fields(event: str, fields: Mapping[str, object]) -> dict[str, Value]:
+    """Validate an event and its fields for :meth:`audit.log.AuditLog.append`.
+
+    Hex fields (:data:`HEX_FIELDS`) must be exact-length lower-case hex; they are
+    hashes or random ids, so they are exempt from the identity-number guard (a
+    64-digit hash has a 15-digit decimal run by chance about 5% of the time).
+
+    Raises:
+        IdentityLeak: a value looks like an identity number.
+        XmatchError: unknown event, reserved or malformed field name, missing
+            required field, or a value of a type that may not be logged.
+    """
+    if event not in EVENTS or event == CHECKPOINT:
+        shown = repr(event) if isinstance(event, str) and event.isidentifier() else "(not shown)"
+        raise XmatchError(f"unknown log event {shown}")
+    missing = REQUIRED.get(event, frozenset()) - fields.keys()
+    if missing:
+        raise XmatchError(f"log event {event!r} lacks {', '.join(sorted(missing))}")
+    out: dict[str, Value] = {}
+    for name, value in fields.items():
+        if FIELD_NAME.fullmatch(name) is None or looks_like_identity_number(name):
+            raise XmatchError("a log field name is invalid (use [a-z][a-z0-9_]*, at most 64)")
+        if name in RESERVED:
+            raise XmatchError(f"log field name {name!r} is reserved")
+        if isinstance(value, (list, tuple)):
+            out[name] = [_check_scalar(name, item) for item in value]
+        else:
+            out[name] = _check_scalar(name, value)
+    return out
+
+
+def encode_entry(entry: Mapping[str, object]) -> bytes:
+    """The one serialization of an entry: compact JSON, UTF-8, keys in given order, no newline."""
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def line_hash(line: bytes) -> str:
+    """Hex SHA-256 of one line's bytes (without the newline): the next entry's ``prev``."""
+    return hashlib.sha256(line).hexdigest()
+
+
+SIG_MARKER: Final = b',"sig":"'
+
+
+def checkpoint_message(unsigned_line: bytes) -> bytes:
+    """What a checkpoint signs: the domain prefix and the line without its ``sig``."""
+    return CHECKPOINT_DOMAIN + unsigned_line
+
+
+def attach_signature(unsigned_line: bytes, sig_b64: str) -> bytes:
+    """The checkpoint line: ``unsigned_line`` with ``"sig"`` appended as the last key."""
+    if not unsigned_line.endswith(b"}"):
+        raise ValueError("not a JSON object line")
+    return unsigned_line[:-1] + SIG_MARKER + sig_b64.encode() + b'"}'
+
+
+def split_signature(line: bytes) -> tuple[bytes, str] | None:
+    """Inverse of :func:`attach_signature`: ``(unsigned_line, sig_b64)``, or None if absent."""
+    at = line.rfind(SIG_MARKER)
+    if at < 0 or not line.endswith(b'"}'):
+        return None
+    sig = line[at + len(SIG_MARKER) : -2]
+    if b'"' in sig or b"\\" in sig:
+        return None
+    return line[:at] + b"}", sig.decode("ascii", errors="replace")
+
+
+def list_fields(fields: Sequence[str]) -> str:
+    """Comma-separated, for messages."""
+    return ", ".join(fields)

@@ -1,0 +1,202 @@
+"""Reconciling the coordinator's log with the nodes' logs, round by round.
+
+Both sides log every round under the same random round id and record the
+round's transcript hash. A round is keyed by ``(round_id, responder, match_set)``;
+its state on one side is its last terminal event (finished, failed, refused), or
+``incomplete`` if it only started. Run this on logs that passed
+:func:`audit.verify.check_log`: reconciling tampered logs proves nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from audit import format as fmt
+from audit.verify import Entry, LogVerification
+
+RoundKey = tuple[str, str, str]
+"""``(round_id, responder, match_set)``."""
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """One party's view of one round."""
+
+    party: str
+    line: int
+    round_id: str
+    requester: str
+    responder: str
+    match_set: str
+    outcome: str
+    transcript: str | None
+    match_count: int | None
+    query_size: int | None
+
+
+@dataclass(frozen=True)
+class ReconcileFinding:
+    """A discrepancy between logs (``severity="note"``: worth reading, not a finding)."""
+
+    round_id: str
+    message: str
+    severity: str = "finding"
+
+    def describe(self) -> str:
+        """``round <first 12 hex digits>: message``."""
+        return f"round {self.round_id[:12]}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """All discrepancies, and how many rounds were compared on both sides."""
+
+    findings: tuple[ReconcileFinding, ...]
+    notes: tuple[ReconcileFinding, ...]
+    compared: int
+
+    @property
+    def ok(self) -> bool:
+        """No findings (notes allowed)."""
+        return not self.findings
+
+
+def _str(entry: Entry, key: str) -> str:
+    value = entry.fields.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _int(entry: Entry, key: str) -> int | None:
+    value = entry.fields.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _outcome(entry: Entry) -> str:
+    if entry.event == fmt.ROUND_FINISHED:
+        given = entry.fields.get("outcome")
+        return given if isinstance(given, str) else "ok"
+    return {fmt.ROUND_FAILED: "failed", fmt.ROUND_REFUSED: "refused"}.get(entry.event, "incomplete")
+
+
+def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list[ReconcileFinding]]:
+    """Each round's final state in one log, plus findings for round ids used twice."""
+    states: dict[RoundKey, RoundState] = {}
+    terminal_at: dict[RoundKey, int] = {}
+    findings: list[ReconcileFinding] = []
+    for entry in log.entries:
+        if entry.event not in fmt.ROUND_EVENTS:
+            continue
+        key = (_str(entry, "round_id"), _str(entry, "responder"), _str(entry, "match_set"))
+        if entry.event in fmt.TERMINAL_EVENTS:
+            if key in terminal_at:
+                findings.append(
+                    ReconcileFinding(
+                        key[0],
+                        f"{log.party}'s log ends this round twice (entries {terminal_at[key]} and "
+                        f"{entry.line}): a round id was reused",
+                    )
+                )
+            terminal_at[key] = entry.line
+        elif key in states:
+            continue  # a started event after a terminal one is covered by the reuse check
+        states[key] = RoundState(
+            party=entry.party,
+            line=entry.line,
+            round_id=key[0],
+            requester=_str(entry, "requester"),
+            responder=key[1],
+            match_set=key[2],
+            outcome=_outcome(entry),
+            transcript=_str(entry, "transcript") or None,
+            match_count=_int(entry, "match_count"),
+            query_size=_int(entry, "query_size"),
+        )
+    return states, findings
+
+
+def _compare(coord: RoundState, node: RoundState) -> tuple[list[str], list[str]]:
+    """(findings, notes) for one round seen by both sides."""
+    problems: list[str] = []
+    notes: list[str] = []
+    where = f"({coord.party} entry {coord.line}, {node.party} entry {node.line})"
+    if coord.outcome != node.outcome:
+        text = (
+            f"outcome {coord.outcome!r} at {coord.party}, {node.outcome!r} at {node.party} {where}"
+        )
+        # A node's refusal is the coordinator's failure: only ok-versus-not-ok is a finding.
+        (problems if "ok" in (coord.outcome, node.outcome) else notes).append(text)
+    if coord.outcome == node.outcome == "ok":
+        if coord.transcript is None or node.transcript is None:
+            problems.append(f"transcript hash missing on one side {where}")
+        elif not hmac.compare_digest(coord.transcript.encode(), node.transcript.encode()):
+            problems.append(
+                f"transcript hashes differ: {coord.transcript[:16]}… at {coord.party}, "
+                f"{node.transcript[:16]}… at {node.party} {where}"
+            )
+    for label in ("match_count", "query_size"):
+        x, y = getattr(coord, label), getattr(node, label)
+        if x is not None and y is not None and x != y:
+            problems.append(f"{label} {x} at {coord.party}, {y} at {node.party} {where}")
+    return problems, notes
+
+
+def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) -> ReconcileResult:
+    """Pair the coordinator's rounds with each node's by round id.
+
+    Findings: a round the coordinator completed (or was refused) with node X that
+    X's log lacks; a round in X's log for this coordinator that the coordinator's
+    log lacks; a round that one side completed and the other did not; differing
+    transcript hashes, match counts or query sizes; a round id ended twice in one
+    log. Notes: rounds with nodes whose logs were not given, coordinator-side
+    failures that never reached the node, and differing kinds of non-completion
+    (the coordinator logs a node's refusal as its own failure).
+    """
+    coord_party = coordinator.party or ""
+    coord_states, findings = round_states(coordinator)
+    notes: list[ReconcileFinding] = []
+    coord_states = {k: v for k, v in coord_states.items() if v.requester == coord_party}
+    by_party = {log.party: log for log in nodes if log.party}
+    compared = 0
+    node_states: dict[str, dict[RoundKey, RoundState]] = {}
+    for party, log in by_party.items():
+        states, reused = round_states(log)
+        findings.extend(reused)
+        node_states[party] = {
+            k: v for k, v in states.items() if v.requester == coord_party and v.responder == party
+        }
+    for key, coord in sorted(coord_states.items(), key=lambda kv: kv[1].line):
+        if coord.responder not in node_states:
+            notes.append(ReconcileFinding(key[0], f"no log given for {coord.responder!r}", "note"))
+            continue
+        node = node_states[coord.responder].get(key)
+        if node is None:
+            message = (
+                f"in {coord_party}'s log (entry {coord.line}, {coord.outcome}) "
+                f"but not in {coord.responder}'s log"
+            )
+            if coord.outcome in ("failed", "incomplete"):
+                notes.append(
+                    ReconcileFinding(
+                        key[0], message + " (it may never have reached the node)", "note"
+                    )
+                )
+            else:
+                findings.append(ReconcileFinding(key[0], message))
+            continue
+        compared += 1
+        problems, remarks = _compare(coord, node)
+        findings.extend(ReconcileFinding(key[0], problem) for problem in problems)
+        notes.extend(ReconcileFinding(key[0], remark, "note") for remark in remarks)
+    for party, states in node_states.items():
+        for key, node in sorted(states.items(), key=lambda kv: kv[1].line):
+            if key not in coord_states:
+                findings.append(
+                    ReconcileFinding(
+                        key[0],
+                        f"in {party}'s log (entry {node.line}, {node.outcome}) "
+                        f"but not in {coord_party}'s log",
+                    )
+                )
+    return ReconcileResult(tuple(findings), tuple(notes), compared)

@@ -1,0 +1,204 @@
+"""Benchmark: ``xmatch rules evaluate`` end to end on 100k children and 300k evidence rows.
+
+    .venv/bin/python benchmarks/bench_rules.py [--children 100000] [--evidence 300000] [--report]
+
+Generates a synthetic roster and evidence (seeded), then times the command as
+a subprocess: reading both files (ID normalization included), deciding, and
+writing decisions.json. Prints the wall time and the decision counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+
+from psi.identifiers import check_character
+
+REGIONS = ["150102", "150203", "150402", "150502", "150602", "150702", "152201", "152502"]
+CODES = [
+    "DEAD",
+    "MISSING",
+    "SEVERE_DISABILITY",
+    "SEVERE_ILLNESS",
+    "IMPRISONED",
+    "DRUG_REHAB",
+    "OTHER_RESTRICTION",
+    "LOST_CONTACT",
+    "GUARDIANSHIP_REVOKED",
+    "DEPORTED",
+]
+SOURCE = {
+    "DEAD": "police/deaths",
+    "MISSING": "court/declarations",
+    "SEVERE_DISABILITY": "dpf/certificates",
+    "SEVERE_ILLNESS": "health/illness",
+    "IMPRISONED": "justice/custody",
+    "DRUG_REHAB": "police/rehab",
+    "OTHER_RESTRICTION": "police/custody",
+    "LOST_CONTACT": "police/lost_contact",
+    "GUARDIANSHIP_REVOKED": "court/guardianship",
+    "DEPORTED": "police/deportations",
+}
+
+
+def _id(rng: random.Random, born: date) -> str:
+    first17 = f"{rng.choice(REGIONS)}{born:%Y%m%d}{rng.randrange(1000):03d}"
+    return first17 + check_character(first17)
+
+
+def _day(rng: random.Random, start: date, end: date) -> date:
+    return start + timedelta(days=rng.randrange((end - start).days))
+
+
+def generate(folder: Path, *, children: int, evidence: int, seed: int = 2023) -> tuple[Path, Path]:
+    """Write roster.csv and evidence.csv into ``folder``; returns their paths."""
+    rng = random.Random(seed)
+    roster_path, evidence_path = folder / "roster.csv", folder / "evidence.csv"
+    parents: list[str] = []
+    children_ids: list[str] = []
+    with roster_path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "child_id",
+                "child_name",
+                "child_birth_date",
+                "child_sex",
+                "father_id",
+                "mother_id",
+                "status",
+                "category",
+                "foundling",
+                "region_code",
+                "last_check_date",
+            ]
+        )
+        for i in range(children):
+            child = _id(rng, _day(rng, date(2007, 1, 1), date(2026, 10, 1)))
+            father = _id(rng, _day(rng, date(1965, 1, 1), date(1995, 1, 1)))
+            mother = _id(rng, _day(rng, date(1965, 1, 1), date(1995, 1, 1)))
+            parents += [father, mother]
+            children_ids.append(child)
+            supported = rng.random() < 0.7
+            w.writerow(
+                [
+                    child,
+                    f"儿童{i}",
+                    "",
+                    "",
+                    father,
+                    mother,
+                    "supported" if supported else "candidate",
+                    rng.choice(["orphan", "de_facto"]) if supported else "",
+                    "",
+                    child[:6],
+                    _day(rng, date(2025, 1, 1), date(2026, 11, 1)).isoformat() if supported else "",
+                ]
+            )
+    with evidence_path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "person_id",
+                "circumstance",
+                "source",
+                "start_date",
+                "end_date",
+                "disability_category",
+                "disability_grade",
+            ]
+        )
+        for _ in range(evidence):
+            if rng.random() < 0.1:
+                w.writerow(
+                    [
+                        rng.choice(children_ids),
+                        "SERVICE",
+                        "medical_insurance/enrolled",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+                continue
+            code = rng.choice(CODES)
+            start = _day(rng, date(2010, 1, 1), date(2026, 11, 1))
+            end = (
+                ""
+                if rng.random() < 0.5
+                else (start + timedelta(days=rng.randrange(60, 3000))).isoformat()
+            )
+            disabled = code == "SEVERE_DISABILITY"
+            w.writerow(
+                [
+                    rng.choice(parents),
+                    code,
+                    SOURCE[code],
+                    start.isoformat(),
+                    end,
+                    rng.randrange(1, 8) if disabled else "",
+                    rng.randrange(1, 5) if disabled else "",
+                ]
+            )
+    return roster_path, evidence_path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--children", type=int, default=100_000)
+    parser.add_argument("--evidence", type=int, default=300_000)
+    parser.add_argument("--report", action="store_true", help="also render report.html")
+    args = parser.parse_args()
+    xmatch = Path(sys.executable).parent / "xmatch"
+    with tempfile.TemporaryDirectory(prefix="bench-rules-") as tmp:
+        folder = Path(tmp)
+        roster, evidence = generate(folder, children=args.children, evidence=args.evidence)
+        out = folder / "decisions.json"
+        command = [
+            str(xmatch),
+            "rules",
+            "evaluate",
+            "--roster",
+            str(roster),
+            "--evidence",
+            str(evidence),
+            "--as-of",
+            "2026-11-29",
+            "--out",
+            str(out),
+            "--service-source",
+            "medical_insurance/enrolled",
+        ]
+        if args.report:
+            command += ["--report", str(folder / "report.html")]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        document = json.loads(out.read_text(encoding="utf-8"))
+        counts = Counter(d["decision"] for d in document["decisions"])
+        print(
+            f"rules evaluate: {args.children:,} children, {args.evidence:,} evidence rows: "
+            f"{seconds:.2f} s wall, {cpu:.2f} s CPU"
+        )
+        print("decisions:", dict(sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,573 @@
+"""The coordinator's gRPC client: one mutual-TLS channel per department node.
+
+For each configured node: one channel (``grpc.secure_channel`` with the
+federation CA, our certificate and ``ssl_target_name_override`` = the node's
+configured name, so the node's certificate must carry that name), one
+``GetCapabilities`` call (retried with exponential back-off while the node is
+not reachable yet), then one stream per match set with the protocol that
+``coordinator.toml`` names for the node (docs/architecture.md, "Streams").
+
+Streams are a request generator and a response iterator working at once: the
+generator produces tag or blinded-point chunks of at most ``chunk_items``
+identities (16384 by default: 256 KiB of tags, 512 KiB of points; never near
+gRPC's 4 MiB) while the response loop consumes the node's answers.
+
+Every failure becomes a :class:`psi.errors.PeerError` (``Refused`` for a
+refusal) whose ``peer`` is ``node/match_set`` and whose reason is one
+privacy-safe line: ``connection refused at 127.0.0.1:50099``, ``refused:
+purpose not allowed``, ``deadline exceeded after 600 s``, ``stream ended
+early``, ``transcript mismatch``. Retries happen only for transient errors
+before any data was exchanged; a refusal is never retried.
+"""
+
+from __future__ import annotations
+
+import hmac
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.config import NodeEntry
+from proto import xmatch_pb2 as pb
+from proto import xmatch_pb2_grpc as pb_grpc
+from psi.context import RoundContext
+from psi.ecdh import EcdhRequester
+from psi.errors import PeerError, Refused, XmatchError
+from psi.keyed_hash import KeyedHashRequester
+from psi.messages import KeyShare, MatchChunk, PointChunk
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MatchSetResult",
+    "NodeClient",
+    "describe_rpc_error",
+]
+
+#: gRPC send/receive limit of our channels (gRPC's default); chunks stay far below.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Reserved payload key: index of the entry's tag in the psi MatchChunk (nodes.handlers).
+TAG_KEY = "_tag"
+#: Seconds before the first reconnect attempt; doubles each time.
+BACKOFF_SECONDS = 0.5
+#: Room left in a node's ``max_chunk_bytes`` for the psi header and gRPC framing.
+_CHUNK_MARGIN = 4096
+
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+_TLS_WORDS = ("ssl", "tls", "handshake", "certificate", "peer name")
+
+
+def _safe_detail(text: str | None) -> str:
+    """A node's status detail, made fit for our logs: one line, short, no ID."""
+    from audit.format import looks_like_identity_number
+
+    line = " ".join((text or "").split())[:160]
+    if not line or looks_like_identity_number(line):
+        return "no reason given"
+    return line
+
+
+def describe_rpc_error(
+    exc: grpc.RpcError, *, address: str, deadline_seconds: float
+) -> tuple[str, bool, bool]:
+    """Map a gRPC error to ``(reason, refused, transient)``.
+
+    ``transient`` marks errors worth a reconnect (the node is not listening
+    yet); TLS failures and refusals are not.
+    """
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else ""
+    low = (details or "").lower()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if any(word in low for word in _TLS_WORDS):
+            return (f"TLS handshake with {address} failed (certificate not accepted)", False, False)
+        if "refused" in low:
+            return (f"connection refused at {address}", False, True)
+        if "failed to connect" in low or "connect" in low or "dns" in low or "resolve" in low:
+            return (f"cannot connect to {address}", False, True)
+        return (f"node unavailable at {address}: {_safe_detail(details)}", False, True)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"deadline exceeded after {deadline_seconds:g} s", False, False)
+    if code in _REFUSALS:
+        return (f"refused: {_safe_detail(details)}", True, False)
+    if code == grpc.StatusCode.CANCELLED:
+        return ("stream cancelled", False, False)
+    return (f"{code.name.lower()}: {_safe_detail(details)}", False, False)
+
+
+@dataclass
+class MatchSetResult:
+    """What one sub-round learned.
+
+    ``indices`` point into the identities queried, one entry per evidence
+    row (a person with two records of the set appears twice in keyed-hash);
+    ``payloads`` is aligned with it (empty dicts for ecdh, membership only).
+    """
+
+    node: str
+    match_set: str
+    protocol: str
+    circumstance: str
+    indices: npt.NDArray[np.int64]
+    payloads: list[dict[str, str]]
+    transcript: bytes
+    query_size: int
+    set_size: int
+    seconds: float
+
+    @property
+    def source(self) -> str:
+        """``node/match_set``, the evidence ``source``."""
+        return f"{self.node}/{self.match_set}"
+
+    @property
+    def matches(self) -> int:
+        """Number of evidence rows."""
+        return len(self.indices)
+
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class _StreamState:
+    """Shared between the request generator and the response loop."""
+
+    accepted: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    sent_chunks: int = 0
+    sent_items: int = 0
+
+    def wait_accepted(self) -> bool:
+        while not self.accepted.wait(0.05):
+            if self.stop.is_set():
+                return False
+        return not self.stop.is_set()
+
+
+def _records(
+    peer: str, idx: npt.NDArray[np.int64], entries: Sequence[pb.Payload]
+) -> tuple[npt.NDArray[np.int64], list[dict[str, str]]]:
+    """One (identity index, payload) per matched record of a keyed-hash chunk.
+
+    Each payload entry names its tag in the psi chunk with the reserved key
+    ``_tag`` (a person with two records gives two entries for one tag);
+    without it, entries align one to one with the tags.
+
+    Raises:
+        PeerError: a tag index out of range, or entries that do not align.
+    """
+    fields = [dict(p.fields) for p in entries]
+    if not fields:
+        if len(idx):
+            raise PeerError(peer, "matched tags without payload entries")
+        return idx, fields
+    if all(TAG_KEY not in f for f in fields):
+        if len(fields) != len(idx):
+            raise PeerError(peer, "payload count differs from the matched tags")
+        return idx, fields
+    rows = np.empty(len(fields), dtype=np.int64)
+    seen = np.zeros(len(idx), dtype=bool)
+    for i, entry in enumerate(fields):
+        tag = entry.pop(TAG_KEY, "")
+        if not (tag.isascii() and tag.isdigit() and int(tag) < len(idx)):
+            raise PeerError(peer, "payload entry names no matched tag")
+        rows[i] = idx[int(tag)]
+        seen[int(tag)] = True
+    if not seen.all():
+        raise PeerError(peer, "a matched tag has no payload entry")
+    return rows, fields
+
+
+class NodeClient:
+    """One department node: its channel, capabilities and match-set queries.
+
+    Thread-safe: the round runs the node's match sets concurrently on one
+    channel. ``close()`` (or the context manager) closes the channel.
+    """
+
+    def __init__(
+        self,
+        entry: NodeEntry,
+        *,
+        credentials: grpc.ChannelCredentials,
+        chunk_items: int,
+        executor: Executor | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.entry = entry
+        self._chunk_items = chunk_items
+        self._executor = executor
+        self._sleep = sleep
+        self._deadline = time.monotonic() + entry.deadline_seconds
+        self._channel = grpc.secure_channel(
+            entry.address,
+            credentials,
+            options=[
+                ("grpc.ssl_target_name_override", entry.name),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self._stub = pb_grpc.NodeStub(self._channel)
+        self._caps: pb.Capabilities | None = None
+        self._caps_error: PeerError | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (streams still open are cancelled)."""
+        self._channel.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _remaining(self, peer: str) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise PeerError(peer, f"deadline exceeded after {self.entry.deadline_seconds:g} s")
+        return left
+
+    def _error(self, peer: str, exc: grpc.RpcError) -> PeerError:
+        reason, refused, _ = describe_rpc_error(
+            exc, address=self.entry.address, deadline_seconds=self.entry.deadline_seconds
+        )
+        return Refused(peer, reason) if refused else PeerError(peer, reason)
+
+    # -- capabilities ----------------------------------------------------------------------
+
+    def capabilities(self) -> pb.Capabilities:
+        """The node's capabilities for us (fetched once, then cached).
+
+        Transient connection errors are retried ``retries`` times with
+        exponential back-off (0.5 s, 1 s, 2 s, ...) within the deadline.
+
+        Raises:
+            PeerError: unreachable, TLS failure, deadline (peer is the node name).
+            Refused: the node refused us.
+        """
+        with self._lock:
+            if self._caps is not None:
+                return self._caps
+            if self._caps_error is not None:
+                raise self._caps_error
+            peer = self.entry.name
+            attempt = 0
+            while True:
+                try:
+                    caps: pb.Capabilities = self._stub.GetCapabilities(
+                        pb.CapabilitiesRequest(), timeout=min(self._remaining(peer), 30.0)
+                    )
+                    break
+                except grpc.RpcError as exc:
+                    reason, refused, transient = describe_rpc_error(
+                        exc,
+                        address=self.entry.address,
+                        deadline_seconds=self.entry.deadline_seconds,
+                    )
+                    delay = BACKOFF_SECONDS * 2**attempt
+                    if (
+                        transient
+                        and attempt < self.entry.retries
+                        and (time.monotonic() + delay < self._deadline)
+                    ):
+                        attempt += 1
+                        self._sleep(delay)
+                        continue
+                    failure = Refused(peer, reason) if refused else PeerError(peer, reason)
+                    self._caps_error = failure
+                    raise failure from None
+                except PeerError as err:
+                    self._caps_error = err
+                    raise
+            if caps.node and caps.node != self.entry.name:
+                wrong = PeerError(peer, f"answers as {_safe_detail(caps.node)!r}")
+                self._caps_error = wrong
+                raise wrong
+            self._caps = caps
+            return caps
+
+    def match_set_info(self, match_set: str) -> pb.MatchSetInfo:
+        """The capabilities entry for ``match_set``, checked against our protocol.
+
+        Raises:
+            PeerError: as :meth:`capabilities`, with ``peer`` = ``node/match_set``;
+                also when the node does not offer the set or the protocol.
+        """
+        peer = f"{self.entry.name}/{match_set}"
+        try:
+            caps = self.capabilities()
+        except PeerError as exc:
+            raise type(exc)(peer, exc.reason) from None
+        for info in caps.match_sets:
+            if info.name == match_set:
+                if self.entry.protocol not in info.protocols:
+                    raise PeerError(peer, f"protocol {self.entry.protocol} not offered")
+                return info
+        raise Refused(peer, "refused: match set not offered to this requester")
+
+    def _chunk_size(self, width: int) -> int:
+        limit = self._caps.max_chunk_bytes if self._caps and self._caps.max_chunk_bytes else 0
+        if limit:
+            return max(1, min(self._chunk_items, (limit - _CHUNK_MARGIN) // width))
+        return self._chunk_items
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def query(
+        self,
+        match_set: str,
+        *,
+        context: RoundContext,
+        identities: npt.NDArray[np.uint8],
+        progress: ProgressFn | None = None,
+    ) -> MatchSetResult:
+        """Run one sub-round of ``match_set`` with this node's protocol.
+
+        ``identities`` are ``psi.identifiers.encode_identities`` blocks;
+        ``progress`` is called with the number of identities answered so far.
+
+        Raises:
+            PeerError: the node failed, answered out of protocol, or its
+                transcript differs from ours (peer = ``node/match_set``).
+            Refused: the node refused the round.
+        """
+        peer = f"{self.entry.name}/{match_set}"
+        info = self.match_set_info(match_set)
+        started = time.monotonic()
+        try:
+            if self.entry.protocol == "keyed-hash":
+                indices, payloads, transcript, set_size = self._keyed_hash(
+                    peer, context, identities, progress
+                )
+            else:
+                indices, transcript, set_size = self._ecdh(peer, context, identities, progress)
+                payloads = [{} for _ in range(len(indices))]
+        except grpc.RpcError as exc:
+            raise self._error(peer, exc) from None
+        except PeerError:
+            raise
+        except XmatchError as exc:  # ProtocolError, VerificationError, AlreadyUsed
+            raise PeerError(peer, f"out of protocol: {exc.diagnostics()}") from None
+        return MatchSetResult(
+            node=self.entry.name,
+            match_set=match_set,
+            protocol=self.entry.protocol,
+            circumstance=info.circumstance,
+            indices=indices,
+            payloads=payloads,
+            transcript=transcript,
+            query_size=len(identities),
+            set_size=set_size,
+            seconds=time.monotonic() - started,
+        )
+
+    def _start(self, context: RoundContext, size: int, key_share: bytes = b"") -> pb.RoundStart:
+        return pb.RoundStart(context=context.to_bytes(), query_size=size, key_share=key_share)
+
+    @staticmethod
+    def _check_done(peer: str, done: pb.RoundDone, transcript: bytes) -> None:
+        if not hmac.compare_digest(bytes(done.transcript), transcript):
+            raise PeerError(peer, "transcript mismatch")
+
+    def _keyed_hash(
+        self,
+        peer: str,
+        context: RoundContext,
+        identities: npt.NDArray[np.uint8],
+        progress: ProgressFn | None,
+    ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int]:
+        requester = KeyedHashRequester.generate(context)
+        lock = threading.Lock()  # the requester is used from two threads
+        state = _StreamState()
+        step = self._chunk_size(16)
+        total = len(identities)
+
+        def requests() -> Iterator[pb.KeyedHashRequest]:
+            try:
+                yield pb.KeyedHashRequest(
+                    start=self._start(context, total, requester.key_share().to_bytes())
+                )
+                if not state.wait_accepted():
+                    return
+                for lo in range(0, total, step):
+                    if state.stop.is_set():
+                        return
+                    with lock:
+                        chunk = requester.tag(identities[lo : lo + step])
+                    state.sent_chunks += 1
+                    state.sent_items += len(chunk.tags)
+                    yield pb.KeyedHashRequest(tags=chunk.to_bytes())
+                yield pb.KeyedHashRequest(
+                    end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
+                )
+            except BaseException as exc:  # surfaced by the response loop
+                state.error = exc
+                state.stop.set()
+
+        call = self._stub.KeyedHash(requests(), timeout=self._remaining(peer))
+        found: list[npt.NDArray[np.int64]] = []
+        payloads: list[dict[str, str]] = []
+        done: pb.RoundDone | None = None
+        answered = 0
+        seq = 0
+        try:
+            for resp in call:
+                kind = resp.WhichOneof("msg")
+                if kind == "accept" and not state.accepted.is_set():
+                    share = KeyShare.from_bytes(resp.accept.key_share, round_id=context.round_id)
+                    with lock:
+                        requester.agree(share)
+                    state.accepted.set()
+                elif kind == "matches" and state.accepted.is_set() and done is None:
+                    chunk = MatchChunk.from_bytes(
+                        resp.matches.psi, round_id=context.round_id, seq=seq
+                    )
+                    with lock:
+                        idx = requester.resolve(chunk)
+                    rows, fields = _records(peer, idx, resp.matches.payload)
+                    found.append(rows)
+                    payloads.extend(fields)
+                    answered += min(step, total - seq * step)
+                    seq += 1
+                    if progress is not None:
+                        progress(answered)
+                elif kind == "done" and done is None:
+                    done = resp.done
+                else:
+                    raise PeerError(peer, f"unexpected {kind or 'empty'} message")
+        except BaseException:
+            state.stop.set()
+            call.cancel()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            state.stop.set()
+        if state.error is not None:
+            raise state.error
+        if done is None:
+            raise PeerError(peer, "stream ended early")
+        with lock:
+            transcript = requester.finish()
+        self._check_done(peer, done, transcript)
+        indices = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        return indices, payloads, transcript, 0
+
+    def _ecdh(
+        self,
+        peer: str,
+        context: RoundContext,
+        identities: npt.NDArray[np.uint8],
+        progress: ProgressFn | None,
+    ) -> tuple[npt.NDArray[np.int64], bytes, int]:
+        requester = EcdhRequester.generate(context, executor=self._executor)
+        state = _StreamState()
+        step = self._chunk_size(32)
+        total = len(identities)
+        blinded: queue.Queue[PointChunk | None] = queue.Queue(maxsize=2)
+
+        def blind_ahead() -> None:
+            # Blind while the stream waits for the node: EC work runs in the pool.
+            try:
+                for lo in range(0, total, step):
+                    if state.stop.is_set():
+                        return
+                    chunk = requester.blind(identities[lo : lo + step])
+                    while not state.stop.is_set():
+                        try:
+                            blinded.put(chunk, timeout=0.05)
+                            break
+                        except queue.Full:
+                            continue
+                blinded.put(None)
+            except BaseException as exc:
+                state.error = exc
+                state.stop.set()
+
+        def requests() -> Iterator[pb.EcdhRequest]:
+            yield pb.EcdhRequest(start=self._start(context, total))
+            if not state.wait_accepted():
+                return
+            while not state.stop.is_set():
+                try:
+                    chunk = blinded.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if chunk is None:
+                    yield pb.EcdhRequest(
+                        end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
+                    )
+                    return
+                state.sent_chunks += 1
+                state.sent_items += len(chunk)
+                yield pb.EcdhRequest(blinded=chunk.to_bytes())
+
+        blinder = threading.Thread(target=blind_ahead, name=f"blind {peer}", daemon=True)
+        blinder.start()
+        call = self._stub.Ecdh(requests(), timeout=self._remaining(peer))
+        done: pb.RoundDone | None = None
+        set_size = 0
+        answered = 0
+        r_seq = s_seq = 0
+        try:
+            for resp in call:
+                kind = resp.WhichOneof("msg")
+                if kind == "accept" and not state.accepted.is_set():
+                    set_size = int(resp.accept.set_size)
+                    state.accepted.set()
+                elif kind == "reblinded" and state.accepted.is_set():
+                    chunk = PointChunk.from_bytes(
+                        resp.reblinded, stage="reblinded", round_id=context.round_id, seq=r_seq
+                    )
+                    requester.receive_reblinded(chunk)
+                    r_seq += 1
+                    answered += len(chunk)
+                    if progress is not None:
+                        progress(answered)
+                elif kind == "set_points" and state.accepted.is_set():
+                    chunk = PointChunk.from_bytes(
+                        resp.set_points, stage="set", round_id=context.round_id, seq=s_seq
+                    )
+                    requester.receive_responder_set(chunk)
+                    s_seq += 1
+                elif kind == "done" and done is None:
+                    done = resp.done
+                else:
+                    raise PeerError(peer, f"unexpected {kind or 'empty'} message")
+        except BaseException:
+            state.stop.set()
+            call.cancel()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            state.stop.set()
+            blinder.join(timeout=5)
+        if state.error is not None:
+            raise state.error
+        if done is None:
+            raise PeerError(peer, "stream ended early")
+        requester.receive_responder_done(set_size)
+        result = requester.finish()
+        self._check_done(peer, done, result.transcript)
+        return result.matched, result.transcript, result.responder_set_size

@@ -1,0 +1,241 @@
+"""``coordinator.toml``: the civil affairs coordinator's configuration.
+
+The format is binding (data-contracts.md, "Configuration"); the keys marked
+*ours* below are additions documented in ``docs/coordinator.md``:
+
+```toml
+[coordinator]
+name = "civil-affairs"            # must equal the name in our certificate
+ca = "pki/ca.crt"
+cert = "pki/civil-affairs.crt"
+key = "pki/civil-affairs.key"
+audit_log = "logs/civil-affairs.audit.jsonl"
+state = "state/coordinator.sqlite"
+roster = "data/roster.csv"
+purpose = "eligibility-review"
+workers = 2                       # ours: EC worker processes for ecdh (default: CPU count)
+chunk_items = 16384               # ours: identities per stream message (default 16384)
+roster_encoding = "auto"          # ours: auto | utf-8 | gb18030
+audit_key = "pki/civil-affairs.audit.key"  # ours (default: NAME.audit.key beside `key`)
+audit_cert = "pki/civil-affairs.audit.crt" # ours (default: NAME.audit.crt beside `key`)
+
+[[nodes]]
+name = "justice"                  # must equal the name in the node's certificate
+address = "127.0.0.1:50061"
+match_sets = ["custody"]
+protocol = "ecdh"                 # or "keyed-hash"
+deadline_seconds = 600            # ours: whole-node deadline for every sub-round
+retries = 3                       # ours: reconnect attempts before any data was exchanged
+```
+
+Unknown keys are an error naming the key; relative paths resolve against the
+folder of the config file. Every failure is one :class:`psi.errors.ConfigError`
+line that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from psi.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CHUNK_ITEMS",
+    "MAX_CHUNK_ITEMS",
+    "CoordinatorConfig",
+    "CoordinatorSection",
+    "NodeEntry",
+    "Protocol",
+    "load_coordinator_config",
+    "parse_address",
+]
+
+Protocol = Literal["ecdh", "keyed-hash"]
+
+#: Identities per stream message: 16384 x 32-byte points = 512 KiB (ecdh),
+#: 16384 x 16-byte tags = 256 KiB (keyed-hash); far below gRPC's 4 MiB.
+DEFAULT_CHUNK_ITEMS = 16384
+#: 32768 x 32 bytes = 1 MiB, the largest chunk a node accepts (max_chunk_bytes).
+MAX_CHUNK_ITEMS = 32768
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:port``).
+
+    Raises:
+        ValueError: not ``host:port`` with a port in 1..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port with a port in 1..65535")
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
+        raise ValueError("expected host:port with a port in 1..65535")
+    return host, int(port)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = info.context.get("base") if isinstance(info.context, dict) else None
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class CoordinatorSection(_Strict):
+    """``[coordinator]``."""
+
+    name: str = Field(min_length=1)
+    ca: Path
+    cert: Path
+    key: Path
+    audit_log: Path
+    state: Path
+    roster: Path
+    purpose: str = Field(min_length=1)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    chunk_items: int = Field(default=DEFAULT_CHUNK_ITEMS, ge=1, le=MAX_CHUNK_ITEMS)
+    roster_encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
+    audit_key: Path | None = None
+    audit_cert: Path | None = None
+
+    @field_validator("ca", "cert", "key", "audit_log", "state", "roster", "audit_key", "audit_cert")
+    @classmethod
+    def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @property
+    def audit_key_path(self) -> Path:
+        """The Ed25519 log-signing key (default: NAME.audit.key beside ``key``)."""
+        return self.audit_key or self.key.parent / f"{self.name}.audit.key"
+
+    @property
+    def audit_cert_path(self) -> Path:
+        """Its certificate (default: NAME.audit.crt beside ``key``)."""
+        return self.audit_cert or self.key.parent / f"{self.name}.audit.crt"
+
+    @property
+    def ec_workers(self) -> int:
+        """Worker processes for ecdh EC work (``workers`` or the CPU count)."""
+        return self.workers or os.cpu_count() or 1
+
+
+class NodeEntry(_Strict):
+    """One ``[[nodes]]`` entry: a department node and the match sets to query."""
+
+    name: str = Field(min_length=1)
+    address: str
+    match_sets: list[str] = Field(min_length=1)
+    protocol: Protocol
+    deadline_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    retries: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("match_sets")
+    @classmethod
+    def _unique_sets(cls, value: list[str]) -> list[str]:
+        if any(not s.strip() for s in value):
+            raise ValueError("empty match set name")
+        if len(set(value)) != len(value):
+            raise ValueError("a match set is listed twice")
+        return value
+
+
+class CoordinatorConfig(_Strict):
+    """The whole ``coordinator.toml``; ``path`` is where it was loaded from."""
+
+    coordinator: CoordinatorSection
+    nodes: list[NodeEntry] = Field(min_length=1)
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _unique_nodes(self) -> CoordinatorConfig:
+        names = [n.name for n in self.nodes]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"nodes[{i}].name: node {name!r} is configured twice")
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = _location(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {where}"
+    if kind == "missing":
+        return f"missing key {where}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if where == "(top level)":
+        return msg
+    return f"key {where}: {msg}"
+
+
+def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
+    """Read and validate ``coordinator.toml``.
+
+    Relative paths are resolved against the folder of ``path``. Files named
+    by the config are not opened here (the round does, naming them).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not TOML, has an
+            unknown or missing key, or a bad value (for example an address
+            that is not ``host:port``). The one-line message names the file
+            and the key, never a secret.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "path" in data:
+        raise ConfigError(f"{path}: unknown key path")
+    try:
+        config = CoordinatorConfig.model_validate(
+            data, context={"base": path.resolve().parent}
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        more = exc.error_count() - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{path}: {_describe(dict(first))}{suffix}") from None
+    return config.model_copy(update={"path": path})

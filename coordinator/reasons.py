@@ -1,0 +1,322 @@
+"""Written reasons (书面说明理由): one catalogue of templates per language.
+
+A rule in :mod:`coordinator.eligibility` returns :class:`Reason` values: a
+template key and the facts that fill it (a parent, a circumstance, a source,
+dates). Nothing else writes reason text. :func:`render` turns a reason into
+Chinese (the default) or English; every template exists in both languages
+with the same placeholders (a test checks this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal, NamedTuple, Union
+
+from coordinator.records import Category, Circumstance, Decision, Role
+
+Lang = Literal["zh", "en"]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Month:
+    """A calendar month, as in "support stops from November 2026"."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def after(cls, day: date) -> Month:
+        """The month after the one containing ``day`` (次月)."""
+        if day.month == 12:
+            return cls(day.year + 1, 1)
+        return cls(day.year, day.month + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class DisabilityCategory:
+    """A disability certificate's category number (1 视力 ... 7 多重)."""
+
+    number: int
+
+
+Arg = Union[
+    str,
+    int,
+    date,
+    Month,
+    DisabilityCategory,
+    Circumstance,
+    Role,
+    Category,
+    Decision,
+    "Reason",
+    tuple[str, ...],
+]
+
+
+class Reason(NamedTuple):
+    """One written reason: a template key and its arguments, rendered on demand.
+
+    A named tuple rather than a dataclass: a round builds millions of them.
+    """
+
+    key: str
+    args: tuple[tuple[str, Arg], ...] = ()
+
+    def text(self, lang: Lang = "zh") -> str:
+        """This reason in ``lang``."""
+        return render(self, lang)
+
+
+def reason(key: str, **args: Arg) -> Reason:
+    """Build a :class:`Reason`; ``key`` must be in :data:`TEMPLATES`."""
+    if key not in TEMPLATES:
+        raise KeyError(key)
+    return Reason(key, tuple(args.items()))
+
+
+#: key -> (Chinese, English). Placeholders are filled with localized arguments.
+TEMPLATES: dict[str, tuple[str, str]] = {
+    # -- one evidence record (a fact), as is_current describes it --
+    "fact_no_dates": (
+        "{code}({source}),无日期(来源部门已按本轮评估日期筛选)",
+        "{code} ({source}), no dates (the source applied the thresholds)",
+    ),
+    "fact_on": ("{code}({source}),{start}", "{code} ({source}) on {start}"),
+    "fact_since": ("{code}({source}),自{start}起", "{code} ({source}) since {start}"),
+    "fact_since_until": (
+        "{code}({source}),自{start}起至{end}止",
+        "{code} ({source}) since {start}, until {end}",
+    ),
+    "fact_until": ("{code}({source}),至{end}止", "{code} ({source}) until {end}"),
+    "fact_certificate": (
+        "{code}({source}),{grade},残疾人证{start}核发,{expiry}到期",
+        "{code} ({source}), {grade}, certificate issued {start}, expires on {expiry}",
+    ),
+    "grade": ("{category}{grade}级", "grade {grade}, category {category}"),
+    "grade_filtered": (
+        "等级或类别未提供(来源部门已筛选)",
+        "grade or category not given (filtered by the source)",
+    ),
+    # -- a record that does not count on the evaluation date --
+    "lapsed_released": (
+        "{code}({source}),已于{end}期满释放或解除",
+        "{code} ({source}), released on {end}",
+    ),
+    "lapsed_contact_regained": (
+        "{code}({source}),已于{end}恢复联系",
+        "{code} ({source}), contact regained on {end}",
+    ),
+    "lapsed_certificate_expired": (
+        "{code}({source}),{grade},残疾人证已于{end}到期",
+        "{code} ({source}), {grade}, certificate expired on {end}",
+    ),
+    "lapsed_declaration_revoked": (
+        "{code}({source}),宣告已于{end}撤销",
+        "{code} ({source}), declaration revoked on {end}",
+    ),
+    "lapsed_guardianship_restored": (
+        "{code}({source}),已于{end}恢复监护资格",
+        "{code} ({source}), guardianship restored on {end}",
+    ),
+    "lapsed_ended": ("{code}({source}),已于{end}终止", "{code} ({source}), ended on {end}"),
+    "lapsed_term_short": (
+        "{code}({source}),期限{start}至{end}不足6个月",
+        "{code} ({source}), term {start} to {end} is under 6 months",
+    ),
+    "lapsed_not_yet": (
+        "{code}({source}),自{start}起,满6个月即{counts_from}起方可认定",
+        "{code} ({source}) since {start}, counts only from {counts_from}",
+    ),
+    "lapsed_not_started": (
+        "{code}({source}),始于{start},晚于评估日期",
+        "{code} ({source}) begins on {start}, after the evaluation date",
+    ),
+    "lapsed_grade": (
+        "{code}({source}),{grade},不属于重残",
+        "{code} ({source}), {grade}, not a severe disability",
+    ),
+    # -- a parent --
+    "parent_fact": ("{role}:{fact}", "{role}: {fact}"),
+    "parent_no_evidence": (
+        "{role}:无部门报告任何情形",
+        "{role}: no circumstance reported by any source",
+    ),
+    "parent_unknown": (
+        "{role}:花名册无身份证号,情况不明",
+        "{role}: no ID number on the roster (unknown parent)",
+    ),
+    "parent_invalid_id": (
+        "{role}:{column}列身份证号无效({problem}),按情况不明处理",
+        "{role}: the ID number in column {column} is invalid ({problem}); treated as unknown",
+    ),
+    "conflict": (
+        "{role}:数据相互矛盾,{gone},但{custody}在{as_of}仍在执行;请反馈数据提供部门疑义校核",
+        "{role}: conflicting records: {gone}, yet {custody} is in force on {as_of}; "
+        "feed back to the providers for checking (疑义校核)",
+    ),
+    # -- the child --
+    "child_invalid_id": (
+        "{column}列身份证号无效({problem}),请核对后重新评估",
+        "column {column}: invalid identity number ({problem}); correct it and evaluate again",
+    ),
+    "child_no_birth_date": (
+        "无法确定出生日期,请核对花名册",
+        "the birth date is unknown; check the roster",
+    ),
+    "adult": (
+        "已于{birthday}年满18周岁(自{adult_from}起视为成年)",
+        "turned 18 on {birthday} (adult from {adult_from})",
+    ),
+    "child_dead": ("儿童本人:{fact}", "child: {fact}"),
+    "stops_from": (
+        "自{stop}起停发(次月起)",
+        "support stops from {stop} (the month after the change)",
+    ),
+    "foundling": (
+        "弃婴,查找不到生父母,按孤儿认定",
+        "a foundling whose parents cannot be found: an orphan",
+    ),
+    # -- the category and the decision --
+    "meets_category": ("符合{category}认定条件", "meets the category {category}"),
+    "reclassified": ("原认定为{old},现符合{new}", "recorded as {old}, now meets {new}"),
+    "no_category": (
+        "不符合孤儿或事实无人抚养儿童认定条件",
+        "meets neither the orphan nor the de facto unsupported category",
+    ),
+    "no_longer": (
+        "不再符合{old}认定条件:{since}起条件不再成立",
+        "no longer meets the category {old}: the basis ceased on {since}",
+    ),
+    "no_longer_undated": (
+        "不再符合{old}认定条件(截至{as_of})",
+        "no longer meets the category {old} (as of {as_of})",
+    ),
+    "evidence_unavailable": (
+        "证据不全:以下数据源本轮未能查询({sources}),校核期间照常保障",
+        "evidence unavailable: these sources failed this round ({sources}); "
+        "support continues meanwhile",
+    ),
+    "evidence_unavailable_candidate": (
+        "证据不全:以下数据源本轮未能查询({sources})",
+        "evidence unavailable: these sources failed this round ({sources})",
+    ),
+    # -- periodic checks --
+    "check_every": ("每{months}个月核查一次({codes})", "checked every {months} months ({codes})"),
+    "check_new": (
+        "新纳入,自评估日期{as_of}起算",
+        "newly enrolled: counted from the evaluation date {as_of}",
+    ),
+    "check_none_recorded": ("无核查记录,应立即核查", "no check on record: due now"),
+    "check_review": (
+        "待人工复核,按最短周期(6个月)核查",
+        "under review: the shortest interval (6 months) applies",
+    ),
+}
+
+_CIRCUMSTANCE_ZH = {
+    Circumstance.DEAD: "死亡",
+    Circumstance.MISSING: "失踪",
+    Circumstance.SEVERE_DISABILITY: "重残",
+    Circumstance.SEVERE_ILLNESS: "重病",
+    Circumstance.IMPRISONED: "服刑在押",
+    Circumstance.DRUG_REHAB: "强制隔离戒毒",
+    Circumstance.OTHER_RESTRICTION: "被执行其他限制人身自由的措施",
+    Circumstance.LOST_CONTACT: "失联",
+    Circumstance.GUARDIANSHIP_REVOKED: "被撤销监护资格",
+    Circumstance.DEPORTED: "被遣送(驱逐)出境",
+    Circumstance.SERVICE: "服务覆盖",
+}
+_ROLE = {
+    Role.FATHER: ("父亲", "father"),
+    Role.MOTHER: ("母亲", "mother"),
+    Role.CHILD: ("儿童", "child"),
+}
+_CATEGORY = {
+    Category.ORPHAN: ("孤儿", "orphan"),
+    Category.DE_FACTO: ("事实无人抚养儿童", "de facto unsupported child"),
+}
+#: disability categories of the certificate (data-contracts.md)
+DISABILITY_ZH = {1: "视力", 2: "听力", 3: "言语", 4: "肢体", 5: "智力", 6: "精神", 7: "多重"}
+_MONTHS_EN = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_DECISION = {
+    Decision.ENROL: ("新纳入", "enrol"),
+    Decision.CONTINUE: ("继续保障", "continue"),
+    Decision.RECLASSIFY: ("变更类别", "reclassify"),
+    Decision.EXIT: ("退出保障", "exit"),
+    Decision.REVIEW: ("人工复核", "review"),
+    Decision.NOT_ELIGIBLE: ("不符合条件", "not eligible"),
+}
+
+
+def circumstance_name(code: Circumstance, lang: Lang) -> str:
+    """情形 name (zh) or the code (en)."""
+    return _CIRCUMSTANCE_ZH[code] if lang == "zh" else code.value
+
+
+def category_name(category: Category, lang: Lang) -> str:
+    """孤儿 / 事实无人抚养儿童, or the English name."""
+    return _CATEGORY[category][0 if lang == "zh" else 1]
+
+
+def decision_name(decision: Decision, lang: Lang) -> str:
+    """A short label for a decision (新纳入 / enrol ...)."""
+    return _DECISION[decision][0 if lang == "zh" else 1]
+
+
+def month_text(month: Month, lang: Lang) -> str:
+    """2026年11月 / November 2026."""
+    if lang == "zh":
+        return f"{month.year}年{month.month}月"
+    return f"{_MONTHS_EN[month.month - 1]} {month.year}"
+
+
+def date_text(day: date, lang: Lang) -> str:
+    """2026年10月10日 / 2026-10-10."""
+    return f"{day.year}年{day.month}月{day.day}日" if lang == "zh" else day.isoformat()
+
+
+_BY_TYPE: dict[type, Callable[[Any, Lang], str]] = {
+    Circumstance: circumstance_name,
+    Role: lambda value, lang: _ROLE[value][0 if lang == "zh" else 1],
+    Category: category_name,
+    Decision: decision_name,
+    Month: month_text,
+    date: date_text,
+    DisabilityCategory: lambda value, lang: (
+        DISABILITY_ZH.get(value.number, str(value.number)) if lang == "zh" else str(value.number)
+    ),
+    tuple: lambda value, lang: ("、" if lang == "zh" else ", ").join(value),
+}
+
+
+def _localize(value: Arg, lang: Lang) -> str:
+    if type(value) is Reason:
+        return render(value, lang)
+    localize = _BY_TYPE.get(type(value))
+    return str(value) if localize is None else localize(value, lang)
+
+
+def render(item: Reason, lang: Lang = "zh") -> str:
+    """The text of ``item`` in ``lang``.
+
+    Raises:
+        KeyError: the template key or one of its placeholders is missing (a bug).
+    """
+    template = TEMPLATES[item.key][0 if lang == "zh" else 1]
+    return template.format(**{name: _localize(value, lang) for name, value in item.args})

@@ -1,0 +1,647 @@
+"""``xmatch round run``: one match round, from roster to decisions.
+
+Steps (docs/coordinator.md, "A round"):
+
+1. Load ``coordinator.toml``; check that ``--out`` is new or empty; read the
+   roster (each invalid identity number goes to stderr as
+   ``FILE:LINE: column X: problem``); load our TLS identity and audit key.
+   Any failure here is fatal: exit 1, nothing written, no network traffic.
+2. Canonical identity numbers of the children and parents (unique, valid
+   only), encoded once.
+3. Every (node, match set) is a sub-round, all run concurrently in threads,
+   one channel per node, ecdh EC work in one process pool. A sub-round that
+   fails or is refused becomes a ``failed_sources`` entry; the round goes on.
+4. Evidence rows (``source`` = ``node/match_set``), ``decide_all``, and
+   ``evidence.csv``, ``decisions.json``, ``report.html`` written into a
+   temporary sibling of ``--out`` that is renamed into place when complete.
+5. State (SQLite) and protocol-log entries for the round and each sub-round.
+
+Nothing printed or logged holds an identity number or a payload value.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from audit.log import AuditLog
+from coordinator.client import MatchSetResult, NodeClient
+from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.eligibility import RoundDecisions, decide_all
+from coordinator.reasons import Lang
+from coordinator.records import (
+    EVIDENCE_OPTIONAL,
+    Circumstance,
+    EvidenceRow,
+    Roster,
+    read_roster,
+    write_evidence,
+)
+from coordinator.report import Provenance, SourceRun, render_report
+from coordinator.state import RoundState
+from keys.handles import AuditSigner, load_tls_credentials
+from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
+from psi.errors import InputError, PeerError, Refused, XmatchError
+from psi.identifiers import encode_identities
+
+__all__ = [
+    "RoundOutcome",
+    "SubRound",
+    "check_output_folder",
+    "evidence_rows",
+    "query_identities",
+    "run_round",
+    "run_round_command",
+]
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class SubRound:
+    """The outcome of one (node, match set) query."""
+
+    node: str
+    match_set: str
+    protocol: str
+    circumstance: str | None
+    status: str  # "ok" | "failed" | "refused"
+    matches: int
+    seconds: float
+    detail: str
+    transcript: bytes | None = None
+    rows: tuple[EvidenceRow, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """``node/match_set``."""
+        return f"{self.node}/{self.match_set}"
+
+
+@dataclass
+class RoundOutcome:
+    """What :func:`run_round` produced."""
+
+    round_id: str
+    as_of: _dt.date
+    out: Path
+    sub_rounds: list[SubRound]
+    decisions: RoundDecisions
+    evidence: list[EvidenceRow]
+    query_size: int
+    seconds: float
+
+    @property
+    def failed_sources(self) -> list[str]:
+        """The sub-rounds that failed or were refused, as ``node/match_set``."""
+        return [s.source for s in self.sub_rounds if s.status != "ok"]
+
+
+# ---------------------------------------------------------------------------
+# Pieces
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that exists and is not empty (never overwritten).
+
+    Raises:
+        InputError: ``out`` is a file, or a folder with something in it.
+    """
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise InputError(f"{out}: exists and is not a folder; choose another --out")
+        if any(out.iterdir()):
+            raise InputError(
+                f"{out}: folder exists and is not empty; choose a new --out "
+                "(a round never overwrites an earlier round's output)"
+            )
+
+
+def query_identities(roster: Roster) -> list[str]:
+    """The roster's canonical identity numbers (children and parents), unique, sorted.
+
+    Invalid numbers were already set aside by ``read_roster``; children
+    without a number are not queried (departments match identity numbers).
+    """
+    found: set[str] = set()
+    for row in roster.rows:
+        for value in (row.child_id, row.father_id, row.mother_id):
+            if value is not None:
+                found.add(value)
+    return sorted(found)
+
+
+def _payload_date(value: str, name: str) -> _dt.date | None:
+    if not value:
+        return None
+    try:
+        return _dt.date.fromisoformat(value[:10])
+    except ValueError:
+        raise XmatchError(f"payload field {name} is not a YYYY-MM-DD date") from None
+
+
+def _payload_int(value: str, name: str, high: int) -> int | None:
+    text = value.strip()
+    if not text:
+        return None
+    if text.endswith(".0"):
+        text = text[:-2]
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= high):
+        raise XmatchError(f"payload field {name} is not a number from 1 to {high}")
+    return int(text)
+
+
+def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[EvidenceRow, ...]:
+    """One evidence row per match of a sub-round.
+
+    keyed-hash payload fields become the evidence columns of the same name;
+    ecdh matches carry no dates (membership only).
+
+    Raises:
+        XmatchError: an unknown circumstance code, payload field or value
+            (the message names the field, never the value).
+    """
+    try:
+        circumstance = Circumstance(result.circumstance)
+    except ValueError:
+        raise XmatchError("node announced an unknown circumstance code") from None
+    rows: list[EvidenceRow] = []
+    allowed = set(EVIDENCE_OPTIONAL)
+    for index, payload in zip(result.indices.tolist(), result.payloads, strict=True):
+        unknown = set(payload) - allowed
+        if unknown:
+            raise XmatchError(f"payload field {sorted(unknown)[0]!r} is not an evidence column")
+        rows.append(
+            EvidenceRow(
+                person_id=identities[index],
+                circumstance=circumstance,
+                source=result.source,
+                start_date=_payload_date(payload.get("start_date", ""), "start_date"),
+                end_date=_payload_date(payload.get("end_date", ""), "end_date"),
+                disability_category=_payload_int(
+                    payload.get("disability_category", ""), "disability_category", 7
+                ),
+                disability_grade=_payload_int(
+                    payload.get("disability_grade", ""), "disability_grade", 4
+                ),
+            )
+        )
+    return tuple(rows)
+
+
+def _context(
+    config: CoordinatorConfig,
+    round_id: bytes,
+    as_of: _dt.date,
+    node: str,
+    match_set: str,
+    protocol: str,
+) -> RoundContext:
+    proto: Protocol = "ecdh" if protocol == "ecdh" else "keyed-hash"
+    return RoundContext(
+        round_id=round_id,
+        as_of=as_of,
+        purpose=config.coordinator.purpose,
+        requester=config.coordinator.name,
+        responder=node,
+        match_set=match_set,
+        protocol=proto,
+        params=tuple(sorted(DEFAULT_PARAMS[proto])),
+    )
+
+
+class _Progress:
+    """A rich progress display (one task per sub-round), on a terminal only."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._total = total
+        self._bar: object | None = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+
+    @contextmanager
+    def running(self) -> Iterator[_Progress]:
+        from rich.progress import Progress
+
+        if isinstance(self._bar, Progress):
+            with self._bar:
+                yield self
+        else:
+            yield self
+
+    def task(self, name: str) -> tuple[ProgressFn, Callable[[str], None]]:
+        from rich.progress import Progress
+
+        bar = self._bar
+        if not isinstance(bar, Progress):
+            return (lambda _n: None), (lambda _s: None)
+        task_id = bar.add_task(name, total=self._total)
+
+        def advance(n: int) -> None:
+            bar.update(task_id, completed=n)
+
+        def finish(status: str) -> None:
+            bar.update(task_id, completed=self._total, description=f"{name} [{status}]")
+
+        return advance, finish
+
+
+@contextmanager
+def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
+    if not any(n.protocol == "ecdh" for n in config.nodes):
+        yield None
+        return
+    # forkserver: never fork a process that already runs gRPC threads.
+    pool = ProcessPoolExecutor(
+        max_workers=config.coordinator.ec_workers,
+        mp_context=multiprocessing.get_context("forkserver"),
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_output(
+    out: Path,
+    *,
+    evidence: list[EvidenceRow],
+    document: dict[str, object],
+    report: str,
+) -> None:
+    """Write the three files into a temporary sibling folder, then rename it to ``out``."""
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        write_evidence(staging / "evidence.csv", evidence)
+        with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
+            json.dump(document, fh, ensure_ascii=False, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with (staging / "report.html").open("w", encoding="utf-8") as fh:
+            fh.write(report)
+            fh.flush()
+            os.fsync(fh.fileno())
+        check_output_folder(out)  # again: someone may have written there meanwhile
+        if out.is_dir():
+            out.rmdir()
+        os.rename(staging, out)
+        fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# The round
+
+
+def run_round(
+    config: CoordinatorConfig,
+    *,
+    as_of: _dt.date,
+    out: Path,
+    lang: Lang = "zh",
+    progress: bool = False,
+    stderr: TextIO | None = None,
+) -> RoundOutcome:
+    """Run one round as described in the module docstring.
+
+    Raises:
+        InputError: a bad roster, an output folder in use, unreadable keys.
+        ConfigError: our certificate names another member.
+        XmatchError: other fatal problems (audit log, state database).
+        OSError: the output cannot be written.
+    """
+    err = stderr if stderr is not None else sys.stderr
+    started = time.monotonic()
+    section = config.coordinator
+    # (1) everything that can fail on bad input, before any traffic
+    check_output_folder(out)
+    tls = load_tls_credentials(ca=section.ca, cert=section.cert, key=section.key, name=section.name)
+    signer = AuditSigner.load(
+        key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
+    )
+    roster = read_roster(section.roster, encoding=section.roster_encoding, as_of=as_of)
+    for problem in roster.problems:
+        print(problem, file=err)
+    identities = query_identities(roster)
+    if not identities:
+        raise InputError(f"{section.roster}: no valid identity number to query")
+    # (2)
+    encoded = encode_identities(identities)
+    section.audit_log.parent.mkdir(parents=True, exist_ok=True)
+    audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
+    state = RoundState.open(section.state)
+    for stale in state.recovered:
+        print(f"note: round {stale} was interrupted earlier (coordinator stopped)", file=err)
+    round_id = os.urandom(16)
+    rid = round_id.hex()
+    plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
+    try:
+        if config.path is not None:
+            raw = config.path.read_bytes()
+            audit.append(
+                "config_loaded",
+                config=config.path.name,
+                config_sha256=hashlib.sha256(raw).hexdigest(),
+                role="coordinator",
+                nodes=[n.name for n in config.nodes],
+            )
+        state.start_round(
+            rid,
+            as_of=as_of,
+            out_dir=out.resolve(),
+            sub_rounds=[(n.name, ms, n.protocol) for n, ms in plan],
+        )
+        credentials = tls.channel_credentials()
+        display = _Progress(progress, len(identities))
+        results: list[SubRound] = []
+        with _ec_pool(config) as pool, display.running():
+            clients = {
+                n.name: NodeClient(
+                    n, credentials=credentials, chunk_items=section.chunk_items, executor=pool
+                )
+                for n in config.nodes
+            }
+            try:
+                tasks = {(n.name, ms): display.task(f"{n.name}/{ms}") for n, ms in plan}
+
+                def one(node_name: str, match_set: str) -> SubRound:
+                    client = clients[node_name]
+                    entry = client.entry
+                    advance, finish = tasks[(node_name, match_set)]
+                    return _sub_round(
+                        client,
+                        match_set,
+                        context=_context(
+                            config, round_id, as_of, node_name, match_set, entry.protocol
+                        ),
+                        encoded=encoded,
+                        identities=identities,
+                        audit=audit,
+                        state=state,
+                        progress=advance,
+                        finish=finish,
+                    )
+
+                with ThreadPoolExecutor(
+                    max_workers=max(1, len(plan)), thread_name_prefix="sub-round"
+                ) as threads:
+                    futures = [threads.submit(one, n.name, ms) for n, ms in plan]
+                    results = [f.result() for f in futures]
+            finally:
+                for client in clients.values():
+                    client.close()
+        # (4)
+        failed = [s.source for s in results if s.status != "ok"]
+        services = [s.source for s in results if s.circumstance == Circumstance.SERVICE.value]
+        evidence = [row for s in results for row in s.rows]
+        decisions = decide_all(
+            roster,
+            evidence,
+            as_of=as_of,
+            failed_sources=failed,
+            service_sources=services,
+            lang=lang,
+        )
+        seconds = time.monotonic() - started
+        provenance = Provenance(
+            round_id=rid,
+            as_of=as_of,
+            generated_at=_dt.datetime.now(_dt.UTC),
+            sources=tuple(
+                SourceRun(
+                    node=s.node,
+                    match_set=s.match_set,
+                    protocol=s.protocol,
+                    status="ok"
+                    if s.status == "ok"
+                    else "refused"
+                    if s.status == "refused"
+                    else "failed",
+                    matches=s.matches,
+                    seconds=round(s.seconds, 3),
+                    detail=s.detail,
+                )
+                for s in results
+            ),
+            failed_sources=tuple(failed),
+            timings=(("round", seconds),),
+        )
+        _write_output(
+            out,
+            evidence=evidence,
+            document=decisions.to_json(round_id=rid),
+            report=render_report(decisions, provenance=provenance),
+        )
+        # (5)
+        state.finish_round(
+            rid,
+            status="completed",
+            detail=f"{len(failed)} failed source(s)" if failed else None,
+        )
+        return RoundOutcome(
+            round_id=rid,
+            as_of=as_of,
+            out=out,
+            sub_rounds=results,
+            decisions=decisions,
+            evidence=evidence,
+            query_size=len(identities),
+            seconds=seconds,
+        )
+    except BaseException as exc:
+        detail = exc.diagnostics() if isinstance(exc, XmatchError) else type(exc).__name__
+        state.finish_round(rid, status="failed", detail=detail)
+        raise
+    finally:
+        state.close()
+        audit.close()
+
+
+def _sub_round(
+    client: NodeClient,
+    match_set: str,
+    *,
+    context: RoundContext,
+    encoded: npt.NDArray[np.uint8],
+    identities: Sequence[str],
+    audit: AuditLog,
+    state: RoundState,
+    progress: ProgressFn,
+    finish: Callable[[str], None],
+) -> SubRound:
+    """One sub-round; never raises for a node's failure (it is recorded instead)."""
+    entry = client.entry
+    rid = context.round_id_hex
+    common: dict[str, object] = {
+        "round_id": rid,
+        "requester": context.requester,
+        "responder": entry.name,
+        "purpose": context.purpose,
+        "match_set": match_set,
+    }
+    state.sub_round_running(rid, entry.name, match_set)
+    audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))
+    started = time.monotonic()
+    circumstance: str | None = None
+    try:
+        circumstance = client.match_set_info(match_set).circumstance
+        result = client.query(match_set, context=context, identities=encoded, progress=progress)
+        try:
+            rows = evidence_rows(result, identities)
+        except XmatchError as exc:
+            raise PeerError(result.source, f"out of protocol: {exc.diagnostics()}") from None
+    except PeerError as exc:
+        seconds = time.monotonic() - started
+        status = "refused" if isinstance(exc, Refused) else "failed"
+        audit.append(
+            "round_failed",
+            **common,
+            protocol=entry.protocol,
+            reason=exc.reason,
+            seconds=round(seconds, 3),
+            outcome="failed",
+            query_size=len(encoded),
+        )
+        state.finish_sub_round(
+            rid,
+            entry.name,
+            match_set,
+            status="failed",
+            matches=None,
+            seconds=seconds,
+            transcript=None,
+            detail=exc.reason,
+        )
+        finish(status)
+        return SubRound(
+            node=entry.name,
+            match_set=match_set,
+            protocol=entry.protocol,
+            circumstance=circumstance,
+            status=status,
+            matches=0,
+            seconds=seconds,
+            detail=exc.reason,
+        )
+    audit.append(
+        "round_finished",
+        **common,
+        protocol=entry.protocol,
+        transcript=result.transcript.hex(),
+        query_size=len(encoded),
+        set_size=result.set_size or None,
+        match_count=result.matches,
+        seconds=round(result.seconds, 3),
+        outcome="ok",
+    )
+    state.finish_sub_round(
+        rid,
+        entry.name,
+        match_set,
+        status="completed",
+        matches=result.matches,
+        seconds=result.seconds,
+        transcript=result.transcript,
+        detail=None,
+    )
+    finish("ok")
+    detail = f"{result.circumstance}; {result.protocol}"
+    if result.set_size:
+        detail += f"; set size class {result.set_size}"
+    return SubRound(
+        node=entry.name,
+        match_set=match_set,
+        protocol=entry.protocol,
+        circumstance=result.circumstance,
+        status="ok",
+        matches=result.matches,
+        seconds=result.seconds,
+        detail=detail,
+        transcript=result.transcript,
+        rows=rows,
+    )
+
+
+def run_round_command(
+    *,
+    config: Path,
+    as_of: _dt.date | None,
+    out: Path,
+    lang: Lang = "zh",
+    progress: bool = True,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """``xmatch round run``: run the round and print a short summary.
+
+    Returns 0 when the round completed, also with failed sources (each is
+    printed as a warning line on stderr).
+
+    Raises:
+        XmatchError: a fatal input problem (configuration, roster, keys,
+            output folder); nothing is written then.
+    """
+    out_stream = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    cfg = load_coordinator_config(config)
+    outcome = run_round(
+        cfg, as_of=as_of or _dt.date.today(), out=out, lang=lang, progress=progress, stderr=err
+    )
+    for sub in outcome.sub_rounds:
+        if sub.status != "ok":
+            print(
+                f"warning: {sub.source} {sub.status}: {sub.detail} "
+                "(children without a category get REVIEW, not EXIT)",
+                file=err,
+            )
+    counts = outcome.decisions.counts()
+    summary = ", ".join(f"{d.value} {n}" for d, n in sorted(counts.items()))
+    ok = sum(1 for s in outcome.sub_rounds if s.status == "ok")
+    print(
+        f"round {outcome.round_id} as of {outcome.as_of}: {len(outcome.decisions.decisions)} "
+        f"children, {outcome.query_size} identities queried, {ok}/{len(outcome.sub_rounds)} "
+        f"match sets answered, {len(outcome.evidence)} matches in {outcome.seconds:.1f} s",
+        file=out_stream,
+    )
+    print(f"decisions: {summary}", file=out_stream)
+    print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
+    return 0

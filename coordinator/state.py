@@ -1,0 +1,286 @@
+"""The coordinator's round state in SQLite.
+
+One row per round (``rounds``) and one per (node, match set) query of that
+round (``sub_rounds``). The database runs in WAL mode and every state change
+is one transaction, so a coordinator killed at any point leaves a consistent
+file: the round it was running stays ``running`` with the killer's pid, and
+the next :meth:`RoundState.open` marks it ``interrupted``.
+
+Nothing here holds an identity number or a payload value: names, counts,
+timings, transcript hashes and one-line reasons only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from psi.errors import InputError
+
+__all__ = [
+    "RoundRecord",
+    "RoundState",
+    "RoundStatus",
+    "SubRoundRecord",
+    "SubRoundStatus",
+    "pid_alive",
+]
+
+RoundStatus = Literal["running", "completed", "failed", "interrupted"]
+SubRoundStatus = Literal["pending", "running", "completed", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id    TEXT PRIMARY KEY,
+    as_of       TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    status      TEXT NOT NULL
+                CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    out_dir     TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    detail      TEXT
+);
+CREATE TABLE IF NOT EXISTS sub_rounds (
+    round_id   TEXT NOT NULL REFERENCES rounds(round_id),
+    node       TEXT NOT NULL,
+    match_set  TEXT NOT NULL,
+    protocol   TEXT NOT NULL,
+    status     TEXT NOT NULL
+               CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    matches    INTEGER,
+    seconds    REAL,
+    transcript TEXT,
+    detail     TEXT,
+    PRIMARY KEY (round_id, node, match_set)
+);
+CREATE INDEX IF NOT EXISTS rounds_status ON rounds(status);
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One row of ``rounds``."""
+
+    round_id: str
+    as_of: str
+    started_at: str
+    finished_at: str | None
+    status: RoundStatus
+    out_dir: str
+    pid: int
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class SubRoundRecord:
+    """One row of ``sub_rounds``; ``transcript`` is hex."""
+
+    round_id: str
+    node: str
+    match_set: str
+    protocol: str
+    status: SubRoundStatus
+    matches: int | None
+    seconds: float | None
+    transcript: str | None
+    detail: str | None
+
+
+class RoundState:
+    """Round state of one coordinator; safe to share between threads."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.path = path
+        #: Round ids that :meth:`open` marked ``interrupted``.
+        self.recovered: list[str] = []
+
+    @classmethod
+    def open(cls, path: Path) -> RoundState:
+        """Open (creating if needed) the state database at ``path``.
+
+        Rounds left ``running`` by a coordinator process that no longer
+        exists are marked ``interrupted`` (listed in :attr:`recovered`).
+
+        Raises:
+            InputError: the file cannot be created or is not a state database.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise InputError(f"{path}: cannot open the coordinator state ({exc})") from None
+        state = cls(conn, path)
+        state.recovered = state.mark_interrupted()
+        return state
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> RoundState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(sql, params)
+                count = cur.rowcount
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return count
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark ``running`` rounds of dead coordinator processes ``interrupted``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT round_id, pid FROM rounds WHERE status = 'running'"
+            ).fetchall()
+        stale = [rid for rid, pid in rows if pid != os.getpid() and not pid_alive(int(pid))]
+        for rid in stale:
+            self._write(
+                "UPDATE rounds SET status = 'interrupted', finished_at = ?, "
+                "detail = 'coordinator stopped while the round was running' "
+                "WHERE round_id = ? AND status = 'running'",
+                (_now(), rid),
+            )
+        return stale
+
+    def start_round(
+        self,
+        round_id: str,
+        *,
+        as_of: _dt.date,
+        out_dir: Path,
+        sub_rounds: list[tuple[str, str, str]],
+    ) -> None:
+        """Record a new ``running`` round and its ``pending`` sub-rounds
+        ``(node, match_set, protocol)``, in one transaction."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "INSERT INTO rounds (round_id, as_of, started_at, status, out_dir, pid) "
+                    "VALUES (?, ?, ?, 'running', ?, ?)",
+                    (round_id, as_of.isoformat(), _now(), str(out_dir), os.getpid()),
+                )
+                cur.executemany(
+                    "INSERT INTO sub_rounds (round_id, node, match_set, protocol, status) "
+                    "VALUES (?, ?, ?, ?, 'pending')",
+                    [(round_id, n, s, p) for n, s, p in sub_rounds],
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def sub_round_running(self, round_id: str, node: str, match_set: str) -> None:
+        """Mark a sub-round ``running``."""
+        self._write(
+            "UPDATE sub_rounds SET status = 'running' "
+            "WHERE round_id = ? AND node = ? AND match_set = ?",
+            (round_id, node, match_set),
+        )
+
+    def finish_sub_round(
+        self,
+        round_id: str,
+        node: str,
+        match_set: str,
+        *,
+        status: Literal["completed", "failed"],
+        matches: int | None,
+        seconds: float,
+        transcript: bytes | None,
+        detail: str | None,
+    ) -> None:
+        """Record the end of a sub-round."""
+        self._write(
+            "UPDATE sub_rounds SET status = ?, matches = ?, seconds = ?, transcript = ?, "
+            "detail = ? WHERE round_id = ? AND node = ? AND match_set = ?",
+            (
+                status,
+                matches,
+                round(seconds, 3),
+                transcript.hex() if transcript is not None else None,
+                detail,
+                round_id,
+                node,
+                match_set,
+            ),
+        )
+
+    def finish_round(
+        self, round_id: str, *, status: Literal["completed", "failed"], detail: str | None = None
+    ) -> None:
+        """Record the end of a round."""
+        self._write(
+            "UPDATE rounds SET status = ?, finished_at = ?, detail = ? WHERE round_id = ?",
+            (status, _now(), detail, round_id),
+        )
+
+    def get_round(self, round_id: str) -> RoundRecord | None:
+        """The round with this id, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT round_id, as_of, started_at, finished_at, status, out_dir, pid, detail "
+                "FROM rounds WHERE round_id = ?",
+                (round_id,),
+            ).fetchone()
+        return RoundRecord(*row) if row else None
+
+    def rounds(self) -> list[RoundRecord]:
+        """Every round, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT round_id, as_of, started_at, finished_at, status, out_dir, pid, detail "
+                "FROM rounds ORDER BY started_at, rowid"
+            ).fetchall()
+        return [RoundRecord(*r) for r in rows]
+
+    def sub_rounds(self, round_id: str) -> list[SubRoundRecord]:
+        """The sub-rounds of a round, in configuration order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT round_id, node, match_set, protocol, status, matches, seconds, "
+                "transcript, detail FROM sub_rounds WHERE round_id = ? ORDER BY rowid",
+                (round_id,),
+            ).fetchall()
+        return [SubRoundRecord(*r) for r in rows]

@@ -1,0 +1,507 @@
+"""``node.toml``: one department node's configuration.
+
+The format is binding (data-contracts.md, "Configuration"). Keys marked *ours*
+are additions, documented for the department's DBA in ``docs/node.md``:
+
+```toml
+[node]
+name = "justice"                  # must equal the name in the node's certificate
+listen = "127.0.0.1:50061"
+ca = "pki/ca.crt"
+cert = "pki/justice.crt"
+key = "pki/justice.key"
+audit_log = "logs/justice.audit.jsonl"
+audit_key = "pki/justice.audit.key"   # ours (default: NAME.audit.key beside `key`)
+audit_cert = "pki/justice.audit.crt"  # ours (default: NAME.audit.crt beside `key`)
+passphrase_env = "JUSTICE_KEY_PASS"   # ours: env variable holding the key passphrase
+max_concurrent_rounds = 4         # ours: rounds served at once; more wait for a slot
+workers = 2                       # ours: EC worker processes for ecdh (default: CPU count)
+max_chunk_bytes = 1048576         # ours: largest stream message accepted (1 MiB)
+size_classes = [1000, 10000]      # ours: ecdh pads its set up to the next class
+                                  #   (default: psi's classes, >= 1024 in 25 % steps)
+max_future_days = 1               # ours: how far after today a round's as_of may lie
+replay_memory = 100000            # ours: (round id, match set) pairs remembered
+shutdown_grace_seconds = 5        # ours: time running rounds get on SIGTERM
+queue_seconds = 60                # ours: how long a round waits for a free slot
+cache_sets = 4                    # ours: loaded match sets kept in memory
+
+[[match_sets]]
+name = "custody"
+circumstance = "IMPRISONED"
+source = "data/custody.csv"
+id_column = "id_number"
+where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
+payload = ["start_date", "end_date"]
+protocols = ["ecdh", "keyed-hash"]
+allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
+encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
+min_query_size = 100              # ours: smallest roster a requester may send
+budget = { rounds = 50, period = "1d" }  # ours: rounds per requester+purpose per period
+```
+
+Unknown keys are an error naming the key; relative paths resolve against the
+folder of the config file. Every failure is one :class:`psi.errors.ConfigError`
+line that names the file and the key path (``node.toml: match_sets[0].protocols:
+unknown protocol 'foo'``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from psi.ecdh import size_class
+from psi.errors import ConfigError
+
+__all__ = [
+    "CIRCUMSTANCES",
+    "DEFAULT_MAX_CHUNK_BYTES",
+    "PAYLOAD_COLUMNS",
+    "PROTOCOLS",
+    "AllowEntry",
+    "Budget",
+    "MatchSetConfig",
+    "NodeConfig",
+    "NodeSection",
+    "load_node_config",
+    "parse_listen",
+]
+
+#: Eligibility circumstance codes (eligibility.md) plus SERVICE for coverage sets.
+CIRCUMSTANCES = frozenset(
+    {
+        "DEAD",
+        "MISSING",
+        "SEVERE_DISABILITY",
+        "SEVERE_ILLNESS",
+        "IMPRISONED",
+        "DRUG_REHAB",
+        "OTHER_RESTRICTION",
+        "LOST_CONTACT",
+        "GUARDIANSHIP_REVOKED",
+        "DEPORTED",
+        "SERVICE",
+    }
+)
+#: Evidence columns a match may return (data-contracts.md, evidence.csv).
+PAYLOAD_COLUMNS = ("start_date", "end_date", "disability_category", "disability_grade")
+PROTOCOLS = ("ecdh", "keyed-hash")
+#: 1 MiB: 32768 ecdh points or 65536 keyed-hash tags per message.
+DEFAULT_MAX_CHUNK_BYTES = 1 << 20
+
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_PERIOD = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
+_PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split a listen address ``host:port`` (IPv6 as ``[::1]:port``).
+
+    Raises:
+        ValueError: not ``host:port`` with a valid host and a port in 1..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a host:port address with a port in 1..65535: {text!r}")
+    if host.startswith("["):
+        try:
+            if not host.endswith("]"):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"not a valid IPv6 address in brackets: {text!r}") from None
+    elif _HOST.fullmatch(host) is None:
+        raise ValueError(f"not a valid host name or IPv4 address: {text!r}")
+    elif host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"not a valid IPv4 address: {text!r}") from None
+    return host, int(port)
+
+
+def _base(info: ValidationInfo) -> Path | None:
+    ctx = info.context
+    base = ctx.get("base") if isinstance(ctx, dict) else None
+    return base if isinstance(base, Path) else None
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = _base(info)
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = base / value
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Budget(_Strict):
+    """``budget = { rounds = 50, period = "1d" }``: rounds per requester+purpose per period."""
+
+    rounds: int = Field(default=50, ge=1, le=1_000_000)
+    period: str = "1d"
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        if _PERIOD.fullmatch(value) is None:
+            raise ValueError(f"period {value!r}: use a number and m, h, d or w (e.g. '1d')")
+        return value
+
+    @property
+    def seconds(self) -> float:
+        """Length of the period in seconds."""
+        m = _PERIOD.fullmatch(self.period)
+        assert m is not None  # validated
+        return float(int(m.group(1)) * _PERIOD_UNITS[m.group(2)])
+
+
+class AllowEntry(_Strict):
+    """One ``allow`` entry: a requester and the purposes it may query for."""
+
+    requester: str
+    purposes: list[str] = Field(min_length=1)
+
+    @field_validator("requester")
+    @classmethod
+    def _requester(cls, value: str) -> str:
+        if _NAME.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not a member name (lower-case letters, digits, '-')")
+        return value
+
+    @field_validator("purposes")
+    @classmethod
+    def _purposes(cls, value: list[str]) -> list[str]:
+        if any(not p.strip() for p in value):
+            raise ValueError("empty purpose")
+        if len(set(value)) != len(value):
+            raise ValueError("a purpose is listed twice")
+        return value
+
+
+class MatchSetConfig(_Strict):
+    """One ``[[match_sets]]`` entry."""
+
+    name: str
+    circumstance: str
+    source: Path
+    id_column: str = Field(min_length=1)
+    where: str | None = None
+    payload: list[str] = Field(default_factory=list)
+    protocols: list[str] = Field(min_length=1)
+    allow: list[AllowEntry] = Field(min_length=1)
+    encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
+    min_query_size: int = Field(default=100, ge=1)
+    budget: Budget = Field(default_factory=Budget)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if _SET_NAME.fullmatch(value) is None:
+            raise ValueError(f"{value!r}: use letters, digits, '_', '.', '-' (at most 63)")
+        return value
+
+    @field_validator("circumstance")
+    @classmethod
+    def _circumstance(cls, value: str) -> str:
+        if value not in CIRCUMSTANCES:
+            raise ValueError(
+                f"unknown circumstance {value!r}; use one of {', '.join(sorted(CIRCUMSTANCES))}"
+            )
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and ";" in value:
+            raise ValueError("one SQL condition only: ';' is not allowed")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: list[str]) -> list[str]:
+        for col in value:
+            if col not in PAYLOAD_COLUMNS:
+                raise ValueError(
+                    f"unknown payload column {col!r}; use any of {', '.join(PAYLOAD_COLUMNS)}"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("a payload column is listed twice")
+        return value
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, value: list[str]) -> list[str]:
+        for p in value:
+            if p not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {p!r}; use ecdh or keyed-hash")
+        if len(set(value)) != len(value):
+            raise ValueError("a protocol is listed twice")
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[AllowEntry]) -> list[AllowEntry]:
+        names = [a.requester for a in value]
+        if len(set(names)) != len(names):
+            raise ValueError("a requester is listed twice; merge its purposes")
+        return value
+
+    def purposes_for(self, requester: str) -> list[str]:
+        """The purposes ``requester`` may query this set for (empty: not allowed)."""
+        for entry in self.allow:
+            if entry.requester == requester:
+                return list(entry.purposes)
+        return []
+
+
+class NodeSection(_Strict):
+    """``[node]``."""
+
+    name: str
+    listen: str
+    ca: Path
+    cert: Path
+    key: Path
+    audit_log: Path
+    audit_key: Path | None = None
+    audit_cert: Path | None = None
+    passphrase_env: str | None = None
+    max_concurrent_rounds: int = Field(default=4, ge=1, le=256)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    max_chunk_bytes: int = Field(default=DEFAULT_MAX_CHUNK_BYTES, ge=4096, le=3 << 20)
+    size_classes: list[int] | None = None
+    max_future_days: int = Field(default=1, ge=0, le=3660)
+    replay_memory: int = Field(default=100_000, ge=1, le=10_000_000)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
+    queue_seconds: float = Field(default=60.0, ge=0, le=3600)
+    cache_sets: int = Field(default=4, ge=0, le=64)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if _NAME.fullmatch(value) is None:
+            raise ValueError(
+                f"{value!r} is not a member name: 1-63 lower-case letters, digits or '-', "
+                "starting with a letter"
+            )
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("ca", "cert", "key", "audit_log", "audit_key", "audit_cert")
+    @classmethod
+    def _paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @field_validator("size_classes")
+    @classmethod
+    def _classes(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one size class")
+        if any(v < 1 for v in value) or value != sorted(set(value)):
+            raise ValueError("size classes must be positive and strictly increasing")
+        return value
+
+    @property
+    def ec_workers(self) -> int:
+        """EC worker processes for ecdh (``workers`` or the CPU count)."""
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def audit_key_path(self) -> Path:
+        """``audit_key``, or ``NAME.audit.key`` beside the TLS key (as ``keys issue`` writes it)."""
+        return self.audit_key or self.key.with_name(f"{self.name}.audit.key")
+
+    @property
+    def audit_cert_path(self) -> Path:
+        """``audit_cert``, or ``NAME.audit.crt`` beside the TLS key."""
+        return self.audit_cert or self.key.with_name(f"{self.name}.audit.crt")
+
+    def padded_size(self, size: int) -> int:
+        """The size class an ecdh set of ``size`` unique elements is padded to.
+
+        Without ``size_classes``: psi's default classes (at least 1024, then
+        steps of 25 %, :func:`psi.ecdh.size_class`).
+        """
+        if self.size_classes is None:
+            return size_class(size)
+        for c in self.size_classes:
+            if size <= c:
+                return c
+        top = self.size_classes[-1]
+        return -(-size // top) * top
+
+    def max_as_of(self, today: _dt.date) -> _dt.date:
+        """The latest as_of a round may carry when the node's date is ``today``."""
+        return today + _dt.timedelta(days=self.max_future_days)
+
+
+class NodeConfig(_Strict):
+    """The whole ``node.toml``; ``path`` is the file it was read from."""
+
+    node: NodeSection
+    match_sets: list[MatchSetConfig] = Field(min_length=1)
+    _path: Path = PrivateAttr(default=Path("node.toml"))
+
+    @property
+    def path(self) -> Path:
+        """The file this configuration was read from (as given)."""
+        return self._path
+
+    @model_validator(mode="after")
+    def _unique_sets(self) -> NodeConfig:
+        seen: set[str] = set()
+        for i, ms in enumerate(self.match_sets):
+            if ms.name in seen:
+                raise ValueError(f"match_sets[{i}].name: match set {ms.name!r} is defined twice")
+            seen.add(ms.name)
+        return self
+
+    def match_set(self, name: str) -> MatchSetConfig | None:
+        """The match set called ``name``, or None."""
+        for ms in self.match_sets:
+            if ms.name == name:
+                return ms
+        return None
+
+    def key_path(self, name: str) -> str:
+        """``match_sets[i]`` for the set called ``name`` (for messages)."""
+        for i, ms in enumerate(self.match_sets):
+            if ms.name == name:
+                return f"match_sets[{i}]"
+        return "match_sets[?]"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _one_line(label: str, exc: ValidationError) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    # A misspelt key also shows up as a missing one: name the misspelling.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(p for p in err["loc"] if p != "__root__")
+    where = _loc(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return ConfigError(f"{label}: unknown key {where!r}")
+    if kind == "missing":
+        return ConfigError(f"{label}: missing key {where!r}")
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return ConfigError(f"{label}: {where}: {msg}" if where else f"{label}: {msg}")
+
+
+def _shown(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _check_files(cfg: NodeConfig, label: str, base: Path) -> None:
+    node = cfg.node
+    for key in ("ca", "cert", "key"):
+        p: Path = getattr(node, key)
+        if not p.is_file():
+            raise ConfigError(f"{label}: node.{key}: file not found: {_shown(p, base)}")
+    for key, opt in (("audit_key", node.audit_key), ("audit_cert", node.audit_cert)):
+        if opt is not None and not opt.is_file():
+            raise ConfigError(f"{label}: node.{key}: file not found: {_shown(opt, base)}")
+    parent = node.audit_log.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{label}: node.audit_log: not a folder: {_shown(parent, base)}")
+    if node.audit_log.exists() and not node.audit_log.is_file():
+        raise ConfigError(f"{label}: node.audit_log: not a file: {_shown(node.audit_log, base)}")
+    if node.passphrase_env is not None and node.passphrase_env not in os.environ:
+        raise ConfigError(
+            f"{label}: node.passphrase_env: environment variable {node.passphrase_env} is not set"
+        )
+    for i, ms in enumerate(cfg.match_sets):
+        if not ms.source.is_file():
+            raise ConfigError(
+                f"{label}: match_sets[{i}].source: file not found: {_shown(ms.source, base)}"
+            )
+        if ms.source.suffix.lower() not in (".csv", ".parquet", ".pq", ".txt", ".tsv"):
+            raise ConfigError(
+                f"{label}: match_sets[{i}].source: unsupported file type "
+                f"{ms.source.suffix!r}; use .csv or .parquet"
+            )
+
+
+def load_node_config(path: Path | str) -> NodeConfig:
+    """Read and check ``node.toml``.
+
+    Relative paths are resolved against the file's folder; the certificate,
+    key and source files must exist (their contents are checked later, by
+    ``keys`` and :mod:`nodes.matchsets`).
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, has an unknown or
+            missing key, a bad value, or names a file that does not exist. The
+            message is one line naming the file and the key path.
+    """
+    path = Path(path)
+    label = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read ({exc.strerror})") from exc
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: not valid TOML ({exc})") from None
+    base = path.resolve().parent
+    try:
+        cfg = NodeConfig.model_validate(data, context={"base": base})
+    except ValidationError as exc:
+        raise _one_line(label, exc) from None
+    cfg._path = path
+    _check_files(cfg, label, base)
+    return cfg

@@ -1,0 +1,688 @@
+"""What a node does with a request: authorization, probing limits, round drivers.
+
+Plain functions and classes over the psi role objects, testable without gRPC
+(house style 9). The servicer (:mod:`nodes.servicer`) converts proto messages
+to the small event classes here, runs a driver, converts its outputs back, and
+maps the :class:`psi.errors.XmatchError` it raises to a status code.
+
+Authorization (:func:`authorize`), in order; the first failure is a
+:class:`psi.errors.Refused` whose ``reason`` goes into the audit log:
+
+1. the context's requester is the TLS peer;
+2. the context's responder is this node;
+3. the match set exists;
+4. it offers the round's protocol;
+5. the requester is in its ``allow`` list, (6) for this purpose;
+7. the announced query size is at least ``min_query_size``;
+8. ``as_of`` is not more than ``max_future_days`` after today;
+9. the (round id, match set) pair was not seen before (replay);
+10. the requester+purpose still has budget on this match set
+    (:class:`BudgetExhausted`).
+
+Round drivers (:class:`KeyedHashDriver`, :class:`EcdhDriver`) consume a
+stream of :class:`Start` / :class:`Chunk` / :class:`End` events and produce
+:class:`Accept` / :class:`Matches` / :class:`Points` / :class:`Done`. Anything
+out of order (no start first, a second start, a wrong sequence number, more
+identities than announced, counts that do not add up, a message after end) is
+a :class:`psi.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import datetime as _dt
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from nodes.config import Budget, MatchSetConfig, NodeConfig
+from nodes.matchsets import LoadedMatchSet, MatchSetStore
+from psi.context import RoundContext
+from psi.ecdh import EcdhResponder
+from psi.errors import PeerError, ProtocolError, Refused, XmatchError
+from psi.keyed_hash import KeyedHashResponder
+from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, PointChunk, TagChunk
+
+__all__ = [
+    "TAG_KEY",
+    "Accept",
+    "BudgetExhausted",
+    "CapabilityView",
+    "Chunk",
+    "Done",
+    "EcdhDriver",
+    "End",
+    "KeyedHashDriver",
+    "Matches",
+    "NodeBusy",
+    "NodeState",
+    "Points",
+    "QueryBudget",
+    "ReplayGuard",
+    "RoundDriver",
+    "Start",
+    "authorize",
+    "capabilities",
+]
+
+#: Reserved key in each keyed-hash payload entry: index of its tag in the psi MatchChunk.
+TAG_KEY = "_tag"
+#: A requester silent for this long (seconds) fails the round.
+IDLE_SECONDS = 300.0
+#: After ``end``, how long to wait for the requester to close its side, so
+#: that a message after ``end`` is caught. A closing requester costs nothing.
+TRAILING_SECONDS = 0.5
+
+
+class BudgetExhausted(Refused):
+    """The requester+purpose has used its rounds for the period (RESOURCE_EXHAUSTED)."""
+
+
+class NodeBusy(PeerError):
+    """Every round slot stayed busy for ``queue_seconds`` (UNAVAILABLE: retry later)."""
+
+
+# --------------------------------------------------------------------------
+# Probing limits
+
+
+class QueryBudget:
+    """Rounds per (match set, requester, purpose) in a sliding period. Thread-safe.
+
+    ``clock`` returns seconds (monotonic); injected for tests.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._used: dict[tuple[str, str, str], collections.deque[float]] = {}
+
+    def _window(
+        self, key: tuple[str, str, str], budget: Budget, now: float
+    ) -> collections.deque[float]:
+        used = self._used.setdefault(key, collections.deque())
+        while used and used[0] <= now - budget.seconds:
+            used.popleft()
+        return used
+
+    def consume(self, *, match_set: str, requester: str, purpose: str, budget: Budget) -> int:
+        """Take one round from the budget; returns the rounds left in the period.
+
+        Raises:
+            BudgetExhausted: no round left.
+        """
+        key = (match_set, requester, purpose)
+        with self._lock:
+            now = self._clock()
+            used = self._window(key, budget, now)
+            if len(used) >= budget.rounds:
+                raise BudgetExhausted(
+                    requester, f"budget exhausted ({budget.rounds} rounds per {budget.period})"
+                )
+            used.append(now)
+            return budget.rounds - len(used)
+
+    def remaining(self, *, match_set: str, requester: str, purpose: str, budget: Budget) -> int:
+        """Rounds left in the current period."""
+        with self._lock:
+            used = self._window((match_set, requester, purpose), budget, self._clock())
+            return max(0, budget.rounds - len(used))
+
+
+class ReplayGuard:
+    """Remembers the last ``capacity`` (round id, match set) pairs. Thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[tuple[bytes, str], None] = collections.OrderedDict()
+
+    def remember(self, round_id: bytes, match_set: str) -> bool:
+        """Record the pair; False if it was already there (a replay)."""
+        key = (bytes(round_id), match_set)
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+            return True
+
+
+# --------------------------------------------------------------------------
+# Node state
+
+
+@dataclass
+class NodeState:
+    """Everything a node's handlers share: config, match sets, limits, clocks."""
+
+    config: NodeConfig
+    store: MatchSetStore
+    budget: QueryBudget
+    replay: ReplayGuard
+    today: Callable[[], _dt.date] = _dt.date.today
+    rng: Callable[[int], bytes] = os.urandom
+    executor: concurrent.futures.Executor | None = None
+    slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(self.config.node.max_concurrent_rounds)
+
+    @classmethod
+    def create(
+        cls,
+        config: NodeConfig,
+        *,
+        store: MatchSetStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        today: Callable[[], _dt.date] = _dt.date.today,
+        rng: Callable[[int], bytes] = os.urandom,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> NodeState:
+        """A fresh state for ``config`` (new budget and replay memory)."""
+        return cls(
+            config=config,
+            store=store or MatchSetStore(config),
+            budget=QueryBudget(clock=clock),
+            replay=ReplayGuard(config.node.replay_memory),
+            today=today,
+            rng=rng,
+            executor=executor,
+        )
+
+    @contextlib.contextmanager
+    def round_slot(self, peer: str) -> Iterator[None]:
+        """Hold one of ``max_concurrent_rounds`` slots for a round.
+
+        Raises:
+            NodeBusy: no slot became free within ``queue_seconds``.
+        """
+        if not self.slots.acquire(timeout=self.config.node.queue_seconds):
+            raise NodeBusy(peer, "node busy: every round slot is in use; retry later")
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+
+def authorize(
+    config: NodeConfig,
+    peer: str,
+    context: RoundContext,
+    query_size: int,
+    *,
+    budget: QueryBudget,
+    replay: ReplayGuard,
+    today: _dt.date,
+) -> MatchSetConfig:
+    """Decide whether ``peer`` may run the round ``context`` (steps in the module docstring).
+
+    Raises:
+        Refused: steps 1-9, ``reason`` saying which.
+        BudgetExhausted: step 10.
+    """
+    node = config.node
+    # (1)
+    if context.requester != peer:
+        raise Refused(peer, "requester in the round context is not the TLS peer")
+    # (2)
+    if context.responder != node.name:
+        raise Refused(peer, "round is addressed to another node")
+    # (3)
+    ms = config.match_set(context.match_set)
+    if ms is None:
+        raise Refused(peer, "unknown match set")
+    # (4)
+    if context.protocol not in ms.protocols:
+        raise Refused(peer, f"protocol {context.protocol} not offered for this match set")
+    # (5), (6)
+    purposes = ms.purposes_for(peer)
+    if not purposes:
+        raise Refused(peer, "requester not allowed for this match set")
+    if context.purpose not in purposes:
+        raise Refused(peer, "purpose not allowed")
+    # (7)
+    if query_size < ms.min_query_size:
+        raise Refused(peer, f"query below minimum size ({ms.min_query_size})")
+    # (8)
+    if context.as_of > node.max_as_of(today):
+        raise Refused(peer, f"as_of more than {node.max_future_days} day(s) in the future")
+    # (9)
+    if not replay.remember(context.round_id, ms.name):
+        raise Refused(peer, "replayed round id")
+    # (10)
+    budget.consume(match_set=ms.name, requester=peer, purpose=context.purpose, budget=ms.budget)
+    return ms
+
+
+@dataclass(frozen=True)
+class CapabilityView:
+    """One match set as the calling requester may see it."""
+
+    name: str
+    circumstance: str
+    protocols: list[str]
+    payload: list[str]
+    purposes: list[str]
+    min_query_size: int
+
+
+def capabilities(config: NodeConfig, peer: str) -> list[CapabilityView]:
+    """The match sets ``peer`` may query (others are not listed)."""
+    out = []
+    for ms in config.match_sets:
+        purposes = ms.purposes_for(peer)
+        if purposes:
+            out.append(
+                CapabilityView(
+                    name=ms.name,
+                    circumstance=ms.circumstance,
+                    protocols=list(ms.protocols),
+                    payload=list(ms.payload),
+                    purposes=purposes,
+                    min_query_size=ms.min_query_size,
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------
+# Stream events
+
+
+@dataclass(frozen=True)
+class Start:
+    """First requester message: context bytes, announced size, key share (keyed-hash)."""
+
+    context: bytes
+    query_size: int
+    key_share: bytes = b""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A tags (keyed-hash) or blinded (ecdh) chunk, psi bytes."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class End:
+    """Last requester message: how many chunks and identities it sent."""
+
+    chunks: int
+    items: int
+
+
+Event = Start | Chunk | End
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The node accepts: its key share (keyed-hash) or padded set size (ecdh)."""
+
+    key_share: bytes = b""
+    set_size: int = 0
+
+
+@dataclass(frozen=True)
+class Matches:
+    """keyed-hash answer to one tag chunk: psi MatchChunk bytes + one payload per record."""
+
+    psi: bytes
+    payload: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Points:
+    """ecdh points: ``reblinded`` (answering a blinded chunk) or ``set``."""
+
+    stage: Literal["reblinded", "set"]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    """Last node message."""
+
+    matches: int
+    transcript: bytes
+    chunks: int
+
+
+Output = Accept | Matches | Points | Done
+
+
+# --------------------------------------------------------------------------
+# Drivers
+
+_EOF = object()
+
+
+class RoundDriver:
+    """Runs one round over a stream of events; subclasses add the protocol.
+
+    :meth:`run` reads the requests on a helper thread (so that it can notice a
+    message after ``end`` and a silent requester) and yields outputs in exactly
+    the order the psi role object absorbed them into its transcript.
+    ``context``, ``match_set``, ``loaded`` and ``query_size`` are set as soon as
+    known, for the audit log.
+    """
+
+    protocol: str = ""
+
+    def __init__(self, state: NodeState, peer: str) -> None:
+        self.state = state
+        self.peer = peer
+        self.context: RoundContext | None = None
+        self.match_set: MatchSetConfig | None = None
+        self.loaded: LoadedMatchSet | None = None
+        self.query_size = 0
+        self.items = 0
+        self.chunks = 0
+        self.set_size = 0
+        self.match_count: int | None = None
+        self.started = time.monotonic()
+        self._cancel = threading.Event()
+        self._events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._lock = threading.Lock()  # serializes psi calls + outbox appends
+        self._outbox: collections.deque[Output] = collections.deque()
+
+    # -- the common part
+
+    def cancel(self) -> None:
+        """Stop work (the requester went away); :meth:`run` ends with ProtocolError."""
+        self._cancel.set()
+        self._events.put(("cancel", None))
+
+    def _pump(self, requests: Iterable[Event]) -> None:
+        try:
+            for req in requests:
+                self._events.put(("req", req))
+                if self._cancel.is_set():
+                    return
+        except XmatchError as exc:  # a request that could not be converted
+            self._events.put(("error", exc))
+            return
+        except Exception:  # the transport broke off (cancelled stream)
+            self._events.put(("eof", "broken"))
+            return
+        self._events.put(("eof", None))
+
+    def _next(self, timeout: float = IDLE_SECONDS) -> tuple[str, object]:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return ("timeout", None)
+
+    def _emit(self, out: Output) -> None:
+        self._outbox.append(out)
+
+    def _flush(self) -> Iterator[Output]:
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                out = self._outbox.popleft()
+            yield out
+
+    def _check_size(self, data: bytes) -> None:
+        limit = self.state.config.node.max_chunk_bytes
+        if len(data) > limit:
+            raise ProtocolError(f"chunk of {len(data)} bytes exceeds max_chunk_bytes ({limit})")
+
+    def run(self, requests: Iterable[Event]) -> Generator[Output, None, None]:
+        """Drive the round; yields outputs. Closing the generator cancels the round.
+
+        Raises:
+            ProtocolError: out-of-order or malformed message, counts that do not
+                add up, the stream ended early, or the requester fell silent.
+            Refused, BudgetExhausted: from :func:`authorize`.
+            ConfigError: the match set could not be loaded.
+        """
+        pump = threading.Thread(target=self._pump, args=(requests,), daemon=True)
+        pump.start()
+        try:
+            kind, item = self._next()
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            if kind != "req":
+                raise ProtocolError("stream ended before start")
+            if not isinstance(item, Start):
+                raise ProtocolError("a round must begin with start")
+            self._start(item)
+            yield from self._flush()
+            while True:
+                kind, item = self._next()
+                yield from self._flush()
+                if kind == "woken":
+                    continue
+                if kind == "error":
+                    assert isinstance(item, BaseException)
+                    raise item
+                if kind in ("eof", "cancel"):
+                    raise ProtocolError("stream ended before end")
+                if kind == "timeout":
+                    raise ProtocolError(f"requester silent for {IDLE_SECONDS:.0f} s")
+                if isinstance(item, Start):
+                    raise ProtocolError("second start in one round")
+                if isinstance(item, Chunk):
+                    self._check_size(item.data)
+                    self._chunk(item.data)
+                    yield from self._flush()
+                    continue
+                assert isinstance(item, End)
+                yield from self._before_end()
+                if item.chunks != self.chunks or item.items != self.items:
+                    raise ProtocolError(
+                        f"end says {item.chunks} chunks and {item.items} identities, "
+                        f"node received {self.chunks} and {self.items}"
+                    )
+                if self.items != self.query_size:
+                    raise ProtocolError(
+                        f"{self.items} identities sent, {self.query_size} announced at start"
+                    )
+                kind, item = self._next(TRAILING_SECONDS)
+                if kind == "req":
+                    raise ProtocolError("message after end")
+                if kind == "cancel":
+                    raise ProtocolError("round cancelled")
+                if kind == "error":
+                    assert isinstance(item, BaseException)
+                    raise item
+                done = self._finish()
+                yield from self._flush()
+                yield done
+                return
+        finally:
+            self._cancel.set()
+            self._cleanup()
+
+    def _start_common(self, start: Start) -> tuple[RoundContext, LoadedMatchSet]:
+        ctx = RoundContext.from_bytes(start.context)
+        self.context = ctx
+        self.query_size = start.query_size
+        if ctx.protocol != self.protocol:
+            raise ProtocolError(f"{ctx.protocol} round context on the {self.protocol} stream")
+        st = self.state
+        self.match_set = authorize(
+            st.config,
+            self.peer,
+            ctx,
+            start.query_size,
+            budget=st.budget,
+            replay=st.replay,
+            today=st.today(),
+        )
+        self.loaded = st.store.get(self.match_set.name, ctx.as_of)
+        return ctx, self.loaded
+
+    def _count(self, n: int) -> None:
+        self.chunks += 1
+        self.items += n
+        if self.items > self.query_size:
+            raise ProtocolError(f"more identities than announced at start ({self.query_size})")
+
+    # -- protocol hooks
+
+    def _start(self, start: Start) -> None:
+        raise NotImplementedError
+
+    def _chunk(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _before_end(self) -> Iterator[Output]:
+        return iter(())
+
+    def _finish(self) -> Done:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        """Drop round secrets."""
+
+
+class KeyedHashDriver(RoundDriver):
+    """keyed-hash (docs/architecture.md, "Streams"), node side.
+
+    Each matched record gives one payload entry: the allowed payload columns
+    with a value, plus :data:`TAG_KEY`, the index of its tag in the psi
+    MatchChunk (a person with two records gives two entries for one tag).
+    """
+
+    protocol = "keyed-hash"
+
+    def __init__(self, state: NodeState, peer: str) -> None:
+        super().__init__(state, peer)
+        self._responder: KeyedHashResponder | None = None
+        self.match_count = 0
+
+    def _start(self, start: Start) -> None:
+        ctx, loaded = self._start_common(start)
+        responder = KeyedHashResponder.generate(ctx, rng=self.state.rng)
+        responder.agree(KeyShare.from_bytes(start.key_share, round_id=ctx.round_id))
+        responder.load_set(loaded.identities)
+        self._responder = responder
+        self.set_size = len(loaded)
+        self._emit(Accept(key_share=responder.key_share().to_bytes()))
+
+    def _chunk(self, data: bytes) -> None:
+        assert self._responder is not None and self.context is not None
+        assert self.loaded is not None
+        chunk = TagChunk.from_bytes(data, round_id=self.context.round_id, seq=self.chunks)
+        self._count(len(chunk))
+        result = self._responder.match(chunk)
+        assert result.rows is not None and result.row_offsets is not None
+        tag_of_row = np.repeat(
+            np.arange(len(result.tags), dtype=np.int64), np.diff(result.row_offsets)
+        )
+        payload = self.loaded.payload_rows(result.rows)
+        for entry, tag in zip(payload, tag_of_row.tolist(), strict=True):
+            entry[TAG_KEY] = str(tag)
+        assert self.match_count is not None
+        self.match_count += len(result.tags)
+        self._emit(Matches(psi=result.without_rows().to_bytes(), payload=payload))
+
+    def _finish(self) -> Done:
+        assert self._responder is not None and self.match_count is not None
+        transcript = self._responder.finish()
+        self._responder = None
+        return Done(matches=self.match_count, transcript=transcript, chunks=self.chunks)
+
+    def _cleanup(self) -> None:
+        self._responder = None
+
+
+class EcdhDriver(RoundDriver):
+    """ecdh (docs/architecture.md, "Streams"), node side.
+
+    b·H(y) set chunks are computed on a helper thread while the requester
+    streams, and interleaved with the reblinded chunks; the psi lock keeps
+    the send order equal to the transcript order.
+    """
+
+    protocol = "ecdh"
+
+    def __init__(self, state: NodeState, peer: str) -> None:
+        super().__init__(state, peer)
+        self._responder: EcdhResponder | None = None
+        self._producer: threading.Thread | None = None
+        self._set_chunks = 0
+        self._set_done = threading.Event()
+
+    def _start(self, start: Start) -> None:
+        ctx, loaded = self._start_common(start)
+        if start.key_share:
+            raise ProtocolError("ecdh start carries no key share")
+        node = self.state.config.node
+        responder = EcdhResponder.generate(
+            ctx, rng=self.state.rng, executor=self.state.executor, size_classes=node.padded_size
+        )
+        responder.load_set(loaded.identities)
+        self._responder = responder
+        self.set_size = responder.set_size
+        per_chunk = max(1, min(MAX_POINTS_PER_CHUNK, (node.max_chunk_bytes - 64) // 32))
+        chunks = responder.set_chunks(per_chunk)
+        self._emit(Accept(set_size=self.set_size))
+        self._producer = threading.Thread(target=self._produce, args=(chunks,), daemon=True)
+        self._producer.start()
+
+    def _produce(self, chunks: Iterator[PointChunk]) -> None:
+        try:
+            while not self._cancel.is_set():
+                with self._lock:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    self._set_chunks += 1
+                    self._emit(Points(stage="set", data=chunk.to_bytes()))
+                self._events.put(("woken", None))
+        except Exception as exc:  # surfaced by run()
+            self._events.put(("error", exc))
+        finally:
+            self._set_done.set()
+            self._events.put(("woken", None))
+
+    def _chunk(self, data: bytes) -> None:
+        assert self._responder is not None and self.context is not None
+        chunk = PointChunk.from_bytes(
+            data, stage="blinded", round_id=self.context.round_id, seq=self.chunks
+        )
+        self._count(len(chunk))
+        with self._lock:
+            out = self._responder.reblind(chunk)
+            self._emit(Points(stage="reblinded", data=out.to_bytes()))
+
+    def _before_end(self) -> Iterator[Output]:
+        while not self._set_done.is_set():
+            kind, item = self._next()
+            yield from self._flush()
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            if kind == "req":
+                raise ProtocolError("message after end")
+            if kind in ("cancel", "timeout"):
+                raise ProtocolError("round cancelled while sending the set")
+        yield from self._flush()
+
+    def _finish(self) -> Done:
+        assert self._responder is not None
+        with self._lock:
+            transcript = self._responder.finish()
+        self._responder = None
+        return Done(matches=0, transcript=transcript, chunks=self._set_chunks)
+
+    def _cleanup(self) -> None:
+        if self._producer is not None:
+            self._producer.join(timeout=30)
+        self._responder = None

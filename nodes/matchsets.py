@@ -1,0 +1,399 @@
+"""Loading a match set for one round's evaluation date, with DuckDB.
+
+For a match set of ``node.toml`` and a round's ``as_of`` this runs, inside the
+node::
+
+    SELECT <id_column>, <payload columns>
+    FROM read_csv(<source>) | read_parquet(<source>)
+    WHERE <where>                -- $as_of bound as a DATE named parameter
+
+then normalizes the identity numbers (:func:`psi.identifiers.normalize_id_column`
+with ``today=as_of``) and encodes them as 16-byte blocks. Rows whose number is
+invalid, or whose payload value is malformed, are dropped and *counted by
+reason*; their values are never logged or put into a message.
+
+Safety: ``where`` is the DBA's SQL and is inserted as written (it is the node's
+own configuration), but it runs on a DuckDB connection that can read only the
+source file (``enable_external_access = false`` with ``allowed_paths``, then the
+configuration is locked), so it cannot read other files, write, or load
+extensions. ``$as_of`` is always a bound parameter, never substituted text.
+
+CSV: DuckDB detects column types (so ``where`` can compare dates), except the
+id column, which is forced to VARCHAR so that numbers keep their leading
+digits and ``X``. GB18030 files (what Chinese spreadsheet software writes) are
+transcoded to a private temporary UTF-8 file first, in a streaming pass.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import datetime as _dt
+import os
+import tempfile
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+
+from nodes.config import MatchSetConfig, NodeConfig
+from psi.errors import ConfigError
+from psi.identifiers import encode_identities, normalize_id_column
+
+__all__ = [
+    "LoadedMatchSet",
+    "MatchSetStore",
+    "detect_encoding",
+    "load_match_set",
+]
+
+_BLOCK = 1 << 20
+_DATE_COLUMNS = frozenset({"start_date", "end_date"})
+_ALLOWED_CODES: Mapping[str, frozenset[str]] = {
+    "disability_category": frozenset({"", *map(str, range(1, 8))}),
+    "disability_grade": frozenset({"", *map(str, range(1, 5))}),
+}
+_PARQUET = frozenset({".parquet", ".pq"})
+_TEXT_TYPES = ("VARCHAR",)
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+# DuckDB errors whose first line names only SQL or column names, never values.
+_SAFE_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedMatchSet:
+    """One match set as of one date, ready for a round.
+
+    ``identities`` is ``(n, 16)`` uint8 (psi's encoding); ``payload`` maps each
+    allowed payload column to an ``n``-element string array aligned with the
+    rows (dates ``YYYY-MM-DD``, unknown ``""``). ``rejected`` counts dropped
+    rows by reason (``length``, ``check``, ``birth_date``, ``payload_end_date``,
+    ...). ``rows_selected`` is the number of rows ``where`` kept.
+    """
+
+    name: str
+    as_of: _dt.date
+    identities: npt.NDArray[np.uint8]
+    payload: Mapping[str, npt.NDArray[np.str_]]
+    rows_selected: int
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.identities.shape[0])
+
+    @property
+    def rejected_total(self) -> int:
+        """Rows dropped for an invalid identity number or payload value."""
+        return sum(self.rejected.values())
+
+    def payload_rows(self, rows: npt.NDArray[np.int64]) -> list[dict[str, str]]:
+        """The payload of the given row indices, one dict per row (empty values omitted)."""
+        cols = {k: v[rows] for k, v in self.payload.items()}
+        out: list[dict[str, str]] = []
+        for i in range(len(rows)):
+            out.append({k: str(v[i]) for k, v in cols.items() if v[i] != ""})
+        return out
+
+
+def detect_encoding(path: Path) -> Literal["utf-8", "gb18030"]:
+    """``utf-8`` if the whole file decodes as UTF-8 (with or without BOM), else ``gb18030``.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        try:
+            while block := f.read(_BLOCK):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "gb18030"
+    return "utf-8"
+
+
+@contextlib.contextmanager
+def _utf8_copy(path: Path, encoding: str) -> Iterator[Path]:
+    """A private temporary UTF-8 copy of ``path`` (streamed), removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix="xmatch-node-", suffix=".csv")
+    tmp = Path(name)
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            while block := src.read(_BLOCK):
+                out.write(decoder.decode(block).encode("utf-8"))
+            out.write(decoder.decode(b"", final=True).encode("utf-8"))
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Reporter:
+    """Builds the one-line errors of one match set."""
+
+    def __init__(self, config: NodeConfig, ms: MatchSetConfig) -> None:
+        self.prefix = f"{config.path}: {config.key_path(ms.name)} ({ms.name!r})"
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}: {message}")
+
+    def duckdb_error(self, what: str, exc: duckdb.Error) -> ConfigError:
+        if isinstance(exc, _SAFE_ERRORS):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return ConfigError(f"{self.prefix}: {what}: {first}")
+        # Conversion and CSV errors quote the offending row: never show them.
+        kind = type(exc).__name__.removesuffix("Exception")
+        return ConfigError(
+            f"{self.prefix}: {what}: DuckDB {kind} error while reading the source "
+            "(details withheld: they may quote record values; check the file's format "
+            "and the column types your `where` compares)"
+        )
+
+
+def _connect(source: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET allowed_paths = $p", {"p": [str(source)]})
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def _payload_expr(col: str, dtype: str) -> tuple[str, str | None]:
+    """SQL for the output value of a payload column, and for its "malformed" flag."""
+    q = _quote(col)
+    upper = dtype.upper()
+    if upper == "DATE":
+        return f"COALESCE(strftime({q}, '%Y-%m-%d'), '')", None
+    if upper.startswith("TIMESTAMP"):
+        return f"COALESCE(strftime(CAST({q} AS DATE), '%Y-%m-%d'), '')", None
+    if upper.startswith(_FLOAT_TYPES) or upper.startswith("DECIMAL"):
+        expr = (
+            f"COALESCE(CASE WHEN {q} = floor({q}) THEN CAST(CAST({q} AS BIGINT) AS VARCHAR) "
+            f"ELSE CAST({q} AS VARCHAR) END, '')"
+        )
+        return expr, None
+    if upper in _TEXT_TYPES and col in _DATE_COLUMNS:
+        trimmed = f"trim({q})"
+        value = f"COALESCE(strftime(TRY_CAST({trimmed} AS DATE), '%Y-%m-%d'), '')"
+        bad = f"({q} IS NOT NULL AND {trimmed} <> '' AND TRY_CAST({trimmed} AS DATE) IS NULL)"
+        return value, bad
+    return f"COALESCE(trim(CAST({q} AS VARCHAR)), '')", None
+
+
+def _as_str(values: Any) -> npt.NDArray[np.str_]:
+    arr = np.ma.filled(values, "") if np.ma.isMaskedArray(values) else np.asarray(values)
+    if arr.dtype.kind == "U":
+        return arr
+    if len(arr) == 0:
+        return np.zeros(0, dtype="<U1")
+    return arr.astype(str)
+
+
+def load_match_set(config: NodeConfig, name: str, as_of: _dt.date) -> LoadedMatchSet:
+    """Load match set ``name`` of ``config`` for the evaluation date ``as_of``.
+
+    Raises:
+        ConfigError: unknown match set; the source cannot be read or decoded; the
+            id column or a payload column is missing; ``where`` is not valid SQL
+            for the source; a Parquet id column is not text. One line naming the
+            node.toml match set and the problem, never a record value.
+    """
+    ms = config.match_set(name)
+    if ms is None:
+        raise ConfigError(f"{config.path}: no match set {name!r}")
+    rep = _Reporter(config, ms)
+    started = time.perf_counter()
+    path = ms.source
+    if path.suffix.lower() in _PARQUET:
+        return _load(config, ms, rep, path, as_of, parquet=True, started=started)
+    try:
+        encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+    except OSError as exc:
+        raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+    if encoding == "utf-8":
+        return _load(config, ms, rep, path, as_of, parquet=False, started=started)
+    try:
+        with _utf8_copy(path, encoding) as copy:
+            return _load(config, ms, rep, copy, as_of, parquet=False, started=started)
+    except UnicodeDecodeError as exc:
+        raise rep.error(
+            f"source: not valid {encoding} text (byte offset about {exc.start}); "
+            "set `encoding` or re-export the file"
+        ) from None
+    except OSError as exc:
+        raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+
+
+def _load(
+    config: NodeConfig,
+    ms: MatchSetConfig,
+    rep: _Reporter,
+    path: Path,
+    as_of: _dt.date,
+    *,
+    parquet: bool,
+    started: float,
+) -> LoadedMatchSet:
+    con = _connect(path)
+    try:
+        # (1) the source's columns and types
+        if parquet:
+            plain = reader = "read_parquet($path)"
+            params: dict[str, Any] = {"path": str(path)}
+        else:
+            plain = "read_csv($path, header = true)"
+            reader = "read_csv($path, header = true, types = $types)"
+            params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
+        try:
+            described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
+            columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("source", exc) from None
+        # (2) required columns
+        if ms.id_column not in columns:
+            raise rep.error(
+                f"id_column {ms.id_column!r} not found in {ms.source.name} "
+                f"(columns: {', '.join(list(columns)[:20])})"
+            )
+        missing = [c for c in ms.payload if c not in columns]
+        if missing:
+            raise rep.error(
+                f"payload column {missing[0]!r} not found in {ms.source.name}; "
+                "rename the column in the source or drop it from `payload`"
+            )
+        if parquet and columns[ms.id_column].upper() not in _TEXT_TYPES:
+            raise rep.error(
+                f"id_column {ms.id_column!r} is {columns[ms.id_column]} in the Parquet file; "
+                "store identity numbers as text (numbers lose the check character X)"
+            )
+        # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
+        selects = [f"COALESCE(CAST({_quote(ms.id_column)} AS VARCHAR), '') AS _id"]
+        bad_flags: list[str] = []
+        for i, col in enumerate(ms.payload):
+            value, bad = _payload_expr(col, columns[col])
+            selects.append(f"{value} AS _p{i}")
+            if bad is not None:
+                selects.append(f"{bad} AS _bad{i}")
+                bad_flags.append(col)
+        where = f"WHERE ({ms.where})" if ms.where else ""
+        sql = (
+            "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
+            f"SELECT {', '.join(selects)} FROM {reader} AS source {where}"
+        )
+        try:
+            result = con.execute(sql, {**params, "as_of": as_of}).fetchnumpy()
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("where" if ms.where else "source", exc) from None
+    finally:
+        con.close()
+
+    # (4) normalize and count, with array operations
+    raw_ids = _as_str(result["_id"])
+    n = len(raw_ids)
+    column = normalize_id_column(raw_ids, today=as_of)
+    keep = column.valid.copy()
+    rejected: Counter[str] = Counter()
+    for row in np.flatnonzero(~column.valid).tolist():
+        rejected[column.reasons[row] or "invalid"] += 1
+    payload: dict[str, npt.NDArray[np.str_]] = {}
+    for i, col in enumerate(ms.payload):
+        values = _as_str(result[f"_p{i}"])
+        malformed = np.zeros(n, dtype=bool)
+        if col in bad_flags:
+            malformed |= np.asarray(np.ma.filled(result[f"_bad{i}"], False), dtype=bool)
+        if col in _ALLOWED_CODES and n:
+            malformed |= ~np.isin(values, list(_ALLOWED_CODES[col]))
+        newly = malformed & keep
+        if newly.any():
+            rejected[f"payload_{col}"] += int(newly.sum())
+            keep &= ~malformed
+        payload[col] = values
+    ids = column.ids[keep]
+    return LoadedMatchSet(
+        name=ms.name,
+        as_of=as_of,
+        identities=encode_identities(ids),
+        payload={k: v[keep] for k, v in payload.items()},
+        rows_selected=n,
+        rejected=dict(rejected),
+        seconds=time.perf_counter() - started,
+    )
+
+
+_Key = tuple[str, _dt.date, int, int]
+
+
+class MatchSetStore:
+    """Loads match sets on demand and keeps the last few in a small LRU cache.
+
+    The cache key is (match set, as_of, the source's mtime and size), so an
+    updated source file is read again. Concurrent rounds asking for the same
+    key wait for one load instead of each running it.
+    """
+
+    def __init__(self, config: NodeConfig, *, capacity: int | None = None) -> None:
+        self._config = config
+        self._capacity = config.node.cache_sets if capacity is None else capacity
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[_Key, LoadedMatchSet] = OrderedDict()
+        self._loading: dict[_Key, threading.Lock] = {}
+
+    def get(self, name: str, as_of: _dt.date) -> LoadedMatchSet:
+        """Match set ``name`` as of ``as_of`` (cached).
+
+        Raises:
+            ConfigError: as :func:`load_match_set`.
+        """
+        ms = self._config.match_set(name)
+        if ms is None:
+            raise ConfigError(f"{self._config.path}: no match set {name!r}")
+        try:
+            st = ms.source.stat()
+        except OSError as exc:
+            raise _Reporter(self._config, ms).error(
+                f"source: cannot read ({exc.strerror})"
+            ) from exc
+        key: _Key = (name, as_of, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
+            try:
+                loaded = load_match_set(self._config, name, as_of)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                if self._capacity > 0:
+                    self._cache[key] = loaded
+                    while len(self._cache) > self._capacity:
+                        self._cache.popitem(last=False)
+        return loaded
+
+    def validate_all(self, today: _dt.date) -> list[LoadedMatchSet]:
+        """Load every match set once as of ``today`` (startup check; fails fast).
+
+        Raises:
+            ConfigError: as :func:`load_match_set`, for the first bad match set.
+        """
+        return [self.get(ms.name, today) for ms in self._config.match_sets]

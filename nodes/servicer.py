@@ -1,0 +1,291 @@
+"""The gRPC servicer of a department node (house style 9; Flower's fleet servicer).
+
+Each RPC: log to the audit log, convert proto messages to handler events, run
+one handler (:mod:`nodes.handlers`), convert its outputs back, and map any
+:class:`psi.errors.XmatchError` to a status code through :data:`STATUS_TABLE`.
+Every refusal or failure is an audit entry (``round_refused`` / ``round_failed``
+with its reason) and the node keeps serving. The peer's identity comes from
+:func:`nodes.auth.current_peer`, set by the interceptor; nothing here parses a
+certificate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, TypeVar
+
+import grpc
+
+from nodes.auth import current_peer
+from nodes.handlers import (
+    Accept,
+    BudgetExhausted,
+    Chunk,
+    Done,
+    EcdhDriver,
+    End,
+    Event,
+    KeyedHashDriver,
+    Matches,
+    NodeBusy,
+    NodeState,
+    Output,
+    Points,
+    RoundDriver,
+    Start,
+    capabilities,
+)
+from proto import xmatch_pb2, xmatch_pb2_grpc
+from psi.errors import (
+    AlreadyUsed,
+    InputError,
+    ProtocolError,
+    Refused,
+    VerificationError,
+    XmatchError,
+)
+
+__all__ = ["STATUS_TABLE", "AuditSink", "NodeServicer", "status_for"]
+
+
+class AuditSink(Protocol):
+    """What the servicer needs of :class:`audit.log.AuditLog`."""
+
+    def append(self, event: str, **fields: object) -> int: ...
+
+
+#: The one mapping from domain errors to gRPC status codes; first match wins.
+#: ``public`` says whether the error's own one-line message may go to the peer.
+STATUS_TABLE: tuple[tuple[type[XmatchError], grpc.StatusCode, bool], ...] = (
+    (BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+    (Refused, grpc.StatusCode.PERMISSION_DENIED, True),
+    (NodeBusy, grpc.StatusCode.UNAVAILABLE, True),
+    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, True),
+    (AlreadyUsed, grpc.StatusCode.INVALID_ARGUMENT, True),
+    (VerificationError, grpc.StatusCode.INVALID_ARGUMENT, True),
+    (InputError, grpc.StatusCode.INTERNAL, False),  # match set unreadable: the DBA's problem
+)
+_INTERNAL = "internal error on the node; the node's operator can see the cause in its audit log"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(status code, message for the peer, reason for the audit log)."""
+    if isinstance(exc, XmatchError):
+        for cls, code, public in STATUS_TABLE:
+            if isinstance(exc, cls):
+                reason = exc.reason if isinstance(exc, Refused) else exc.diagnostics()
+                return code, (reason if public else _INTERNAL), reason
+        return grpc.StatusCode.INTERNAL, _INTERNAL, exc.diagnostics()
+    # A bug: never echo the message (it could quote data); name the type.
+    return grpc.StatusCode.INTERNAL, _INTERNAL, f"internal error ({type(exc).__name__})"
+
+
+_Req = TypeVar("_Req", xmatch_pb2.KeyedHashRequest, xmatch_pb2.EcdhRequest)
+_Resp = TypeVar("_Resp", xmatch_pb2.KeyedHashResponse, xmatch_pb2.EcdhResponse)
+
+
+def _event(request: xmatch_pb2.KeyedHashRequest | xmatch_pb2.EcdhRequest) -> Event:
+    kind = request.WhichOneof("msg")
+    if kind == "start":
+        s = request.start
+        return Start(context=s.context, query_size=s.query_size, key_share=s.key_share)
+    if kind == "end":
+        return End(chunks=request.end.chunks, items=request.end.items)
+    if kind == "tags" and isinstance(request, xmatch_pb2.KeyedHashRequest):
+        return Chunk(request.tags)
+    if kind == "blinded" and isinstance(request, xmatch_pb2.EcdhRequest):
+        return Chunk(request.blinded)
+    raise ProtocolError("empty or unknown request message")
+
+
+def _events(requests: Iterable[_Req]) -> Iterator[Event]:
+    for r in requests:
+        yield _event(r)
+
+
+def _round_done(done: Done) -> xmatch_pb2.RoundDone:
+    return xmatch_pb2.RoundDone(
+        matches=done.matches, transcript=done.transcript, chunks=done.chunks
+    )
+
+
+def _keyed_hash_response(out: Output) -> xmatch_pb2.KeyedHashResponse:
+    if isinstance(out, Accept):
+        return xmatch_pb2.KeyedHashResponse(accept=xmatch_pb2.RoundAccept(key_share=out.key_share))
+    if isinstance(out, Matches):
+        return xmatch_pb2.KeyedHashResponse(
+            matches=xmatch_pb2.MatchChunk(
+                psi=out.psi, payload=[xmatch_pb2.Payload(fields=p) for p in out.payload]
+            )
+        )
+    if isinstance(out, Done):
+        return xmatch_pb2.KeyedHashResponse(done=_round_done(out))
+    raise TypeError(f"no keyed-hash response for {type(out).__name__}")
+
+
+def _ecdh_response(out: Output) -> xmatch_pb2.EcdhResponse:
+    if isinstance(out, Accept):
+        return xmatch_pb2.EcdhResponse(accept=xmatch_pb2.RoundAccept(set_size=out.set_size))
+    if isinstance(out, Points):
+        if out.stage == "reblinded":
+            return xmatch_pb2.EcdhResponse(reblinded=out.data)
+        return xmatch_pb2.EcdhResponse(set_points=out.data)
+    if isinstance(out, Done):
+        return xmatch_pb2.EcdhResponse(done=_round_done(out))
+    raise TypeError(f"no ecdh response for {type(out).__name__}")
+
+
+class NodeServicer(xmatch_pb2_grpc.NodeServicer):
+    """The Node service: capabilities and the two round streams."""
+
+    def __init__(self, state: NodeState, audit: AuditSink) -> None:
+        self._state = state
+        self._audit = audit
+
+    def GetCapabilities(
+        self, request: xmatch_pb2.CapabilitiesRequest, context: grpc.ServicerContext
+    ) -> xmatch_pb2.Capabilities:
+        peer = current_peer()
+        views = capabilities(self._state.config, peer.name)
+        return xmatch_pb2.Capabilities(
+            node=self._state.config.node.name,
+            match_sets=[
+                xmatch_pb2.MatchSetInfo(
+                    name=v.name,
+                    circumstance=v.circumstance,
+                    protocols=v.protocols,
+                    payload=v.payload,
+                    purposes=v.purposes,
+                )
+                for v in views
+            ],
+            max_chunk_bytes=self._state.config.node.max_chunk_bytes,
+            # One number for all sets: the largest minimum, which satisfies each.
+            min_query_size=max((v.min_query_size for v in views), default=0),
+        )
+
+    def KeyedHash(
+        self,
+        request_iterator: Iterator[xmatch_pb2.KeyedHashRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[xmatch_pb2.KeyedHashResponse]:
+        driver = KeyedHashDriver(self._state, current_peer().name)
+        return self._round(driver, request_iterator, context, _keyed_hash_response)
+
+    def Ecdh(
+        self,
+        request_iterator: Iterator[xmatch_pb2.EcdhRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[xmatch_pb2.EcdhResponse]:
+        driver = EcdhDriver(self._state, current_peer().name)
+        return self._round(driver, request_iterator, context, _ecdh_response)
+
+    # -- one round, either protocol
+
+    def _fields(self, driver: RoundDriver) -> dict[str, object]:
+        ctx = driver.context
+        if ctx is None:  # the start message could not even be parsed
+            return {
+                "round_id": "0" * 32,
+                "requester": driver.peer,
+                "responder": self._state.config.node.name,
+                "purpose": "-",
+                "match_set": "-",
+                "protocol": driver.protocol,
+            }
+        return {
+            "round_id": ctx.round_id_hex,
+            "requester": ctx.requester,
+            "responder": ctx.responder,
+            "purpose": ctx.purpose,
+            "match_set": ctx.match_set,
+            "protocol": ctx.protocol,
+        }
+
+    def _log_end(
+        self, driver: RoundDriver, exc: BaseException | None
+    ) -> tuple[grpc.StatusCode, str]:
+        seconds = round(time.monotonic() - driver.started, 3)
+        fields = self._fields(driver)
+        if exc is None:
+            exc = ProtocolError("cancelled by the requester")
+        code, public, reason = status_for(exc)
+        refused = isinstance(exc, (Refused, NodeBusy)) and driver.match_set is None
+        try:
+            if refused:
+                self._audit.append(
+                    "round_refused",
+                    **fields,
+                    reason=reason,
+                    query_size=driver.query_size,
+                    outcome="refused",
+                )
+            else:
+                self._audit.append(
+                    "round_failed",
+                    **fields,
+                    reason=reason,
+                    query_size=driver.query_size,
+                    items=driver.items,
+                    seconds=seconds,
+                    outcome="failed",
+                )
+        except XmatchError:  # e.g. the reason tripped the identity guard: log without it
+            event = "round_refused" if refused else "round_failed"
+            self._audit.append(event, **fields, reason="withheld", outcome=event[6:])
+        return code, public
+
+    def _round(
+        self,
+        driver: RoundDriver,
+        requests: Iterable[_Req],
+        context: grpc.ServicerContext,
+        to_proto: Callable[[Output], _Resp],
+    ) -> Iterator[_Resp]:
+        context.add_callback(driver.cancel)
+        error: BaseException | None = None
+        finished = False
+        try:
+            with self._state.round_slot(driver.peer):
+                outputs = driver.run(_events(requests))
+                try:
+                    for out in outputs:
+                        if isinstance(out, Accept):
+                            self._started(driver)
+                        if isinstance(out, Done):
+                            self._finished(driver, out)
+                            finished = True
+                        yield to_proto(out)
+                finally:
+                    outputs.close()
+        except Exception as exc:
+            error = exc
+        finally:
+            if not finished:
+                code, public = self._log_end(driver, error)
+                if error is not None:
+                    context.abort(code, public)
+
+    def _started(self, driver: RoundDriver) -> None:
+        loaded = driver.loaded
+        self._audit.append(
+            "round_started",
+            **self._fields(driver),
+            query_size=driver.query_size,
+            set_size=driver.set_size,
+            set_rejected=loaded.rejected_total if loaded is not None else 0,
+        )
+
+    def _finished(self, driver: RoundDriver, done: Done) -> None:
+        fields: dict[str, object] = {
+            **self._fields(driver),
+            "query_size": driver.query_size,
+            "set_size": driver.set_size,
+            "seconds": round(time.monotonic() - driver.started, 3),
+            "outcome": "ok",
+            "transcript": done.transcript.hex(),
+        }
+        if driver.match_count is not None:
+            fields["match_count"] = driver.match_count
+        self._audit.append("round_finished", **fields)

@@ -1,0 +1,230 @@
+"""The round context: what every key derivation and transcript is bound to.
+
+A round is identified by a random 128-bit id and described by the evaluation
+date, the purpose, both parties' names, the match set and the protocol with
+its parameters (protocols.md, "Round context"). :meth:`RoundContext.to_bytes`
+is the canonical encoding used as HKDF ``info`` and as the transcript prefix:
+versioned and length-prefixed, so two different contexts never encode alike.
+
+Field rules (checked on construction, so a context that exists is valid):
+
+* ``round_id``: exactly 16 bytes;
+* ``as_of``: a ``datetime.date`` (not a ``datetime``);
+* ``purpose``, ``requester``, ``responder``, ``match_set``: 1..64 characters
+  of ``[a-z0-9_.-]``, starting with a letter or digit;
+* ``protocol``: ``"ecdh"`` or ``"keyed-hash"``;
+* ``params``: sorted by name, names unique, names 1..32 of ``[a-z0-9_]``,
+  values 1..128 of ``[A-Za-z0-9_.:+-]`` (RFC 9380 suite names fit).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from psi.errors import ProtocolError
+
+__all__ = ["DEFAULT_PARAMS", "PROTOCOLS", "Protocol", "RoundContext"]
+
+Protocol = Literal["ecdh", "keyed-hash"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+
+#: Parameters filled in by :meth:`RoundContext.new` when not given.
+DEFAULT_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ecdh": (("suite", "x25519-sha256-u"),),
+    "keyed-hash": (("prf", "aes128-ecb-v1"),),
+}
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_PARAM_NAME = re.compile(r"[a-z0-9_]{1,32}")
+_PARAM_VALUE = re.compile(r"[A-Za-z0-9_.:+-]{1,128}")
+_MAGIC = b"XMCTX"
+_VERSION = 1
+_U16 = struct.Struct(">H")
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Immutable description of one match round; see the module docstring.
+
+    Construct with :meth:`new` (fresh random round id) or :meth:`from_bytes`.
+
+    Raises (on construction):
+        ValueError: a field breaks the rules in the module docstring.
+    """
+
+    round_id: bytes
+    as_of: datetime.date
+    purpose: str
+    requester: str
+    responder: str
+    match_set: str
+    protocol: Protocol
+    params: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_id, bytes) or len(self.round_id) != 16:
+            raise ValueError("round_id must be 16 bytes")
+        if not isinstance(self.as_of, datetime.date) or isinstance(self.as_of, datetime.datetime):
+            raise ValueError("as_of must be a datetime.date")
+        for field in ("purpose", "requester", "responder", "match_set"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                raise ValueError(f"{field} must be 1-64 characters of [a-z0-9_.-]")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if not isinstance(self.params, tuple):
+            raise ValueError("params must be a tuple of (name, value) pairs")
+        names: list[str] = []
+        for pair in self.params:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise ValueError("params must be (name, value) pairs")
+            name, value = pair
+            if not (isinstance(name, str) and _PARAM_NAME.fullmatch(name)):
+                raise ValueError("parameter names must be 1-32 characters of [a-z0-9_]")
+            if not (isinstance(value, str) and _PARAM_VALUE.fullmatch(value)):
+                raise ValueError(f"parameter {name}: value has a bad character or length")
+            names.append(name)
+        if names != sorted(set(names)):
+            raise ValueError("params must be sorted by name, without repeats")
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        as_of: datetime.date,
+        purpose: str,
+        requester: str,
+        responder: str,
+        match_set: str,
+        protocol: Protocol,
+        params: Iterable[tuple[str, str]] = (),
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> RoundContext:
+        """A context with a fresh random round id.
+
+        ``params`` may be in any order; they are sorted. Defaults from
+        :data:`DEFAULT_PARAMS` fill in any parameter that is not given, so the
+        context states every choice explicitly.
+
+        Raises:
+            ValueError: a field is invalid, or a parameter name repeats.
+        """
+        pairs = list(params)
+        given = dict(pairs)
+        if len(given) != len(pairs):
+            raise ValueError("repeated parameter name")
+        merged = dict(DEFAULT_PARAMS.get(protocol, ()))
+        merged.update(given)
+        round_id = rng(16)
+        return cls(
+            round_id=round_id,
+            as_of=as_of,
+            purpose=purpose,
+            requester=requester,
+            responder=responder,
+            match_set=match_set,
+            protocol=protocol,
+            params=tuple(sorted(merged.items())),
+        )
+
+    @property
+    def round_id_hex(self) -> str:
+        """The round id as 32 lower-case hex digits (for logs)."""
+        return self.round_id.hex()
+
+    def param(self, name: str, default: str | None = None) -> str:
+        """The value of parameter ``name``, or ``default`` if given.
+
+        Raises:
+            ProtocolError: the parameter is absent and there is no default.
+        """
+        for key, value in self.params:
+            if key == name:
+                return value
+        if default is None:
+            raise ProtocolError(f"round parameter {name!r} is missing")
+        return default
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding: magic, version, then length-prefixed fields."""
+        parts = [
+            self.round_id,
+            self.as_of.isoformat().encode("ascii"),
+            self.purpose.encode("ascii"),
+            self.requester.encode("ascii"),
+            self.responder.encode("ascii"),
+            self.match_set.encode("ascii"),
+            self.protocol.encode("ascii"),
+        ]
+        out = bytearray(_MAGIC)
+        out.append(_VERSION)
+        for part in parts:
+            out += _U16.pack(len(part)) + part
+        out += _U16.pack(len(self.params))
+        for name, value in self.params:
+            for part in (name.encode("ascii"), value.encode("ascii")):
+                out += _U16.pack(len(part)) + part
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundContext:
+        """Parse :meth:`to_bytes` output.
+
+        Raises:
+            ProtocolError: wrong magic or version, truncated or trailing
+                bytes, or a field that breaks the rules.
+        """
+        view = memoryview(bytes(data))
+        if bytes(view[: len(_MAGIC)]) != _MAGIC or len(view) < len(_MAGIC) + 1:
+            raise ProtocolError("not a round context (bad magic)")
+        if view[len(_MAGIC)] != _VERSION:
+            raise ProtocolError(f"round context version {view[len(_MAGIC)]} is not supported")
+        pos = len(_MAGIC) + 1
+
+        def take() -> bytes:
+            nonlocal pos
+            if pos + 2 > len(view):
+                raise ProtocolError("round context is truncated")
+            (length,) = _U16.unpack_from(view, pos)
+            pos += 2
+            if pos + length > len(view):
+                raise ProtocolError("round context is truncated")
+            part = bytes(view[pos : pos + length])
+            pos += length
+            return part
+
+        try:
+            round_id = take()
+            as_of_text = take().decode("ascii")
+            texts = [take().decode("ascii") for _ in range(5)]
+            if pos + 2 > len(view):
+                raise ProtocolError("round context is truncated")
+            (count,) = _U16.unpack_from(view, pos)
+            pos += 2
+            params = tuple((take().decode("ascii"), take().decode("ascii")) for _ in range(count))
+            if pos != len(view):
+                raise ProtocolError("round context has trailing bytes")
+            as_of = datetime.date.fromisoformat(as_of_text)
+            if as_of.isoformat() != as_of_text:
+                raise ProtocolError("round context date is not canonical")
+            protocol = texts[4]
+            if protocol not in PROTOCOLS:
+                raise ProtocolError("round context names an unknown protocol")
+            return cls(
+                round_id=round_id,
+                as_of=as_of,
+                purpose=texts[0],
+                requester=texts[1],
+                responder=texts[2],
+                match_set=texts[3],
+                protocol=protocol,  # type: ignore[arg-type]  # checked above
+                params=params,
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"invalid round context: {exc}") from exc

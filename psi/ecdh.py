@@ -1,0 +1,420 @@
+"""Protocol ``ecdh``: commutative Diffie-Hellman PSI over X25519 (protocols.md).
+
+Steps, with per-round secret scalars a (requester) and b (responder):
+
+1. The requester sends ``a*H(x)`` for each roster identity x, in roster order
+   (:meth:`EcdhRequester.blind`, stage ``blinded``).
+2. The responder returns ``b*(a*H(x))`` in the same order
+   (:meth:`EcdhResponder.reblind`, stage ``reblinded``, same ``seq``).
+3. The responder sends ``b*H(y)`` for each y in its match set, deduplicated,
+   padded to a size class with hashes of random blocks and shuffled
+   (:meth:`EcdhResponder.set_chunks`, stage ``set``), then declares the total
+   (:attr:`EcdhResponder.set_size`, given to
+   :meth:`EcdhRequester.receive_responder_done`).
+4. The requester raises those to a and intersects (:meth:`EcdhRequester.finish`).
+
+H is the round's ``suite`` (see :mod:`psi.hazmat.hash_to_curve`). The
+requester learns which roster entries are in the set and the padded set size;
+the responder learns |roster| (and which roster entries are equal to each
+other; deduplicate the roster first). Membership is all this mode returns.
+
+Size classes: :func:`size_class` pads to at least 1024, then to the next of
+1024 * 1.25^k (rounded up), so the exact size is hidden within 25 %.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hmac
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from psi._match import SortedRows
+from psi.context import RoundContext
+from psi.errors import AlreadyUsed, ProtocolError
+from psi.hazmat import hash_to_curve, x25519
+from psi.messages import MAX_POINTS_PER_CHUNK, PointChunk, Stage
+from psi.transcript import Transcript
+
+__all__ = ["EcdhRequester", "EcdhResponder", "EcdhResult", "size_class"]
+
+_U64 = struct.Struct(">Q")
+_PAD_KIND = 0xFF  # first byte of padding blocks; never a real encoding's kind
+
+
+def size_class(n: int, *, minimum: int = 1024, growth: float = 1.25) -> int:
+    """Smallest class >= n among ``minimum``, then ceil(previous * growth).
+
+    Raises:
+        ValueError: negative ``n``, ``minimum`` < 1 or ``growth`` <= 1.
+    """
+    if n < 0 or minimum < 1 or growth <= 1:
+        raise ValueError("size_class needs n >= 0, minimum >= 1, growth > 1")
+    size = minimum
+    while size < n:
+        size = math.ceil(size * growth)
+    return size
+
+
+def _check_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    arr = np.asarray(identities)
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 16:
+        raise ValueError("identities must be an (n, 16) uint8 array from encode_identities")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass(frozen=True, eq=False)
+class EcdhResult:
+    """What the requester learns from an ``ecdh`` round.
+
+    ``matched``: ascending indices into the requester's blinded identities
+    (in :meth:`EcdhRequester.blind` call order) that are in the responder's
+    set; ``responder_set_size``: the padded set size; ``transcript``: the
+    32-byte transcript digest.
+    """
+
+    matched: npt.NDArray[np.int64]
+    responder_set_size: int
+    transcript: bytes
+
+
+class _EcdhRole:
+    def __init__(
+        self,
+        context: RoundContext,
+        scalar: bytes,
+        executor: concurrent.futures.Executor | None,
+    ) -> None:
+        if context.protocol != "ecdh":
+            raise ProtocolError(f"round protocol is {context.protocol}, not ecdh")
+        suite = context.param("suite", hash_to_curve.DEFAULT_SUITE)
+        if suite not in hash_to_curve.SUITES:
+            raise ProtocolError(f"unknown ecdh suite {suite!r}")
+        self._context = context
+        self._suite = suite
+        self._scalar: bytes | None = scalar
+        self._executor = executor
+        self._transcript = Transcript(context)
+        self._finished = False
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} holds round secrets and cannot be pickled")
+
+    @property
+    def context(self) -> RoundContext:
+        """The round this object serves."""
+        return self._context
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise AlreadyUsed(f"{type(self).__name__} for this round has finished")
+
+    def _check_chunk(self, chunk: PointChunk, stage: Stage, seq: int) -> None:
+        if not isinstance(chunk, PointChunk):
+            raise ProtocolError("expected a PointChunk")
+        if chunk.stage != stage:
+            raise ProtocolError(f"expected a {stage} chunk, got a {chunk.stage} chunk")
+        if not hmac.compare_digest(chunk.round_id, self._context.round_id):
+            raise ProtocolError(f"{stage} chunk belongs to another round")
+        if chunk.seq != seq:
+            raise ProtocolError(f"{stage} chunk sequence number {chunk.seq}, expected {seq}")
+
+    def _mult(self, points: npt.NDArray[np.uint8], what: str) -> npt.NDArray[np.uint8]:
+        if self._scalar is None:
+            raise AlreadyUsed("the round scalar is gone")
+        return x25519.scalar_mult(self._scalar, points, executor=self._executor, what=what)
+
+
+class EcdhRequester(_EcdhRole):
+    """The coordinator's side of an ``ecdh`` round."""
+
+    def __init__(
+        self,
+        context: RoundContext,
+        scalar: bytes,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        super().__init__(context, scalar, executor)
+        self._blinded_counts: list[int] = []
+        self._reblinded: list[npt.NDArray[np.uint8]] = []
+        self._set: list[npt.NDArray[np.uint8]] = []
+        self._set_received = 0
+        self._done_total: int | None = None
+
+    @classmethod
+    def generate(
+        cls,
+        context: RoundContext,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> EcdhRequester:
+        """A requester with a fresh secret scalar from ``rng``.
+
+        ``executor`` (e.g. a process pool) runs the batch group operations.
+
+        Raises:
+            ProtocolError: the context is not an ecdh round or names an
+                unknown ``suite``.
+        """
+        return cls(context, x25519.generate_scalar(rng), executor)
+
+    def blind(self, identities: npt.NDArray[np.uint8]) -> PointChunk:
+        """``a*H(x)`` for the next batch of encoded identities, order kept.
+
+        Raises:
+            ProtocolError: the responder already declared its set complete.
+            AlreadyUsed: the round has finished.
+            ValueError: ``identities`` is not an (n, 16) uint8 array.
+        """
+        self._check_open()
+        if self._done_total is not None:
+            raise ProtocolError("cannot blind after the responder finished its set")
+        ids = _check_identities(identities)
+        if len(ids) > MAX_POINTS_PER_CHUNK:
+            raise ProtocolError(f"at most {MAX_POINTS_PER_CHUNK} identities per chunk")
+        seq = len(self._blinded_counts)
+        hashed = hash_to_curve.hash_to_u(self._suite, ids, executor=self._executor)
+        points = self._mult(hashed, f"blinded chunk {seq}")
+        chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="blinded", points=points)
+        self._transcript.absorb("requester", "blinded", chunk.to_bytes())
+        self._blinded_counts.append(len(ids))
+        return chunk
+
+    def receive_reblinded(self, chunk: PointChunk) -> None:
+        """Store ``b*a*H(x)`` answering the blinded chunk with the same ``seq``.
+
+        Raises:
+            ProtocolError: wrong stage or round, out of order, an answer to a
+                chunk never sent, or a different number of points.
+            AlreadyUsed: the round has finished.
+        """
+        self._check_open()
+        seq = len(self._reblinded)
+        self._check_chunk(chunk, "reblinded", seq)
+        if seq >= len(self._blinded_counts):
+            raise ProtocolError("reblinded chunk answers a chunk that was never sent")
+        if len(chunk) != self._blinded_counts[seq]:
+            raise ProtocolError(
+                f"reblinded chunk {seq} has {len(chunk)} points, "
+                f"expected {self._blinded_counts[seq]}"
+            )
+        self._transcript.absorb("responder", "reblinded", chunk.to_bytes())
+        self._reblinded.append(chunk.points)
+
+    def receive_responder_set(self, chunk: PointChunk) -> None:
+        """Raise the next chunk of the responder's set, ``b*H(y)``, to ``a``.
+
+        Raises:
+            ProtocolError: wrong stage or round, out of order, after the
+                responder declared its set complete, or a low-order point
+                (the message names the chunk and position).
+            AlreadyUsed: the round has finished.
+        """
+        self._check_open()
+        if self._done_total is not None:
+            raise ProtocolError("set chunk after the responder declared its set complete")
+        seq = len(self._set)
+        self._check_chunk(chunk, "set", seq)
+        self._transcript.absorb("responder", "set", chunk.to_bytes())
+        self._set.append(self._mult(chunk.points, f"set chunk {seq}"))
+        self._set_received += len(chunk)
+
+    def receive_responder_done(self, total: int) -> None:
+        """The responder declares its set complete with ``total`` points.
+
+        Raises:
+            ProtocolError: ``total`` differs from the points received, or some
+                blinded chunk has not been answered.
+            AlreadyUsed: called twice, or the round has finished.
+        """
+        self._check_open()
+        if self._done_total is not None:
+            raise AlreadyUsed("responder already declared its set complete")
+        if not isinstance(total, int) or total != self._set_received:
+            raise ProtocolError(
+                f"responder declared {total} set points, {self._set_received} received"
+            )
+        if len(self._reblinded) != len(self._blinded_counts):
+            raise ProtocolError(
+                f"{len(self._blinded_counts) - len(self._reblinded)} blinded chunk(s) "
+                "still unanswered"
+            )
+        self._transcript.absorb("responder", "set-done", _U64.pack(total))
+        self._done_total = total
+        self._scalar = None  # every a-multiplication is done
+
+    def finish(self) -> EcdhResult:
+        """Intersect and end the round.
+
+        Raises:
+            ProtocolError: the responder has not declared its set complete.
+            AlreadyUsed: called twice.
+        """
+        self._check_open()
+        if self._done_total is None:
+            raise ProtocolError("the responder has not declared its set complete")
+        mine = (
+            np.concatenate(self._reblinded)
+            if self._reblinded
+            else np.zeros((0, 32), dtype=np.uint8)
+        )
+        theirs = np.concatenate(self._set) if self._set else np.zeros((0, 32), dtype=np.uint8)
+        q_idx, _ = SortedRows(theirs).lookup(mine)
+        matched = np.unique(q_idx).astype(np.int64)
+        self._finished = True
+        self._reblinded, self._set = [], []
+        return EcdhResult(
+            matched=matched,
+            responder_set_size=self._done_total,
+            transcript=self._transcript.digest(),
+        )
+
+
+class EcdhResponder(_EcdhRole):
+    """The node's side of an ``ecdh`` round."""
+
+    def __init__(
+        self,
+        context: RoundContext,
+        scalar: bytes,
+        executor: concurrent.futures.Executor | None = None,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        size_classes: Callable[[int], int] = size_class,
+    ) -> None:
+        super().__init__(context, scalar, executor)
+        self._rng = rng
+        self._size_classes = size_classes
+        self._hashed: npt.NDArray[np.uint8] | None = None
+        self._next_blinded = 0
+        self._set_started = False
+        self._set_sent = 0
+
+    @classmethod
+    def generate(
+        cls,
+        context: RoundContext,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        executor: concurrent.futures.Executor | None = None,
+        size_classes: Callable[[int], int] = size_class,
+    ) -> EcdhResponder:
+        """A responder with a fresh secret scalar from ``rng``.
+
+        ``size_classes(n)`` gives the padded set size for n unique identities
+        (default :func:`size_class`); ``rng`` also draws padding and shuffle.
+
+        Raises:
+            ProtocolError: the context is not an ecdh round or names an
+                unknown ``suite``.
+        """
+        return cls(
+            context, x25519.generate_scalar(rng), executor, rng=rng, size_classes=size_classes
+        )
+
+    def load_set(self, identities: npt.NDArray[np.uint8]) -> None:
+        """Hash, deduplicate, pad and shuffle the match set.
+
+        Raises:
+            AlreadyUsed: a set was already loaded, or the round has finished.
+            ValueError: ``identities`` is not (n, 16) uint8, or ``size_classes``
+                returned fewer than n.
+        """
+        self._check_open()
+        if self._hashed is not None:
+            raise AlreadyUsed("match set already loaded for this round")
+        ids = _check_identities(identities)
+        unique = np.unique(ids, axis=0) if len(ids) else ids
+        target = self._size_classes(len(unique))
+        if target < len(unique):
+            raise ValueError("size class smaller than the set")
+        padding = np.frombuffer(self._rng(16 * (target - len(unique))), dtype=np.uint8)
+        padding = padding.reshape(-1, 16).copy()
+        padding[:, 0] = _PAD_KIND
+        blocks = np.concatenate([unique, padding])
+        # A permutation from CSPRNG output: sort by 64-bit random keys.
+        keys = np.frombuffer(self._rng(8 * len(blocks)), dtype=np.uint64)
+        blocks = blocks[np.argsort(keys, kind="stable")]
+        self._hashed = hash_to_curve.hash_to_u(self._suite, blocks, executor=self._executor)
+
+    @property
+    def set_size(self) -> int:
+        """The padded set size (the total to declare when the set is sent).
+
+        Raises:
+            ProtocolError: no set loaded.
+        """
+        if self._hashed is None:
+            raise ProtocolError("no match set loaded: call load_set() first")
+        return len(self._hashed)
+
+    def reblind(self, chunk: PointChunk) -> PointChunk:
+        """``b*(a*H(x))`` for a blinded chunk, same order and ``seq``.
+
+        Raises:
+            ProtocolError: wrong stage or round, out of order, or a low-order
+                point (the message names the chunk and position).
+            AlreadyUsed: the round has finished.
+        """
+        self._check_open()
+        self._check_chunk(chunk, "blinded", self._next_blinded)
+        self._transcript.absorb("requester", "blinded", chunk.to_bytes())
+        self._next_blinded += 1
+        points = self._mult(chunk.points, f"blinded chunk {chunk.seq}")
+        out = PointChunk(
+            round_id=self._context.round_id, seq=chunk.seq, stage="reblinded", points=points
+        )
+        self._transcript.absorb("responder", "reblinded", out.to_bytes())
+        return out
+
+    def set_chunks(self, chunk_size: int) -> Iterator[PointChunk]:
+        """Yield ``b*H(y)`` for the shuffled, padded set in chunks (once).
+
+        Raises:
+            ProtocolError: no set loaded, or ``chunk_size`` out of range.
+            AlreadyUsed: called twice, or the round has finished.
+        """
+        self._check_open()
+        if self._hashed is None:
+            raise ProtocolError("no match set loaded: call load_set() first")
+        if self._set_started:
+            raise AlreadyUsed("the set has already been sent in this round")
+        if not 1 <= chunk_size <= MAX_POINTS_PER_CHUNK:
+            raise ProtocolError(f"chunk_size must be 1..{MAX_POINTS_PER_CHUNK}")
+        self._set_started = True
+        return self._set_iter(self._hashed, chunk_size)
+
+    def _set_iter(self, hashed: npt.NDArray[np.uint8], chunk_size: int) -> Iterator[PointChunk]:
+        for seq, start in enumerate(range(0, len(hashed), chunk_size)):
+            self._check_open()
+            points = self._mult(hashed[start : start + chunk_size], f"set chunk {seq}")
+            chunk = PointChunk(
+                round_id=self._context.round_id, seq=seq, stage="set", points=points
+            )
+            self._transcript.absorb("responder", "set", chunk.to_bytes())
+            self._set_sent += len(points)
+            yield chunk
+
+    def finish(self) -> bytes:
+        """End the round after the whole set was sent; returns the transcript digest.
+
+        Raises:
+            ProtocolError: the set has not been sent completely.
+            AlreadyUsed: called twice.
+        """
+        self._check_open()
+        if self._hashed is None or self._set_sent != len(self._hashed):
+            raise ProtocolError("the match set has not been sent completely")
+        self._transcript.absorb("responder", "set-done", _U64.pack(self._set_sent))
+        self._finished = True
+        self._scalar = None
+        self._hashed = None
+        return self._transcript.digest()

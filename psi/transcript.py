@@ -1,0 +1,94 @@
+"""Round transcript: one hash both parties compute over the same messages.
+
+Each party feeds every protocol message it sends or receives, labelled with
+the direction it travelled. There is one running SHA-256 per direction, so
+the interleaving of the two directions of a bidirectional gRPC stream (which
+differs between the two ends) does not change the result; within a direction
+order matters, as it should.
+
+``digest = SHA-256("xmatch-v1 transcript" || len || context ||
+"requester" || count_req || H_req || "responder" || count_resp || H_resp)``
+
+where each direction hash absorbs ``len(label) || label || len(data) || data``
+per message (64-bit big-endian lengths). Both parties log the digest; the
+reviewer compares them (protocols.md, "Protocol logs").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from typing import Literal
+
+from psi.context import RoundContext
+from psi.errors import VerificationError
+
+__all__ = ["Direction", "Transcript"]
+
+Direction = Literal["requester", "responder"]
+_DOMAIN = b"xmatch-v1 transcript\x00"
+_LABEL = re.compile(r"[a-z0-9_.-]{1,64}")
+_U64 = struct.Struct(">Q")
+
+
+class Transcript:
+    """Running transcript of one round, bound to its :class:`RoundContext`."""
+
+    def __init__(self, context: RoundContext) -> None:
+        self._context = context
+        self._context_bytes = context.to_bytes()
+        self._hashes = {"requester": hashlib.sha256(), "responder": hashlib.sha256()}
+        self._counts = {"requester": 0, "responder": 0}
+
+    @property
+    def context(self) -> RoundContext:
+        """The round this transcript belongs to."""
+        return self._context
+
+    def absorb(self, direction: Direction, label: str, data: bytes) -> None:
+        """Add one message that travelled in ``direction`` (its sender's role).
+
+        Raises:
+            ValueError: unknown direction, or a label outside ``[a-z0-9_.-]{1,64}``.
+        """
+        if direction not in self._hashes:
+            raise ValueError("direction must be 'requester' or 'responder'")
+        if not _LABEL.fullmatch(label):
+            raise ValueError("label must be 1-64 characters of [a-z0-9_.-]")
+        raw_label = label.encode("ascii")
+        h = self._hashes[direction]
+        h.update(_U64.pack(len(raw_label)) + raw_label + _U64.pack(len(data)))
+        h.update(data)
+        self._counts[direction] += 1
+
+    def count(self, direction: Direction) -> int:
+        """Number of messages absorbed in ``direction``."""
+        return self._counts[direction]
+
+    def digest(self) -> bytes:
+        """The 32-byte transcript hash so far (absorbing may continue)."""
+        out = hashlib.sha256(_DOMAIN)
+        out.update(_U64.pack(len(self._context_bytes)) + self._context_bytes)
+        for direction in ("requester", "responder"):
+            out.update(direction.encode("ascii"))
+            out.update(_U64.pack(self._counts[direction]))
+            out.update(self._hashes[direction].digest())
+        return out.digest()
+
+    def hexdigest(self) -> str:
+        """:meth:`digest` as 64 lower-case hex digits."""
+        return self.digest().hex()
+
+    def verify(self, expected: bytes) -> None:
+        """Compare with the peer's digest in constant time.
+
+        Raises:
+            VerificationError: the digests differ (both are stated in hex).
+        """
+        mine = self.digest()
+        if not hmac.compare_digest(mine, expected):
+            raise VerificationError(
+                f"transcript mismatch: expected {expected.hex()}, computed {mine.hex()}"
+            )

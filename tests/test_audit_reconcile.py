@@ -1,0 +1,323 @@
+"""audit/: reconciling both sides' logs, and the reviewer's usage report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from audit import format as fmt
+from audit.cli import reconcile_command, report_command
+from audit.log import AuditLog
+from audit.reconcile import reconcile
+from audit.report import build_report
+from audit.verify import check_log
+from keys.ca import init_ca, issue
+from keys.handles import AuditSigner
+
+COORD, NODE = "civil-affairs", "justice"
+START = _dt.datetime.now(_dt.UTC).replace(microsecond=0)  # certificates are valid from now
+
+
+@pytest.fixture(scope="module")
+def signers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AuditSigner]:
+    directory = tmp_path_factory.mktemp("pki")
+    init_ca(directory)
+    issue(directory, name=NODE, role="node")
+    issue(directory, name=COORD, role="coordinator")
+    issue(directory, name="court", role="node")
+    return {name: AuditSigner.for_member(directory, name=name) for name in (NODE, COORD, "court")}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> _dt.datetime:
+        return self.now
+
+
+def rid(i: int) -> str:
+    return f"{i:032x}"
+
+
+def transcript(i: int) -> str:
+    return f"{i * 7919:064x}"
+
+
+def round_event(
+    i: int, *, responder: str = NODE, match_set: str = "custody", size: int = 2000
+) -> dict[str, object]:
+    return {
+        "round_id": rid(i),
+        "requester": COORD,
+        "responder": responder,
+        "purpose": "eligibility-review",
+        "match_set": match_set,
+        "protocol": "keyed-hash",
+        "query_size": size,
+        "set_size": 512,
+        "match_count": i % 5,
+        "seconds": 1.5,
+        "outcome": "ok",
+        "transcript": transcript(i),
+    }
+
+
+def write(
+    path: Path,
+    party: str,
+    signer: AuditSigner,
+    rounds: Iterable[dict[str, object]],
+    *,
+    step: _dt.timedelta = _dt.timedelta(days=30),
+    event: str = fmt.ROUND_FINISHED,
+) -> Path:
+    clock = Clock()
+    with AuditLog.open(path, party=party, signer=signer, clock=clock, checkpoint_every=5) as log:
+        log.append(fmt.CONFIG_LOADED, config=f"{party}.toml")
+        for fields in rounds:
+            log.append(
+                fmt.ROUND_STARTED, **{k: v for k, v in fields.items() if k in fmt.ROUND_FIELDS}
+            )
+            log.append(str(fields.pop("_event", event)), **fields)
+            clock.now += step
+    return path
+
+
+def pair(
+    tmp_path: Path, signers: dict[str, AuditSigner], node_rounds: list[dict[str, object]]
+) -> tuple[Path, Path]:
+    coord = write(
+        tmp_path / "coord.jsonl", COORD, signers[COORD], [round_event(i) for i in range(6)]
+    )
+    node = write(tmp_path / "node.jsonl", NODE, signers[NODE], node_rounds)
+    return coord, node
+
+
+def run_reconcile(coord: Path, *nodes: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = reconcile_command(coord, list(nodes), out=out)
+    return code, out.getvalue()
+
+
+def test_matching_logs_reconcile(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    code, text = run_reconcile(coord, node)
+    assert code == 0, text
+    assert "OK: 6 rounds reconciled across 2 logs" in text
+
+
+def test_round_only_at_the_node_is_a_finding(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(7)])
+    code, text = run_reconcile(coord, node)
+    assert code == 1
+    assert (
+        f"FINDING: round {rid(6)[:12]}: in justice's log" in text
+        and "not in civil-affairs's log" in text
+    )
+
+
+def test_round_missing_at_the_node_is_a_finding(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6) if i != 3])
+    code, text = run_reconcile(coord, node)
+    assert code == 1
+    assert (
+        f"FINDING: round {rid(3)[:12]}: in civil-affairs's log" in text
+        and "not in justice's log" in text
+    )
+
+
+def test_differing_transcript_and_match_count_are_findings(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    rounds = [round_event(i) for i in range(6)]
+    rounds[2]["transcript"] = transcript(99)
+    rounds[4]["match_count"] = 40
+    coord, node = pair(tmp_path, signers, rounds)
+    code, text = run_reconcile(coord, node)
+    assert code == 1
+    assert f"round {rid(2)[:12]}: transcript hashes differ" in text
+    assert f"round {rid(4)[:12]}: match_count 4 at civil-affairs, 40 at justice" in text
+    assert text.count("FINDING:") == 2
+
+
+def test_outcome_mismatch_and_reused_round_id(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    rounds = [round_event(i) for i in range(6)]
+    rounds[1] = {
+        **rounds[1],
+        "_event": fmt.ROUND_REFUSED,
+        "reason": "budget exhausted",
+        "outcome": "refused",
+    }
+    rounds.append(round_event(5))  # a replayed round id
+    coord, node = pair(tmp_path, signers, rounds)
+    result = reconcile(
+        check_log(coord.read_bytes(), name="c"), [check_log(node.read_bytes(), name="n")]
+    )
+    messages = [f.describe() for f in result.findings]
+    assert any("outcome 'ok' at civil-affairs, 'refused' at justice" in m for m in messages)
+    assert any("a round id was reused" in m for m in messages)
+
+
+def test_node_refusal_logged_as_coordinator_failure_is_a_note(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    coord_rounds = [round_event(i) for i in range(3)]
+    coord_rounds[1] = {**coord_rounds[1], "_event": fmt.ROUND_FAILED, "reason": "refused: budget"}
+    node_rounds = [round_event(i) for i in range(3)]
+    node_rounds[1] = {**node_rounds[1], "_event": fmt.ROUND_REFUSED, "reason": "budget exhausted"}
+    coord = write(tmp_path / "coord.jsonl", COORD, signers[COORD], coord_rounds)
+    node = write(tmp_path / "node.jsonl", NODE, signers[NODE], node_rounds)
+    code, text = run_reconcile(coord, node)
+    assert code == 0, text
+    assert (
+        "NOTE: round" in text and "outcome 'failed' at civil-affairs, 'refused' at justice" in text
+    )
+
+
+def test_failure_that_never_reached_the_node_is_only_a_note(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    coord_rounds = [round_event(i) for i in range(3)]
+    coord_rounds.append(
+        {**round_event(3), "_event": fmt.ROUND_FAILED, "reason": "node unavailable"}
+    )
+    coord_rounds.append(round_event(4, responder="court"))
+    coord = write(tmp_path / "coord.jsonl", COORD, signers[COORD], coord_rounds)
+    node = write(tmp_path / "node.jsonl", NODE, signers[NODE], [round_event(i) for i in range(3)])
+    code, text = run_reconcile(coord, node)
+    assert code == 0, text
+    assert (
+        "NOTE:" in text
+        and "it may never have reached the node" in text
+        and "no log given for 'court'" in text
+    )
+
+
+def test_tampered_log_is_not_reconciled(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    node.write_bytes(node.read_bytes().replace(b'"match_count":2', b'"match_count":3', 1))
+    exe = Path(sys.executable).parent / "xmatch"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xmatch"]
+    done = subprocess.run(
+        [*cmd, "audit", "reconcile", str(coord), str(node)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=os.environ,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"FAIL: {node}: entry" in done.stdout and f"OK: {coord}" in done.stdout
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def history(
+    tmp_path: Path,
+    signers: dict[str, AuditSigner],
+    extra: list[dict[str, object]],
+    step: _dt.timedelta,
+) -> Path:
+    """A year of monthly rounds against three match sets, then ``extra`` rounds."""
+    normal = [
+        round_event(i * 3 + k, match_set=ms, size=2000 + 37 * i)
+        for i in range(12)
+        for k, ms in enumerate(("custody", "community-correction", "parole"))
+    ]
+    path = tmp_path / "node.jsonl"
+    write(path, NODE, signers[NODE], normal, step=_dt.timedelta(days=10))
+    with AuditLog.open(path, party=NODE, signer=signers[NODE], clock=(clock := Clock())) as log:
+        clock.now = START + _dt.timedelta(days=400)
+        for fields in extra:
+            log.append(str(fields.pop("_event", fmt.ROUND_FINISHED)), **fields)
+            clock.now += step
+    return path
+
+
+def report(path: Path, *, json_out: Path | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    code = report_command([path], json_out=json_out, out=out)
+    return code, out.getvalue()
+
+
+def test_normal_history_is_not_flagged(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    path = history(tmp_path, signers, [], _dt.timedelta(minutes=1))
+    json_out = tmp_path / "report.json"
+    code, text = report(path, json_out=json_out)
+    assert code == 0, text
+    assert "OK: no probing patterns" in text
+    data = json.loads(json_out.read_text())
+    assert data["queries"] == 36 and data["flags"] == []
+    custody = next(row for row in data["usage"] if row["match_set"] == "justice/custody")
+    assert custody["rounds"] == 12 and custody["total_query_size"] == sum(
+        2000 + 37 * i for i in range(12)
+    )
+
+
+def test_tiny_queries_are_flagged(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    tiny = [{**round_event(900), "query_size": 3}]
+    code, text = report(history(tmp_path, signers, tiny, _dt.timedelta(hours=5)))
+    assert code == 1
+    assert (
+        "FLAG: tiny: civil-affairs / eligibility-review / justice/custody: 1 query below 100"
+        in text
+    )
+
+
+def test_repeated_near_identical_queries_are_flagged(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    sizes = [500, 501, 500, 503, 500]
+    repeated = [{**round_event(900 + i), "query_size": s} for i, s in enumerate(sizes)]
+    code, text = report(history(tmp_path, signers, repeated, _dt.timedelta(hours=2)))
+    assert code == 1
+    assert "FLAG: repeated:" in text and "5 queries of about 500 identities" in text
+    assert "FLAG: tiny" not in text and "FLAG: burst" not in text
+
+
+def test_spread_out_repeats_are_not_flagged(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    repeated = [{**round_event(900 + i), "query_size": 500} for i in range(5)]
+    code, text = report(history(tmp_path, signers, repeated, _dt.timedelta(days=2)))
+    assert code == 0, text
+
+
+def test_bursts_over_budget_are_flagged(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    burst = [{**round_event(900 + i), "query_size": 1000 + 50 * i} for i in range(40)]
+    code, text = report(history(tmp_path, signers, burst, _dt.timedelta(minutes=1)))
+    assert code == 1
+    assert (
+        "FLAG: burst: civil-affairs / eligibility-review" in text
+        and "40 rounds within one hour" in text
+    )
+    assert "FLAG: repeated" not in text
+    within_budget = build_report(
+        [check_log((tmp_path / "node.jsonl").read_bytes(), name="n")], hourly_budget=40
+    )
+    assert within_budget.flags == ()
+
+
+def test_report_refuses_tampered_logs(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    path = history(tmp_path, signers, [], _dt.timedelta(minutes=1))
+    lines = path.read_bytes().split(b"\n")
+    del lines[4]
+    path.write_bytes(b"\n".join(lines))
+    code, text = report(path)
+    assert code == 2 and "FAIL:" in text

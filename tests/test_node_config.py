@@ -1,0 +1,163 @@
+"""node.toml: every error is one line naming the file and the key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodes.config import load_node_config, parse_listen
+from psi.errors import ConfigError
+
+XMATCH = Path(sys.executable).with_name("xmatch")
+
+GOOD = """
+[node]
+name = "justice"
+listen = "127.0.0.1:50061"
+ca = "pki/ca.crt"
+cert = "pki/justice.crt"
+key = "pki/justice.key"
+audit_log = "logs/justice.audit.jsonl"
+
+[[match_sets]]
+name = "custody"
+circumstance = "IMPRISONED"
+source = "data/custody.csv"
+id_column = "id_number"
+where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
+payload = ["start_date", "end_date"]
+protocols = ["ecdh", "keyed-hash"]
+allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for rel in ("pki/ca.crt", "pki/justice.crt", "pki/justice.key", "data/custody.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    return tmp_path
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "node.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_config_resolves_paths_and_defaults(folder: Path) -> None:
+    cfg = load_node_config(write(folder, GOOD))
+    assert cfg.node.cert == folder / "pki/justice.crt"
+    ms = cfg.match_sets[0]
+    assert ms.source == folder / "data/custody.csv"
+    assert ms.min_query_size == 100 and ms.budget.rounds == 50 and ms.budget.seconds == 86400
+    assert ms.encoding == "auto" and cfg.node.max_chunk_bytes == 1 << 20
+    assert cfg.node.audit_key_path == folder / "pki/justice.audit.key"
+    assert ms.purposes_for("civil-affairs") == ["eligibility-review"]
+    assert ms.purposes_for("police") == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('listen = "', 'lisen = "', "unknown key 'node.lisen'"),
+        (
+            '"ecdh", "keyed-hash"',
+            '"ecdh", "foo"',
+            "match_sets[0].protocols: unknown protocol 'foo'",
+        ),
+        ("pki/justice.crt", "pki/x.crt", "node.cert: file not found: pki/x.crt"),
+        ("127.0.0.1:50061", "127.0.0.1:99999", "node.listen: not a host:port address"),
+        ("127.0.0.1:50061", "300.1.1.1:5", "node.listen: not a valid IPv4 address"),
+        ('"IMPRISONED"', '"JAILED"', "match_sets[0].circumstance: unknown circumstance 'JAILED'"),
+        ('"end_date"]', '"name"]', "match_sets[0].payload: unknown payload column 'name'"),
+        (
+            "data/custody.csv",
+            "data/none.csv",
+            "match_sets[0].source: file not found: data/none.csv",
+        ),
+        ('id_column = "id_number"\n', "", "missing key 'match_sets[0].id_column'"),
+        ('purposes = ["eligibility-review"] }', 'purposes = ["x"], budget = 3 }', "unknown key"),
+        ('$as_of)"', '$as_of); DROP TABLE x"', "match_sets[0].where: one SQL condition only"),
+    ],
+)
+def test_errors_name_file_and_key(folder: Path, old: str, new: str, message: str) -> None:
+    assert old in GOOD
+    path = write(folder, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_node_config(path)
+    line = info.value.diagnostics()
+    assert line.startswith(f"{path}: ") and message in line, line
+    assert "\n" not in str(info.value)
+
+
+def test_budget_and_own_keys(folder: Path) -> None:
+    text = GOOD.replace(
+        "allow = ", 'min_query_size = 5\nbudget = { rounds = 3, period = "12h" }\nallow = '
+    ).replace("[node]\n", "[node]\nmax_concurrent_rounds = 2\nsize_classes = [10, 100]\n")
+    cfg = load_node_config(write(folder, text))
+    assert cfg.match_sets[0].budget.seconds == 12 * 3600
+    assert cfg.node.padded_size(7) == 10 and cfg.node.padded_size(101) == 200
+    bad = text.replace('"12h"', '"1 day"')
+    with pytest.raises(ConfigError, match=r"match_sets\[0\]\.budget\.period"):
+        load_node_config(write(folder, bad))
+
+
+def test_duplicate_match_set(folder: Path) -> None:
+    text = GOOD + GOOD[GOOD.index("[[match_sets]]") :]
+    with pytest.raises(
+        ConfigError, match=r"match_sets\[1\]\.name: match set 'custody' is defined twice"
+    ):
+        load_node_config(write(folder, text))
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:50061", "[::1]:50061", "node.justice.gov.cn:443", "0.0.0.0:1"]
+)
+def test_listen_ok(address: str) -> None:
+    assert parse_listen(address)[1] > 0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", ":50061", "[::1:5", "a b:1", "::1:50061"])
+def test_listen_bad(address: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(address)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('listen = "', 'lisen = "', "unknown key 'node.lisen'"),
+        ("pki/justice.crt", "pki/x.crt", "node.cert: file not found: pki/x.crt"),
+        ("127.0.0.1:50061", "localhost", "node.listen: not a host:port address"),
+        ('"ecdh", "keyed-hash"', '"foo"', "match_sets[0].protocols: unknown protocol 'foo'"),
+    ],
+)
+def test_cli_prints_one_line(folder: Path, old: str, new: str, message: str) -> None:
+    path = write(folder, GOOD.replace(old, new, 1))
+    result = subprocess.run(
+        [str(XMATCH), "node", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"xmatch: error: {path}: ") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_config_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(XMATCH), "node", "serve", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"xmatch: error: {tmp_path / 'nope.toml'}: file not found"

@@ -1,0 +1,386 @@
+"""Node handlers without gRPC: authorization, budget, replay, both round drivers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodes.config import Budget, NodeConfig, load_node_config
+from nodes.handlers import (
+    TAG_KEY,
+    Accept,
+    BudgetExhausted,
+    Chunk,
+    Done,
+    EcdhDriver,
+    End,
+    Event,
+    KeyedHashDriver,
+    Matches,
+    NodeState,
+    Output,
+    Points,
+    QueryBudget,
+    ReplayGuard,
+    Start,
+    authorize,
+    capabilities,
+)
+from psi.context import RoundContext
+from psi.ecdh import EcdhRequester
+from psi.errors import ProtocolError, Refused
+from psi.identifiers import check_character, encode_identities
+from psi.keyed_hash import KeyedHashRequester
+from psi.messages import KeyShare, MatchChunk, PointChunk
+
+TODAY = _dt.date(2026, 11, 29)
+
+
+def make_ids(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        body = f"150802{rng.randrange(1950, 2015)}{rng.randrange(1, 13):02d}"
+        body += f"{rng.randrange(1, 29):02d}{rng.randrange(1000):03d}"
+        out.add(body + check_character(body))
+    return sorted(out)
+
+
+NODE_IDS = make_ids(1, 40)
+OTHERS = make_ids(2, 30)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> NodeConfig:
+    for rel in ("ca.crt", "n.crt", "n.key"):
+        (tmp_path / rel).write_text("x")
+    rows = ["id_number,start_date,end_date"]
+    rows += [
+        f"{pid},2025-01-0{1 + i % 9},{'2030-01-01' if i % 2 else ''}"
+        for i, pid in enumerate(NODE_IDS)
+    ]
+    rows.append(f"{NODE_IDS[0]},2019-03-03,2020-03-03")  # a second record of one person
+    (tmp_path / "custody.csv").write_text("\n".join(rows) + "\n")
+    allow = [
+        {"requester": "civil-affairs", "purposes": ["eligibility-review"]},
+        {"requester": "education", "purposes": ["coverage"]},
+    ]
+    toml_allow = (
+        json.dumps(allow)
+        .replace('"requester":', "requester =")
+        .replace('"purposes":', "purposes =")
+    )
+    (tmp_path / "node.toml").write_text(
+        f"""
+[node]
+name = "justice"
+listen = "127.0.0.1:50061"
+ca = "ca.crt"
+cert = "n.crt"
+key = "n.key"
+audit_log = "audit.jsonl"
+max_future_days = 2
+replay_memory = 3
+size_classes = [64, 128]
+
+[[match_sets]]
+name = "custody"
+circumstance = "IMPRISONED"
+source = "custody.csv"
+id_column = "id_number"
+payload = ["start_date", "end_date"]
+protocols = ["ecdh", "keyed-hash"]
+min_query_size = 10
+budget = {{ rounds = 3, period = "1h" }}
+allow = {toml_allow}
+
+[[match_sets]]
+name = "deaths"
+circumstance = "DEAD"
+source = "custody.csv"
+id_column = "id_number"
+protocols = ["ecdh"]
+min_query_size = 10
+allow = [{{ requester = "civil-affairs", purposes = ["eligibility-review"] }}]
+""",
+        encoding="utf-8",
+    )
+    return load_node_config(tmp_path / "node.toml")
+
+
+def ctx(**over: object) -> RoundContext:
+    fields: dict[str, object] = {
+        "as_of": TODAY,
+        "purpose": "eligibility-review",
+        "requester": "civil-affairs",
+        "responder": "justice",
+        "match_set": "custody",
+        "protocol": "keyed-hash",
+    }
+    fields.update(over)
+    return RoundContext.new(**fields)  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def check(
+    cfg: NodeConfig,
+    context: RoundContext,
+    *,
+    peer: str = "civil-affairs",
+    size: int = 10,
+    budget: QueryBudget | None = None,
+    replay: ReplayGuard | None = None,
+) -> str:
+    return authorize(
+        cfg,
+        peer,
+        context,
+        size,
+        budget=budget or QueryBudget(),
+        replay=replay or ReplayGuard(10),
+        today=TODAY,
+    ).name
+
+
+@pytest.mark.parametrize(
+    ("peer", "over", "size", "reason"),
+    [
+        ("police", {}, 10, "requester in the round context is not the TLS peer"),
+        ("civil-affairs", {"responder": "police"}, 10, "round is addressed to another node"),
+        ("civil-affairs", {"match_set": "nope"}, 10, "unknown match set"),
+        ("civil-affairs", {"match_set": "deaths"}, 10, "protocol keyed-hash not offered"),
+        ("police", {"requester": "police"}, 10, "requester not allowed for this match set"),
+        ("education", {"requester": "education"}, 10, "purpose not allowed"),
+        ("civil-affairs", {}, 9, "query below minimum size (10)"),
+        ("civil-affairs", {"as_of": TODAY + _dt.timedelta(days=3)}, 10, "as_of more than 2 day(s)"),
+    ],
+)
+def test_each_refusal(
+    cfg: NodeConfig, peer: str, over: dict[str, object], size: int, reason: str
+) -> None:
+    with pytest.raises(Refused) as info:
+        check(cfg, ctx(**over), peer=peer, size=size)
+    assert info.value.reason.startswith(reason)
+    assert not isinstance(info.value, BudgetExhausted)
+
+
+def test_accepted(cfg: NodeConfig) -> None:
+    assert check(cfg, ctx(as_of=TODAY + _dt.timedelta(days=2))) == "custody"
+    assert check(cfg, ctx(match_set="deaths", protocol="ecdh")) == "deaths"
+
+
+def test_replayed_round_is_refused(cfg: NodeConfig) -> None:
+    replay = ReplayGuard(10)
+    c = ctx()
+    check(cfg, c, replay=replay)
+    with pytest.raises(Refused, match="replayed round id"):
+        check(cfg, c, replay=replay)
+    # the same round id for another match set is a different sub-round
+    same_id = RoundContext(**{**c.__dict__, "match_set": "deaths", "protocol": "ecdh"})
+    assert check(cfg, same_id, replay=replay) == "deaths"
+
+
+def test_replay_memory_is_bounded() -> None:
+    guard = ReplayGuard(2)
+    assert guard.remember(b"a" * 16, "s") and guard.remember(b"b" * 16, "s")
+    assert not guard.remember(b"a" * 16, "s")
+    assert guard.remember(b"c" * 16, "s")  # evicts a
+    assert guard.remember(b"a" * 16, "s")
+
+
+def test_budget_per_requester_purpose_with_fake_clock(cfg: NodeConfig) -> None:
+    clock = Clock()
+    budget = QueryBudget(clock=clock)
+    for _ in range(3):
+        check(cfg, ctx(), budget=budget)
+    with pytest.raises(BudgetExhausted, match=r"budget exhausted \(3 rounds per 1h\)"):
+        check(cfg, ctx(), budget=budget)
+    # another requester has its own budget
+    check(cfg, ctx(requester="education", purpose="coverage"), peer="education", budget=budget)
+    clock.now += 3599
+    with pytest.raises(BudgetExhausted):
+        check(cfg, ctx(), budget=budget)
+    clock.now += 2
+    check(cfg, ctx(), budget=budget)
+
+
+def test_budget_remaining() -> None:
+    clock = Clock()
+    budget = QueryBudget(clock=clock)
+    b = Budget(rounds=2, period="1d")
+    assert budget.consume(match_set="s", requester="r", purpose="p", budget=b) == 1
+    assert budget.remaining(match_set="s", requester="r", purpose="p", budget=b) == 1
+
+
+def test_capabilities_only_allowed(cfg: NodeConfig) -> None:
+    assert [c.name for c in capabilities(cfg, "civil-affairs")] == ["custody", "deaths"]
+    assert [c.purposes for c in capabilities(cfg, "education")] == [["coverage"]]
+    assert capabilities(cfg, "police") == []
+
+
+# -- drivers
+
+
+def run(driver: KeyedHashDriver | EcdhDriver, events: list[Event]) -> list[Output]:
+    return list(driver.run(iter(events)))
+
+
+def test_keyed_hash_driver_full_round(cfg: NodeConfig) -> None:
+    roster = NODE_IDS[:15] + OTHERS[:10]
+    c = ctx()
+    req = KeyedHashRequester.generate(c)
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    driver = KeyedHashDriver(state, "civil-affairs")
+    inbox: list[Event] = [
+        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
+    ]
+    gen = driver.run(_feed(inbox))
+    accept = next(gen)
+    assert isinstance(accept, Accept)
+    req.agree(KeyShare.from_bytes(accept.key_share))
+    enc = encode_identities(roster)
+    found: set[str] = set()
+    records = 0
+    for i, s in enumerate(range(0, len(roster), 10)):
+        inbox.append(Chunk(req.tag(enc[s : s + 10]).to_bytes()))
+        out = next(gen)
+        assert isinstance(out, Matches)
+        mc = MatchChunk.from_bytes(out.psi)
+        assert mc.seq == i
+        found.update(roster[j] for j in req.resolve(mc).tolist())
+        for p in out.payload:
+            assert 0 <= int(p[TAG_KEY]) < len(mc.tags)
+            assert set(p) <= {TAG_KEY, "start_date", "end_date"}
+        records += len(out.payload)
+    inbox.append(End(chunks=3, items=len(roster)))
+    inbox.append(None)  # type: ignore[arg-type]  # end of stream
+    done = next(gen)
+    assert isinstance(done, Done)
+    assert done.transcript == req.finish()
+    assert found == set(NODE_IDS[:15])
+    assert done.matches == 15 and records == 16  # NODE_IDS[0] has two records
+    assert driver.match_count == 15 and driver.query_size == 25
+
+
+def _feed(inbox: list[Event]) -> Iterator[Event]:
+    """Yield events as the test appends them (None ends the stream)."""
+    import time
+
+    i = 0
+    while True:
+        while i >= len(inbox):
+            time.sleep(0.005)
+        item = inbox[i]
+        i += 1
+        if item is None:
+            return
+        yield item
+
+
+def _start(protocol: str = "keyed-hash", size: int = 10) -> tuple[RoundContext, Start]:
+    c = ctx(protocol=protocol)
+    share = b""
+    if protocol == "keyed-hash":
+        share = KeyedHashRequester.generate(c).key_share().to_bytes()
+    return c, Start(context=c.to_bytes(), query_size=size, key_share=share)
+
+
+def tags(c: RoundContext, seq: int, n: int) -> Chunk:
+    from psi.messages import TagChunk
+
+    return Chunk(
+        TagChunk(round_id=c.round_id, seq=seq, tags=encode_identities(OTHERS[:n])).to_bytes()
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        (lambda c, s: [], "stream ended before start"),
+        (lambda c, s: [End(chunks=0, items=0)], "must begin with start"),
+        (lambda c, s: [s, s], "second start"),
+        (lambda c, s: [s, Chunk(b"garbage")], "tag chunk"),
+        (lambda c, s: [s, tags(c, 1, 5)], "sequence number 1, expected 0"),
+        (lambda c, s: [s, tags(c, 0, 6), tags(c, 1, 6)], "more identities than announced"),
+        (lambda c, s: [s, tags(c, 0, 10), End(chunks=2, items=10)], "end says 2 chunks"),
+        (
+            lambda c, s: [s, tags(c, 0, 5), End(chunks=1, items=5)],
+            "5 identities sent, 10 announced",
+        ),
+        (
+            lambda c, s: [s, tags(c, 0, 10), End(chunks=1, items=10), tags(c, 1, 1)],
+            "message after end",
+        ),
+        (lambda c, s: [s, tags(c, 0, 10)], "stream ended before end"),
+    ],
+)
+def test_out_of_order_streams(cfg: NodeConfig, events: object, message: str) -> None:
+    c, s = _start()
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    with pytest.raises(ProtocolError, match=message):
+        run(KeyedHashDriver(state, "civil-affairs"), events(c, s))  # type: ignore[operator]
+
+
+def test_oversized_chunk_is_a_protocol_error(cfg: NodeConfig) -> None:
+    _, s = _start()
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    big = Chunk(b"\0" * (cfg.node.max_chunk_bytes + 1))
+    with pytest.raises(ProtocolError, match="exceeds max_chunk_bytes"):
+        run(KeyedHashDriver(state, "civil-affairs"), [s, big])
+
+
+def test_wrong_protocol_stream(cfg: NodeConfig) -> None:
+    _, s = _start("ecdh")
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    with pytest.raises(ProtocolError, match="ecdh round context on the keyed-hash stream"):
+        run(KeyedHashDriver(state, "civil-affairs"), [s])
+
+
+def test_refusal_surfaces_from_driver(cfg: NodeConfig) -> None:
+    c, s = _start(size=3)
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    driver = KeyedHashDriver(state, "civil-affairs")
+    with pytest.raises(Refused, match="minimum size"):
+        run(driver, [s])
+    assert driver.context == c and driver.match_set is None
+
+
+def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
+    roster = NODE_IDS[10:30] + OTHERS[:12]
+    c = ctx(protocol="ecdh")
+    req = EcdhRequester.generate(c)
+    blinded = [req.blind(encode_identities(roster[s : s + 8])) for s in range(0, len(roster), 8)]
+    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(roster))]
+    events += [Chunk(b.to_bytes()) for b in blinded]
+    events.append(End(chunks=len(blinded), items=len(roster)))
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    outputs = run(EcdhDriver(state, "civil-affairs"), events)
+    accept, done = outputs[0], outputs[-1]
+    assert isinstance(accept, Accept) and accept.set_size == 64  # 40 people -> class 64
+    assert isinstance(done, Done)
+    stages = []
+    for out in outputs[1:-1]:
+        assert isinstance(out, Points)
+        stages.append(out.stage)
+        chunk = PointChunk.from_bytes(out.data)
+        if out.stage == "reblinded":
+            req.receive_reblinded(chunk)
+        else:
+            req.receive_responder_set(chunk)
+    assert stages.count("reblinded") == len(blinded)
+    req.receive_responder_done(accept.set_size)
+    result = req.finish()
+    assert result.transcript == done.transcript
+    assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])

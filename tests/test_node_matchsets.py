@@ -1,0 +1,242 @@
+"""Loading match sets with DuckDB: where/$as_of, encodings, ID normalization, errors."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nodes.config import NodeConfig, load_node_config
+from nodes.matchsets import MatchSetStore, detect_encoding, load_match_set
+from psi.errors import ConfigError
+from psi.identifiers import check_character, encode_identities
+
+AS_OF = _dt.date(2026, 11, 29)
+
+
+def ident(body17: str) -> str:
+    return body17 + check_character(body17)
+
+
+A = ident("15080219800101001")  # check character computed
+B = ident("15020119751231002")
+C = ident("15290219900615003")
+X_ID = next(
+    ident(f"150802198001010{n:02d}")
+    for n in range(100)
+    if ident(f"150802198001010{n:02d}").endswith("X")
+)
+OLD15 = "150802800101011"  # 15-digit form of 1508021980010101 1 + check
+OLD15_AS_18 = ident("15080219800101011")
+
+
+def config(tmp_path: Path, source: str, *, where: str | None, payload: list[str]) -> NodeConfig:
+    for rel in ("ca.crt", "n.crt", "n.key"):
+        (tmp_path / rel).write_text("x")
+    where_line = f"where = {json.dumps(where, ensure_ascii=False)}\n" if where is not None else ""
+    (tmp_path / "node.toml").write_text(
+        f"""
+[node]
+name = "justice"
+listen = "127.0.0.1:50061"
+ca = "ca.crt"
+cert = "n.crt"
+key = "n.key"
+audit_log = "audit.jsonl"
+
+[[match_sets]]
+name = "custody"
+circumstance = "IMPRISONED"
+source = "{source}"
+id_column = "id_number"
+{where_line}payload = {json.dumps(payload)}
+protocols = ["keyed-hash"]
+allow = [{{ requester = "civil-affairs", purposes = ["eligibility-review"] }}]
+""",
+        encoding="utf-8",
+    )
+    return load_node_config(tmp_path / "node.toml")
+
+
+def write_csv(path: Path, rows: list[str], encoding: str = "utf-8") -> None:
+    path.write_bytes(("\n".join(rows) + "\n").encode(encoding))
+
+
+CUSTODY = [
+    "id_number,name,term_months,start_date,end_date",
+    f"{A},张三,12,2025-02-01,2029-02-01",
+    f"{B},李四,3,2026-01-01,2026-04-01",  # term too short
+    f"{C},王五,24,2020-01-01,2026-10-10",  # released before AS_OF
+    f"{X_ID.lower()},巴特尔,8,2026-06-01,",  # open end, lower-case x
+]
+WHERE = "term_months >= 6 AND start_date <= $as_of AND (end_date IS NULL OR end_date > $as_of)"
+
+
+def as_set(identities: np.ndarray) -> set[bytes]:
+    return {bytes(r) for r in identities}
+
+
+def test_where_with_as_of_and_payload(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date", "end_date"])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, X_ID]))
+    rows = {bytes(loaded.identities[i]): i for i in range(len(loaded))}
+    i = rows[bytes(encode_identities([X_ID])[0])]
+    assert loaded.payload["start_date"][i] == "2026-06-01" and loaded.payload["end_date"][i] == ""
+    j = rows[bytes(encode_identities([A])[0])]
+    assert loaded.payload["end_date"][j] == "2029-02-01"
+    # an earlier date: C was still in custody, X_ID not yet
+    earlier = load_match_set(cfg, "custody", _dt.date(2025, 6, 1))
+    assert as_set(earlier.identities) == as_set(encode_identities([A, C]))
+    assert earlier.rejected == {}
+
+
+def test_gb18030_detected_and_transcoded(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY, encoding="gb18030")
+    assert detect_encoding(tmp_path / "custody.csv") == "gb18030"
+    cfg = config(tmp_path, "custody.csv", where="name = '张三' OR name = '巴特尔'", payload=[])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, X_ID]))
+    assert not list(Path(tempfile.gettempdir()).glob("xmatch-node-*.csv"))
+
+
+def test_utf8_with_bom(tmp_path: Path) -> None:
+    (tmp_path / "custody.csv").write_bytes(b"\xef\xbb\xbf" + ("\n".join(CUSTODY) + "\n").encode())
+    assert detect_encoding(tmp_path / "custody.csv") == "utf-8"
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    assert len(load_match_set(cfg, "custody", AS_OF)) == 4
+
+
+def test_ids_normalized_and_invalid_rows_counted(tmp_path: Path) -> None:
+    full_width = "".join(chr(ord(c) + 0xFEE0) for c in A)  # Ｆｕｌｌ-width digits
+    rows = [
+        "id_number,term_months",
+        f"{OLD15},12",
+        f"{full_width},12",
+        f" {B[:6]}-{B[6:]} ,12",
+        f"{X_ID[:-1]}x,12",
+        f"{C[:-1]}{'0' if C[-1] != '0' else '1'},12",  # wrong check character
+        "1.50802E+17,12",
+        "12345,12",
+        ",12",
+    ]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([OLD15_AS_18, A, B, X_ID]))
+    assert loaded.rows_selected == 8
+    assert loaded.rejected == {"check": 1, "scientific_notation": 1, "length": 1, "empty": 1}
+
+
+def test_leading_zero_and_x_survive_type_detection(tmp_path: Path) -> None:
+    # A column of digits would be sniffed as BIGINT; the id column is forced to text.
+    rows = ["id_number,term_months", f"{A},12", f"{B},12", f"{X_ID},12"]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    assert as_set(load_match_set(cfg, "custody", AS_OF).identities) == as_set(
+        encode_identities([A, B, X_ID])
+    )
+
+
+def test_malformed_payload_dates_are_counted(tmp_path: Path) -> None:
+    rows = ["id_number,end_date", f"{A},2029-02-01", f"{B},someday", f"{C},"]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=["end_date"])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, C]))
+    assert loaded.rejected == {"payload_end_date": 1}
+
+
+def test_parquet_source(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "id_number": [A, B, C],
+            "disability_category": [5, 4, 1],
+            "disability_grade": [3, 2, 4],
+            "start_date": [_dt.date(2020, 1, 1), _dt.date(2018, 5, 2), _dt.date(2010, 1, 1)],
+        }
+    )
+    pq.write_table(table, tmp_path / "dpf.parquet")
+    where = (
+        "start_date <= $as_of AND start_date + INTERVAL 10 YEAR > $as_of AND "
+        "(disability_grade <= 2 OR disability_category IN (5, 6))"
+    )
+    cfg = config(
+        tmp_path,
+        "dpf.parquet",
+        where=where,
+        payload=["start_date", "disability_category", "disability_grade"],
+    )
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, B]))
+    assert sorted(loaded.payload["disability_grade"].tolist()) == ["2", "3"]
+
+
+def test_parquet_integer_id_column_is_an_error(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id_number": [int(A)]}), tmp_path / "x.parquet")
+    cfg = config(tmp_path, "x.parquet", where=None, payload=[])
+    with pytest.raises(ConfigError, match="store identity numbers as text"):
+        load_match_set(cfg, "custody", AS_OF)
+
+
+@pytest.mark.parametrize(
+    ("where", "payload", "message"),
+    [
+        ("nonexistent > 1", [], "where: Binder Error: Referenced column"),
+        ("term_months >=", [], "where: Parser Error"),
+        (None, ["disability_grade"], "payload column 'disability_grade' not found"),
+    ],
+)
+def test_sql_and_column_errors_name_the_match_set(
+    tmp_path: Path, where: str | None, payload: list[str], message: str
+) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    cfg = config(tmp_path, "custody.csv", where=where, payload=payload)
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    line = info.value.diagnostics()
+    assert line.startswith(f"{cfg.path}: match_sets[0] ('custody'): ") and message in line, line
+
+
+def test_missing_id_column(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", ["person,term_months", f"{A},1"])
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    with pytest.raises(ConfigError, match=r"id_column 'id_number' not found in custody.csv"):
+        load_match_set(cfg, "custody", AS_OF)
+
+
+def test_conversion_errors_never_quote_values(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", ["id_number,note", f"{A},{B}"])
+    cfg = config(tmp_path, "custody.csv", where="CAST(note AS DATE) > $as_of", payload=[])
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    text = str(info.value)
+    assert "details withheld" in text and B not in text and A not in text
+
+
+def test_where_cannot_read_other_files(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    write_csv(tmp_path / "secret.csv", ["a", "1"])
+    where = "id_number IN (SELECT a FROM read_csv('secret.csv'))"
+    cfg = config(tmp_path, "custody.csv", where=where, payload=[])
+    with pytest.raises(ConfigError):
+        load_match_set(cfg, "custody", AS_OF)
+
+
+def test_store_caches_and_reloads_on_change(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    store = MatchSetStore(cfg, capacity=2)
+    first = store.get("custody", AS_OF)
+    assert store.get("custody", AS_OF) is first
+    write_csv(tmp_path / "custody.csv", [*CUSTODY, f"{OLD15_AS_18},1,x,2020-01-01,"])
+    second = store.get("custody", AS_OF)
+    assert second is not first and len(second) == len(first) + 1
+    assert len(store.validate_all(AS_OF)) == 1

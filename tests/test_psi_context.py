@@ -1,0 +1,227 @@
+"""RoundContext, Transcript and the wire messages."""
+
+from __future__ import annotations
+
+import datetime
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psi.context import RoundContext
+from psi.errors import ProtocolError, VerificationError
+from psi.messages import MAX_TAGS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
+from psi.transcript import Transcript
+
+
+def seeded(seed: int = 1):  # type: ignore[no-untyped-def]
+    gen = random.Random(seed)
+    return lambda n: gen.randbytes(n)
+
+
+def make_context(**overrides: object) -> RoundContext:
+    fields: dict[str, object] = dict(
+        as_of=datetime.date(2025, 6, 30),
+        purpose="dibao-review",
+        requester="civil-affairs",
+        responder="police",
+        match_set="custody",
+        protocol="keyed-hash",
+        rng=seeded(),
+    )
+    fields.update(overrides)
+    return RoundContext.new(**fields)  # type: ignore[arg-type]
+
+
+def test_new_fills_defaults_and_sorts() -> None:
+    ctx = make_context(protocol="ecdh", params=[("z", "1"), ("a", "2")])
+    assert ctx.params == (("a", "2"), ("suite", "x25519-sha256-u"), ("z", "1"))
+    assert ctx.param("suite") == "x25519-sha256-u"
+    assert len(ctx.round_id) == 16 and ctx.round_id_hex == ctx.round_id.hex()
+    with pytest.raises(ProtocolError):
+        ctx.param("missing")
+    assert ctx.param("missing", "d") == "d"
+
+
+def test_round_trip() -> None:
+    ctx = make_context()
+    assert RoundContext.from_bytes(ctx.to_bytes()) == ctx
+
+
+names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,10}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(names, names, names, names), st.tuples(names, names, names, names))
+def test_distinct_contexts_encode_differently(
+    a: tuple[str, str, str, str], b: tuple[str, str, str, str]
+) -> None:
+    def build(f: tuple[str, str, str, str]) -> RoundContext:
+        return RoundContext(
+            round_id=bytes(16),
+            as_of=datetime.date(2025, 1, 1),
+            purpose=f[0],
+            requester=f[1],
+            responder=f[2],
+            match_set=f[3],
+            protocol="ecdh",
+        )
+
+    assert (build(a).to_bytes() == build(b).to_bytes()) == (a == b)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"purpose": "Upper"},
+        {"purpose": ""},
+        {"requester": "x" * 65},
+        {"match_set": "a b"},
+        {"protocol": "rsa"},
+        {"as_of": datetime.datetime(2025, 1, 1)},
+        {"params": [("bad name", "v")]},
+        {"params": [("a", "1"), ("a", "2")]},
+    ],
+)
+def test_invalid_fields(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        make_context(**overrides)
+
+
+def test_unsorted_params_rejected() -> None:
+    with pytest.raises(ValueError):
+        RoundContext(bytes(16), datetime.date(2025, 1, 1), "p", "r", "s", "m", "ecdh",
+                     (("b", "1"), ("a", "1")))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:-1],
+        lambda b: b + b"\x00",
+        lambda b: b"XX" + b[2:],
+        lambda b: b[:5] + b"\x02" + b[6:],
+        lambda b: b"",
+    ],
+)
+def test_from_bytes_rejects(mutate) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ProtocolError):
+        RoundContext.from_bytes(mutate(make_context().to_bytes()))
+
+
+def test_transcript_interleaving_does_not_matter() -> None:
+    ctx = make_context()
+    messages = [("requester", f"m{i}", bytes([i]) * i) for i in range(5)] + [
+        ("responder", f"r{i}", bytes([i + 9]) * i) for i in range(4)
+    ]
+    one, two = Transcript(ctx), Transcript(ctx)
+    for d, label, data in messages:
+        one.absorb(d, label, data)  # type: ignore[arg-type]
+    # the same per-direction order, but the directions interleaved differently
+    req = [m for m in messages if m[0] == "requester"]
+    resp = [m for m in messages if m[0] == "responder"]
+    for pair in zip(resp, req, strict=False):
+        for d, label, data in pair:
+            two.absorb(d, label, data)  # type: ignore[arg-type]
+    for d, label, data in req[len(resp):]:
+        two.absorb(d, label, data)  # type: ignore[arg-type]
+    assert one.digest() == two.digest() and len(one.digest()) == 32
+    assert one.hexdigest() == one.digest().hex()
+    two.verify(one.digest())
+
+
+def test_transcript_sensitive_to_order_direction_label_context() -> None:
+    ctx = make_context()
+    base = Transcript(ctx)
+    base.absorb("requester", "a", b"1")
+    base.absorb("requester", "b", b"2")
+    variants = []
+    swapped = Transcript(ctx)
+    swapped.absorb("requester", "b", b"2")
+    swapped.absorb("requester", "a", b"1")
+    variants.append(swapped)
+    other_dir = Transcript(ctx)
+    other_dir.absorb("responder", "a", b"1")
+    other_dir.absorb("requester", "b", b"2")
+    variants.append(other_dir)
+    split = Transcript(ctx)
+    split.absorb("requester", "a", b"12")
+    split.absorb("requester", "b", b"")
+    variants.append(split)
+    other_ctx = Transcript(make_context(rng=seeded(2)))
+    other_ctx.absorb("requester", "a", b"1")
+    other_ctx.absorb("requester", "b", b"2")
+    variants.append(other_ctx)
+    for v in variants:
+        assert v.digest() != base.digest()
+        with pytest.raises(VerificationError):
+            v.verify(base.digest())
+
+
+def test_transcript_rejects_bad_direction_or_label() -> None:
+    t = Transcript(make_context())
+    with pytest.raises(ValueError):
+        t.absorb("coordinator", "x", b"")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        t.absorb("requester", "Bad Label", b"")
+
+
+RID = bytes(range(16))
+
+
+def test_messages_round_trip() -> None:
+    tags = np.arange(48, dtype=np.uint8).reshape(3, 16)
+    chunk = TagChunk(RID, 4, tags)
+    assert TagChunk.from_bytes(chunk.to_bytes(), round_id=RID, seq=4) == chunk
+    match = MatchChunk(RID, 4, tags[:2], rows=np.array([7, 8, 9]), row_offsets=np.array([0, 2, 3]))
+    assert match.rows_for(0).tolist() == [7, 8] and match.rows_for(1).tolist() == [9]
+    wire = MatchChunk.from_bytes(match.to_bytes())
+    assert wire == match and wire.rows is None
+    with pytest.raises(ProtocolError):
+        wire.rows_for(0)
+    assert match.without_rows().rows is None
+    share = KeyShare(RID, bytes(range(32)))
+    assert KeyShare.from_bytes(share.to_bytes(), round_id=RID) == share
+    points = PointChunk(RID, 0, "set", np.zeros((2, 32), np.uint8))
+    assert PointChunk.from_bytes(points.to_bytes(), stage="set") == points
+
+
+def test_match_rows_never_on_the_wire() -> None:
+    rows = np.array([123456789], dtype=np.int64)
+    match = MatchChunk(RID, 0, np.ones((1, 16), np.uint8), rows=rows, row_offsets=np.array([0, 1]))
+    assert rows.tobytes() not in match.to_bytes()
+    assert match.to_bytes() == match.without_rows().to_bytes()
+
+
+def test_message_errors() -> None:
+    data = TagChunk(RID, 2, np.zeros((3, 16), np.uint8)).to_bytes()
+    with pytest.raises(ProtocolError, match="multiple of 16"):
+        TagChunk.from_bytes(data[:-1])
+    with pytest.raises(ProtocolError, match="another round"):
+        TagChunk.from_bytes(data, round_id=bytes(16))
+    with pytest.raises(ProtocolError, match="sequence number"):
+        TagChunk.from_bytes(data, seq=1)
+    with pytest.raises(ProtocolError, match="message type"):
+        MatchChunk.from_bytes(data)
+    with pytest.raises(ProtocolError, match="header"):
+        TagChunk.from_bytes(data[:10])
+    with pytest.raises(ProtocolError, match="items"):
+        TagChunk.from_bytes(data[:-16])
+    points = PointChunk(RID, 0, "blinded", np.zeros((1, 32), np.uint8)).to_bytes()
+    with pytest.raises(ProtocolError, match="multiple of 32"):
+        PointChunk.from_bytes(points + b"\x00" * 16)
+    with pytest.raises(ProtocolError):
+        PointChunk.from_bytes(points, stage="set")
+    with pytest.raises(ProtocolError):
+        TagChunk(RID, 0, np.zeros((2, 15), np.uint8))
+    with pytest.raises(ProtocolError):
+        TagChunk(RID, -1, np.zeros((2, 16), np.uint8))
+
+
+def test_message_size_limit() -> None:
+    big = TagChunk(RID, 0, np.zeros((MAX_TAGS_PER_CHUNK + 1, 16), np.uint8))
+    with pytest.raises(ProtocolError, match="limit"):
+        big.to_bytes()
+    assert len(TagChunk(RID, 0, np.zeros((MAX_TAGS_PER_CHUNK, 16), np.uint8)).to_bytes()) < 4 << 20

@@ -1,0 +1,279 @@
+"""ECDH protocol: full in-process rounds, padding, executors, adversarial input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psi import (
+    AlreadyUsed,
+    EcdhRequester,
+    EcdhResponder,
+    EcdhResult,
+    PointChunk,
+    ProtocolError,
+    RoundContext,
+    encode_identities,
+    size_class,
+)
+from tests.test_psi_context import make_context
+from tests.test_psi_keyed_hash import ids_from_ints, rng_for
+
+SMALL = functools.partial(size_class, minimum=8)
+ELL2 = "curve25519_XMD:SHA-512_ELL2_NU_"
+
+
+def ecdh_context(seed: int = 1, suite: str | None = None) -> RoundContext:
+    params = [("suite", suite)] if suite else []
+    return make_context(protocol="ecdh", params=params, rng=rng_for(seed))
+
+
+def roles(
+    ctx: RoundContext, executor: concurrent.futures.Executor | None = None
+) -> tuple[EcdhRequester, EcdhResponder]:
+    req = EcdhRequester.generate(ctx, rng=rng_for(11), executor=executor)
+    resp = EcdhResponder.generate(ctx, rng=rng_for(12), executor=executor, size_classes=SMALL)
+    return req, resp
+
+
+def run_round(
+    roster: list[str],
+    match_set: list[str],
+    *,
+    chunk: int = 5,
+    ctx: RoundContext | None = None,
+    executor: concurrent.futures.Executor | None = None,
+) -> tuple[EcdhResult, bytes]:
+    ctx = ctx or ecdh_context()
+    req, resp = roles(ctx, executor)
+    resp.load_set(encode_identities(match_set))
+    enc = encode_identities(roster)
+    for start in range(0, len(enc), chunk):
+        blinded = PointChunk.from_bytes(req.blind(enc[start : start + chunk]).to_bytes())
+        req.receive_reblinded(PointChunk.from_bytes(resp.reblind(blinded).to_bytes()))
+    for part in resp.set_chunks(chunk):
+        req.receive_responder_set(PointChunk.from_bytes(part.to_bytes(), stage="set"))
+    req.receive_responder_done(resp.set_size)
+    return req.finish(), resp.finish()
+
+
+def test_known_overlap_with_duplicates() -> None:
+    roster = ids_from_ints([1, 2, 3, 4, 5, 2])
+    result, t_resp = run_round(roster, ids_from_ints([2, 4, 9, 4, 4]))
+    assert result.matched.tolist() == [1, 3, 5]
+    assert result.responder_set_size == 8  # 3 unique, padded to the class
+    assert result.transcript == t_resp
+
+
+@pytest.mark.parametrize(("roster", "match_set"), [([], [1, 2]), ([1, 2], []), ([], [])])
+def test_empty_sets(roster: list[int], match_set: list[int]) -> None:
+    result, t_resp = run_round(ids_from_ints(roster), ids_from_ints(match_set))
+    assert result.matched.tolist() == [] and result.transcript == t_resp
+    assert result.responder_set_size == 8
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), max_size=20),
+    st.lists(st.integers(0, 40), max_size=20),
+    st.integers(1, 8),
+)
+def test_equals_plain_intersection(roster: list[int], match_set: list[int], chunk: int) -> None:
+    result, t_resp = run_round(ids_from_ints(roster), ids_from_ints(match_set), chunk=chunk)
+    assert result.matched.tolist() == [i for i, v in enumerate(roster) if v in set(match_set)]
+    assert result.transcript == t_resp
+
+
+def test_rfc9380_suite_round() -> None:
+    result, t_resp = run_round(
+        ids_from_ints([1, 2, 3]), ids_from_ints([3, 4]), ctx=ecdh_context(suite=ELL2)
+    )
+    assert result.matched.tolist() == [2] and result.transcript == t_resp
+
+
+def test_suites_do_not_interoperate() -> None:
+    enc = encode_identities(ids_from_ints([1]))
+    fast, _ = roles(ecdh_context(2))
+    strict, _ = roles(ecdh_context(2, suite=ELL2))
+    assert fast.blind(enc) != strict.blind(enc)
+
+
+def test_points_from_different_rounds_never_match() -> None:
+    enc = encode_identities(ids_from_ints(list(range(20))))
+    one, _ = roles(ecdh_context(1))
+    two = EcdhRequester.generate(ecdh_context(2), rng=rng_for(13))
+    a = {r.tobytes() for r in one.blind(enc).points}
+    b = {r.tobytes() for r in two.blind(enc).points}
+    assert len(a) == 20 and not a & b
+
+
+def test_process_pool_matches_inline() -> None:
+    roster = ids_from_ints(list(range(0, 300, 2)))
+    match_set = ids_from_ints(list(range(0, 300, 3)))
+    inline, _ = run_round(roster, match_set, chunk=150)
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        pooled, t_resp = run_round(roster, match_set, chunk=150, executor=pool)
+    assert pooled.matched.tolist() == inline.matched.tolist()
+    assert pooled.transcript == t_resp
+
+
+def test_size_classes() -> None:
+    assert size_class(0) == 1024 and size_class(1024) == 1024 and size_class(1025) == 1280
+    assert size_class(1281) == 1600
+    sizes = [size_class(n) for n in range(0, 20000, 97)]
+    assert all(s >= n for s, n in zip(sizes, range(0, 20000, 97), strict=True))
+    with pytest.raises(ValueError):
+        size_class(-1)
+
+
+def test_padding_is_shuffled_in() -> None:
+    ctx = ecdh_context()
+    _, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints([1, 2, 3])))
+    assert resp.set_size == 8
+    assert sum(len(c) for c in resp.set_chunks(3)) == 8
+
+
+LOW_ORDER = [
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_low_order_point_in_blinded_chunk(point: str) -> None:
+    ctx = ecdh_context()
+    _, resp = roles(ctx)
+    points = np.zeros((3, 32), np.uint8)
+    points[:] = np.frombuffer(bytes.fromhex("09" + "00" * 31), np.uint8)
+    points[2] = np.frombuffer(bytes.fromhex(point), np.uint8)
+    with pytest.raises(ProtocolError, match="blinded chunk 0: point 2 is a low-order point"):
+        resp.reblind(PointChunk(ctx.round_id, 0, "blinded", points))
+
+
+def test_low_order_point_in_set_chunk() -> None:
+    ctx = ecdh_context()
+    req, _ = roles(ctx)
+    points = np.zeros((2, 32), np.uint8)
+    points[0, 0] = 9
+    with pytest.raises(ProtocolError, match="set chunk 0: point 1"):
+        req.receive_responder_set(PointChunk(ctx.round_id, 0, "set", points))
+
+
+def test_wrong_length_and_stage() -> None:
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    wire = req.blind(encode_identities(ids_from_ints([1, 2]))).to_bytes()
+    with pytest.raises(ProtocolError, match="multiple of 32"):
+        PointChunk.from_bytes(wire[:-5])
+    blinded = PointChunk.from_bytes(wire)
+    with pytest.raises(ProtocolError, match="expected a reblinded chunk"):
+        req.receive_reblinded(blinded)
+    answer = resp.reblind(blinded)
+    short = PointChunk(ctx.round_id, 0, "reblinded", answer.points[:1])
+    with pytest.raises(ProtocolError, match="has 1 points, expected 2"):
+        req.receive_reblinded(short)
+
+
+def test_other_round_and_out_of_order() -> None:
+    ctx = ecdh_context(1)
+    req, resp = roles(ctx)
+    other, _ = roles(ecdh_context(2))
+    with pytest.raises(ProtocolError, match="another round"):
+        resp.reblind(other.blind(encode_identities(ids_from_ints([1]))))
+    enc = encode_identities(ids_from_ints([1, 2]))
+    first, second = req.blind(enc[:1]), req.blind(enc[1:])
+    with pytest.raises(ProtocolError, match="sequence number 1, expected 0"):
+        resp.reblind(second)
+    a1, a2 = resp.reblind(first), resp.reblind(second)
+    with pytest.raises(ProtocolError, match="sequence number 1, expected 0"):
+        req.receive_reblinded(a2)
+    req.receive_reblinded(a1)
+    req.receive_reblinded(a2)
+    with pytest.raises(ProtocolError, match="never sent"):
+        req.receive_reblinded(PointChunk(ctx.round_id, 2, "reblinded", a2.points))
+
+
+def test_result_only_after_done() -> None:
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints([1])))
+    chunk = req.blind(encode_identities(ids_from_ints([1])))
+    parts = list(resp.set_chunks(3))
+    req.receive_responder_set(parts[0])
+    with pytest.raises(ProtocolError, match="not declared"):
+        req.finish()
+    with pytest.raises(ProtocolError, match="not been sent completely"):
+        EcdhResponder.generate(ctx, size_classes=SMALL).finish()
+    with pytest.raises(ProtocolError, match="declared 8 set points, 3 received"):
+        req.receive_responder_done(8)
+    for part in parts[1:]:
+        req.receive_responder_set(part)
+    with pytest.raises(ProtocolError, match="unanswered"):
+        req.receive_responder_done(8)
+    req.receive_reblinded(resp.reblind(chunk))
+    req.receive_responder_done(8)
+    with pytest.raises(AlreadyUsed):
+        req.receive_responder_done(8)
+    with pytest.raises(ProtocolError, match="after the responder"):
+        req.receive_responder_set(parts[0])
+    result = req.finish()
+    assert result.matched.tolist() == [0] and result.transcript == resp.finish()
+    with pytest.raises(AlreadyUsed):
+        req.finish()
+    with pytest.raises(AlreadyUsed):
+        resp.finish()
+    with pytest.raises(AlreadyUsed):
+        resp.reblind(chunk)
+
+
+def test_set_chunks_once_and_load_once() -> None:
+    _, resp = roles(ecdh_context())
+    with pytest.raises(ProtocolError, match="load_set"):
+        resp.set_chunks(4)
+    resp.load_set(np.zeros((0, 16), np.uint8))
+    with pytest.raises(AlreadyUsed):
+        resp.load_set(np.zeros((0, 16), np.uint8))
+    list(resp.set_chunks(4))
+    with pytest.raises(AlreadyUsed):
+        resp.set_chunks(4)
+
+
+def test_tampered_set_chunk_changes_transcript() -> None:
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints([1, 2])))
+    enc = encode_identities(ids_from_ints([1, 2]))
+    req.receive_reblinded(resp.reblind(req.blind(enc)))
+    for i, part in enumerate(resp.set_chunks(8)):
+        points = part.points.copy()
+        if i == 0:
+            points[0] = points[1]  # an element replaced in transit
+        req.receive_responder_set(PointChunk(part.round_id, part.seq, "set", points))
+    req.receive_responder_done(resp.set_size)
+    assert req.finish().transcript != resp.finish()
+
+
+def test_wrong_protocol_and_suite() -> None:
+    with pytest.raises(ProtocolError, match="not ecdh"):
+        EcdhRequester.generate(make_context())
+    with pytest.raises(ProtocolError, match="suite"):
+        EcdhResponder.generate(ecdh_context(suite="p256-sswu"))
+
+
+def test_refuses_pickling() -> None:
+    req, resp = roles(ecdh_context())
+    for obj in (req, resp):
+        with pytest.raises(TypeError):
+            pickle.dumps(obj)

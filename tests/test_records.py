@@ -1,0 +1,209 @@
+"""The file boundary: roster.csv and evidence.csv (data-contracts.md, "Files")."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from coordinator.records import (
+    Category,
+    Circumstance,
+    EvidenceRow,
+    Status,
+    decode_csv_bytes,
+    read_evidence,
+    read_roster,
+    write_evidence,
+)
+from psi.errors import InputError
+from tests.rules_helpers import (
+    EVIDENCE_HEADER,
+    ROSTER_HEADER,
+    fifteen,
+    full_width,
+    id_with_x,
+    make_id,
+)
+
+CHILD = make_id(date(2015, 3, 15))
+FATHER = make_id(date(1985, 1, 1))
+MOTHER_X = id_with_x(date(1986, 6, 6))
+
+
+def _write(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def test_roster_normalizes_ids_and_reads_every_column(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "roster.csv",
+        [
+            ROSTER_HEADER,
+            f"{full_width(CHILD)},乌力吉·巴特尔,,,{fifteen(FATHER)},{MOTHER_X.lower()},父,母,"
+            "supported,de_facto,,150402,2026-05-01",
+            ",未落户儿童,2024-02-29,F,,,,,candidate,,yes,,",
+        ],
+        encoding="utf-8-sig",
+    )
+    roster = read_roster(path)
+    first, second = roster.rows
+    assert (first.child_id, first.father_id, first.mother_id) == (CHILD, FATHER, MOTHER_X)
+    assert first.child_birth_date == date(2015, 3, 15) and first.child_sex == "M"
+    assert (first.status, first.category, first.region_code) == (
+        Status.SUPPORTED,
+        Category.DE_FACTO,
+        "150402",
+    )
+    assert first.last_check_date == date(2026, 5, 1) and first.line == 2
+    assert (
+        second.child_id is None
+        and second.foundling
+        and second.child_birth_date == date(2024, 2, 29)
+    )
+    assert second.child_key is not None and "2024-02-29" in second.child_key
+    assert roster.problems == []
+
+
+def test_gb18030_roster_is_detected(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "roster.csv",
+        [ROSTER_HEADER, f"{CHILD},张晓明,,,{FATHER},{MOTHER_X},张三,李四,candidate,,,,"],
+        encoding="gb18030",
+    )
+    assert read_roster(path).rows[0].child_name == "张晓明"
+    assert read_roster(path, encoding="gb18030").rows[0].father_name == "张三"
+
+
+def test_invalid_ids_are_problems_not_errors(tmp_path: Path) -> None:
+    bad_check = CHILD[:-1] + ("0" if CHILD[-1] != "0" else "1")
+    path = _write(
+        tmp_path / "roster.csv",
+        [
+            ROSTER_HEADER,
+            f"{bad_check},甲,2015-03-15,M,{FATHER},1.50802E+17,,,candidate,,,,",
+        ],
+    )
+    roster = read_roster(path)
+    [row] = roster.rows
+    assert row.child_id is None and row.mother_id is None and row.father_id == FATHER
+    assert [(p.line, p.column) for p in roster.problems] == [(2, "child_id"), (2, "mother_id")]
+    assert "scientific notation" in roster.problems[1].message
+    for problem in roster.problems:
+        assert CHILD[:10] not in str(problem)
+        assert str(problem).startswith(f"{path}:2: column ")
+
+
+def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
+    born = make_id(date(2026, 12, 1))
+    path = _write(
+        tmp_path / "r.csv", [ROSTER_HEADER, f"{born},甲,,,{FATHER},{MOTHER_X},,,candidate,,,,"]
+    )
+    assert read_roster(path, as_of=date(2026, 11, 29)).rows[0].child_id is None
+    assert read_roster(path, as_of=date(2026, 12, 2)).rows[0].child_id == born
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "needle"),
+    [
+        (["child_id,child_name", f"{CHILD},甲"], 1, "missing required column status"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,"], 2, "expected 13 fields"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,2026-13-01"], 2, "column last_check_date"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,2026/01/01"], 2, "column last_check_date"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,applicant,,,,"], 2, "column status"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,supported,,,,"], 2, "column category"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,supported,orphanage,,,"], 2, "column category"),
+        ([ROSTER_HEADER, ",甲,,M,,,,,candidate,,,,"], 2, "column child_birth_date"),
+        ([ROSTER_HEADER, ",甲,2020-01-01,,,,,,candidate,,,,"], 2, "column child_sex"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,maybe,,"], 2, "column foundling"),
+        ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,1504,"], 2, "column region_code"),
+    ],
+)
+def test_fatal_roster_errors_name_file_line_and_column(
+    tmp_path: Path, lines: list[str], line: int, needle: str
+) -> None:
+    path = _write(tmp_path / "roster.csv", lines)
+    with pytest.raises(InputError) as caught:
+        read_roster(path)
+    message = caught.value.diagnostics()
+    assert message.startswith(f"{path}:{line}: ")
+    assert needle in message
+    assert CHILD not in message and "\n" not in message
+
+
+def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_bytes(
+        (ROSTER_HEADER + "\n" + f"{CHILD},甲,,,,,,,candidate,,,,\n").encode()
+        + f"{CHILD},".encode()
+        + b"\xff\xfe\xff,,,,,,,candidate,,,,\n"
+    )
+    with pytest.raises(InputError, match=rf"^{path}:3: bytes that are neither UTF-8 nor GB18030"):
+        read_roster(path)
+    with pytest.raises(InputError, match=rf"^{path}:3: bytes that are not UTF-8"):
+        read_roster(path, encoding="utf-8")
+
+
+def test_bom_means_utf8() -> None:
+    assert decode_csv_bytes("\ufeffa,b\n".encode(), path="x") == "a,b\n"
+    with pytest.raises(InputError, match="x:2: bytes that are not UTF-8"):
+        decode_csv_bytes("\ufeffa\n".encode() + "张".encode("gb18030"), path="x")
+
+
+def test_evidence_reads_and_round_trips(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "evidence.csv",
+        [
+            EVIDENCE_HEADER,
+            f"{fifteen(FATHER)},IMPRISONED,justice/custody,2025-03-01,2029-03-01,,",
+            f"{MOTHER_X.lower()},SEVERE_DISABILITY,dpf/cert,2018-05-02,,4,2",
+            f"{CHILD},SERVICE,medical_insurance/enrolled,,,,",
+        ],
+    )
+    rows = read_evidence(path)
+    assert rows == [
+        EvidenceRow(
+            FATHER, Circumstance.IMPRISONED, "justice/custody", date(2025, 3, 1), date(2029, 3, 1)
+        ),
+        EvidenceRow(
+            MOTHER_X, Circumstance.SEVERE_DISABILITY, "dpf/cert", date(2018, 5, 2), None, 4, 2
+        ),
+        EvidenceRow(CHILD, Circumstance.SERVICE, "medical_insurance/enrolled"),
+    ]
+    out = tmp_path / "sub" / "copy.csv"
+    write_evidence(out, rows)
+    assert read_evidence(out) == rows
+    assert [p.name for p in out.parent.iterdir()] == ["copy.csv"]  # no temporary file left
+
+
+def test_evidence_needs_only_the_key_columns(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "e.csv", ["person_id,circumstance,source", f"{FATHER},DEAD,police/deaths"]
+    )
+    assert read_evidence(path) == [EvidenceRow(FATHER, Circumstance.DEAD, "police/deaths")]
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        (f"{FATHER},JAILED,justice/custody,,,,", "column circumstance"),
+        (f"{FATHER},DEAD,police,,,,", "column source"),
+        (f"{FATHER},DEAD,police/deaths,2019-02-30,,,", "column start_date"),
+        (f"{FATHER},SEVERE_DISABILITY,dpf/cert,,,8,1", "column disability_category"),
+        (f"{FATHER},SEVERE_DISABILITY,dpf/cert,,,1,5", "column disability_grade"),
+        (f"{FATHER[:-1]},DEAD,police/deaths,,,,", "column person_id"),
+        (",DEAD,police/deaths,,,,", "column person_id"),
+        (f"{FATHER},DEAD,police/deaths,,", "expected 7 fields"),
+    ],
+)
+def test_fatal_evidence_errors(tmp_path: Path, row: str, needle: str) -> None:
+    path = _write(
+        tmp_path / "evidence.csv", [EVIDENCE_HEADER, f"{MOTHER_X},DEAD,police/deaths,,,,", row]
+    )
+    with pytest.raises(InputError) as caught:
+        read_evidence(path)
+    message = caught.value.diagnostics()
+    assert message.startswith(f"{path}:3: ") and needle in message
+    assert FATHER[:17] not in message

@@ -1,0 +1,482 @@
+"""End to end: real node processes on loopback, ``xmatch round run`` as a subprocess.
+
+The evidence a round learns must equal the plaintext join of the same files
+(computed here with plain Python and the same filters), for both protocols;
+its decisions must equal ``xmatch rules evaluate`` on that evidence. Bad input
+fails with one line, a non-zero exit and no output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from psi.errors import InvalidIdentifier
+from psi.identifiers import normalize_id
+from xmatch import synth
+from xmatch.demo import NodeProcess, free_ports, start_node, stop_nodes
+
+pytestmark = pytest.mark.integration
+
+AS_OF = dt.date.today()
+Row = tuple[str, str, str, str, str, str, str]
+Filter = Callable[[dict[str, str]], bool]
+
+
+def _num(text: str) -> int | None:
+    return int(text) if text.strip().isdigit() else None
+
+
+# The test federation: simple filters, mirrored below in Python.
+SPECS = (
+    synth.NodeSpec(
+        "police",
+        "keyed-hash",
+        (
+            synth.MatchSetSpec(
+                "deaths", "DEAD", "data/police/deaths.csv", "id_number", None, ("start_date",)
+            ),
+            synth.MatchSetSpec(
+                "lost_contact",
+                "LOST_CONTACT",
+                "data/police/lost_contact.csv",
+                "id_number",
+                None,
+                ("start_date", "end_date"),
+            ),
+        ),
+    ),
+    synth.NodeSpec(
+        "justice",
+        "ecdh",
+        (
+            synth.MatchSetSpec(
+                "custody",
+                "IMPRISONED",
+                "data/justice/custody.csv",
+                "id_number",
+                "term_months >= 6",
+                ("start_date", "end_date"),
+            ),
+        ),
+    ),
+    synth.NodeSpec(
+        "disabled-persons-federation",
+        "keyed-hash",
+        (
+            synth.MatchSetSpec(
+                "certificates",
+                "SEVERE_DISABILITY",
+                "data/disabled_persons_federation/certificates.csv",
+                "id_number",
+                "disability_grade <= 2",
+                ("start_date", "end_date", "disability_category", "disability_grade"),
+                encoding="gb18030",
+            ),
+        ),
+    ),
+    synth.NodeSpec(
+        "medical-insurance",
+        "ecdh",
+        (
+            synth.MatchSetSpec(
+                "enrolled", "SERVICE", "data/medical_insurance/enrolled.csv", "id_number", None, ()
+            ),
+        ),
+    ),
+)
+FILTERS: dict[str, Filter] = {
+    "custody": lambda r: (_num(r["term_months"]) or 0) >= 6,
+    "certificates": lambda r: (_num(r["disability_grade"]) or 99) <= 2,
+}
+SWAP = {"keyed-hash": "ecdh", "ecdh": "keyed-hash"}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUTF8": "1"}
+
+
+def xmatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "xmatch", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=cwd,
+        env=_env(),
+        timeout=300,
+        check=False,
+    )
+
+
+@dataclasses.dataclass
+class Federation:
+    root: Path
+    ports: dict[str, int]
+    nodes: list[NodeProcess]
+
+
+def _write_node_configs(
+    root: Path, specs: tuple[synth.NodeSpec, ...], ports: dict[str, int]
+) -> None:
+    (root / "logs").mkdir(exist_ok=True)
+    for spec in specs:
+        synth.write_node_config(root, spec, port=ports[spec.name])
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("federation")
+    synth.generate(root, children=90, seed=11, as_of=AS_OF)
+    synth.write_pki(root, [s.name for s in SPECS] + ["ghost"])
+    ports = dict(zip([s.name for s in SPECS], free_ports(len(SPECS)), strict=True))
+    _write_node_configs(root, SPECS, ports)
+    nodes: list[NodeProcess] = []
+    try:
+        for spec in SPECS:
+            nodes.append(
+                start_node(spec.name, root / f"{spec.name}.node.toml", log_dir=root / "logs")
+            )
+        yield Federation(root, ports, nodes)
+    finally:
+        stop_nodes(nodes)
+
+
+def _coordinator_toml(
+    fed: Federation,
+    name: str,
+    *,
+    specs: tuple[synth.NodeSpec, ...] = SPECS,
+    extra: str = "",
+    roster: str = "data/roster.csv",
+) -> Path:
+    path = synth.write_coordinator_config(
+        fed.root, specs, ports=fed.ports, retries=1, deadline_seconds=120, roster=roster
+    )
+    target = fed.root / name
+    path.rename(target)
+    if extra:
+        target.write_text(target.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return target
+
+
+def _keep_all(_record: dict[str, str]) -> bool:
+    return True
+
+
+def _roster_ids(path: Path) -> set[str]:
+    ids: set[str] = set()
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for col in ("child_id", "father_id", "mother_id"):
+                if row.get(col, "").strip():
+                    with contextlib.suppress(InvalidIdentifier):
+                        ids.add(normalize_id(row[col], today=AS_OF))
+    return ids
+
+
+def expected_evidence(root: Path, specs: tuple[synth.NodeSpec, ...]) -> list[Row]:
+    """The plaintext join of the roster with each match set, as evidence rows."""
+    roster = _roster_ids(root / "data" / "roster.csv")
+    rows: list[Row] = []
+    for node in specs:
+        for ms in node.match_sets:
+            source = f"{node.name}/{ms.name}"
+            keep: Filter = FILTERS.get(ms.name, _keep_all)
+            seen: set[str] = set()
+            with (root / ms.source).open(encoding=ms.encoding, newline="") as fh:
+                for record in csv.DictReader(fh):
+                    try:
+                        pid = normalize_id(record[ms.id_column], today=AS_OF)
+                    except InvalidIdentifier:
+                        continue
+                    if pid not in roster or not keep(record):
+                        continue
+                    if node.protocol == "ecdh":  # membership only, once per person
+                        if pid not in seen:
+                            rows.append((pid, ms.circumstance, source, "", "", "", ""))
+                        seen.add(pid)
+                        continue
+                    cols = ("start_date", "end_date", "disability_category", "disability_grade")
+                    vals = [record.get(c, "") if c in ms.payload else "" for c in cols]
+                    rows.append((pid, ms.circumstance, source, *vals))  # type: ignore[arg-type]
+    return sorted(rows)
+
+
+def read_evidence_csv(path: Path) -> list[Row]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        assert header == [
+            "person_id",
+            "circumstance",
+            "source",
+            "start_date",
+            "end_date",
+            "disability_category",
+            "disability_grade",
+        ]
+        return sorted(tuple(r) for r in reader)  # type: ignore[misc]
+
+
+def _no_identity_numbers(text: str) -> None:
+    text = re.sub(r"\b[0-9a-f]{32}\b", "", text)  # round ids are random hex
+    assert not re.search(r"\d{15}", text), "output holds something like an identity number"
+
+
+def _evaluate(fed: Federation, out: Path, failed: list[str], tmp: Path) -> dict[str, object]:
+    args = [
+        "rules",
+        "evaluate",
+        "--roster",
+        str(fed.root / "data" / "roster.csv"),
+        "--evidence",
+        str(out / "evidence.csv"),
+        "--as-of",
+        AS_OF.isoformat(),
+        "--out",
+        str(tmp / "evaluated.json"),
+    ]
+    for source in failed:
+        args += ["--failed-source", source]
+    done = xmatch(*args)
+    assert done.returncode == 0, done.stderr
+    document: dict[str, object] = json.loads((tmp / "evaluated.json").read_text(encoding="utf-8"))
+    return document
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["protocols-a", "protocols-b"])
+def test_round_equals_plaintext_join_and_rules_evaluate(
+    federation: Federation, tmp_path: Path, swap: bool
+) -> None:
+    specs = tuple(dataclasses.replace(s, protocol=SWAP[s.protocol]) if swap else s for s in SPECS)
+    assert {s.protocol for s in specs} == {"ecdh", "keyed-hash"}
+    config = _coordinator_toml(federation, f"coordinator-{int(swap)}.toml", specs=specs)
+    out = tmp_path / "round"
+    done = xmatch(
+        "round",
+        "run",
+        "--config",
+        str(config),
+        "--as-of",
+        AS_OF.isoformat(),
+        "--out",
+        str(out),
+        "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    _no_identity_numbers(done.stdout + done.stderr)
+    assert "warning" not in done.stderr
+    # the two numbers a spreadsheet destroyed are reported with file, line and column
+    assert len(re.findall(r"roster\.csv:\d+: column child_id: .*scientific", done.stderr)) == 2
+
+    got = read_evidence_csv(out / "evidence.csv")
+    want = expected_evidence(federation.root, specs)
+    assert got == want
+    assert {r[2] for r in got} == {f"{n.name}/{m.name}" for n in specs for m in n.match_sets}
+
+    decisions = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    assert re.fullmatch(r"[0-9a-f]{32}", decisions.pop("round_id"))
+    evaluated = _evaluate(federation, out, [], tmp_path)
+    evaluated.pop("round_id")
+    assert decisions == evaluated
+    assert decisions["failed_sources"] == []
+    assert "medical-insurance/enrolled" in decisions["coverage_gaps"]
+    assert (
+        (out / "report.html").read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype")
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decisions.json",
+        "evidence.csv",
+        "report.html",
+    ]
+    # both sides logged every sub-round with the same transcript
+    logs = [
+        str(federation.root / "logs" / f"{n}.audit.jsonl")
+        for n in ["civil-affairs", *(s.name for s in SPECS)]
+    ]
+    rec = xmatch("audit", "reconcile", *logs)
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+
+
+def test_unreachable_node_is_a_failed_source_not_an_exit(
+    federation: Federation, tmp_path: Path
+) -> None:
+    dead_port = free_ports(1)[0]
+    config = _coordinator_toml(
+        federation,
+        "coordinator-dead.toml",
+        extra=(
+            f'[[nodes]]\nname = "court"\naddress = "127.0.0.1:{dead_port}"\n'
+            'match_sets = ["declarations"]\nprotocol = "keyed-hash"\nretries = 1\n'
+        ),
+    )
+    out = tmp_path / "round"
+    done = xmatch(
+        "round",
+        "run",
+        "--config",
+        str(config),
+        "--as-of",
+        AS_OF.isoformat(),
+        "--out",
+        str(out),
+        "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: court/declarations failed: connection refused at 127.0.0.1:{dead_port} "
+        "(children without a category get REVIEW, not EXIT)"
+    ]
+    decisions = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    assert decisions["failed_sources"] == ["court/declarations"]
+    by_decision = {d["decision"] for d in decisions["decisions"]}
+    assert "NOT_ELIGIBLE" not in by_decision and "REVIEW" in by_decision
+    for entry in decisions["decisions"]:
+        if entry["decision"] == "EXIT":  # only the 18th birthday still ends support
+            born = dt.date.fromisoformat(
+                f"{entry['child_id'][6:10]}-{entry['child_id'][10:12]}-{entry['child_id'][12:14]}"
+            )
+            assert (AS_OF.year - born.year) - (
+                (AS_OF.month, AS_OF.day) < (born.month, born.day)
+            ) >= 18
+    evaluated = _evaluate(federation, out, ["court/declarations"], tmp_path)
+    decisions.pop("round_id")
+    evaluated.pop("round_id")
+    assert decisions == evaluated
+    assert read_evidence_csv(out / "evidence.csv") == expected_evidence(federation.root, SPECS)
+
+
+def _assert_fatal(done: subprocess.CompletedProcess[str], out: Path, words: str) -> None:
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xmatch: error: "), done.stderr
+    assert words in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_roster_missing_required_column(federation: Federation, tmp_path: Path) -> None:
+    source = federation.root / "data" / "roster.csv"
+    with source.open(encoding="utf-8-sig", newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k != "status"} for r in csv.DictReader(fh)]
+    broken = federation.root / "data" / "roster-no-status.csv"
+    with broken.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = _coordinator_toml(
+        federation, "coordinator-nostatus.toml", roster="data/roster-no-status.csv"
+    )
+    out = tmp_path / "round"
+    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    _assert_fatal(done, out, "status")
+
+
+def test_unknown_config_key(federation: Federation, tmp_path: Path) -> None:
+    config = _coordinator_toml(federation, "coordinator-typo.toml", extra="")
+    text = config.read_text(encoding="utf-8").replace(
+        'purpose = "eligibility-review"', 'purpose = "eligibility-review"\npurpse = "x"'
+    )
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "round"
+    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    _assert_fatal(done, out, "unknown key coordinator.purpse")
+
+
+def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> None:
+    config = _coordinator_toml(federation, "coordinator-wrongcert.toml")
+    text = config.read_text(encoding="utf-8")
+    text = text.replace("pki/civil-affairs.crt", "pki/ghost.crt").replace(
+        "pki/civil-affairs.key", "pki/ghost.key"
+    )
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "round"
+    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    _assert_fatal(done, out, "certificate names 'ghost'")
+
+
+def test_existing_output_folder_is_refused(federation: Federation, tmp_path: Path) -> None:
+    out = tmp_path / "round"
+    out.mkdir()
+    (out / "decisions.json").write_text("{}", encoding="utf-8")
+    config = _coordinator_toml(federation, "coordinator-again.toml")
+    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    assert done.returncode == 1
+    assert "not empty" in done.stderr
+    assert (out / "decisions.json").read_text(encoding="utf-8") == "{}"
+
+
+# ---------------------------------------------------------------------------
+# Large sets: 50k roster identities against a 200k-row match set
+
+
+@pytest.mark.slow
+def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
+    root = tmp_path
+    data = root / "data"
+    data.mkdir()
+    as_of = AS_OF
+    roster_ids = [
+        synth.make_id(
+            "150102", dt.date(2010, 1, 1) + dt.timedelta(days=i % 2900), (i // 2900) * 2 + 1
+        )
+        for i in range(50_000)
+    ]
+    set_ids = [
+        synth.make_id("150502", dt.date(1960, 1, 1) + dt.timedelta(days=i % 9000), (i // 9000) * 2)
+        for i in range(190_000)
+    ]
+    set_ids += roster_ids[::5]  # 10,000 matches
+    with (data / "roster.csv").open("w", encoding="utf-8", newline="") as fh:
+        fh.write("child_id,child_name,status,category\n")
+        fh.writelines(f"{i},儿童,candidate,\n" for i in roster_ids)
+    with (data / "big.csv").open("w", encoding="utf-8", newline="") as fh:
+        fh.write("id_number\n")
+        fh.writelines(f"{i}\n" for i in set_ids)
+    big = (synth.MatchSetSpec("deaths", "DEAD", "data/big.csv", "id_number", None, ()),)
+    specs = (synth.NodeSpec("bigecdh", "ecdh", big), synth.NodeSpec("bigkh", "keyed-hash", big))
+    synth.write_pki(root, [s.name for s in specs])
+    ports = dict(zip([s.name for s in specs], free_ports(2), strict=True))
+    _write_node_configs(root, specs, ports)
+    config = synth.write_coordinator_config(root, specs, ports=ports, retries=1)
+    nodes: list[NodeProcess] = []
+    try:
+        for spec in specs:
+            nodes.append(
+                start_node(spec.name, root / f"{spec.name}.node.toml", log_dir=root / "logs")
+            )
+        out = root / "round"
+        done = xmatch(
+            "round",
+            "run",
+            "--config",
+            str(config),
+            "--as-of",
+            as_of.isoformat(),
+            "--out",
+            str(out),
+            "-q",
+        )
+    finally:
+        stop_nodes(nodes)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    rows = read_evidence_csv(out / "evidence.csv")
+    counts = {s: sum(1 for r in rows if r[2] == s) for s in ("bigecdh/deaths", "bigkh/deaths")}
+    assert counts == {"bigecdh/deaths": 10_000, "bigkh/deaths": 10_000}
+    assert {r[0] for r in rows} == set(roster_ids[::5])

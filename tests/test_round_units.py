@@ -1,0 +1,308 @@
+"""Coordinator pieces without a network: config, state, evidence rows, error mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from coordinator.client import MatchSetResult, _records, describe_rpc_error
+from coordinator.config import load_coordinator_config, parse_address
+from coordinator.records import Circumstance
+from coordinator.round import check_output_folder, evidence_rows
+from coordinator.state import RoundState
+from proto import xmatch_pb2 as pb
+from psi.errors import ConfigError, InputError, PeerError, XmatchError
+
+GOOD = """\
+[coordinator]
+name = "civil-affairs"
+ca = "pki/ca.crt"
+cert = "pki/civil-affairs.crt"
+key = "pki/civil-affairs.key"
+audit_log = "logs/civil-affairs.audit.jsonl"
+state = "state/coordinator.sqlite"
+roster = "data/roster.csv"
+purpose = "eligibility-review"
+
+[[nodes]]
+name = "justice"
+address = "127.0.0.1:50061"
+match_sets = ["custody"]
+protocol = "ecdh"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "coordinator.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
+    cfg = load_coordinator_config(_write(tmp_path, GOOD))
+    assert cfg.coordinator.ca == tmp_path / "pki" / "ca.crt"
+    assert cfg.coordinator.roster == tmp_path / "data" / "roster.csv"
+    assert cfg.coordinator.audit_key_path == tmp_path / "pki" / "civil-affairs.audit.key"
+    node = cfg.nodes[0]
+    assert (node.deadline_seconds, node.retries) == (600.0, 3)
+    assert cfg.coordinator.chunk_items == 16384
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (('protocol = "ecdh"', 'protocol = "ecdh"\ncolour = "red"'), "unknown key nodes[0].colour"),
+        (
+            ('purpose = "eligibility-review"', 'purpose = "x"\nsecret = 1'),
+            "unknown key coordinator.secret",
+        ),
+        (("127.0.0.1:50061", "127.0.0.1"), "key nodes[0].address"),
+        (("127.0.0.1:50061", "127.0.0.1:70000"), "key nodes[0].address"),
+        (('protocol = "ecdh"', 'protocol = "rsa"'), "key nodes[0].protocol"),
+        (('purpose = "eligibility-review"\n', ""), "missing key coordinator.purpose"),
+        (('match_sets = ["custody"]', "match_sets = []"), "key nodes[0].match_sets"),
+        (("workers", "workers"), None),
+    ],
+)
+def test_config_errors_name_file_and_key(
+    tmp_path: Path, edit: tuple[str, str], expected: str | None
+) -> None:
+    text = GOOD.replace(*edit)
+    path = _write(tmp_path, text)
+    if expected is None:
+        load_coordinator_config(path)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_coordinator_config(path)
+    line = info.value.diagnostics()
+    assert str(path) in line and expected in line
+    assert "\n" not in line
+
+
+def test_config_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_coordinator_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_coordinator_config(_write(tmp_path, "[coordinator\n"))
+
+
+def test_config_duplicate_node(tmp_path: Path) -> None:
+    text = GOOD + GOOD[GOOD.index("[[nodes]]") :]
+    with pytest.raises(ConfigError, match="configured twice"):
+        load_coordinator_config(_write(tmp_path, text))
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:50061") == ("127.0.0.1", 50061)
+    assert parse_address("[::1]:1") == ("[::1]", 1)
+    for bad in ("127.0.0.1", ":80", "host:0", "host:http", "[::1:80"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_state_marks_dead_coordinators_round_interrupted(tmp_path: Path) -> None:
+    db = tmp_path / "state.sqlite"
+    # A coordinator that starts a round and dies without finishing it.
+    code = (
+        "import datetime, pathlib, sys\n"
+        "from coordinator.state import RoundState\n"
+        "s = RoundState.open(pathlib.Path(sys.argv[1]))\n"
+        "s.start_round('r1', as_of=datetime.date(2026, 11, 29), out_dir=pathlib.Path('x'),\n"
+        "              sub_rounds=[('justice', 'custody', 'ecdh')])\n"
+        "s.sub_round_running('r1', 'justice', 'custody')\n"
+        "import os; os._exit(9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(db)], check=False)
+    assert done.returncode == 9
+    with RoundState.open(db) as state:
+        assert state.recovered == ["r1"]
+        record = state.get_round("r1")
+        assert record is not None and record.status == "interrupted"
+        # Our own running round is left alone.
+        state.start_round("r2", as_of=dt.date(2026, 11, 29), out_dir=tmp_path, sub_rounds=[])
+        assert state.mark_interrupted() == []
+        state.finish_sub_round(
+            "r1",
+            "justice",
+            "custody",
+            status="failed",
+            matches=None,
+            seconds=1.0,
+            transcript=None,
+            detail="connection refused at 127.0.0.1:1",
+        )
+        sub = state.sub_rounds("r1")[0]
+        assert (sub.status, sub.detail) == ("failed", "connection refused at 127.0.0.1:1")
+        state.finish_round("r2", status="completed")
+        assert state.get_round("r2").status == "completed"  # type: ignore[union-attr]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert os.path.exists(db)
+
+
+def test_output_folder_is_never_overwritten(tmp_path: Path) -> None:
+    check_output_folder(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_output_folder(tmp_path / "empty")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "decisions.json").write_text("{}")
+    with pytest.raises(InputError, match="not empty"):
+        check_output_folder(tmp_path / "used")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        check_output_folder(tmp_path / "file")
+
+
+def _result(payloads: list[dict[str, str]], circumstance: str = "IMPRISONED") -> MatchSetResult:
+    return MatchSetResult(
+        node="justice",
+        match_set="custody",
+        protocol="keyed-hash",
+        circumstance=circumstance,
+        indices=np.arange(len(payloads), dtype=np.int64),
+        payloads=payloads,
+        transcript=b"\0" * 32,
+        query_size=3,
+        set_size=0,
+        seconds=0.1,
+    )
+
+
+def test_evidence_rows_from_payload() -> None:
+    ids = ["a", "b", "c"]
+    rows = evidence_rows(
+        _result(
+            [
+                {"start_date": "2025-02-01", "end_date": ""},
+                {
+                    "start_date": "2025-02-01 00:00:00",
+                    "disability_category": "5",
+                    "disability_grade": "3",
+                },
+            ]
+        ),
+        ids,
+    )
+    assert rows[0].person_id == "a" and rows[0].source == "justice/custody"
+    assert rows[0].circumstance is Circumstance.IMPRISONED
+    assert rows[0].start_date == dt.date(2025, 2, 1) and rows[0].end_date is None
+    assert (rows[1].disability_category, rows[1].disability_grade) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"start_date": "01/02/2025"}, {"disability_grade": "9"}, {"name": "x"}],
+)
+def test_evidence_rows_reject_bad_payload_without_quoting_it(payload: dict[str, str]) -> None:
+    with pytest.raises(XmatchError) as info:
+        evidence_rows(_result([payload]), ["a"])
+    assert all(v not in info.value.diagnostics() for v in payload.values() if v != "x")
+
+
+def test_evidence_rows_reject_unknown_circumstance() -> None:
+    with pytest.raises(XmatchError, match="circumstance"):
+        evidence_rows(_result([{}], circumstance="ALIVE"), ["a"])
+
+
+def test_records_map_payload_entries_to_tags() -> None:
+    idx = np.array([4, 9], dtype=np.int64)
+    entries = [
+        pb.Payload(fields={"_tag": "0", "start_date": "2020-01-01"}),
+        pb.Payload(fields={"_tag": "1", "start_date": "2021-01-01"}),
+        pb.Payload(fields={"_tag": "1", "start_date": "2022-01-01"}),
+    ]
+    rows, fields = _records("justice/custody", idx, entries)
+    assert rows.tolist() == [4, 9, 9]
+    assert [f["start_date"] for f in fields] == ["2020-01-01", "2021-01-01", "2022-01-01"]
+    assert all("_tag" not in f for f in fields)
+    with pytest.raises(PeerError, match="no matched tag"):
+        _records("justice/custody", idx, [pb.Payload(fields={"_tag": "7"})])
+    with pytest.raises(PeerError, match="no payload entry"):
+        _records("justice/custody", idx, [pb.Payload(fields={"_tag": "0"})])
+
+
+class _FakeCall(grpc.RpcError, grpc.Call):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:  # type: ignore[override]
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "reason", "refused", "transient"),
+    [
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50099: "
+            "Failed to connect to remote host: Connection refused",
+            "connection refused at 127.0.0.1:50099",
+            False,
+            True,
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "Ssl handshake failed: CERTIFICATE_VERIFY_FAILED",
+            "TLS handshake with 127.0.0.1:50099 failed",
+            False,
+            False,
+        ),
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "purpose not allowed",
+            "refused: purpose not allowed",
+            True,
+            False,
+        ),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline Exceeded",
+            "deadline exceeded after 600 s",
+            False,
+            False,
+        ),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "budget for 150802201503150021 exhausted",
+            "refused: no reason given",
+            True,
+            False,
+        ),
+    ],
+)
+def test_rpc_errors_become_one_safe_line(
+    code: grpc.StatusCode, details: str, reason: str, refused: bool, transient: bool
+) -> None:
+    got = describe_rpc_error(
+        _FakeCall(code, details), address="127.0.0.1:50099", deadline_seconds=600
+    )
+    assert got[0].startswith(reason)
+    assert got[1:] == (refused, transient)
