@@ -52,8 +52,6 @@ __all__ = [
 
 #: gRPC send/receive limit of our channels (gRPC's default); chunks stay far below.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-#: Reserved payload key: index of the entry's tag in the psi MatchChunk (nodes.handlers).
-TAG_KEY = "_tag"
 #: Seconds before the first reconnect attempt; doubles each time.
 BACKOFF_SECONDS = 0.5
 #: Room left in a node's ``max_chunk_bytes`` for the psi header and gRPC framing.
@@ -168,33 +166,21 @@ def _records(
 ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]]]:
     """One (identity index, payload) per matched record of a keyed-hash chunk.
 
-    Each payload entry names its tag in the psi chunk with the reserved key
-    ``_tag`` (a person with two records gives two entries for one tag);
-    without it, entries align one to one with the tags.
+    Each payload entry names its tag in the psi chunk (``Payload.tag``); a
+    person with two records gives two entries for one tag.
 
     Raises:
-        PeerError: a tag index out of range, or entries that do not align.
+        PeerError: a tag index out of range, or a matched tag without a record.
     """
     fields = [dict(p.fields) for p in entries]
-    if not fields:
-        if len(idx):
-            raise PeerError(peer, "matched tags without payload entries")
-        return idx, fields
-    if all(TAG_KEY not in f for f in fields):
-        if len(fields) != len(idx):
-            raise PeerError(peer, "payload count differs from the matched tags")
-        return idx, fields
-    rows = np.empty(len(fields), dtype=np.int64)
+    tags = np.fromiter((p.tag for p in entries), dtype=np.int64, count=len(entries))
+    if len(tags) and int(tags.max()) >= len(idx):
+        raise PeerError(peer, "payload entry names no matched tag")
     seen = np.zeros(len(idx), dtype=bool)
-    for i, entry in enumerate(fields):
-        tag = entry.pop(TAG_KEY, "")
-        if not (tag.isascii() and tag.isdigit() and int(tag) < len(idx)):
-            raise PeerError(peer, "payload entry names no matched tag")
-        rows[i] = idx[int(tag)]
-        seen[int(tag)] = True
+    seen[tags] = True
     if not seen.all():
         raise PeerError(peer, "a matched tag has no payload entry")
-    return rows, fields
+    return idx[tags], fields
 
 
 class NodeClient:

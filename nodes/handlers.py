@@ -52,7 +52,6 @@ from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, PointChunk, TagChunk
 
 __all__ = [
-    "TAG_KEY",
     "Accept",
     "BudgetExhausted",
     "CapabilityView",
@@ -74,7 +73,6 @@ __all__ = [
 ]
 
 #: Reserved key in each keyed-hash payload entry: index of its tag in the psi MatchChunk.
-TAG_KEY = "_tag"
 #: A requester silent for this long (seconds) fails the round.
 IDLE_SECONDS = 300.0
 #: After ``end``, how long to wait for the requester to close its side, so
@@ -336,10 +334,14 @@ class Accept:
 
 @dataclass(frozen=True)
 class Matches:
-    """keyed-hash answer to one tag chunk: psi MatchChunk bytes + one payload per record."""
+    """keyed-hash answer to one tag chunk: psi MatchChunk bytes + one payload per record.
+
+    ``tags[i]`` is the index, in the psi chunk, of the tag that record ``i`` matched.
+    """
 
     psi: bytes
     payload: list[dict[str, str]]
+    tags: list[int]
 
 
 @dataclass(frozen=True)
@@ -555,8 +557,8 @@ class KeyedHashDriver(RoundDriver):
     """keyed-hash (docs/architecture.md, "Streams"), node side.
 
     Each matched record gives one payload entry: the allowed payload columns
-    with a value, plus :data:`TAG_KEY`, the index of its tag in the psi
-    MatchChunk (a person with two records gives two entries for one tag).
+    with a value, and the index of its tag in the psi MatchChunk (a person
+    with two records gives two entries for one tag).
     """
 
     protocol = "keyed-hash"
@@ -586,11 +588,13 @@ class KeyedHashDriver(RoundDriver):
             np.arange(len(result.tags), dtype=np.int64), np.diff(result.row_offsets)
         )
         payload = self.loaded.payload_rows(result.rows)
-        for entry, tag in zip(payload, tag_of_row.tolist(), strict=True):
-            entry[TAG_KEY] = str(tag)
         assert self.match_count is not None
         self.match_count += len(result.tags)
-        self._emit(Matches(psi=result.without_rows().to_bytes(), payload=payload))
+        self._emit(
+            Matches(
+                psi=result.without_rows().to_bytes(), payload=payload, tags=tag_of_row.tolist()
+            )
+        )
 
     def _finish(self) -> Done:
         assert self._responder is not None and self.match_count is not None

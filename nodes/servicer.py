@@ -116,7 +116,11 @@ def _keyed_hash_response(out: Output) -> xmatch_pb2.KeyedHashResponse:
     if isinstance(out, Matches):
         return xmatch_pb2.KeyedHashResponse(
             matches=xmatch_pb2.MatchChunk(
-                psi=out.psi, payload=[xmatch_pb2.Payload(fields=p) for p in out.payload]
+                psi=out.psi,
+                payload=[
+                    xmatch_pb2.Payload(fields=p, tag=t)
+                    for p, t in zip(out.payload, out.tags, strict=True)
+                ],
             )
         )
     if isinstance(out, Done):

@@ -50,7 +50,9 @@ def generate(out_root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the checked-in code differs")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the checked-in code differs"
+    )
     args = parser.parse_args(argv)
     if not args.check:
         generate(ROOT)
@@ -59,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         stale = [
             p.name
             for p in generate(Path(tmp))
-            if not (PROTO_DIR / p.name).exists() or (PROTO_DIR / p.name).read_bytes() != p.read_bytes()
+            if not (PROTO_DIR / p.name).exists()
+            or (PROTO_DIR / p.name).read_bytes() != p.read_bytes()
         ]
     if stale:
-        print("generated code is stale: " + ", ".join(stale) + " (run `make proto`)", file=sys.stderr)
+        print(
+            "generated code is stale: " + ", ".join(stale) + " (run `make proto`)", file=sys.stderr
+        )
         return 1
     return 0
 

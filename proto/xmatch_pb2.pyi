@@ -190,6 +190,8 @@ global___RoundDone = RoundDone
 
 @typing.final
 class Payload(google.protobuf.message.Message):
+    """One matched record of a keyed-hash chunk."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     @typing.final
@@ -209,14 +211,22 @@ class Payload(google.protobuf.message.Message):
         def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
     FIELDS_FIELD_NUMBER: builtins.int
+    TAG_FIELD_NUMBER: builtins.int
+    tag: builtins.int
+    """Index, in the psi MatchChunk, of the matched tag this record belongs to;
+    a person with two records gives two entries with the same tag.
+    """
     @property
-    def fields(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
+    def fields(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """The allowed payload columns that have a value."""
+
     def __init__(
         self,
         *,
         fields: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        tag: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["fields", b"fields"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["fields", b"fields", "tag", b"tag"]) -> None: ...
 
 global___Payload = Payload
 
@@ -230,7 +240,7 @@ class MatchChunk(google.protobuf.message.Message):
     """psi keyed-hash MatchChunk bytes: the matched tags, node row indices stripped."""
     @property
     def payload(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Payload]:
-        """One entry per matched tag, aligned with the tags in `psi`."""
+        """One entry per matched record (each names its tag)."""
 
     def __init__(
         self,

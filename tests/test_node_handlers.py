@@ -12,7 +12,6 @@ import pytest
 
 from nodes.config import Budget, NodeConfig, load_node_config
 from nodes.handlers import (
-    TAG_KEY,
     Accept,
     BudgetExhausted,
     Chunk,
@@ -260,9 +259,10 @@ def test_keyed_hash_driver_full_round(cfg: NodeConfig) -> None:
         mc = MatchChunk.from_bytes(out.psi)
         assert mc.seq == i
         found.update(roster[j] for j in req.resolve(mc).tolist())
-        for p in out.payload:
-            assert 0 <= int(p[TAG_KEY]) < len(mc.tags)
-            assert set(p) <= {TAG_KEY, "start_date", "end_date"}
+        assert len(out.tags) == len(out.payload)
+        for p, t in zip(out.payload, out.tags, strict=True):
+            assert 0 <= t < len(mc.tags)
+            assert set(p) <= {"start_date", "end_date"}
         records += len(out.payload)
     inbox.append(End(chunks=3, items=len(roster)))
     inbox.append(None)  # type: ignore[arg-type]  # end of stream

@@ -20,12 +20,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-# WORKAROUND (reported): proto/xmatch_pb2.py is protobuf 6.31.0 gencode but the
-# venv's runtime is 6.30.2 (pinned by openmined-psi), so importing it raises
-# VersionError. Remove once proto/ is regenerated for the pinned runtime. The
-# served subprocess inherits this environment.
-os.environ.setdefault("TEMPORARILY_DISABLE_PROTOBUF_VERSION_CHECK", "true")
-
 from keys.handles import load_tls_credentials
 from proto import xmatch_pb2, xmatch_pb2_grpc
 from psi.context import RoundContext
@@ -195,7 +189,7 @@ def keyed_hash_round(
         assert len(tag_index) == len(mc.tags)
         for p in resp.matches.payload:
             fields = dict(p.fields)
-            t = int(fields.pop("_tag"))
+            t = p.tag
             assert 0 <= t < len(mc.tags)
             payloads.setdefault(str(t), []).append(fields)
     done = next(responses).done

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import grpc
 import pytest
-
-# WORKAROUND (reported): proto/ gencode 6.31.0 vs protobuf runtime 6.30.2 in the venv.
-os.environ.setdefault("TEMPORARILY_DISABLE_PROTOBUF_VERSION_CHECK", "true")
 
 from nodes.handlers import BudgetExhausted, NodeBusy
 from nodes.servicer import status_for

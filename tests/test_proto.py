@@ -28,10 +28,22 @@ def test_stale_code_is_detected(tmp_path: Path) -> None:
     out = build.generate(tmp_path)
     original = {p.name: p.read_bytes() for p in out}
     staged = tmp_path / "proto" / "xmatch.proto"
-    staged.write_text(staged.read_text().replace("uint32 max_chunk_bytes = 3;", "uint64 max_chunk_bytes = 3;"))
+    staged.write_text(
+        staged.read_text().replace("uint32 max_chunk_bytes = 3;", "uint64 max_chunk_bytes = 3;")
+    )
     from grpc_tools import protoc
 
-    assert protoc.main(["grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", str(staged.relative_to(tmp_path))]) == 0
+    assert (
+        protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{tmp_path}",
+                f"--python_out={tmp_path}",
+                str(staged.relative_to(tmp_path)),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "proto" / "xmatch_pb2.py").read_bytes() != original["xmatch_pb2.py"]
 
 

@@ -215,18 +215,17 @@ def test_evidence_rows_reject_unknown_circumstance() -> None:
 def test_records_map_payload_entries_to_tags() -> None:
     idx = np.array([4, 9], dtype=np.int64)
     entries = [
-        pb.Payload(fields={"_tag": "0", "start_date": "2020-01-01"}),
-        pb.Payload(fields={"_tag": "1", "start_date": "2021-01-01"}),
-        pb.Payload(fields={"_tag": "1", "start_date": "2022-01-01"}),
+        pb.Payload(tag=0, fields={"start_date": "2020-01-01"}),
+        pb.Payload(tag=1, fields={"start_date": "2021-01-01"}),
+        pb.Payload(tag=1, fields={"start_date": "2022-01-01"}),
     ]
     rows, fields = _records("justice/custody", idx, entries)
     assert rows.tolist() == [4, 9, 9]
     assert [f["start_date"] for f in fields] == ["2020-01-01", "2021-01-01", "2022-01-01"]
-    assert all("_tag" not in f for f in fields)
     with pytest.raises(PeerError, match="no matched tag"):
-        _records("justice/custody", idx, [pb.Payload(fields={"_tag": "7"})])
+        _records("justice/custody", idx, [pb.Payload(tag=7)])
     with pytest.raises(PeerError, match="no payload entry"):
-        _records("justice/custody", idx, [pb.Payload(fields={"_tag": "0"})])
+        _records("justice/custody", idx, [pb.Payload(tag=0)])
 
 
 class _FakeCall(grpc.RpcError, grpc.Call):
