@@ -13,11 +13,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's chromium renders report.html in the browser test; installed only when missing.
+# Debian's chromium (and CJK fonts, so the Chinese report renders) for the browser test of
+# report.html; installed only when missing.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian chromium for the report test"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -q "Noto Sans CJK"; } || { \
+	  echo "installing Debian chromium and fonts-noto-cjk for the report test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium fonts-noto-cjk >/dev/null) \
 	  || echo "warning: chromium could not be installed; browser tests will fail"; }
 
 lint: install

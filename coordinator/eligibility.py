@@ -574,6 +574,11 @@ def decide(
                 overdue,
             )
         assert child.category is not None
+        if failed_sources and child.category is Category.ORPHAN:
+            # orphan -> de facto rests on a death record NOT found; the failed source may
+            # hold it, and a failure stops conclusions drawn from the absence of a match
+            unavailable = reason("evidence_unavailable", sources=tuple(failed_sources))
+            return _review(child, (unavailable, *found.reasons), as_of=as_of)
         moved = reason("reclassified", old=child.category, new=found.value)
         return ChildDecision(
             child,

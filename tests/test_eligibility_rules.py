@@ -313,6 +313,17 @@ ILL = [("SEVERE_ILLNESS", date(2020, 1, 1), None)]
         (SUP_DF, [], [], {"failed_sources": ["court/x"]}, (Decision.REVIEW, None)),
         # a category found despite a failed source is still decided
         (SUP_DF, ILL, ILL, {"failed_sources": ["court/x"]}, (Decision.CONTINUE, Category.DE_FACTO)),
+        # ...an upgrade rests on matches found, so it stands
+        (
+            SUP_DF,
+            DEAD,
+            DEAD,
+            {"failed_sources": ["court/x"]},
+            (Decision.RECLASSIFY, Category.ORPHAN),
+        ),
+        # ...but orphan -> de facto rests on a death record not found: the failed source
+        # may hold it, so REVIEW (a failure stops conclusions from the absence of a match)
+        (SUP_OR, DEAD, ILL, {"failed_sources": ["court/x"]}, (Decision.REVIEW, None)),
         # conflicts: REVIEW even when the category would be clear
         (
             SUP_OR,

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks of internal errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -174,9 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
             "by department. Exits 0 when the round completed."
         ),
     )
-    demo.add_argument("--workdir", type=Path, default=Path("demo-run"), help="where everything is written (default: demo-run)")
-    demo.add_argument("--children", type=int, default=2000, help="roster size in children (default: 2000)")
-    demo.add_argument("--seed", type=int, default=2023, help="random seed of the synthetic data (default: 2023)")
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-run"),
+        help="where everything is written (default: demo-run)",
+    )
+    demo.add_argument(
+        "--children", type=int, default=2000, help="roster size in children (default: 2000)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=2023, help="random seed of the synthetic data (default: 2023)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     keys = sub.add_parser("keys", help="federation CA and member certificates").add_subparsers(
@@ -227,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue.set_defaults(func=_cmd_keys_issue)
 
-    node = sub.add_parser("node", help="department node").add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    node = sub.add_parser("node", help="department node").add_subparsers(
+        dest="node_command", required=True, metavar="ACTION"
+    )
     serve = node.add_parser(
         "serve",
         help="serve this department's match sets until SIGTERM/SIGINT",
@@ -253,13 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--config", type=Path, required=True, help="coordinator.toml")
-    run.add_argument("--as-of", type=_date, default=None, help="evaluation date YYYY-MM-DD (default: today)")
-    run.add_argument("--out", type=Path, required=True, help="output folder (created; written atomically)")
-    run.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the written reasons (default: zh)")
+    run.add_argument(
+        "--as-of", type=_date, default=None, help="evaluation date YYYY-MM-DD (default: today)"
+    )
+    run.add_argument(
+        "--out", type=Path, required=True, help="output folder (created; written atomically)"
+    )
+    run.add_argument(
+        "--lang",
+        choices=["zh", "en"],
+        default="zh",
+        help="language of the written reasons (default: zh)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=_cmd_round_run)
 
-    rules = sub.add_parser("rules", help="eligibility rules").add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    rules = sub.add_parser("rules", help="eligibility rules").add_subparsers(
+        dest="rules_command", required=True, metavar="ACTION"
+    )
     evaluate = rules.add_parser(
         "evaluate",
         help="apply eligibility.md to gathered evidence",
@@ -270,13 +294,33 @@ def build_parser() -> argparse.ArgumentParser:
             "for want of evidence. Invalid identity numbers give REVIEW and are listed on stderr."
         ),
     )
-    evaluate.add_argument("--roster", type=Path, required=True, help="roster.csv (UTF-8 or GB18030)")
-    evaluate.add_argument("--evidence", type=Path, required=True, help="evidence.csv (UTF-8 or GB18030)")
+    evaluate.add_argument(
+        "--roster", type=Path, required=True, help="roster.csv (UTF-8 or GB18030)"
+    )
+    evaluate.add_argument(
+        "--evidence", type=Path, required=True, help="evidence.csv (UTF-8 or GB18030)"
+    )
     evaluate.add_argument("--as-of", type=_date, required=True, help="evaluation date YYYY-MM-DD")
-    evaluate.add_argument("--failed-source", action="append", default=[], metavar="NODE/SET", help="a match set that could not be queried (repeatable)")
+    evaluate.add_argument(
+        "--failed-source",
+        action="append",
+        default=[],
+        metavar="NODE/SET",
+        help="a match set that could not be queried (repeatable)",
+    )
     evaluate.add_argument("--out", type=Path, required=True, help="decisions.json to write")
-    evaluate.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of the written reasons (default: zh)")
-    evaluate.add_argument("--encoding", choices=["auto", "utf-8", "gb18030"], default="auto", help="input encoding (default: detect)")
+    evaluate.add_argument(
+        "--lang",
+        choices=["zh", "en"],
+        default="zh",
+        help="language of the written reasons (default: zh)",
+    )
+    evaluate.add_argument(
+        "--encoding",
+        choices=["auto", "utf-8", "gb18030"],
+        default="auto",
+        help="input encoding (default: detect)",
+    )
     evaluate.add_argument("--report", type=Path, default=None, help="also write report.html here")
     evaluate.add_argument(
         "--service-source",
@@ -353,12 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
             "and writes a table, JSON and a PNG plot to --out."
         ),
     )
-    bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="set sizes per side")
-    bench.add_argument("--protocol", nargs="+", choices=["ecdh", "keyed-hash"], default=["ecdh", "keyed-hash"])
-    bench.add_argument("--roster-size", type=int, default=None, help="roster size (default: equal to each size)")
-    bench.add_argument("--workers", type=int, default=None, help="EC worker processes per party (default: all cores)")
+    bench.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="set sizes per side"
+    )
+    bench.add_argument(
+        "--protocol", nargs="+", choices=["ecdh", "keyed-hash"], default=["ecdh", "keyed-hash"]
+    )
+    bench.add_argument(
+        "--roster-size", type=int, default=None, help="roster size (default: equal to each size)"
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="EC worker processes per party (default: all cores)",
+    )
     bench.add_argument("--no-baseline", action="store_true", help="skip openmined-psi")
-    bench.add_argument("--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)")
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)"
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -378,7 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say where, never echo the message (it may quote data)
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-        print(f"xmatch: internal error: {type(exc).__name__}{where} (rerun with -v for the traceback)", file=sys.stderr)
+        print(
+            f"xmatch: internal error: {type(exc).__name__}{where} "
+            "(rerun with -v for the traceback)",
+            file=sys.stderr,
+        )
         if args.verbose:
             traceback.print_exc()
         return 70
