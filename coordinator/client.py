@@ -18,6 +18,12 @@ privacy-safe line: ``connection refused at 127.0.0.1:50099``, ``refused:
 purpose not allowed``, ``deadline exceeded after 600 s``, ``stream ended
 early``, ``transcript mismatch``. Retries happen only for transient errors
 before any data was exchanged; a refusal is never retried.
+
+Matches delivered before a failure still count (eligibility.md: "a match is a
+match"): keyed-hash resolves each match chunk as it arrives and hands it to
+the caller's ``on_matches`` callback at once, so a stream that breaks later
+has already delivered them. ecdh learns nothing before the end of the stream
+(the node's set arrives last), so a failed ecdh sub-round delivers nothing.
 """
 
 from __future__ import annotations
@@ -142,6 +148,9 @@ class MatchSetResult:
 
 
 ProgressFn = Callable[[int], None]
+#: Called with ``(indices, payloads)`` for each keyed-hash match chunk once it is
+#: resolved: evidence delivered even if the stream fails later.
+MatchesFn = Callable[[npt.NDArray[np.int64], list[dict[str, str]]], None]
 
 
 @dataclass
@@ -330,11 +339,17 @@ class NodeClient:
         context: RoundContext,
         identities: npt.NDArray[np.uint8],
         progress: ProgressFn | None = None,
+        on_matches: MatchesFn | None = None,
     ) -> MatchSetResult:
         """Run one sub-round of ``match_set`` with this node's protocol.
 
         ``identities`` are ``psi.identifiers.encode_identities`` blocks;
         ``progress`` is called with the number of identities answered so far.
+        ``on_matches`` (keyed-hash only) is called with each match chunk's
+        ``(indices, payloads)`` as soon as it is resolved, before the next
+        message is read: what it received was delivered even when this method
+        then raises. An exception it raises fails the sub-round (a
+        :class:`psi.errors.XmatchError` becomes ``out of protocol: ...``).
 
         Raises:
             PeerError: the node failed, answered out of protocol, or its
@@ -347,7 +362,7 @@ class NodeClient:
         try:
             if self.entry.protocol == "keyed-hash":
                 indices, payloads, transcript, set_size = self._keyed_hash(
-                    peer, context, identities, progress
+                    peer, context, identities, progress, on_matches
                 )
             else:
                 indices, transcript, set_size = self._ecdh(peer, context, identities, progress)
@@ -385,6 +400,7 @@ class NodeClient:
         context: RoundContext,
         identities: npt.NDArray[np.uint8],
         progress: ProgressFn | None,
+        on_matches: MatchesFn | None = None,
     ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int]:
         requester = KeyedHashRequester.generate(context)
         lock = threading.Lock()  # the requester is used from two threads
@@ -435,6 +451,8 @@ class NodeClient:
                     with lock:
                         idx = requester.resolve(chunk)
                     rows, fields = _records(peer, idx, resp.matches.payload)
+                    if on_matches is not None:
+                        on_matches(rows, list(fields))
                     found.append(rows)
                     payloads.extend(fields)
                     answered += min(step, total - seq * step)

@@ -230,9 +230,7 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     if "path" in data:
         raise ConfigError(f"{path}: unknown key path")
     try:
-        config = CoordinatorConfig.model_validate(
-            data, context={"base": path.resolve().parent}
-        )
+        config = CoordinatorConfig.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         more = exc.error_count() - 1

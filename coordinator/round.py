@@ -11,10 +11,16 @@ Steps (docs/coordinator.md, "A round"):
 3. Every (node, match set) is a sub-round, all run concurrently in threads,
    one channel per node, ecdh EC work in one process pool. A sub-round that
    fails or is refused becomes a ``failed_sources`` entry; the round goes on.
+   keyed-hash matches delivered before the failure are kept as evidence (a
+   match is a match); the failure only stops conclusions from absent matches.
 4. Evidence rows (``source`` = ``node/match_set``), ``decide_all``, and
    ``evidence.csv``, ``decisions.json``, ``report.html`` written into a
    temporary sibling of ``--out`` that is renamed into place when complete.
 5. State (SQLite) and protocol-log entries for the round and each sub-round.
+   A round left ``running`` by a killed coordinator is marked ``interrupted``
+   by the next run, which also removes its leftover ``.DIR.partial-ROUNDID-*``
+   folder, if any. Its open sub-rounds stay without an end in the protocol
+   log, so that ``xmatch audit reconcile`` shows them (docs/coordinator.md).
 
 Nothing printed or logged holds an identity number or a payload value.
 """
@@ -65,9 +71,12 @@ __all__ = [
     "SubRound",
     "check_output_folder",
     "evidence_rows",
+    "match_rows",
     "query_identities",
+    "remove_stale_staging",
     "run_round",
     "run_round_command",
+    "staging_prefix",
 ]
 
 ProgressFn = Callable[[int], None]
@@ -177,21 +186,47 @@ def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[Ev
         XmatchError: an unknown circumstance code, payload field or value
             (the message names the field, never the value).
     """
+    return match_rows(
+        source=result.source,
+        circumstance=result.circumstance,
+        indices=result.indices,
+        payloads=result.payloads,
+        identities=identities,
+    )
+
+
+def match_rows(
+    *,
+    source: str,
+    circumstance: str,
+    indices: npt.NDArray[np.int64],
+    payloads: Sequence[dict[str, str]],
+    identities: Sequence[str],
+) -> tuple[EvidenceRow, ...]:
+    """Evidence rows for matches ``indices`` (into ``identities``) of ``source``.
+
+    Used for a whole sub-round (:func:`evidence_rows`) and for each keyed-hash
+    match chunk as it arrives, so that matches delivered before a failure
+    still count.
+
+    Raises:
+        XmatchError: as :func:`evidence_rows`.
+    """
     try:
-        circumstance = Circumstance(result.circumstance)
+        code = Circumstance(circumstance)
     except ValueError:
         raise XmatchError("node announced an unknown circumstance code") from None
     rows: list[EvidenceRow] = []
     allowed = set(EVIDENCE_OPTIONAL)
-    for index, payload in zip(result.indices.tolist(), result.payloads, strict=True):
+    for index, payload in zip(indices.tolist(), payloads, strict=True):
         unknown = set(payload) - allowed
         if unknown:
             raise XmatchError(f"payload field {sorted(unknown)[0]!r} is not an evidence column")
         rows.append(
             EvidenceRow(
                 person_id=identities[index],
-                circumstance=circumstance,
-                source=result.source,
+                circumstance=code,
+                source=source,
                 start_date=_payload_date(payload.get("start_date", ""), "start_date"),
                 end_date=_payload_date(payload.get("end_date", ""), "end_date"),
                 disability_category=_payload_int(
@@ -292,9 +327,39 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def staging_prefix(out: Path, round_id: str) -> str:
+    """Name prefix of the temporary sibling folder a round writes ``out`` into.
+
+    ``.DIR.partial-ROUNDID-``: the round id ties a leftover folder to the round
+    that made it, so that only an interrupted round's leftovers are removed.
+    """
+    return f".{out.name}.partial-{round_id}-"
+
+
+def remove_stale_staging(out_dir: Path, round_id: str) -> list[Path]:
+    """Remove what an interrupted round ``round_id`` left beside its ``out_dir``.
+
+    A coordinator killed while writing its output leaves a ``.DIR.partial-...``
+    folder and never a half-written ``DIR`` (the folder is renamed into place
+    in one step). The next run removes it once the round is marked
+    ``interrupted``; folders of other rounds are not touched.
+    """
+    removed: list[Path] = []
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return removed
+    prefix = staging_prefix(out_dir, round_id)
+    for path in parent.iterdir():
+        if path.name.startswith(prefix) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _write_output(
     out: Path,
     *,
+    round_id: str,
     evidence: list[EvidenceRow],
     document: dict[str, object],
     report: str,
@@ -302,7 +367,7 @@ def _write_output(
     """Write the three files into a temporary sibling folder, then rename it to ``out``."""
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
     try:
         write_evidence(staging / "evidence.csv", evidence)
         with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
@@ -371,6 +436,10 @@ def run_round(
     state = RoundState.open(section.state)
     for stale in state.recovered:
         print(f"note: round {stale} was interrupted earlier (coordinator stopped)", file=err)
+        record = state.get_round(stale)
+        if record is not None:
+            for leftover in remove_stale_staging(Path(record.out_dir), stale):
+                print(f"note: removed {leftover.name}, left by that round", file=err)
     round_id = os.urandom(16)
     rid = round_id.hex()
     plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
@@ -467,6 +536,7 @@ def run_round(
         )
         _write_output(
             out,
+            round_id=rid,
             evidence=evidence,
             document=decisions.to_json(round_id=rid),
             report=render_report(decisions, provenance=provenance),
@@ -522,9 +592,27 @@ def _sub_round(
     audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))
     started = time.monotonic()
     circumstance: str | None = None
+    # keyed-hash matches as each chunk is resolved: kept if the stream fails later
+    delivered: list[EvidenceRow] = []
     try:
-        circumstance = client.match_set_info(match_set).circumstance
-        result = client.query(match_set, context=context, identities=encoded, progress=progress)
+        info = client.match_set_info(match_set)
+        circumstance = info.circumstance
+        source = f"{entry.name}/{match_set}"
+
+        def keep(indices: npt.NDArray[np.int64], payloads: list[dict[str, str]]) -> None:
+            delivered.extend(
+                match_rows(
+                    source=source,
+                    circumstance=info.circumstance,
+                    indices=indices,
+                    payloads=payloads,
+                    identities=identities,
+                )
+            )
+
+        result = client.query(
+            match_set, context=context, identities=encoded, progress=progress, on_matches=keep
+        )
         try:
             rows = evidence_rows(result, identities)
         except XmatchError as exc:
@@ -532,6 +620,8 @@ def _sub_round(
     except PeerError as exc:
         seconds = time.monotonic() - started
         status = "refused" if isinstance(exc, Refused) else "failed"
+        kept = tuple(delivered)
+        extra: dict[str, object] = {"matches_kept": len(kept)} if kept else {}
         audit.append(
             "round_failed",
             **common,
@@ -540,16 +630,20 @@ def _sub_round(
             seconds=round(seconds, 3),
             outcome="failed",
             query_size=len(encoded),
+            **extra,
         )
+        detail = exc.reason
+        if kept:
+            detail += f" ({len(kept)} match(es) delivered before the failure are kept)"
         state.finish_sub_round(
             rid,
             entry.name,
             match_set,
             status="failed",
-            matches=None,
+            matches=len(kept) if kept else None,
             seconds=seconds,
             transcript=None,
-            detail=exc.reason,
+            detail=detail,
         )
         finish(status)
         return SubRound(
@@ -558,9 +652,10 @@ def _sub_round(
             protocol=entry.protocol,
             circumstance=circumstance,
             status=status,
-            matches=0,
+            matches=len(kept),
             seconds=seconds,
-            detail=exc.reason,
+            detail=detail,
+            rows=kept,
         )
     audit.append(
         "round_finished",

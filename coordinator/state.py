@@ -167,19 +167,37 @@ class RoundState:
             return count
 
     def mark_interrupted(self) -> list[str]:
-        """Mark ``running`` rounds of dead coordinator processes ``interrupted``."""
+        """Mark ``running`` rounds of dead coordinator processes ``interrupted``.
+
+        Their sub-rounds still ``pending`` or ``running`` become ``failed``
+        with the detail ``interrupted: coordinator stopped``.
+        """
         with self._lock:
             rows = self._conn.execute(
                 "SELECT round_id, pid FROM rounds WHERE status = 'running'"
             ).fetchall()
         stale = [rid for rid, pid in rows if pid != os.getpid() and not pid_alive(int(pid))]
         for rid in stale:
-            self._write(
-                "UPDATE rounds SET status = 'interrupted', finished_at = ?, "
-                "detail = 'coordinator stopped while the round was running' "
-                "WHERE round_id = ? AND status = 'running'",
-                (_now(), rid),
-            )
+            with self._lock:
+                cur = self._conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    cur.execute(
+                        "UPDATE rounds SET status = 'interrupted', finished_at = ?, "
+                        "detail = 'coordinator stopped while the round was running' "
+                        "WHERE round_id = ? AND status = 'running'",
+                        (_now(), rid),
+                    )
+                    cur.execute(
+                        "UPDATE sub_rounds SET status = 'failed', "
+                        "detail = 'interrupted: coordinator stopped' "
+                        "WHERE round_id = ? AND status IN ('pending', 'running')",
+                        (rid,),
+                    )
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
         return stale
 
     def start_round(

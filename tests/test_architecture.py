@@ -62,3 +62,12 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
     sample.write_text("import nodes.server\nfrom psi.hazmat import x25519\n")
     assert imported_modules(sample) == {"nodes.server", "psi.hazmat"}
+
+
+def test_node_and_coordinator_share_one_circumstance_vocabulary() -> None:
+    # nodes/ may not import coordinator/, so the node keeps its own copy of the
+    # eligibility.md codes; this pins the two together.
+    from coordinator.records import Circumstance
+    from nodes.config import CIRCUMSTANCES
+
+    assert {c.value for c in Circumstance} == CIRCUMSTANCES

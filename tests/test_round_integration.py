@@ -8,150 +8,53 @@ fails with one line, a non-zero exit and no output folder.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime as dt
 import json
-import os
 import re
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from psi.errors import InvalidIdentifier
-from psi.identifiers import normalize_id
+from tests.federation import (
+    AS_OF,
+    SPECS,
+    SWAP,
+    Federation,
+    build_federation,
+    coordinator_toml,
+    expected_evidence,
+    free_ports,
+    read_evidence_csv,
+    start_node,
+    start_nodes,
+    stop_nodes,
+    write_node_configs,
+    xmatch,
+)
 from xmatch import synth
-from xmatch.demo import NodeProcess, free_ports, start_node, stop_nodes
+from xmatch.demo import NodeProcess
 
 pytestmark = pytest.mark.integration
-
-AS_OF = dt.date.today()
-Row = tuple[str, str, str, str, str, str, str]
-Filter = Callable[[dict[str, str]], bool]
-
-
-def _num(text: str) -> int | None:
-    return int(text) if text.strip().isdigit() else None
-
-
-# The test federation: simple filters, mirrored below in Python.
-SPECS = (
-    synth.NodeSpec(
-        "police",
-        "keyed-hash",
-        (
-            synth.MatchSetSpec(
-                "deaths", "DEAD", "data/police/deaths.csv", "id_number", None, ("start_date",)
-            ),
-            synth.MatchSetSpec(
-                "lost_contact",
-                "LOST_CONTACT",
-                "data/police/lost_contact.csv",
-                "id_number",
-                None,
-                ("start_date", "end_date"),
-            ),
-        ),
-    ),
-    synth.NodeSpec(
-        "justice",
-        "ecdh",
-        (
-            synth.MatchSetSpec(
-                "custody",
-                "IMPRISONED",
-                "data/justice/custody.csv",
-                "id_number",
-                "term_months >= 6",
-                ("start_date", "end_date"),
-            ),
-        ),
-    ),
-    synth.NodeSpec(
-        "disabled-persons-federation",
-        "keyed-hash",
-        (
-            synth.MatchSetSpec(
-                "certificates",
-                "SEVERE_DISABILITY",
-                "data/disabled_persons_federation/certificates.csv",
-                "id_number",
-                "disability_grade <= 2",
-                ("start_date", "end_date", "disability_category", "disability_grade"),
-                encoding="gb18030",
-            ),
-        ),
-    ),
-    synth.NodeSpec(
-        "medical-insurance",
-        "ecdh",
-        (
-            synth.MatchSetSpec(
-                "enrolled", "SERVICE", "data/medical_insurance/enrolled.csv", "id_number", None, ()
-            ),
-        ),
-    ),
-)
-FILTERS: dict[str, Filter] = {
-    "custody": lambda r: (_num(r["term_months"]) or 0) >= 6,
-    "certificates": lambda r: (_num(r["disability_grade"]) or 99) <= 2,
-}
-SWAP = {"keyed-hash": "ecdh", "ecdh": "keyed-hash"}
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUTF8": "1"}
-
-
-def xmatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user does."""
-    return subprocess.run(
-        [sys.executable, "-m", "xmatch", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        cwd=cwd,
-        env=_env(),
-        timeout=300,
-        check=False,
-    )
-
-
-@dataclasses.dataclass
-class Federation:
-    root: Path
-    ports: dict[str, int]
-    nodes: list[NodeProcess]
 
 
 def _write_node_configs(
     root: Path, specs: tuple[synth.NodeSpec, ...], ports: dict[str, int]
 ) -> None:
-    (root / "logs").mkdir(exist_ok=True)
-    for spec in specs:
-        synth.write_node_config(root, spec, port=ports[spec.name])
+    write_node_configs(root, specs, ports)
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("federation")
-    synth.generate(root, children=90, seed=11, as_of=AS_OF)
-    synth.write_pki(root, [s.name for s in SPECS] + ["ghost"])
-    ports = dict(zip([s.name for s in SPECS], free_ports(len(SPECS)), strict=True))
-    _write_node_configs(root, SPECS, ports)
-    nodes: list[NodeProcess] = []
+    fed = build_federation(tmp_path_factory.mktemp("federation"))
     try:
-        for spec in SPECS:
-            nodes.append(
-                start_node(spec.name, root / f"{spec.name}.node.toml", log_dir=root / "logs")
-            )
-        yield Federation(root, ports, nodes)
+        start_nodes(fed)
+        yield fed
     finally:
-        stop_nodes(nodes)
+        stop_nodes(fed.nodes)
 
 
 def _coordinator_toml(
@@ -162,73 +65,7 @@ def _coordinator_toml(
     extra: str = "",
     roster: str = "data/roster.csv",
 ) -> Path:
-    path = synth.write_coordinator_config(
-        fed.root, specs, ports=fed.ports, retries=1, deadline_seconds=120, roster=roster
-    )
-    target = fed.root / name
-    path.rename(target)
-    if extra:
-        target.write_text(target.read_text(encoding="utf-8") + extra, encoding="utf-8")
-    return target
-
-
-def _keep_all(_record: dict[str, str]) -> bool:
-    return True
-
-
-def _roster_ids(path: Path) -> set[str]:
-    ids: set[str] = set()
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            for col in ("child_id", "father_id", "mother_id"):
-                if row.get(col, "").strip():
-                    with contextlib.suppress(InvalidIdentifier):
-                        ids.add(normalize_id(row[col], today=AS_OF))
-    return ids
-
-
-def expected_evidence(root: Path, specs: tuple[synth.NodeSpec, ...]) -> list[Row]:
-    """The plaintext join of the roster with each match set, as evidence rows."""
-    roster = _roster_ids(root / "data" / "roster.csv")
-    rows: list[Row] = []
-    for node in specs:
-        for ms in node.match_sets:
-            source = f"{node.name}/{ms.name}"
-            keep: Filter = FILTERS.get(ms.name, _keep_all)
-            seen: set[str] = set()
-            with (root / ms.source).open(encoding=ms.encoding, newline="") as fh:
-                for record in csv.DictReader(fh):
-                    try:
-                        pid = normalize_id(record[ms.id_column], today=AS_OF)
-                    except InvalidIdentifier:
-                        continue
-                    if pid not in roster or not keep(record):
-                        continue
-                    if node.protocol == "ecdh":  # membership only, once per person
-                        if pid not in seen:
-                            rows.append((pid, ms.circumstance, source, "", "", "", ""))
-                        seen.add(pid)
-                        continue
-                    cols = ("start_date", "end_date", "disability_category", "disability_grade")
-                    vals = [record.get(c, "") if c in ms.payload else "" for c in cols]
-                    rows.append((pid, ms.circumstance, source, *vals))  # type: ignore[arg-type]
-    return sorted(rows)
-
-
-def read_evidence_csv(path: Path) -> list[Row]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        assert header == [
-            "person_id",
-            "circumstance",
-            "source",
-            "start_date",
-            "end_date",
-            "disability_category",
-            "disability_grade",
-        ]
-        return sorted(tuple(r) for r in reader)  # type: ignore[misc]
+    return coordinator_toml(fed, name, specs=specs, extra=extra, roster=roster)
 
 
 def _no_identity_numbers(text: str) -> None:
