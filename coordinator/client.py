@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -207,7 +208,9 @@ class NodeClient:
         chunk_items: int,
         executor: Executor | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        interceptors: Sequence[grpc.StreamStreamClientInterceptor[Any, Any]] = (),
     ) -> None:
+        """``interceptors`` see every stream message (the benchmark counts wire bytes)."""
         self.entry = entry
         self._chunk_items = chunk_items
         self._executor = executor
@@ -223,7 +226,9 @@ class NodeClient:
                 ("grpc.enable_retries", 0),
             ],
         )
-        self._stub = pb_grpc.NodeStub(self._channel)
+        self._stub = pb_grpc.NodeStub(
+            grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
+        )
         self._caps: pb.Capabilities | None = None
         self._caps_error: PeerError | None = None
         self._lock = threading.Lock()

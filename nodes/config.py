@@ -24,6 +24,8 @@ replay_memory = 100000            # ours: (round id, match set) pairs remembered
 shutdown_grace_seconds = 5        # ours: time running rounds get on SIGTERM
 queue_seconds = 60                # ours: how long a round waits for a free slot
 cache_sets = 4                    # ours: loaded match sets kept in memory
+stream_rows = 5000000             # ours: larger sets are streamed from the source each
+                                  #   round, never held in memory (0: never stream)
 
 [[match_sets]]
 name = "custody"
@@ -304,6 +306,7 @@ class NodeSection(_Strict):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
     queue_seconds: float = Field(default=60.0, ge=0, le=3600)
     cache_sets: int = Field(default=4, ge=0, le=64)
+    stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
 
     @field_validator("name")
     @classmethod

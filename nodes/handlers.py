@@ -42,14 +42,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from nodes.config import Budget, MatchSetConfig, NodeConfig
-from nodes.matchsets import LoadedMatchSet, MatchSetStore
+from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import RoundContext
-from psi.ecdh import EcdhResponder
+from psi.ecdh import EcdhResponder, prepare_executor
 from psi.errors import PeerError, ProtocolError, Refused, XmatchError
 from psi.keyed_hash import KeyedHashResponder
-from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, PointChunk, TagChunk
+from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
 
 __all__ = [
     "Accept",
@@ -186,7 +187,13 @@ class NodeState:
         rng: Callable[[int], bytes] = os.urandom,
         executor: concurrent.futures.Executor | None = None,
     ) -> NodeState:
-        """A fresh state for ``config`` (new budget and replay memory)."""
+        """A fresh state for ``config`` (new budget and replay memory).
+
+        The ``executor``'s worker processes are started here, so that the
+        first ecdh round does not pay for them.
+        """
+        if executor is not None:
+            prepare_executor(executor, config.node.ec_workers)
         return cls(
             config=config,
             store=store or MatchSetStore(config),
@@ -484,7 +491,6 @@ class RoundDriver:
                     yield from self._flush()
                     continue
                 assert isinstance(item, End)
-                yield from self._before_end()
                 if item.chunks != self.chunks or item.items != self.items:
                     raise ProtocolError(
                         f"end says {item.chunks} chunks and {item.items} identities, "
@@ -494,6 +500,7 @@ class RoundDriver:
                     raise ProtocolError(
                         f"{self.items} identities sent, {self.query_size} announced at start"
                     )
+                yield from self._before_end()
                 kind, item = self._next(TRAILING_SECONDS)
                 if kind == "req":
                     raise ProtocolError("message after end")
@@ -510,7 +517,8 @@ class RoundDriver:
             self._cancel.set()
             self._cleanup()
 
-    def _start_common(self, start: Start) -> tuple[RoundContext, LoadedMatchSet]:
+    def _start_common(self, start: Start) -> tuple[RoundContext, LoadedMatchSet | None]:
+        """Parse and authorize; the loaded set, or None for a streamed set (``stream_rows``)."""
         ctx = RoundContext.from_bytes(start.context)
         self.context = ctx
         self.query_size = start.query_size
@@ -526,6 +534,8 @@ class RoundDriver:
             replay=st.replay,
             today=st.today(),
         )
+        if st.store.is_streamed(self.match_set.name):
+            return ctx, None
         self.loaded = st.store.get(self.match_set.name, ctx.as_of)
         return ctx, self.loaded
 
@@ -559,6 +569,13 @@ class KeyedHashDriver(RoundDriver):
     Each matched record gives one payload entry: the allowed payload columns
     with a value, and the index of its tag in the psi MatchChunk (a person
     with two records gives two entries for one tag).
+
+    A set held in memory answers each tag chunk as it arrives. A set larger
+    than ``stream_rows`` is streamed instead: the tag chunks are kept (16
+    bytes per roster identity), and after ``end`` the set is read from the
+    source in record batches, each tagged and matched against all the
+    chunks' tags; then the same match chunks are sent, in order. Memory is
+    bounded by one batch plus the roster's tags and the matches.
     """
 
     protocol = "keyed-hash"
@@ -566,35 +583,81 @@ class KeyedHashDriver(RoundDriver):
     def __init__(self, state: NodeState, peer: str) -> None:
         super().__init__(state, peer)
         self._responder: KeyedHashResponder | None = None
+        self._streamed = False
         self.match_count = 0
 
     def _start(self, start: Start) -> None:
         ctx, loaded = self._start_common(start)
         responder = KeyedHashResponder.generate(ctx, rng=self.state.rng)
         responder.agree(KeyShare.from_bytes(start.key_share, round_id=ctx.round_id))
-        responder.load_set(loaded.identities)
+        if loaded is None:
+            self._streamed = True
+        else:
+            responder.load_set(loaded.identities)
+            self.set_size = len(loaded)
         self._responder = responder
-        self.set_size = len(loaded)
         self._emit(Accept(key_share=responder.key_share().to_bytes()))
 
     def _chunk(self, data: bytes) -> None:
         assert self._responder is not None and self.context is not None
-        assert self.loaded is not None
         chunk = TagChunk.from_bytes(data, round_id=self.context.round_id, seq=self.chunks)
         self._count(len(chunk))
+        if self._streamed:
+            self._responder.buffer(chunk)
+            return
+        assert self.loaded is not None
         result = self._responder.match(chunk)
         assert result.rows is not None and result.row_offsets is not None
+        self._emit_matches(result, self.loaded.payload_rows(result.rows))
+
+    def _emit_matches(self, result: MatchChunk, payload: list[dict[str, str]]) -> None:
+        assert result.row_offsets is not None and self.match_count is not None
         tag_of_row = np.repeat(
             np.arange(len(result.tags), dtype=np.int64), np.diff(result.row_offsets)
         )
-        payload = self.loaded.payload_rows(result.rows)
-        assert self.match_count is not None
         self.match_count += len(result.tags)
         self._emit(
             Matches(
                 psi=result.without_rows().to_bytes(), payload=payload, tags=tag_of_row.tolist()
             )
         )
+
+    def _before_end(self) -> Iterator[Output]:
+        if not self._streamed:
+            return
+        assert self._responder is not None and self.context is not None
+        assert self.match_set is not None
+        started = time.perf_counter()
+        summary = StreamSummary()
+        # Only the matched rows' payload is kept, by row number.
+        rows: list[npt.NDArray[np.int64]] = []
+        values: dict[str, list[npt.NDArray[np.str_]]] = {
+            col: [] for col in self.match_set.payload
+        }
+        for batch in self.state.store.stream(
+            self.match_set.name, self.context.as_of, summary=summary
+        ):
+            if self._cancel.is_set():
+                raise ProtocolError("round cancelled")
+            hit = self._responder.match_batch(batch.identities)
+            rows.append(hit + batch.offset)
+            for col in values:
+                values[col].append(batch.payload[col][hit])
+        matched = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        columns = {
+            col: np.concatenate(parts) if parts else np.zeros(0, dtype="<U1")
+            for col, parts in values.items()
+        }
+        self.loaded = summary.as_loaded(
+            self.match_set.name, self.context.as_of, time.perf_counter() - started
+        )
+        self.set_size = summary.kept
+        for result in self._responder.streamed_matches():
+            assert result.rows is not None
+            where = np.searchsorted(matched, result.rows)
+            payload = _payload_dicts({col: v[where] for col, v in columns.items()})
+            self._emit_matches(result, payload)
+            yield from self._flush()
 
     def _finish(self) -> Done:
         assert self._responder is not None and self.match_count is not None
@@ -604,6 +667,19 @@ class KeyedHashDriver(RoundDriver):
 
     def _cleanup(self) -> None:
         self._responder = None
+
+
+def _payload_dicts(cols: dict[str, npt.NDArray[np.str_]]) -> list[dict[str, str]]:
+    """One dict per row of aligned payload columns, empty values left out."""
+    names = list(cols)
+    lists = [cols[name].tolist() for name in names]
+    n = len(lists[0]) if lists else 0
+    if not names:
+        return [{} for _ in range(n)]
+    return [
+        {name: value for name, value in zip(names, row, strict=True) if value != ""}
+        for row in zip(*lists, strict=True)
+    ]
 
 
 class EcdhDriver(RoundDriver):
@@ -631,7 +707,21 @@ class EcdhDriver(RoundDriver):
         responder = EcdhResponder.generate(
             ctx, rng=self.state.rng, executor=self.state.executor, size_classes=node.padded_size
         )
-        responder.load_set(loaded.identities)
+        if loaded is None:
+            # A streamed set: ecdh needs every identity at once (16 bytes each,
+            # no payload), so read them batch by batch and keep only those.
+            assert self.match_set is not None
+            summary = StreamSummary()
+            parts = [
+                b.identities
+                for b in self.state.store.stream(self.match_set.name, ctx.as_of, summary=summary)
+            ]
+            self.loaded = summary.as_loaded(self.match_set.name, ctx.as_of, 0.0)
+            ids = np.concatenate(parts) if parts else np.zeros((0, 16), dtype=np.uint8)
+            responder.load_set(ids)
+            del parts, ids
+        else:
+            responder.load_set(loaded.identities)
         self._responder = responder
         self.set_size = responder.set_size
         per_chunk = max(1, min(MAX_POINTS_PER_CHUNK, (node.max_chunk_bytes - 64) // 32))

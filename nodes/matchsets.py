@@ -48,13 +48,20 @@ from psi.errors import ConfigError
 from psi.identifiers import encode_identities, normalize_id_column
 
 __all__ = [
+    "STREAM_BATCH_ROWS",
     "LoadedMatchSet",
+    "MatchSetBatch",
     "MatchSetStore",
+    "StreamSummary",
+    "count_source_rows",
     "detect_encoding",
     "load_match_set",
+    "stream_match_set",
 ]
 
 _BLOCK = 1 << 20
+#: Rows per record batch when a set is streamed (bounds the memory of a batch).
+STREAM_BATCH_ROWS = 1 << 19
 _DATE_COLUMNS = frozenset({"start_date", "end_date"})
 _ALLOWED_CODES: Mapping[str, frozenset[str]] = {
     "disability_category": frozenset({"", *map(str, range(1, 8))}),
@@ -76,6 +83,11 @@ class LoadedMatchSet:
     rows (dates ``YYYY-MM-DD``, unknown ``""``). ``rejected`` counts dropped
     rows by reason (``length``, ``check``, ``birth_date``, ``payload_end_date``,
     ...). ``rows_selected`` is the number of rows ``where`` kept.
+
+    A set larger than ``stream_rows`` is never held in memory: the store
+    returns it with ``streamed=True``, no rows, and ``streamed_rows`` = the
+    rows kept when it was last read; rounds read it with
+    :meth:`MatchSetStore.stream`.
     """
 
     name: str
@@ -85,9 +97,11 @@ class LoadedMatchSet:
     rows_selected: int
     rejected: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    streamed: bool = False
+    streamed_rows: int = 0
 
     def __len__(self) -> int:
-        return int(self.identities.shape[0])
+        return self.streamed_rows if self.streamed else int(self.identities.shape[0])
 
     @property
     def rejected_total(self) -> int:
@@ -96,11 +110,14 @@ class LoadedMatchSet:
 
     def payload_rows(self, rows: npt.NDArray[np.int64]) -> list[dict[str, str]]:
         """The payload of the given row indices, one dict per row (empty values omitted)."""
-        cols = {k: v[rows] for k, v in self.payload.items()}
-        out: list[dict[str, str]] = []
-        for i in range(len(rows)):
-            out.append({k: str(v[i]) for k, v in cols.items() if v[i] != ""})
-        return out
+        names = list(self.payload)
+        if not names:
+            return [{} for _ in range(len(rows))]
+        lists = [self.payload[k][rows].tolist() for k in names]
+        return [
+            {k: v for k, v in zip(names, row, strict=True) if v != ""}
+            for row in zip(*lists, strict=True)
+        ]
 
 
 def detect_encoding(path: Path) -> Literal["utf-8", "gb18030"]:
@@ -236,70 +253,82 @@ def load_match_set(config: NodeConfig, name: str, as_of: _dt.date) -> LoadedMatc
         raise rep.error(f"source: cannot read ({exc.strerror})") from exc
 
 
-def _load(
-    config: NodeConfig,
+@dataclass(frozen=True)
+class _Query:
+    sql: str
+    params: dict[str, Any]
+    bad_flags: tuple[str, ...]
+
+
+def _query(
+    con: duckdb.DuckDBPyConnection,
     ms: MatchSetConfig,
     rep: _Reporter,
     path: Path,
     as_of: _dt.date,
     *,
     parquet: bool,
-    started: float,
-) -> LoadedMatchSet:
-    con = _connect(path)
+) -> _Query:
+    """Check the source's columns and build the SELECT of one match set (steps 1-3)."""
+    # (1) the source's columns and types
+    if parquet:
+        plain = reader = "read_parquet($path)"
+        params: dict[str, Any] = {"path": str(path)}
+    else:
+        plain = "read_csv($path, header = true)"
+        reader = "read_csv($path, header = true, types = $types)"
+        params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
     try:
-        # (1) the source's columns and types
-        if parquet:
-            plain = reader = "read_parquet($path)"
-            params: dict[str, Any] = {"path": str(path)}
-        else:
-            plain = "read_csv($path, header = true)"
-            reader = "read_csv($path, header = true, types = $types)"
-            params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
-        try:
-            described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
-            columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
-        except duckdb.Error as exc:
-            raise rep.duckdb_error("source", exc) from None
-        # (2) required columns
-        if ms.id_column not in columns:
-            raise rep.error(
-                f"id_column {ms.id_column!r} not found in {ms.source.name} "
-                f"(columns: {', '.join(list(columns)[:20])})"
-            )
-        missing = [c for c in ms.payload if c not in columns]
-        if missing:
-            raise rep.error(
-                f"payload column {missing[0]!r} not found in {ms.source.name}; "
-                "rename the column in the source or drop it from `payload`"
-            )
-        if parquet and columns[ms.id_column].upper() not in _TEXT_TYPES:
-            raise rep.error(
-                f"id_column {ms.id_column!r} is {columns[ms.id_column]} in the Parquet file; "
-                "store identity numbers as text (numbers lose the check character X)"
-            )
-        # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
-        selects = [f"COALESCE(CAST({_quote(ms.id_column)} AS VARCHAR), '') AS _id"]
-        bad_flags: list[str] = []
-        for i, col in enumerate(ms.payload):
-            value, bad = _payload_expr(col, columns[col])
-            selects.append(f"{value} AS _p{i}")
-            if bad is not None:
-                selects.append(f"{bad} AS _bad{i}")
-                bad_flags.append(col)
-        where = f"WHERE ({ms.where})" if ms.where else ""
-        sql = (
-            "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
-            f"SELECT {', '.join(selects)} FROM {reader} AS source {where}"
+        described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
+        columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
+    except duckdb.Error as exc:
+        raise rep.duckdb_error("source", exc) from None
+    # (2) required columns
+    if ms.id_column not in columns:
+        raise rep.error(
+            f"id_column {ms.id_column!r} not found in {ms.source.name} "
+            f"(columns: {', '.join(list(columns)[:20])})"
         )
-        try:
-            result = con.execute(sql, {**params, "as_of": as_of}).fetchnumpy()
-        except duckdb.Error as exc:
-            raise rep.duckdb_error("where" if ms.where else "source", exc) from None
-    finally:
-        con.close()
+    missing = [c for c in ms.payload if c not in columns]
+    if missing:
+        raise rep.error(
+            f"payload column {missing[0]!r} not found in {ms.source.name}; "
+            "rename the column in the source or drop it from `payload`"
+        )
+    if parquet and columns[ms.id_column].upper() not in _TEXT_TYPES:
+        raise rep.error(
+            f"id_column {ms.id_column!r} is {columns[ms.id_column]} in the Parquet file; "
+            "store identity numbers as text (numbers lose the check character X)"
+        )
+    # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
+    selects = [f"COALESCE(CAST({_quote(ms.id_column)} AS VARCHAR), '') AS _id"]
+    bad_flags: list[str] = []
+    for i, col in enumerate(ms.payload):
+        value, bad = _payload_expr(col, columns[col])
+        selects.append(f"{value} AS _p{i}")
+        if bad is not None:
+            selects.append(f"{bad} AS _bad{i}")
+            bad_flags.append(col)
+    where = f"WHERE ({ms.where})" if ms.where else ""
+    sql = (
+        "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
+        f"SELECT {', '.join(selects)} FROM {reader} AS source {where}"
+    )
+    return _Query(sql=sql, params={**params, "as_of": as_of}, bad_flags=tuple(bad_flags))
 
-    # (4) normalize and count, with array operations
+
+@dataclass(frozen=True, eq=False)
+class _Converted:
+    identities: npt.NDArray[np.uint8]
+    payload: dict[str, npt.NDArray[np.str_]]
+    rows: int
+    rejected: Counter[str]
+
+
+def _convert(
+    result: Mapping[str, Any], ms: MatchSetConfig, bad_flags: tuple[str, ...], as_of: _dt.date
+) -> _Converted:
+    """Normalize and count one block of query output, with array operations (step 4)."""
     raw_ids = _as_str(result["_id"])
     n = len(raw_ids)
     column = normalize_id_column(raw_ids, today=as_of)
@@ -321,15 +350,228 @@ def _load(
             keep &= ~malformed
         payload[col] = values
     ids = column.ids[keep]
+    return _Converted(
+        identities=encode_identities(ids),
+        payload={k: v[keep] for k, v in payload.items()},
+        rows=n,
+        rejected=rejected,
+    )
+
+
+def _load(
+    config: NodeConfig,
+    ms: MatchSetConfig,
+    rep: _Reporter,
+    path: Path,
+    as_of: _dt.date,
+    *,
+    parquet: bool,
+    started: float,
+) -> LoadedMatchSet:
+    # Read in record batches and keep only the encoded rows: the transient
+    # arrays of normalization then cover one batch, not the whole set
+    # (3M rows: peak 2.3 GiB with one fetchnumpy, well under 1 GiB this way).
+    summary = StreamSummary()
+    ids: list[npt.NDArray[np.uint8]] = []
+    payload: dict[str, list[npt.NDArray[np.str_]]] = {col: [] for col in ms.payload}
+    for batch in _stream(ms, rep, path, as_of, parquet=parquet, summary=summary):
+        ids.append(batch.identities)
+        for col in payload:
+            payload[col].append(batch.payload[col])
     return LoadedMatchSet(
         name=ms.name,
         as_of=as_of,
-        identities=encode_identities(ids),
-        payload={k: v[keep] for k, v in payload.items()},
-        rows_selected=n,
-        rejected=dict(rejected),
+        identities=np.concatenate(ids) if ids else np.zeros((0, 16), dtype=np.uint8),
+        payload={
+            col: np.concatenate(parts) if parts else np.zeros(0, dtype="<U1")
+            for col, parts in payload.items()
+        },
+        rows_selected=summary.rows_selected,
+        rejected=dict(summary.rejected),
         seconds=time.perf_counter() - started,
     )
+
+
+# --------------------------------------------------------------------------
+# Streaming (sets larger than ``stream_rows``)
+
+
+@dataclass(frozen=True, eq=False)
+class MatchSetBatch:
+    """One record batch of a streamed match set.
+
+    ``identities`` (k, 16) and ``payload`` as in :class:`LoadedMatchSet`, for
+    the rows of this batch that passed normalization; ``offset`` is the index
+    of its first kept row among all kept rows of the set (so ``offset + i``
+    is the same row number a full load would give).
+    """
+
+    identities: npt.NDArray[np.uint8]
+    payload: Mapping[str, npt.NDArray[np.str_]]
+    offset: int
+
+    def __len__(self) -> int:
+        return int(self.identities.shape[0])
+
+
+@dataclass
+class StreamSummary:
+    """Filled in while a streamed set is read: what a full load reports."""
+
+    rows_selected: int = 0
+    kept: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def as_loaded(self, name: str, as_of: _dt.date, seconds: float) -> LoadedMatchSet:
+        """A :class:`LoadedMatchSet` with the counts and no rows (``streamed=True``)."""
+        return LoadedMatchSet(
+            name=name,
+            as_of=as_of,
+            identities=np.zeros((0, 16), dtype=np.uint8),
+            payload={},
+            rows_selected=self.rows_selected,
+            rejected=dict(self.rejected),
+            seconds=seconds,
+            streamed=True,
+            streamed_rows=self.kept,
+        )
+
+
+def _arrow_strings(column: Any) -> npt.NDArray[np.str_]:
+    """A pyarrow string column as a numpy ``<U`` array (fast when every value has one width)."""
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n and arr.null_count == 0 and pa.types.is_string(arr.type):
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
+        width = int(offsets[1] - offsets[0])
+        if 0 < width <= 64 and int(offsets[-1] - offsets[0]) == width * n:
+            data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            if not (data & 0x80).any():  # ASCII: one byte per character
+                fixed: npt.NDArray[np.str_] = data.view(f"S{width}").astype(f"<U{width}")
+                return fixed
+    return _as_str(arr.to_numpy(zero_copy_only=False))
+
+
+def stream_match_set(
+    config: NodeConfig,
+    name: str,
+    as_of: _dt.date,
+    *,
+    batch_rows: int = STREAM_BATCH_ROWS,
+    summary: StreamSummary | None = None,
+) -> Iterator[MatchSetBatch]:
+    """Read match set ``name`` in record batches of at most ``batch_rows`` rows.
+
+    The whole set is never in memory: DuckDB streams Arrow record batches and
+    each is normalized and encoded on its own. ``summary`` (if given) collects
+    the counts a full load would report.
+
+    Raises:
+        ConfigError: as :func:`load_match_set` (a conversion error may surface
+            in the middle of the stream).
+    """
+    ms = config.match_set(name)
+    if ms is None:
+        raise ConfigError(f"{config.path}: no match set {name!r}")
+    rep = _Reporter(config, ms)
+    summary = summary if summary is not None else StreamSummary()
+    path = ms.source
+    parquet = path.suffix.lower() in _PARQUET
+    with contextlib.ExitStack() as stack:
+        if not parquet:
+            try:
+                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+            except OSError as exc:
+                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+            if encoding != "utf-8":
+                try:
+                    path = stack.enter_context(_utf8_copy(path, encoding))
+                except UnicodeDecodeError as exc:
+                    raise rep.error(
+                        f"source: not valid {encoding} text (byte offset about {exc.start}); "
+                        "set `encoding` or re-export the file"
+                    ) from None
+        yield from _stream(
+            ms, rep, path, as_of, parquet=parquet, summary=summary, batch_rows=batch_rows
+        )
+
+
+def _stream(
+    ms: MatchSetConfig,
+    rep: _Reporter,
+    path: Path,
+    as_of: _dt.date,
+    *,
+    parquet: bool,
+    summary: StreamSummary,
+    batch_rows: int = STREAM_BATCH_ROWS,
+) -> Iterator[MatchSetBatch]:
+    con = _connect(path)
+    try:
+        query = _query(con, ms, rep, path, as_of, parquet=parquet)
+        what = "where" if ms.where else "source"
+        try:
+            reader = con.sql(query.sql, params=query.params).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise rep.duckdb_error(what, exc) from None
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except duckdb.Error as exc:
+                raise rep.duckdb_error(what, exc) from None
+            result: dict[str, Any] = {}
+            for col_name in batch.schema.names:
+                col = batch.column(col_name)
+                if col_name.startswith("_bad"):
+                    result[col_name] = col.to_numpy(zero_copy_only=False).astype(bool)
+                else:
+                    result[col_name] = _arrow_strings(col)
+            block = _convert(result, ms, query.bad_flags, as_of)
+            summary.rows_selected += block.rows
+            summary.rejected.update(block.rejected)
+            out = MatchSetBatch(
+                identities=block.identities, payload=block.payload, offset=summary.kept
+            )
+            summary.kept += len(out)
+            yield out
+    finally:
+        con.close()
+
+
+def count_source_rows(config: NodeConfig, name: str) -> int:
+    """Rows in the source of match set ``name``, before ``where`` (Parquet: from metadata).
+
+    Raises:
+        ConfigError: as :func:`load_match_set`.
+    """
+    ms = config.match_set(name)
+    if ms is None:
+        raise ConfigError(f"{config.path}: no match set {name!r}")
+    rep = _Reporter(config, ms)
+    path = ms.source
+    parquet = path.suffix.lower() in _PARQUET
+    with contextlib.ExitStack() as stack:
+        if not parquet:
+            try:
+                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+                if encoding != "utf-8":
+                    path = stack.enter_context(_utf8_copy(path, encoding))
+            except OSError as exc:
+                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+            except UnicodeDecodeError:
+                raise rep.error(f"source: not valid {encoding} text") from None
+        con = _connect(path)
+        stack.callback(con.close)
+        reader = "read_parquet($path)" if parquet else "read_csv($path, header = true)"
+        try:
+            row = con.execute(f"SELECT count(*) FROM {reader}", {"path": str(path)}).fetchone()
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("source", exc) from None
+    return int(row[0]) if row else 0
 
 
 _Key = tuple[str, _dt.date, int, int]
@@ -349,6 +591,7 @@ class MatchSetStore:
         self._lock = threading.Lock()
         self._cache: OrderedDict[_Key, LoadedMatchSet] = OrderedDict()
         self._loading: dict[_Key, threading.Lock] = {}
+        self._counts: dict[tuple[str, int, int], int] = {}
 
     def get(self, name: str, as_of: _dt.date) -> LoadedMatchSet:
         """Match set ``name`` as of ``as_of`` (cached).
@@ -390,10 +633,73 @@ class MatchSetStore:
                         self._cache.popitem(last=False)
         return loaded
 
+    def _stat_key(self, ms: MatchSetConfig) -> tuple[int, int]:
+        try:
+            st = ms.source.stat()
+        except OSError as exc:
+            raise _Reporter(self._config, ms).error(
+                f"source: cannot read ({exc.strerror})"
+            ) from exc
+        return st.st_mtime_ns, st.st_size
+
+    def is_streamed(self, name: str) -> bool:
+        """Whether match set ``name`` has more source rows than ``stream_rows``.
+
+        The count (Parquet metadata, or one scan of a CSV) is cached per
+        source version.
+
+        Raises:
+            ConfigError: unknown set, unreadable source.
+        """
+        ms = self._config.match_set(name)
+        if ms is None:
+            raise ConfigError(f"{self._config.path}: no match set {name!r}")
+        threshold = self._config.node.stream_rows
+        if threshold <= 0:
+            return False
+        key = (name, *self._stat_key(ms))
+        with self._lock:
+            rows = self._counts.get(key)
+        if rows is None:
+            rows = count_source_rows(self._config, name)
+            with self._lock:
+                self._counts[key] = rows
+        return rows > threshold
+
+    def stream(
+        self,
+        name: str,
+        as_of: _dt.date,
+        *,
+        summary: StreamSummary | None = None,
+        batch_rows: int = STREAM_BATCH_ROWS,
+    ) -> Iterator[MatchSetBatch]:
+        """Read match set ``name`` as of ``as_of`` in record batches (never cached).
+
+        Raises:
+            ConfigError: as :func:`stream_match_set`.
+        """
+        return stream_match_set(
+            self._config, name, as_of, batch_rows=batch_rows, summary=summary
+        )
+
     def validate_all(self, today: _dt.date) -> list[LoadedMatchSet]:
         """Load every match set once as of ``today`` (startup check; fails fast).
+
+        A streamed set is read through once (bounded memory) and returned
+        with its counts only (``streamed=True``).
 
         Raises:
             ConfigError: as :func:`load_match_set`, for the first bad match set.
         """
-        return [self.get(ms.name, today) for ms in self._config.match_sets]
+        out: list[LoadedMatchSet] = []
+        for ms in self._config.match_sets:
+            if self.is_streamed(ms.name):
+                started = time.perf_counter()
+                summary = StreamSummary()
+                for _ in self.stream(ms.name, today, summary=summary):
+                    pass
+                out.append(summary.as_loaded(ms.name, today, time.perf_counter() - started))
+            else:
+                out.append(self.get(ms.name, today))
+        return out

@@ -22,7 +22,8 @@ class SortedRows:
     def __init__(self, rows: npt.NDArray[np.uint8]) -> None:
         self.rows = rows
         keys = _keys(rows)
-        self.order = np.argsort(keys, kind="stable").astype(np.int64)
+        # Unstable sort (about twice as fast); lookup() re-sorts its pairs anyway.
+        self.order = np.argsort(keys).astype(np.int64)
         self.sorted_keys = keys[self.order]
 
     def lookup(
@@ -52,6 +53,6 @@ class SortedRows:
         src = self.order[np.repeat(left, counts) + within]
         same = np.all(self.rows[src] == queries[q_idx], axis=1)
         q_idx, src = q_idx[same], src[same]
-        # Stable argsort keeps equal keys in row order; re-sort to be explicit.
+        # Equal keys may come in any row order from the sort: re-sort the pairs.
         ordering = np.lexsort((src, q_idx))
         return q_idx[ordering], src[ordering]

@@ -43,7 +43,7 @@ from psi.hazmat import hash_to_curve, x25519
 from psi.messages import MAX_POINTS_PER_CHUNK, PointChunk, Stage
 from psi.transcript import Transcript
 
-__all__ = ["EcdhRequester", "EcdhResponder", "EcdhResult", "size_class"]
+__all__ = ["EcdhRequester", "EcdhResponder", "EcdhResult", "prepare_executor", "size_class"]
 
 _U64 = struct.Struct(">Q")
 _PAD_KIND = 0xFF  # first byte of padding blocks; never a real encoding's kind
@@ -61,6 +61,35 @@ def size_class(n: int, *, minimum: int = 1024, growth: float = 1.25) -> int:
     while size < n:
         size = math.ceil(size * growth)
     return size
+
+
+def _ready() -> bool:
+    """Runs in a worker: the group code is imported and the worker is up."""
+    return x25519.POINT_SIZE == 32
+
+
+def prepare_executor(executor: concurrent.futures.Executor, workers: int) -> None:
+    """Start ``workers`` worker processes of ``executor`` now and import the EC code in them.
+
+    A process pool starts its workers on demand; a "spawn" worker takes about
+    half a second to import numpy and ``cryptography``, which the first
+    round would otherwise pay (measured: 10k x 10k ecdh 1.6 s cold, 0.9 s warm).
+    """
+    futures = [executor.submit(_ready) for _ in range(max(1, workers))]
+    for future in futures:
+        future.result()
+
+
+def _unique_rows(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """``np.unique(rows, axis=0)`` for (n, 16) uint8 rows, by two 64-bit keys (faster)."""
+    if len(rows) == 0:
+        return rows
+    words = rows.view(">u8").reshape(-1, 2).astype(np.uint64)
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    ordered = words[order]
+    keep = np.ones(len(rows), dtype=bool)
+    keep[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    return rows[order[keep]]
 
 
 def _check_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -332,7 +361,7 @@ class EcdhResponder(_EcdhRole):
         if self._hashed is not None:
             raise AlreadyUsed("match set already loaded for this round")
         ids = _check_identities(identities)
-        unique = np.unique(ids, axis=0) if len(ids) else ids
+        unique = _unique_rows(ids)
         target = self._size_classes(len(unique))
         if target < len(unique):
             raise ValueError("size class smaller than the set")

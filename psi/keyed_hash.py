@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn
 
 import numpy as np
@@ -255,6 +255,14 @@ class KeyedHashResponder(_KeyedHashRole):
         super().__init__(context, private_key)
         self._set: SortedRows | None = None
         self._next_seq = 0
+        # Streaming mode (sets larger than memory): the buffered query chunks,
+        # then the sorted table of all their tags and the (query, row) pairs found.
+        self._buffered: list[npt.NDArray[np.uint8]] = []
+        self._table: SortedRows | None = None
+        self._pairs_q: list[npt.NDArray[np.int64]] = []
+        self._pairs_row: list[npt.NDArray[np.int64]] = []
+        self._rows_seen = 0
+        self._emitted = False
 
     @classmethod
     def generate(
@@ -279,6 +287,8 @@ class KeyedHashResponder(_KeyedHashRole):
         self._check_open()
         if self._set is not None:
             raise AlreadyUsed("match set already loaded for this round")
+        if self._buffered or self._table is not None:
+            raise ProtocolError("this round streams its set: load_set() is not available")
         ids = _check_identities(identities)
         self._set = SortedRows(self._prf(ids))
 
@@ -292,6 +302,15 @@ class KeyedHashResponder(_KeyedHashRole):
             ProtocolError: another round, out-of-order chunk, or no set loaded.
             AlreadyUsed: the round has finished.
         """
+        self._receive(chunk)
+        if self._set is None:
+            raise ProtocolError("no match set loaded: call load_set() first")
+        self._transcript.absorb("requester", "tags", chunk.to_bytes())
+        self._next_seq += 1
+        q_idx, rows = self._set.lookup(chunk.tags)
+        return self._answer(chunk.seq, chunk.tags, q_idx, rows)
+
+    def _receive(self, chunk: TagChunk) -> None:
         self._check_open()
         if not isinstance(chunk, TagChunk):
             raise ProtocolError("expected a TagChunk")
@@ -300,23 +319,134 @@ class KeyedHashResponder(_KeyedHashRole):
             raise ProtocolError(
                 f"tag chunk sequence number {chunk.seq}, expected {self._next_seq}"
             )
-        if self._set is None:
-            raise ProtocolError("no match set loaded: call load_set() first")
-        self._transcript.absorb("requester", "tags", chunk.to_bytes())
-        self._next_seq += 1
-        q_idx, rows = self._set.lookup(chunk.tags)
+
+    def _answer(
+        self,
+        seq: int,
+        tags: npt.NDArray[np.uint8],
+        q_idx: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+    ) -> MatchChunk:
+        """The MatchChunk for (query index, row) pairs ordered by query, then row."""
         hit, counts = np.unique(q_idx, return_counts=True)
         offsets = np.zeros(len(hit) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         result = MatchChunk(
             round_id=self._context.round_id,
-            seq=chunk.seq,
-            tags=chunk.tags[hit],
+            seq=seq,
+            tags=tags[hit],
             rows=rows,
             row_offsets=offsets,
         )
         self._transcript.absorb("responder", "matches", result.to_bytes())
         return result
+
+    # -- streaming: match sets larger than memory ------------------------------------------
+
+    def buffer(self, chunk: TagChunk) -> None:
+        """Keep a tag chunk to answer after the set has been streamed (no ``load_set``).
+
+        The streaming mode answers the same chunks with the same
+        :class:`MatchChunk` messages, in the same order, as :meth:`match`
+        would; only their timing differs (all after :meth:`match_batch` has
+        seen the whole set). Memory: the query tags (16 bytes each) plus 16
+        bytes per match, whatever the size of the set.
+
+        Raises:
+            ProtocolError: another round, out of order, a set was loaded with
+                :meth:`load_set`, or the set is already being streamed.
+            AlreadyUsed: the round has finished.
+        """
+        self._receive(chunk)
+        if self._set is not None:
+            raise ProtocolError("a match set is loaded: answer chunks with match()")
+        if self._table is not None:
+            raise ProtocolError("tag chunk after the match set started streaming")
+        self._transcript.absorb("requester", "tags", chunk.to_bytes())
+        self._next_seq += 1
+        self._buffered.append(chunk.tags)
+
+    def match_batch(self, identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+        """Tag the next batch of the set and match it against every buffered chunk.
+
+        Rows count across batches in call order (row ``i`` of the second batch
+        is row ``len(first) + i`` of the set). Returns the positions, within
+        this batch, of the rows that matched (ascending), so that the caller
+        can keep their payload and drop the rest.
+
+        Raises:
+            ProtocolError: no round key yet, a set was loaded with
+                :meth:`load_set`, or the matches were already emitted.
+            AlreadyUsed: the round has finished.
+            ValueError: ``identities`` is not an (n, 16) uint8 array.
+        """
+        self._check_open()
+        if self._set is not None:
+            raise ProtocolError("a match set is loaded: answer chunks with match()")
+        if self._emitted:
+            raise ProtocolError("matches already emitted: the set was complete")
+        ids = _check_identities(identities)
+        if self._table is None:
+            query = (
+                np.concatenate(self._buffered)
+                if self._buffered
+                else np.zeros((0, 16), dtype=np.uint8)
+            )
+            self._table = SortedRows(query)
+        rows, q_idx = self._table.lookup(self._prf(ids))
+        self._pairs_q.append(q_idx)
+        self._pairs_row.append(rows + self._rows_seen)
+        self._rows_seen += len(ids)
+        return np.unique(rows)
+
+    def streamed_matches(self) -> Iterator[MatchChunk]:
+        """After the last :meth:`match_batch`: one MatchChunk per buffered chunk, in order.
+
+        Raises:
+            ProtocolError: called twice, or a set was loaded with :meth:`load_set`.
+            AlreadyUsed: the round has finished.
+        """
+        self._check_open()
+        if self._set is not None:
+            raise ProtocolError("a match set is loaded: answer chunks with match()")
+        if self._emitted:
+            raise ProtocolError("matches already emitted")
+        self._emitted = True
+        q_all = np.concatenate(self._pairs_q) if self._pairs_q else np.zeros(0, np.int64)
+        r_all = np.concatenate(self._pairs_row) if self._pairs_row else np.zeros(0, np.int64)
+        self._pairs_q, self._pairs_row = [], []
+        order = np.lexsort((r_all, q_all))
+        q_all, r_all = q_all[order], r_all[order]
+        chunks, self._buffered, self._table = self._buffered, [], None
+        return self._emit_streamed(chunks, q_all, r_all)
+
+    def _emit_streamed(
+        self,
+        chunks: list[npt.NDArray[np.uint8]],
+        q_all: npt.NDArray[np.int64],
+        r_all: npt.NDArray[np.int64],
+    ) -> Iterator[MatchChunk]:
+        start = 0
+        for seq, tags in enumerate(chunks):
+            stop = start + len(tags)
+            lo, hi = np.searchsorted(q_all, [start, stop], side="left")
+            self._check_open()
+            yield self._answer(seq, tags, q_all[lo:hi] - start, r_all[lo:hi])
+            start = stop
+
+    def match_streaming(
+        self, tag_chunks: Iterable[TagChunk], set_batches: Iterable[npt.NDArray[np.uint8]]
+    ) -> Iterator[MatchChunk]:
+        """:meth:`buffer` every chunk, :meth:`match_batch` every batch, then the answers.
+
+        Raises:
+            as :meth:`buffer`, :meth:`match_batch` and :meth:`streamed_matches`.
+        """
+        for chunk in tag_chunks:
+            self.buffer(chunk)
+        for batch in set_batches:
+            self.match_batch(batch)
+        return self.streamed_matches()
 
     def finish(self) -> bytes:
         """End the round; returns the transcript digest.
@@ -325,4 +455,5 @@ class KeyedHashResponder(_KeyedHashRole):
             AlreadyUsed: called twice.
         """
         self._set = None
+        self._buffered, self._table, self._pairs_q, self._pairs_row = [], None, [], []
         return self._finish()

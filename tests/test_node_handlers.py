@@ -384,3 +384,78 @@ def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
     result = req.finish()
     assert result.transcript == done.transcript
     assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
+
+
+def _streaming(cfg: NodeConfig) -> NodeConfig:
+    """The same node with ``stream_rows = 1``: every set is streamed from its source."""
+    assert cfg.path is not None
+    text = cfg.path.read_text(encoding="utf-8")
+    path = cfg.path.with_name("streaming.node.toml")
+    path.write_text(
+        text.replace('audit_log = "audit.jsonl"', 'audit_log = "audit.jsonl"\nstream_rows = 1'),
+        encoding="utf-8",
+    )
+    return load_node_config(path)
+
+
+def _keyed_hash_outputs(cfg: NodeConfig, c: RoundContext, roster: list[str]) -> list[Output]:
+    req = KeyedHashRequester.generate(c, rng=random.Random(5).randbytes)
+    state = NodeState.create(cfg, today=lambda: TODAY, rng=random.Random(6).randbytes)
+    driver = KeyedHashDriver(state, "civil-affairs")
+    enc = encode_identities(roster)
+    inbox: list[Event] = [
+        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
+    ]
+    gen = driver.run(_feed(inbox))
+    accept = next(gen)
+    assert isinstance(accept, Accept)
+    req.agree(KeyShare.from_bytes(accept.key_share))
+    chunks = [req.tag(enc[s : s + 10]) for s in range(0, len(roster), 10)]
+    inbox += [Chunk(ch.to_bytes()) for ch in chunks]
+    inbox += [End(chunks=len(chunks), items=len(roster)), None]  # type: ignore[list-item]
+    outputs: list[Output] = [accept, *gen]
+    for out in outputs:
+        if isinstance(out, Matches):
+            req.resolve(MatchChunk.from_bytes(out.psi))
+    done = outputs[-1]
+    assert isinstance(done, Done) and done.transcript == req.finish()
+    assert driver.loaded is not None and driver.set_size == len(NODE_IDS) + 1
+    return outputs
+
+
+def test_streamed_keyed_hash_round_equals_in_memory(cfg: NodeConfig) -> None:
+    roster = NODE_IDS[:15] + OTHERS[:10] + NODE_IDS[30:]
+    c = ctx()
+    in_memory = _keyed_hash_outputs(cfg, c, roster)
+    streamed = _keyed_hash_outputs(_streaming(cfg), c, roster)
+    assert [type(o) for o in streamed] == [type(o) for o in in_memory]
+    for a, b in zip(in_memory[1:], streamed[1:], strict=True):
+        assert a == b  # same psi bytes, payloads, tag indices, transcript
+    matches = [o for o in streamed if isinstance(o, Matches)]
+    assert sum(len(m.payload) for m in matches) == 26  # 25 people, NODE_IDS[0] twice
+
+
+def test_streamed_set_in_ecdh_round(cfg: NodeConfig) -> None:
+    roster = NODE_IDS[10:30] + OTHERS[:12]
+    c = ctx(protocol="ecdh")
+    req = EcdhRequester.generate(c)
+    blinded = [req.blind(encode_identities(roster[s : s + 8])) for s in range(0, len(roster), 8)]
+    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(roster))]
+    events += [Chunk(b.to_bytes()) for b in blinded]
+    events.append(End(chunks=len(blinded), items=len(roster)))
+    state = NodeState.create(_streaming(cfg), today=lambda: TODAY)
+    outputs = run(EcdhDriver(state, "civil-affairs"), events)
+    accept, done = outputs[0], outputs[-1]
+    assert isinstance(accept, Accept) and accept.set_size == 64
+    assert isinstance(done, Done)
+    for out in outputs[1:-1]:
+        assert isinstance(out, Points)
+        chunk = PointChunk.from_bytes(out.data)
+        if out.stage == "reblinded":
+            req.receive_reblinded(chunk)
+        else:
+            req.receive_responder_set(chunk)
+    req.receive_responder_done(accept.set_size)
+    result = req.finish()
+    assert result.transcript == done.transcript
+    assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])

@@ -240,3 +240,81 @@ def test_store_caches_and_reloads_on_change(tmp_path: Path) -> None:
     second = store.get("custody", AS_OF)
     assert second is not first and len(second) == len(first) + 1
     assert len(store.validate_all(AS_OF)) == 1
+
+
+# --------------------------------------------------------------------------
+# Streaming (sets above stream_rows)
+
+
+def _streamed(cfg: NodeConfig, batch_rows: int) -> tuple[np.ndarray, dict[str, list[str]], object]:
+    from nodes.matchsets import StreamSummary, stream_match_set
+
+    summary = StreamSummary()
+    batches = list(stream_match_set(cfg, "custody", AS_OF, batch_rows=batch_rows, summary=summary))
+    offsets = [b.offset for b in batches]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    ids = np.concatenate([b.identities for b in batches])
+    payload = {
+        k: np.concatenate([b.payload[k] for b in batches]).tolist() for k in batches[0].payload
+    }
+    return ids, payload, summary
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 1000])
+def test_stream_equals_full_load_csv(tmp_path: Path, batch_rows: int) -> None:
+    rows = [
+        "id_number,term_months,start_date,end_date",
+        f"{A},12,2025-02-01,2029-02-01",
+        f"{OLD15},12,2025-02-01,",
+        "12345,12,2025-02-01,",
+        f"{B},12,2025-02-01,someday",
+        f"{X_ID.lower()},8,2026-06-01,",
+        f"{A},7,2024-02-01,2027-01-01",
+    ]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(
+        tmp_path, "custody.csv", where="term_months >= 6", payload=["start_date", "end_date"]
+    )
+    full = load_match_set(cfg, "custody", AS_OF)
+    ids, payload, summary = _streamed(cfg, batch_rows)
+    assert ids.tolist() == full.identities.tolist()
+    assert payload == {k: v.tolist() for k, v in full.payload.items()}
+    loaded = summary.as_loaded("custody", AS_OF, 0.0)  # type: ignore[attr-defined]
+    assert loaded.streamed and len(loaded) == len(full) == 4
+    assert loaded.rows_selected == full.rows_selected == 6
+    assert loaded.rejected == full.rejected == {"length": 1, "payload_end_date": 1}
+
+
+def test_stream_equals_full_load_parquet(tmp_path: Path) -> None:
+    ids = [A, B, C, X_ID, "bad", OLD15] * 3
+    table = pa.table(
+        {
+            "id_number": ids,
+            "disability_grade": [1, 2, 3, 4, 2, 1] * 3,
+            "start_date": [_dt.date(2020, 1, 1 + i) for i in range(len(ids))],
+        }
+    )
+    pq.write_table(table, tmp_path / "dpf.parquet")
+    cfg = config(tmp_path, "dpf.parquet", where=None, payload=["start_date", "disability_grade"])
+    full = load_match_set(cfg, "custody", AS_OF)
+    got, payload, _ = _streamed(cfg, 4)
+    assert got.tolist() == full.identities.tolist()
+    assert payload == {k: v.tolist() for k, v in full.payload.items()}
+
+
+def test_store_streams_sets_above_stream_rows(tmp_path: Path) -> None:
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date"])
+    assert not MatchSetStore(cfg).is_streamed("custody")  # default 5,000,000
+    text = (tmp_path / "node.toml").read_text(encoding="utf-8")
+    (tmp_path / "node.toml").write_text(
+        text.replace('audit_log = "audit.jsonl"', 'audit_log = "audit.jsonl"\nstream_rows = 3'),
+        encoding="utf-8",
+    )
+    cfg = load_node_config(tmp_path / "node.toml")
+    store = MatchSetStore(cfg)
+    assert store.is_streamed("custody")  # 4 source rows > 3
+    (summary,) = store.validate_all(AS_OF)
+    assert summary.streamed and len(summary) == 2 and len(summary.identities) == 0
+    streamed = np.concatenate([b.identities for b in store.stream("custody", AS_OF)])
+    assert as_set(streamed) == as_set(encode_identities([A, X_ID]))

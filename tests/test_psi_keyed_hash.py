@@ -255,3 +255,90 @@ def test_chunk_over_message_limit_refused() -> None:
     with pytest.raises(ProtocolError, match="per chunk"):
         req.tag(np.zeros((MAX_TAGS_PER_CHUNK + 1, 16), np.uint8))
     assert req.tagged == 0
+
+
+# --------------------------------------------------------------------------
+# Streaming responder (sets larger than memory)
+
+
+def _streamed_vs_in_memory(
+    roster: list[str], match_set: list[str], *, chunk: int, batch: int
+) -> None:
+    ctx = make_context()
+    enc_roster = encode_identities(roster)
+    enc_set = encode_identities(match_set)
+    # In memory: one answer per chunk as it arrives.
+    req_a, resp_a = agreed(ctx)
+    resp_a.load_set(enc_set)
+    chunks_a = [req_a.tag(enc_roster[s : s + chunk]) for s in range(0, len(enc_roster), chunk)]
+    answers_a = [resp_a.match(c) for c in chunks_a]
+    # Streamed: all chunks buffered, the set read in batches, then the answers.
+    req_b, resp_b = agreed(ctx)
+    chunks_b = [req_b.tag(enc_roster[s : s + chunk]) for s in range(0, len(enc_roster), chunk)]
+    batches = [enc_set[s : s + batch] for s in range(0, len(enc_set), batch)]
+    answers_b = list(resp_b.match_streaming(chunks_b, batches))
+    assert len(answers_a) == len(answers_b)
+    for a, b in zip(answers_a, answers_b, strict=True):
+        assert a.to_bytes() == b.to_bytes()
+        assert a.rows is not None and b.rows is not None
+        assert a.rows.tolist() == b.rows.tolist()
+        assert a.row_offsets is not None and b.row_offsets is not None
+        assert a.row_offsets.tolist() == b.row_offsets.tolist()
+    for b in answers_b:
+        req_b.resolve(MatchChunk.from_bytes(b.to_bytes(), round_id=ctx.round_id))
+    for a in answers_a:
+        req_a.resolve(a)
+    assert resp_a.finish() == resp_b.finish() == req_b.finish() == req_a.finish()
+
+
+def test_streaming_equals_in_memory_with_duplicates() -> None:
+    roster = ids_from_ints([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 50, 60])
+    match_set = ids_from_ints([2, 3, 3, 9, 10, 10, 10, 11, 12, 50, 2])
+    _streamed_vs_in_memory(roster, match_set, chunk=5, batch=3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    roster=st.lists(st.integers(0, 300), min_size=0, max_size=40, unique=True),
+    match_set=st.lists(st.integers(0, 300), min_size=0, max_size=60),
+    chunk=st.integers(1, 9),
+    batch=st.integers(1, 13),
+)
+def test_streaming_equals_in_memory(
+    roster: list[int], match_set: list[int], chunk: int, batch: int
+) -> None:
+    _streamed_vs_in_memory(
+        ids_from_ints(roster), ids_from_ints(match_set), chunk=chunk, batch=batch
+    )
+
+
+def test_match_batch_returns_matched_positions() -> None:
+    ctx = make_context()
+    req, resp = agreed(ctx)
+    resp.buffer(req.tag(encode_identities(ids_from_ints([1, 2, 3]))))
+    first = resp.match_batch(encode_identities(ids_from_ints([5, 1, 6, 3])))
+    second = resp.match_batch(encode_identities(ids_from_ints([3, 7])))
+    assert first.tolist() == [1, 3] and second.tolist() == [0]
+    (answer,) = list(resp.streamed_matches())
+    assert answer.rows is not None and answer.rows.tolist() == [1, 3, 4]
+
+
+def test_streaming_misuse() -> None:
+    ctx = make_context()
+    req, resp = agreed(ctx)
+    enc = encode_identities(ids_from_ints([1, 2, 3]))
+    resp.buffer(req.tag(enc))
+    with pytest.raises(ProtocolError, match="streams its set"):
+        resp.load_set(enc)
+    resp.match_batch(enc)
+    with pytest.raises(ProtocolError, match="after the match set started streaming"):
+        resp.buffer(req.tag(enc))
+    list(resp.streamed_matches())
+    with pytest.raises(ProtocolError, match="already emitted"):
+        resp.streamed_matches()
+    with pytest.raises(ProtocolError, match="already emitted"):
+        resp.match_batch(enc)
+    req2, loaded = agreed(ctx)
+    loaded.load_set(enc)
+    with pytest.raises(ProtocolError, match="answer chunks with match"):
+        loaded.buffer(req2.tag(enc))

@@ -145,6 +145,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         baseline=not args.no_baseline,
         roster_size=args.roster_size,
+        stream_rows=args.stream_rows,
+        baseline_limit=args.baseline_limit,
     )
 
 
@@ -413,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="EC worker processes per party (default: all cores)",
     )
     bench.add_argument("--no-baseline", action="store_true", help="skip openmined-psi")
+    bench.add_argument(
+        "--baseline-limit", type=float, default=60.0,
+        help="run openmined-psi at a size only if the previous one predicts at most this (s)",
+    )
+    bench.add_argument(
+        "--stream-rows", type=int, default=None,
+        help="stream_rows of the bench node's node.toml (default: the node's default)",
+    )
     bench.add_argument(
         "--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)"
     )

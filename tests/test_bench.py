@@ -1,0 +1,67 @@
+"""Smoke test of ``xmatch bench``: real node process, both protocols, openmined-psi.
+
+Checks the shape and sanity of ``bench.json`` and that the plot exists;
+performance numbers themselves are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psi.identifiers import normalize_id_column
+from xmatch.bench import ids_at, make_ids
+
+
+def test_generated_ids_are_valid_and_distinct() -> None:
+    ids = make_ids(0, 5000).astype("U18")
+    column = normalize_id_column(ids)
+    assert column.valid.all()
+    assert len(np.unique(ids)) == 5000
+    assert ids_at(np.array([7, 3], dtype=np.int64)).tolist() == [
+        make_ids(7, 8)[0],
+        make_ids(3, 4)[0],
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "xmatch", "bench", "--sizes", "1000",
+            "--protocol", "keyed-hash", "ecdh", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert doc["machine"]["cores"] >= 1
+    assert doc["machine"]["x25519_ops_per_s_per_core"] > 0
+    by_protocol = {r["protocol"]: r for r in doc["results"]}
+    assert set(by_protocol) == {"keyed-hash", "ecdh", "openmined-psi"}
+    for name in ("keyed-hash", "ecdh"):
+        r = by_protocol[name]
+        assert r["size"] == 1000 and r["roster"] == 1000
+        assert r["matches"] == r["expected_matches"] == 500
+        assert r["seconds"] > 0 and r["records_per_s"] > 0
+        assert r["wire_bytes_sent"] > 1000 * 16 and r["wire_bytes_received"] > 0
+        assert r["peak_rss_node"] > 0 and r["peak_rss_node_total"] >= r["peak_rss_node"]
+        assert r["peak_rss_coordinator"] > 0
+        assert r["vs_openmined"] > 0
+        assert r["note"] == ""
+    ecdh = by_protocol["ecdh"]
+    assert ecdh["padded_set_size"] == 1024
+    assert ecdh["ec_ops"] == 2 * 1000 + 2 * 1024
+    assert ecdh["ec_ops_per_s_per_core"] > 0 and ecdh["x25519_limit_seconds"] > 0
+    base = by_protocol["openmined-psi"]
+    assert base["matches"] == 500 and base["seconds"] > 0
+    png = (out / "bench.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
