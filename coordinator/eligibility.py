@@ -225,8 +225,9 @@ _LAPSE_KEY = {
 def is_current(row: EvidenceRow, on: date) -> Ruling[bool]:
     """Whether a record counts on ``on`` (eligibility.md, "Parent circumstances").
 
+    * a severe disability needs a qualifying grade and category (dated or not);
     * no dates at all: current (a membership-only match set applied the thresholds);
-    * a severe disability needs a qualifying grade and category, and a valid certificate;
+    * a severe disability needs a valid certificate;
     * a term needs 6 months or more;
     * it must have started (``LOST_CONTACT`` and an open ``OTHER_RESTRICTION``:
       6 months after the start) and not ended (end date after ``on``).
@@ -235,10 +236,12 @@ def is_current(row: EvidenceRow, on: date) -> Ruling[bool]:
     """
     common = {"code": row.circumstance, "source": row.source}
     start, end = row.start_date, row.end_date
-    if start is None and end is None:
-        return Ruling(True, (describe(row),))
+    # the grade rule holds with or without dates: an undated record may still carry
+    # a grade and category (a keyed-hash payload), and grade 3 limb is not 重残
     if row.circumstance is C.SEVERE_DISABILITY and not is_severe_disability(row):
         return Ruling(False, (reason("lapsed_grade", grade=_grade(row), **common),))
+    if start is None and end is None:
+        return Ruling(True, (describe(row),))
     if not term_is_long_enough(row):
         assert start is not None and end is not None
         return Ruling(False, (reason("lapsed_term_short", start=start, end=end, **common),))

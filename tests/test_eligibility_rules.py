@@ -171,6 +171,9 @@ CURRENT_CASES = [
     ("SEVERE_DISABILITY", date(2020, 1, 1), None, 4, None, D, True),  # empty grade: filtered
     # no dates: a membership-only set already applied the thresholds
     *((code.value, None, None, None, None, D, True) for code in C if code is not C.SERVICE),
+    # ...but a grade and category it does carry still decide severity (review finding 15)
+    ("SEVERE_DISABILITY", None, None, 4, 3, D, False),  # grade 3 limb, undated
+    ("SEVERE_DISABILITY", None, None, 5, 3, D, True),  # grade 3 intellectual, undated
 ]
 
 
