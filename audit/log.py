@@ -215,13 +215,26 @@ class AuditLog:
             XmatchError: unknown event, missing or malformed field, or the log is closed.
             OSError: the write or fsync failed (the round must not proceed).
         """
+        return self.append_anchored(event, **fields)[0]
+
+    def append_anchored(self, event: str, **fields: object) -> tuple[int, str]:
+        """:meth:`append`, also returning the hex SHA-256 of the entry's line.
+
+        A node hands this anchor (seq, line hash) of its ``round_finished`` entry to the
+        requester, which logs it; a reviewer can then tell when the node's log lost
+        entries after its last checkpoint (reconcile), which no signature here can show.
+
+        Raises:
+            the same as :meth:`append`.
+        """
         checked = fmt.check_fields(event, fields)
         with self._lock:
             seq = self._write(event, checked)
+            anchor = self._prev  # hash of the line just written, before any checkpoint
             self._since += 1
             if self._since >= self._every:
                 self._checkpoint()
-            return seq
+            return seq, anchor
 
     def checkpoint(self) -> int:
         """Append a signed checkpoint now (if anything is unsigned) and return the last seq.

@@ -173,18 +173,28 @@ class RoundDone(google.protobuf.message.Message):
     MATCHES_FIELD_NUMBER: builtins.int
     TRANSCRIPT_FIELD_NUMBER: builtins.int
     CHUNKS_FIELD_NUMBER: builtins.int
+    LOG_SEQ_FIELD_NUMBER: builtins.int
+    LOG_HEAD_FIELD_NUMBER: builtins.int
     matches: builtins.int
     transcript: builtins.bytes
     """The node's transcript hash (SHA-256); the requester compares it with its own."""
     chunks: builtins.int
+    log_seq: builtins.int
+    """Anchor of the node's protocol log: seq and hex SHA-256 of the line of its
+    round_finished entry for this round. The requester logs it, so a node log
+    cut after its last signed checkpoint still shows up in reconcile.
+    """
+    log_head: builtins.str
     def __init__(
         self,
         *,
         matches: builtins.int = ...,
         transcript: builtins.bytes = ...,
         chunks: builtins.int = ...,
+        log_seq: builtins.int = ...,
+        log_head: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["chunks", b"chunks", "matches", b"matches", "transcript", b"transcript"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["chunks", b"chunks", "log_head", b"log_head", "log_seq", b"log_seq", "matches", b"matches", "transcript", b"transcript"]) -> None: ...
 
 global___RoundDone = RoundDone
 
