@@ -2,11 +2,17 @@
 
 Exit codes:
 
-- ``verify``: 0 every log intact (warnings allowed; with ``strict`` an unsigned
-  tail fails too), 1 tampering or damage found.
+- ``verify``: 0 every log intact (warnings and notes allowed), 1 tampering,
+  damage or an unsigned tail found (``allow_unsigned_tail`` makes the tail a
+  warning, for a log that is still being written).
 - ``reconcile``: 0 no findings, 1 findings, 2 a log failed verification.
 - ``report``: 0 nothing flagged, 1 probing patterns flagged, 2 a log failed
   verification.
+
+Without a CA nothing ties the signing keys to the federation: a log forged and
+re-signed wholesale with a self-made certificate in the party's name verifies.
+Every ``OK`` line then says so (:data:`OK_NO_CA`); the CLI requires ``--ca`` or an
+explicit ``--no-ca``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from audit.verify import LogVerification, check_log
 from psi.errors import InputError
 
 _MAX_LINES = 20
+OK_NO_CA = "OK (no CA: signatures not checked against the federation CA):"
+"""What every ``OK:`` becomes when no CA was given."""
+
+
+def _ok(ca: Path | None) -> str:
+    return "OK:" if ca is not None else OK_NO_CA
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -33,20 +45,25 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _check(
-    logs: Sequence[Path], ca: Path | None, *, strict: bool, out: TextIO
+    logs: Sequence[Path], ca: Path | None, *, allow_unsigned_tail: bool, out: TextIO
 ) -> tuple[list[LogVerification], bool]:
-    """Verify each log, print OK/FAIL/WARNING lines; return results and whether all passed."""
+    """Verify each log, print OK/FAIL/WARNING/NOTE lines; return results and whether all passed.
+
+    The OK line says ``closed cleanly`` when the log ends with ``shutdown`` and its
+    checkpoint; otherwise a NOTE says how it ends.
+    """
     ca_pem = _read(ca, "CA certificate") if ca is not None else None
     results: list[LogVerification] = []
     all_ok = True
     for path in logs:
-        result = check_log(_read(path, "protocol log"), name=str(path), ca_pem=ca_pem)
+        result = check_log(
+            _read(path, "protocol log"),
+            name=str(path),
+            ca_pem=ca_pem,
+            allow_unsigned_tail=allow_unsigned_tail,
+        )
         results.append(result)
         failures = list(result.errors)
-        warnings = list(result.warnings)
-        if strict:
-            failures += [w for w in warnings if w.message.startswith("unsigned tail")]
-            warnings = [w for w in warnings if w not in failures]
         if failures:
             all_ok = False
             for finding in failures[:_MAX_LINES]:
@@ -54,26 +71,43 @@ def _check(
             if len(failures) > _MAX_LINES:
                 print(f"FAIL: {path}: … and {len(failures) - _MAX_LINES} more findings", file=out)
         else:
-            print(f"OK: {path} ({len(result.entries)} entries, party {result.party})", file=out)
-        for finding in warnings[:_MAX_LINES]:
+            closed = ", closed cleanly" if result.closed_cleanly else ""
+            print(
+                f"{_ok(ca)} {path} ({len(result.entries)} entries, party {result.party}{closed})",
+                file=out,
+            )
+        for finding in result.warnings[:_MAX_LINES]:
             print(f"WARNING: {path}: {finding.describe()}", file=out)
+        for finding in result.notes[:_MAX_LINES]:
+            print(f"NOTE: {path}: {finding.describe()}", file=out)
     return results, all_ok
 
 
 def verify_command(
-    logs: Sequence[Path], ca: Path | None = None, *, strict: bool = False, out: TextIO | None = None
+    logs: Sequence[Path],
+    ca: Path | None = None,
+    *,
+    allow_unsigned_tail: bool = False,
+    out: TextIO | None = None,
 ) -> int:
     """``xmatch audit verify``: 0 if every log is intact, 1 otherwise.
+
+    An unsigned tail fails unless ``allow_unsigned_tail`` (a live log).
 
     Raises:
         InputError: a log or the CA file cannot be read.
     """
-    _, ok = _check(logs, ca, strict=strict, out=out or sys.stdout)
+    _, ok = _check(logs, ca, allow_unsigned_tail=allow_unsigned_tail, out=out or sys.stdout)
     return 0 if ok else 1
 
 
 def reconcile_command(
-    coord_log: Path, node_logs: Sequence[Path], *, ca: Path | None = None, out: TextIO | None = None
+    coord_log: Path,
+    node_logs: Sequence[Path],
+    *,
+    ca: Path | None = None,
+    allow_unsigned_tail: bool = False,
+    out: TextIO | None = None,
 ) -> int:
     """``xmatch audit reconcile``: 0 consistent, 1 findings, 2 a log failed verification.
 
@@ -81,7 +115,9 @@ def reconcile_command(
         InputError: a log or the CA file cannot be read.
     """
     stream = out or sys.stdout
-    results, ok = _check([coord_log, *node_logs], ca, strict=False, out=stream)
+    results, ok = _check(
+        [coord_log, *node_logs], ca, allow_unsigned_tail=allow_unsigned_tail, out=stream
+    )
     if not ok:
         print("FAIL: not reconciling logs that failed verification", file=stream)
         return 2
@@ -91,13 +127,16 @@ def reconcile_command(
     for finding in result.findings:
         print(f"FINDING: {finding.describe()}", file=stream)
     if result.ok:
-        print(f"OK: {result.compared} rounds reconciled across {len(results)} logs", file=stream)
+        print(
+            f"{_ok(ca)} {result.compared} rounds reconciled across {len(results)} logs",
+            file=stream,
+        )
         return 0
     print(f"FAIL: {len(result.findings)} findings ({result.compared} rounds compared)", file=stream)
     return 1
 
 
-def _print_plain(report: AuditReport, out: TextIO) -> None:
+def _print_plain(report: AuditReport, out: TextIO, ok: str) -> None:
     print(f"{report.queries} rounds", file=out)
     print(
         "requester\tpurpose\tmatch set\trounds\tquery total\trefused\tfailed\tfirst\tlast", file=out
@@ -111,10 +150,10 @@ def _print_plain(report: AuditReport, out: TextIO) -> None:
     for f in report.flags:
         print(f"FLAG: {f.kind}: {f.requester} / {f.purpose} / {f.match_set}: {f.message}", file=out)
     if not report.flags:
-        print("OK: no probing patterns", file=out)
+        print(f"{ok} no probing patterns", file=out)
 
 
-def _print_rich(report: AuditReport, out: TextIO) -> None:
+def _print_rich(report: AuditReport, out: TextIO, ok: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -155,7 +194,7 @@ def _print_rich(report: AuditReport, out: TextIO) -> None:
             )
         console.print(flags)
     else:
-        console.print("OK: no probing patterns")
+        console.print(f"{ok} no probing patterns", markup=False)
 
 
 def report_command(
@@ -163,6 +202,7 @@ def report_command(
     *,
     json_out: Path | None = None,
     ca: Path | None = None,
+    allow_unsigned_tail: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """``xmatch audit report``: 0 nothing flagged, 1 flags, 2 a log failed verification.
@@ -171,15 +211,15 @@ def report_command(
         InputError: a log or the CA file cannot be read, or ``json_out`` cannot be written.
     """
     stream = out or sys.stdout
-    results, ok = _check(logs, ca, strict=False, out=stream)
+    results, ok = _check(logs, ca, allow_unsigned_tail=allow_unsigned_tail, out=stream)
     if not ok:
         print("FAIL: not reporting on logs that failed verification", file=stream)
         return 2
     report = build_report(results)
     if stream.isatty():
-        _print_rich(report, stream)
+        _print_rich(report, stream, _ok(ca))
     else:
-        _print_plain(report, stream)
+        _print_plain(report, stream, _ok(ca))
     if json_out is not None:
         try:
             Path(json_out).write_text(

@@ -55,7 +55,10 @@ ROUND_FINISHED: Final = "round_finished"
 """A round completed. Fields: the round fields plus ``query_size``, ``set_size`` (the
 padded size class the coordinator saw, or the node's actual size), ``match_count``
 (where the party learns it: not the node in ``ecdh``), ``seconds``, ``outcome``
-(``"ok"``) and ``transcript`` (hex SHA-256 transcript hash, required)."""
+(``"ok"``) and ``transcript`` (hex SHA-256 transcript hash, required). The requester
+may add the responder's *anchor* (:data:`ANCHOR_FIELDS`): ``node_log_seq`` and
+``node_log_head``, the seq and line hash of the node's own ``round_finished`` entry
+(:meth:`audit.log.AuditLog.append_anchored`), both or neither."""
 ROUND_FAILED: Final = "round_failed"
 """A round broke off. Fields: the round fields plus ``reason`` (a short code or
 sentence, never data), ``seconds``, ``outcome`` (``"failed"``)."""
@@ -103,11 +106,16 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "round_id": 32,
     "transcript": 64,
     "config_sha256": 64,
+    "node_log_head": 64,
     "prev": 64,
     "head": 64,
     "key_id": 64,
 }
 """Fields that must be lower-case hex of exactly this length."""
+
+ANCHOR_FIELDS: Final = ("node_log_seq", "node_log_head")
+"""Optional in ``round_finished``, together: the responder's log position for the round
+(a positive seq) and the hex SHA-256 of that line, as the responder reported it."""
 
 HEADER: Final = ("seq", "ts", "party", "event", "prev")
 CHECKPOINT_FIELDS: Final = ("covers", "head", "key_id", "cert", "sig")
@@ -117,22 +125,76 @@ FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 HEX = re.compile(r"[0-9a-f]+")
 _SEPARATORS = re.compile(r"[\s\-\u200b-\u200d\u2060\ufeff]+")
 _ID_LIKE = re.compile(r"\d{15}")
+_DATE_TIME = re.compile(
+    r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d{1,9})?)?(?:Z|[+-]\d\d:?\d\d)?)?"
+)
+"""ISO 8601 dates and times (``2026-11-29``, ``2026-11-29 03:14:15.123456Z``): 20
+digits once their punctuation is gone, so they are set aside before that pass."""
 
 Scalar = str | int | float | bool | None
 Value = Scalar | list[Scalar]
 
 
+def _without_punctuation(text: str) -> str:
+    """``text`` keeping only letters, marks and digits (so ``.``, ``/``, ``_``, ``,``,
+    ``:`` and every other separator go; letters such as ``X`` still separate)."""
+    return "".join(c for c in text if unicodedata.category(c)[0] in "LMN")
+
+
 def looks_like_identity_number(text: str) -> bool:
-    """True if ``text`` contains what could be an identity number (GB 11643).
+    """True if free text ``text`` contains what could be an identity number (GB 11643).
 
     That is any run of 15 digits (old 15-digit numbers, and every 18-character
-    number, ``\\d{17}[\\dX]``, contains one), also after the normalization of
-    ``data-contracts.md`` (NFKC, which folds full-width digits; spaces, hyphens and
-    invisible characters removed). Deliberately broad: a false alarm costs a
-    reworded message, a miss leaks a person.
+    number, ``\\d{17}[\\dX]``, contains one), in three passes over the NFKC form
+    (which folds full-width digits):
+
+    1. as written;
+    2. with spaces, hyphens and invisible characters removed (the normalization of
+       ``data-contracts.md``: ``150102 2010 0101 1234``);
+    3. with every other punctuation and symbol removed too (``150802.201503150021``,
+       ``150802/2015/0315/0021``, ``150802_2015...``), after setting aside ISO 8601
+       dates and times, which would otherwise read as 20 digits.
+
+    For strings only; numbers go through :func:`number_looks_like_identity_number`.
+    Deliberately broad: a false alarm costs a reworded message, a miss leaks a
+    person. The price of pass 3: a decimal of 15 or more digits in free text
+    (``123456789.123456``) is refused as well; numbers belong in number fields.
     """
     folded = unicodedata.normalize("NFKC", text)
-    return bool(_ID_LIKE.search(folded) or _ID_LIKE.search(_SEPARATORS.sub("", folded)))
+    if _ID_LIKE.search(folded) or _ID_LIKE.search(_SEPARATORS.sub("", folded)):
+        return True
+    return bool(_ID_LIKE.search(_without_punctuation(_DATE_TIME.sub(" T ", folded))))
+
+
+def number_looks_like_identity_number(value: float) -> bool:
+    """True if a logged number could be an identity number: 15 digits in a row in its
+    decimal form. Its ``.`` is kept (``1234.567890123`` is a duration, not an ID)."""
+    return bool(_ID_LIKE.search(repr(value)))
+
+
+def is_hex_field(name: str, value: str) -> bool:
+    """``value`` is lower-case hex of the exact length :data:`HEX_FIELDS` gives ``name``."""
+    return len(value) == HEX_FIELDS[name] and HEX.fullmatch(value) is not None
+
+
+def anchor_problem(event: str, fields: Mapping[str, object]) -> str | None:
+    """What is wrong with the anchor fields of one entry, or None.
+
+    The hex form of ``node_log_head`` is checked with the other :data:`HEX_FIELDS`.
+    """
+    present = [name for name in ANCHOR_FIELDS if name in fields]
+    if not present:
+        return None
+    if event != ROUND_FINISHED:
+        return f"{', '.join(present)} only belong in {ROUND_FINISHED} entries"
+    if len(present) != len(ANCHOR_FIELDS):
+        return "node_log_seq and node_log_head go together"
+    seq = fields["node_log_seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return "node_log_seq is not a positive integer"
+    if not isinstance(fields["node_log_head"], str):
+        return "node_log_head is not 64 lower-case hex digits"
+    return None
 
 
 class IdentityLeak(XmatchError):
@@ -140,6 +202,8 @@ class IdentityLeak(XmatchError):
 
 
 def _check_scalar(name: str, value: object) -> Scalar:
+    if name in HEX_FIELDS and not isinstance(value, str):
+        raise XmatchError(f"log field {name!r}: expected {HEX_FIELDS[name]} lower-case hex digits")
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -150,12 +214,12 @@ def _check_scalar(name: str, value: object) -> Scalar:
         if not math.isfinite(value):
             raise XmatchError(f"log field {name!r}: not a finite number")
         value = round(value, 6)
-        if looks_like_identity_number(repr(value)):
+        if number_looks_like_identity_number(value):
             raise IdentityLeak(f"log field {name!r}: number looks like an identity number")
         return value
     if isinstance(value, str):
         if name in HEX_FIELDS:
-            if len(value) != HEX_FIELDS[name] or HEX.fullmatch(value) is None:
+            if not is_hex_field(name, value):
                 raise XmatchError(
                     f"log field {name!r}: expected {HEX_FIELDS[name]} lower-case hex digits"
                 )
@@ -176,6 +240,10 @@ def check_fields(event: str, fields: Mapping[str, object]) -> dict[str, Value]:
     Hex fields (:data:`HEX_FIELDS`) must be exact-length lower-case hex; they are
     hashes or random ids, so they are exempt from the identity-number guard (a
     64-digit hash has a 15-digit decimal run by chance about 5% of the time).
+    Every other string is free text and gets all of
+    :func:`looks_like_identity_number`; numbers get
+    :func:`number_looks_like_identity_number`. The anchor fields
+    (:data:`ANCHOR_FIELDS`) are checked by :func:`anchor_problem`.
 
     Raises:
         IdentityLeak: a value looks like an identity number.
@@ -198,6 +266,9 @@ def check_fields(event: str, fields: Mapping[str, object]) -> dict[str, Value]:
             out[name] = [_check_scalar(name, item) for item in value]
         else:
             out[name] = _check_scalar(name, value)
+    problem = anchor_problem(event, out)
+    if problem is not None:
+        raise XmatchError(f"log event {event!r}: {problem}")
     return out
 
 

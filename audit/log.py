@@ -8,7 +8,10 @@ appends to it, writes each entry with one ``write`` on an ``O_APPEND`` descripto
 :class:`keys.handles.AuditSigner`.
 
 Reopening an existing log continues its chain. The tail (from the last checkpoint
-on) is verified first, so that a damaged log is never silently extended.
+on) is verified first, so that a damaged log is never silently extended; its
+checkpoint must have been signed by the same audit key the log is reopened with,
+so that the party's key never comes to vouch (through the next checkpoint) for
+entries someone else signed. After a key is re-issued, start a new log file.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import fcntl
+import hmac
 import os
 import threading
 from collections.abc import Callable
@@ -113,8 +117,9 @@ class AuditLog:
         Raises:
             InputError: bad arguments, the file cannot be opened, or another process
                 holds it open.
-            VerificationError: the existing tail does not verify, or belongs to
-                another party.
+            VerificationError: the existing tail does not verify, belongs to
+                another party, or its checkpoint was signed by another key than
+                ``signer``'s.
             ProtocolError: the existing tail is malformed (for example a partial
                 last line after a crash): run ``xmatch audit verify`` on it.
         """
@@ -137,7 +142,7 @@ class AuditLog:
             size = os.fstat(fd).st_size
             next_seq, prev, since = 1, fmt.GENESIS, 0
             if size:
-                next_seq, prev, since = cls._resume(path, fd, size, party)
+                next_seq, prev, since = cls._resume(path, fd, size, party, signer)
             elif not existed:
                 dfd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -161,8 +166,15 @@ class AuditLog:
         )
 
     @staticmethod
-    def _resume(path: Path, fd: int, size: int, party: str) -> tuple[int, str, int]:
-        """Verify the tail and return (next seq, prev hash, entries since the checkpoint)."""
+    def _resume(
+        path: Path, fd: int, size: int, party: str, signer: AuditSigner
+    ) -> tuple[int, str, int]:
+        """Verify the tail and return (next seq, prev hash, entries since the checkpoint).
+
+        The tail's checkpoint is checked without a CA (the writer has none), so it is
+        accepted only if ``signer``'s own key made it: any other key, even one with a
+        certificate in the party's name, is refused rather than trusted.
+        """
         lines = _read_tail(fd, size)
         if lines[-1] != b"":
             raise ProtocolError(
@@ -193,6 +205,15 @@ class AuditLog:
                     verify_checkpoint_signature(entry, ca_pem=None)
                 except VerificationError as exc:
                     raise VerificationError(f"{where}: {exc}") from exc
+                key_id = entry.fields.get("key_id")
+                if not isinstance(key_id, str) or not hmac.compare_digest(
+                    key_id.encode(), signer.key_id.encode()
+                ):
+                    raise VerificationError(
+                        f"{where}: the last checkpoint was signed by key {key_id!s:.16}…, "
+                        f"not by this audit key {signer.key_id[:16]}…; if the key was "
+                        "re-issued, start a new log file and keep this one for reviewers"
+                    )
             elif offset == 0 and (entry.seq != 1 or entry.prev != fmt.GENESIS):
                 raise VerificationError(f"{where}: the log has no checkpoint and no genesis entry")
             else:

@@ -5,12 +5,18 @@ round's transcript hash. A round is keyed by ``(round_id, responder, match_set)`
 its state on one side is its last terminal event (finished, failed, refused), or
 ``incomplete`` if it only started. Run this on logs that passed
 :func:`audit.verify.check_log`: reconciling tampered logs proves nothing.
+
+Anchors: the node reports the seq and line hash of its own ``round_finished``
+entry, and the coordinator logs them (``node_log_seq``, ``node_log_head``). A
+node log that no longer has that exact line at that seq was cut short or
+rewritten after the round, even if it was re-chained and re-signed: the node
+holds its own signing key, but not the coordinator's (:func:`check_anchors`).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from audit import format as fmt
@@ -142,6 +148,61 @@ def _compare(coord: RoundState, node: RoundState) -> tuple[list[str], list[str]]
     return problems, notes
 
 
+def check_anchors(
+    coordinator: LogVerification, nodes: Mapping[str, LogVerification]
+) -> list[ReconcileFinding]:
+    """Findings for the coordinator's anchors that the nodes' logs do not bear out.
+
+    For each ``round_finished`` entry of the coordinator's own rounds that carries
+    ``node_log_seq`` N and ``node_log_head`` H, with the responder's log given:
+
+      1. the responder's log has an entry N;
+      2. SHA-256 of that entry's line is H;
+      3. that entry is this round's ``round_finished`` (same round id, responder
+         and match set).
+
+    A failed step is a finding ("lacks entry N: truncated or rewritten").
+    """
+    findings: list[ReconcileFinding] = []
+    coord_party = coordinator.party or ""
+    for entry in coordinator.entries:
+        if entry.event != fmt.ROUND_FINISHED or _str(entry, "requester") != coord_party:
+            continue
+        seq, head = _int(entry, "node_log_seq"), _str(entry, "node_log_head")
+        responder = _str(entry, "responder")
+        node = nodes.get(responder)
+        if seq is None or not head or node is None:
+            continue
+        round_id, match_set = _str(entry, "round_id"), _str(entry, "match_set")
+        by_seq = {e.seq: e for e in node.entries}
+        target = by_seq.get(seq)
+        # (1)
+        if target is None:
+            why = f"the log ends at entry {max(by_seq, default=0)}"
+        # (2)
+        elif not hmac.compare_digest(fmt.line_hash(target.raw).encode(), head.encode()):
+            why = (
+                f"its hash is {fmt.line_hash(target.raw)[:16]}…, {coord_party} logged {head[:16]}…"
+            )
+        # (3)
+        elif target.event != fmt.ROUND_FINISHED or (
+            _str(target, "round_id"),
+            _str(target, "responder"),
+            _str(target, "match_set"),
+        ) != (round_id, responder, match_set):
+            why = "it is not this round's round_finished"
+        else:
+            continue
+        findings.append(
+            ReconcileFinding(
+                round_id,
+                f"{responder}'s log lacks entry {seq} that {coord_party} anchored "
+                f"(entry {entry.line}; {why}): truncated or rewritten",
+            )
+        )
+    return findings
+
+
 def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) -> ReconcileResult:
     """Pair the coordinator's rounds with each node's by round id.
 
@@ -149,9 +210,10 @@ def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) ->
     X's log lacks; a round in X's log for this coordinator that the coordinator's
     log lacks; a round that one side completed and the other did not; differing
     transcript hashes, match counts or query sizes; a round id ended twice in one
-    log. Notes: rounds with nodes whose logs were not given, coordinator-side
-    failures that never reached the node, and differing kinds of non-completion
-    (the coordinator logs a node's refusal as its own failure).
+    log; an anchor the node's log does not bear out (:func:`check_anchors`).
+    Notes: rounds with nodes whose logs were not given, coordinator-side failures
+    that never reached the node, and differing kinds of non-completion (the
+    coordinator logs a node's refusal as its own failure).
     """
     coord_party = coordinator.party or ""
     coord_states, findings = round_states(coordinator)
@@ -199,4 +261,5 @@ def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) ->
                         f"but not in {coord_party}'s log",
                     )
                 )
+    findings.extend(check_anchors(coordinator, by_party))
     return ReconcileResult(tuple(findings), tuple(notes), compared)

@@ -7,9 +7,10 @@ its own fields, so one valid signature authenticates every entry before it.
 
 :func:`check_log` collects *findings* (each naming a line, which is also the
 entry's seq in an intact log) so that a reviewer sees every problem;
-:func:`verify_log` raises on the first one. Findings are errors (tampering or
-damage) or warnings (an unsigned tail after a crash, a key change): only errors
-make a log FAIL.
+:func:`verify_log` raises on the first one. Findings are errors (tampering,
+damage, an unsigned tail), warnings (a key change without a CA; an unsigned
+tail when the caller allows one, for a log still being written) or notes (the
+log does not end with a clean shutdown): only errors make a log FAIL.
 """
 
 from __future__ import annotations
@@ -131,11 +132,20 @@ def parse_line(raw: bytes, *, line: int) -> Entry:
         if fmt.FIELD_NAME.fullmatch(key) is None or fmt.looks_like_identity_number(key):
             raise ProtocolError(f"{where}: invalid field name")
         texts = value if isinstance(value, list) else [value]
-        if key not in fmt.HEX_FIELDS and key not in ("cert", "sig"):
+        if key in fmt.HEX_FIELDS:
+            # exempt from the identity guard only as exact-length lower-case hex
             for text in texts:
+                if not isinstance(text, str) or not fmt.is_hex_field(key, text):
+                    raise ProtocolError(
+                        f"{where}: {key!r} is not {fmt.HEX_FIELDS[key]} lower-case hex digits"
+                    )
+        elif key not in ("cert", "sig"):
+            for text in texts:
+                if isinstance(text, bool) or text is None:
+                    continue
                 if isinstance(text, str) and fmt.looks_like_identity_number(text):
                     raise ProtocolError(f"{where}: field {key!r} looks like an identity number")
-                if isinstance(text, (int, float)) and fmt.looks_like_identity_number(repr(text)):
+                if isinstance(text, (int, float)) and fmt.number_looks_like_identity_number(text):
                     raise ProtocolError(f"{where}: field {key!r} looks like an identity number")
         flat_list = isinstance(value, list) and all(_is_scalar(item) for item in value)
         if flat_list or _is_scalar(value):
@@ -146,6 +156,9 @@ def parse_line(raw: bytes, *, line: int) -> Entry:
         _parse_checkpoint(obj, raw, where)
     elif fmt.RESERVED & fields.keys():
         raise ProtocolError(f"{where}: checkpoint fields in a {event} entry")
+    problem = fmt.anchor_problem(event, fields)
+    if problem is not None:
+        raise ProtocolError(f"{where}: {problem}")
     return Entry(
         line=line, seq=seq, ts=ts, party=party, event=event, prev=prev, fields=fields, raw=raw
     )
@@ -237,7 +250,7 @@ def verify_checkpoint_signature(entry: Entry, *, ca_pem: bytes | None) -> None:
         raise VerificationError("checkpoint signature does not verify") from exc
 
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,8 @@ class LogVerification:
     party: str | None
     entries: tuple[Entry, ...]
     findings: tuple[Finding, ...]
+    closed_cleanly: bool = False
+    """The last entry is a valid checkpoint right after a ``shutdown`` entry."""
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -269,8 +284,13 @@ class LogVerification:
 
     @property
     def warnings(self) -> tuple[Finding, ...]:
-        """Findings that do not."""
+        """Findings that do not make the log fail, but need a look."""
         return tuple(f for f in self.findings if f.severity == "warning")
+
+    @property
+    def notes(self) -> tuple[Finding, ...]:
+        """Remarks (how the log ends)."""
+        return tuple(f for f in self.findings if f.severity == "note")
 
     @property
     def ok(self) -> bool:
@@ -290,7 +310,13 @@ class VerifyResult:
         return all(log.ok for log in self.logs)
 
 
-def check_log(data: bytes, *, name: str, ca_pem: bytes | None = None) -> LogVerification:
+def check_log(
+    data: bytes,
+    *,
+    name: str,
+    ca_pem: bytes | None = None,
+    allow_unsigned_tail: bool = False,
+) -> LogVerification:
     """Check a whole log and collect every finding. Never raises on any input.
 
     Steps:
@@ -303,16 +329,21 @@ def check_log(data: bytes, *, name: str, ca_pem: bytes | None = None) -> LogVeri
          it is broken too, this entry's own ``prev`` changed, otherwise the entry
          before it did.
       6. Each checkpoint verifies (see :func:`verify_checkpoint_signature`).
-      7. The last entry is covered by a valid checkpoint; otherwise a warning
-         names the unsigned tail.
+      7. The last entry is covered by a valid checkpoint. An unsigned tail (or an
+         empty log) is an error: a log cut short looks exactly like it. With
+         ``allow_unsigned_tail`` (a log still being written) it is a warning.
+      8. The log was closed cleanly: its last two entries are a ``shutdown`` and
+         the checkpoint that signs it. Otherwise a note: a live log, a killed
+         writer and a log cut right after an earlier checkpoint all end so.
     """
     findings: list[Finding] = []
+    tail_severity: Severity = "warning" if allow_unsigned_tail else "error"
     # (1)
     pieces = data.split(b"\n")
     truncated = pieces[-1] != b""
     lines = pieces if truncated else pieces[:-1]
     if not lines:
-        return LogVerification(name, None, (), (Finding(None, "empty log", "warning"),))
+        return LogVerification(name, None, (), (Finding(None, "empty log", tail_severity),))
     hashes = [fmt.line_hash(raw) for raw in lines]
     # (2)
     parsed: dict[int, Entry] = {}
@@ -410,32 +441,70 @@ def check_log(data: bytes, *, name: str, ca_pem: bytes | None = None) -> LogVeri
                     "warning",
                 )
             )
-    # (7)
-    if last_signed < len(lines):
+    # (7) entries before a checkpoint that failed are already reported with it
+    last_checkpoint = max(
+        (n for n, e in parsed.items() if e.event == fmt.CHECKPOINT), default=last_signed
+    )
+    tail_start = max(last_signed, last_checkpoint) + 1
+    if tail_start <= len(lines):
         findings.append(
             Finding(
-                last_signed + 1,
-                f"unsigned tail of {len(lines) - last_signed} entries "
-                f"(entries {last_signed + 1}-{len(lines)} are not covered by a checkpoint: "
-                "the writer stopped without closing the log, or the log was cut short)",
-                "warning",
+                tail_start,
+                f"unsigned tail of {len(lines) - tail_start + 1} entries "
+                f"(entries {tail_start}-{len(lines)} are not covered by a checkpoint: "
+                "the log was cut short, or its writer stopped without closing it; "
+                "--allow-unsigned-tail accepts a log that is still being written)",
+                tail_severity,
             )
         )
-    findings.sort(key=lambda f: (f.line or 0, f.severity != "error"))
-    return LogVerification(name, party, tuple(parsed.values()), tuple(findings))
+    # (8)
+    last, before_last = parsed.get(len(lines)), parsed.get(len(lines) - 1)
+    closed_cleanly = (
+        last is not None
+        and before_last is not None
+        and last_signed == len(lines)
+        and last.event == fmt.CHECKPOINT
+        and before_last.event == fmt.SHUTDOWN
+    )
+    if not closed_cleanly:
+        findings.append(
+            Finding(
+                len(lines),
+                "the log does not end with a shutdown entry and its checkpoint: it is still "
+                "being written, its writer was killed, or it was cut short",
+                "note",
+            )
+        )
+    order = {"error": 0, "warning": 1, "note": 2}
+    findings.sort(key=lambda f: (f.line or 0, order[f.severity]))
+    return LogVerification(
+        name, party, tuple(parsed.values()), tuple(findings), closed_cleanly=closed_cleanly
+    )
 
 
-def verify_log(data: bytes, *, name: str, ca_pem: bytes | None = None) -> None:
-    """Raise on the first error in a log (warnings pass).
+def verify_log(
+    data: bytes, *, name: str, ca_pem: bytes | None = None, allow_unsigned_tail: bool = False
+) -> None:
+    """Raise on the first error in a log (warnings and notes pass).
 
     Raises:
         VerificationError: ``entry N: what`` for the first error :func:`check_log` finds.
     """
-    result = check_log(data, name=name, ca_pem=ca_pem)
+    result = check_log(data, name=name, ca_pem=ca_pem, allow_unsigned_tail=allow_unsigned_tail)
     if result.errors:
         raise VerificationError(f"{name}: {result.errors[0].describe()}")
 
 
-def check_logs(logs: Sequence[tuple[str, bytes]], *, ca_pem: bytes | None = None) -> VerifyResult:
+def check_logs(
+    logs: Sequence[tuple[str, bytes]],
+    *,
+    ca_pem: bytes | None = None,
+    allow_unsigned_tail: bool = False,
+) -> VerifyResult:
     """:func:`check_log` over ``(name, data)`` pairs."""
-    return VerifyResult(tuple(check_log(data, name=name, ca_pem=ca_pem) for name, data in logs))
+    return VerifyResult(
+        tuple(
+            check_log(data, name=name, ca_pem=ca_pem, allow_unsigned_tail=allow_unsigned_tail)
+            for name, data in logs
+        )
+    )

@@ -16,8 +16,20 @@ Every failure becomes a :class:`psi.errors.PeerError` (``Refused`` for a
 refusal) whose ``peer`` is ``node/match_set`` and whose reason is one
 privacy-safe line: ``connection refused at 127.0.0.1:50099``, ``refused:
 purpose not allowed``, ``deadline exceeded after 600 s``, ``stream ended
-early``, ``transcript mismatch``. Retries happen only for transient errors
-before any data was exchanged; a refusal is never retried.
+early``, ``transcript mismatch``. Any text or number that came from the node
+reaches a reason only through :func:`_safe_detail` (one line, at most 160
+characters, dropped if it looks like an identity number). Retries happen only
+for transient errors before any data was exchanged; a refusal is never retried.
+
+ecdh: the set size the node announces in ``RoundAccept`` bounds its set
+(:meth:`psi.ecdh.EcdhRequester.expect_responder_set`): a node that sends more
+points is out of protocol before we multiply them.
+
+Log anchor: the node's ``RoundDone`` names its own ``round_finished`` log line
+(``log_seq``, ``log_head``); :attr:`MatchSetResult.node_log_seq` and
+``node_log_head`` carry it to the round, which logs and stores it. A node that
+sends none (``0``, ``""``) gives none; a partial or malformed anchor is out of
+protocol.
 
 Matches delivered before a failure still count (eligibility.md: "a match is a
 match"): keyed-hash resolves each match chunk as it arrives and hands it to
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 import hmac
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +68,8 @@ __all__ = [
     "MatchSetResult",
     "NodeClient",
     "describe_rpc_error",
+    "log_anchor",
+    "out_of_protocol",
 ]
 
 #: gRPC send/receive limit of our channels (gRPC's default); chunks stay far below.
@@ -79,14 +94,48 @@ _REFUSALS = frozenset(
 _TLS_WORDS = ("ssl", "tls", "handshake", "certificate", "peer name")
 
 
-def _safe_detail(text: str | None) -> str:
-    """A node's status detail, made fit for our logs: one line, short, no ID."""
+def _safe_detail(text: str | None, *, fallback: str = "no reason given") -> str:
+    """Text that came from a node, made fit for our logs: one line, short, no ID.
+
+    ``fallback`` replaces text that is empty or looks like an identity number.
+    """
     from audit.format import looks_like_identity_number
 
     line = " ".join((text or "").split())[:160]
     if not line or looks_like_identity_number(line):
-        return "no reason given"
+        return fallback
     return line
+
+
+def out_of_protocol(exc: XmatchError) -> str:
+    """The reason for a node that answered out of protocol.
+
+    The psi layer's message may quote numbers the node chose (a declared set
+    size, a sequence number), so it goes through :func:`_safe_detail`.
+    """
+    return "out of protocol: " + _safe_detail(exc.diagnostics(), fallback="details withheld")
+
+
+#: Largest ``RoundDone.log_seq`` we accept; a protocol log never gets near it
+#: (and the audit format refuses integers from 10**14 on).
+_MAX_LOG_SEQ = 10**13
+_LOG_HEAD = re.compile(r"[0-9a-f]{64}")
+
+
+def log_anchor(peer: str, done: pb.RoundDone) -> tuple[int, str] | None:
+    """The node's log anchor from ``RoundDone``: ``(log_seq, log_head)``, or None if absent.
+
+    Raises:
+        PeerError: only one of the two is set, ``log_seq`` is out of range, or
+            ``log_head`` is not 64 lower-case hex digits (the reason never
+            quotes what the node sent).
+    """
+    seq, head = int(done.log_seq), str(done.log_head)
+    if seq == 0 and head == "":
+        return None
+    if not 1 <= seq <= _MAX_LOG_SEQ or _LOG_HEAD.fullmatch(head) is None:
+        raise PeerError(peer, "out of protocol: malformed log anchor in RoundDone")
+    return seq, head
 
 
 def describe_rpc_error(
@@ -124,6 +173,9 @@ class MatchSetResult:
     ``indices`` point into the identities queried, one entry per evidence
     row (a person with two records of the set appears twice in keyed-hash);
     ``payloads`` is aligned with it (empty dicts for ecdh, membership only).
+    ``node_log_seq``/``node_log_head`` are the node's log anchor from
+    ``RoundDone`` (checked: a seq from 1 and 64 lower-case hex digits), or
+    ``0``/``""`` when the node sent none.
     """
 
     node: str
@@ -136,6 +188,8 @@ class MatchSetResult:
     query_size: int
     set_size: int
     seconds: float
+    node_log_seq: int = 0
+    node_log_head: str = ""
 
     @property
     def source(self) -> str:
@@ -366,18 +420,21 @@ class NodeClient:
         started = time.monotonic()
         try:
             if self.entry.protocol == "keyed-hash":
-                indices, payloads, transcript, set_size = self._keyed_hash(
+                indices, payloads, transcript, set_size, anchor = self._keyed_hash(
                     peer, context, identities, progress, on_matches
                 )
             else:
-                indices, transcript, set_size = self._ecdh(peer, context, identities, progress)
+                indices, transcript, set_size, anchor = self._ecdh(
+                    peer, context, identities, progress
+                )
                 payloads = [{} for _ in range(len(indices))]
         except grpc.RpcError as exc:
             raise self._error(peer, exc) from None
         except PeerError:
             raise
         except XmatchError as exc:  # ProtocolError, VerificationError, AlreadyUsed
-            raise PeerError(peer, f"out of protocol: {exc.diagnostics()}") from None
+            raise PeerError(peer, out_of_protocol(exc)) from None
+        log_seq, log_head = anchor if anchor is not None else (0, "")
         return MatchSetResult(
             node=self.entry.name,
             match_set=match_set,
@@ -389,15 +446,19 @@ class NodeClient:
             query_size=len(identities),
             set_size=set_size,
             seconds=time.monotonic() - started,
+            node_log_seq=log_seq,
+            node_log_head=log_head,
         )
 
     def _start(self, context: RoundContext, size: int, key_share: bytes = b"") -> pb.RoundStart:
         return pb.RoundStart(context=context.to_bytes(), query_size=size, key_share=key_share)
 
     @staticmethod
-    def _check_done(peer: str, done: pb.RoundDone, transcript: bytes) -> None:
+    def _check_done(peer: str, done: pb.RoundDone, transcript: bytes) -> tuple[int, str] | None:
+        """Compare transcripts; return the node's log anchor (see :func:`log_anchor`)."""
         if not hmac.compare_digest(bytes(done.transcript), transcript):
             raise PeerError(peer, "transcript mismatch")
+        return log_anchor(peer, done)
 
     def _keyed_hash(
         self,
@@ -406,7 +467,7 @@ class NodeClient:
         identities: npt.NDArray[np.uint8],
         progress: ProgressFn | None,
         on_matches: MatchesFn | None = None,
-    ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int]:
+    ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int, tuple[int, str] | None]:
         requester = KeyedHashRequester.generate(context)
         lock = threading.Lock()  # the requester is used from two threads
         state = _StreamState()
@@ -431,6 +492,8 @@ class NodeClient:
                 yield pb.KeyedHashRequest(
                     end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
                 )
+            except GeneratorExit:  # closed by its consumer: not an error of the round
+                raise
             except BaseException as exc:  # surfaced by the response loop
                 state.error = exc
                 state.stop.set()
@@ -480,9 +543,9 @@ class NodeClient:
             raise PeerError(peer, "stream ended early")
         with lock:
             transcript = requester.finish()
-        self._check_done(peer, done, transcript)
+        anchor = self._check_done(peer, done, transcript)
         indices = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-        return indices, payloads, transcript, 0
+        return indices, payloads, transcript, 0, anchor
 
     def _ecdh(
         self,
@@ -490,7 +553,7 @@ class NodeClient:
         context: RoundContext,
         identities: npt.NDArray[np.uint8],
         progress: ProgressFn | None,
-    ) -> tuple[npt.NDArray[np.int64], bytes, int]:
+    ) -> tuple[npt.NDArray[np.int64], bytes, int, tuple[int, str] | None]:
         requester = EcdhRequester.generate(context, executor=self._executor)
         state = _StreamState()
         step = self._chunk_size(32)
@@ -545,6 +608,8 @@ class NodeClient:
                 kind = resp.WhichOneof("msg")
                 if kind == "accept" and not state.accepted.is_set():
                     set_size = int(resp.accept.set_size)
+                    # the announced size bounds the set points we will multiply
+                    requester.expect_responder_set(set_size)
                     state.accepted.set()
                 elif kind == "reblinded" and state.accepted.is_set():
                     chunk = PointChunk.from_bytes(
@@ -578,5 +643,5 @@ class NodeClient:
             raise PeerError(peer, "stream ended early")
         requester.receive_responder_done(set_size)
         result = requester.finish()
-        self._check_done(peer, done, result.transcript)
-        return result.matched, result.transcript, result.responder_set_size
+        anchor = self._check_done(peer, done, result.transcript)
+        return result.matched, result.transcript, result.responder_set_size, anchor

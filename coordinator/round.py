@@ -7,16 +7,27 @@ Steps (docs/coordinator.md, "A round"):
    ``FILE:LINE: column X: problem``); load our TLS identity and audit key.
    Any failure here is fatal: exit 1, nothing written, no network traffic.
 2. Canonical identity numbers of the children and parents (unique, valid
-   only), encoded once.
+   only), put in a random order (a CSPRNG permutation, new every round: the
+   position of a tag or blinded point tells a node nothing about region or
+   birth year) and encoded once.
 3. Every (node, match set) is a sub-round, all run concurrently in threads,
    one channel per node, ecdh EC work in one process pool. A sub-round that
    fails or is refused becomes a ``failed_sources`` entry; the round goes on.
    keyed-hash matches delivered before the failure are kept as evidence (a
    match is a match); the failure only stops conclusions from absent matches.
-4. Evidence rows (``source`` = ``node/match_set``), ``decide_all``, and
-   ``evidence.csv``, ``decisions.json``, ``report.html`` written into a
-   temporary sibling of ``--out`` that is renamed into place when complete.
-5. State (SQLite) and protocol-log entries for the round and each sub-round.
+   Nothing a node sends (payload keys, status text, numbers it declares)
+   reaches a log entry, the state or the report except through
+   ``coordinator.client._safe_detail``; a log entry refused by the identity
+   guard is written again with ``reason="withheld"`` (or without the node's
+   fields), so that no node can fail the round.
+4. Evidence rows (``source`` = ``node/match_set``, sorted by identity within
+   each source, so ``evidence.csv`` does not depend on the query order),
+   ``decide_all``, and ``evidence.csv``, ``decisions.json``, ``report.html``
+   written into a temporary sibling of ``--out`` that is renamed into place
+   when complete.
+5. State (SQLite) and protocol-log entries for the round and each sub-round;
+   a completed sub-round also records the node's log anchor
+   (``node_log_seq``, ``node_log_head``) when the node sent one.
    A round left ``running`` by a killed coordinator is marked ``interrupted``
    by the next run, which also removes its leftover ``.DIR.partial-ROUNDID-*``
    folder, if any. Its open sub-rounds stay without an end in the protocol
@@ -46,8 +57,9 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
+from audit.format import looks_like_identity_number
 from audit.log import AuditLog
-from coordinator.client import MatchSetResult, NodeClient
+from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
 from coordinator.reasons import Lang
@@ -73,6 +85,7 @@ __all__ = [
     "evidence_rows",
     "match_rows",
     "query_identities",
+    "query_permutation",
     "remove_stale_staging",
     "run_round",
     "run_round_command",
@@ -96,6 +109,8 @@ class SubRound:
     detail: str
     transcript: bytes | None = None
     rows: tuple[EvidenceRow, ...] = ()
+    node_log_seq: int | None = None
+    node_log_head: str | None = None
 
     @property
     def source(self) -> str:
@@ -156,6 +171,31 @@ def query_identities(roster: Roster) -> list[str]:
     return sorted(found)
 
 
+def query_permutation(n: int, *, rng: Callable[[int], bytes] = os.urandom) -> npt.NDArray[np.int64]:
+    """A uniformly random order of ``n`` query identities, from CSPRNG output.
+
+    The roster is queried in this order, not sorted: sorted identity numbers
+    would tell a node, by the position of each tag or blinded point, roughly
+    the region and birth year behind it. Sorting by 64-bit random keys from
+    ``rng`` (``os.urandom``) gives the permutation, as the ecdh responder
+    shuffles its set.
+
+    Raises:
+        ValueError: ``n`` is negative, or ``rng`` returned the wrong number of bytes.
+    """
+    if n < 0:
+        raise ValueError("n must not be negative")
+    keys = np.frombuffer(rng(8 * n), dtype=np.uint64)
+    if len(keys) != n:
+        raise ValueError("rng returned the wrong number of bytes")
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def _ordered(rows: Sequence[EvidenceRow]) -> tuple[EvidenceRow, ...]:
+    """Rows sorted by identity; a person's records keep the node's order (stable)."""
+    return tuple(sorted(rows, key=lambda row: row.person_id))
+
+
 def _payload_date(value: str, name: str) -> _dt.date | None:
     if not value:
         return None
@@ -184,7 +224,8 @@ def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[Ev
 
     Raises:
         XmatchError: an unknown circumstance code, payload field or value
-            (the message names the field, never the value).
+            (the message names a known field, never a value or an unknown
+            field's name).
     """
     return match_rows(
         source=result.source,
@@ -219,9 +260,9 @@ def match_rows(
     rows: list[EvidenceRow] = []
     allowed = set(EVIDENCE_OPTIONAL)
     for index, payload in zip(indices.tolist(), payloads, strict=True):
-        unknown = set(payload) - allowed
-        if unknown:
-            raise XmatchError(f"payload field {sorted(unknown)[0]!r} is not an evidence column")
+        if not set(payload) <= allowed:
+            # never quote the key: it is the node's text (it could be anything)
+            raise XmatchError("an unknown payload field is not an evidence column")
         rows.append(
             EvidenceRow(
                 person_id=identities[index],
@@ -405,8 +446,11 @@ def run_round(
     lang: Lang = "zh",
     progress: bool = False,
     stderr: TextIO | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
 ) -> RoundOutcome:
     """Run one round as described in the module docstring.
+
+    ``rng`` (a CSPRNG) draws the round id and the query order.
 
     Raises:
         InputError: a bad roster, an output folder in use, unreadable keys.
@@ -426,10 +470,11 @@ def run_round(
     roster = read_roster(section.roster, encoding=section.roster_encoding, as_of=as_of)
     for problem in roster.problems:
         print(problem, file=err)
-    identities = query_identities(roster)
-    if not identities:
+    ordered = query_identities(roster)
+    if not ordered:
         raise InputError(f"{section.roster}: no valid identity number to query")
-    # (2)
+    # (2) query in a random order; match indices point into this order
+    identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
     encoded = encode_identities(identities)
     section.audit_log.parent.mkdir(parents=True, exist_ok=True)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
@@ -440,7 +485,7 @@ def run_round(
         if record is not None:
             for leftover in remove_stale_staging(Path(record.out_dir), stale):
                 print(f"note: removed {leftover.name}, left by that round", file=err)
-    round_id = os.urandom(16)
+    round_id = rng(16)
     rid = round_id.hex()
     plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
     try:
@@ -566,6 +611,36 @@ def run_round(
         audit.close()
 
 
+def _append(
+    audit: AuditLog,
+    event: str,
+    fields: dict[str, object],
+    *,
+    fallback: dict[str, object],
+) -> None:
+    """Append ``event``; if the log refuses ``fields`` (e.g. node text tripped the
+    identity guard), append it with ``fallback`` instead.
+
+    ``fallback`` holds only our own values, so a node can never make a log
+    entry fail (as ``nodes/servicer.py`` ``_log_end`` does for the node).
+
+    Raises:
+        XmatchError: the log refused even ``fallback`` (our own fault: fatal).
+    """
+    try:
+        audit.append(event, **fields)
+    except XmatchError:
+        audit.append(event, **fallback)
+
+
+def _safe_reason(reason: str) -> str:
+    """Last guard on a failure reason before the log, the state and the report."""
+    line = " ".join(reason.split())
+    if not line or looks_like_identity_number(line):
+        return "withheld"
+    return line
+
+
 def _sub_round(
     client: NodeClient,
     match_set: str,
@@ -578,7 +653,15 @@ def _sub_round(
     progress: ProgressFn,
     finish: Callable[[str], None],
 ) -> SubRound:
-    """One sub-round; never raises for a node's failure (it is recorded instead)."""
+    """One sub-round; never raises for a node's failure (it is recorded instead).
+
+    Whatever the node sends, the outcome is a :class:`SubRound`: a failure of
+    the node (``PeerError``, or any other error while its answers are read)
+    becomes ``failed``/``refused`` with a privacy-safe reason, and the log
+    entries fall back to fields of our own if the log refuses the node's.
+    Only our own faults (the state database, a log that cannot be written at
+    all) propagate.
+    """
     entry = client.entry
     rid = context.round_id_hex
     common: dict[str, object] = {
@@ -594,6 +677,7 @@ def _sub_round(
     circumstance: str | None = None
     # keyed-hash matches as each chunk is resolved: kept if the stream fails later
     delivered: list[EvidenceRow] = []
+    failure: PeerError | None = None
     try:
         info = client.match_set_info(match_set)
         circumstance = info.circumstance
@@ -614,25 +698,37 @@ def _sub_round(
             match_set, context=context, identities=encoded, progress=progress, on_matches=keep
         )
         try:
-            rows = evidence_rows(result, identities)
+            rows = _ordered(evidence_rows(result, identities))
         except XmatchError as exc:
-            raise PeerError(result.source, f"out of protocol: {exc.diagnostics()}") from None
+            raise PeerError(result.source, out_of_protocol(exc)) from None
     except PeerError as exc:
-        seconds = time.monotonic() - started
-        status = "refused" if isinstance(exc, Refused) else "failed"
-        kept = tuple(delivered)
-        extra: dict[str, object] = {"matches_kept": len(kept)} if kept else {}
-        audit.append(
-            "round_failed",
-            **common,
-            protocol=entry.protocol,
-            reason=exc.reason,
-            seconds=round(seconds, 3),
-            outcome="failed",
-            query_size=len(encoded),
-            **extra,
+        failure = exc
+    except Exception as exc:  # a node's answer we could not read: its failure, not ours
+        failure = PeerError(
+            f"{entry.name}/{match_set}",
+            f"out of protocol: unreadable answer ({type(exc).__name__})",
         )
-        detail = exc.reason
+    if failure is not None:
+        seconds = time.monotonic() - started
+        status = "refused" if isinstance(failure, Refused) else "failed"
+        reason = _safe_reason(failure.reason)
+        kept = _ordered(delivered)
+        extra: dict[str, object] = {"matches_kept": len(kept)} if kept else {}
+        base: dict[str, object] = {
+            **common,
+            "protocol": entry.protocol,
+            "seconds": round(seconds, 3),
+            "outcome": "failed",
+            "query_size": len(encoded),
+            **extra,
+        }
+        _append(
+            audit,
+            "round_failed",
+            {**base, "reason": reason},
+            fallback={**base, "reason": "withheld"},
+        )
+        detail = reason
         if kept:
             detail += f" ({len(kept)} match(es) delivered before the failure are kept)"
         state.finish_sub_round(
@@ -657,17 +753,23 @@ def _sub_round(
             detail=detail,
             rows=kept,
         )
-    audit.append(
-        "round_finished",
-        **common,
-        protocol=entry.protocol,
-        transcript=result.transcript.hex(),
-        query_size=len(encoded),
-        set_size=result.set_size or None,
-        match_count=result.matches,
-        seconds=round(result.seconds, 3),
-        outcome="ok",
+    # the node's log anchor (checked by the client), if it sent one
+    anchor: dict[str, object] = (
+        {"node_log_seq": result.node_log_seq, "node_log_head": result.node_log_head}
+        if result.node_log_seq
+        else {}
     )
+    finished: dict[str, object] = {
+        **common,
+        "protocol": entry.protocol,
+        "transcript": result.transcript.hex(),
+        "query_size": len(encoded),
+        "set_size": result.set_size or None,
+        "match_count": result.matches,
+        "seconds": round(result.seconds, 3),
+        "outcome": "ok",
+    }
+    _append(audit, "round_finished", {**finished, **anchor}, fallback=finished)
     state.finish_sub_round(
         rid,
         entry.name,
@@ -677,6 +779,8 @@ def _sub_round(
         seconds=result.seconds,
         transcript=result.transcript,
         detail=None,
+        node_log_seq=result.node_log_seq or None,
+        node_log_head=result.node_log_head or None,
     )
     finish("ok")
     detail = f"{result.circumstance}; {result.protocol}"
@@ -693,6 +797,8 @@ def _sub_round(
         detail=detail,
         transcript=result.transcript,
         rows=rows,
+        node_log_seq=result.node_log_seq or None,
+        node_log_head=result.node_log_head or None,
     )
 
 

@@ -7,7 +7,8 @@ file: the round it was running stays ``running`` with the killer's pid, and
 the next :meth:`RoundState.open` marks it ``interrupted``.
 
 Nothing here holds an identity number or a payload value: names, counts,
-timings, transcript hashes and one-line reasons only.
+timings, transcript hashes, the nodes' log anchors (a sequence number and a
+line hash) and one-line reasons only.
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ CREATE TABLE IF NOT EXISTS sub_rounds (
     seconds    REAL,
     transcript TEXT,
     detail     TEXT,
+    node_log_seq  INTEGER,
+    node_log_head TEXT,
     PRIMARY KEY (round_id, node, match_set)
 );
 CREATE INDEX IF NOT EXISTS rounds_status ON rounds(status);
 """
+
+#: Columns added to ``sub_rounds`` after its first version; :meth:`RoundState.open`
+#: adds them to an older database.
+_ADDED_COLUMNS = (("node_log_seq", "INTEGER"), ("node_log_head", "TEXT"))
 
 
 def pid_alive(pid: int) -> bool:
@@ -96,7 +103,12 @@ class RoundRecord:
 
 @dataclass(frozen=True)
 class SubRoundRecord:
-    """One row of ``sub_rounds``; ``transcript`` is hex."""
+    """One row of ``sub_rounds``; ``transcript`` is hex.
+
+    ``node_log_seq``/``node_log_head``: the node's log anchor from its
+    ``RoundDone`` (the seq and hex SHA-256 of its ``round_finished`` line),
+    ``None`` when the node sent none or the sub-round did not complete.
+    """
 
     round_id: str
     node: str
@@ -107,6 +119,8 @@ class SubRoundRecord:
     seconds: float | None
     transcript: str | None
     detail: str | None
+    node_log_seq: int | None = None
+    node_log_head: str | None = None
 
 
 class RoundState:
@@ -136,6 +150,10 @@ class RoundState:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(sub_rounds)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE sub_rounds ADD COLUMN {name} {kind}")
         except (OSError, sqlite3.DatabaseError) as exc:
             raise InputError(f"{path}: cannot open the coordinator state ({exc})") from None
         state = cls(conn, path)
@@ -248,17 +266,22 @@ class RoundState:
         seconds: float,
         transcript: bytes | None,
         detail: str | None,
+        node_log_seq: int | None = None,
+        node_log_head: str | None = None,
     ) -> None:
-        """Record the end of a sub-round."""
+        """Record the end of a sub-round (with the node's log anchor, if it sent one)."""
         self._write(
             "UPDATE sub_rounds SET status = ?, matches = ?, seconds = ?, transcript = ?, "
-            "detail = ? WHERE round_id = ? AND node = ? AND match_set = ?",
+            "detail = ?, node_log_seq = ?, node_log_head = ? "
+            "WHERE round_id = ? AND node = ? AND match_set = ?",
             (
                 status,
                 matches,
                 round(seconds, 3),
                 transcript.hex() if transcript is not None else None,
                 detail,
+                node_log_seq,
+                node_log_head,
                 round_id,
                 node,
                 match_set,
@@ -298,7 +321,8 @@ class RoundState:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT round_id, node, match_set, protocol, status, matches, seconds, "
-                "transcript, detail FROM sub_rounds WHERE round_id = ? ORDER BY rowid",
+                "transcript, detail, node_log_seq, node_log_head "
+                "FROM sub_rounds WHERE round_id = ? ORDER BY rowid",
                 (round_id,),
             ).fetchall()
         return [SubRoundRecord(*r) for r in rows]

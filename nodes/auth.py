@@ -6,7 +6,9 @@ certificate with :func:`keys.certs.inspect_member_certificate` (issued by our
 CA, valid now, one CN equal to the SAN, a member role) and compares the name
 with what the TLS layer reports (``x509_common_name``, else the SAN). A call
 without a verified member certificate ends with ``UNAUTHENTICATED`` before any
-servicer code runs.
+servicer code runs, and is logged to the node's protocol log as ``round_refused``
+with reason ``"unauthenticated"`` (placeholder round fields, as for a start the
+servicer could not parse; nothing from the certificate is logged).
 
 The verified :class:`Peer` is passed on in a context variable; servicers read it
 with :func:`current_peer` and never parse certificates.
@@ -18,14 +20,28 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from keys.certs import inspect_member_certificate
 from psi.errors import VerificationError, XmatchError
 
-__all__ = ["Peer", "PeerIdentityInterceptor", "current_peer", "peer_from_auth_context"]
+__all__ = [
+    "Peer",
+    "PeerIdentityInterceptor",
+    "RefusalSink",
+    "current_peer",
+    "peer_from_auth_context",
+    "peer_scope",
+]
+
+
+class RefusalSink(Protocol):
+    """What the interceptor needs of :class:`audit.log.AuditLog`."""
+
+    def append(self, event: str, **fields: object) -> int: ...
+
 
 _PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("xmatch_peer", default=None)
 
@@ -96,25 +112,34 @@ def current_peer() -> Peer:
     return peer
 
 
+@contextlib.contextmanager
+def peer_scope(peer: Peer) -> Iterator[None]:
+    """Make ``peer`` the :func:`current_peer` for the code in the block (one thread)."""
+    token = _PEER.set(peer)
+    try:
+        yield
+    finally:
+        _PEER.reset(token)
+
+
+Authenticate = Callable[[grpc.ServicerContext], Peer]
+
+
 def _with_peer_unary(
-    inner: Callable[[Any, grpc.ServicerContext], Any], ca_pem: bytes
+    inner: Callable[[Any, grpc.ServicerContext], Any], authenticate: Authenticate
 ) -> Callable[[Any, grpc.ServicerContext], Any]:
     def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
-        peer = _authenticate(context, ca_pem)
-        token = _PEER.set(peer)
-        try:
+        with peer_scope(authenticate(context)):
             return inner(request, context)
-        finally:
-            _PEER.reset(token)
 
     return behaviour
 
 
 def _with_peer_stream(
-    inner: Callable[[Any, grpc.ServicerContext], Iterator[Any]], ca_pem: bytes
+    inner: Callable[[Any, grpc.ServicerContext], Iterator[Any]], authenticate: Authenticate
 ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     def behaviour(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        peer = _authenticate(context, ca_pem)
+        peer = authenticate(context)
 
         def responses() -> Iterator[Any]:
             # The whole response stream is iterated on one server thread; the
@@ -132,19 +157,52 @@ def _with_peer_stream(
     return behaviour
 
 
-def _authenticate(context: grpc.ServicerContext, ca_pem: bytes) -> Peer:
-    try:
-        return peer_from_auth_context(context.auth_context(), ca_pem=ca_pem)
-    except Unauthenticated as exc:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.diagnostics())
-        raise  # abort() raises; this line only satisfies type checkers
+_PROTOCOL_OF_METHOD = {"KeyedHash": "keyed-hash", "Ecdh": "ecdh"}
 
 
 class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls without a verified member certificate; names the peer for servicers."""
+    """Refuses calls without a verified member certificate; names the peer for servicers.
 
-    def __init__(self, *, ca_pem: bytes) -> None:
+    Each refusal is a ``round_refused`` entry in ``audit`` (when given) with reason
+    ``"unauthenticated"``: placeholder round fields, ``responder`` = ``node``, the
+    method's protocol (``"-"`` for GetCapabilities) and the method name in ``rpc``.
+    """
+
+    def __init__(self, *, ca_pem: bytes, audit: RefusalSink | None = None, node: str = "-") -> None:
         self._ca_pem = ca_pem
+        self._audit = audit
+        self._node = node
+
+    def _log_refusal(self, method: str) -> None:
+        if self._audit is None:
+            return
+        rpc = method.rsplit("/", 1)[-1]
+        self._audit.append(
+            "round_refused",
+            round_id="0" * 32,
+            requester="-",
+            responder=self._node,
+            purpose="-",
+            match_set="-",
+            protocol=_PROTOCOL_OF_METHOD.get(rpc, "-"),
+            rpc=rpc if rpc.isidentifier() else "-",
+            reason="unauthenticated",
+            query_size=0,
+            outcome="refused",
+        )
+
+    def _authenticator(self, method: str) -> Authenticate:
+        def authenticate(context: grpc.ServicerContext) -> Peer:
+            try:
+                return peer_from_auth_context(context.auth_context(), ca_pem=self._ca_pem)
+            except Unauthenticated as exc:
+                try:
+                    self._log_refusal(method)
+                finally:
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.diagnostics())
+                raise  # abort() raises; this line only satisfies type checkers
+
+        return authenticate
 
     def intercept_service(
         self,
@@ -154,15 +212,16 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        authenticate = self._authenticator(str(handler_call_details.method))
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _with_peer_unary(handler.unary_unary, self._ca_pem),
+                _with_peer_unary(handler.unary_unary, authenticate),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _with_peer_stream(handler.stream_stream, self._ca_pem),
+                _with_peer_stream(handler.stream_stream, authenticate),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -20,6 +20,8 @@ max_chunk_bytes = 1048576         # ours: largest stream message accepted (1 MiB
 size_classes = [1000, 10000]      # ours: ecdh pads its set up to the next class
                                   #   (default: psi's classes, >= 1024 in 25 % steps)
 max_future_days = 1               # ours: how far after today a round's as_of may lie
+max_past_days = 31                # ours: how far before today a round's as_of may lie
+max_query_size = 20000000         # ours: largest roster a round may announce
 replay_memory = 100000            # ours: (round id, match set) pairs remembered
 shutdown_grace_seconds = 5        # ours: time running rounds get on SIGTERM
 queue_seconds = 60                # ours: how long a round waits for a free slot
@@ -37,7 +39,9 @@ payload = ["start_date", "end_date"]
 protocols = ["ecdh", "keyed-hash"]
 allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
 encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
-min_query_size = 100              # ours: smallest roster a requester may send
+min_query_size = 100              # ours: smallest roster (distinct identities) accepted
+suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all)
+prfs = ["aes128-ecb-v1"]          # ours: keyed-hash PRFs accepted (default: all)
 budget = { rounds = 50, period = "1d" }  # ours: rounds per requester+purpose per period
 ```
 
@@ -70,10 +74,13 @@ from pydantic import (
 
 from psi.ecdh import size_class
 from psi.errors import ConfigError
+from psi.keyed_hash import PRFS as _PSI_PRFS
 
 __all__ = [
     "CIRCUMSTANCES",
     "DEFAULT_MAX_CHUNK_BYTES",
+    "ECDH_SUITES",
+    "KEYED_HASH_PRFS",
     "PAYLOAD_COLUMNS",
     "PROTOCOLS",
     "AllowEntry",
@@ -104,6 +111,16 @@ CIRCUMSTANCES = frozenset(
 #: Evidence columns a match may return (data-contracts.md, evidence.csv).
 PAYLOAD_COLUMNS = ("start_date", "end_date", "disability_category", "disability_grade")
 PROTOCOLS = ("ecdh", "keyed-hash")
+#: The ecdh hash-to-curve suites psi offers (psi.hazmat.hash_to_curve.SUITES, named
+#: here because nothing outside psi imports psi.hazmat; a test keeps the two equal).
+#: Default of ``suites``.
+ECDH_SUITES = (
+    "x25519-sha256-u",
+    "curve25519_XMD:SHA-512_ELL2_RO_",
+    "curve25519_XMD:SHA-512_ELL2_NU_",
+)
+#: The keyed-hash PRFs psi offers (psi.keyed_hash.PRFS). Default of ``prfs``.
+KEYED_HASH_PRFS = tuple(sorted(_PSI_PRFS))
 #: 1 MiB: 32768 ecdh points or 65536 keyed-hash tags per message.
 DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
@@ -202,6 +219,15 @@ class AllowEntry(_Strict):
         return value
 
 
+def _known(value: list[str], known: tuple[str, ...], what: str) -> list[str]:
+    for item in value:
+        if item not in known:
+            raise ValueError(f"unknown {what} {item!r}; use any of {', '.join(known)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"a {what} is listed twice")
+    return value
+
+
 class MatchSetConfig(_Strict):
     """One ``[[match_sets]]`` entry."""
 
@@ -216,6 +242,8 @@ class MatchSetConfig(_Strict):
     encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
     min_query_size: int = Field(default=100, ge=1)
     budget: Budget = Field(default_factory=Budget)
+    suites: list[str] = Field(default_factory=lambda: list(ECDH_SUITES), min_length=1)
+    prfs: list[str] = Field(default_factory=lambda: list(KEYED_HASH_PRFS), min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -269,6 +297,16 @@ class MatchSetConfig(_Strict):
             raise ValueError("a protocol is listed twice")
         return value
 
+    @field_validator("suites")
+    @classmethod
+    def _suites(cls, value: list[str]) -> list[str]:
+        return _known(value, ECDH_SUITES, "ecdh suite")
+
+    @field_validator("prfs")
+    @classmethod
+    def _prfs(cls, value: list[str]) -> list[str]:
+        return _known(value, KEYED_HASH_PRFS, "keyed-hash prf")
+
     @field_validator("allow")
     @classmethod
     def _allow(cls, value: list[AllowEntry]) -> list[AllowEntry]:
@@ -302,6 +340,8 @@ class NodeSection(_Strict):
     max_chunk_bytes: int = Field(default=DEFAULT_MAX_CHUNK_BYTES, ge=4096, le=3 << 20)
     size_classes: list[int] | None = None
     max_future_days: int = Field(default=1, ge=0, le=3660)
+    max_past_days: int = Field(default=31, ge=0, le=36600)
+    max_query_size: int = Field(default=20_000_000, ge=1, le=10**10)
     replay_memory: int = Field(default=100_000, ge=1, le=10_000_000)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
     queue_seconds: float = Field(default=60.0, ge=0, le=3600)
@@ -373,6 +413,10 @@ class NodeSection(_Strict):
         """The latest as_of a round may carry when the node's date is ``today``."""
         return today + _dt.timedelta(days=self.max_future_days)
 
+    def min_as_of(self, today: _dt.date) -> _dt.date:
+        """The earliest as_of a round may carry when the node's date is ``today``."""
+        return today - _dt.timedelta(days=self.max_past_days)
+
 
 class NodeConfig(_Strict):
     """The whole ``node.toml``; ``path`` is the file it was read from."""
@@ -393,6 +437,11 @@ class NodeConfig(_Strict):
             if ms.name in seen:
                 raise ValueError(f"match_sets[{i}].name: match set {ms.name!r} is defined twice")
             seen.add(ms.name)
+            if ms.min_query_size > self.node.max_query_size:
+                raise ValueError(
+                    f"match_sets[{i}].min_query_size: {ms.min_query_size} is above "
+                    f"node.max_query_size ({self.node.max_query_size})"
+                )
         return self
 
     def match_set(self, name: str) -> MatchSetConfig | None:

@@ -8,23 +8,34 @@ maps the :class:`psi.errors.XmatchError` it raises to a status code.
 Authorization (:func:`authorize`), in order; the first failure is a
 :class:`psi.errors.Refused` whose ``reason`` goes into the audit log:
 
-1. the context's requester is the TLS peer;
-2. the context's responder is this node;
-3. the match set exists;
-4. it offers the round's protocol;
-5. the requester is in its ``allow`` list, (6) for this purpose;
-7. the announced query size is at least ``min_query_size``;
-8. ``as_of`` is not more than ``max_future_days`` after today;
-9. the (round id, match set) pair was not seen before (replay);
-10. the requester+purpose still has budget on this match set
+1. the TLS peer's certificate has the ``coordinator`` role;
+2. the context's requester is the TLS peer;
+3. the context's responder is this node;
+4. the match set exists;
+5. it offers the round's protocol, (6) with the round's ``suite`` (ecdh) or
+   ``prf`` (keyed-hash) in its ``suites`` / ``prfs``;
+7. the requester is in its ``allow`` list, (8) for this purpose;
+9. the announced query size is at least ``min_query_size`` and at most
+   ``max_query_size``;
+10. ``as_of`` is at most ``max_future_days`` after and ``max_past_days``
+    before today;
+11. the (round id, match set) pair was not seen before (replay);
+12. the requester+purpose still has budget on this match set
     (:class:`BudgetExhausted`).
+
+Step 9 counts distinct identities: a driver refuses a tag (keyed-hash) or
+blinded point (ecdh) that repeats one sent before in the round
+(:class:`DistinctRows`), and the round must deliver exactly the announced
+number of them.
 
 Round drivers (:class:`KeyedHashDriver`, :class:`EcdhDriver`) consume a
 stream of :class:`Start` / :class:`Chunk` / :class:`End` events and produce
 :class:`Accept` / :class:`Matches` / :class:`Points` / :class:`Done`. Anything
 out of order (no start first, a second start, a wrong sequence number, more
-identities than announced, counts that do not add up, a message after end) is
-a :class:`psi.errors.ProtocolError`.
+identities than announced, a repeated identity, counts that do not add up, a
+message after end) is a :class:`psi.errors.ProtocolError`. A driver reads at
+most :data:`READ_AHEAD` requests ahead of its work, so a fast sender waits for
+the node (gRPC flow control) instead of making it buffer the query.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import numpy.typing as npt
 
 from nodes.config import Budget, MatchSetConfig, NodeConfig
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
-from psi.context import RoundContext
+from psi.context import DEFAULT_PARAMS, RoundContext
 from psi.ecdh import EcdhResponder, prepare_executor
 from psi.errors import PeerError, ProtocolError, Refused, XmatchError
 from psi.keyed_hash import KeyedHashResponder
@@ -57,6 +68,7 @@ __all__ = [
     "BudgetExhausted",
     "CapabilityView",
     "Chunk",
+    "DistinctRows",
     "Done",
     "EcdhDriver",
     "End",
@@ -73,12 +85,17 @@ __all__ = [
     "capabilities",
 ]
 
-#: Reserved key in each keyed-hash payload entry: index of its tag in the psi MatchChunk.
 #: A requester silent for this long (seconds) fails the round.
 IDLE_SECONDS = 300.0
 #: After ``end``, how long to wait for the requester to close its side, so
 #: that a message after ``end`` is caught. A closing requester costs nothing.
 TRAILING_SECONDS = 0.5
+#: Requests read ahead of the driver's work (the bound of the event queue).
+READ_AHEAD = 4
+#: How often a blocked reader or writer of the event queue checks for cancellation.
+_POLL_SECONDS = 0.05
+#: The only role that may run rounds (keys.certs puts it in the certificate).
+REQUESTER_ROLE = "coordinator"
 
 
 class BudgetExhausted(Refused):
@@ -134,6 +151,29 @@ class QueryBudget:
         with self._lock:
             used = self._window((match_set, requester, purpose), budget, self._clock())
             return max(0, budget.rounds - len(used))
+
+    def restore(
+        self,
+        *,
+        match_set: str,
+        requester: str,
+        purpose: str,
+        budget: Budget,
+        ages: Iterable[float],
+    ) -> None:
+        """Count rounds used before this process started, ``ages`` seconds ago.
+
+        Used at startup with the rounds of the node's own protocol log, so that
+        a restart does not reset the budget. Ages outside the period are
+        ignored; negative ages (a clock set back) count as now.
+        """
+        key = (match_set, requester, purpose)
+        with self._lock:
+            now = self._clock()
+            kept = [now - max(0.0, a) for a in ages if a < budget.seconds]
+            used = self._used.setdefault(key, collections.deque())
+            used.extend(kept)
+            self._used[key] = collections.deque(sorted(used))
 
 
 class ReplayGuard:
@@ -225,46 +265,61 @@ def authorize(
     context: RoundContext,
     query_size: int,
     *,
+    role: str,
     budget: QueryBudget,
     replay: ReplayGuard,
     today: _dt.date,
 ) -> MatchSetConfig:
-    """Decide whether ``peer`` may run the round ``context`` (steps in the module docstring).
+    """Decide whether ``peer`` (certificate ``role``) may run the round ``context``.
+
+    The steps are in the module docstring.
 
     Raises:
-        Refused: steps 1-9, ``reason`` saying which.
-        BudgetExhausted: step 10.
+        Refused: steps 1-11, ``reason`` saying which (never quoting a value the
+            requester chose).
+        BudgetExhausted: step 12.
     """
     node = config.node
     # (1)
+    if role != REQUESTER_ROLE:
+        raise Refused(peer, f"peer certificate has role {role}, not {REQUESTER_ROLE}")
+    # (2)
     if context.requester != peer:
         raise Refused(peer, "requester in the round context is not the TLS peer")
-    # (2)
+    # (3)
     if context.responder != node.name:
         raise Refused(peer, "round is addressed to another node")
-    # (3)
+    # (4)
     ms = config.match_set(context.match_set)
     if ms is None:
         raise Refused(peer, "unknown match set")
-    # (4)
+    # (5)
     if context.protocol not in ms.protocols:
         raise Refused(peer, f"protocol {context.protocol} not offered for this match set")
-    # (5), (6)
+    # (6) the effective parameter: psi applies the same default when it is absent
+    name, allowed = ("suite", ms.suites) if context.protocol == "ecdh" else ("prf", ms.prfs)
+    if context.param(name, dict(DEFAULT_PARAMS[context.protocol])[name]) not in allowed:
+        raise Refused(peer, f"{context.protocol} {name} not allowed for this match set")
+    # (7), (8)
     purposes = ms.purposes_for(peer)
     if not purposes:
         raise Refused(peer, "requester not allowed for this match set")
     if context.purpose not in purposes:
         raise Refused(peer, "purpose not allowed")
-    # (7)
+    # (9)
     if query_size < ms.min_query_size:
         raise Refused(peer, f"query below minimum size ({ms.min_query_size})")
-    # (8)
+    if query_size > node.max_query_size:
+        raise Refused(peer, f"query above maximum size ({node.max_query_size})")
+    # (10)
     if context.as_of > node.max_as_of(today):
         raise Refused(peer, f"as_of more than {node.max_future_days} day(s) in the future")
-    # (9)
+    if context.as_of < node.min_as_of(today):
+        raise Refused(peer, f"as_of more than {node.max_past_days} day(s) in the past")
+    # (11)
     if not replay.remember(context.round_id, ms.name):
         raise Refused(peer, "replayed round id")
-    # (10)
+    # (12)
     budget.consume(match_set=ms.name, requester=peer, purpose=context.purpose, budget=ms.budget)
     return ms
 
@@ -281,9 +336,11 @@ class CapabilityView:
     min_query_size: int
 
 
-def capabilities(config: NodeConfig, peer: str) -> list[CapabilityView]:
-    """The match sets ``peer`` may query (others are not listed)."""
-    out = []
+def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[CapabilityView]:
+    """The match sets ``peer`` may query (others are not listed; none for a non-coordinator)."""
+    out: list[CapabilityView] = []
+    if role != REQUESTER_ROLE:
+        return out
     for ms in config.match_sets:
         purposes = ms.purposes_for(peer)
         if purposes:
@@ -361,14 +418,83 @@ class Points:
 
 @dataclass(frozen=True)
 class Done:
-    """Last node message."""
+    """Last node message.
+
+    ``log_seq`` / ``log_head`` anchor the node's ``round_finished`` entry (its seq
+    and line hash); the servicer fills them in after writing that entry.
+    """
 
     matches: int
     transcript: bytes
     chunks: int
+    log_seq: int = 0
+    log_head: str = ""
 
 
 Output = Accept | Matches | Points | Done
+
+
+# --------------------------------------------------------------------------
+# Distinct identities
+
+_U64Pair = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
+
+
+def _overlap(level: _U64Pair, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> bool:
+    """Whether any (hi, lo) pair is in ``level`` (sorted by hi, then lo). Vectorized."""
+    shi, slo = level
+    left = np.searchsorted(shi, hi, side="left")
+    right = np.searchsorted(shi, hi, side="right")
+    cand = np.flatnonzero(right > left)
+    if cand.size == 0:
+        return False
+    # Every stored entry with an equal hi (nearly always one) against the new lo.
+    counts = (right - left)[cand]
+    firsts = np.cumsum(counts) - counts
+    idx = np.repeat(left[cand], counts) + (np.arange(int(counts.sum())) - np.repeat(firsts, counts))
+    return bool(np.any(slo[idx] == np.repeat(lo[cand], counts)))
+
+
+class DistinctRows:
+    """The rows (tags or points) of one round so far; refuses one that repeats.
+
+    Each row is keyed by its first 16 bytes as two uint64 columns: the whole
+    tag in keyed-hash (AES is a permutation, so distinct identities give
+    distinct tags), and 128 bits of a blinded point in ecdh, which also
+    catches the same point sent with its unused top bit flipped. Rows are
+    kept in sorted levels that merge as they grow (a log-structured merge),
+    so a round of n rows costs O(n log² n) array work and 16 bytes per row;
+    no Python loop runs per row.
+    """
+
+    def __init__(self) -> None:
+        self._levels: list[_U64Pair] = []
+        self.count = 0
+
+    def add(self, rows: npt.NDArray[np.uint8]) -> None:
+        """Record the rows of one chunk.
+
+        Raises:
+            ProtocolError: a row repeats one of this chunk or of an earlier one.
+        """
+        n = int(rows.shape[0])
+        if n == 0:
+            return
+        key = np.ascontiguousarray(rows[:, :16]).view(np.uint64)
+        order = np.lexsort((key[:, 1], key[:, 0]))
+        hi, lo = key[order, 0], key[order, 1]
+        if n > 1 and bool(np.any((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1]))):
+            raise ProtocolError("the query repeats an identity within one chunk")
+        if any(_overlap(level, hi, lo) for level in self._levels):
+            raise ProtocolError("the query repeats an identity sent in an earlier chunk")
+        level: _U64Pair = (hi, lo)
+        while self._levels and len(self._levels[-1][0]) <= len(level[0]):
+            phi, plo = self._levels.pop()
+            mhi, mlo = np.concatenate([phi, level[0]]), np.concatenate([plo, level[1]])
+            merged = np.lexsort((mlo, mhi))
+            level = (mhi[merged], mlo[merged])
+        self._levels.append(level)
+        self.count += n
 
 
 # --------------------------------------------------------------------------
@@ -384,54 +510,82 @@ class RoundDriver:
     message after ``end`` and a silent requester) and yields outputs in exactly
     the order the psi role object absorbed them into its transcript.
     ``context``, ``match_set``, ``loaded`` and ``query_size`` are set as soon as
-    known, for the audit log.
+    known, for the audit log. ``role`` is the role in the peer's certificate
+    (:class:`nodes.auth.Peer`); the servicer always passes it, and
+    :func:`authorize` refuses any role but ``coordinator``.
     """
 
     protocol: str = ""
 
-    def __init__(self, state: NodeState, peer: str) -> None:
+    def __init__(self, state: NodeState, peer: str, *, role: str = REQUESTER_ROLE) -> None:
         self.state = state
         self.peer = peer
+        self.role = role
         self.context: RoundContext | None = None
         self.match_set: MatchSetConfig | None = None
         self.loaded: LoadedMatchSet | None = None
         self.query_size = 0
         self.items = 0
         self.chunks = 0
-        self.set_size = 0
+        #: The node's actual set size (rows kept), None while unknown (streamed keyed-hash).
+        self.set_size: int | None = 0
+        #: ecdh: the size class the set is padded to (what the requester sees).
+        self.padded_set_size: int | None = None
         self.match_count: int | None = None
         self.started = time.monotonic()
         self._cancel = threading.Event()
-        self._events: queue.Queue[tuple[str, object]] = queue.Queue()
+        # Bounded: the pump reads at most READ_AHEAD requests ahead of the work.
+        self._events: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=READ_AHEAD)
         self._lock = threading.Lock()  # serializes psi calls + outbox appends
         self._outbox: collections.deque[Output] = collections.deque()
+        self._distinct = DistinctRows()
 
     # -- the common part
 
     def cancel(self) -> None:
-        """Stop work (the requester went away); :meth:`run` ends with ProtocolError."""
+        """Stop work (the requester went away); :meth:`run` ends with ProtocolError.
+
+        Never blocks (it runs on a gRPC callback thread): a reader of a full
+        queue sees the cancellation when it next finds the queue empty.
+        """
         self._cancel.set()
-        self._events.put(("cancel", None))
+        with contextlib.suppress(queue.Full):
+            self._events.put_nowait(("cancel", None))
+
+    def _put(self, item: tuple[str, object]) -> bool:
+        """Put ``item``, waiting while the queue is full; False if cancelled first."""
+        while not self._cancel.is_set():
+            try:
+                self._events.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _pump(self, requests: Iterable[Event]) -> None:
         try:
             for req in requests:
-                self._events.put(("req", req))
-                if self._cancel.is_set():
+                if not self._put(("req", req)):
                     return
         except XmatchError as exc:  # a request that could not be converted
-            self._events.put(("error", exc))
+            self._put(("error", exc))
             return
         except Exception:  # the transport broke off (cancelled stream)
-            self._events.put(("eof", "broken"))
+            self._put(("eof", "broken"))
             return
-        self._events.put(("eof", None))
+        self._put(("eof", None))
 
     def _next(self, timeout: float = IDLE_SECONDS) -> tuple[str, object]:
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return ("timeout", None)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._events.get(timeout=max(0.0, min(left, _POLL_SECONDS)))
+            except queue.Empty:
+                if self._cancel.is_set():
+                    return ("cancel", None)
+                if left <= _POLL_SECONDS:
+                    return ("timeout", None)
 
     def _emit(self, out: Output) -> None:
         self._outbox.append(out)
@@ -530,6 +684,7 @@ class RoundDriver:
             self.peer,
             ctx,
             start.query_size,
+            role=self.role,
             budget=st.budget,
             replay=st.replay,
             today=st.today(),
@@ -539,11 +694,13 @@ class RoundDriver:
         self.loaded = st.store.get(self.match_set.name, ctx.as_of)
         return ctx, self.loaded
 
-    def _count(self, n: int) -> None:
+    def _count(self, rows: npt.NDArray[np.uint8]) -> None:
+        """Count one chunk's rows: no more than announced, none repeated (step 9)."""
         self.chunks += 1
-        self.items += n
+        self.items += int(rows.shape[0])
         if self.items > self.query_size:
             raise ProtocolError(f"more identities than announced at start ({self.query_size})")
+        self._distinct.add(rows)
 
     # -- protocol hooks
 
@@ -580,8 +737,8 @@ class KeyedHashDriver(RoundDriver):
 
     protocol = "keyed-hash"
 
-    def __init__(self, state: NodeState, peer: str) -> None:
-        super().__init__(state, peer)
+    def __init__(self, state: NodeState, peer: str, *, role: str = REQUESTER_ROLE) -> None:
+        super().__init__(state, peer, role=role)
         self._responder: KeyedHashResponder | None = None
         self._streamed = False
         self.match_count = 0
@@ -592,6 +749,7 @@ class KeyedHashDriver(RoundDriver):
         responder.agree(KeyShare.from_bytes(start.key_share, round_id=ctx.round_id))
         if loaded is None:
             self._streamed = True
+            self.set_size = None  # known after the set is read, at end
         else:
             responder.load_set(loaded.identities)
             self.set_size = len(loaded)
@@ -601,7 +759,7 @@ class KeyedHashDriver(RoundDriver):
     def _chunk(self, data: bytes) -> None:
         assert self._responder is not None and self.context is not None
         chunk = TagChunk.from_bytes(data, round_id=self.context.round_id, seq=self.chunks)
-        self._count(len(chunk))
+        self._count(chunk.tags)
         if self._streamed:
             self._responder.buffer(chunk)
             return
@@ -617,9 +775,7 @@ class KeyedHashDriver(RoundDriver):
         )
         self.match_count += len(result.tags)
         self._emit(
-            Matches(
-                psi=result.without_rows().to_bytes(), payload=payload, tags=tag_of_row.tolist()
-            )
+            Matches(psi=result.without_rows().to_bytes(), payload=payload, tags=tag_of_row.tolist())
         )
 
     def _before_end(self) -> Iterator[Output]:
@@ -631,9 +787,7 @@ class KeyedHashDriver(RoundDriver):
         summary = StreamSummary()
         # Only the matched rows' payload is kept, by row number.
         rows: list[npt.NDArray[np.int64]] = []
-        values: dict[str, list[npt.NDArray[np.str_]]] = {
-            col: [] for col in self.match_set.payload
-        }
+        values: dict[str, list[npt.NDArray[np.str_]]] = {col: [] for col in self.match_set.payload}
         for batch in self.state.store.stream(
             self.match_set.name, self.context.as_of, summary=summary
         ):
@@ -655,7 +809,9 @@ class KeyedHashDriver(RoundDriver):
         for result in self._responder.streamed_matches():
             assert result.rows is not None
             where = np.searchsorted(matched, result.rows)
-            payload = _payload_dicts({col: v[where] for col, v in columns.items()})
+            payload = _payload_dicts(
+                {col: v[where] for col, v in columns.items()}, rows=len(result.rows)
+            )
             self._emit_matches(result, payload)
             yield from self._flush()
 
@@ -669,13 +825,16 @@ class KeyedHashDriver(RoundDriver):
         self._responder = None
 
 
-def _payload_dicts(cols: dict[str, npt.NDArray[np.str_]]) -> list[dict[str, str]]:
-    """One dict per row of aligned payload columns, empty values left out."""
+def _payload_dicts(cols: dict[str, npt.NDArray[np.str_]], *, rows: int) -> list[dict[str, str]]:
+    """One dict per row of ``rows`` aligned payload columns, empty values left out.
+
+    ``rows`` is given explicitly: a set without payload columns still has one
+    (empty) entry per matched record.
+    """
     names = list(cols)
-    lists = [cols[name].tolist() for name in names]
-    n = len(lists[0]) if lists else 0
     if not names:
-        return [{} for _ in range(n)]
+        return [{} for _ in range(rows)]
+    lists = [cols[name].tolist() for name in names]
     return [
         {name: value for name, value in zip(names, row, strict=True) if value != ""}
         for row in zip(*lists, strict=True)
@@ -692,8 +851,8 @@ class EcdhDriver(RoundDriver):
 
     protocol = "ecdh"
 
-    def __init__(self, state: NodeState, peer: str) -> None:
-        super().__init__(state, peer)
+    def __init__(self, state: NodeState, peer: str, *, role: str = REQUESTER_ROLE) -> None:
+        super().__init__(state, peer, role=role)
         self._responder: EcdhResponder | None = None
         self._producer: threading.Thread | None = None
         self._set_chunks = 0
@@ -723,10 +882,12 @@ class EcdhDriver(RoundDriver):
         else:
             responder.load_set(loaded.identities)
         self._responder = responder
-        self.set_size = responder.set_size
+        assert self.loaded is not None
+        self.set_size = len(self.loaded)
+        self.padded_set_size = responder.set_size
         per_chunk = max(1, min(MAX_POINTS_PER_CHUNK, (node.max_chunk_bytes - 64) // 32))
         chunks = responder.set_chunks(per_chunk)
-        self._emit(Accept(set_size=self.set_size))
+        self._emit(Accept(set_size=responder.set_size))
         self._producer = threading.Thread(target=self._produce, args=(chunks,), daemon=True)
         self._producer.start()
 
@@ -739,19 +900,19 @@ class EcdhDriver(RoundDriver):
                         break
                     self._set_chunks += 1
                     self._emit(Points(stage="set", data=chunk.to_bytes()))
-                self._events.put(("woken", None))
+                self._put(("woken", None))
         except Exception as exc:  # surfaced by run()
-            self._events.put(("error", exc))
+            self._put(("error", exc))
         finally:
             self._set_done.set()
-            self._events.put(("woken", None))
+            self._put(("woken", None))
 
     def _chunk(self, data: bytes) -> None:
         assert self._responder is not None and self.context is not None
         chunk = PointChunk.from_bytes(
             data, stage="blinded", round_id=self.context.round_id, seq=self.chunks
         )
-        self._count(len(chunk))
+        self._count(chunk.points)
         with self._lock:
             out = self._responder.reblind(chunk)
             self._emit(Points(stage="reblinded", data=out.to_bytes()))

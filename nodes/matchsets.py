@@ -20,8 +20,13 @@ extensions. ``$as_of`` is always a bound parameter, never substituted text.
 
 CSV: DuckDB detects column types (so ``where`` can compare dates), except the
 id column, which is forced to VARCHAR so that numbers keep their leading
-digits and ``X``. GB18030 files (what Chinese spreadsheet software writes) are
-transcoded to a private temporary UTF-8 file first, in a streaming pass.
+digits and ``X``. A ``start_date`` / ``end_date`` column listed in ``payload``
+that DuckDB detects as text (it does so when every cell is empty) is read as
+DATE when every non-empty cell is a date (checked first, in one scan), so
+``where`` can compare it with ``$as_of`` without a ``CAST``; otherwise it stays
+text and malformed values drop their rows as before. GB18030 files (what
+Chinese spreadsheet software writes) are transcoded to a private temporary
+UTF-8 file first, in a streaming pass.
 """
 
 from __future__ import annotations
@@ -258,6 +263,35 @@ class _Query:
     sql: str
     params: dict[str, Any]
     bad_flags: tuple[str, ...]
+    date_hints: tuple[str, ...] = ()
+
+
+def _date_hints(
+    con: duckdb.DuckDBPyConnection,
+    ms: MatchSetConfig,
+    rep: _Reporter,
+    path: Path,
+    columns: Mapping[str, str],
+) -> list[str]:
+    """CSV payload date columns detected as text whose every non-empty cell is a date."""
+    candidates = [c for c in ms.payload if c in _DATE_COLUMNS and columns[c].upper() in _TEXT_TYPES]
+    if not candidates:
+        return []
+    # A cell that is not NULL (empty) and does not cast, e.g. "someday" or blanks.
+    counts = ", ".join(
+        f"count_if({_quote(c)} IS NOT NULL AND TRY_CAST({_quote(c)} AS DATE) IS NULL)"
+        for c in candidates
+    )
+    types = {ms.id_column: "VARCHAR", **dict.fromkeys(candidates, "VARCHAR")}
+    try:
+        rows = con.execute(
+            f"SELECT {counts} FROM read_csv($path, header = true, types = $types)",
+            {"path": str(path), "types": types},
+        ).fetchall()  # fetch to the end: the connection runs the main query next
+    except duckdb.Error as exc:
+        raise rep.duckdb_error("source", exc) from None
+    bad = rows[0] if rows else [1] * len(candidates)
+    return [c for c, n in zip(candidates, bad, strict=True) if n == 0]
 
 
 def _query(
@@ -300,6 +334,11 @@ def _query(
             f"id_column {ms.id_column!r} is {columns[ms.id_column]} in the Parquet file; "
             "store identity numbers as text (numbers lose the check character X)"
         )
+    hints: list[str] = []
+    if not parquet:
+        hints = _date_hints(con, ms, rep, path, columns)
+        params["types"] = {**params["types"], **dict.fromkeys(hints, "DATE")}
+        columns = {**columns, **dict.fromkeys(hints, "DATE")}
     # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
     selects = [f"COALESCE(CAST({_quote(ms.id_column)} AS VARCHAR), '') AS _id"]
     bad_flags: list[str] = []
@@ -314,7 +353,12 @@ def _query(
         "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
         f"SELECT {', '.join(selects)} FROM {reader} AS source {where}"
     )
-    return _Query(sql=sql, params={**params, "as_of": as_of}, bad_flags=tuple(bad_flags))
+    return _Query(
+        sql=sql,
+        params={**params, "as_of": as_of},
+        bad_flags=tuple(bad_flags),
+        date_hints=tuple(hints),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -512,17 +556,27 @@ def _stream(
     try:
         query = _query(con, ms, rep, path, as_of, parquet=parquet)
         what = "where" if ms.where else "source"
+
+        def failed(exc: duckdb.Error) -> ConfigError:
+            if query.date_hints and isinstance(exc, duckdb.ConversionException):
+                # The file changed between the check and the read: name the columns only.
+                return rep.error(
+                    f"payload column(s) {', '.join(map(repr, query.date_hints))}: a value is "
+                    "not a date (YYYY-MM-DD) while reading them as DATE (value withheld)"
+                )
+            return rep.duckdb_error(what, exc)
+
         try:
             reader = con.sql(query.sql, params=query.params).to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
-            raise rep.duckdb_error(what, exc) from None
+            raise failed(exc) from None
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except duckdb.Error as exc:
-                raise rep.duckdb_error(what, exc) from None
+                raise failed(exc) from None
             result: dict[str, Any] = {}
             for col_name in batch.schema.names:
                 col = batch.column(col_name)
@@ -679,9 +733,7 @@ class MatchSetStore:
         Raises:
             ConfigError: as :func:`stream_match_set`.
         """
-        return stream_match_set(
-            self._config, name, as_of, batch_rows=batch_rows, summary=summary
-        )
+        return stream_match_set(self._config, name, as_of, batch_rows=batch_rows, summary=summary)
 
     def validate_all(self, today: _dt.date) -> list[LoadedMatchSet]:
         """Load every match set once as of ``today`` (startup check; fails fast).

@@ -7,7 +7,9 @@ nothing is served:
 2. load and check the TLS identity and the audit key (``keys``);
 3. load every match set once as of today (misconfiguration fails fast);
 4. open the audit log and record ``config_loaded``;
-5. bind the mTLS port and print ``NAME: serving N match sets on ADDRESS``.
+5. rebuild the query budgets and the replay memory from the rounds in that
+   log (:mod:`nodes.history`), so that a restart resets neither;
+6. bind the mTLS port and print ``NAME: serving N match set(s) on ADDRESS``.
 
 On SIGTERM/SIGINT: ``server.stop(grace)``, audit ``shutdown``, exit 0.
 """
@@ -80,7 +82,7 @@ def build_server(
         concurrent.futures.ThreadPoolExecutor(
             max_workers=2 * rounds + 4, thread_name_prefix="xmatch-node"
         ),
-        interceptors=[PeerIdentityInterceptor(ca_pem=ca_pem)],
+        interceptors=[PeerIdentityInterceptor(ca_pem=ca_pem, audit=audit, node=node.name)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", max(SEND_LIMIT, limit)),
@@ -105,6 +107,8 @@ def serve_from_config(path: Path | str) -> int:
         ConfigError: bad configuration, unreadable or misconfigured match set,
             or the address cannot be bound.
         InputError, VerificationError, InvalidKey: TLS or audit key problems.
+        ProtocolError: a round entry of the protocol log is malformed (startup
+            refuses to run with budgets it cannot rebuild).
     """
     path = Path(path)
     # (1) before anything heavy is imported, so a bad file fails fast
@@ -113,6 +117,7 @@ def serve_from_config(path: Path | str) -> int:
     from audit.log import AuditLog
     from keys.handles import AuditSigner, load_tls_credentials
     from nodes.handlers import NodeState
+    from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
 
     # (2)
@@ -153,6 +158,14 @@ def serve_from_config(path: Path | str) -> int:
         )
         state = NodeState.create(config, store=store, executor=executor)
         # (5)
+        restore_limits(
+            config,
+            read_round_entries(audit.path),
+            budget=state.budget,
+            replay=state.replay,
+            now=_dt.datetime.now(_dt.UTC),
+        )
+        # (6)
         server = build_server(
             config, state, audit, credentials=tls.server_credentials(), ca_pem=tls.ca_pem
         )
@@ -166,8 +179,9 @@ def serve_from_config(path: Path | str) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         server.start()
+        n = len(config.match_sets)
         print(
-            f"{node.name}: serving {len(config.match_sets)} match sets on {node.listen}",
+            f"{node.name}: serving {n} match set{'' if n == 1 else 's'} on {node.listen}",
             flush=True,
         )
         while not stop.wait(timeout=0.5):

@@ -4,13 +4,16 @@ Each RPC: log to the audit log, convert proto messages to handler events, run
 one handler (:mod:`nodes.handlers`), convert its outputs back, and map any
 :class:`psi.errors.XmatchError` to a status code through :data:`STATUS_TABLE`.
 Every refusal or failure is an audit entry (``round_refused`` / ``round_failed``
-with its reason) and the node keeps serving. The peer's identity comes from
+with its reason) and the node keeps serving. A round's ``round_finished`` entry
+is written with :meth:`audit.log.AuditLog.append_anchored` *before* ``done`` is
+sent, and ``done`` carries its anchor (``log_seq``, ``log_head``). The peer's identity comes from
 :func:`nodes.auth.current_peer`, set by the interceptor; nothing here parses a
 certificate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
@@ -53,6 +56,8 @@ class AuditSink(Protocol):
     """What the servicer needs of :class:`audit.log.AuditLog`."""
 
     def append(self, event: str, **fields: object) -> int: ...
+
+    def append_anchored(self, event: str, **fields: object) -> tuple[int, str]: ...
 
 
 #: The one mapping from domain errors to gRPC status codes; first match wins.
@@ -106,7 +111,11 @@ def _events(requests: Iterable[_Req]) -> Iterator[Event]:
 
 def _round_done(done: Done) -> xmatch_pb2.RoundDone:
     return xmatch_pb2.RoundDone(
-        matches=done.matches, transcript=done.transcript, chunks=done.chunks
+        matches=done.matches,
+        transcript=done.transcript,
+        chunks=done.chunks,
+        log_seq=done.log_seq,
+        log_head=done.log_head,
     )
 
 
@@ -151,7 +160,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         self, request: xmatch_pb2.CapabilitiesRequest, context: grpc.ServicerContext
     ) -> xmatch_pb2.Capabilities:
         peer = current_peer()
-        views = capabilities(self._state.config, peer.name)
+        views = capabilities(self._state.config, peer.name, role=peer.role)
         return xmatch_pb2.Capabilities(
             node=self._state.config.node.name,
             match_sets=[
@@ -174,7 +183,8 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         request_iterator: Iterator[xmatch_pb2.KeyedHashRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[xmatch_pb2.KeyedHashResponse]:
-        driver = KeyedHashDriver(self._state, current_peer().name)
+        peer = current_peer()
+        driver = KeyedHashDriver(self._state, peer.name, role=peer.role)
         return self._round(driver, request_iterator, context, _keyed_hash_response)
 
     def Ecdh(
@@ -182,7 +192,8 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         request_iterator: Iterator[xmatch_pb2.EcdhRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[xmatch_pb2.EcdhResponse]:
-        driver = EcdhDriver(self._state, current_peer().name)
+        peer = current_peer()
+        driver = EcdhDriver(self._state, peer.name, role=peer.role)
         return self._round(driver, request_iterator, context, _ecdh_response)
 
     # -- one round, either protocol
@@ -234,6 +245,9 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                     items=driver.items,
                     seconds=seconds,
                     outcome="failed",
+                    # whether the round passed authorize (and so used budget):
+                    # read back at startup (nodes.history)
+                    authorized=driver.match_set is not None,
                 )
         except XmatchError:  # e.g. the reason tripped the identity guard: log without it
             event = "round_refused" if refused else "round_failed"
@@ -258,7 +272,8 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                         if isinstance(out, Accept):
                             self._started(driver)
                         if isinstance(out, Done):
-                            self._finished(driver, out)
+                            # logged (and fsynced) before the requester hears of it
+                            out = self._finished(driver, out)
                             finished = True
                         yield to_proto(out)
                 finally:
@@ -271,25 +286,38 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                 if error is not None:
                     context.abort(code, public)
 
+    @staticmethod
+    def _sizes(driver: RoundDriver) -> dict[str, object]:
+        """The node's actual set size where known, and the padded size class (ecdh)."""
+        sizes: dict[str, object] = {}
+        if driver.set_size is not None:
+            sizes["set_size"] = driver.set_size
+        if driver.padded_set_size is not None:
+            sizes["padded_set_size"] = driver.padded_set_size
+        return sizes
+
     def _started(self, driver: RoundDriver) -> None:
         loaded = driver.loaded
-        self._audit.append(
-            "round_started",
-            **self._fields(driver),
-            query_size=driver.query_size,
-            set_size=driver.set_size,
-            set_rejected=loaded.rejected_total if loaded is not None else 0,
-        )
-
-    def _finished(self, driver: RoundDriver, done: Done) -> None:
         fields: dict[str, object] = {
             **self._fields(driver),
             "query_size": driver.query_size,
-            "set_size": driver.set_size,
+            **self._sizes(driver),
+        }
+        if loaded is not None:  # a streamed keyed-hash set is read only at end
+            fields["set_rejected"] = loaded.rejected_total
+        self._audit.append("round_started", **fields)
+
+    def _finished(self, driver: RoundDriver, done: Done) -> Done:
+        """Write ``round_finished`` and return ``done`` with the entry's anchor."""
+        fields: dict[str, object] = {
+            **self._fields(driver),
+            "query_size": driver.query_size,
+            **self._sizes(driver),
             "seconds": round(time.monotonic() - driver.started, 3),
             "outcome": "ok",
             "transcript": done.transcript.hex(),
         }
         if driver.match_count is not None:
             fields["match_count"] = driver.match_count
-        self._audit.append("round_finished", **fields)
+        seq, head = self._audit.append_anchored("round_finished", **fields)
+        return dataclasses.replace(done, log_seq=seq, log_head=head)

@@ -22,7 +22,9 @@ class SortedRows:
     def __init__(self, rows: npt.NDArray[np.uint8]) -> None:
         self.rows = rows
         keys = _keys(rows)
-        # Unstable sort (about twice as fast); lookup() re-sorts its pairs anyway.
+        # Unstable sort (about twice as fast): rows with equal keys come out in any
+        # order. lookup() re-sorts its pairs, which keeps its documented order
+        # (tests/test_psi_match.py checks that with many duplicate rows).
         self.order = np.argsort(keys).astype(np.int64)
         self.sorted_keys = keys[self.order]
 

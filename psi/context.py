@@ -43,9 +43,19 @@ DEFAULT_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _PARAM_NAME = re.compile(r"[a-z0-9_]{1,32}")
 _PARAM_VALUE = re.compile(r"[A-Za-z0-9_.:+-]{1,128}")
+_TEXT_FIELDS = ("purpose", "requester", "responder", "match_set", "protocol")
 _MAGIC = b"XMCTX"
 _VERSION = 1
 _U16 = struct.Struct(">H")
+
+
+class _FieldError(ValueError):
+    """A field breaks a rule; ``field`` and ``rule`` are fixed texts, never the value."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field} {rule}")
+        self.field = field
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -69,29 +79,29 @@ class RoundContext:
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, bytes) or len(self.round_id) != 16:
-            raise ValueError("round_id must be 16 bytes")
+            raise _FieldError("round_id", "must be 16 bytes")
         if not isinstance(self.as_of, datetime.date) or isinstance(self.as_of, datetime.datetime):
-            raise ValueError("as_of must be a datetime.date")
+            raise _FieldError("as_of", "must be a datetime.date")
         for field in ("purpose", "requester", "responder", "match_set"):
             value = getattr(self, field)
             if not isinstance(value, str) or not _NAME.fullmatch(value):
-                raise ValueError(f"{field} must be 1-64 characters of [a-z0-9_.-]")
+                raise _FieldError(field, "must be 1-64 characters of [a-z0-9_.-]")
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+            raise _FieldError("protocol", f"must be one of {', '.join(PROTOCOLS)}")
         if not isinstance(self.params, tuple):
-            raise ValueError("params must be a tuple of (name, value) pairs")
+            raise _FieldError("params", "must be a tuple of (name, value) pairs")
         names: list[str] = []
         for pair in self.params:
             if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise ValueError("params must be (name, value) pairs")
+                raise _FieldError("params", "must be (name, value) pairs")
             name, value = pair
             if not (isinstance(name, str) and _PARAM_NAME.fullmatch(name)):
-                raise ValueError("parameter names must be 1-32 characters of [a-z0-9_]")
+                raise _FieldError("params", "names must be 1-32 characters of [a-z0-9_]")
             if not (isinstance(value, str) and _PARAM_VALUE.fullmatch(value)):
-                raise ValueError(f"parameter {name}: value has a bad character or length")
+                raise _FieldError("params", "values must be 1-128 characters of [A-Za-z0-9_.:+-]")
             names.append(name)
         if names != sorted(set(names)):
-            raise ValueError("params must be sorted by name, without repeats")
+            raise _FieldError("params", "must be sorted by name, without repeats")
 
     @classmethod
     def new(
@@ -199,10 +209,19 @@ class RoundContext:
             pos += length
             return part
 
+        # Messages are fixed per field: the peer's bytes, and the parsers' own
+        # messages that quote them (date.fromisoformat), never reach the peer or
+        # the node's log; hence ``from None``, which drops the quoting cause.
+        field = "round_id"
         try:
             round_id = take()
+            field = "as_of"
             as_of_text = take().decode("ascii")
-            texts = [take().decode("ascii") for _ in range(5)]
+            texts: list[str] = []
+            for name in _TEXT_FIELDS:
+                field = name
+                texts.append(take().decode("ascii"))
+            field = "params"
             if pos + 2 > len(view):
                 raise ProtocolError("round context is truncated")
             (count,) = _U16.unpack_from(view, pos)
@@ -210,6 +229,7 @@ class RoundContext:
             params = tuple((take().decode("ascii"), take().decode("ascii")) for _ in range(count))
             if pos != len(view):
                 raise ProtocolError("round context has trailing bytes")
+            field = "as_of"
             as_of = datetime.date.fromisoformat(as_of_text)
             if as_of.isoformat() != as_of_text:
                 raise ProtocolError("round context date is not canonical")
@@ -226,5 +246,9 @@ class RoundContext:
                 protocol=protocol,  # type: ignore[arg-type]  # checked above
                 params=params,
             )
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError(f"invalid round context: {exc}") from exc
+        except _FieldError as exc:
+            raise ProtocolError(f"invalid round context: {exc.field} {exc.rule}") from None
+        except UnicodeDecodeError:
+            raise ProtocolError(f"invalid round context: {field} is not ASCII") from None
+        except ValueError:
+            raise ProtocolError(f"invalid round context: {field} is not a valid value") from None

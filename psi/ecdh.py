@@ -2,15 +2,19 @@
 
 Steps, with per-round secret scalars a (requester) and b (responder):
 
-1. The requester sends ``a*H(x)`` for each roster identity x, in roster order
-   (:meth:`EcdhRequester.blind`, stage ``blinded``).
+1. The requester sends ``a*H(x)`` for each roster identity x, in the order it
+   passes them (:meth:`EcdhRequester.blind`, stage ``blinded``); the order
+   should carry no meaning (the coordinator shuffles its roster each round).
 2. The responder returns ``b*(a*H(x))`` in the same order
    (:meth:`EcdhResponder.reblind`, stage ``reblinded``, same ``seq``).
 3. The responder sends ``b*H(y)`` for each y in its match set, deduplicated,
    padded to a size class with hashes of random blocks and shuffled
    (:meth:`EcdhResponder.set_chunks`, stage ``set``), then declares the total
    (:attr:`EcdhResponder.set_size`, given to
-   :meth:`EcdhRequester.receive_responder_done`).
+   :meth:`EcdhRequester.receive_responder_done`). A requester that learned
+   the size up front (the node's ``RoundAccept``) passes it to
+   :meth:`EcdhRequester.expect_responder_set` and then refuses any set point
+   beyond it before doing any group operation on it.
 4. The requester raises those to a and intersects (:meth:`EcdhRequester.finish`).
 
 H is the round's ``suite`` (see :mod:`psi.hazmat.hash_to_curve`). The
@@ -175,6 +179,7 @@ class EcdhRequester(_EcdhRole):
         self._reblinded: list[npt.NDArray[np.uint8]] = []
         self._set: list[npt.NDArray[np.uint8]] = []
         self._set_received = 0
+        self._set_declared: int | None = None
         self._done_total: int | None = None
 
     @classmethod
@@ -238,13 +243,39 @@ class EcdhRequester(_EcdhRole):
         self._transcript.absorb("responder", "reblinded", chunk.to_bytes())
         self._reblinded.append(chunk.points)
 
+    def expect_responder_set(self, size: int) -> None:
+        """Bound the responder's set to the ``size`` it announced up front.
+
+        Call it before the first set chunk (the coordinator does, with the
+        node's ``RoundAccept.set_size``). From then on
+        :meth:`receive_responder_set` refuses a chunk that would take the
+        total past ``size`` before raising any of its points to ``a``, and
+        :meth:`receive_responder_done` refuses any total but ``size``. So a
+        responder cannot make the requester compute without bound.
+
+        Raises:
+            ProtocolError: ``size`` is not a non-negative integer, or set
+                chunks were already received.
+            AlreadyUsed: called twice, or the round has finished.
+        """
+        self._check_open()
+        if self._set_declared is not None:
+            raise AlreadyUsed("the responder's set size was already announced")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError("the announced set size must be a non-negative integer")
+        if self._set or self._done_total is not None:
+            raise ProtocolError("the set size must be announced before the first set chunk")
+        self._set_declared = size
+
     def receive_responder_set(self, chunk: PointChunk) -> None:
         """Raise the next chunk of the responder's set, ``b*H(y)``, to ``a``.
 
         Raises:
             ProtocolError: wrong stage or round, out of order, after the
-                responder declared its set complete, or a low-order point
-                (the message names the chunk and position).
+                responder declared its set complete, more points than the
+                size announced through :meth:`expect_responder_set` (checked
+                before any group operation), or a low-order point (the
+                message names the chunk and position).
             AlreadyUsed: the round has finished.
         """
         self._check_open()
@@ -252,6 +283,11 @@ class EcdhRequester(_EcdhRole):
             raise ProtocolError("set chunk after the responder declared its set complete")
         seq = len(self._set)
         self._check_chunk(chunk, "set", seq)
+        if self._set_declared is not None and self._set_received + len(chunk) > self._set_declared:
+            raise ProtocolError(
+                f"set chunk {seq} takes the responder's set past the {self._set_declared} "
+                "points it announced"
+            )
         self._transcript.absorb("responder", "set", chunk.to_bytes())
         self._set.append(self._mult(chunk.points, f"set chunk {seq}"))
         self._set_received += len(chunk)
@@ -260,13 +296,18 @@ class EcdhRequester(_EcdhRole):
         """The responder declares its set complete with ``total`` points.
 
         Raises:
-            ProtocolError: ``total`` differs from the points received, or some
-                blinded chunk has not been answered.
+            ProtocolError: ``total`` differs from the points received or from
+                the size announced through :meth:`expect_responder_set`, or
+                some blinded chunk has not been answered.
             AlreadyUsed: called twice, or the round has finished.
         """
         self._check_open()
         if self._done_total is not None:
             raise AlreadyUsed("responder already declared its set complete")
+        if self._set_declared is not None and total != self._set_declared:
+            raise ProtocolError(
+                f"responder declared {total} set points, having announced {self._set_declared}"
+            )
         if not isinstance(total, int) or total != self._set_received:
             raise ProtocolError(
                 f"responder declared {total} set points, {self._set_received} received"

@@ -113,17 +113,13 @@ def _unpack(
     if payload % width:
         raise ProtocolError(f"{what}: payload of {payload} bytes is not a multiple of {width}")
     if payload // width != count:
-        raise ProtocolError(
-            f"{what}: header says {count} items, payload holds {payload // width}"
-        )
+        raise ProtocolError(f"{what}: header says {count} items, payload holds {payload // width}")
     if round_id is not None and not hmac.compare_digest(rid, round_id):
         raise ProtocolError(f"{what}: message belongs to another round")
     if seq is not None and got_seq != seq:
         raise ProtocolError(f"{what}: sequence number {got_seq}, expected {seq}")
     items = np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size).reshape(count, width)
     return msg_type, rid, got_seq, items
-
-
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,19 @@ order matters, as it should.
 
 where each direction hash absorbs ``len(label) || label || len(data) || data``
 per message (64-bit big-endian lengths). Both parties log the digest; the
-reviewer compares them (protocols.md, "Protocol logs").
+reviewer compares them (protocols.md, "Protocol logs"). The parties never
+exchange digests in band, so there is no ``verify`` here: the comparison is
+``audit reconcile``'s, over the logged hex.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import struct
 from typing import Literal
 
 from psi.context import RoundContext
-from psi.errors import VerificationError
 
 __all__ = ["Direction", "Transcript"]
 
@@ -76,19 +76,3 @@ class Transcript:
             out.update(_U64.pack(self._counts[direction]))
             out.update(self._hashes[direction].digest())
         return out.digest()
-
-    def hexdigest(self) -> str:
-        """:meth:`digest` as 64 lower-case hex digits."""
-        return self.digest().hex()
-
-    def verify(self, expected: bytes) -> None:
-        """Compare with the peer's digest in constant time.
-
-        Raises:
-            VerificationError: the digests differ (both are stated in hex).
-        """
-        mine = self.digest()
-        if not hmac.compare_digest(mine, expected):
-            raise VerificationError(
-                f"transcript mismatch: expected {expected.hex()}, computed {mine.hex()}"
-            )

@@ -94,7 +94,9 @@ def test_log_layout_and_verification(tmp_path: Path, signer: AuditSigner, pki: P
     assert first["seq"] == 1 and first["prev"] == fmt.GENESIS and first["ts"].endswith("Z")
     assert json.loads(lines[1])["prev"] == fmt.line_hash(lines[0])
     result = check_log(path.read_bytes(), name=str(path), ca_pem=(pki / "ca.crt").read_bytes())
-    assert result.ok and not result.findings and len(result.entries) == 13
+    assert result.ok and not result.warnings and len(result.entries) == 13
+    # closed, but without a shutdown entry: only a note
+    assert not result.closed_cleanly and [f.line for f in result.notes] == [13]
     verify_log(path.read_bytes(), name="log")
 
 
@@ -104,7 +106,7 @@ def test_reopening_continues_the_chain(tmp_path: Path, signer: AuditSigner) -> N
     with AuditLog.open(path, party="justice", signer=signer) as log:
         assert log.append(fmt.SHUTDOWN, reason="done") == 5
     result = check_log(path.read_bytes(), name="log")
-    assert result.ok and not result.findings
+    assert result.ok and not result.findings and result.closed_cleanly
     assert events([e.raw for e in result.entries])[-2:] == [fmt.SHUTDOWN, fmt.CHECKPOINT]
 
 
@@ -119,6 +121,84 @@ def test_reopening_refuses_a_damaged_tail(tmp_path: Path, signer: AuditSigner) -
     path.write_bytes(join([*lines[:-1], fmt.encode_entry(forged)]))
     with pytest.raises(VerificationError, match="entry 4"):
         AuditLog.open(path, party="justice", signer=signer)
+
+
+@pytest.fixture(scope="module")
+def impostor(tmp_path_factory: pytest.TempPathFactory) -> AuditSigner:
+    """An audit key with a certificate in justice's name, from a self-made CA."""
+    directory = tmp_path_factory.mktemp("impostor-pki")
+    init_ca(directory)
+    issue(directory, name="justice", role="node")
+    return AuditSigner.for_member(directory, name="justice")
+
+
+def test_reopening_refuses_a_tail_signed_by_another_key(
+    tmp_path: Path, signer: AuditSigner, impostor: AuditSigner
+) -> None:
+    # review finding 3: someone appends entries and a checkpoint under their own key
+    # (its certificate names the party); the real writer must not continue the chain,
+    # or its next checkpoint would vouch for those entries.
+    path = tmp_path / "log.jsonl"
+    write_log(path, impostor, rounds=2)
+    before = path.read_bytes()
+    with pytest.raises(VerificationError, match=r"signed by key .* not by this audit key"):
+        AuditLog.open(path, party="justice", signer=signer)
+    # nor may another key take over a log the real key signed
+    real = tmp_path / "real.jsonl"
+    write_log(real, signer, rounds=2)
+    with pytest.raises(VerificationError, match="start a new log file"):
+        AuditLog.open(real, party="justice", signer=impostor)
+    assert path.read_bytes() == before
+    with AuditLog.open(real, party="justice", signer=signer) as log:  # the same key resumes
+        log.append(fmt.SHUTDOWN, reason="done")
+
+
+def test_clean_close_is_reported_and_a_cut_after_a_checkpoint_is_noted(
+    tmp_path: Path, signer: AuditSigner, pki: Path
+) -> None:
+    # review finding 1b: a cut right after a checkpoint verifies (no signature can
+    # show it), but the log then no longer ends with shutdown + checkpoint.
+    path = tmp_path / "closed.jsonl"
+    with AuditLog.open(path, party="justice", signer=signer, checkpoint_every=4) as log:
+        for i in range(6):
+            log.append(fmt.ROUND_FINISHED, **round_fields(i))
+        log.append(fmt.SHUTDOWN, reason="SIGTERM")
+    lines = join_lines(path)
+    assert events(lines)[4] == fmt.CHECKPOINT and events(lines)[-2:] == ["shutdown", "checkpoint"]
+    full = check_log(path.read_bytes(), name="log")
+    assert full.ok and full.closed_cleanly and not full.findings
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(join(lines[:5]))
+    result = check_log(cut.read_bytes(), name="log")
+    assert result.ok and not result.closed_cleanly
+    assert [(n.line, n.message.split(":")[0]) for n in result.findings] == [
+        (5, "the log does not end with a shutdown entry and its checkpoint")
+    ]
+    done = xmatch("audit", "verify", "--ca", str(pki / "ca.crt"), str(path), str(cut))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"OK: {path} (9 entries, party justice, closed cleanly)" in done.stdout
+    assert f"OK: {cut} (5 entries, party justice)\n" in done.stdout
+    assert f"NOTE: {cut}: entry 5: the log does not end with a shutdown entry" in done.stdout
+
+
+def test_cli_without_ca_never_prints_a_bare_ok(
+    tmp_path: Path, impostor: AuditSigner, pki: Path
+) -> None:
+    # review finding 2: a log forged wholesale and signed by a self-made certificate
+    # in the party's name is consistent; only the CA tells it apart.
+    forged = tmp_path / "forged.jsonl"
+    write_log(forged, impostor)
+    done = xmatch("audit", "verify", "--no-ca", str(forged))
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(
+        f"OK (no CA: signatures not checked against the federation CA): {forged} (13 entries"
+    )
+    assert not any(line.startswith("OK:") for line in done.stdout.splitlines())
+    done = xmatch("audit", "verify", str(forged))
+    assert done.returncode == 2 and "one of the arguments --ca --no-ca is required" in done.stderr
+    done = xmatch("audit", "verify", "--ca", str(pki / "ca.crt"), str(forged))
+    assert done.returncode == 1 and "not issued by this federation CA" in done.stdout
 
 
 def test_one_writer_per_file_and_signer_must_be_the_party(
@@ -149,7 +229,7 @@ def test_concurrent_appends_keep_the_chain(tmp_path: Path, signer: AuditSigner) 
         t.join()
     log.close()
     result = check_log(path.read_bytes(), name="log")
-    assert result.ok and not result.findings
+    assert result.ok and not result.warnings
     assert sum(e.event == fmt.ROUND_FINISHED for e in result.entries) == 100
     assert [e.seq for e in result.entries] == list(range(1, len(result.entries) + 1))
     with pytest.raises(XmatchError, match="closed"):
@@ -165,6 +245,13 @@ def test_concurrent_appends_keep_the_chain(tmp_path: Path, signer: AuditSigner) 
         "id 150102 2010 0101 1234 did not match",
         "１５０１０２２０１００１０１１２３４",  # full width
         "150102-20100101-1234",
+        # review finding 4: split by other punctuation
+        "150802.201503150021",
+        "ref 150802/2015/0315/0021",
+        "150802_201503150021",
+        "150802,2015,0315,002X",
+        "id:150802.2015:0315.0021;",
+        "１５０８０２．２０１５０３１５００２１",  # full-width digits and full stop
     ],
 )
 def test_identity_guard_refuses_identity_numbers(
@@ -200,6 +287,109 @@ def test_identity_guard_allows_ordinary_fields(tmp_path: Path, signer: AuditSign
             when="2025-01-31 08:00:00",
         )
     assert check_log(path.read_bytes(), name="log").ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-29T03:14:15.123456Z",  # 20 digits once punctuation is gone
+        "retry at 2026-11-29 03:14:15.123456 after 2026-11-30",
+        "2026-11-29T03:14:15.123456+08:00",
+        "stalled 1234.567891 s, 20 chunks of 65536",
+        "config v2.1.3 (sha 3f2a), 128/256 workers",
+    ],
+)
+def test_identity_guard_passes_timestamps_and_decimals(
+    tmp_path: Path, signer: AuditSigner, text: str
+) -> None:
+    assert not fmt.looks_like_identity_number(text)
+    path = tmp_path / "log.jsonl"
+    with AuditLog.open(path, party="justice", signer=signer) as log:
+        log.append(fmt.ROUND_FAILED, **{**round_fields(1), "reason": text})
+        # numbers: their decimal point is kept, so a long duration is not an ID
+        log.append(fmt.SHUTDOWN, reason="done", seconds=123456789.123456, ratio=0.000001)
+    assert check_log(path.read_bytes(), name="log", ca_pem=None).ok
+    assert not fmt.number_looks_like_identity_number(123456789.123456)
+    assert fmt.number_looks_like_identity_number(150802201503150021)
+
+
+def test_verify_flags_a_dotted_identity_or_a_hex_field_holding_one(
+    tmp_path: Path, signer: AuditSigner
+) -> None:
+    lines = write_log(tmp_path / "log", signer)
+    dotted = json.loads(lines[1])
+    dotted["detail"] = "row 150802.201503150021"
+    not_hex = json.loads(lines[2])
+    not_hex["transcript"] = "110105194912310021"  # hex fields are exempt only as hex
+    lines[1], lines[2] = fmt.encode_entry(dotted), fmt.encode_entry(not_hex)
+    found = errors(join(lines))
+    assert [(f.line, f.message.split(": ", 1)[0]) for f in found[:2]] == [
+        (2, "malformed entry"),
+        (3, "malformed entry"),
+    ]
+    assert "looks like an identity number" in found[0].message
+    assert "'transcript' is not 64 lower-case hex digits" in found[1].message
+    assert all("201503150021" not in f.describe() for f in found)
+
+
+ANCHOR = {"node_log_seq": 7, "node_log_head": "1" * 64}  # all digits: hex is exempt
+
+
+def test_round_finished_accepts_an_anchor(tmp_path: Path, signer: AuditSigner) -> None:
+    path = tmp_path / "log.jsonl"
+    with AuditLog.open(path, party="justice", signer=signer) as log:
+        seq, head = log.append_anchored(fmt.ROUND_FINISHED, **{**round_fields(1), **ANCHOR})
+    lines = join_lines(path)
+    assert seq == 1 and head == fmt.line_hash(lines[0])
+    entry = check_log(path.read_bytes(), name="log").entries[0]
+    assert entry.fields["node_log_seq"] == 7 and entry.fields["node_log_head"] == "1" * 64
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"node_log_seq": 0}, "positive integer"),
+        ({"node_log_seq": True}, "positive integer"),
+        ({"node_log_seq": "7"}, "positive integer"),
+        ({"node_log_seq": 7.0}, "positive integer"),
+        ({"node_log_head": "A" * 64}, "hex"),
+        ({"node_log_head": "1" * 63}, "hex"),
+        ({"node_log_head": 7}, "hex"),
+    ],
+)
+def test_anchor_fields_are_typed_on_write_and_read(
+    tmp_path: Path, signer: AuditSigner, fields: dict[str, object], match: str
+) -> None:
+    with (
+        AuditLog.open(tmp_path / "log.jsonl", party="justice", signer=signer) as log,
+        pytest.raises(XmatchError, match=match),
+    ):
+        log.append(fmt.ROUND_FINISHED, **{**round_fields(1), **ANCHOR, **fields})
+    lines = write_log(tmp_path / "other", signer)
+    obj = json.loads(lines[0])
+    obj.update(ANCHOR)
+    obj.update(fields)
+    lines[0] = fmt.encode_entry(obj)
+    found = errors(join(lines))
+    assert found[0].line == 1 and match in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("event", "fields", "match"),
+    [
+        (fmt.ROUND_FINISHED, {**round_fields(1), "node_log_seq": 7}, "go together"),
+        (fmt.ROUND_FINISHED, {**round_fields(1), "node_log_head": "1" * 64}, "go together"),
+        (fmt.SHUTDOWN, {"reason": "done", **ANCHOR}, "only belong in round_finished"),
+    ],
+)
+def test_anchor_fields_come_together_in_round_finished(
+    tmp_path: Path, signer: AuditSigner, event: str, fields: dict[str, object], match: str
+) -> None:
+    with (
+        AuditLog.open(tmp_path / "log.jsonl", party="justice", signer=signer) as log,
+        pytest.raises(XmatchError, match=match),
+    ):
+        log.append(event, **fields)
 
 
 @pytest.mark.parametrize(
@@ -301,17 +491,28 @@ def test_inserted_entry_with_recomputed_chain_fails_at_the_next_checkpoint(
     assert found[0].line == 11 and "entries 6-11 are not authenticated" in found[0].message
 
 
-def test_truncated_line_fails_and_missing_final_checkpoint_warns(
+def test_truncated_line_and_missing_final_checkpoint_fail(
     tmp_path: Path, signer: AuditSigner
 ) -> None:
     lines = write_log(tmp_path / "log", signer)
     cut = join(lines)[:-20]
     found = errors(cut)
-    assert found[0].line == 13 and "truncated" in found[0].message
+    assert [(f.line, f.message.split(" (")[0]) for f in found] == [
+        (11, "unsigned tail of 3 entries"),
+        (13, "last line is incomplete"),
+    ]
+    # review finding 1a: a log cut anywhere but right after a checkpoint fails by default
     result = check_log(join(lines[:-1]), name="log")
-    assert result.ok
-    assert [w.message.split(" (")[0] for w in result.warnings] == ["unsigned tail of 2 entries"]
-    assert result.warnings[0].line == 11
+    assert not result.ok
+    assert [e.message.split(" (")[0] for e in result.errors] == ["unsigned tail of 2 entries"]
+    assert result.errors[0].line == 11
+    # ... and is only a warning for a log that is still being written
+    live = check_log(join(lines[:-1]), name="log", allow_unsigned_tail=True)
+    assert live.ok and [w.line for w in live.warnings] == [11]
+    assert (
+        check_log(b"", name="log").errors
+        and check_log(b"", name="log", allow_unsigned_tail=True).ok
+    )
 
 
 def test_checkpoints_must_chain_to_the_given_ca(
@@ -370,15 +571,18 @@ def test_cli_verify_reports_ok_and_the_tampered_entry(
         join([*lines[:2], flip(lines[2], b'"seconds":0.25', b'"seconds":0.26'), *lines[3:]])
     )
     tail.write_bytes(join(lines[:-1]))
-    done = xmatch("audit", "verify", "--ca", str(pki / "ca.crt"), str(good), str(tail))
+    ca = str(pki / "ca.crt")
+    done = xmatch("audit", "verify", "--ca", ca, "--allow-unsigned-tail", str(good), str(tail))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"OK: {good} (13 entries" in done.stdout
     assert f"WARNING: {tail}: entry 11: unsigned tail of 2 entries" in done.stdout
-    done = xmatch("audit", "verify", str(good), str(bad))
+    done = xmatch("audit", "verify", "--ca", ca, str(good), str(bad))
     assert done.returncode == 1
     assert f"FAIL: {bad}: entry 3: entry was altered" in done.stdout
-    done = xmatch("audit", "verify", "--strict", str(tail))
-    assert done.returncode == 1 and f"FAIL: {tail}: entry 11: unsigned tail" in done.stdout
+    # an unsigned tail fails by default; --strict is a no-op kept for old scripts
+    for flags in ([], ["--strict"]):
+        done = xmatch("audit", "verify", "--ca", ca, *flags, str(tail))
+        assert done.returncode == 1 and f"FAIL: {tail}: entry 11: unsigned tail" in done.stdout
 
 
 # --- fuzzing ---------------------------------------------------------------------------

@@ -27,13 +27,28 @@ START = _dt.datetime.now(_dt.UTC).replace(microsecond=0)  # certificates are val
 
 
 @pytest.fixture(scope="module")
-def signers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AuditSigner]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     init_ca(directory)
     issue(directory, name=NODE, role="node")
     issue(directory, name=COORD, role="coordinator")
     issue(directory, name="court", role="node")
-    return {name: AuditSigner.for_member(directory, name=name) for name in (NODE, COORD, "court")}
+    return directory
+
+
+@pytest.fixture(scope="module")
+def signers(pki: Path) -> dict[str, AuditSigner]:
+    return {name: AuditSigner.for_member(pki, name=name) for name in (NODE, COORD, "court")}
+
+
+CA: Path | None = None
+
+
+@pytest.fixture(autouse=True)
+def _federation_ca(pki: Path) -> None:
+    """The commands below run with the federation CA, as a reviewer's should."""
+    global CA
+    CA = pki / "ca.crt"
 
 
 class Clock:
@@ -104,7 +119,7 @@ def pair(
 
 def run_reconcile(coord: Path, *nodes: Path) -> tuple[int, str]:
     out = io.StringIO()
-    code = reconcile_command(coord, list(nodes), out=out)
+    code = reconcile_command(coord, list(nodes), ca=CA, out=out)
     return code, out.getvalue()
 
 
@@ -214,7 +229,7 @@ def test_tampered_log_is_not_reconciled(tmp_path: Path, signers: dict[str, Audit
     exe = Path(sys.executable).parent / "xmatch"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "xmatch"]
     done = subprocess.run(
-        [*cmd, "audit", "reconcile", str(coord), str(node)],
+        [*cmd, "audit", "reconcile", "--ca", str(CA), str(coord), str(node)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -252,7 +267,7 @@ def history(
 
 def report(path: Path, *, json_out: Path | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    code = report_command([path], json_out=json_out, out=out)
+    code = report_command([path], json_out=json_out, ca=CA, out=out)
     return code, out.getvalue()
 
 
@@ -321,3 +336,144 @@ def test_report_refuses_tampered_logs(tmp_path: Path, signers: dict[str, AuditSi
     path.write_bytes(b"\n".join(lines))
     code, text = report(path)
     assert code == 2 and "FAIL:" in text
+
+
+def test_without_a_ca_reconcile_and_report_never_print_a_bare_ok(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    out = io.StringIO()
+    assert reconcile_command(coord, [node], ca=None, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert not [line for line in lines if line.startswith("OK:")], lines
+    assert lines[-1] == (
+        "OK (no CA: signatures not checked against the federation CA): "
+        "6 rounds reconciled across 2 logs"
+    )
+    out = io.StringIO()
+    assert report_command([node], ca=None, out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert not [line for line in lines if line.startswith("OK:")], lines
+    assert lines[-1].endswith("federation CA): no probing patterns")
+
+
+# --- anchors (review finding 1c) ---------------------------------------------------------
+
+
+def node_log(
+    path: Path,
+    signer: AuditSigner,
+    rounds: Iterable[int],
+    *,
+    refused: Iterable[int] = (),
+) -> dict[int, tuple[int, str]]:
+    """A node's log as the node writes it; returns each round's anchor (seq, line hash)."""
+    anchors: dict[int, tuple[int, str]] = {}
+    clock = Clock()
+    with AuditLog.open(path, party=NODE, signer=signer, clock=clock, checkpoint_every=4) as log:
+        log.append(fmt.CONFIG_LOADED, config=f"{NODE}.toml")
+        for i in refused:
+            log.append(
+                fmt.ROUND_REFUSED,
+                **{**round_event(i), "reason": "budget exhausted", "outcome": "refused"},
+            )
+            clock.now += _dt.timedelta(minutes=1)
+        for i in rounds:
+            fields = round_event(i)
+            log.append(fmt.ROUND_STARTED, **{k: fields[k] for k in fmt.ROUND_FIELDS})
+            anchors[i] = log.append_anchored(fmt.ROUND_FINISHED, **fields)
+            clock.now += _dt.timedelta(minutes=1)
+        log.append(fmt.SHUTDOWN, reason="done")
+    return anchors
+
+
+def coordinator_log(
+    path: Path,
+    signer: AuditSigner,
+    anchors: dict[int, tuple[int, str]],
+    *,
+    refused: Iterable[int] = (),
+) -> Path:
+    """The coordinator's log, with the anchor the node sent in each round_finished."""
+    refusals = [
+        {**round_event(i), "_event": fmt.ROUND_FAILED, "reason": "refused: budget exhausted"}
+        for i in refused
+    ]
+    finished = [
+        {**round_event(i), "node_log_seq": seq, "node_log_head": head}
+        for i, (seq, head) in anchors.items()
+    ]
+    return write(path, COORD, signer, [*refusals, *finished], step=_dt.timedelta(minutes=1))
+
+
+def reconciled(coord: Path, node: Path) -> list[str]:
+    result = reconcile(
+        check_log(coord.read_bytes(), name="c"), [check_log(node.read_bytes(), name="n")]
+    )
+    return [f.describe() for f in result.findings]
+
+
+def test_intact_anchored_logs_reconcile(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(5))
+    assert [seq for seq, _ in anchors.values()] == [3, 6, 8, 11, 13]  # checkpoints at 5, 10
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
+    assert '"node_log_seq":3,' in coord.read_text()
+    assert reconciled(coord, node) == []
+    code, text = run_reconcile(coord, node)
+    assert code == 0 and "OK: 5 rounds reconciled across 2 logs" in text, text
+
+
+def test_node_log_cut_after_a_checkpoint_breaks_its_anchors(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(5))
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
+    lines = node.read_bytes().split(b"\n")[:-1]
+    assert b'"event":"checkpoint"' in lines[9]
+    node.write_bytes(b"".join(line + b"\n" for line in lines[:10]))  # cut after entry 10
+    assert check_log(node.read_bytes(), name="n").ok  # no signature shows the cut
+    findings = reconciled(coord, node)
+    assert f"round {rid(3)[:12]}: justice's log lacks entry 11 that civil-affairs anchored" in (
+        "\n".join(findings)
+    )
+    lacks = [f for f in findings if "lacks entry" in f]
+    assert len(lacks) == 2 and all("the log ends at entry 10" in f for f in lacks)
+    assert all(f.endswith("truncated or rewritten") for f in lacks)
+
+
+def test_node_log_rewritten_and_resigned_breaks_its_anchors(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    # The node rewrites its whole log with its own key, dropping a refusal (say, to
+    # hide a probing pattern). Every round still agrees; only the anchors show it.
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(3), refused=[9])
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors, refused=[9])
+    assert reconciled(coord, node) == []
+    node.unlink()
+    node_log(node, signers[NODE], range(3))  # the same rounds, without the refusal
+    rewritten = check_log(node.read_bytes(), name="n")
+    assert rewritten.ok and rewritten.closed_cleanly
+    findings = reconciled(coord, node)
+    assert len(findings) == 3, findings
+    for i, (seq, _) in anchors.items():
+        assert any(
+            f.startswith(f"round {rid(i)[:12]}: justice's log lacks entry {seq} ")
+            and "its hash is" in f
+            for f in findings
+        ), findings
+
+
+def test_anchor_of_another_round_is_a_finding(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(3))
+    anchors[2] = anchors[1]  # the node answered round 2 with round 1's anchor
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
+    assert reconciled(coord, node) == [
+        f"round {rid(2)[:12]}: justice's log lacks entry {anchors[1][0]} that civil-affairs "
+        f"anchored (entry 8; it is not this round's round_finished): truncated or rewritten"
+    ]

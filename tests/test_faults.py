@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,7 +55,6 @@ from tests.federation import (
     build_federation,
     coordinator_toml,
     expected_evidence,
-    query_ids,
     read_evidence_csv,
     start_nodes,
     start_stalling_node,
@@ -304,12 +303,21 @@ def _markers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def _delivered(fed: Federation, chunks: int, chunk_items: int) -> list[tuple[str, ...]]:
-    """The police rows of the first ``chunks`` chunks of the query (sorted identities)."""
-    first = set(query_ids(fed.root)[: chunks * chunk_items])
-    return [
-        r for r in expected_evidence(fed.root, fed.specs) if r[2] in POLICE_SETS and r[0] in first
-    ]
+def _check_delivered(
+    fed: Federation, kept: Sequence[tuple[str, ...]], chunks: int, chunk_items: int
+) -> None:
+    """``kept`` are the police rows of the first ``chunks`` chunks of the query.
+
+    The coordinator queries in a fresh random order each round (so that a
+    node learns nothing from positions), so which identities those chunks
+    held is not known here. What is known: every kept row is a true match,
+    a kept person has all of their rows of that set (a chunk is answered
+    whole), and there are at most ``chunks * chunk_items`` such persons.
+    """
+    full = [r for r in expected_evidence(fed.root, fed.specs) if r[2] in POLICE_SETS]
+    persons = {(r[0], r[2]) for r in kept}
+    assert list(kept) == [r for r in full if (r[0], r[2]) in persons]
+    assert len({r[0] for r in kept}) <= chunks * chunk_items
 
 
 def _age(child_id: str) -> int:
@@ -395,7 +403,8 @@ def test_node_killed_mid_round_is_a_failed_source_and_restarts(
     # matches delivered before the kill count; the rest of the federation is complete
     got = read_evidence_csv(out / "evidence.csv")
     kept = [r for r in got if r[2] in POLICE_SETS]
-    assert kept == _delivered(fed, 2, 32) and kept
+    _check_delivered(fed, kept, 2, 32)
+    assert kept  # 73 of the 259 identities match police: some are in any 64 (p > 1 - 1e-10)
     full = expected_evidence(fed.root, fed.specs)
     assert [r for r in got if r[2] not in POLICE_SETS] == [
         r for r in full if r[2] not in POLICE_SETS
@@ -454,7 +463,7 @@ def test_frozen_node_hits_the_deadline_then_serves_again(nodes: Federation, tmp_
     _complete_output(out)
     _check_no_exit_for_want_of_evidence(out, POLICE_SETS)
     kept = [r for r in read_evidence_csv(out / "evidence.csv") if r[2] in POLICE_SETS]
-    assert kept == _delivered(fed, 1, 32)
+    _check_delivered(fed, kept, 1, 32)
 
     # thawed, the node notices the requester went away and logs both rounds as failed
     os.kill(police.process.pid, signal.SIGCONT)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.config import load_node_config, parse_listen
+from nodes.config import ECDH_SUITES, load_node_config, parse_listen
 from psi.errors import ConfigError
 
 XMATCH = Path(sys.executable).with_name("xmatch")
@@ -58,6 +58,15 @@ def test_good_config_resolves_paths_and_defaults(folder: Path) -> None:
     assert cfg.node.audit_key_path == folder / "pki/justice.audit.key"
     assert ms.purposes_for("civil-affairs") == ["eligibility-review"]
     assert ms.purposes_for("police") == []
+    assert cfg.node.max_past_days == 31 and cfg.node.max_query_size == 20_000_000
+    assert ms.suites == list(ECDH_SUITES) and ms.prfs == ["aes128-ecb-v1", "aes256-ecb-v1"]
+
+
+def test_suite_allow_list_names_every_suite_psi_offers() -> None:
+    """nodes/ may not import psi.hazmat, so it names the suites itself: keep them equal."""
+    from psi.hazmat.hash_to_curve import SUITES
+
+    assert sorted(ECDH_SUITES) == sorted(SUITES)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +91,23 @@ def test_good_config_resolves_paths_and_defaults(folder: Path) -> None:
         ('id_column = "id_number"\n', "", "missing key 'match_sets[0].id_column'"),
         ('purposes = ["eligibility-review"] }', 'purposes = ["x"], budget = 3 }', "unknown key"),
         ('$as_of)"', '$as_of); DROP TABLE x"', "match_sets[0].where: one SQL condition only"),
+        (
+            "allow = ",
+            'suites = ["x25519-sha512"]\nallow = ',
+            "match_sets[0].suites: unknown ecdh suite 'x25519-sha512'",
+        ),
+        (
+            "allow = ",
+            'prfs = ["aes128-ecb-v1", "aes128-ecb-v1"]\nallow = ',
+            "match_sets[0].prfs: a keyed-hash prf is listed twice",
+        ),
+        ("allow = ", "prfs = []\nallow = ", "match_sets[0].prfs"),
+        (
+            "[node]\n",
+            "[node]\nmax_query_size = 99\n",
+            "match_sets[0].min_query_size: 100 is above node.max_query_size (99)",
+        ),
+        ("[node]\n", "[node]\nmax_past_days = -1\n", "node.max_past_days"),
     ],
 )
 def test_errors_name_file_and_key(folder: Path, old: str, new: str, message: str) -> None:

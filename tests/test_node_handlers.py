@@ -36,6 +36,7 @@ from psi.errors import ProtocolError, Refused
 from psi.identifiers import check_character, encode_identities
 from psi.keyed_hash import KeyedHashRequester
 from psi.messages import KeyShare, MatchChunk, PointChunk
+from tests.conftest import Pki
 
 TODAY = _dt.date(2026, 11, 29)
 
@@ -56,6 +57,11 @@ OTHERS = make_ids(2, 30)
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> NodeConfig:
+    return make_cfg(tmp_path)
+
+
+def make_cfg(tmp_path: Path) -> NodeConfig:
+    """A justice node with sets custody (both protocols), deaths (ecdh), register (keyed-hash)."""
     for rel in ("ca.crt", "n.crt", "n.key"):
         (tmp_path / rel).write_text("x")
     rows = ["id_number,start_date,end_date"]
@@ -84,6 +90,7 @@ cert = "n.crt"
 key = "n.key"
 audit_log = "audit.jsonl"
 max_future_days = 2
+max_query_size = 1000
 replay_memory = 3
 size_classes = [64, 128]
 
@@ -97,6 +104,7 @@ protocols = ["ecdh", "keyed-hash"]
 min_query_size = 10
 budget = {{ rounds = 3, period = "1h" }}
 allow = {toml_allow}
+prfs = ["aes128-ecb-v1"]
 
 [[match_sets]]
 name = "deaths"
@@ -104,6 +112,16 @@ circumstance = "DEAD"
 source = "custody.csv"
 id_column = "id_number"
 protocols = ["ecdh"]
+min_query_size = 10
+allow = [{{ requester = "civil-affairs", purposes = ["eligibility-review"] }}]
+suites = ["x25519-sha256-u"]
+
+[[match_sets]]
+name = "register"
+circumstance = "DEAD"
+source = "custody.csv"
+id_column = "id_number"
+protocols = ["keyed-hash"]
 min_query_size = 10
 allow = [{{ requester = "civil-affairs", purposes = ["eligibility-review"] }}]
 """,
@@ -138,6 +156,7 @@ def check(
     context: RoundContext,
     *,
     peer: str = "civil-affairs",
+    role: str = "coordinator",
     size: int = 10,
     budget: QueryBudget | None = None,
     replay: ReplayGuard | None = None,
@@ -147,15 +166,20 @@ def check(
         peer,
         context,
         size,
+        role=role,
         budget=budget or QueryBudget(),
         replay=replay or ReplayGuard(10),
         today=TODAY,
     ).name
 
 
+ELL2 = "curve25519_XMD:SHA-512_ELL2_NU_"
+
+
 @pytest.mark.parametrize(
     ("peer", "over", "size", "reason"),
     [
+        ("node:civil-affairs", {}, 10, "peer certificate has role node, not coordinator"),
         ("police", {}, 10, "requester in the round context is not the TLS peer"),
         ("civil-affairs", {"responder": "police"}, 10, "round is addressed to another node"),
         ("civil-affairs", {"match_set": "nope"}, 10, "unknown match set"),
@@ -163,21 +187,45 @@ def check(
         ("police", {"requester": "police"}, 10, "requester not allowed for this match set"),
         ("education", {"requester": "education"}, 10, "purpose not allowed"),
         ("civil-affairs", {}, 9, "query below minimum size (10)"),
+        ("civil-affairs", {}, 1001, "query above maximum size (1000)"),
         ("civil-affairs", {"as_of": TODAY + _dt.timedelta(days=3)}, 10, "as_of more than 2 day(s)"),
+        (
+            "civil-affairs",
+            {"as_of": TODAY - _dt.timedelta(days=32)},
+            10,
+            "as_of more than 31 day(s) in the past",
+        ),
+        (
+            "civil-affairs",
+            {"params": [("prf", "aes256-ecb-v1")]},
+            10,
+            "keyed-hash prf not allowed for this match set",
+        ),
+        (
+            "civil-affairs",
+            {"match_set": "deaths", "protocol": "ecdh", "params": [("suite", ELL2)]},
+            10,
+            "ecdh suite not allowed for this match set",
+        ),
     ],
 )
 def test_each_refusal(
     cfg: NodeConfig, peer: str, over: dict[str, object], size: int, reason: str
 ) -> None:
+    role, _, peer = peer.rpartition(":")
     with pytest.raises(Refused) as info:
-        check(cfg, ctx(**over), peer=peer, size=size)
+        check(cfg, ctx(**over), peer=peer, role=role or "coordinator", size=size)
     assert info.value.reason.startswith(reason)
     assert not isinstance(info.value, BudgetExhausted)
 
 
 def test_accepted(cfg: NodeConfig) -> None:
     assert check(cfg, ctx(as_of=TODAY + _dt.timedelta(days=2))) == "custody"
+    assert check(cfg, ctx(as_of=TODAY - _dt.timedelta(days=31)), size=1000) == "custody"
     assert check(cfg, ctx(match_set="deaths", protocol="ecdh")) == "deaths"
+    # explicit parameters on the allow-lists; defaults allow both of psi's
+    assert check(cfg, ctx(params=[("prf", "aes128-ecb-v1")])) == "custody"
+    assert check(cfg, ctx(match_set="register", params=[("prf", "aes256-ecb-v1")])) == "register"
 
 
 def test_replayed_round_is_refused(cfg: NodeConfig) -> None:
@@ -224,9 +272,14 @@ def test_budget_remaining() -> None:
 
 
 def test_capabilities_only_allowed(cfg: NodeConfig) -> None:
-    assert [c.name for c in capabilities(cfg, "civil-affairs")] == ["custody", "deaths"]
-    assert [c.purposes for c in capabilities(cfg, "education")] == [["coverage"]]
-    assert capabilities(cfg, "police") == []
+    names = [c.name for c in capabilities(cfg, "civil-affairs", role="coordinator")]
+    assert names == ["custody", "deaths", "register"]
+    assert [c.purposes for c in capabilities(cfg, "education", role="coordinator")] == [
+        ["coverage"]
+    ]
+    assert capabilities(cfg, "police", role="coordinator") == []
+    # a node certificate, even one whose name is in `allow`, sees nothing
+    assert capabilities(cfg, "civil-affairs", role="node") == []
 
 
 # -- drivers
@@ -459,3 +512,194 @@ def test_streamed_set_in_ecdh_round(cfg: NodeConfig) -> None:
     result = req.finish()
     assert result.transcript == done.transcript
     assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
+
+
+# -- distinct identities (review finding 1)
+
+
+def _tag_chunk(c: RoundContext, seq: int, rows: list[int], base: list[str] = OTHERS) -> Chunk:
+    from psi.messages import TagChunk
+
+    enc = encode_identities([base[i] for i in rows])
+    return Chunk(TagChunk(round_id=c.round_id, seq=seq, tags=enc).to_bytes())
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ([[0] * 10], "repeats an identity within one chunk"),
+        ([[0, 1, 2, 3, 4], [5, 6, 7, 8, 2]], "repeats an identity sent in an earlier chunk"),
+    ],
+)
+def test_keyed_hash_repeated_tag_is_refused(
+    cfg: NodeConfig, chunks: list[list[int]], message: str
+) -> None:
+    """One target repeated to reach min_query_size (10) is not a query of 10."""
+    c, s = _start(size=10)
+    events: list[Event] = [s, *(_tag_chunk(c, i, rows) for i, rows in enumerate(chunks))]
+    events.append(End(chunks=len(chunks), items=10))
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    with pytest.raises(ProtocolError, match=message):
+        run(KeyedHashDriver(state, "civil-affairs"), events)
+
+
+def test_streamed_keyed_hash_repeated_tag_is_refused(cfg: NodeConfig) -> None:
+    c, s = _start(size=10)
+    events: list[Event] = [s, _tag_chunk(c, 0, [3] * 10), End(chunks=1, items=10)]
+    state = NodeState.create(_streaming(cfg), today=lambda: TODAY)
+    with pytest.raises(ProtocolError, match="repeats an identity"):
+        run(KeyedHashDriver(state, "civil-affairs"), events)
+
+
+def test_ecdh_repeated_point_is_refused(cfg: NodeConfig) -> None:
+    c = ctx(protocol="ecdh")
+    req = EcdhRequester.generate(c)
+    one = OTHERS[0]
+    first = req.blind(encode_identities([*OTHERS[1:6]]))
+    second = req.blind(encode_identities([*OTHERS[6:10], one]))
+    third = req.blind(encode_identities([one]))
+    events: list[Event] = [Start(context=c.to_bytes(), query_size=11)]
+    events += [Chunk(b.to_bytes()) for b in (first, second, third)]
+    events.append(End(chunks=3, items=11))
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    with pytest.raises(ProtocolError, match="repeats an identity sent in an earlier chunk"):
+        run(EcdhDriver(state, "civil-affairs"), events)
+
+
+def test_distinct_rows_levels_and_near_collisions() -> None:
+    import numpy as np
+
+    from nodes.handlers import DistinctRows
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, size=(5000, 32), dtype=np.uint8)
+    guard = DistinctRows()
+    for s in range(0, 4000, 250):  # 16 chunks: several merged levels
+        guard.add(rows[s : s + 250])
+    assert guard.count == 4000
+    # equal first 8 bytes, different next 8: distinct
+    twin = rows[4000:4001].copy()
+    twin[0, 8:16] = rows[0, 8:16] ^ 1
+    twin[0, :8] = rows[0, :8]
+    guard.add(twin)
+    # same first 16 bytes (a point with its top bit flipped): a repeat
+    flipped = rows[1234:1235].copy()
+    flipped[0, 31] ^= 0x80
+    with pytest.raises(ProtocolError, match="earlier chunk"):
+        guard.add(flipped)
+    with pytest.raises(ProtocolError, match="within one chunk"):
+        DistinctRows().add(np.concatenate([rows[:3], rows[1:2]]))
+
+
+# -- streamed keyed-hash without payload columns (review finding 3)
+
+
+def test_streamed_keyed_hash_without_payload_has_one_entry_per_record(cfg: NodeConfig) -> None:
+    roster = NODE_IDS[:12] + OTHERS[:8]
+    c = ctx(match_set="register")
+    outputs = _keyed_hash_outputs(_streaming(cfg), c, roster)
+    matches = [o for o in outputs if isinstance(o, Matches)]
+    assert sum(len(m.tags) for m in matches) == 13  # NODE_IDS[0] has two records
+    for m in matches:
+        assert len(m.payload) == len(m.tags) and all(p == {} for p in m.payload)
+
+
+# -- backpressure (review finding 5)
+
+
+def test_driver_reads_a_bounded_number_of_requests_ahead(cfg: NodeConfig) -> None:
+    import threading
+    import time
+
+    from nodes.handlers import READ_AHEAD
+
+    c, s = _start(size=1000)
+    pulled = 0
+    release = threading.Event()
+
+    def requests() -> Iterator[Event]:
+        nonlocal pulled
+        pulled += 1
+        yield s
+        for i in range(200):
+            pulled += 1
+            yield _tag_chunk(c, i, [i % 30])
+        release.wait(10)
+
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    driver = KeyedHashDriver(state, "civil-affairs")
+    gen = driver.run(requests())
+    assert isinstance(next(gen), Accept)
+    # The round is stalled here (its generator is not advanced): the reader
+    # must stop after a few requests instead of buffering the whole query.
+    time.sleep(0.5)
+    assert pulled <= READ_AHEAD + 3
+    gen.close()  # cancels: the reader stops and the round ends
+    release.set()
+
+
+# -- budgets and replay memory survive a restart (review finding 2)
+
+
+def test_budget_and_replay_memory_are_rebuilt_from_the_audit_log(
+    cfg: NodeConfig, pki: Pki, tmp_path: Path
+) -> None:
+    """A restart resets neither: both come back from the node's own protocol log."""
+    from audit.log import AuditLog
+    from keys.handles import AuditSigner
+    from nodes.history import read_round_entries, restore_limits
+
+    member = pki.issue("justice", "node")
+    signer = AuditSigner.load(key=member.audit_key, cert=member.audit_cert, ca=pki.ca)
+    now = _dt.datetime(2026, 11, 29, 12, 0, tzinfo=_dt.UTC)
+    clock_at = [now - _dt.timedelta(minutes=90)]
+    log = AuditLog.open(tmp_path / "j.audit.jsonl", party="justice", signer=signer,
+                        clock=lambda: clock_at[0])  # fmt: skip
+    rounds = [ctx() for _ in range(4)]
+
+    def fields(c: RoundContext) -> dict[str, object]:
+        return {
+            "round_id": c.round_id_hex,
+            "requester": c.requester,
+            "responder": c.responder,
+            "purpose": c.purpose,
+            "match_set": c.match_set,
+            "protocol": c.protocol,
+        }
+
+    # rounds[0]: 90 minutes ago, outside the 1h budget period (replay only)
+    log.append("round_started", **fields(rounds[0]), query_size=10)
+    log.append("round_finished", **fields(rounds[0]), transcript="ab" * 32)
+    clock_at[0] = now - _dt.timedelta(minutes=20)
+    # rounds[1]: finished; rounds[2]: failed after authorization
+    log.append("round_started", **fields(rounds[1]), query_size=10)
+    log.append("round_finished", **fields(rounds[1]), transcript="cd" * 32)
+    log.append("round_failed", **fields(rounds[2]), reason="x", authorized=True)
+    # rounds[3]: failed before authorization: no budget, but remembered
+    log.append("round_failed", **fields(rounds[3]), reason="x", authorized=False)
+    # an unparsed start (placeholder round id): ignored
+    log.append("round_refused", **{**fields(rounds[3]), "round_id": "0" * 32, "match_set": "-"},
+               reason="x")  # fmt: skip
+    log.close()
+
+    clock = Clock()
+    budget, replay = QueryBudget(clock=clock), ReplayGuard(10)
+    restored = restore_limits(
+        cfg,
+        read_round_entries(tmp_path / "j.audit.jsonl"),
+        budget=budget,
+        replay=replay,
+        now=now,
+    )
+    assert restored.budget_rounds == 2
+    b = cfg.match_sets[0].budget
+    kwargs = {"match_set": "custody", "requester": "civil-affairs", "purpose": "eligibility-review"}
+    assert budget.remaining(**kwargs, budget=b) == 1
+    for c in rounds:
+        with pytest.raises(Refused, match="replayed round id"):
+            check(cfg, c, budget=budget, replay=replay)
+    check(cfg, ctx(), budget=budget, replay=replay)  # the last round of the period
+    with pytest.raises(BudgetExhausted):
+        check(cfg, ctx(), budget=budget, replay=replay)
+    clock.now += 40 * 60 + 1  # rounds[1] and [2] leave the period
+    check(cfg, ctx(), budget=budget, replay=replay)

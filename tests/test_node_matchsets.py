@@ -154,6 +154,31 @@ def test_malformed_payload_dates_are_counted(tmp_path: Path) -> None:
     assert loaded.rejected == {"payload_end_date": 1}
 
 
+def test_all_empty_payload_date_column_compares_with_as_of(tmp_path: Path) -> None:
+    """DuckDB reads an all-empty column as text; a payload date column is read as DATE."""
+    rows = ["id_number,start_date,end_date", f"{A},2025-02-01,", f"{B},2026-12-01,"]
+    write_csv(tmp_path / "custody.csv", rows)
+    where = "start_date <= $as_of AND (end_date IS NULL OR end_date > $as_of)"
+    cfg = config(tmp_path, "custody.csv", where=where, payload=["start_date", "end_date"])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A]))
+    assert loaded.payload["end_date"].tolist() == [""] and loaded.rejected == {}
+
+
+def test_text_date_column_with_a_non_date_stays_text(tmp_path: Path) -> None:
+    """No DATE hint when a cell is not a date: its row is dropped, the value never shown."""
+    rows = ["id_number,end_date", f"{A},", f"{B},someday", f"{C},   "]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=["end_date"])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, C]))
+    assert loaded.rejected == {"payload_end_date": 1}
+    # `where` comparing it with a date still needs the CAST, and says so
+    bad = config(tmp_path, "custody.csv", where="end_date > $as_of", payload=["end_date"])
+    with pytest.raises(ConfigError, match="explicit cast"):
+        load_match_set(bad, "custody", AS_OF)
+
+
 def test_parquet_source(tmp_path: Path) -> None:
     table = pa.table(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import queue
@@ -122,7 +123,7 @@ allow = [{{ requester = "{REQUESTER}", purposes = ["{PURPOSE}"] }}]
         proc.kill()
         _, err = proc.communicate(timeout=5)
         pytest.fail(f"node did not start: {ready} {err}")
-    assert ready[0].strip() == f"{NODE}: serving 1 match sets on 127.0.0.1:{port}"
+    assert ready[0].strip() == f"{NODE}: serving 1 match set on 127.0.0.1:{port}"
     n = Node(proc, f"127.0.0.1:{port}", work / "logs/justice.audit.jsonl", node_ids, end_dates)
     yield n
     if proc.poll() is None:
@@ -150,7 +151,11 @@ def context(requester: str = REQUESTER, protocol: str = "keyed-hash") -> RoundCo
 
 
 def keyed_hash_round(
-    ch: grpc.Channel, roster: list[str], requester: str = REQUESTER, chunk: int = 64
+    ch: grpc.Channel,
+    roster: list[str],
+    requester: str = REQUESTER,
+    chunk: int = 64,
+    dones: list[xmatch_pb2.RoundDone] | None = None,
 ) -> tuple[set[str], dict[str, list[dict[str, str]]]]:
     ctx = context(requester)
     req = KeyedHashRequester.generate(ctx)
@@ -193,6 +198,8 @@ def keyed_hash_round(
             assert 0 <= t < len(mc.tags)
             payloads.setdefault(str(t), []).append(fields)
     done = next(responses).done
+    if dones is not None:
+        dones.append(done)
     assert done.transcript == req.finish()
     assert done.matches == len(matched)
     assert list(responses) == []
@@ -204,14 +211,21 @@ def test_keyed_hash_round_matches_plaintext_intersection(pki: Pki, node: Node) -
     outside = make_ids(rng, 150)
     roster = node.node_ids[:120] + [i for i in outside if i not in node.node_ids]
     rng.shuffle(roster)
+    dones: list[xmatch_pb2.RoundDone] = []
     with channel(pki, REQUESTER, node.address) as ch:
-        matched, payloads = keyed_hash_round(ch, roster)
+        matched, payloads = keyed_hash_round(ch, roster, dones=dones)
     assert matched == set(roster) & set(node.node_ids)
     records = [r for rs in payloads.values() for r in rs]
     assert len(records) == len(matched)
     assert all(set(r) <= {"start_date", "end_date"} and "start_date" in r for r in records)
     ok = [e for e in node.audit() if e["event"] == "round_finished"]
     assert ok and ok[-1]["match_count"] == len(matched) and ok[-1]["query_size"] == len(roster)
+    # the log anchor: seq and SHA-256 of the node's round_finished line
+    (done,) = dones
+    line = node.audit_log.read_bytes().split(b"\n")[done.log_seq - 1]
+    assert json.loads(line)["event"] == "round_finished"
+    assert json.loads(line)["transcript"] == done.transcript.hex()
+    assert hashlib.sha256(line).hexdigest() == done.log_head
 
 
 def test_ecdh_round_matches_plaintext_intersection(pki: Pki, node: Node) -> None:
@@ -355,3 +369,48 @@ def test_sigterm_stops_with_exit_0(node: Node) -> None:
     text = node.audit_log.read_text()
     for pid in node.node_ids:
         assert pid not in text
+
+
+def test_restart_keeps_replay_memory(pki: Pki, node: Node) -> None:
+    """After a restart a round id the node served is still refused (nodes.history)."""
+    if node.proc.poll() is None:  # not stopped by the SIGTERM test (another xdist worker)
+        with channel(pki, REQUESTER, node.address) as ch:
+            keyed_hash_round(ch, node.node_ids[:100])
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(timeout=15) == 0
+    served = [e for e in node.audit() if e["event"] == "round_finished"]
+    assert served
+    old = RoundContext(
+        round_id=bytes.fromhex(str(served[0]["round_id"])),
+        as_of=_dt.date.today(),
+        purpose=PURPOSE,
+        requester=REQUESTER,
+        responder=NODE,
+        match_set="custody",
+        protocol="keyed-hash",
+        params=(("prf", "aes128-ecb-v1"),),
+    )
+    config = node.audit_log.parent.parent / "node.toml"
+    proc = subprocess.Popen(
+        [str(XMATCH), "node", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=config.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "serving" in proc.stdout.readline()
+        req = KeyedHashRequester.generate(old)
+        start = xmatch_pb2.KeyedHashRequest(
+            start=xmatch_pb2.RoundStart(
+                context=old.to_bytes(), query_size=100, key_share=req.key_share().to_bytes()
+            )
+        )
+        with channel(pki, REQUESTER, node.address) as ch, pytest.raises(grpc.RpcError) as info:
+            list(xmatch_pb2_grpc.NodeStub(ch).KeyedHash(iter([start]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert info.value.details() == "replayed round id"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

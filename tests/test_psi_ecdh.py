@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import pickle
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -277,3 +279,67 @@ def test_refuses_pickling() -> None:
     for obj in (req, resp):
         with pytest.raises(TypeError):
             pickle.dumps(obj)
+
+
+def test_set_past_the_announced_size_is_refused_before_any_multiplication(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from psi.hazmat import x25519
+
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints(list(range(1, 12)))))  # 11 unique, padded to 13
+    enc = encode_identities(ids_from_ints([1, 2, 3]))
+    req.receive_reblinded(resp.reblind(req.blind(enc)))
+    parts = list(resp.set_chunks(4))  # 4 + 4 + 4 + 1 points
+    req.expect_responder_set(8)  # the responder announces fewer than it sends
+    with pytest.raises(AlreadyUsed):
+        req.expect_responder_set(11)
+    calls: list[int] = []
+    real = x25519.scalar_mult
+
+    def counting(
+        scalar: bytes, points: npt.NDArray[np.uint8], **kwargs: Any
+    ) -> npt.NDArray[np.uint8]:
+        calls.append(len(points))
+        return real(scalar, points, **kwargs)
+
+    monkeypatch.setattr(x25519, "scalar_mult", counting)
+    req.receive_responder_set(parts[0])
+    req.receive_responder_set(parts[1])
+    with pytest.raises(ProtocolError, match="set chunk 2 takes the responder's set past the 8"):
+        req.receive_responder_set(parts[2])
+    assert calls == [4, 4]  # the refused chunk was never multiplied
+    with pytest.raises(ProtocolError, match="having announced 8"):
+        req.receive_responder_done(11)
+    req.receive_responder_done(8)  # what was announced and received
+    assert req.finish().responder_set_size == 8
+
+
+def test_announced_set_size_must_come_first_and_be_a_size() -> None:
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints([1])))
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ProtocolError, match="non-negative integer"):
+            req.expect_responder_set(bad)  # type: ignore[arg-type]
+    req.receive_responder_set(next(iter(resp.set_chunks(4))))
+    with pytest.raises(ProtocolError, match="before the first set chunk"):
+        req.expect_responder_set(8)
+
+
+def test_announced_size_equal_to_the_set_changes_nothing() -> None:
+    roster = ids_from_ints([1, 2, 3, 4, 5, 2])
+    ctx = ecdh_context()
+    req, resp = roles(ctx)
+    resp.load_set(encode_identities(ids_from_ints([2, 4, 9, 4, 4])))
+    req.expect_responder_set(resp.set_size)
+    enc = encode_identities(roster)
+    for start in range(0, len(enc), 4):
+        req.receive_reblinded(resp.reblind(req.blind(enc[start : start + 4])))
+    for part in resp.set_chunks(3):
+        req.receive_responder_set(part)
+    req.receive_responder_done(resp.set_size)
+    result = req.finish()
+    assert result.matched.tolist() == [1, 3, 5]
+    assert result.transcript == resp.finish()

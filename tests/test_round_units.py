@@ -249,6 +249,7 @@ class _FakeCall(grpc.RpcError, grpc.Call):
 
     def time_remaining(self) -> float:
         return 0.0
+
     def cancel(self) -> bool:
         return False
 

@@ -33,7 +33,7 @@ A round, end to end:
   xmatch keys issue --dir pki --name civil-affairs --role coordinator
   xmatch node serve --config justice.toml          # inside the department
   xmatch round run --config coordinator.toml --out round-1
-  xmatch audit verify logs/*.audit.jsonl
+  xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl
 Or everything on loopback at once:  xmatch demo
 """
 
@@ -120,19 +120,53 @@ def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from audit.cli import verify_command
 
-    return verify_command(args.logs, ca=args.ca, strict=args.strict)
+    return verify_command(args.logs, ca=args.ca, allow_unsigned_tail=args.allow_unsigned_tail)
 
 
 def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
     from audit.cli import reconcile_command
 
-    return reconcile_command(args.coordinator_log, args.node_logs, ca=args.ca)
+    return reconcile_command(
+        args.coordinator_log,
+        args.node_logs,
+        ca=args.ca,
+        allow_unsigned_tail=args.allow_unsigned_tail,
+    )
 
 
 def _cmd_audit_report(args: argparse.Namespace) -> int:
     from audit.cli import report_command
 
-    return report_command(args.logs, json_out=args.json, ca=args.ca)
+    return report_command(
+        args.logs, json_out=args.json, ca=args.ca, allow_unsigned_tail=args.allow_unsigned_tail
+    )
+
+
+def _audit_trust_options(parser: argparse.ArgumentParser) -> None:
+    """``--ca CA`` or an explicit ``--no-ca`` (required), and ``--allow-unsigned-tail``."""
+    trust = parser.add_mutually_exclusive_group(required=True)
+    trust.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        help="federation CA certificate: checkpoints must be signed by keys it issued",
+    )
+    trust.add_argument(
+        "--no-ca",
+        action="store_true",
+        help=(
+            "UNSAFE: check each log only against the certificates it carries; a log forged "
+            "and re-signed with a self-made certificate passes (OK lines say so)"
+        ),
+    )
+    parser.add_argument(
+        "--allow-unsigned-tail",
+        action="store_true",
+        help=(
+            "for a log still being written: entries after its last checkpoint are a "
+            "warning, not a failure"
+        ),
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -344,21 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check hash chains, signatures and checkpoints; exit 0 only if every log is intact",
         description=(
-            "Prints OK:/FAIL: per log, naming the bad entries, and WARNING: for an unsigned "
-            "tail. Exit 0 all intact, 1 tampering found. See docs/audit.md."
+            "Prints OK:/FAIL: per log, naming the bad entries; an unsigned tail fails unless "
+            "--allow-unsigned-tail. NOTE: when a log does not end with a clean shutdown. "
+            "Exit 0 all intact, 1 tampering, damage or an unsigned tail. See docs/audit.md."
         ),
     )
     verify.add_argument("logs", nargs="+", type=Path, metavar="LOG")
-    verify.add_argument(
-        "--ca",
-        type=Path,
-        default=None,
-        help="federation CA: also check that signing keys were issued by it",
-    )
+    _audit_trust_options(verify)
     verify.add_argument(
         "--strict",
         action="store_true",
-        help="also fail a log whose last entries are not covered by a signed checkpoint",
+        help="no effect (kept for scripts): an unsigned tail always fails now",
     )
     verify.set_defaults(func=_cmd_audit_verify)
     reconcile = audit.add_parser(
@@ -372,9 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("coordinator_log", type=Path, metavar="COORD_LOG")
     reconcile.add_argument("node_logs", nargs="+", type=Path, metavar="NODE_LOG")
-    reconcile.add_argument(
-        "--ca", type=Path, default=None, help="federation CA for the signing keys"
-    )
+    _audit_trust_options(reconcile)
     reconcile.set_defaults(func=_cmd_audit_reconcile)
     report = audit.add_parser(
         "report",
@@ -387,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     report.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
-    report.add_argument("--ca", type=Path, default=None, help="federation CA for the signing keys")
+    _audit_trust_options(report)
     report.set_defaults(func=_cmd_audit_report)
 
     bench = sub.add_parser(

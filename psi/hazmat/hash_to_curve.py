@@ -13,14 +13,29 @@ encoding x of an identity):
     cofactors, so what leaks is one bit of a random-oracle output per element
     (protocols.md). About 0.5 us per element.
 
+``curve25519_XMD:SHA-512_ELL2_RO_`` (the strict suite)
+    RFC 9380 ``hash_to_curve`` (section 3): two field elements from
+    expand_message_xmd(SHA-512), each mapped by Elligator 2 (section 6.7.1),
+    the two points added, then the cofactor cleared (h_eff = 8), with the DST
+    ``XMATCH-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_RO_``. This is the
+    random-oracle encoding of RFC 9380 (sections 2.2.3 and 3: indifferentiable
+    from a random oracle); protocols whose proof models H as a
+    random oracle, DH-PSI among them, should use it. About twice the cost of
+    the NU suite. Checked against RFC 9380 appendix J.4.1.
+
 ``curve25519_XMD:SHA-512_ELL2_NU_``
-    RFC 9380 ``encode_to_curve`` (section 3) with expand_message_xmd(SHA-512),
-    Elligator 2 (section 6.7.1) and cofactor clearing (h_eff = 8), with the
-    DST ``XMATCH-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_NU_``; the
-    u-coordinate of the point is what X25519 consumes. Field arithmetic is
-    Python ``int`` with ``pow``: correct, not constant time (the inputs are
-    the party's own identities, not secrets of the peer), about 0.4 ms per
-    element. Checked against the RFC 9380 appendix J.5.2 vectors.
+    RFC 9380 ``encode_to_curve`` (section 3): one field element, one
+    Elligator 2 map, cofactor clearing, with the DST
+    ``XMATCH-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_NU_``. Its output is
+    not uniformly distributed (it reaches only about half of the points) and
+    it is *not* indifferentiable from a random oracle (RFC 9380 sections
+    2.2.2 and 3); kept for rounds already configured with it. Checked against
+    RFC 9380 appendix J.4.2.
+
+For both RFC 9380 suites the u-coordinate of the point is what X25519
+consumes. Field arithmetic is Python ``int`` with ``pow``: correct, not
+constant time (the inputs are the party's own identities, not secrets of the
+peer); about 0.4 ms per element for NU and 0.8 ms for RO.
 """
 
 from __future__ import annotations
@@ -37,10 +52,15 @@ from psi.hazmat.x25519 import split_map
 __all__ = [
     "DEFAULT_SUITE",
     "ELL2_DST",
+    "ELL2_RO_DST",
+    "ELL2_RO_SUITE",
+    "ELL2_SUITE",
     "SUITES",
+    "add_points",
     "clear_cofactor",
     "encode_to_curve",
     "expand_message_xmd",
+    "hash_to_curve",
     "hash_to_field",
     "hash_to_u",
     "map_to_curve_elligator2",
@@ -56,7 +76,10 @@ DEFAULT_SUITE = "x25519-sha256-u"
 ELL2_SUITE = "curve25519_XMD:SHA-512_ELL2_NU_"
 _SHA256_U_PREFIX = b"xmatch-v1 x25519-sha256-u\x00"
 ELL2_DST = b"XMATCH-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_NU_"
-SUITES: tuple[str, ...] = (DEFAULT_SUITE, ELL2_SUITE)
+ELL2_RO_SUITE = "curve25519_XMD:SHA-512_ELL2_RO_"
+ELL2_RO_DST = b"XMATCH-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_RO_"
+SUITES: tuple[str, ...] = (DEFAULT_SUITE, ELL2_RO_SUITE, ELL2_SUITE)
+"""Every suite a round may name; :mod:`psi.ecdh` refuses any other."""
 
 
 def expand_message_xmd(
@@ -142,9 +165,29 @@ def _double(point: tuple[int, int] | None) -> tuple[int, int] | None:
     return x3, y3
 
 
-def clear_cofactor(point: tuple[int, int]) -> tuple[int, int] | None:
+def add_points(p: tuple[int, int] | None, q: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Affine addition on curve25519 (Montgomery, B = 1); ``None`` is infinity.
+
+    RFC 9380 leaves point addition to the curve; these are the usual chord
+    formulas (Costello and Smith, "Montgomery curves and their arithmetic",
+    section 2.2), falling back to doubling when ``p == q``.
+    """
+    if p is None:
+        return q
+    if q is None:
+        return p
+    (x1, y1), (x2, y2) = p, q
+    if x1 == x2:
+        return _double(p) if y1 == y2 else None  # p == q, or p == -q
+    lam = (y2 - y1) * _inv0(x2 - x1) % P
+    x3 = (lam * lam - _J - x1 - x2) % P
+    y3 = (lam * (x1 - x3) - y1) % P
+    return x3, y3
+
+
+def clear_cofactor(point: tuple[int, int] | None) -> tuple[int, int] | None:
     """8 * point by three affine doublings (h_eff = 8); ``None`` is infinity."""
-    result: tuple[int, int] | None = point
+    result = point
     for _ in range(3):
         result = _double(result)
     return result
@@ -156,12 +199,34 @@ def encode_to_curve(msg: bytes, dst: bytes = ELL2_DST) -> tuple[int, int] | None
     return clear_cofactor(map_to_curve_elligator2(u))
 
 
+def hash_to_curve(msg: bytes, dst: bytes = ELL2_RO_DST) -> tuple[int, int] | None:
+    """RFC 9380 hash_to_curve for curve25519_XMD:SHA-512_ELL2_RO_ (Montgomery x, y).
+
+    ``u0, u1 = hash_to_field(msg, 2)``; ``Q0, Q1 = map_to_curve(u0), map_to_curve(u1)``;
+    ``P = clear_cofactor(Q0 + Q1)``. ``None`` is the point at infinity.
+    """
+    u0, u1 = hash_to_field(msg, dst, 2)
+    q0 = map_to_curve_elligator2(u0)
+    q1 = map_to_curve_elligator2(u1)
+    return clear_cofactor(add_points(q0, q1))
+
+
+def _u_bytes(point: tuple[int, int] | None) -> bytes:
+    # Infinity becomes u = 0, a low-order input X25519 rejects (a ProtocolError).
+    return (0 if point is None else point[0]).to_bytes(32, "little")
+
+
 def _ell2_buffer(dst: bytes, buf: bytes) -> tuple[bytes, int]:
     out = bytearray()
     for i in range(len(buf) // 16):
-        point = encode_to_curve(buf[16 * i : 16 * i + 16], dst)
-        u = 0 if point is None else point[0]
-        out += u.to_bytes(32, "little")
+        out += _u_bytes(encode_to_curve(buf[16 * i : 16 * i + 16], dst))
+    return bytes(out), -1
+
+
+def _ell2_ro_buffer(dst: bytes, buf: bytes) -> tuple[bytes, int]:
+    out = bytearray()
+    for i in range(len(buf) // 16):
+        out += _u_bytes(hash_to_curve(buf[16 * i : 16 * i + 16], dst))
     return bytes(out), -1
 
 
@@ -192,8 +257,12 @@ def hash_to_u(
         raise ValueError("identities must be an (n, 16) uint8 array")
     if suite == DEFAULT_SUITE:
         return _sha256_u(np.ascontiguousarray(arr))
-    if suite == ELL2_SUITE:
-        fn: Callable[[bytes, bytes], tuple[bytes, int]] = _ell2_buffer
-        out, _ = split_map(fn, ELL2_DST, arr.tobytes(), 16, executor)
+    maps: dict[str, tuple[Callable[[bytes, bytes], tuple[bytes, int]], bytes]] = {
+        ELL2_RO_SUITE: (_ell2_ro_buffer, ELL2_RO_DST),
+        ELL2_SUITE: (_ell2_buffer, ELL2_DST),
+    }
+    if suite in maps:
+        fn, dst = maps[suite]
+        out, _ = split_map(fn, dst, arr.tobytes(), 16, executor)
         return np.frombuffer(out, dtype=np.uint8).reshape(-1, 32)
     raise ValueError(f"unknown hash-to-curve suite {suite!r}")

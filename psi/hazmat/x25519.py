@@ -30,7 +30,6 @@ from psi.errors import ProtocolError
 
 __all__ = [
     "POINT_SIZE",
-    "base_mult",
     "generate_scalar",
     "mult_buffer",
     "scalar_mult",
@@ -50,11 +49,6 @@ def generate_scalar(rng: Callable[[int], bytes] = os.urandom) -> bytes:
     if not isinstance(scalar, bytes) or len(scalar) != 32:
         raise ValueError("rng must return the number of bytes asked for")
     return scalar
-
-
-def base_mult(scalar: bytes) -> bytes:
-    """X25519(scalar, 9): the public u-coordinate for ``scalar``."""
-    return X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
 
 
 def mult_buffer(scalar: bytes, buf: bytes) -> tuple[bytes, int]:
