@@ -88,6 +88,10 @@ EVENTS: Final = frozenset(
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
 TERMINAL_EVENTS: Final = frozenset({ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
+UNKNOWN_ROUND_ID: Final = "0" * 32
+"""The ``round_id`` of a refusal that has no round yet: a call refused before its
+start message could be read (unauthenticated, unparseable). Never a real round id,
+so reconcile and the node's replay memory skip it."""
 
 ROUND_FIELDS: Final = ("round_id", "requester", "responder", "purpose", "match_set", "protocol")
 """Every round event carries these: ``round_id`` (32 hex digits), the ``requester``'s

@@ -95,6 +95,8 @@ def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list
         if entry.event not in fmt.ROUND_EVENTS:
             continue
         key = (_str(entry, "round_id"), _str(entry, "responder"), _str(entry, "match_set"))
+        if key[0] == fmt.UNKNOWN_ROUND_ID:
+            continue  # refused before any round existed: nothing to pair
         if entry.event in fmt.TERMINAL_EVENTS:
             if key in terminal_at:
                 findings.append(

@@ -57,7 +57,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from audit.format import looks_like_identity_number
+from audit.format import SHUTDOWN, looks_like_identity_number
 from audit.log import AuditLog
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
@@ -608,6 +608,9 @@ def run_round(
         raise
     finally:
         state.close()
+        # a log that ends "shutdown, checkpoint" was closed cleanly; one cut after an
+        # earlier checkpoint then shows (audit verify), as a killed coordinator's does
+        audit.append(SHUTDOWN, reason="done")
         audit.close()
 
 

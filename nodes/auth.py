@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from audit.format import UNKNOWN_ROUND_ID
 from keys.certs import inspect_member_certificate
 from psi.errors import VerificationError, XmatchError
 
@@ -179,7 +180,7 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         rpc = method.rsplit("/", 1)[-1]
         self._audit.append(
             "round_refused",
-            round_id="0" * 32,
+            round_id=UNKNOWN_ROUND_ID,
             requester="-",
             responder=self._node,
             purpose="-",

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from audit.format import UNKNOWN_ROUND_ID
 from audit.verify import parse_line
 from nodes.config import NodeConfig
 from nodes.handlers import QueryBudget, ReplayGuard
@@ -37,7 +38,6 @@ from psi.errors import InputError, ProtocolError
 __all__ = ["Restored", "RoundEntry", "read_round_entries", "restore_limits"]
 
 _ROUND_EVENTS = frozenset({"round_started", "round_finished", "round_failed", "round_refused"})
-_PLACEHOLDER = "0" * 32
 # Cheap pre-filter: only these lines are parsed.
 _MARKER = b'"event":"round_'
 
@@ -94,7 +94,7 @@ def read_round_entries(path: Path) -> Iterator[RoundEntry]:
             yield RoundEntry(
                 event=entry.event,
                 ts=entry.ts,
-                round_id=str(f.get("round_id", _PLACEHOLDER)),
+                round_id=str(f.get("round_id", UNKNOWN_ROUND_ID)),
                 match_set=str(f.get("match_set", "-")),
                 requester=str(f.get("requester", "-")),
                 purpose=str(f.get("purpose", "-")),
@@ -117,7 +117,7 @@ def restore_limits(
     pairs = 0
     used: dict[tuple[str, str], RoundEntry] = {}  # (round id, match set) -> first use
     for e in entries:
-        if e.round_id == _PLACEHOLDER or e.match_set == "-":
+        if e.round_id == UNKNOWN_ROUND_ID or e.match_set == "-":
             continue
         try:
             round_id = bytes.fromhex(e.round_id)

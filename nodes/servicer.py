@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from audit.format import UNKNOWN_ROUND_ID
 from nodes.auth import current_peer
 from nodes.handlers import (
     Accept,
@@ -202,7 +203,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         ctx = driver.context
         if ctx is None:  # the start message could not even be parsed
             return {
-                "round_id": "0" * 32,
+                "round_id": UNKNOWN_ROUND_ID,
                 "requester": driver.peer,
                 "responder": self._state.config.node.name,
                 "purpose": "-",

@@ -264,7 +264,7 @@ def roster_ids(path: Path) -> set[str]:
 
 
 def query_ids(root: Path) -> list[str]:
-    """The identities a round queries, in query (chunk) order."""
+    """The identities a round queries, sorted (the round sends them in a random order)."""
     return sorted(roster_ids(root / "data" / "roster.csv"))
 
 

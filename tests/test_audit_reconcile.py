@@ -60,7 +60,8 @@ class Clock:
 
 
 def rid(i: int) -> str:
-    return f"{i:032x}"
+    # never 0: an all-zero round id is fmt.UNKNOWN_ROUND_ID, a refusal outside any round
+    return f"{i + 1:032x}"
 
 
 def transcript(i: int) -> str:
@@ -125,6 +126,30 @@ def run_reconcile(coord: Path, *nodes: Path) -> tuple[int, str]:
 
 def test_matching_logs_reconcile(tmp_path: Path, signers: dict[str, AuditSigner]) -> None:
     coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    code, text = run_reconcile(coord, node)
+    assert code == 0, text
+    assert "OK: 6 rounds reconciled across 2 logs" in text
+
+
+def test_refusals_before_any_round_are_not_paired(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    # Calls refused before a start message could be read (unauthenticated, unparseable)
+    # share the placeholder round id; several of them are not "a round id reused".
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    placeholder = {
+        "round_id": fmt.UNKNOWN_ROUND_ID,
+        "requester": "-",
+        "responder": NODE,
+        "purpose": "-",
+        "match_set": "-",
+        "protocol": "-",
+        "outcome": "refused",
+        "reason": "unauthenticated",
+    }
+    with AuditLog.open(node, party=NODE, signer=signers[NODE]) as log:
+        log.append(fmt.ROUND_REFUSED, **placeholder)
+        log.append(fmt.ROUND_REFUSED, **placeholder)
     code, text = run_reconcile(coord, node)
     assert code == 0, text
     assert "OK: 6 rounds reconciled across 2 logs" in text

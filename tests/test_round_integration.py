@@ -148,6 +148,9 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     # the nodes are still running: their logs may end in an unsigned tail
     rec = xmatch("audit", "reconcile", "--ca", ca, "--allow-unsigned-tail", *logs)
     assert rec.returncode == 0, rec.stdout + rec.stderr
+    # the coordinator's own log is complete: it ends "shutdown, checkpoint"
+    ver = xmatch("audit", "verify", "--ca", ca, logs[0])
+    assert ver.returncode == 0 and "closed cleanly" in ver.stdout, ver.stdout + ver.stderr
 
 
 def test_unreachable_node_is_a_failed_source_not_an_exit(
