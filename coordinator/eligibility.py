@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Generic, NamedTuple, TypeVar
 
 from coordinator.reasons import DisabilityCategory, Lang, Month, Reason, reason
@@ -38,6 +39,7 @@ from coordinator.records import (
     Roster,
     RosterRow,
     Status,
+    gc_paused,
 )
 
 C = Circumstance
@@ -89,6 +91,7 @@ class Ruling(NamedTuple, Generic[T]):
 # --- dates -------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1 << 14)  # a round has few distinct dates and computes them again and again
 def add_months(day: date, months: int) -> date:
     """The same day of the month ``months`` later, or that month's last day.
 
@@ -100,6 +103,7 @@ def add_months(day: date, months: int) -> date:
     return date(year, month0 + 1, min(day.day, last))
 
 
+@lru_cache(maxsize=1 << 14)
 def add_years(day: date, years: int) -> date:
     """The same date ``years`` later; 29 February falls on 1 March in a common year."""
     try:
@@ -666,6 +670,22 @@ class RoundDecisions:
     #: every service-coverage set of the round (declared or seen), failed ones included
     service_sources: tuple[str, ...] = ()
     lang: Lang = "zh"
+    #: id of a decision -> (the decision, its reason texts in :attr:`lang`)
+    _texts: dict[int, tuple[ChildDecision, list[str]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def reason_texts(self, item: ChildDecision) -> list[str]:
+        """The written reasons of ``item`` in :attr:`lang`, rendered once for the round.
+
+        decisions.json and the report show the same texts; do not modify the list.
+        """
+        cached = self._texts.get(id(item))
+        if cached is not None and cached[0] is item:
+            return cached[1]
+        texts = item.reason_texts(self.lang)
+        self._texts[id(item)] = (item, texts)
+        return texts
 
     @property
     def overdue_checks(self) -> list[str]:
@@ -679,7 +699,6 @@ class RoundDecisions:
     def to_json(self, round_id: str | None = None) -> dict[str, object]:
         """The decisions.json document (data-contracts.md), reasons in :attr:`lang`."""
         entries: list[dict[str, object]] = []
-        lang = self.lang
         for item in self.decisions:
             child = item.child
             entry: dict[str, object] = {"child_id": child.child_id, "child_name": child.child_name}
@@ -688,7 +707,7 @@ class RoundDecisions:
                 entry["child_birth_date"] = birth.isoformat() if birth else None
             entry["decision"] = item.decision.value
             entry["category"] = item.category.value if item.category else None
-            entry["reasons"] = item.reason_texts(lang)
+            entry["reasons"] = self.reason_texts(item)
             due = item.next_check_due
             entry["next_check_due"] = due.isoformat() if due else None
             entries.append(entry)
@@ -733,6 +752,7 @@ def coverage_gaps(
     return gaps
 
 
+@gc_paused()
 def decide_all(
     roster: Roster | Sequence[RosterRow],
     evidence: Iterable[EvidenceRow],

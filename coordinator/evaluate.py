@@ -23,6 +23,7 @@ from coordinator.records import (
     Circumstance,
     Encoding,
     EvidenceRow,
+    gc_paused,
     read_evidence,
     read_roster,
     write_atomically,
@@ -77,12 +78,16 @@ def offline_provenance(
     )
 
 
+#: one encoder for every entry (``json.dumps`` with an option builds a new one per call)
+_ENTRY = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def decisions_text(document: Mapping[str, object]) -> str:
     """decisions.json as text: one decision per line (readable, and C-speed ``json.dumps``)."""
     fields = []
     for key, value in document.items():
         if key == "decisions" and isinstance(value, list):
-            rows = ",\n  ".join(json.dumps(entry, ensure_ascii=False) for entry in value)
+            rows = ",\n  ".join([_ENTRY(entry) for entry in value])
             body = f"[\n  {rows}\n ]" if value else "[]"
         else:
             body = json.dumps(value, ensure_ascii=False)
@@ -90,6 +95,7 @@ def decisions_text(document: Mapping[str, object]) -> str:
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
+@gc_paused()
 def evaluate_command(
     *,
     roster: Path,

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Literal, NamedTuple, Union
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple, Union, cast
 
 from coordinator.records import Category, Circumstance, Decision, Role
 
@@ -74,7 +75,11 @@ def reason(key: str, **args: Arg) -> Reason:
     """Build a :class:`Reason`; ``key`` must be in :data:`TEMPLATES`."""
     if key not in TEMPLATES:
         raise KeyError(key)
-    return Reason(key, tuple(args.items()))
+    return _new_reason(Reason, (key, tuple(args.items())))
+
+
+#: ``Reason(key, args)`` without the Python-level ``__new__`` of a named tuple
+_new_reason = tuple.__new__
 
 
 #: key -> (Chinese, English). Placeholders are filled with localized arguments.
@@ -286,6 +291,7 @@ def month_text(month: Month, lang: Lang) -> str:
     return f"{_MONTHS_EN[month.month - 1]} {month.year}"
 
 
+@lru_cache(maxsize=1 << 14)  # a round writes few distinct dates, many times each
 def date_text(day: date, lang: Lang) -> str:
     """2026年10月10日 / 2026-10-10."""
     return f"{day.year}年{day.month}月{day.day}日" if lang == "zh" else day.isoformat()
@@ -306,9 +312,12 @@ _BY_TYPE: dict[type, Callable[[Any, Lang], str]] = {
 
 
 def _localize(value: Arg, lang: Lang) -> str:
-    if type(value) is Reason:
-        return render(value, lang)
-    localize = _BY_TYPE.get(type(value))
+    kind = type(value)
+    if kind is str:
+        return cast(str, value)
+    if kind is Reason:
+        return render(cast(Reason, value), lang)
+    localize = _BY_TYPE.get(kind)
     return str(value) if localize is None else localize(value, lang)
 
 

@@ -20,16 +20,18 @@ No message ever quotes a value from the file: it names the place instead.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, TextIO, TypeVar
+from typing import Literal, TextIO, TypeVar, cast
 
 from psi.errors import InputError
 from psi.identifiers import composite_key, normalize_id_column
@@ -197,6 +199,28 @@ _REGION = re.compile(r"\d{6}\Z")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
+# --- bulk work ---------------------------------------------------------------------------
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large, acyclic structure is built.
+
+    Reading, deciding and rendering create millions of small objects (rows,
+    reasons, strings) and no reference cycles; each collection would walk all
+    of them again, which took about half of the time of ``xmatch rules
+    evaluate`` at 100k children. Reference counting still frees everything.
+    Nests; the collector is enabled again only by the outermost pause.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # --- decoding ------------------------------------------------------------------------------
 
 
@@ -247,18 +271,34 @@ def _read_bytes(path: Path) -> bytes:
 
 
 class _Table:
-    """A decoded CSV file with a checked header; yields (line, fields) for each data row."""
+    """A decoded CSV file with a checked header, and its data rows as (line, fields).
+
+    A file without quotes, NUL characters or carriage returns (other than in CRLF
+    line ends), whose lines all fit the csv module's field size limit, has nothing
+    for a CSV parser to interpret: it is split on line ends and commas directly,
+    which gives exactly what :func:`csv.reader` gives, line numbers included. Any
+    other file goes through :func:`csv.reader` (strict), which also words the error
+    for a malformed one.
+    """
 
     def __init__(self, path: Path, *, encoding: Encoding, required: Sequence[str]) -> None:
         self.path = str(path)
         text = decode_csv_bytes(_read_bytes(path), path=self.path, encoding=encoding)
-        self._reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        lines = _plain_lines(text)
+        #: the fields of every line, from line 2, when the file is plain
+        self._plain: list[list[str]] | None = None
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         try:
-            header = next(self._reader)
+            if lines is None:
+                header = next(reader)
+            else:
+                header = lines[0].split(",") if lines[0] else []  # csv.reader: [] for ""
+                self._plain = [line.split(",") for line in lines[1:]]
         except StopIteration:
             raise InputError(f"{self.path}:1: the file is empty (no header row)") from None
         except csv.Error as exc:
             raise InputError(f"{self.path}:1: malformed CSV header: {exc}") from None
+        self._reader = reader
         names = [name.strip().lstrip("\ufeff") for name in header]
         self.width = len(names)
         self.index: dict[str, int] = {}
@@ -273,7 +313,10 @@ class _Table:
     def column(self, name: str) -> int | None:
         return self.index.get(name)
 
-    def rows(self) -> Iterator[tuple[int, list[str]]]:
+    def _records(self) -> Iterator[tuple[int, list[str]]]:
+        if self._plain is not None:
+            yield from enumerate(self._plain, start=2)
+            return
         reader = self._reader
         while True:
             try:
@@ -282,14 +325,65 @@ class _Table:
                 return
             except csv.Error as exc:
                 raise InputError(f"{self.path}:{reader.line_num}: malformed CSV: {exc}") from None
+            yield reader.line_num, fields
+
+    def rows(self) -> tuple[list[int], list[list[str]]]:
+        """The line number and the fields of every data row, blank lines skipped.
+
+        Raises:
+            InputError: malformed CSV, or a row whose number of fields differs from the header.
+        """
+        width = self.width
+        plain = self._plain
+        if plain is not None and width > 1 and all(len(fields) == width for fields in plain):
+            return list(range(2, len(plain) + 2)), plain  # no blank line, no short row
+        numbers: list[int] = []
+        rows: list[list[str]] = []
+        for line, fields in self._records():
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue  # a blank line
-            if len(fields) != self.width:
+            if len(fields) != width:
                 raise InputError(
-                    f"{self.path}:{reader.line_num}: expected {self.width} fields as in the "
+                    f"{self.path}:{line}: expected {width} fields as in the "
                     f"header, found {len(fields)}"
                 )
-            yield reader.line_num, fields
+            numbers.append(line)
+            rows.append(fields)
+        return numbers, rows
+
+    def columns(self, names: Sequence[str]) -> tuple[list[int], dict[str, Sequence[str]]]:
+        """The line numbers of the data rows, and the cells of each named column.
+
+        A column missing from the header reads as empty cells.
+
+        Raises:
+            InputError: as :meth:`rows`.
+        """
+        lines, rows = self.rows()
+        transposed = list(zip(*rows, strict=True)) if rows else []
+        empty = ("",) * len(rows)
+        cells: dict[str, Sequence[str]] = {}
+        for name in names:
+            position = self.index.get(name)
+            cells[name] = empty if position is None or not rows else transposed[position]
+        return lines, cells
+
+
+def _plain_lines(text: str) -> list[str] | None:
+    """The lines of ``text`` when no CSV quoting can be involved, else ``None``."""
+    if '"' in text or "\0" in text or not text:
+        return None
+    if "\r" in text:
+        # CRLF line ends are one line end each, for csv.reader as for us; a lone CR is not
+        if text.count("\r") != text.count("\r\n"):
+            return None
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    if max(map(len, lines)) > csv.field_size_limit():
+        return None
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()  # csv.reader yields nothing after a final line end
+    return lines
 
 
 # --- field parsers ---------------------------------------------------------------------------
@@ -346,17 +440,22 @@ def _normalize_ids(
 
     Empty cells (and cells that normalize to nothing) are ``None`` with no problem.
     """
+    if all(values) and not any(value.isspace() for value in values):
+        column = normalize_id_column(values, today=today)
+        if column.valid.all():  # the usual case: every cell a valid number
+            canonical: list[str | None] = column.ids.tolist()
+            return canonical, [None] * len(values), [False] * len(values)
     ids: list[str | None] = [None] * len(values)
     problems: list[str | None] = [None] * len(values)
     empty = [not value.strip() for value in values]
     positions = [i for i, blank in enumerate(empty) if not blank]
     if positions:
         column = normalize_id_column([values[i] for i in positions], today=today)
-        for i, canonical, valid, reason in zip(
+        for i, canonical_id, valid, reason in zip(
             positions, column.ids.tolist(), column.valid.tolist(), column.reasons, strict=True
         ):
             if valid:
-                ids[i] = canonical
+                ids[i] = canonical_id
             elif str(reason) == "empty":
                 empty[i] = True
             else:
@@ -367,6 +466,7 @@ def _normalize_ids(
 # --- roster ----------------------------------------------------------------------------------
 
 
+@gc_paused()
 def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None = None) -> Roster:
     """Read and check roster.csv (data-contracts.md).
 
@@ -382,28 +482,43 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
             birth date or sex, or a region code that is not 6 digits.
     """
     table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED)
-    name = table.path
-    raw = list(table.rows())
-    col = {c: table.column(c) for c in ROSTER_REQUIRED + ROSTER_OPTIONAL}
+    lines, cells = table.columns(ROSTER_REQUIRED + ROSTER_OPTIONAL)
+    ids = {c: _normalize_ids(cells[c], today=as_of) for c in ("child_id", "father_id", "mother_id")}
+    rows = _roster_by_column(table.path, lines, cells, ids)
+    if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
+        rows = _roster_by_row(table.path, lines, cells, ids)
+    return Roster(path=table.path, rows=rows, problems=[p for row in rows for p in row.problems])
 
-    def cells(column: str) -> list[str]:
-        position = col[column]
-        return [""] * len(raw) if position is None else [fields[position] for _, fields in raw]
 
-    id_columns = {
-        c: _normalize_ids(cells(c), today=as_of) for c in ("child_id", "father_id", "mother_id")
+_IdColumns = dict[str, tuple[list[str | None], list[str | None], list[bool]]]
+
+
+def _row_problems(
+    name: str, lines: list[int], ids: _IdColumns
+) -> dict[int, tuple[RowProblem, ...]]:
+    """The invalid identity numbers of each row that has any, by row index."""
+    found: dict[int, list[RowProblem]] = {}
+    for column in ("child_id", "father_id", "mother_id"):
+        for k, message in enumerate(ids[column][1]):
+            if message is not None:
+                found.setdefault(k, []).append(RowProblem(name, lines[k], column, message))
+    return {
+        k: tuple(sorted(items, key=lambda p: _ID_ORDER[p.column])) for k, items in found.items()
     }
+
+
+_ID_ORDER = {"child_id": 0, "father_id": 1, "mother_id": 2}
+
+
+def _roster_by_row(
+    name: str, lines: list[int], get: Mapping[str, Sequence[str]], id_columns: _IdColumns
+) -> list[RosterRow]:
+    """The roster, checked one row at a time: raises on the first bad cell, in file order."""
     parse_date = _Dates(name)
     rows: list[RosterRow] = []
-    problems: list[RowProblem] = []
-    get = {c: cells(c) for c in (*ROSTER_OPTIONAL, "child_name", "status")}
     lower = str.lower
-    for k, (line, _fields) in enumerate(raw):
-        row_problems = []
-        for column in ("child_id", "father_id", "mother_id"):
-            message = id_columns[column][1][k]
-            if message is not None:
-                row_problems.append(RowProblem(name, line, column, message))
+    problems = _row_problems(name, lines, id_columns)
+    for k, line in enumerate(lines):
         child_id = id_columns["child_id"][0][k]
         child_empty = id_columns["child_id"][2][k]
         status = _choice(
@@ -452,11 +567,112 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
             mother_name=" ".join(get["mother_name"][k].split()),
             region_code=region,
             last_check_date=parse_date(get["last_check_date"][k], line, "last_check_date"),
-            problems=tuple(row_problems),
+            problems=problems.get(k, ()),
         )
         rows.append(row)
-        problems.extend(row_problems)
-    return Roster(path=name, rows=rows, problems=problems)
+    return rows
+
+
+_V = TypeVar("_V")
+
+
+def _each(values: Sequence[str], parse: Callable[[str], _V]) -> list[_V]:
+    """``parse`` applied to every cell, once per distinct value (a column repeats itself)."""
+    parsed = {value: parse(value) for value in set(values)}
+    return list(map(parsed.__getitem__, values))
+
+
+def _sex(text: str) -> Literal["M", "F"] | None:
+    sex = text.strip().upper()
+    if sex not in ("", "M", "F"):
+        raise InputError("child_sex")
+    return "M" if sex == "M" else "F" if sex == "F" else None
+
+
+def _foundling(text: str) -> bool:
+    mark = text.strip().lower()
+    if mark not in ("", "yes", "no"):
+        raise InputError("foundling")
+    return mark == "yes"
+
+
+def _region(text: str) -> str | None:
+    region = text.strip() or None
+    if region is not None and not _REGION.match(region):
+        raise InputError("region_code")
+    return region
+
+
+def _birth_from_id(number: str) -> date:
+    return date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+
+
+def _roster_by_column(
+    name: str, lines: list[int], get: Mapping[str, Sequence[str]], id_columns: _IdColumns
+) -> list[RosterRow] | None:
+    """The roster, each column checked as a whole; ``None`` when any cell is bad.
+
+    The values are those of :func:`_roster_by_row`, computed once per distinct
+    cell value; the bad cell is left to :func:`_roster_by_row` to name.
+    """
+    parse_date = _Dates(name)
+    try:
+        statuses = _each(
+            get["status"],
+            lambda t: _choice(Status, t, path=name, line=0, column="status", fold=str.lower),
+        )
+        categories = _each(
+            get["category"],
+            lambda t: (
+                _choice(Category, t.strip(), path=name, line=0, column="category", fold=str.lower)
+                if t.strip()
+                else None
+            ),
+        )
+        births = _each(get["child_birth_date"], lambda t: parse_date(t, 0, "child_birth_date"))
+        sexes = _each(get["child_sex"], _sex)
+        foundlings = _each(get["foundling"], _foundling)
+        regions = _each(get["region_code"], _region)
+        checks = _each(get["last_check_date"], lambda t: parse_date(t, 0, "last_check_date"))
+    except InputError:
+        return None
+    child_ids, _, child_empty = id_columns["child_id"]
+    for k, child_id in enumerate(child_ids):
+        if statuses[k] is Status.SUPPORTED and categories[k] is None:
+            return None
+        if child_id is not None:
+            births[k] = _birth_from_id(child_id)
+            sexes[k] = "M" if int(child_id[16]) % 2 else "F"
+        elif child_empty[k] and (births[k] is None or sexes[k] is None):
+            return None
+    problems: list[tuple[RowProblem, ...]] = [()] * len(lines)
+    for k, found in _row_problems(name, lines, id_columns).items():
+        problems[k] = found
+
+    def names(column: str) -> list[str]:
+        return [" ".join(text.split()) for text in get[column]]
+
+    return [
+        RosterRow(*fields)
+        for fields in zip(
+            lines,
+            child_ids,
+            names("child_name"),
+            births,
+            sexes,
+            id_columns["father_id"][0],
+            id_columns["mother_id"][0],
+            statuses,
+            categories,
+            foundlings,
+            names("father_name"),
+            names("mother_name"),
+            regions,
+            checks,
+            problems,
+            strict=True,
+        )
+    ]
 
 
 # --- evidence --------------------------------------------------------------------------------
@@ -480,6 +696,15 @@ def _code(text: str, allowed: dict[str, int], *, path: str, line: int, column: s
     return value
 
 
+def _source(text: str, *, path: str, line: int) -> str:
+    source = text.strip()
+    node, slash, dataset = source.partition("/")
+    if not (slash and node and dataset and "/" not in dataset):
+        raise InputError(f"{path}:{line}: column source: expected node/dataset")
+    return source
+
+
+@gc_paused()
 def read_evidence(path: Path, *, encoding: Encoding = "auto") -> list[EvidenceRow]:
     """Read and check evidence.csv (data-contracts.md), in file order.
 
@@ -494,59 +719,96 @@ def read_evidence(path: Path, *, encoding: Encoding = "auto") -> list[EvidenceRo
             ``person_id`` that is empty or not a valid identity number.
     """
     table = _Table(path, encoding=encoding, required=EVIDENCE_REQUIRED)
-    name = table.path
-    raw = list(table.rows())
-    positions = {c: table.column(c) for c in EVIDENCE_COLUMNS}
+    lines, cells = table.columns(EVIDENCE_COLUMNS)
+    ids = _normalize_ids(cells["person_id"], today=None)
+    rows = _evidence_by_column(table.path, cells, ids)
+    if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
+        rows = _evidence_by_row(table.path, lines, cells, ids)
+    return rows
 
-    def cells(column: str) -> list[str]:
-        position = positions[column]
-        return [""] * len(raw) if position is None else [fields[position] for _, fields in raw]
 
-    ids, id_problems, empty = _normalize_ids(cells("person_id"), today=None)
+def _evidence_by_column(
+    name: str,
+    get: Mapping[str, Sequence[str]],
+    ids: tuple[list[str | None], list[str | None], list[bool]],
+) -> list[EvidenceRow] | None:
+    """The evidence, each column checked as a whole; ``None`` when any cell is bad.
+
+    The values are those of :func:`_evidence_by_row`, computed once per distinct
+    cell value; the bad cell is left to :func:`_evidence_by_row` to name.
+    """
+    people = ids[0]
+    if None in people:
+        return None
     parse_date = _Dates(name)
-    circumstances = cells("circumstance")
-    sources = cells("source")
-    starts, ends = cells("start_date"), cells("end_date")
-    categories, grades = cells("disability_category"), cells("disability_grade")
-    codes: dict[str, Circumstance] = {}
-    checked_sources: dict[str, str] = {}
+    try:
+        codes = _each(
+            get["circumstance"],
+            lambda t: _choice(
+                Circumstance, t, path=name, line=0, column="circumstance", fold=str.upper
+            ),
+        )
+        sources = _each(get["source"], lambda t: _source(t, path=name, line=0))
+        starts = _each(get["start_date"], lambda t: parse_date(t, 0, "start_date"))
+        ends = _each(get["end_date"], lambda t: parse_date(t, 0, "end_date"))
+        categories = _each(
+            get["disability_category"],
+            lambda t: _code(t, _CATEGORIES, path=name, line=0, column="disability_category"),
+        )
+        grades = _each(
+            get["disability_grade"],
+            lambda t: _code(t, _GRADES, path=name, line=0, column="disability_grade"),
+        )
+    except InputError:
+        return None
+    return list(
+        map(EvidenceRow, cast(list[str], people), codes, sources, starts, ends, categories, grades)
+    )
+
+
+def _evidence_by_row(
+    name: str,
+    lines: list[int],
+    get: Mapping[str, Sequence[str]],
+    ids: tuple[list[str | None], list[str | None], list[bool]],
+) -> list[EvidenceRow]:
+    """The evidence, checked one row at a time: raises on the first bad cell, in file order."""
+    people, id_problems, empty = ids
+    parse_date = _Dates(name)
     out: list[EvidenceRow] = []
-    for k, (line, _fields) in enumerate(raw):
-        person = ids[k]
+    for k, line in enumerate(lines):
+        person = people[k]
         if person is None:
             why = "empty" if empty[k] else id_problems[k]
             raise InputError(f"{name}:{line}: column person_id: {why}")
-        code_text = circumstances[k]
-        code = codes.get(code_text)
-        if code is None:
-            code = _choice(
-                Circumstance,
-                code_text,
-                path=name,
-                line=line,
-                column="circumstance",
-                fold=str.upper,
-            )
-            codes[code_text] = code
-        source = checked_sources.get(sources[k])
-        if source is None:
-            source = sources[k].strip()
-            node, slash, dataset = source.partition("/")
-            if not (slash and node and dataset and "/" not in dataset):
-                raise InputError(f"{name}:{line}: column source: expected node/dataset")
-            checked_sources[sources[k]] = source
+        code = _choice(
+            Circumstance,
+            get["circumstance"][k],
+            path=name,
+            line=line,
+            column="circumstance",
+            fold=str.upper,
+        )
         out.append(
             EvidenceRow(
                 person_id=person,
                 circumstance=code,
-                source=source,
-                start_date=parse_date(starts[k], line, "start_date"),
-                end_date=parse_date(ends[k], line, "end_date"),
+                source=_source(get["source"][k], path=name, line=line),
+                start_date=parse_date(get["start_date"][k], line, "start_date"),
+                end_date=parse_date(get["end_date"][k], line, "end_date"),
                 disability_category=_code(
-                    categories[k], _CATEGORIES, path=name, line=line, column="disability_category"
+                    get["disability_category"][k],
+                    _CATEGORIES,
+                    path=name,
+                    line=line,
+                    column="disability_category",
                 ),
                 disability_grade=_code(
-                    grades[k], _GRADES, path=name, line=line, column="disability_grade"
+                    get["disability_grade"][k],
+                    _GRADES,
+                    path=name,
+                    line=line,
+                    column="disability_grade",
                 ),
             )
         )
@@ -619,6 +881,7 @@ __all__ = [
     "RowProblem",
     "Status",
     "decode_csv_bytes",
+    "gc_paused",
     "read_evidence",
     "read_roster",
     "write_atomically",

@@ -15,12 +15,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from html import escape
 from typing import Literal
 
 from coordinator.eligibility import ChildDecision, RoundDecisions
 from coordinator.reasons import category_name, decision_name, month_text
-from coordinator.records import Category, Decision, RosterRow
+from coordinator.records import Category, Decision, RosterRow, gc_paused
 
 #: league and city names of Inner Mongolia's address codes (data-contracts.md)
 LEAGUES = {
@@ -123,8 +124,13 @@ def _child_cells(child: RosterRow) -> str:
     birth = child.child_birth_date.isoformat() if child.child_birth_date else ""
     return (
         f"<td class='id'>{ident}</td><td>{escape(child.child_name)}</td>"
-        f"<td>{escape(birth)}</td><td>{escape(region_name(child.region_code))}</td>"
+        f"<td>{escape(birth)}</td><td>{_region_cell(child.region_code)}</td>"
     )
+
+
+@lru_cache(maxsize=1 << 12)  # a roster has few counties and many children in each
+def _region_cell(code: str | None) -> str:
+    return escape(region_name(code))
 
 
 _CHILD_HEAD = (
@@ -133,8 +139,8 @@ _CHILD_HEAD = (
 )
 
 
-def _reasons(item: ChildDecision, lang: Literal["zh", "en"]) -> str:
-    items = "".join(f"<li>{escape(text)}</li>" for text in item.reason_texts(lang))
+def _reasons(texts: Sequence[str]) -> str:
+    items = "".join([f"<li>{escape(text)}</li>" for text in texts])
     return f"<ul class='reasons'>{items}</ul>"
 
 
@@ -180,6 +186,7 @@ def _bar_chart(sources: Sequence[tuple[str, int, str]]) -> str:
     return "".join(parts)
 
 
+@gc_paused()
 def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     """The report of one round or evaluation as a self-contained HTML page.
 
@@ -269,7 +276,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             _heads(("类别", "category"), ("理由", "reasons"), ("下次核查", "next check")),
             (
                 f"<td>{_category(i.category, lang)}</td>"
-                f"<td>{_reasons(i, lang)}</td><td>{escape(_due(i))}</td>"
+                f"<td>{_reasons(decisions.reason_texts(i))}</td><td>{escape(_due(i))}</td>"
                 for i in enrol
             ),
         )
@@ -287,7 +294,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             (
                 f"<td>{_category(i.child.category, lang)}</td>"
                 f"<td>{escape(month_text(i.stops_from, lang)) if i.stops_from else ''}</td>"
-                f"<td>{_reasons(i, lang)}</td>"
+                f"<td>{_reasons(decisions.reason_texts(i))}</td>"
                 for i in exits
             ),
         )
@@ -301,7 +308,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             (
                 f"<td>{_category(i.child.category, lang)} → "
                 f"{_category(i.category, lang)}</td>"
-                f"<td>{_reasons(i, lang)}</td>"
+                f"<td>{_reasons(decisions.reason_texts(i))}</td>"
                 for i in moves
             ),
         )
@@ -320,7 +327,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             f"<th>{_t('状态', 'status')}</th><th>{_t('理由', 'reasons')}</th>",
             (
                 f"<td>{'数据矛盾 <small>conflict</small><br>' if i.conflict else ''}"
-                f"{escape(i.child.status.value)}</td><td>{_reasons(i, lang)}</td>"
+                f"{escape(i.child.status.value)}</td><td>{_reasons(decisions.reason_texts(i))}</td>"
                 for i in reviews
             ),
         )
@@ -375,7 +382,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         _table(
             refused,
             f"<th>{_t('理由', 'reasons')}</th>",
-            (f"<td>{_reasons(i, lang)}</td>" for i in refused),
+            (f"<td>{_reasons(decisions.reason_texts(i))}</td>" for i in refused),
         )
     )
     add(f"<h2>{_t('继续保障', 'Continue')} ({counts[Decision.CONTINUE]:,})</h2>")

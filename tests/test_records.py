@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from coordinator.records import (
     EvidenceRow,
     Status,
     decode_csv_bytes,
+    gc_paused,
     read_evidence,
     read_roster,
     write_evidence,
@@ -207,3 +209,52 @@ def test_fatal_evidence_errors(tmp_path: Path, row: str, needle: str) -> None:
     message = caught.value.diagnostics()
     assert message.startswith(f"{path}:3: ") and needle in message
     assert FATHER[:17] not in message
+
+
+EVIDENCE_ROWS = [
+    f"{FATHER},IMPRISONED,justice/custody,2025-03-01,2029-03-01,,",
+    "",
+    f"{MOTHER_X.lower()},SEVERE_DISABILITY,dpf/cert,2018-05-02,,4,2",
+    "   ",
+    f"{CHILD},SERVICE,medical_insurance/enrolled,,,,",
+]
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_plain_and_quoted_files_read_alike(tmp_path: Path, line_end: str) -> None:
+    """The quote-free fast path gives what csv.reader gives (rows, blank lines, line numbers)."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text(line_end.join([EVIDENCE_HEADER, *EVIDENCE_ROWS]) + line_end, "utf-8")
+    quoted = tmp_path / "quoted.csv"  # a quote anywhere sends the file through csv.reader
+    last = f'"{FATHER}",DEAD,"police/deaths",,,,'
+    quoted.write_text(line_end.join([EVIDENCE_HEADER, *EVIDENCE_ROWS, last]) + line_end, "utf-8")
+    rows = read_evidence(quoted)
+    assert rows[:3] == read_evidence(plain)
+    assert rows[3:] == [EvidenceRow(FATHER, Circumstance.DEAD, "police/deaths")]
+
+
+@pytest.mark.parametrize("quote", ["", '"'])
+def test_bad_cell_is_named_on_either_path(tmp_path: Path, quote: str) -> None:
+    """A bad cell in a column checked as a whole is still named by its own line."""
+    path = _write(
+        tmp_path / "evidence.csv",
+        [
+            EVIDENCE_HEADER,
+            f"{quote}{FATHER}{quote},DEAD,police/deaths,,,,",
+            "",
+            f"{MOTHER_X},DEAD,police/deaths,2019-02-30,,,",
+            f"{FATHER},JAILED,justice/custody,,,,",
+        ],
+    )
+    with pytest.raises(InputError, match=rf"^{path}:4: column start_date: no such date$"):
+        read_evidence(path)
+
+
+def test_gc_paused_nests_and_restores() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
