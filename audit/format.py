@@ -90,12 +90,16 @@ ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, RO
 TERMINAL_EVENTS: Final = frozenset({ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
 UNKNOWN_ROUND_ID: Final = "0" * 32
 """The ``round_id`` of a refusal that has no round yet: a call refused before its
-start message could be read (unauthenticated, unparseable). Never a real round id,
-so reconcile and the node's replay memory skip it."""
+start message could be read (unauthenticated, not a coordinator, no start in time,
+unparseable), logged with ``match_set`` ``"-"``. Never a real round id
+(:class:`psi.context.RoundContext` refuses it), so reconcile skips exactly such
+refusals and reports any other entry under it."""
 
 ROUND_FIELDS: Final = ("round_id", "requester", "responder", "purpose", "match_set", "protocol")
 """Every round event carries these: ``round_id`` (32 hex digits), the ``requester``'s
-and ``responder``'s member names, ``purpose``, ``match_set`` and ``protocol``."""
+and ``responder``'s member names, ``purpose``, ``match_set`` and ``protocol``. A node
+logs its TLS peer as ``requester``, and adds ``claimed_requester`` when the round
+context named someone else."""
 
 REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     ROUND_STARTED: frozenset(ROUND_FIELDS) - {"protocol"},
@@ -129,11 +133,18 @@ FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 HEX = re.compile(r"[0-9a-f]+")
 _SEPARATORS = re.compile(r"[\s\-\u200b-\u200d\u2060\ufeff]+")
 _ID_LIKE = re.compile(r"\d{15}")
-_DATE_TIME = re.compile(
-    r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d{1,9})?)?(?:Z|[+-]\d\d:?\d\d)?)?"
+_TIME = r"\d\d:\d\d(?::\d\d(?:[.,]\d{1,9})?)?(?:Z|[+-]\d\d:?\d\d)?"
+_SET_ASIDE = re.compile(
+    r"(?<!\d)(?:"
+    rf"\d{{4}}([-/])\d\d\1\d\d(?:[T ]{_TIME})?"  # a date, with its time: 2026-11-29T03:14:15Z
+    r"|\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?"  # an IPv4 address, with its port
+    rf"|{_TIME}"  # a time on its own: 03:14:15.123456789
+    r")(?!\d)"
 )
-"""ISO 8601 dates and times (``2026-11-29``, ``2026-11-29 03:14:15.123456Z``): 20
-digits once their punctuation is gone, so they are set aside before that pass."""
+"""Dates and times (``2026-11-29 03:14:15.123456Z``, ``2026/11/29 03:14``) and IPv4
+addresses (``192.168.100.200:50099``): 15 or more digits once their punctuation is
+gone, so pass 3 of :func:`looks_like_identity_number` sets them aside first, unless
+digits touch them (:func:`_set_aside`)."""
 
 Scalar = str | int | float | bool | None
 Value = Scalar | list[Scalar]
@@ -143,6 +154,32 @@ def _without_punctuation(text: str) -> str:
     """``text`` keeping only letters, marks and digits (so ``.``, ``/``, ``_``, ``,``,
     ``:`` and every other separator go; letters such as ``X`` still separate)."""
     return "".join(c for c in text if unicodedata.category(c)[0] in "LMN")
+
+
+def _is_kept(c: str) -> bool:
+    """Whether pass 3 keeps character ``c``: letters, marks and digits."""
+    return unicodedata.category(c)[0] in "LMN"
+
+
+def _set_aside(match: re.Match[str]) -> str:
+    """A letter in place of the date, time or address ``match``, unless digits touch it.
+
+    Pass 3 drops punctuation and spaces, so a digit next to the match (through
+    punctuation only) would join its digits: ``150802.2015-03-15.0021`` is an
+    identity number around a date, and stays as it is.
+    """
+    text = match.string
+    before = match.start() - 1
+    while before >= 0 and not _is_kept(text[before]):
+        before -= 1
+    after = match.end()
+    while after < len(text) and not _is_kept(text[after]):
+        after += 1
+    if (before >= 0 and text[before].isdecimal()) or (
+        after < len(text) and text[after].isdecimal()
+    ):
+        return match.group()
+    return " T "
 
 
 def looks_like_identity_number(text: str) -> bool:
@@ -156,8 +193,10 @@ def looks_like_identity_number(text: str) -> bool:
     2. with spaces, hyphens and invisible characters removed (the normalization of
        ``data-contracts.md``: ``150102 2010 0101 1234``);
     3. with every other punctuation and symbol removed too (``150802.201503150021``,
-       ``150802/2015/0315/0021``, ``150802_2015...``), after setting aside ISO 8601
-       dates and times, which would otherwise read as 20 digits.
+       ``150802/2015/0315/0021``, ``150802_2015...``), after setting aside dates,
+       times and IPv4 addresses (:data:`_SET_ASIDE`), which would otherwise read as
+       15 to 20 digits. One is set aside only where no digit touches it through
+       punctuation or spaces, so ``150802.2015-03-15.0021`` is still caught.
 
     For strings only; numbers go through :func:`number_looks_like_identity_number`.
     Deliberately broad: a false alarm costs a reworded message, a miss leaks a
@@ -167,7 +206,7 @@ def looks_like_identity_number(text: str) -> bool:
     folded = unicodedata.normalize("NFKC", text)
     if _ID_LIKE.search(folded) or _ID_LIKE.search(_SEPARATORS.sub("", folded)):
         return True
-    return bool(_ID_LIKE.search(_without_punctuation(_DATE_TIME.sub(" T ", folded))))
+    return bool(_ID_LIKE.search(_without_punctuation(_SET_ASIDE.sub(_set_aside, folded))))
 
 
 def number_looks_like_identity_number(value: float) -> bool:

@@ -11,6 +11,8 @@ entry, and the coordinator logs them (``node_log_seq``, ``node_log_head``). A
 node log that no longer has that exact line at that seq was cut short or
 rewritten after the round, even if it was re-chained and re-signed: the node
 holds its own signing key, but not the coordinator's (:func:`check_anchors`).
+The coordinator, though, chooses what it logs as an anchor, so a finding names
+the two records that disagree and leaves the blame to the reviewer.
 """
 
 from __future__ import annotations
@@ -87,7 +89,13 @@ def _outcome(entry: Entry) -> str:
 
 
 def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list[ReconcileFinding]]:
-    """Each round's final state in one log, plus findings for round ids used twice."""
+    """Each round's final state in one log, plus findings for round ids used twice.
+
+    The placeholder round id (:data:`audit.format.UNKNOWN_ROUND_ID`) is skipped in a
+    ``round_refused`` entry with match set ``-`` (a call refused before it had a
+    round); any other entry under it is a finding, since no real round may have
+    that id (:class:`psi.context.RoundContext` refuses it).
+    """
     states: dict[RoundKey, RoundState] = {}
     terminal_at: dict[RoundKey, int] = {}
     findings: list[ReconcileFinding] = []
@@ -96,7 +104,17 @@ def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list
             continue
         key = (_str(entry, "round_id"), _str(entry, "responder"), _str(entry, "match_set"))
         if key[0] == fmt.UNKNOWN_ROUND_ID:
-            continue  # refused before any round existed: nothing to pair
+            if entry.event == fmt.ROUND_REFUSED and key[2] == "-":
+                continue  # refused before any round existed: nothing to pair
+            findings.append(
+                ReconcileFinding(
+                    key[0],
+                    f"{log.party}'s log has a {entry.event} entry under the placeholder round "
+                    f"id (entry {entry.line}): only a refusal before any round (match set "
+                    f"'-') may use it",
+                )
+            )
+            continue
         if entry.event in fmt.TERMINAL_EVENTS:
             if key in terminal_at:
                 findings.append(
@@ -163,29 +181,31 @@ def check_anchors(
       3. that entry is this round's ``round_finished`` (same round id, responder
          and match set).
 
-    A failed step is a finding ("lacks entry N: truncated or rewritten").
+    A failed step is a finding ("COORD's anchor and NODE's log disagree at entry
+    N"). It says which two records disagree, not who is at fault: the coordinator
+    chose what it logged as the anchor, the node what its log holds.
     """
     findings: list[ReconcileFinding] = []
     coord_party = coordinator.party or ""
+    # Built once per node log (not once per anchor): linear in the logs' sizes.
+    by_seq = {party: {e.seq: e for e in log.entries} for party, log in nodes.items()}
+    ends = {party: max(entries, default=0) for party, entries in by_seq.items()}
     for entry in coordinator.entries:
         if entry.event != fmt.ROUND_FINISHED or _str(entry, "requester") != coord_party:
             continue
         seq, head = _int(entry, "node_log_seq"), _str(entry, "node_log_head")
         responder = _str(entry, "responder")
-        node = nodes.get(responder)
+        node = by_seq.get(responder)
         if seq is None or not head or node is None:
             continue
         round_id, match_set = _str(entry, "round_id"), _str(entry, "match_set")
-        by_seq = {e.seq: e for e in node.entries}
-        target = by_seq.get(seq)
+        target = node.get(seq)
         # (1)
         if target is None:
-            why = f"the log ends at entry {max(by_seq, default=0)}"
+            why = f"{responder}'s log ends at entry {ends[responder]}"
         # (2)
         elif not hmac.compare_digest(fmt.line_hash(target.raw).encode(), head.encode()):
-            why = (
-                f"its hash is {fmt.line_hash(target.raw)[:16]}…, {coord_party} logged {head[:16]}…"
-            )
+            why = f"it hashes to {fmt.line_hash(target.raw)[:16]}…, the anchor has {head[:16]}…"
         # (3)
         elif target.event != fmt.ROUND_FINISHED or (
             _str(target, "round_id"),
@@ -198,8 +218,8 @@ def check_anchors(
         findings.append(
             ReconcileFinding(
                 round_id,
-                f"{responder}'s log lacks entry {seq} that {coord_party} anchored "
-                f"(entry {entry.line}; {why}): truncated or rewritten",
+                f"{coord_party}'s anchor (entry {entry.line}) and {responder}'s log disagree "
+                f"at entry {seq}: {why}",
             )
         )
     return findings

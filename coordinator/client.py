@@ -65,6 +65,7 @@ from psi.messages import KeyShare, MatchChunk, PointChunk
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "SERVICE_REPORTS",
     "MatchSetResult",
     "NodeClient",
     "describe_rpc_error",
@@ -92,6 +93,8 @@ _REFUSALS = frozenset(
     }
 )
 _TLS_WORDS = ("ssl", "tls", "handshake", "certificate", "peer name")
+#: ``MatchSetInfo.service_report`` of a SERVICE set; empty (an older node) means gaps
+SERVICE_REPORTS = frozenset({"", "gaps", "needs"})
 
 
 def _safe_detail(text: str | None, *, fallback: str = "no reason given") -> str:
@@ -369,7 +372,9 @@ class NodeClient:
 
         Raises:
             PeerError: as :meth:`capabilities`, with ``peer`` = ``node/match_set``;
-                also when the node does not offer the set or the protocol.
+                also when the node does not offer the set or the protocol, or
+                announces a ``service_report`` other than gaps or needs for a
+                ``SERVICE`` set.
         """
         peer = f"{self.entry.name}/{match_set}"
         try:
@@ -380,6 +385,8 @@ class NodeClient:
             if info.name == match_set:
                 if self.entry.protocol not in info.protocols:
                     raise PeerError(peer, f"protocol {self.entry.protocol} not offered")
+                if info.circumstance == "SERVICE" and info.service_report not in SERVICE_REPORTS:
+                    raise PeerError(peer, "out of protocol: unknown service_report")
                 return info
         raise Refused(peer, "refused: match set not offered to this requester")
 
@@ -608,6 +615,12 @@ class NodeClient:
                 kind = resp.WhichOneof("msg")
                 if kind == "accept" and not state.accepted.is_set():
                     set_size = int(resp.accept.set_size)
+                    if set_size > self.entry.max_set_size:
+                        raise PeerError(
+                            peer,
+                            "out of protocol: announced set size above max_set_size "
+                            f"({self.entry.max_set_size})",
+                        )
                     # the announced size bounds the set points we will multiply
                     requester.expect_responder_set(set_size)
                     state.accepted.set()

@@ -145,6 +145,9 @@ class NodeEntry(_Strict):
     protocol: Protocol
     deadline_seconds: float = Field(default=600.0, gt=0, le=86_400)
     retries: int = Field(default=3, ge=0, le=20)
+    #: ecdh: the largest (padded) set we will receive and raise to our key; the node
+    #: announces its size, but a hostile node could announce anything
+    max_set_size: int = Field(default=50_000_000, ge=1, le=10**10)
 
     @field_validator("address")
     @classmethod

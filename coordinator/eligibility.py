@@ -670,6 +670,10 @@ class RoundDecisions:
     #: every service-coverage set of the round (declared or seen), failed ones included
     service_sources: tuple[str, ...] = ()
     lang: Lang = "zh"
+    #: service-needs set -> IDs of covered children it matched (our extension of decisions.json)
+    service_needs: dict[str, list[str]] = field(default_factory=dict)
+    #: every service-needs set of the round (declared), failed ones included
+    service_need_sources: tuple[str, ...] = ()
     #: id of a decision -> (the decision, its reason texts in :attr:`lang`)
     _texts: dict[int, tuple[ChildDecision, list[str]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -718,7 +722,24 @@ class RoundDecisions:
             "decisions": entries,
             "overdue_checks": self.overdue_checks,
             "coverage_gaps": {source: list(ids) for source, ids in self.coverage_gaps.items()},
+            "service_needs": {source: list(ids) for source, ids in self.service_needs.items()},
         }
+
+
+def covered_children(decisions: Sequence[ChildDecision]) -> list[str]:
+    """IDs of the covered children, in roster order (section 四(一)).
+
+    Covered: a supported child whose decision keeps support (CONTINUE,
+    RECLASSIFY, or REVIEW, during which support continues) and who has an ID
+    (a set can only match identity numbers).
+    """
+    return [
+        d.child.child_id
+        for d in decisions
+        if d.child.status is Status.SUPPORTED
+        and d.decision in COVERED
+        and d.child.child_id is not None
+    ]
 
 
 def coverage_gaps(
@@ -730,19 +751,11 @@ def coverage_gaps(
 ) -> dict[str, list[str]]:
     """Covered children that a service-coverage set did not match (section 四(一)).
 
-    Covered: a supported child whose decision keeps support (CONTINUE,
-    RECLASSIFY, or REVIEW, during which support continues) and who has an ID
-    (a set can only match identity numbers). A failed set gives no list: the
+    Covered: see :func:`covered_children`. A failed set gives no list: the
     absence of a match from it proves nothing. Gaps never change a decision.
     """
     failed = set(failed_sources)
-    covered = [
-        d.child.child_id
-        for d in decisions
-        if d.child.status is Status.SUPPORTED
-        and d.decision in COVERED
-        and d.child.child_id is not None
-    ]
+    covered = covered_children(decisions)
     gaps: dict[str, list[str]] = {}
     for source in sorted(set(sources)):
         if source in failed:
@@ -750,6 +763,32 @@ def coverage_gaps(
         matched = services.get(source, set())
         gaps[source] = [child_id for child_id in covered if child_id not in matched]
     return gaps
+
+
+def service_needs(
+    decisions: Sequence[ChildDecision],
+    services: Mapping[str, set[str]],
+    *,
+    sources: Iterable[str],
+    failed_sources: Iterable[str] = (),
+) -> dict[str, list[str]]:
+    """Covered children that a service-needs set matched (section 四(一)).
+
+    A needs set (e.g. rehabilitation needs of children with disabilities) is
+    the reverse of a coverage set: its match is the finding. Covered: as for
+    gaps (:func:`covered_children`). A failed set gives no list, even when it
+    delivered some matches before failing: the list would be incomplete.
+    Needs never change a decision.
+    """
+    failed = set(failed_sources)
+    covered = covered_children(decisions)
+    needs: dict[str, list[str]] = {}
+    for source in sorted(set(sources)):
+        if source in failed:
+            continue
+        matched = services.get(source, set())
+        needs[source] = [child_id for child_id in covered if child_id in matched]
+    return needs
 
 
 @gc_paused()
@@ -760,18 +799,41 @@ def decide_all(
     as_of: date,
     failed_sources: Iterable[str] = (),
     service_sources: Iterable[str] = (),
+    service_need_sources: Iterable[str] = (),
     lang: Lang = "zh",
 ) -> RoundDecisions:
     """Decide every roster row (in roster order) from the round's evidence.
 
     ``service_sources`` declares service-coverage sets; a declared set with no
     match at all still yields gaps (every covered child). Sets seen in
-    ``SERVICE`` evidence are included anyway.
+    ``SERVICE`` evidence are included anyway, unless ``service_need_sources``
+    names them: those report the covered children they matched (service
+    needs) instead of the ones they did not.
+
+    Raises:
+        ValueError: a set is declared both as a coverage and as a needs set.
     """
+    needs_declared = set(service_need_sources)
+    both = needs_declared & set(service_sources)
+    if both:
+        raise ValueError(
+            f"declared both as service coverage and service needs: {', '.join(sorted(both))}"
+        )
     rows = roster.rows if isinstance(roster, Roster) else roster
     failed = tuple(sorted(set(failed_sources)))
     index, services = index_evidence(evidence)
     decisions = [decide(child, index, as_of=as_of, failed_sources=failed) for child in rows]
-    all_services = tuple(sorted(set(service_sources) | set(services)))
+    all_services = tuple(sorted((set(service_sources) | set(services)) - needs_declared))
+    all_needs = tuple(sorted(needs_declared))
     gaps = coverage_gaps(decisions, services, sources=all_services, failed_sources=failed)
-    return RoundDecisions(as_of, failed, decisions, gaps, all_services, lang)
+    needs = service_needs(decisions, services, sources=all_needs, failed_sources=failed)
+    return RoundDecisions(
+        as_of,
+        failed,
+        decisions,
+        gaps,
+        all_services,
+        lang,
+        service_needs=needs,
+        service_need_sources=all_needs,
+    )

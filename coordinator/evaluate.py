@@ -45,17 +45,25 @@ def offline_provenance(
     as_of: date,
     failed_sources: Sequence[str],
     service_sources: Sequence[str] = (),
+    service_need_sources: Sequence[str] = (),
     seconds: float = 0.0,
 ) -> Provenance:
     """The provenance of an offline evaluation: each source's matches in the evidence file."""
     matches = Counter(row.source for row in evidence)
     services = {row.source for row in evidence if row.circumstance is Circumstance.SERVICE}
-    names = sorted(set(matches) | set(failed_sources) | set(service_sources))
+    names = sorted(
+        set(matches) | set(failed_sources) | set(service_sources) | set(service_need_sources)
+    )
     runs = []
     for name in names:
         node, _, match_set = name.partition("/")
         failed = name in failed_sources
-        kind = "service coverage" if name in services or name in service_sources else "evidence"
+        if name in service_need_sources:
+            kind = "service needs"
+        elif name in services or name in service_sources:
+            kind = "service coverage"
+        else:
+            kind = "evidence"
         runs.append(
             SourceRun(
                 node=node,
@@ -107,25 +115,46 @@ def evaluate_command(
     encoding: Encoding = "auto",
     report: Path | None = None,
     service_sources: Sequence[str] = (),
+    service_need_sources: Sequence[str] = (),
     stderr: TextIO | None = None,
 ) -> int:
     """Run ``xmatch rules evaluate``; returns the exit code (0).
 
+    ``service_sources`` (``--service-source``) are service-coverage sets: the
+    covered children they did not match are coverage gaps.
+    ``service_need_sources`` (``--service-need``) are service-needs sets: the
+    covered children they matched are service needs.
+
     Raises:
-        InputError: a bad roster or evidence file, or a malformed
-            ``--failed-source``/``--service-source``; nothing is written then.
+        InputError: a bad roster or evidence file, a malformed
+            ``--failed-source``/``--service-source``/``--service-need``, or a
+            set named by both ``--service-source`` and ``--service-need``;
+            nothing is written then.
         OSError: the output cannot be written.
     """
     started = time.perf_counter()
     err = stderr if stderr is not None else sys.stderr
     failed = [_check_source(s, "--failed-source") for s in failed_sources]
     services = [_check_source(s, "--service-source") for s in service_sources]
+    needs = [_check_source(s, "--service-need") for s in service_need_sources]
+    both = sorted(set(services) & set(needs))
+    if both:
+        raise InputError(
+            f"--service-source and --service-need both name {', '.join(both)}: "
+            "a set reports either gaps or needs"
+        )
     table = read_roster(roster, encoding=encoding, as_of=as_of)
     gathered = read_evidence(evidence, encoding=encoding)
     for problem in table.problems:
         print(problem, file=err)
     decisions = decide_all(
-        table, gathered, as_of=as_of, failed_sources=failed, service_sources=services, lang=lang
+        table,
+        gathered,
+        as_of=as_of,
+        failed_sources=failed,
+        service_sources=services,
+        service_need_sources=needs,
+        lang=lang,
     )
     document = decisions.to_json(round_id=None)
     text = decisions_text(document)
@@ -136,6 +165,7 @@ def evaluate_command(
             as_of=as_of,
             failed_sources=failed,
             service_sources=services,
+            service_need_sources=needs,
             seconds=time.perf_counter() - started,
         )
         page = render_report(decisions, provenance=provenance)

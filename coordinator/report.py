@@ -193,7 +193,8 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     Sections: counts by decision and by county, matches by department (SVG),
     the children to enrol, to exit (with the written reasons and the month
     support stops), to reclassify, to review (conflicts first, for 疑义校核),
-    not eligible, overdue checks, coverage gaps, and the provenance.
+    not eligible, overdue checks, coverage gaps, service needs, and the
+    provenance.
     """
     lang = decisions.lang
     by: dict[Decision, list[ChildDecision]] = {d: [] for d in _DECISIONS}
@@ -373,6 +374,35 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
                     f"<td>{escape(decision_name(i.decision, 'zh'))} "
                     f"<small>{i.decision.value}</small></td>"
                     for i in gaps
+                ),
+            )
+        )
+    add(f"<h2>{_t('服务需求', 'Service needs')}</h2>")
+    add(
+        "<p class='meta'>在保儿童被服务需求数据集匹配(如残疾儿童康复需求),请协调提供服务;"
+        "不影响保障决定。<small>Covered children (supported: continue, reclassify or review) "
+        "matched by a service-needs set; needs never change a decision.</small></p>"
+    )
+    if not decisions.service_need_sources:
+        add("<p class='empty'>本轮无服务需求数据集 (no service-needs sets this round)</p>")
+    for source in decisions.service_need_sources:
+        need_ids = decisions.service_needs.get(source)
+        if need_ids is None:
+            add(
+                f"<h3>{escape(source)}</h3><p class='warn'>数据源未能查询,无法列出需求 "
+                "<small>the set failed: no needs can be listed</small></p>"
+            )
+            continue
+        add(f"<h3>{escape(source)} ({len(need_ids):,})</h3>")
+        needing = [index[n] for n in need_ids if n in index]
+        add(
+            _table(
+                needing,
+                f"<th>{_t('决定', 'decision')}</th>",
+                (
+                    f"<td>{escape(decision_name(i.decision, 'zh'))} "
+                    f"<small>{i.decision.value}</small></td>"
+                    for i in needing
                 ),
             )
         )

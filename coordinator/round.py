@@ -111,6 +111,8 @@ class SubRound:
     rows: tuple[EvidenceRow, ...] = ()
     node_log_seq: int | None = None
     node_log_head: str | None = None
+    #: SERVICE sets: "gaps" or "needs", as the node's capabilities say; else None
+    service_report: str | None = None
 
     @property
     def source(self) -> str:
@@ -488,6 +490,7 @@ def run_round(
     round_id = rng(16)
     rid = round_id.hex()
     plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
+    outcome = "done"  # the shutdown reason in the log
     try:
         if config.path is not None:
             raw = config.path.read_bytes()
@@ -545,7 +548,8 @@ def run_round(
                     client.close()
         # (4)
         failed = [s.source for s in results if s.status != "ok"]
-        services = [s.source for s in results if s.circumstance == Circumstance.SERVICE.value]
+        services = [s.source for s in results if s.service_report == "gaps"]
+        needs = [s.source for s in results if s.service_report == "needs"]
         evidence = [row for s in results for row in s.rows]
         decisions = decide_all(
             roster,
@@ -553,6 +557,7 @@ def run_round(
             as_of=as_of,
             failed_sources=failed,
             service_sources=services,
+            service_need_sources=needs,
             lang=lang,
         )
         seconds = time.monotonic() - started
@@ -603,15 +608,22 @@ def run_round(
             seconds=seconds,
         )
     except BaseException as exc:
+        outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         detail = exc.diagnostics() if isinstance(exc, XmatchError) else type(exc).__name__
         state.finish_round(rid, status="failed", detail=detail)
         raise
     finally:
-        state.close()
-        # a log that ends "shutdown, checkpoint" was closed cleanly; one cut after an
-        # earlier checkpoint then shows (audit verify), as a killed coordinator's does
-        audit.append(SHUTDOWN, reason="done")
-        audit.close()
+        # each step runs even if the one before fails: the log must get its closing
+        # checkpoint whatever happened to the state database
+        try:
+            state.close()
+        finally:
+            try:
+                # a log that ends "shutdown, checkpoint" was closed cleanly; one cut after
+                # an earlier checkpoint then shows (audit verify), as a killed one's does
+                audit.append(SHUTDOWN, reason=outcome)
+            finally:
+                audit.close()
 
 
 def _append(
@@ -678,12 +690,15 @@ def _sub_round(
     audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))
     started = time.monotonic()
     circumstance: str | None = None
+    service_report: str | None = None
     # keyed-hash matches as each chunk is resolved: kept if the stream fails later
     delivered: list[EvidenceRow] = []
     failure: PeerError | None = None
     try:
         info = client.match_set_info(match_set)
         circumstance = info.circumstance
+        if circumstance == Circumstance.SERVICE.value:  # checked by match_set_info
+            service_report = info.service_report or "gaps"
         source = f"{entry.name}/{match_set}"
 
         def keep(indices: npt.NDArray[np.int64], payloads: list[dict[str, str]]) -> None:
@@ -755,6 +770,7 @@ def _sub_round(
             seconds=seconds,
             detail=detail,
             rows=kept,
+            service_report=service_report,
         )
     # the node's log anchor (checked by the client), if it sent one
     anchor: dict[str, object] = (
@@ -787,6 +803,8 @@ def _sub_round(
     )
     finish("ok")
     detail = f"{result.circumstance}; {result.protocol}"
+    if service_report is not None:
+        detail = f"{result.circumstance} ({service_report}); {result.protocol}"
     if result.set_size:
         detail += f"; set size class {result.set_size}"
     return SubRound(
@@ -802,6 +820,7 @@ def _sub_round(
         rows=rows,
         node_log_seq=result.node_log_seq or None,
         node_log_head=result.node_log_head or None,
+        service_report=service_report,
     )
 
 

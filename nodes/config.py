@@ -25,6 +25,7 @@ max_query_size = 20000000         # ours: largest roster a round may announce
 replay_memory = 100000            # ours: (round id, match set) pairs remembered
 shutdown_grace_seconds = 5        # ours: time running rounds get on SIGTERM
 queue_seconds = 60                # ours: how long a round waits for a free slot
+start_timeout_seconds = 15        # ours: how long a new round may wait for its start message
 cache_sets = 4                    # ours: loaded match sets kept in memory
 stream_rows = 5000000             # ours: larger sets are streamed from the source each
                                   #   round, never held in memory (0: never stream)
@@ -38,6 +39,8 @@ where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
 payload = ["start_date", "end_date"]
 protocols = ["ecdh", "keyed-hash"]
 allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
+service_report = "gaps"           # ours, SERVICE sets only: report covered children not
+                                  #   matched ("gaps", default) or matched ("needs")
 encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
 min_query_size = 100              # ours: smallest roster (distinct identities) accepted
 suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all)
@@ -111,6 +114,9 @@ CIRCUMSTANCES = frozenset(
 #: Evidence columns a match may return (data-contracts.md, evidence.csv).
 PAYLOAD_COLUMNS = ("start_date", "end_date", "disability_category", "disability_grade")
 PROTOCOLS = ("ecdh", "keyed-hash")
+#: What a round reports of a SERVICE set (eligibility.md, section 四(一)): the covered
+#: children it did not match ("gaps", the default) or those it matched ("needs").
+ServiceReport = Literal["gaps", "needs"]
 #: The ecdh hash-to-curve suites psi offers (psi.hazmat.hash_to_curve.SUITES, named
 #: here because nothing outside psi imports psi.hazmat; a test keeps the two equal).
 #: Default of ``suites``.
@@ -244,6 +250,7 @@ class MatchSetConfig(_Strict):
     budget: Budget = Field(default_factory=Budget)
     suites: list[str] = Field(default_factory=lambda: list(ECDH_SUITES), min_length=1)
     prfs: list[str] = Field(default_factory=lambda: list(KEYED_HASH_PRFS), min_length=1)
+    service_report: ServiceReport | None = None
 
     @field_validator("name")
     @classmethod
@@ -260,6 +267,28 @@ class MatchSetConfig(_Strict):
                 f"unknown circumstance {value!r}; use one of {', '.join(sorted(CIRCUMSTANCES))}"
             )
         return value
+
+    @field_validator("service_report")
+    @classmethod
+    def _service_report(
+        cls, value: ServiceReport | None, info: ValidationInfo
+    ) -> ServiceReport | None:
+        circumstance = info.data.get("circumstance")
+        if value is not None and circumstance is not None and circumstance != "SERVICE":
+            raise ValueError(
+                f'only for circumstance = "SERVICE" (this set is {circumstance}); remove the key'
+            )
+        return value
+
+    @property
+    def report(self) -> ServiceReport | None:
+        """What a round reports of this SERVICE set: ``service_report``, default "gaps".
+
+        None for an evidence set (any other circumstance).
+        """
+        if self.circumstance != "SERVICE":
+            return None
+        return self.service_report or "gaps"
 
     @field_validator("source")
     @classmethod
@@ -345,6 +374,7 @@ class NodeSection(_Strict):
     replay_memory: int = Field(default=100_000, ge=1, le=10_000_000)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
     queue_seconds: float = Field(default=60.0, ge=0, le=3600)
+    start_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     cache_sets: int = Field(default=4, ge=0, le=64)
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
 

@@ -334,6 +334,8 @@ class CapabilityView:
     payload: list[str]
     purposes: list[str]
     min_query_size: int
+    #: SERVICE sets: "gaps" or "needs" (node.toml ``service_report``); empty otherwise
+    service_report: str = ""
 
 
 def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[CapabilityView]:
@@ -352,6 +354,7 @@ def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[Capability
                     payload=list(ms.payload),
                     purposes=purposes,
                     min_query_size=ms.min_query_size,
+                    service_report=ms.report or "",
                 )
             )
     return out
@@ -441,18 +444,33 @@ _U64Pair = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
 
 
 def _overlap(level: _U64Pair, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> bool:
-    """Whether any (hi, lo) pair is in ``level`` (sorted by hi, then lo). Vectorized."""
+    """Whether any (hi, lo) pair is in ``level`` (sorted by hi, then lo). Vectorized.
+
+    Two searches, each O(n log L) for n new and L stored rows whatever the
+    rows are: ``np.searchsorted`` finds each new row's run of equal ``hi``,
+    then a segmented binary search, run for all rows at once, finds its
+    ``lo`` within that run. Rows that share their first word (which the
+    requester can choose: keyed-hash tags are its bytes, ecdh points are
+    counted before they are validated) cost more search steps, never a
+    pairwise comparison, and no array is longer than n.
+    """
     shi, slo = level
     left = np.searchsorted(shi, hi, side="left")
     right = np.searchsorted(shi, hi, side="right")
     cand = np.flatnonzero(right > left)
     if cand.size == 0:
         return False
-    # Every stored entry with an equal hi (nearly always one) against the new lo.
-    counts = (right - left)[cand]
-    firsts = np.cumsum(counts) - counts
-    idx = np.repeat(left[cand], counts) + (np.arange(int(counts.sum())) - np.repeat(firsts, counts))
-    return bool(np.any(slo[idx] == np.repeat(lo[cand], counts)))
+    # Lower bound of each lo in slo[start:end] (sorted there), all rows in step.
+    start, end, want = left[cand], right[cand], lo[cand]
+    last = len(slo) - 1
+    for _ in range(int((end - start).max()).bit_length()):
+        live = start < end
+        mid = (start + end) >> 1
+        above = live & (slo[np.minimum(mid, last)] < want)
+        start = np.where(above, mid + 1, start)
+        end = np.where(live & ~above, mid, end)
+    hit = start < right[cand]
+    return bool(np.any(slo[start[hit]] == want[hit]))
 
 
 class DistinctRows:
@@ -463,8 +481,11 @@ class DistinctRows:
     distinct tags), and 128 bits of a blinded point in ecdh, which also
     catches the same point sent with its unused top bit flipped. Rows are
     kept in sorted levels that merge as they grow (a log-structured merge),
-    so a round of n rows costs O(n log² n) array work and 16 bytes per row;
-    no Python loop runs per row.
+    and each chunk is looked up in every level by binary search on both
+    words (:func:`_overlap`). A round of n rows therefore costs O(n log² n)
+    array work and 16 bytes per row whatever the rows are, also when the
+    requester makes them share their first 8 bytes; no temporary array is
+    longer than the chunk or the level, and no Python loop runs per row.
     """
 
     def __init__(self) -> None:
@@ -608,17 +629,23 @@ class RoundDriver:
 
         Raises:
             ProtocolError: out-of-order or malformed message, counts that do not
-                add up, the stream ended early, or the requester fell silent.
+                add up, the stream ended early, no start within
+                ``start_timeout_seconds``, or the requester fell silent
+                (:data:`IDLE_SECONDS`).
             Refused, BudgetExhausted: from :func:`authorize`.
             ConfigError: the match set could not be loaded.
         """
         pump = threading.Thread(target=self._pump, args=(requests,), daemon=True)
         pump.start()
         try:
-            kind, item = self._next()
+            # A round holds a slot from here: a requester gets only a short time to start.
+            wait = self.state.config.node.start_timeout_seconds
+            kind, item = self._next(wait)
             if kind == "error":
                 assert isinstance(item, BaseException)
                 raise item
+            if kind == "timeout":
+                raise ProtocolError(f"no start message within {wait:g} s")
             if kind != "req":
                 raise ProtocolError("stream ended before start")
             if not isinstance(item, Start):

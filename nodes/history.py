@@ -5,18 +5,27 @@ in memory. Without this module a restart would give every requester a fresh
 budget and forget every round id served. At startup the node therefore reads
 its protocol log (the file it has just opened for appending, whose tail
 :meth:`audit.log.AuditLog.open` has verified) with the audit package's parser
-(:func:`audit.verify.parse_line`) and restores both:
+(:func:`audit.verify.parse_line`) and restores both from the entries of rounds
+that passed authorization (:func:`passed_authorization`): ``round_started``,
+``round_finished``, and ``round_failed`` with ``authorized`` true. A
+``round_failed`` without the field (older logs) counts only through the
+``round_started`` of its pair, and a refusal never counts: refusals and
+failures before authorization carry what the peer *claimed*, so counting them
+would let any member burn another's budget or flush the replay memory.
 
-1. **Replay memory**: every (round id, match set) pair of a ``round_started``,
-   ``round_finished``, ``round_failed`` or ``round_refused`` entry, in log
-   order (the last ``replay_memory`` pairs stay). Entries with the placeholder
-   round id of an unparsed start are skipped.
-2. **Budgets**: one round used, at the entry's time, for each (round id, match
-   set) pair that passed authorization: a ``round_started`` entry, or a
-   ``round_failed`` entry whose ``authorized`` field is not false (older entries
-   without the field count, erring towards a smaller budget). Only entries
-   within the match set's budget period count; sets no longer configured are
-   skipped.
+1. **Replay memory**: the (round id, match set) pair of each such entry, in log
+   order (the last ``replay_memory`` pairs stay), as the live
+   :func:`nodes.handlers.authorize` remembers a pair only once it has got that
+   far.
+2. **Budgets**: one round used, at the time of its first such entry, for each
+   pair. Only entries within the match set's budget period count; sets no
+   longer configured are skipped.
+
+A ``round_refused`` entry with the placeholder round id
+(:data:`audit.format.UNKNOWN_ROUND_ID`) and match set ``-`` is a call refused
+before it had a round; any other entry under that id is counted like the rest
+(:class:`psi.context.RoundContext` refuses the all-zero id, so only an older or
+forged log has one, and ``audit reconcile`` reports it).
 
 Wall-clock timestamps of the log are turned into ages relative to ``now``; a
 timestamp in the future (a clock set back) counts as now.
@@ -35,7 +44,7 @@ from nodes.config import NodeConfig
 from nodes.handlers import QueryBudget, ReplayGuard
 from psi.errors import InputError, ProtocolError
 
-__all__ = ["Restored", "RoundEntry", "read_round_entries", "restore_limits"]
+__all__ = ["Restored", "RoundEntry", "passed_authorization", "read_round_entries", "restore_limits"]
 
 _ROUND_EVENTS = frozenset({"round_started", "round_finished", "round_failed", "round_refused"})
 # Cheap pre-filter: only these lines are parsed.
@@ -102,6 +111,13 @@ def read_round_entries(path: Path) -> Iterator[RoundEntry]:
             )
 
 
+def passed_authorization(entry: RoundEntry) -> bool:
+    """Whether ``entry`` records a round that passed authorization (module docstring)."""
+    if entry.event in ("round_started", "round_finished"):
+        return True
+    return entry.event == "round_failed" and entry.authorized is True
+
+
 def restore_limits(
     config: NodeConfig,
     entries: Iterable[RoundEntry],
@@ -117,7 +133,9 @@ def restore_limits(
     pairs = 0
     used: dict[tuple[str, str], RoundEntry] = {}  # (round id, match set) -> first use
     for e in entries:
-        if e.round_id == UNKNOWN_ROUND_ID or e.match_set == "-":
+        # Refusals (the placeholder ones too) never pass; a round id, even the
+        # placeholder, that did pass is counted.
+        if not passed_authorization(e) or e.match_set == "-":
             continue
         try:
             round_id = bytes.fromhex(e.round_id)
@@ -127,11 +145,7 @@ def restore_limits(
         replay.remember(round_id, e.match_set)
         pairs += 1
         # (2)
-        counts = e.event == "round_started" or (
-            e.event == "round_failed" and e.authorized is not False
-        )
-        if counts:
-            used.setdefault((e.round_id, e.match_set), e)
+        used.setdefault((e.round_id, e.match_set), e)
     ages: dict[tuple[str, str, str], list[float]] = {}
     for e in used.values():
         ages.setdefault((e.match_set, e.requester, e.purpose), []).append(

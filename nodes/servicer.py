@@ -4,11 +4,20 @@ Each RPC: log to the audit log, convert proto messages to handler events, run
 one handler (:mod:`nodes.handlers`), convert its outputs back, and map any
 :class:`psi.errors.XmatchError` to a status code through :data:`STATUS_TABLE`.
 Every refusal or failure is an audit entry (``round_refused`` / ``round_failed``
-with its reason) and the node keeps serving. A round's ``round_finished`` entry
-is written with :meth:`audit.log.AuditLog.append_anchored` *before* ``done`` is
-sent, and ``done`` carries its anchor (``log_seq``, ``log_head``). The peer's identity comes from
-:func:`nodes.auth.current_peer`, set by the interceptor; nothing here parses a
-certificate.
+with its reason) and the node keeps serving: an entry whose fields the audit
+log refuses is written again with placeholders, and the call is aborted with
+its status either way.
+
+A round's ``round_finished`` entry is written with
+:meth:`audit.log.AuditLog.append_anchored` *before* ``done`` is sent, and
+``done`` carries its anchor (``log_seq``, ``log_head``). The peer's identity
+comes from :func:`nodes.auth.current_peer`, set by the interceptor; nothing here
+parses a certificate.
+
+Round entries name the TLS peer as ``requester``, never what the round context
+claims; a context that names someone else adds ``claimed_requester``. A peer
+whose certificate is not a coordinator's is refused before it can hold a round
+slot, and a round gets ``start_timeout_seconds`` to send its start.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import grpc
 from audit.format import UNKNOWN_ROUND_ID
 from nodes.auth import current_peer
 from nodes.handlers import (
+    REQUESTER_ROLE,
     Accept,
     BudgetExhausted,
     Chunk,
@@ -171,6 +181,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                     protocols=v.protocols,
                     payload=v.payload,
                     purposes=v.purposes,
+                    service_report=v.service_report,
                 )
                 for v in views
             ],
@@ -199,61 +210,73 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
 
     # -- one round, either protocol
 
+    def _placeholders(self, driver: RoundDriver) -> dict[str, object]:
+        """Round fields from our own values only: for a call without a round context."""
+        return {
+            "round_id": UNKNOWN_ROUND_ID,
+            "requester": driver.peer,
+            "responder": self._state.config.node.name,
+            "purpose": "-",
+            "match_set": "-",
+            "protocol": driver.protocol,
+        }
+
     def _fields(self, driver: RoundDriver) -> dict[str, object]:
+        """The round fields; ``requester`` is always the TLS peer.
+
+        The context's requester goes into ``claimed_requester`` when it names
+        someone else (authorization refuses such a round), so that a refusal is
+        never filed under, nor a budget charged to, a member who did not call.
+        """
         ctx = driver.context
         if ctx is None:  # the start message could not even be parsed
-            return {
-                "round_id": UNKNOWN_ROUND_ID,
-                "requester": driver.peer,
-                "responder": self._state.config.node.name,
-                "purpose": "-",
-                "match_set": "-",
-                "protocol": driver.protocol,
-            }
-        return {
+            return self._placeholders(driver)
+        fields: dict[str, object] = {
             "round_id": ctx.round_id_hex,
-            "requester": ctx.requester,
+            "requester": driver.peer,
             "responder": ctx.responder,
             "purpose": ctx.purpose,
             "match_set": ctx.match_set,
             "protocol": ctx.protocol,
         }
+        if ctx.requester != driver.peer:
+            fields["claimed_requester"] = ctx.requester
+        return fields
 
-    def _log_end(
-        self, driver: RoundDriver, exc: BaseException | None
-    ) -> tuple[grpc.StatusCode, str]:
+    def _log_end(self, driver: RoundDriver, exc: BaseException) -> None:
+        """Write the round's ``round_refused`` or ``round_failed`` entry.
+
+        If the audit log refuses the entry (a field trips its identity guard),
+        it is written with reason ``withheld`` and without the requester's
+        numbers; if that is refused too, with :meth:`_placeholders`.
+        """
         seconds = round(time.monotonic() - driver.started, 3)
-        fields = self._fields(driver)
-        if exc is None:
-            exc = ProtocolError("cancelled by the requester")
-        code, public, reason = status_for(exc)
-        refused = isinstance(exc, (Refused, NodeBusy)) and driver.match_set is None
+        _, _, reason = status_for(exc)
+        authorized = driver.match_set is not None
+        # A call that never got a round context (no start, an unreadable one, or
+        # none in time) is refused like an unauthenticated one: its entry has the
+        # placeholder round id, which only refusals may use (audit.reconcile).
+        refused = not authorized and (
+            driver.context is None or isinstance(exc, (Refused, NodeBusy))
+        )
+        event = "round_refused" if refused else "round_failed"
+        extra: dict[str, object] = {"outcome": event[6:]}
+        if not refused:
+            # whether the round passed authorize (and so used budget): read back
+            # at startup (nodes.history)
+            extra["authorized"] = authorized
+        sizes: dict[str, object] = {"query_size": driver.query_size}
+        if not refused:
+            sizes.update(items=driver.items, seconds=seconds)
         try:
-            if refused:
-                self._audit.append(
-                    "round_refused",
-                    **fields,
-                    reason=reason,
-                    query_size=driver.query_size,
-                    outcome="refused",
-                )
-            else:
-                self._audit.append(
-                    "round_failed",
-                    **fields,
-                    reason=reason,
-                    query_size=driver.query_size,
-                    items=driver.items,
-                    seconds=seconds,
-                    outcome="failed",
-                    # whether the round passed authorize (and so used budget):
-                    # read back at startup (nodes.history)
-                    authorized=driver.match_set is not None,
-                )
-        except XmatchError:  # e.g. the reason tripped the identity guard: log without it
-            event = "round_refused" if refused else "round_failed"
-            self._audit.append(event, **fields, reason="withheld", outcome=event[6:])
-        return code, public
+            self._audit.append(event, **self._fields(driver), reason=reason, **sizes, **extra)
+            return
+        except XmatchError:  # e.g. the reason or a size tripped the identity guard
+            pass
+        try:
+            self._audit.append(event, **self._fields(driver), reason="withheld", **extra)
+        except XmatchError:
+            self._audit.append(event, **self._placeholders(driver), reason="withheld", **extra)
 
     def _round(
         self,
@@ -266,6 +289,9 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         error: BaseException | None = None
         finished = False
         try:
+            # Before a slot is taken: a node certificate cannot hold slots.
+            if driver.role != REQUESTER_ROLE:
+                raise Refused(driver.peer, "not a coordinator certificate")
             with self._state.round_slot(driver.peer):
                 outputs = driver.run(_events(requests))
                 try:
@@ -283,9 +309,12 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
             error = exc
         finally:
             if not finished:
-                code, public = self._log_end(driver, error)
-                if error is not None:
-                    context.abort(code, public)
+                try:
+                    self._log_end(driver, error or ProtocolError("cancelled by the requester"))
+                finally:
+                    if error is not None:
+                        code, public, _ = status_for(error)
+                        context.abort(code, public)
 
     @staticmethod
     def _sizes(driver: RoundDriver) -> dict[str, object]:

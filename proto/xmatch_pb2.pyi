@@ -43,9 +43,14 @@ class MatchSetInfo(google.protobuf.message.Message):
     PROTOCOLS_FIELD_NUMBER: builtins.int
     PAYLOAD_FIELD_NUMBER: builtins.int
     PURPOSES_FIELD_NUMBER: builtins.int
+    SERVICE_REPORT_FIELD_NUMBER: builtins.int
     name: builtins.str
     circumstance: builtins.str
     """An eligibility circumstance code (IMPRISONED, DEAD, ...) or SERVICE."""
+    service_report: builtins.str
+    """SERVICE sets only: what the round reports of the covered children,
+    "gaps" (those not matched) or "needs" (those matched); empty otherwise.
+    """
     @property
     def protocols(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
@@ -64,8 +69,9 @@ class MatchSetInfo(google.protobuf.message.Message):
         protocols: collections.abc.Iterable[builtins.str] | None = ...,
         payload: collections.abc.Iterable[builtins.str] | None = ...,
         purposes: collections.abc.Iterable[builtins.str] | None = ...,
+        service_report: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["circumstance", b"circumstance", "name", b"name", "payload", b"payload", "protocols", b"protocols", "purposes", b"purposes"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["circumstance", b"circumstance", "name", b"name", "payload", b"payload", "protocols", b"protocols", "purposes", b"purposes", "service_report", b"service_report"]) -> None: ...
 
 global___MatchSetInfo = MatchSetInfo
 

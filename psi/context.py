@@ -8,10 +8,14 @@ versioned and length-prefixed, so two different contexts never encode alike.
 
 Field rules (checked on construction, so a context that exists is valid):
 
-* ``round_id``: exactly 16 bytes;
+* ``round_id``: exactly 16 bytes, not all zero (the all-zero id is the audit
+  log's placeholder for a call that has no round, ``audit.format.UNKNOWN_ROUND_ID``);
 * ``as_of``: a ``datetime.date`` (not a ``datetime``);
 * ``purpose``, ``requester``, ``responder``, ``match_set``: 1..64 characters
-  of ``[a-z0-9_.-]``, starting with a letter or digit;
+  of ``[a-z0-9_.-]``, starting with a letter or digit, and without a run of 15
+  digits once ``.``, ``_`` and ``-`` are dropped: such a name could be an
+  identity number, and both parties log these names (the audit log's identity
+  guard would refuse the entry);
 * ``protocol``: ``"ecdh"`` or ``"keyed-hash"``;
 * ``params``: sorted by name, names unique, names 1..32 of ``[a-z0-9_]``,
   values 1..128 of ``[A-Za-z0-9_.:+-]`` (RFC 9380 suite names fit).
@@ -41,6 +45,11 @@ DEFAULT_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+#: 15 digits in a row (every identity number holds such a run), checked on a name
+#: without its separators, as the audit log's identity guard reads it.
+_ID_RUN = re.compile(r"\d{15}")
+_NAME_SEPARATORS = re.compile(r"[_.-]")
+_ZERO_ID = bytes(16)
 _PARAM_NAME = re.compile(r"[a-z0-9_]{1,32}")
 _PARAM_VALUE = re.compile(r"[A-Za-z0-9_.:+-]{1,128}")
 _TEXT_FIELDS = ("purpose", "requester", "responder", "match_set", "protocol")
@@ -80,12 +89,16 @@ class RoundContext:
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, bytes) or len(self.round_id) != 16:
             raise _FieldError("round_id", "must be 16 bytes")
+        if self.round_id == _ZERO_ID:
+            raise _FieldError("round_id", "must not be all zero")
         if not isinstance(self.as_of, datetime.date) or isinstance(self.as_of, datetime.datetime):
             raise _FieldError("as_of", "must be a datetime.date")
         for field in ("purpose", "requester", "responder", "match_set"):
             value = getattr(self, field)
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise _FieldError(field, "must be 1-64 characters of [a-z0-9_.-]")
+            if _ID_RUN.search(_NAME_SEPARATORS.sub("", value)):
+                raise _FieldError(field, "must not hold 15 or more digits in a row")
         if self.protocol not in PROTOCOLS:
             raise _FieldError("protocol", f"must be one of {', '.join(PROTOCOLS)}")
         if not isinstance(self.params, tuple):

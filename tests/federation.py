@@ -2,8 +2,8 @@
 
 - :func:`xmatch`: run the CLI as a user does (``python -m xmatch ...``).
 - :data:`SPECS` / :func:`expected_evidence`: the test federation (four nodes,
-  both protocols) and the plaintext join of its files, the ground truth that
-  a round's ``evidence.csv`` must equal.
+  both protocols, a coverage and a needs set) and the plaintext join of its
+  files, the ground truth that a round's ``evidence.csv`` must equal.
 - :func:`build_federation`: data, PKI and node configs in one folder.
 - :func:`coordinator_toml`: a ``coordinator.toml`` for it, with edits.
 - :func:`start_stalling_node`: a node run through the test-only wrapper
@@ -38,6 +38,7 @@ from xmatch.demo import NodeProcess, free_ports, start_node, stop_nodes
 __all__ = [
     "AS_OF",
     "FILTERS",
+    "NEEDS",
     "REPO",
     "SPECS",
     "SWAP",
@@ -116,6 +117,17 @@ SPECS = (
                 ("start_date", "end_date", "disability_category", "disability_grade"),
                 encoding="gb18030",
             ),
+            # a service-needs set: only the node's config says so, the coordinator's does not
+            synth.MatchSetSpec(
+                "rehab_needs",
+                "SERVICE",
+                "data/disabled_persons_federation/rehab_needs.csv",
+                "id_number",
+                None,
+                (),
+                encoding="gb18030",
+                service_report="needs",
+            ),
         ),
     ),
     synth.NodeSpec(
@@ -133,6 +145,10 @@ FILTERS: dict[str, Filter] = {
     "certificates": lambda r: (_num(r["disability_grade"]) or 99) <= 2,
 }
 SWAP = {"keyed-hash": "ecdh", "ecdh": "keyed-hash"}
+#: the service-needs sets of :data:`SPECS` (``service_report = "needs"``)
+NEEDS = tuple(
+    f"{n.name}/{m.name}" for n in SPECS for m in n.match_sets if m.service_report == "needs"
+)
 
 
 def _env() -> dict[str, str]:

@@ -313,6 +313,35 @@ def test_identity_guard_passes_timestamps_and_decimals(
     assert fmt.number_looks_like_identity_number(150802201503150021)
 
 
+# Second review, finding 6: the third pass sets aside dates, times and IPv4 addresses,
+# but never one that digits touch (it would eat the middle of an identity number).
+@pytest.mark.parametrize(
+    ("text", "leaks"),
+    [
+        ("connection refused at 192.168.100.200:50099", False),
+        ("2026/11/29 03:14:15.123", False),
+        ("12:34:56.789012345", False),
+        ("peer 10.0.0.1:443 and 10.0.0.2:443 refused", False),
+        ("retry at 2026-11-29 03:14:15.123456 from 192.168.1.20", False),
+        ("150802.2015-03-15.0021", True),
+        ("150802 2015/03/15 0021", True),
+        ("150.802.201.503:150021", True),
+        ("id 15:08:02.201503150021", True),
+        ("1508022015-03-150021", True),
+        ("at 192.168.1.1:50099 for 150802201503150021", True),
+    ],
+)
+def test_identity_guard_sets_aside_only_free_standing_dates_times_and_addresses(
+    text: str, leaks: bool
+) -> None:
+    assert fmt.looks_like_identity_number(text) is leaks
+    if leaks:
+        with pytest.raises(IdentityLeak):
+            fmt.check_fields(fmt.ROUND_FAILED, {**round_fields(1), "reason": text})
+    else:
+        fmt.check_fields(fmt.ROUND_FAILED, {**round_fields(1), "reason": text})
+
+
 def test_verify_flags_a_dotted_identity_or_a_hex_field_holding_one(
     tmp_path: Path, signer: AuditSigner
 ) -> None:

@@ -460,12 +460,13 @@ def test_node_log_cut_after_a_checkpoint_breaks_its_anchors(
     node.write_bytes(b"".join(line + b"\n" for line in lines[:10]))  # cut after entry 10
     assert check_log(node.read_bytes(), name="n").ok  # no signature shows the cut
     findings = reconciled(coord, node)
-    assert f"round {rid(3)[:12]}: justice's log lacks entry 11 that civil-affairs anchored" in (
-        "\n".join(findings)
-    )
-    lacks = [f for f in findings if "lacks entry" in f]
-    assert len(lacks) == 2 and all("the log ends at entry 10" in f for f in lacks)
-    assert all(f.endswith("truncated or rewritten") for f in lacks)
+    assert any(
+        f.startswith(f"round {rid(3)[:12]}: civil-affairs's anchor (entry ")
+        and f.endswith(") and justice's log disagree at entry 11: justice's log ends at entry 10")
+        for f in findings
+    ), findings
+    lacks = [f for f in findings if "disagree at entry" in f]
+    assert len(lacks) == 2 and all(f.endswith("justice's log ends at entry 10") for f in lacks)
 
 
 def test_node_log_rewritten_and_resigned_breaks_its_anchors(
@@ -485,8 +486,8 @@ def test_node_log_rewritten_and_resigned_breaks_its_anchors(
     assert len(findings) == 3, findings
     for i, (seq, _) in anchors.items():
         assert any(
-            f.startswith(f"round {rid(i)[:12]}: justice's log lacks entry {seq} ")
-            and "its hash is" in f
+            f.startswith(f"round {rid(i)[:12]}: civil-affairs's anchor ")
+            and f"and justice's log disagree at entry {seq}: it hashes to " in f
             for f in findings
         ), findings
 
@@ -499,6 +500,86 @@ def test_anchor_of_another_round_is_a_finding(
     anchors[2] = anchors[1]  # the node answered round 2 with round 1's anchor
     coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
     assert reconciled(coord, node) == [
-        f"round {rid(2)[:12]}: justice's log lacks entry {anchors[1][0]} that civil-affairs "
-        f"anchored (entry 8; it is not this round's round_finished): truncated or rewritten"
+        f"round {rid(2)[:12]}: civil-affairs's anchor (entry 8) and justice's log disagree "
+        f"at entry {anchors[1][0]}: it is not this round's round_finished"
     ]
+
+
+def test_anchor_findings_blame_neither_side(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    """Second review, finding 7: the coordinator chose the anchor, the node its log."""
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(2))
+    anchors[1] = (anchors[1][0], "ab" * 32)  # a wrong anchor logged by the coordinator
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
+    (finding,) = reconciled(coord, node)
+    assert "disagree" in finding
+    for blame in ("lacks", "truncated", "rewritten"):
+        assert blame not in finding
+
+
+class _CountingEntries(tuple):  # type: ignore[type-arg]
+    """A node log's entries that count how often they are walked."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_anchors_are_checked_in_one_pass_over_each_node_log(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    """Second review, finding 7: the node log was indexed again for every anchor."""
+    import dataclasses
+
+    from audit.reconcile import check_anchors
+
+    node = tmp_path / "node.jsonl"
+    anchors = node_log(node, signers[NODE], range(40))
+    coord = coordinator_log(tmp_path / "coord.jsonl", signers[COORD], anchors)
+    node_result = check_log(node.read_bytes(), name="n")
+    counted = dataclasses.replace(node_result, entries=_CountingEntries(node_result.entries))
+    _CountingEntries.walks = 0
+    assert check_anchors(check_log(coord.read_bytes(), name="c"), {NODE: counted}) == []
+    assert _CountingEntries.walks == 1
+
+
+# --- the placeholder round id (second review, finding 4) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "match_set"),
+    [
+        (fmt.ROUND_FINISHED, "custody"),  # a real round run under the placeholder id
+        (fmt.ROUND_STARTED, "custody"),
+        (fmt.ROUND_FAILED, "-"),
+        (fmt.ROUND_REFUSED, "custody"),
+    ],
+)
+def test_placeholder_round_id_outside_a_refusal_is_a_finding(
+    tmp_path: Path, signers: dict[str, AuditSigner], event: str, match_set: str
+) -> None:
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(6)])
+    fields: dict[str, object] = {
+        **round_event(0),
+        "round_id": fmt.UNKNOWN_ROUND_ID,
+        "match_set": match_set,
+        "reason": "x",
+    }
+    if event != fmt.ROUND_FINISHED:
+        fields = {k: v for k, v in fields.items() if k != "transcript"}
+    with AuditLog.open(node, party=NODE, signer=signers[NODE]) as log:
+        log.append(event, **fields)
+    result = reconcile(
+        check_log(coord.read_bytes(), name="c"), [check_log(node.read_bytes(), name="n")]
+    )
+    assert [f.describe() for f in result.findings] == [
+        f"round {fmt.UNKNOWN_ROUND_ID[:12]}: justice's log has a {event} entry under the "
+        f"placeholder round id (entry 17): only a refusal before any round (match set '-') "
+        f"may use it"
+    ]
+    code, text = run_reconcile(coord, node)
+    assert code == 1 and "FINDING: round 000000000000: justice's log has a" in text

@@ -42,6 +42,13 @@ def test_demo_runs_a_round_and_prints_the_summary(tmp_path: Path) -> None:
     decisions = json.loads((workdir / "round-1" / "decisions.json").read_text(encoding="utf-8"))
     assert len(decisions["decisions"]) == 300 and decisions["failed_sources"] == []
     assert decisions["coverage_gaps"]["medical-insurance/enrolled"]
+    # the federation's rehab_needs set is configured service_report = "needs"
+    needs = decisions["service_needs"]["disabled-persons-federation/rehab_needs"]
+    assert needs and "disabled-persons-federation/rehab_needs" not in decisions["coverage_gaps"]
+    assert (
+        f"service needs (disabled-persons-federation/rehab_needs): {len(needs)} "
+        "supported children matched" in out
+    ), out
     # the two protocols were both used, and the department files were not the roster
     assert re.search(r"justice\s+ecdh", out) and re.search(r"police\s+keyed-hash", out)
     # a second run into the same workdir replaces the earlier demo

@@ -27,7 +27,15 @@ from coordinator.eligibility import (
     parent_group,
 )
 from coordinator.reasons import TEMPLATES
-from coordinator.records import Category, Circumstance, Decision, Role, RowProblem
+from coordinator.records import (
+    Category,
+    Circumstance,
+    Decision,
+    EvidenceRow,
+    Role,
+    RosterRow,
+    RowProblem,
+)
 from tests.rules_helpers import child, ev
 
 D = date(2026, 11, 29)
@@ -583,6 +591,84 @@ def test_coverage_gaps() -> None:
         [kept, insured, leaving, new], evidence[:-1], as_of=D, failed_sources=["rehab/needs"]
     )
     assert [d.decision for d in without.decisions] == [d.decision for d in result.decisions]
+
+
+NEEDS = "disabled-persons-federation/rehab_needs"
+
+
+def _needs_case(kind: str) -> tuple[RosterRow, list[EvidenceRow]]:
+    """One child of the needs table and the records that decide it (no SERVICE row)."""
+    status, category_ = {
+        "enrol": ("candidate", None),
+        "not_eligible": ("candidate", None),
+        "reclassify": ("supported", "de_facto"),
+    }.get(kind, ("supported", "orphan"))
+    born = date(2005, 1, 1) if kind == "adult" else date(2012, 1, 1)
+    c = child(
+        born=born, status=status, category=category_, father=None if kind == "review" else "auto"
+    )
+    dead = kind in ("continue", "reclassify", "review", "enrol")
+    evidence = [ev(p, "DEAD", date(2015, 1, 1)) for p in (c.father_id, c.mother_id) if p and dead]
+    return c, evidence
+
+
+@pytest.mark.parametrize(
+    ("kind", "decision", "listed"),
+    [
+        ("continue", Decision.CONTINUE, True),
+        ("reclassify", Decision.RECLASSIFY, True),
+        ("review", Decision.REVIEW, True),  # support continues while reviewed
+        ("enrol", Decision.ENROL, False),  # not covered yet
+        ("exit", Decision.EXIT, False),  # leaving
+        ("adult", Decision.EXIT, False),
+        ("not_eligible", Decision.NOT_ELIGIBLE, False),
+    ],
+)
+def test_service_needs_list_matched_covered_children(
+    kind: str, decision: Decision, listed: bool
+) -> None:
+    c, evidence = _needs_case(kind)
+    assert c.child_id is not None
+    matched = [*evidence, ev(c.child_id, "SERVICE", source=NEEDS)]
+    result = decide_all([c], matched, as_of=D, service_need_sources=[NEEDS])
+    assert [d.decision for d in result.decisions] == [decision]
+    assert result.service_needs == {NEEDS: [c.child_id] if listed else []}
+    assert result.service_need_sources == (NEEDS,)
+    assert result.coverage_gaps == {} and result.service_sources == ()  # not a gap source
+    # needs never change a decision: the same without the set at all
+    assert [d.decision for d in decide_all([c], evidence, as_of=D).decisions] == [decision]
+
+
+def test_service_needs_unmatched_nameless_and_failed() -> None:
+    matched, _ = _needs_case("continue")
+    unmatched, _ = _needs_case("continue")
+    nameless = child(born=date(2012, 1, 1), status="supported", category="orphan", child_id=None)
+    rows = [matched, unmatched, nameless]
+    evidence = [
+        ev(p or "", "DEAD", date(2015, 1, 1)) for c in rows for p in (c.father_id, c.mother_id)
+    ]
+    evidence.append(ev(matched.child_id or "", "SERVICE", source=NEEDS))
+    evidence.append(ev(unmatched.child_id or "", "SERVICE", source="medical_insurance/enrolled"))
+    result = decide_all(rows, evidence, as_of=D, service_need_sources=[NEEDS, "education/needs"])
+    assert [d.decision for d in result.decisions] == [Decision.CONTINUE] * 3
+    # a declared set without matches lists nobody; the coverage set is still a coverage set
+    assert result.service_needs == {"education/needs": [], NEEDS: [matched.child_id]}
+    assert result.coverage_gaps == {"medical_insurance/enrolled": [matched.child_id]}
+    document = result.to_json()
+    assert document["service_needs"] == {"education/needs": [], NEEDS: [matched.child_id]}
+    # a failed needs set gives no list, even with matches delivered before it failed
+    failed = decide_all(
+        rows, evidence, as_of=D, failed_sources=[NEEDS], service_need_sources=[NEEDS]
+    )
+    assert failed.service_needs == {} and failed.service_need_sources == (NEEDS,)
+    assert NEEDS not in failed.coverage_gaps
+    assert failed.to_json()["service_needs"] == {}
+    # without the declaration its SERVICE rows read as a coverage set (rules evaluate
+    # must be told, as the round is by the node's capabilities)
+    undeclared = decide_all(rows, evidence, as_of=D)
+    assert undeclared.service_needs == {} and NEEDS in undeclared.coverage_gaps
+    with pytest.raises(ValueError, match="both as service coverage and service needs"):
+        decide_all(rows, evidence, as_of=D, service_sources=[NEEDS], service_need_sources=[NEEDS])
 
 
 def test_every_template_has_both_languages_with_the_same_placeholders() -> None:

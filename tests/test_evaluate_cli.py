@@ -188,3 +188,73 @@ def test_report_is_written_on_request(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "赤峰市 150402" in page and "justice" in page
+
+
+def test_service_need_lists_matched_covered_children(tmp_path: Path) -> None:
+    roster, evidence = _files(
+        tmp_path,
+        [
+            f"{CHILD},甲,,,{FATHER},{MOTHER},,,supported,de_facto,,150402,2026-10-01",
+            f"{CHILD2},乙,,,{FATHER},{MOTHER},,,candidate,,,150402,",
+        ],
+        [
+            *EVIDENCE,
+            f"{CHILD},SERVICE,disabled-persons-federation/rehab_needs,,,,",
+            f"{CHILD2},SERVICE,disabled-persons-federation/rehab_needs,,,,",
+            f"{CHILD2},SERVICE,medical_insurance/enrolled,,,,",
+        ],
+        "utf-8",
+    )
+    result = _run(
+        tmp_path,
+        roster,
+        evidence,
+        "--service-need",
+        "disabled-persons-federation/rehab_needs",
+        "--service-need",
+        "education/needs",
+        "--report",
+        str(tmp_path / "report.html"),
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "decisions.json").read_text(encoding="utf-8"))
+    assert [d["decision"] for d in document["decisions"]] == ["CONTINUE", "ENROL"]
+    # CHILD2 is matched too, but enrols: not covered yet
+    assert document["service_needs"] == {
+        "disabled-persons-federation/rehab_needs": [CHILD],
+        "education/needs": [],
+    }
+    assert document["coverage_gaps"] == {"medical_insurance/enrolled": [CHILD]}
+    assert list(document)[-2:] == ["coverage_gaps", "service_needs"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "服务需求" in page and "disabled-persons-federation/rehab_needs (1)" in page
+    assert "service needs; from the evidence file" in page
+    # without the flag the set reads as a coverage set, and no needs are listed
+    plain = _run(tmp_path, roster, evidence)
+    assert plain.returncode == 0, plain.stderr
+    document = json.loads((tmp_path / "decisions.json").read_text(encoding="utf-8"))
+    assert document["service_needs"] == {}
+    assert document["coverage_gaps"]["disabled-persons-federation/rehab_needs"] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (("--service-need", "rehab_needs"), "--service-need: expected NODE/SET"),
+        (
+            ("--service-need", "dpf/rehab", "--service-source", "dpf/rehab"),
+            "--service-source and --service-need both name dpf/rehab",
+        ),
+    ],
+)
+def test_bad_service_need_exits_1_with_one_line(
+    tmp_path: Path, extra: tuple[str, ...], expected: str
+) -> None:
+    roster, evidence = _files(
+        tmp_path, [f"{CHILD},甲,,,{FATHER},{MOTHER},,,candidate,,,,"], EVIDENCE, "utf-8"
+    )
+    result = _run(tmp_path, roster, evidence, *extra)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "decisions.json").exists()

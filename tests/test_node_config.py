@@ -108,6 +108,16 @@ def test_suite_allow_list_names_every_suite_psi_offers() -> None:
             "match_sets[0].min_query_size: 100 is above node.max_query_size (99)",
         ),
         ("[node]\n", "[node]\nmax_past_days = -1\n", "node.max_past_days"),
+        (
+            "allow = ",
+            'service_report = "needs"\nallow = ',
+            'match_sets[0].service_report: only for circumstance = "SERVICE"',
+        ),
+        (
+            '"IMPRISONED"',
+            '"SERVICE"\nservice_report = "wants"',
+            "match_sets[0].service_report: Input should be 'gaps' or 'needs'",
+        ),
     ],
 )
 def test_errors_name_file_and_key(folder: Path, old: str, new: str, message: str) -> None:
@@ -130,6 +140,17 @@ def test_budget_and_own_keys(folder: Path) -> None:
     bad = text.replace('"12h"', '"1 day"')
     with pytest.raises(ConfigError, match=r"match_sets\[0\]\.budget\.period"):
         load_node_config(write(folder, bad))
+
+
+def test_service_report_of_service_sets(folder: Path) -> None:
+    service = GOOD.replace('"IMPRISONED"', '"SERVICE"').replace(
+        'payload = ["start_date", "end_date"]\n', ""
+    )
+    cfg = load_node_config(write(folder, service))
+    assert cfg.match_sets[0].service_report is None and cfg.match_sets[0].report == "gaps"
+    needs = service.replace("allow = ", 'service_report = "needs"\nallow = ')
+    assert load_node_config(write(folder, needs)).match_sets[0].report == "needs"
+    assert load_node_config(write(folder, GOOD)).match_sets[0].report is None
 
 
 def test_duplicate_match_set(folder: Path) -> None:

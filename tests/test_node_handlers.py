@@ -282,6 +282,19 @@ def test_capabilities_only_allowed(cfg: NodeConfig) -> None:
     assert capabilities(cfg, "civil-affairs", role="node") == []
 
 
+def test_capabilities_say_what_a_service_set_reports(cfg: NodeConfig) -> None:
+    custody = cfg.match_sets[0]
+    gaps = custody.model_copy(update={"name": "enrolled", "circumstance": "SERVICE"})
+    needs = gaps.model_copy(update={"name": "rehab_needs", "service_report": "needs"})
+    both = cfg.model_copy(update={"match_sets": [custody, gaps, needs]})
+    views = capabilities(both, "civil-affairs", role="coordinator")
+    assert [(v.name, v.service_report) for v in views] == [
+        ("custody", ""),
+        ("enrolled", "gaps"),
+        ("rehab_needs", "needs"),
+    ]
+
+
 # -- drivers
 
 
@@ -675,7 +688,8 @@ def test_budget_and_replay_memory_are_rebuilt_from_the_audit_log(
     log.append("round_started", **fields(rounds[1]), query_size=10)
     log.append("round_finished", **fields(rounds[1]), transcript="cd" * 32)
     log.append("round_failed", **fields(rounds[2]), reason="x", authorized=True)
-    # rounds[3]: failed before authorization: no budget, but remembered
+    # rounds[3]: failed before authorization: neither budget nor replay memory (the
+    # live authorize never got as far as remembering it)
     log.append("round_failed", **fields(rounds[3]), reason="x", authorized=False)
     # an unparsed start (placeholder round id): ignored
     log.append("round_refused", **{**fields(rounds[3]), "round_id": "0" * 32, "match_set": "-"},
@@ -695,11 +709,176 @@ def test_budget_and_replay_memory_are_rebuilt_from_the_audit_log(
     b = cfg.match_sets[0].budget
     kwargs = {"match_set": "custody", "requester": "civil-affairs", "purpose": "eligibility-review"}
     assert budget.remaining(**kwargs, budget=b) == 1
-    for c in rounds:
+    for c in rounds[:3]:
         with pytest.raises(Refused, match="replayed round id"):
             check(cfg, c, budget=budget, replay=replay)
+    assert replay.remember(rounds[3].round_id, "custody")  # not remembered
     check(cfg, ctx(), budget=budget, replay=replay)  # the last round of the period
     with pytest.raises(BudgetExhausted):
         check(cfg, ctx(), budget=budget, replay=replay)
     clock.now += 40 * 60 + 1  # rounds[1] and [2] leave the period
     check(cfg, ctx(), budget=budget, replay=replay)
+
+
+def _round_fields(c: RoundContext) -> dict[str, object]:
+    return {
+        "round_id": c.round_id_hex,
+        "requester": c.requester,
+        "responder": c.responder,
+        "purpose": c.purpose,
+        "match_set": c.match_set,
+        "protocol": c.protocol,
+    }
+
+
+def _restore(
+    cfg: NodeConfig, path: Path, *, replay_memory: int = 10
+) -> tuple[QueryBudget, ReplayGuard, int]:
+    from nodes.history import read_round_entries, restore_limits
+
+    budget, replay = QueryBudget(clock=Clock()), ReplayGuard(replay_memory)
+    restored = restore_limits(
+        cfg,
+        read_round_entries(path),
+        budget=budget,
+        replay=replay,
+        now=_dt.datetime(2026, 11, 29, 12, 0, tzinfo=_dt.UTC),
+    )
+    return budget, replay, restored.budget_rounds
+
+
+def _node_log(pki: Pki, path: Path):  # type: ignore[no-untyped-def]
+    from audit.log import AuditLog
+    from keys.handles import AuditSigner
+
+    member = pki.issue("justice", "node")
+    signer = AuditSigner.load(key=member.audit_key, cert=member.audit_cert, ca=pki.ca)
+    at = _dt.datetime(2026, 11, 29, 11, 50, tzinfo=_dt.UTC)
+    return AuditLog.open(path, party="justice", signer=signer, clock=lambda: at)
+
+
+CIVIL_AFFAIRS_CUSTODY = {
+    "match_set": "custody",
+    "requester": "civil-affairs",
+    "purpose": "eligibility-review",
+}
+
+
+def test_claimed_rounds_neither_burn_budget_nor_evict_replay_memory(
+    cfg: NodeConfig, pki: Pki, tmp_path: Path
+) -> None:
+    """Second review, finding 2: what a peer merely claimed counts for nothing at restart.
+
+    The entries are those the servicer wrote before the fix: a peer claiming to be
+    civil-affairs trips the identity guard (the fallback wrote ``round_failed``
+    without ``authorized``), and refusals filed under the claimed requester.
+    """
+    path = tmp_path / "j.audit.jsonl"
+    log = _node_log(pki, path)
+    served = ctx()
+    log.append("round_started", **_round_fields(served), query_size=10)
+    log.append("round_finished", **_round_fields(served), transcript="ab" * 32)
+    for _ in range(3):
+        log.append("round_failed", **_round_fields(ctx()), reason="withheld", outcome="failed")
+    for _ in range(5):
+        log.append("round_refused", **_round_fields(ctx()), reason="purpose not allowed")
+    # An older log's failure of an authorized round, without the field: it counts
+    # once, through its round_started.
+    older = ctx()
+    log.append("round_started", **_round_fields(older), query_size=10)
+    log.append("round_failed", **_round_fields(older), reason="x", outcome="failed")
+    log.close()
+    budget, replay, rounds = _restore(cfg, path, replay_memory=3)
+    assert rounds == 2
+    assert budget.remaining(**CIVIL_AFFAIRS_CUSTODY, budget=cfg.match_sets[0].budget) == 1
+    # the 8 claimed pairs did not push the served round out of a memory of 3
+    for c in (served, older):
+        with pytest.raises(Refused, match="replayed round id"):
+            check(cfg, c, budget=budget, replay=replay)
+
+
+def test_rounds_under_the_placeholder_round_id_still_count(
+    cfg: NodeConfig, pki: Pki, tmp_path: Path
+) -> None:
+    """Second review, finding 4: only a refusal before any round may use the all-zero id."""
+    path = tmp_path / "j.audit.jsonl"
+    log = _node_log(pki, path)
+    for _ in range(2):  # e.g. a coordinator that ran real rounds under the placeholder id
+        fields = {**_round_fields(ctx()), "round_id": "0" * 32}
+        log.append("round_started", **fields, query_size=10)
+    placeholder = {**_round_fields(ctx()), "round_id": "0" * 32, "match_set": "-"}
+    log.append("round_refused", **placeholder, reason="unauthenticated")
+    log.close()
+    budget, _, rounds = _restore(cfg, path)
+    assert rounds == 1  # one (round id, match set) pair
+    assert budget.remaining(**CIVIL_AFFAIRS_CUSTODY, budget=cfg.match_sets[0].budget) == 2
+
+
+# -- DistinctRows when rows share their first 8 bytes (second review, finding 1)
+
+
+def test_distinct_rows_sharing_their_first_word_cost_linear_memory() -> None:
+    """Two full chunks with one constant first word: no pairwise comparison.
+
+    Before the fix, the second chunk built an index of 65,536 × 65,536 entries
+    (32 GiB); the bound here is a few hundred bytes per row.
+    """
+    import time
+    import tracemalloc
+
+    import numpy as np
+
+    from nodes.handlers import DistinctRows
+
+    n = 65_536
+    rng = np.random.default_rng(11)
+    chunks = [rng.integers(0, 256, size=(n, 32), dtype=np.uint8) for _ in range(2)]
+    for chunk in chunks:
+        chunk[:, :8] = 0  # keyed-hash tags are the requester's bytes: hi = 0 for all
+    guard = DistinctRows()
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            guard.add(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 512 * n, f"peak {peak} bytes for {n} rows per chunk"
+    assert time.perf_counter() - started < 5
+    assert guard.count == 2 * n
+    # a real repeat is still caught, at either end of the sorted run and in between
+    lo = chunks[0][:, 8:16].copy().view(np.uint64).ravel()
+    for row in (int(np.argmin(lo)), int(np.argmax(lo)), 777):
+        with pytest.raises(ProtocolError, match="earlier chunk"):
+            guard.add(chunks[0][row : row + 1])
+    near = chunks[1][5:6].copy()
+    near[0, 8] ^= 1  # same first word, second word one bit off: distinct
+    guard.add(near)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_rows_agree_with_a_set_on_colliding_words(seed: int) -> None:
+    """Few distinct words on both halves: runs of equal first words of every length."""
+    import numpy as np
+
+    from nodes.handlers import DistinctRows
+
+    rng = np.random.default_rng(seed)
+    guard = DistinctRows()
+    seen: set[bytes] = set()
+    for _ in range(40):
+        size = int(rng.integers(1, 30))
+        rows = np.zeros((size, 32), dtype=np.uint8)
+        rows[:, 0] = rng.integers(0, 3, size=size)  # first word: 3 values
+        rows[:, 8] = rng.integers(0, 60, size=size)  # second word: 60 values
+        rows[:, 16:] = rng.integers(0, 256, size=(size, 16))  # ignored (points' tails)
+        keys = [bytes(r[:16]) for r in rows]
+        repeated = len(set(keys)) < len(keys) or any(k in seen for k in keys)
+        if repeated:
+            with pytest.raises(ProtocolError, match="repeats an identity"):
+                guard.add(rows)
+        else:
+            guard.add(rows)
+            seen.update(keys)
+    assert guard.count == len(seen)

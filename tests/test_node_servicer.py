@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
-from collections.abc import Callable
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, cast
@@ -11,15 +15,20 @@ from typing import NoReturn, cast
 import grpc
 import pytest
 
-from audit.format import check_fields
+from audit.format import IdentityLeak, check_fields
+from audit.log import AuditLog
+from keys.handles import AuditSigner
 from nodes.auth import Peer, PeerIdentityInterceptor, peer_scope
-from nodes.handlers import BudgetExhausted, NodeBusy, NodeState
+from nodes.config import NodeConfig, load_node_config
+from nodes.handlers import BudgetExhausted, NodeBusy, NodeState, QueryBudget, ReplayGuard
+from nodes.history import read_round_entries, restore_limits
 from nodes.servicer import NodeServicer, status_for
 from proto import xmatch_pb2 as pb
 from psi.ecdh import EcdhRequester
 from psi.errors import ConfigError, ProtocolError, Refused, XmatchError
 from psi.identifiers import encode_identities
 from psi.keyed_hash import KeyedHashRequester
+from tests.conftest import Pki
 from tests.test_node_handlers import NODE_IDS, OTHERS, TODAY, _streaming, ctx, make_cfg
 
 
@@ -173,7 +182,7 @@ def test_node_certificate_cannot_run_a_round(tmp_path: Path) -> None:
         list(servicer.Ecdh(iter([start]), _call_ctx()))
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
     event, fields = sink.entries[-1]
-    assert event == "round_refused" and "role node" in str(fields["reason"])
+    assert event == "round_refused" and fields["reason"] == "not a coordinator certificate"
 
 
 @dataclass(frozen=True)
@@ -206,3 +215,181 @@ def test_unauthenticated_calls_are_audit_logged(method: str, protocol: str) -> N
     assert fields["reason"] == "unauthenticated" and fields["requester"] == "-"
     assert fields["protocol"] == protocol and fields["rpc"] == method
     assert fields["responder"] == "justice" and fields["outcome"] == "refused"
+
+
+# -- second review
+
+
+def _variant(tmp_path: Path, extra: str) -> NodeConfig:
+    """make_cfg's node with ``extra`` lines added to ``[node]``."""
+    cfg = make_cfg(tmp_path)
+    assert cfg.path is not None
+    path = cfg.path.with_name("variant.node.toml")
+    text = cfg.path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace('audit_log = "audit.jsonl"', f'audit_log = "audit.jsonl"\n{extra}'),
+        encoding="utf-8",
+    )
+    return load_node_config(path)
+
+
+def _audit_log(pki: Pki, path: Path) -> AuditLog:
+    member = pki.issue("justice", "node")
+    signer = AuditSigner.load(key=member.audit_key, cert=member.audit_cert, ca=pki.ca)
+    return AuditLog.open(path, party="justice", signer=signer)
+
+
+def test_claims_are_logged_under_the_tls_peer_and_burn_no_budget(tmp_path: Path, pki: Pki) -> None:
+    """Finding 2: a member claiming to be civil-affairs cannot spend civil-affairs' budget.
+
+    Its context names civil-affairs, arrives on the wrong stream (a failure before
+    authorization) and announces a size that trips the identity guard, which sent
+    the entry to the fallback that used to omit ``authorized``.
+    """
+    cfg = make_cfg(tmp_path)
+    log = _audit_log(pki, tmp_path / "j.audit.jsonl")
+    servicer = NodeServicer(NodeState.create(cfg, today=lambda: TODAY), log)
+    for _ in range(3):
+        c = ctx(protocol="keyed-hash")  # requester civil-affairs
+        huge = 123_456_789_012_345  # >= 10**14: the log refuses it
+        start = pb.EcdhRequest(start=pb.RoundStart(context=c.to_bytes(), query_size=huge))
+        with peer_scope(Peer(name="education", role="coordinator")), pytest.raises(Aborted):
+            list(servicer.Ecdh(iter([start]), _call_ctx()))
+    # and a refusal: the context's requester is not the TLS peer
+    c = ctx(protocol="ecdh")
+    start = pb.EcdhRequest(start=pb.RoundStart(context=c.to_bytes(), query_size=20))
+    with peer_scope(Peer(name="education", role="coordinator")), pytest.raises(Aborted):
+        list(servicer.Ecdh(iter([start]), _call_ctx()))
+    log.close()
+    entries = [e for e in read_round_entries(tmp_path / "j.audit.jsonl")]
+    assert [e.event for e in entries] == ["round_failed"] * 3 + ["round_refused"]
+    assert {e.requester for e in entries} == {"education"}
+    assert [e.authorized for e in entries] == [False, False, False, None]
+    raw = [json.loads(line) for line in (tmp_path / "j.audit.jsonl").read_text().splitlines()]
+    rounds = [r for r in raw if r["event"].startswith("round_")]
+    assert all(r["claimed_requester"] == "civil-affairs" for r in rounds)
+    assert [r["reason"] for r in rounds[:3]] == ["withheld"] * 3
+    # after a restart civil-affairs still has its whole budget
+    budget = QueryBudget()
+    restore_limits(
+        cfg,
+        read_round_entries(tmp_path / "j.audit.jsonl"),
+        budget=budget,
+        replay=ReplayGuard(10),
+        now=_dt.datetime.now(_dt.UTC),
+    )
+    b = cfg.match_sets[0].budget
+    assert (
+        budget.remaining(
+            match_set="custody", requester="civil-affairs", purpose="eligibility-review", budget=b
+        )
+        == b.rounds
+    )
+
+
+IDENTITY_PURPOSE = b"110101199003074514"  # same length as "eligibility-review"
+
+
+def test_a_name_like_an_identity_number_is_refused_and_logged(tmp_path: Path) -> None:
+    """Finding 3: both appends used to raise IdentityLeak; the peer got UNKNOWN, no entry."""
+    sink = Sink()
+    servicer = NodeServicer(NodeState.create(make_cfg(tmp_path), today=lambda: TODAY), sink)
+    raw = ctx(protocol="ecdh").to_bytes().replace(b"eligibility-review", IDENTITY_PURPOSE)
+    start = pb.EcdhRequest(start=pb.RoundStart(context=raw, query_size=20))
+    with peer_scope(COORDINATOR), pytest.raises(Aborted) as info:
+        list(servicer.Ecdh(iter([start]), _call_ctx()))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(info.value) == (
+        "invalid round context: purpose must not hold 15 or more digits in a row"
+    )
+    [(event, fields)] = sink.entries
+    assert event == "round_refused"
+    assert fields["round_id"] == "0" * 32 and fields["match_set"] == "-"
+    assert fields["requester"] == "civil-affairs"
+    assert IDENTITY_PURPOSE.decode() not in repr(sink.entries)
+
+
+class RefusingSink(Sink):
+    """An audit log that refuses every entry (as the identity guard might)."""
+
+    def append_anchored(self, event: str, **fields: object) -> tuple[int, str]:
+        raise IdentityLeak("log field 'reason' looks like it holds an identity number")
+
+
+def test_the_call_is_aborted_even_if_no_entry_can_be_written(tmp_path: Path) -> None:
+    """Finding 3: the exception used to escape before ``context.abort``."""
+    servicer = NodeServicer(
+        NodeState.create(make_cfg(tmp_path), today=lambda: TODAY), RefusingSink()
+    )
+    start = pb.EcdhRequest(start=pb.RoundStart(context=b"garbage", query_size=20))
+    with peer_scope(COORDINATOR), pytest.raises(Aborted) as info:
+        list(servicer.Ecdh(iter([start]), _call_ctx()))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_node_certificate_is_refused_before_it_can_hold_a_slot(tmp_path: Path) -> None:
+    """Finding 5: refused at once, even with every slot busy, and nothing read."""
+    state = NodeState.create(_variant(tmp_path, "queue_seconds = 0.2"), today=lambda: TODAY)
+    sink = Sink()
+    servicer = NodeServicer(state, sink)
+    held = 0
+    while state.slots.acquire(blocking=False):
+        held += 1
+    pulled = 0
+
+    def requests() -> Iterator[pb.EcdhRequest]:
+        nonlocal pulled
+        pulled += 1
+        yield pb.EcdhRequest(start=pb.RoundStart(context=ctx(protocol="ecdh").to_bytes()))
+
+    try:
+        with peer_scope(Peer(name="police", role="node")), pytest.raises(Aborted) as info:
+            list(servicer.Ecdh(requests(), _call_ctx()))
+    finally:
+        for _ in range(held):
+            state.slots.release()
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert pulled == 0
+    [(event, fields)] = sink.entries
+    assert event == "round_refused" and fields["reason"] == "not a coordinator certificate"
+    assert fields["requester"] == "police" and fields["round_id"] == "0" * 32
+    assert fields["match_set"] == "-" and fields["protocol"] == "ecdh"
+
+
+def test_a_round_without_a_start_gives_its_slot_back(tmp_path: Path) -> None:
+    """Finding 5: a silent stream held a slot for IDLE_SECONDS (300 s)."""
+    cfg = _variant(tmp_path, "start_timeout_seconds = 0.3\nmax_concurrent_rounds = 1")
+    assert make_cfg(tmp_path).node.start_timeout_seconds == 15  # the default
+    state = NodeState.create(cfg, today=lambda: TODAY)
+    sink = Sink()
+    servicer = NodeServicer(state, sink)
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.KeyedHashRequest]:
+        release.wait(30)
+        yield from ()
+
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        with peer_scope(COORDINATOR):
+            try:
+                list(servicer.KeyedHash(silent(), _call_ctx()))
+            except BaseException as exc:
+                outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(10)
+    release.set()
+    assert not worker.is_alive(), "the round kept its slot"
+    assert time.monotonic() - started < 5
+    [exc] = outcome
+    assert isinstance(exc, Aborted) and exc.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(exc) == "no start message within 0.3 s"
+    assert state.slots.acquire(blocking=False)  # the one slot is free again
+    state.slots.release()
+    [(event, fields)] = sink.entries
+    assert event == "round_refused" and fields["reason"] == "no start message within 0.3 s"
+    assert fields["round_id"] == "0" * 32 and fields["match_set"] == "-"

@@ -22,6 +22,9 @@ def seeded(seed: int = 1):  # type: ignore[no-untyped-def]
     return lambda n: gen.randbytes(n)
 
 
+RID = bytes(range(1, 17))
+
+
 def make_context(**overrides: object) -> RoundContext:
     fields: dict[str, object] = dict(
         as_of=datetime.date(2025, 6, 30),
@@ -61,7 +64,7 @@ def test_distinct_contexts_encode_differently(
 ) -> None:
     def build(f: tuple[str, str, str, str]) -> RoundContext:
         return RoundContext(
-            round_id=bytes(16),
+            round_id=RID,
             as_of=datetime.date(2025, 1, 1),
             purpose=f[0],
             requester=f[1],
@@ -91,10 +94,47 @@ def test_invalid_fields(overrides: dict[str, object]) -> None:
         make_context(**overrides)
 
 
+# Second review, finding 3: names that look like identity numbers would make every
+# audit entry of the round unloggable; finding 4: the all-zero id is the log's placeholder.
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("purpose", "110101199003074514"),
+        ("requester", "x110101199003074514"),
+        ("responder", "110101.19900307.4514"),
+        ("match_set", "set_110101-199003-07451x"),
+        ("purpose", "123456789012345"),
+    ],
+)
+def test_names_that_look_like_identity_numbers_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must not hold 15 or more digits in a row$"):
+        make_context(**{field: value})
+    fields = list(GOOD)
+    fields[{"purpose": 2, "requester": 3, "responder": 4, "match_set": 5}[field]] = value.encode()
+    with pytest.raises(ProtocolError) as info:
+        RoundContext.from_bytes(_raw_context(fields))
+    text = info.value.diagnostics()
+    assert text == f"invalid round context: {field} must not hold 15 or more digits in a row"
+    assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("value", ["set-12345678901234", "a1234567.1234567x1", "2026-11-29"])
+def test_names_with_shorter_digit_runs_are_fine(value: str) -> None:
+    assert make_context(purpose=value).purpose == value
+
+
+def test_all_zero_round_id_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^round_id must not be all zero$"):
+        make_context(rng=lambda n: bytes(n))
+    with pytest.raises(ProtocolError) as info:
+        RoundContext.from_bytes(_raw_context([bytes(16), *GOOD[1:]]))
+    assert info.value.diagnostics() == "invalid round context: round_id must not be all zero"
+
+
 def test_unsorted_params_rejected() -> None:
     with pytest.raises(ValueError):
         RoundContext(
-            bytes(16),
+            RID,
             datetime.date(2025, 1, 1),
             "p",
             "r",
@@ -172,9 +212,6 @@ def test_transcript_rejects_bad_direction_or_label() -> None:
         t.absorb("requester", "Bad Label", b"")
 
 
-RID = bytes(range(16))
-
-
 def test_messages_round_trip() -> None:
     tags = np.arange(48, dtype=np.uint8).reshape(3, 16)
     chunk = TagChunk(RID, 4, tags)
@@ -244,7 +281,7 @@ def _raw_context(fields: list[bytes], params: Sequence[tuple[bytes, bytes]] = ()
 
 
 SECRET = "110105194912310021"  # an identity-shaped marker (GB 11643 example)
-GOOD = [bytes(16), b"2025-06-30", b"dibao-review", b"civil-affairs", b"police", b"custody", b"ecdh"]
+GOOD = [RID, b"2025-06-30", b"dibao-review", b"civil-affairs", b"police", b"custody", b"ecdh"]
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,15 @@ def _round() -> tuple[RoundDecisions, Provenance]:
             source="police/rehab",
         ),
     ]
-    decisions = decide_all(rows, evidence, as_of=D, service_sources=["medical_insurance/enrolled"])
+    evidence.append(ev(review.child_id or "", "SERVICE", source="dpf/rehab_needs"))
+    evidence.append(ev(enrol.child_id or "", "SERVICE", source="dpf/rehab_needs"))  # not covered
+    decisions = decide_all(
+        rows,
+        evidence,
+        as_of=D,
+        service_sources=["medical_insurance/enrolled"],
+        service_need_sources=["dpf/rehab_needs"],
+    )
     provenance = Provenance(
         round_id="round-2026-11-29",
         as_of=D,
@@ -112,11 +120,39 @@ def test_report_content_is_complete_and_escaped() -> None:
         "<svg",
         "@media print",
         "数据矛盾",
+        "服务需求",
+        "dpf/rehab_needs (1)",
     ):
         assert needle in page, needle
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert "http://" not in page and "https://" not in page
     assert "<link" not in page and "@import" not in page and "url(" not in page
+
+
+def _section(page: str, title: str) -> str:
+    start = page.index(f"<h2>{title}")
+    end = page.find("<h2>", start + 1)
+    return page[start:end]
+
+
+def test_report_service_needs_table() -> None:
+    decisions, provenance = _round()
+    needs = _section(render_report(decisions, provenance=provenance), "服务需求")
+    [listed] = decisions.service_needs["dpf/rehab_needs"]
+    assert listed in needs and needs.count("<tr><td class='n'>") == 1  # the enrolling child is not
+    assert "人工复核" in needs  # its decision
+    failed = decide_all(
+        [d.child for d in decisions.decisions],
+        [],
+        as_of=D,
+        failed_sources=["dpf/rehab_needs"],
+        service_need_sources=["dpf/rehab_needs"],
+    )
+    needs = _section(render_report(failed, provenance=provenance), "服务需求")
+    assert "dpf/rehab_needs" in needs and "the set failed: no needs can be listed" in needs
+    none = decide_all([d.child for d in decisions.decisions], [], as_of=D)
+    needs = _section(render_report(none, provenance=provenance), "服务需求")
+    assert "no service-needs sets this round" in needs
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -21,6 +21,7 @@ import pytest
 
 from tests.federation import (
     AS_OF,
+    NEEDS,
     SPECS,
     SWAP,
     Federation,
@@ -88,6 +89,8 @@ def _evaluate(fed: Federation, out: Path, failed: list[str], tmp: Path) -> dict[
     ]
     for source in failed:
         args += ["--failed-source", source]
+    for source in NEEDS:  # what the nodes' capabilities told the round
+        args += ["--service-need", source]
     done = xmatch(*args)
     assert done.returncode == 0, done.stderr
     document: dict[str, object] = json.loads((tmp / "evaluated.json").read_text(encoding="utf-8"))
@@ -131,6 +134,19 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     assert decisions == evaluated
     assert decisions["failed_sources"] == []
     assert "medical-insurance/enrolled" in decisions["coverage_gaps"]
+    # the round took service_report = "needs" from the node's capabilities: the set lists
+    # the covered children it matched, and is no coverage set
+    assert NEEDS == ("disabled-persons-federation/rehab_needs",)
+    needs = decisions["service_needs"]
+    assert list(needs) == list(NEEDS) and needs[NEEDS[0]], needs
+    assert NEEDS[0] not in decisions["coverage_gaps"]
+    matched = {r[0] for r in got if r[2] == NEEDS[0]}
+    covered = {
+        d["child_id"]
+        for d in decisions["decisions"]
+        if d["decision"] in ("CONTINUE", "RECLASSIFY", "REVIEW") and d["child_id"]
+    }
+    assert set(needs[NEEDS[0]]) <= matched & covered
     assert (
         (out / "report.html").read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype")
     )

@@ -554,10 +554,10 @@ def test_ecdh_set_beyond_the_announced_size_is_refused_early(declared: int) -> N
         # refused at the first chunk that crosses the bound, not at the end
         assert flood.sent == declared // 4 + 1
     else:
-        # an absurd declaration bounds nothing (the deadline does), and the
-        # failure quotes none of the node's numbers
-        assert reason == "stream ended early"
-        assert flood.sent == 200
+        # an absurd declaration is refused at accept, before any set point is
+        # multiplied, and the failure quotes none of the node's numbers
+        assert reason == "out of protocol: announced set size above max_set_size (50000000)"
+        assert flood.sent == 0
 
 
 def test_state_database_gains_the_anchor_columns(tmp_path: Path) -> None:
@@ -594,3 +594,61 @@ def test_state_database_gains_the_anchor_columns(tmp_path: Path) -> None:
         )
         (record,) = state.sub_rounds("r1")
     assert (record.node_log_seq, record.node_log_head) == (7, HEAD)
+
+
+@pytest.mark.parametrize(
+    ("circumstance", "announced", "ok"),
+    [
+        ("SERVICE", "", True),  # an older node: gaps
+        ("SERVICE", "gaps", True),
+        ("SERVICE", "needs", True),
+        ("SERVICE", "wants", False),
+        ("IMPRISONED", "wants", True),  # meaningless for an evidence set, ignored
+    ],
+)
+def test_unknown_service_report_is_out_of_protocol(
+    circumstance: str, announced: str, ok: bool
+) -> None:
+    client = _ecdh_client(object())
+    client._caps = pb.Capabilities(
+        node="justice",
+        match_sets=[
+            pb.MatchSetInfo(
+                name="custody",
+                circumstance=circumstance,
+                protocols=["ecdh"],
+                service_report=announced,
+            )
+        ],
+    )
+    with client:
+        if ok:
+            assert client.match_set_info("custody").service_report == announced
+        else:
+            with pytest.raises(PeerError) as info:
+                client.match_set_info("custody")
+            assert info.value.reason == "out of protocol: unknown service_report"
+
+
+# ---------------------------------------------------------------------------
+# the coordinator's log is closed whatever fails at the end of a round
+
+
+def test_log_gets_its_shutdown_and_checkpoint_even_if_the_state_fails_to_close(
+    tmp_path: Path, pki: Pki
+) -> None:
+    from coordinator.state import RoundState
+
+    def broken_close(self: RoundState) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    config = load_coordinator_config(_config(tmp_path, pki))
+    _RecordingClient.given = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(round_module, "NodeClient", _RecordingClient)
+        mp.setattr(RoundState, "close", broken_close)
+        with pytest.raises(sqlite3.OperationalError):
+            run_round(config, as_of=AS_OF, out=tmp_path / "round-1", lang="en")
+    text = (tmp_path / "logs" / "civil-affairs.audit.jsonl").read_text(encoding="utf-8")
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert events[-2:] == ["shutdown", "checkpoint"]

@@ -114,6 +114,7 @@ def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         report=args.report,
         service_sources=args.service_source,
+        service_need_sources=args.service_need,
     )
 
 
@@ -367,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
             "a service-coverage match set of this evidence (repeatable), e.g. "
             "medical_insurance/enrolled: covered children it did not match are coverage gaps, "
             "even when it matched nobody"
+        ),
+    )
+    evaluate.add_argument(
+        "--service-need",
+        action="append",
+        default=[],
+        metavar="NODE/SET",
+        help=(
+            "a service-needs match set of this evidence (repeatable), e.g. "
+            "disabled-persons-federation/rehab_needs: covered children it matched are listed "
+            "under service_needs (a round does this for sets configured with "
+            'service_report = "needs")'
         ),
     )
     evaluate.set_defaults(func=_cmd_rules_evaluate)

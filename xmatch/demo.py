@@ -241,6 +241,8 @@ def run_demo(
         print(f"  {node_name:<28} {protocols[node_name]:<11} {', '.join(sets)}", file=out)
     for source, gaps in outcome.decisions.coverage_gaps.items():
         print(f"coverage gaps ({source}): {len(gaps)} supported children not matched", file=out)
+    for source, needs in outcome.decisions.service_needs.items():
+        print(f"service needs ({source}): {len(needs)} supported children matched", file=out)
     failed = outcome.failed_sources
     if failed:
         for sub in outcome.sub_rounds:

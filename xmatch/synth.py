@@ -205,6 +205,8 @@ class MatchSetSpec:
     where: str | None
     payload: tuple[str, ...]
     encoding: str = "utf-8"
+    #: SERVICE sets: "gaps" or "needs" (node.toml ``service_report``); None: not written
+    service_report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -719,6 +721,16 @@ def _node_specs() -> tuple[NodeSpec, ...]:
                     ("start_date", "end_date", "disability_category", "disability_grade"),
                     encoding="gb18030",
                 ),
+                MatchSetSpec(
+                    "rehab_needs",
+                    "SERVICE",
+                    "data/disabled_persons_federation/rehab_needs.csv",
+                    "id_number",
+                    None,
+                    (),
+                    encoding="gb18030",
+                    service_report="needs",
+                ),
             ),
         ),
         NodeSpec(
@@ -839,6 +851,7 @@ def generate(root: Path, *, children: int, seed: int, as_of: _dt.date | None = N
                 "region_code": p.id[:6],
             }
         )
+    rehab_needs = _rehab_needs(child_ids, seed=seed, as_of=as_of, children=children)
     for rows in (
         dept.deaths,
         dept.lost_contact,
@@ -911,6 +924,12 @@ def generate(root: Path, *, children: int, seed: int, as_of: _dt.date | None = N
             "gb18030",
         ),
         (
+            "disabled_persons_federation/rehab_needs.csv",
+            rehab_needs,
+            ("id_number", "rehab_type", "assessed_date", "region_code"),
+            "gb18030",
+        ),
+        (
             "medical_insurance/enrolled.csv",
             dept.enrolled,
             ("id_number", "insured_type", "region_code"),
@@ -927,6 +946,39 @@ def generate(root: Path, *, children: int, seed: int, as_of: _dt.date | None = N
         scenarios=scenarios,
         file_rows=file_rows,
     )
+
+
+_REHAB_TYPES = ("肢体康复", "听力言语康复", "智力康复", "孤独症康复", "视力康复")
+
+
+def _rehab_needs(
+    child_ids: Sequence[str], *, seed: int, as_of: _dt.date, children: int
+) -> list[dict[str, str]]:
+    """残疾儿童康复需求: children assessed as needing rehabilitation.
+
+    About one roster child in eight, plus other children of the league. Drawn
+    from a generator of its own, so that adding this file left every other
+    file of a given seed as it was.
+    """
+    rng = random.Random(f"{seed}/rehab_needs")
+    young = _years_before(as_of, 17)
+    rows: list[dict[str, str]] = []
+
+    def row(pid: str) -> dict[str, str]:
+        return {
+            "id_number": mangle_id(pid, rng, rate=0.05),
+            "rehab_type": rng.choice(_REHAB_TYPES),
+            "assessed_date": str(as_of - _dt.timedelta(days=rng.randrange(10, 700))),
+            "region_code": pid[:6],
+        }
+
+    rows.extend(row(cid) for cid in child_ids if rng.random() < 0.12)
+    for _ in range(children // 2):
+        birth = young + _dt.timedelta(days=rng.randrange(0, max(1, (as_of - young).days - 30)))
+        region = rng.choice(child_ids)[:6] if child_ids else "150102"
+        rows.append(row(make_id(region, birth, rng.randrange(1, 1000))))
+    rng.shuffle(rows)
+    return rows
 
 
 def _add_noise(
@@ -1007,6 +1059,7 @@ def write_node_config(
             lines.append(f"where = {_toml_str(ms.where)}")
         lines += [
             f"payload = {_toml_list(ms.payload)}",
+            *([f"service_report = {_toml_str(ms.service_report)}"] if ms.service_report else []),
             'protocols = ["ecdh", "keyed-hash"]',
             f"allow = [{{ requester = {_toml_str(coordinator)}, "
             f"purposes = [{_toml_str(PURPOSE)}] }}]",
