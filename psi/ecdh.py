@@ -466,9 +466,7 @@ class EcdhResponder(_EcdhRole):
         for seq, start in enumerate(range(0, len(hashed), chunk_size)):
             self._check_open()
             points = self._mult(hashed[start : start + chunk_size], f"set chunk {seq}")
-            chunk = PointChunk(
-                round_id=self._context.round_id, seq=seq, stage="set", points=points
-            )
+            chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
             self._transcript.absorb("responder", "set", chunk.to_bytes())
             self._set_sent += len(points)
             yield chunk

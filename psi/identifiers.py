@@ -95,9 +95,7 @@ def check_character(first17: str) -> str:
             (reason ``length`` or ``characters``).
     """
     if len(first17) != 17:
-        raise InvalidIdentifier(
-            f"{len(first17)} leading digits, expected 17", reason="length"
-        )
+        raise InvalidIdentifier(f"{len(first17)} leading digits, expected 17", reason="length")
     if not (first17.isascii() and first17.isdigit()):
         raise InvalidIdentifier("leading part must be 17 digits", reason="characters")
     total = sum(w * (ord(c) - 48) for w, c in zip(_WEIGHTS, first17, strict=True))
@@ -108,9 +106,7 @@ def _strip(text: str) -> str:
     """NFKC, then drop white space, dashes and invisible format characters."""
     text = unicodedata.normalize("NFKC", text)
     return "".join(
-        c
-        for c in text
-        if not (c.isspace() or c in _DASHES or unicodedata.category(c) == "Cf")
+        c for c in text if not (c.isspace() or c in _DASHES or unicodedata.category(c) == "Cf")
     )
 
 
@@ -146,9 +142,7 @@ def normalize_id(raw: str, *, today: datetime.date | None = None) -> str:
         raise TypeError("identity number must be a str")
     nfkc = unicodedata.normalize("NFKC", raw)
     # Scientific notation is detected before dashes are removed: "1.5E-17".
-    compact = "".join(
-        c for c in nfkc if not (c.isspace() or unicodedata.category(c) == "Cf")
-    )
+    compact = "".join(c for c in nfkc if not (c.isspace() or unicodedata.category(c) == "Cf"))
     if _SCIENTIFIC.fullmatch(compact):
         raise InvalidIdentifier(
             "scientific notation (a spreadsheet dropped the digits); "
@@ -159,23 +153,17 @@ def normalize_id(raw: str, *, today: datetime.date | None = None) -> str:
     if not text:
         raise InvalidIdentifier("empty identity number", reason="empty")
     if not text.isascii() or not all(c.isdigit() or c == "X" for c in text):
-        raise InvalidIdentifier(
-            "characters other than digits and a final X", reason="characters"
-        )
+        raise InvalidIdentifier("characters other than digits and a final X", reason="characters")
     if len(text) == 15:
         if not text.isdigit():
-            raise InvalidIdentifier(
-                "15-character number must be all digits", reason="characters"
-            )
+            raise InvalidIdentifier("15-character number must be all digits", reason="characters")
         # GB 11643-1989 numbers belong to people born in the 1900s.
         body = text[:6] + "19" + text[6:]
         born = _birth_date(body[6:14])
         _check_future(born, today)
         return body + check_character(body)
     if len(text) != 18:
-        raise InvalidIdentifier(
-            f"{len(text)} characters, expected 18 or 15", reason="length"
-        )
+        raise InvalidIdentifier(f"{len(text)} characters, expected 18 or 15", reason="length")
     if not text[:17].isdigit():
         raise InvalidIdentifier("X is allowed only in position 18", reason="characters")
     born = _birth_date(text[6:14])

@@ -316,9 +316,7 @@ class KeyedHashResponder(_KeyedHashRole):
             raise ProtocolError("expected a TagChunk")
         self._check_round(chunk.round_id, "tag chunk")
         if chunk.seq != self._next_seq:
-            raise ProtocolError(
-                f"tag chunk sequence number {chunk.seq}, expected {self._next_seq}"
-            )
+            raise ProtocolError(f"tag chunk sequence number {chunk.seq}, expected {self._next_seq}")
 
     def _answer(
         self,

@@ -34,8 +34,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "xmatch", "bench", "--sizes", "1000",
-            "--protocol", "keyed-hash", "ecdh", "--out", str(out),
+            sys.executable,
+            "-m",
+            "xmatch",
+            "bench",
+            "--sizes",
+            "1000",
+            "--protocol",
+            "keyed-hash",
+            "ecdh",
+            "--out",
+            str(out),
         ],
         capture_output=True,
         text=True,

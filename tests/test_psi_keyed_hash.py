@@ -41,9 +41,7 @@ def ids_from_ints(values: list[int]) -> list[str]:
     return out
 
 
-def agreed(
-    ctx: RoundContext, seed: int = 7
-) -> tuple[KeyedHashRequester, KeyedHashResponder]:
+def agreed(ctx: RoundContext, seed: int = 7) -> tuple[KeyedHashRequester, KeyedHashResponder]:
     req = KeyedHashRequester.generate(ctx, rng=rng_for(seed))
     resp = KeyedHashResponder.generate(ctx, rng=rng_for(seed + 1))
     req.agree(KeyShare.from_bytes(resp.key_share().to_bytes()))

@@ -308,8 +308,12 @@ def _x25519_rate(n: int = 8000) -> float:
 
     ids = encode_identities(make_ids(0, n).astype("U18"))
     context = RoundContext.new(
-        as_of=_dt.date.today(), purpose="bench", requester="bench", responder="bench",
-        match_set="bench", protocol="ecdh",
+        as_of=_dt.date.today(),
+        purpose="bench",
+        requester="bench",
+        responder="bench",
+        match_set="bench",
+        protocol="ecdh",
     )
     best = 0.0
     for _ in range(2):
@@ -467,8 +471,17 @@ def _table(results: Sequence[BenchResult]) -> Any:
 
     table = Table(title="xmatch bench (end to end over gRPC + mutual TLS on loopback)")
     for col in (
-        "protocol", "set", "roster", "seconds", "records/s", "EC ops/s/core", "× X25519 limit",
-        "wire ↑", "wire ↓", "peak RSS node (+pool)", "peak RSS coord (+pool)",
+        "protocol",
+        "set",
+        "roster",
+        "seconds",
+        "records/s",
+        "EC ops/s/core",
+        "× X25519 limit",
+        "wire ↑",
+        "wire ↓",
+        "peak RSS node (+pool)",
+        "peak RSS coord (+pool)",
         "vs openmined",
     ):
         table.add_column(col, justify="left" if col == "protocol" else "right")
@@ -660,7 +673,10 @@ def run_bench(
                 if predicted is not None and predicted > baseline_limit:
                     results.append(
                         BenchResult(
-                            protocol="openmined-psi", size=n, roster=roster_n, seconds=None,
+                            protocol="openmined-psi",
+                            size=n,
+                            roster=roster_n,
+                            seconds=None,
                             note=f"not run: about {predicted:.0f} s predicted (linear)",
                         )
                     )
@@ -669,8 +685,13 @@ def run_bench(
                     last_openmined = (n, secs)
                     results.append(
                         BenchResult(
-                            protocol="openmined-psi", size=n, roster=roster_n, seconds=secs,
-                            matches=found, expected_matches=expected, records_per_s=n / secs,
+                            protocol="openmined-psi",
+                            size=n,
+                            roster=roster_n,
+                            seconds=secs,
+                            matches=found,
+                            expected_matches=expected,
+                            records_per_s=n / secs,
                         )
                     )
                     say(f"  openmined  {n:>11,} × {roster_n:,}: {secs:8.2f} s")
@@ -698,8 +719,10 @@ def run_bench(
     (out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     _plot(results, out / "bench.png")
     console.print(_table(results))
-    say(f"load average at the end: {os.getloadavg()[0]:.2f}; wrote {out / 'bench.json'}, "
-        f"{out / 'bench.png'}")
+    say(
+        f"load average at the end: {os.getloadavg()[0]:.2f}; wrote {out / 'bench.json'}, "
+        f"{out / 'bench.png'}"
+    )
     if status:
         say("error: a round found a different number of matches than the data holds")
     return status

@@ -457,11 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-baseline", action="store_true", help="skip openmined-psi")
     bench.add_argument(
-        "--baseline-limit", type=float, default=60.0,
+        "--baseline-limit",
+        type=float,
+        default=60.0,
         help="run openmined-psi at a size only if the previous one predicts at most this (s)",
     )
     bench.add_argument(
-        "--stream-rows", type=int, default=None,
+        "--stream-rows",
+        type=int,
+        default=None,
         help="stream_rows of the bench node's node.toml (default: the node's default)",
     )
     bench.add_argument(

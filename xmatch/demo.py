@@ -140,9 +140,7 @@ def stop_nodes(nodes: list[NodeProcess], *, grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_nodes(
-    configs: list[tuple[str, Path]], *, log_dir: Path
-) -> Iterator[list[NodeProcess]]:
+def running_nodes(configs: list[tuple[str, Path]], *, log_dir: Path) -> Iterator[list[NodeProcess]]:
     """Start every node (in order), yield them, and always stop them."""
     started: list[NodeProcess] = []
     try:
@@ -216,8 +214,12 @@ def run_demo(
             print(f"  node {node.ready_line} (coordinator uses {spec.protocol})", file=out)
         config = load_coordinator_config(coordinator_toml)
         outcome = run_round(
-            config, as_of=as_of, out=workdir / "round-1", lang="zh",
-            progress=True, stderr=err,
+            config,
+            as_of=as_of,
+            out=workdir / "round-1",
+            lang="zh",
+            progress=True,
+            stderr=err,
         )
     print(
         f"\nround {outcome.round_id}: {outcome.query_size} identities queried in "
@@ -232,8 +234,8 @@ def run_demo(
     print("matches by department:", file=out)
     by_node: dict[str, list[str]] = {}
     for sub in outcome.sub_rounds:
-        text = f"{sub.match_set} {sub.matches}" if sub.status == "ok" else (
-            f"{sub.match_set} FAILED"
+        text = (
+            f"{sub.match_set} {sub.matches}" if sub.status == "ok" else (f"{sub.match_set} FAILED")
         )
         by_node.setdefault(sub.node, []).append(text)
     protocols = {s.node: s.protocol for s in outcome.sub_rounds}

@@ -569,9 +569,7 @@ def _scenario(name: str, rng: random.Random) -> _Scenario:
     if name == "enrol_orphan":
         return ("candidate", "", ("DEAD",), ("DEAD",))
     if name == "not_eligible":
-        one = (
-            (rng.choice((*_Q_ONE, "DEAD")),) if rng.random() < 0.35 else (rng.choice(_NOISE_ONE),)
-        )
+        one = (rng.choice((*_Q_ONE, "DEAD")),) if rng.random() < 0.35 else (rng.choice(_NOISE_ONE),)
         pair = (one, (rng.choice(_NOISE_ONE),))
         return ("candidate", "", *(pair if rng.random() < 0.5 else pair[::-1]))
     if name == "review_conflict":  # police: dead; justice: in custody now
