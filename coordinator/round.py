@@ -41,14 +41,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +74,7 @@ from coordinator.report import Provenance, SourceRun, render_report
 from coordinator.state import RoundState
 from keys.handles import AuditSigner, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
+from psi.ecdh import worker_pool
 from psi.errors import InputError, PeerError, Refused, XmatchError
 from psi.identifiers import encode_identities
 
@@ -360,10 +360,7 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         yield None
         return
     # forkserver: never fork a process that already runs gRPC threads.
-    pool = ProcessPoolExecutor(
-        max_workers=config.coordinator.ec_workers,
-        mp_context=multiprocessing.get_context("forkserver"),
-    )
+    pool = worker_pool(config.coordinator.ec_workers, start_method="forkserver")
     try:
         yield pool
     finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as _dt
 import hashlib
-import multiprocessing
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from nodes.config import NodeConfig, load_node_config
+from psi.ecdh import worker_pool
 from psi.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -153,9 +153,7 @@ def serve_from_config(path: Path | str) -> int:
         )
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
-        executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=node.ec_workers, mp_context=multiprocessing.get_context("spawn")
-        )
+        executor = worker_pool(node.ec_workers, start_method="spawn")
         state = NodeState.create(config, store=store, executor=executor)
         # (5)
         restore_limits(

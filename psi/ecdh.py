@@ -31,11 +31,13 @@ from __future__ import annotations
 import concurrent.futures
 import hmac
 import math
+import multiprocessing
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +72,44 @@ def size_class(n: int, *, minimum: int = 1024, growth: float = 1.25) -> int:
 def _ready() -> bool:
     """Runs in a worker: the group code is imported and the worker is up."""
     return x25519.POINT_SIZE == 32
+
+
+#: Seconds between a pool worker's checks that the process owning the pool is alive.
+OWNER_CHECK_SECONDS = 1.0
+
+
+def worker_pool(
+    workers: int, *, start_method: Literal["spawn", "forkserver"] = "spawn"
+) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool for EC batches whose workers exit when the process that made it dies.
+
+    A plain ``ProcessPoolExecutor``'s workers outlive an owner killed with SIGKILL:
+    they wait on a queue nobody writes to again, for ever. Each worker here checks
+    every :data:`OWNER_CHECK_SECONDS` that its owner is alive and exits once it is
+    gone. Use ``spawn`` or ``forkserver``, never ``fork``: the owner runs gRPC threads.
+    """
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(start_method),
+        initializer=_exit_with_owner,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_owner(owner: int) -> None:
+    """Runs in a worker: a daemon thread that ends the worker when ``owner`` is gone."""
+
+    def watch() -> None:
+        never = threading.Event()
+        while not never.wait(OWNER_CHECK_SECONDS):
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                continue  # alive, owned by someone else (cannot happen for our own owner)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
 
 
 def prepare_executor(executor: concurrent.futures.Executor, workers: int) -> None:

@@ -27,14 +27,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import multiprocessing
 import os
 import platform
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from psi.ecdh import worker_pool
 from psi.errors import InputError
 
 __all__ = ["BenchResult", "ids_at", "make_ids", "run_bench"]
@@ -157,7 +157,7 @@ class _Sampler:
     """
 
     def __init__(self, pids: dict[str, int], interval: float = 0.025, refresh: float = 0.5) -> None:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         self._psutil = psutil
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
@@ -546,9 +546,7 @@ def _ec_pool(workers: int, needed: bool) -> Iterator[Executor | None]:
     if not needed:
         yield None
         return
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
-    )
+    pool = worker_pool(workers, start_method="forkserver")
     try:
         pool.submit(int, 0).result()  # start the workers outside the timing
         yield pool
