@@ -12,7 +12,7 @@ Parents' numbers are never shown (the reasons say 父亲/母亲).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -187,6 +187,42 @@ def _bar_chart(sources: Sequence[tuple[str, int, str]]) -> str:
 
 
 @gc_paused()
+def _service_sections(
+    sources: Sequence[str],
+    listed: Mapping[str, Sequence[str]],
+    index: Mapping[str, ChildDecision],
+    *,
+    none: str,
+    failed: str,
+) -> str:
+    """One table per service set (gaps or needs): its children with their decision.
+
+    A set missing from ``listed`` failed this round, so nothing can be listed for it.
+    """
+    if not sources:
+        return f"<p class='empty'>{escape(none)}</p>"
+    parts: list[str] = []
+    for source in sources:
+        ids = listed.get(source)
+        if ids is None:
+            parts.append(f"<h3>{escape(source)}</h3><p class='warn'>{failed}</p>")
+            continue
+        parts.append(f"<h3>{escape(source)} ({len(ids):,})</h3>")
+        children = [index[c] for c in ids if c in index]
+        parts.append(
+            _table(
+                children,
+                f"<th>{_t('决定', 'decision')}</th>",
+                (
+                    f"<td>{escape(decision_name(i.decision, 'zh'))} "
+                    f"<small>{i.decision.value}</small></td>"
+                    for i in children
+                ),
+            )
+        )
+    return "".join(parts)
+
+
 def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     """The report of one round or evaluation as a self-contained HTML page.
 
@@ -354,58 +390,32 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         "service-coverage set; gaps never change a decision.</small></p>"
     )
     index = {i.child.child_id: i for i in decisions.decisions if i.child.child_id}
-    if not decisions.service_sources:
-        add("<p class='empty'>本轮无服务覆盖数据集 (no service-coverage sets this round)</p>")
-    for source in decisions.service_sources:
-        gap_ids = decisions.coverage_gaps.get(source)
-        if gap_ids is None:
-            add(
-                f"<h3>{escape(source)}</h3><p class='warn'>数据源未能查询,无法判断缺口 "
-                "<small>the set failed: no gaps can be concluded</small></p>"
-            )
-            continue
-        add(f"<h3>{escape(source)} ({len(gap_ids):,})</h3>")
-        gaps = [index[g] for g in gap_ids if g in index]
-        add(
-            _table(
-                gaps,
-                f"<th>{_t('决定', 'decision')}</th>",
-                (
-                    f"<td>{escape(decision_name(i.decision, 'zh'))} "
-                    f"<small>{i.decision.value}</small></td>"
-                    for i in gaps
-                ),
-            )
+    add(
+        _service_sections(
+            decisions.service_sources,
+            decisions.coverage_gaps,
+            index,
+            none="本轮无服务覆盖数据集 (no service-coverage sets this round)",
+            failed="数据源未能查询,无法判断缺口 "
+            "<small>the set failed: no gaps can be concluded</small>",
         )
+    )
     add(f"<h2>{_t('服务需求', 'Service needs')}</h2>")
     add(
         "<p class='meta'>在保儿童被服务需求数据集匹配(如残疾儿童康复需求),请协调提供服务;"
         "不影响保障决定。<small>Covered children (supported: continue, reclassify or review) "
         "matched by a service-needs set; needs never change a decision.</small></p>"
     )
-    if not decisions.service_need_sources:
-        add("<p class='empty'>本轮无服务需求数据集 (no service-needs sets this round)</p>")
-    for source in decisions.service_need_sources:
-        need_ids = decisions.service_needs.get(source)
-        if need_ids is None:
-            add(
-                f"<h3>{escape(source)}</h3><p class='warn'>数据源未能查询,无法列出需求 "
-                "<small>the set failed: no needs can be listed</small></p>"
-            )
-            continue
-        add(f"<h3>{escape(source)} ({len(need_ids):,})</h3>")
-        needing = [index[n] for n in need_ids if n in index]
-        add(
-            _table(
-                needing,
-                f"<th>{_t('决定', 'decision')}</th>",
-                (
-                    f"<td>{escape(decision_name(i.decision, 'zh'))} "
-                    f"<small>{i.decision.value}</small></td>"
-                    for i in needing
-                ),
-            )
+    add(
+        _service_sections(
+            decisions.service_need_sources,
+            decisions.service_needs,
+            index,
+            none="本轮无服务需求数据集 (no service-needs sets this round)",
+            failed="数据源未能查询,无法列出需求 "
+            "<small>the set failed: no needs can be listed</small>",
         )
+    )
     refused = by[Decision.NOT_ELIGIBLE]
     add(f"<h2>{_t('不符合条件', 'Not eligible')} ({len(refused):,})</h2>")
     add(

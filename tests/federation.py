@@ -171,6 +171,29 @@ def xmatch(
     )
 
 
+def round_run(
+    config: Path,
+    out: Path,
+    *extra: str,
+    as_of: dt.date | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``xmatch round run -q`` as an operator types it (``as_of`` omitted: today)."""
+    dated = ("--as-of", as_of.isoformat()) if as_of is not None else ()
+    return xmatch(
+        "round",
+        "run",
+        "--config",
+        str(config),
+        *dated,
+        "--out",
+        str(out),
+        "-q",
+        *extra,
+        timeout=timeout,
+    )
+
+
 @dataclasses.dataclass
 class Federation:
     """A federation folder (data, ``pki/``, ``NODE.node.toml``) and its node ports."""

@@ -56,6 +56,7 @@ from tests.federation import (
     coordinator_toml,
     expected_evidence,
     read_evidence_csv,
+    round_run,
     start_nodes,
     start_stalling_node,
     state_rows,
@@ -283,20 +284,7 @@ def _round(config: Path, out: Path) -> subprocess.Popen[str]:
 
 
 def _run_round(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return xmatch(
-        "round",
-        "run",
-        "--config",
-        str(config),
-        "--as-of",
-        AS_OF.isoformat(),
-        "--out",
-        str(out),
-        "--lang",
-        "en",
-        "-q",
-        timeout=60,
-    )
+    return round_run(config, out, "--lang", "en", as_of=AS_OF, timeout=60)
 
 
 def _markers(folder: Path) -> list[str]:

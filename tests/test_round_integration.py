@@ -30,6 +30,7 @@ from tests.federation import (
     expected_evidence,
     free_ports,
     read_evidence_csv,
+    round_run,
     start_node,
     start_nodes,
     stop_nodes,
@@ -105,17 +106,7 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     assert {s.protocol for s in specs} == {"ecdh", "keyed-hash"}
     config = _coordinator_toml(federation, f"coordinator-{int(swap)}.toml", specs=specs)
     out = tmp_path / "round"
-    done = xmatch(
-        "round",
-        "run",
-        "--config",
-        str(config),
-        "--as-of",
-        AS_OF.isoformat(),
-        "--out",
-        str(out),
-        "-q",
-    )
+    done = round_run(config, out, as_of=AS_OF)
     assert done.returncode == 0, done.stderr
     _no_identity_numbers(done.stdout + done.stderr)
     assert "warning" not in done.stderr
@@ -182,17 +173,7 @@ def test_unreachable_node_is_a_failed_source_not_an_exit(
         ),
     )
     out = tmp_path / "round"
-    done = xmatch(
-        "round",
-        "run",
-        "--config",
-        str(config),
-        "--as-of",
-        AS_OF.isoformat(),
-        "--out",
-        str(out),
-        "-q",
-    )
+    done = round_run(config, out, as_of=AS_OF)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
@@ -241,7 +222,7 @@ def test_roster_missing_required_column(federation: Federation, tmp_path: Path) 
         federation, "coordinator-nostatus.toml", roster="data/roster-no-status.csv"
     )
     out = tmp_path / "round"
-    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    done = round_run(config, out)
     _assert_fatal(done, out, "status")
 
 
@@ -252,7 +233,7 @@ def test_unknown_config_key(federation: Federation, tmp_path: Path) -> None:
     )
     config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
-    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    done = round_run(config, out)
     _assert_fatal(done, out, "unknown key coordinator.purpse")
 
 
@@ -264,7 +245,7 @@ def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> No
     )
     config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
-    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    done = round_run(config, out)
     _assert_fatal(done, out, "certificate names 'ghost'")
 
 
@@ -273,7 +254,7 @@ def test_existing_output_folder_is_refused(federation: Federation, tmp_path: Pat
     out.mkdir()
     (out / "decisions.json").write_text("{}", encoding="utf-8")
     config = _coordinator_toml(federation, "coordinator-again.toml")
-    done = xmatch("round", "run", "--config", str(config), "--out", str(out), "-q")
+    done = round_run(config, out)
     assert done.returncode == 1
     assert "not empty" in done.stderr
     assert (out / "decisions.json").read_text(encoding="utf-8") == "{}"
@@ -319,17 +300,7 @@ def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
                 start_node(spec.name, root / f"{spec.name}.node.toml", log_dir=root / "logs")
             )
         out = root / "round"
-        done = xmatch(
-            "round",
-            "run",
-            "--config",
-            str(config),
-            "--as-of",
-            as_of.isoformat(),
-            "--out",
-            str(out),
-            "-q",
-        )
+        done = round_run(config, out, as_of=as_of)
     finally:
         stop_nodes(nodes)
     assert done.returncode == 0, done.stderr
