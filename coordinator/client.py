@@ -561,10 +561,12 @@ class NodeClient:
         identities: npt.NDArray[np.uint8],
         progress: ProgressFn | None,
     ) -> tuple[npt.NDArray[np.int64], bytes, int, tuple[int, str] | None]:
-        requester = EcdhRequester.generate(context, executor=self._executor)
+        total = len(identities)
+        # Knowing its query size, the requester intersects set chunks on arrival
+        # once its reblinded roster is complete: memory follows the roster, not the set.
+        requester = EcdhRequester.generate(context, executor=self._executor, query_size=total)
         state = _StreamState()
         step = self._chunk_size(32)
-        total = len(identities)
         blinded: queue.Queue[PointChunk | None] = queue.Queue(maxsize=2)
 
         def blind_ahead() -> None:

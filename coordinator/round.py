@@ -74,7 +74,7 @@ from coordinator.report import Provenance, SourceRun, render_report
 from coordinator.state import RoundState
 from keys.handles import AuditSigner, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
-from psi.ecdh import worker_pool
+from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError, PeerError, Refused, XmatchError
 from psi.identifiers import encode_identities
 
@@ -362,6 +362,9 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     # forkserver: never fork a process that already runs gRPC threads.
     pool = worker_pool(config.coordinator.ec_workers, start_method="forkserver")
     try:
+        # Start every worker now: started on demand, the second one would import
+        # numpy and cryptography inside the first ecdh sub-round.
+        prepare_executor(pool, config.coordinator.ec_workers)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

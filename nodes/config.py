@@ -29,6 +29,10 @@ start_timeout_seconds = 15        # ours: how long a new round may wait for its 
 cache_sets = 4                    # ours: loaded match sets kept in memory
 stream_rows = 5000000             # ours: larger sets are streamed from the source each
                                   #   round, never held in memory (0: never stream)
+bucket_rows = 1000000             # ours: an ecdh round splits a streamed set into
+                                  #   buckets of about this many source rows
+spill_dir = "spill"               # ours: where those buckets wait, encrypted, during the
+                                  #   round (default: the system's temporary folder)
 
 [[match_sets]]
 name = "custody"
@@ -377,6 +381,8 @@ class NodeSection(_Strict):
     start_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     cache_sets: int = Field(default=4, ge=0, le=64)
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
+    bucket_rows: int = Field(default=1_000_000, ge=1, le=10**12)
+    spill_dir: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -394,7 +400,7 @@ class NodeSection(_Strict):
         parse_listen(value)
         return value
 
-    @field_validator("ca", "cert", "key", "audit_log", "audit_key", "audit_cert")
+    @field_validator("ca", "cert", "key", "audit_log", "audit_key", "audit_cert", "spill_dir")
     @classmethod
     def _paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)

@@ -55,6 +55,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from nodes.buckets import SpilledSet
 from nodes.config import Budget, MatchSetConfig, NodeConfig
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import DEFAULT_PARAMS, RoundContext
@@ -871,9 +872,19 @@ def _payload_dicts(cols: dict[str, npt.NDArray[np.str_]], *, rows: int) -> list[
 class EcdhDriver(RoundDriver):
     """ecdh (docs/architecture.md, "Streams"), node side.
 
-    b·H(y) set chunks are computed on a helper thread while the requester
-    streams, and interleaved with the reblinded chunks; the psi lock keeps
-    the send order equal to the transcript order.
+    b·H(y) set chunks are computed on a helper thread and interleaved with
+    the reblinded chunks; the psi lock keeps the send order equal to the
+    transcript order. A set held in memory starts at accept, to overlap with
+    the requester's roster.
+
+    A set larger than ``stream_rows`` is bucketed (:mod:`nodes.buckets`)
+    when its source has more than ``bucket_rows`` rows: before accept, one
+    pass over the source splits it into ``ceil(source rows / bucket_rows)``
+    encrypted bucket files, each deduplicated; the set is then sent bucket
+    by bucket, and only after the requester's ``end``, so that the
+    requester has its whole reblinded roster before the first set point and
+    can intersect on arrival. Node memory is one bucket; the requester's is
+    its roster.
     """
 
     protocol = "ecdh"
@@ -882,6 +893,8 @@ class EcdhDriver(RoundDriver):
         super().__init__(state, peer, role=role)
         self._responder: EcdhResponder | None = None
         self._producer: threading.Thread | None = None
+        self._chunks: Iterator[PointChunk] | None = None
+        self._spilled: SpilledSet | None = None
         self._set_chunks = 0
         self._set_done = threading.Event()
 
@@ -894,18 +907,7 @@ class EcdhDriver(RoundDriver):
             ctx, rng=self.state.rng, executor=self.state.executor, size_classes=node.padded_size
         )
         if loaded is None:
-            # A streamed set: ecdh needs every identity at once (16 bytes each,
-            # no payload), so read them batch by batch and keep only those.
-            assert self.match_set is not None
-            summary = StreamSummary()
-            parts = [
-                b.identities
-                for b in self.state.store.stream(self.match_set.name, ctx.as_of, summary=summary)
-            ]
-            self.loaded = summary.as_loaded(self.match_set.name, ctx.as_of, 0.0)
-            ids = np.concatenate(parts) if parts else np.zeros((0, 16), dtype=np.uint8)
-            responder.load_set(ids)
-            del parts, ids
+            self._load_streamed(ctx, responder)
         else:
             responder.load_set(loaded.identities)
         self._responder = responder
@@ -913,16 +915,45 @@ class EcdhDriver(RoundDriver):
         self.set_size = len(self.loaded)
         self.padded_set_size = responder.set_size
         per_chunk = max(1, min(MAX_POINTS_PER_CHUNK, (node.max_chunk_bytes - 64) // 32))
-        chunks = responder.set_chunks(per_chunk)
+        self._chunks = responder.set_chunks(per_chunk)
         self._emit(Accept(set_size=responder.set_size))
-        self._producer = threading.Thread(target=self._produce, args=(chunks,), daemon=True)
+        if self._spilled is None:
+            self._start_producer()
+
+    def _load_streamed(self, ctx: RoundContext, responder: EcdhResponder) -> None:
+        """A set above ``stream_rows``: read batch by batch; bucketed above ``bucket_rows``."""
+        assert self.match_set is not None
+        store, node = self.state.store, self.state.config.node
+        name = self.match_set.name
+        buckets = max(1, -(-store.source_rows(name) // node.bucket_rows))
+        summary = StreamSummary()
+        batches = (b.identities for b in store.stream(name, ctx.as_of, summary=summary))
+        if buckets == 1:
+            parts = list(batches)  # 16 bytes per identity, no payload
+            responder.load_set(
+                np.concatenate(parts) if parts else np.zeros((0, 16), dtype=np.uint8)
+            )
+        else:
+            self._spilled = SpilledSet.create(
+                batches,
+                buckets=buckets,
+                spill_dir=node.spill_dir,
+                rng=self.state.rng,
+                what=f"{self.state.config.path.name}: node.spill_dir",
+            )
+            responder.load_buckets(self._spilled.sizes, self._spilled.read)
+        self.loaded = summary.as_loaded(name, ctx.as_of, 0.0)
+
+    def _start_producer(self) -> None:
+        self._producer = threading.Thread(target=self._produce, daemon=True)
         self._producer.start()
 
-    def _produce(self, chunks: Iterator[PointChunk]) -> None:
+    def _produce(self) -> None:
+        assert self._chunks is not None
         try:
             while not self._cancel.is_set():
                 with self._lock:
-                    chunk = next(chunks, None)
+                    chunk = next(self._chunks, None)
                     if chunk is None:
                         break
                     self._set_chunks += 1
@@ -945,6 +976,8 @@ class EcdhDriver(RoundDriver):
             self._emit(Points(stage="reblinded", data=out.to_bytes()))
 
     def _before_end(self) -> Iterator[Output]:
+        if self._producer is None:  # bucketed: the set goes after the whole roster
+            self._start_producer()
         while not self._set_done.is_set():
             kind, item = self._next()
             yield from self._flush()
@@ -968,3 +1001,7 @@ class EcdhDriver(RoundDriver):
         if self._producer is not None:
             self._producer.join(timeout=30)
         self._responder = None
+        self._chunks = None
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None

@@ -128,7 +128,17 @@ def serve_from_config(path: Path | str) -> int:
     signer = AuditSigner.load(
         key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
     )
-    # (3)
+    # (3) spill folders of an earlier node process killed mid-round: unreadable
+    # ciphertext (its key died with it), removed so they do not fill the disk
+    from nodes.buckets import remove_stale
+
+    stale = remove_stale(node.spill_dir)
+    if stale:
+        print(
+            f"{node.name}: removed {stale} spill folder(s) left by a stopped node process",
+            file=sys.stderr,
+            flush=True,
+        )
     store = MatchSetStore(config)
     loaded = store.validate_all(_dt.date.today())
     for ms in loaded:

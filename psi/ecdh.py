@@ -24,6 +24,16 @@ other; deduplicate the roster first). Membership is all this mode returns.
 
 Size classes: :func:`size_class` pads to at least 1024, then to the next of
 1024 * 1.25^k (rounded up), so the exact size is hidden within 25 %.
+
+Sets larger than memory: :meth:`EcdhResponder.load_buckets` takes a set that
+the caller has split into buckets with :func:`bucket_of` (a keyed function,
+secret to the responder) and reads one bucket at a time while the set is
+sent. Each bucket is deduplicated, padded and shuffled on its own; the
+padding of the whole set is that of the unbucketed set, spread over the
+buckets, and chunks run across bucket boundaries, so the requester sees the
+same messages as for a set held in memory. The requester, given its
+``query_size``, intersects each set chunk as it arrives once its own
+reblinded roster is complete, so it keeps the roster, not the set.
 """
 
 from __future__ import annotations
@@ -35,12 +45,13 @@ import multiprocessing
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from psi._match import SortedRows
 from psi.context import RoundContext
@@ -49,7 +60,16 @@ from psi.hazmat import hash_to_curve, x25519
 from psi.messages import MAX_POINTS_PER_CHUNK, PointChunk, Stage
 from psi.transcript import Transcript
 
-__all__ = ["EcdhRequester", "EcdhResponder", "EcdhResult", "prepare_executor", "size_class"]
+__all__ = [
+    "BUCKET_KEY_SIZE",
+    "EcdhRequester",
+    "EcdhResponder",
+    "EcdhResult",
+    "bucket_of",
+    "distinct_identities",
+    "prepare_executor",
+    "size_class",
+]
 
 _U64 = struct.Struct(">Q")
 _PAD_KIND = 0xFF  # first byte of padding blocks; never a real encoding's kind
@@ -124,8 +144,13 @@ def prepare_executor(executor: concurrent.futures.Executor, workers: int) -> Non
         future.result()
 
 
-def _unique_rows(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """``np.unique(rows, axis=0)`` for (n, 16) uint8 rows, by two 64-bit keys (faster)."""
+def distinct_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The distinct rows of (n, 16) encoded identities, sorted (``np.unique(axis=0)``, faster).
+
+    Raises:
+        ValueError: ``identities`` is not an (n, 16) uint8 array.
+    """
+    rows = _check_identities(identities)
     if len(rows) == 0:
         return rows
     words = rows.view(">u8").reshape(-1, 2).astype(np.uint64)
@@ -141,6 +166,36 @@ def _check_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8
     if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 16:
         raise ValueError("identities must be an (n, 16) uint8 array from encode_identities")
     return np.ascontiguousarray(arr)
+
+
+#: Bytes of the key of :func:`bucket_of` (AES-128).
+BUCKET_KEY_SIZE = 16
+
+
+def bucket_of(identities: npt.NDArray[np.uint8], key: bytes, buckets: int) -> npt.NDArray[np.int64]:
+    """The bucket, in ``0 .. buckets - 1``, of each encoded identity under a secret ``key``.
+
+    AES-128 of the 16-byte encoding, one call over the whole buffer; the
+    first 8 bytes of each block, as an integer, modulo ``buckets``. Equal
+    identities share a bucket, so a set deduplicated bucket by bucket is
+    deduplicated as a whole. A responder draws ``key`` per round and keeps
+    it: the requester cannot tell which bucket a point came from, so the
+    bucketing leaks nothing beyond the order of the chunks.
+
+    Raises:
+        ValueError: ``identities`` is not (n, 16) uint8, ``key`` is not
+            :data:`BUCKET_KEY_SIZE` bytes, or ``buckets`` < 1.
+    """
+    ids = _check_identities(identities)
+    if len(key) != BUCKET_KEY_SIZE:
+        raise ValueError(f"the bucket key must be {BUCKET_KEY_SIZE} bytes")
+    if buckets < 1:
+        raise ValueError("buckets must be >= 1")
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    blocks = encryptor.update(ids.tobytes()) + encryptor.finalize()
+    head = np.frombuffer(blocks, dtype=np.uint8).reshape(-1, 16)[:, :8]
+    words = np.ascontiguousarray(head).view(">u8").reshape(-1).astype(np.uint64)
+    return (words % np.uint64(buckets)).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,18 +261,40 @@ class _EcdhRole:
 
 
 class EcdhRequester(_EcdhRole):
-    """The coordinator's side of an ``ecdh`` round."""
+    """The coordinator's side of an ``ecdh`` round.
+
+    With ``query_size`` (the number of identities it will blind), the
+    requester knows when its reblinded roster is complete; from then on it
+    intersects each set chunk as it arrives, so its memory is that of the
+    roster whatever the size of the responder's set. Without it, set chunks
+    are kept until the responder declares its set complete.
+    """
 
     def __init__(
         self,
         context: RoundContext,
         scalar: bytes,
         executor: concurrent.futures.Executor | None = None,
+        *,
+        query_size: int | None = None,
     ) -> None:
         super().__init__(context, scalar, executor)
+        if query_size is not None and (
+            not isinstance(query_size, int) or isinstance(query_size, bool) or query_size < 0
+        ):
+            raise ValueError("query_size must be a non-negative integer")
+        self._query_size = query_size
         self._blinded_counts: list[int] = []
+        self._blinded_total = 0
         self._reblinded: list[npt.NDArray[np.uint8]] = []
-        self._set: list[npt.NDArray[np.uint8]] = []
+        self._reblinded_chunks = 0
+        self._reblinded_total = 0
+        # a*b*H(y) that arrived before the reblinded roster was complete; after
+        # that, each set chunk is intersected on arrival and dropped.
+        self._pending: list[npt.NDArray[np.uint8]] = []
+        self._roster: SortedRows | None = None
+        self._hits: list[npt.NDArray[np.int64]] = []
+        self._set_chunks = 0
         self._set_received = 0
         self._set_declared: int | None = None
         self._done_total: int | None = None
@@ -229,22 +306,27 @@ class EcdhRequester(_EcdhRole):
         *,
         rng: Callable[[int], bytes] = os.urandom,
         executor: concurrent.futures.Executor | None = None,
+        query_size: int | None = None,
     ) -> EcdhRequester:
         """A requester with a fresh secret scalar from ``rng``.
 
-        ``executor`` (e.g. a process pool) runs the batch group operations.
+        ``executor`` (e.g. a process pool) runs the batch group operations;
+        ``query_size`` is the number of identities that will be blinded (see
+        the class).
 
         Raises:
             ProtocolError: the context is not an ecdh round or names an
                 unknown ``suite``.
+            ValueError: ``query_size`` is negative.
         """
-        return cls(context, x25519.generate_scalar(rng), executor)
+        return cls(context, x25519.generate_scalar(rng), executor, query_size=query_size)
 
     def blind(self, identities: npt.NDArray[np.uint8]) -> PointChunk:
         """``a*H(x)`` for the next batch of encoded identities, order kept.
 
         Raises:
-            ProtocolError: the responder already declared its set complete.
+            ProtocolError: the responder already declared its set complete,
+                or the batch takes the query past ``query_size``.
             AlreadyUsed: the round has finished.
             ValueError: ``identities`` is not an (n, 16) uint8 array.
         """
@@ -254,11 +336,14 @@ class EcdhRequester(_EcdhRole):
         ids = _check_identities(identities)
         if len(ids) > MAX_POINTS_PER_CHUNK:
             raise ProtocolError(f"at most {MAX_POINTS_PER_CHUNK} identities per chunk")
+        if self._query_size is not None and self._blinded_total + len(ids) > self._query_size:
+            raise ProtocolError(f"more identities than the query size ({self._query_size})")
         seq = len(self._blinded_counts)
         hashed = hash_to_curve.hash_to_u(self._suite, ids, executor=self._executor)
         points = self._mult(hashed, f"blinded chunk {seq}")
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="blinded", points=points)
         self._transcript.absorb("requester", "blinded", chunk.to_bytes())
+        self._blinded_total += len(ids)
         self._blinded_counts.append(len(ids))
         return chunk
 
@@ -271,7 +356,7 @@ class EcdhRequester(_EcdhRole):
             AlreadyUsed: the round has finished.
         """
         self._check_open()
-        seq = len(self._reblinded)
+        seq = self._reblinded_chunks
         self._check_chunk(chunk, "reblinded", seq)
         if seq >= len(self._blinded_counts):
             raise ProtocolError("reblinded chunk answers a chunk that was never sent")
@@ -282,6 +367,29 @@ class EcdhRequester(_EcdhRole):
             )
         self._transcript.absorb("responder", "reblinded", chunk.to_bytes())
         self._reblinded.append(chunk.points)
+        self._reblinded_chunks += 1
+        self._reblinded_total += len(chunk)
+        if self._reblinded_total == self._query_size:
+            self._roster_complete()
+
+    def _roster_complete(self) -> None:
+        """Index the reblinded roster and intersect the set points that waited for it."""
+        mine = (
+            np.concatenate(self._reblinded)
+            if self._reblinded
+            else np.zeros((0, 32), dtype=np.uint8)
+        )
+        self._reblinded = []
+        self._roster = SortedRows(mine)
+        pending, self._pending = self._pending, []
+        for points in pending:
+            self._intersect(points)
+
+    def _intersect(self, points: npt.NDArray[np.uint8]) -> None:
+        assert self._roster is not None
+        _, roster_idx = self._roster.lookup(points)
+        if len(roster_idx):
+            self._hits.append(roster_idx)
 
     def expect_responder_set(self, size: int) -> None:
         """Bound the responder's set to the ``size`` it announced up front.
@@ -303,7 +411,7 @@ class EcdhRequester(_EcdhRole):
             raise AlreadyUsed("the responder's set size was already announced")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError("the announced set size must be a non-negative integer")
-        if self._set or self._done_total is not None:
+        if self._set_received or self._done_total is not None:
             raise ProtocolError("the set size must be announced before the first set chunk")
         self._set_declared = size
 
@@ -321,7 +429,7 @@ class EcdhRequester(_EcdhRole):
         self._check_open()
         if self._done_total is not None:
             raise ProtocolError("set chunk after the responder declared its set complete")
-        seq = len(self._set)
+        seq = self._set_chunks
         self._check_chunk(chunk, "set", seq)
         if self._set_declared is not None and self._set_received + len(chunk) > self._set_declared:
             raise ProtocolError(
@@ -329,8 +437,13 @@ class EcdhRequester(_EcdhRole):
                 "points it announced"
             )
         self._transcript.absorb("responder", "set", chunk.to_bytes())
-        self._set.append(self._mult(chunk.points, f"set chunk {seq}"))
+        points = self._mult(chunk.points, f"set chunk {seq}")
+        self._set_chunks += 1
         self._set_received += len(chunk)
+        if self._roster is not None:
+            self._intersect(points)
+        else:
+            self._pending.append(points)
 
     def receive_responder_done(self, total: int) -> None:
         """The responder declares its set complete with ``total`` points.
@@ -352,14 +465,16 @@ class EcdhRequester(_EcdhRole):
             raise ProtocolError(
                 f"responder declared {total} set points, {self._set_received} received"
             )
-        if len(self._reblinded) != len(self._blinded_counts):
+        if self._reblinded_chunks != len(self._blinded_counts):
             raise ProtocolError(
-                f"{len(self._blinded_counts) - len(self._reblinded)} blinded chunk(s) "
+                f"{len(self._blinded_counts) - self._reblinded_chunks} blinded chunk(s) "
                 "still unanswered"
             )
         self._transcript.absorb("responder", "set-done", _U64.pack(total))
         self._done_total = total
         self._scalar = None  # every a-multiplication is done
+        if self._roster is None:
+            self._roster_complete()
 
     def finish(self) -> EcdhResult:
         """Intersect and end the round.
@@ -371,21 +486,28 @@ class EcdhRequester(_EcdhRole):
         self._check_open()
         if self._done_total is None:
             raise ProtocolError("the responder has not declared its set complete")
-        mine = (
-            np.concatenate(self._reblinded)
-            if self._reblinded
-            else np.zeros((0, 32), dtype=np.uint8)
-        )
-        theirs = np.concatenate(self._set) if self._set else np.zeros((0, 32), dtype=np.uint8)
-        q_idx, _ = SortedRows(theirs).lookup(mine)
-        matched = np.unique(q_idx).astype(np.int64)
+        hits = np.concatenate(self._hits) if self._hits else np.zeros(0, dtype=np.int64)
+        matched = np.unique(hits).astype(np.int64)
         self._finished = True
-        self._reblinded, self._set = [], []
+        self._roster, self._hits = None, []
         return EcdhResult(
             matched=matched,
             responder_set_size=self._done_total,
             transcript=self._transcript.digest(),
         )
+
+
+@dataclass(frozen=True)
+class _SetPlan:
+    """The responder's set: distinct identities per bucket, padding per bucket, a reader."""
+
+    sizes: tuple[int, ...]
+    pads: tuple[int, ...]
+    read: Callable[[int], npt.NDArray[np.uint8]]
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes) + sum(self.pads)
 
 
 class EcdhResponder(_EcdhRole):
@@ -403,7 +525,7 @@ class EcdhResponder(_EcdhRole):
         super().__init__(context, scalar, executor)
         self._rng = rng
         self._size_classes = size_classes
-        self._hashed: npt.NDArray[np.uint8] | None = None
+        self._plan: _SetPlan | None = None
         self._next_blinded = 0
         self._set_started = False
         self._set_sent = 0
@@ -431,7 +553,7 @@ class EcdhResponder(_EcdhRole):
         )
 
     def load_set(self, identities: npt.NDArray[np.uint8]) -> None:
-        """Hash, deduplicate, pad and shuffle the match set.
+        """Take the match set, held in memory: deduplicated now, padded and shuffled when sent.
 
         Raises:
             AlreadyUsed: a set was already loaded, or the round has finished.
@@ -439,21 +561,43 @@ class EcdhResponder(_EcdhRole):
                 returned fewer than n.
         """
         self._check_open()
-        if self._hashed is not None:
+        if self._plan is not None:
             raise AlreadyUsed("match set already loaded for this round")
-        ids = _check_identities(identities)
-        unique = _unique_rows(ids)
-        target = self._size_classes(len(unique))
-        if target < len(unique):
+        unique = distinct_identities(identities)
+        self.load_buckets([len(unique)], lambda _bucket: unique)
+
+    def load_buckets(
+        self, sizes: Sequence[int], read: Callable[[int], npt.NDArray[np.uint8]]
+    ) -> None:
+        """Take a match set kept outside memory, split into ``len(sizes)`` buckets.
+
+        Bucket ``j`` holds ``sizes[j]`` distinct identities and shares none
+        with another bucket (split them with :func:`bucket_of`).
+        :meth:`set_chunks` calls ``read(j)`` once per bucket, in order, when
+        it reaches the bucket, so one bucket is in memory at a time (16 bytes
+        per identity and padding point, plus the chunk being multiplied).
+        The set is padded to ``size_classes(sum(sizes))``, exactly as if it
+        were loaded whole; the padding is spread evenly over the buckets and
+        each bucket is shuffled on its own.
+
+        Raises:
+            AlreadyUsed: a set was already loaded, or the round has finished.
+            ValueError: no bucket, a negative size, or ``size_classes``
+                returned fewer than the total.
+        """
+        self._check_open()
+        if self._plan is not None:
+            raise AlreadyUsed("match set already loaded for this round")
+        counts = tuple(int(size) for size in sizes)
+        if not counts or min(counts) < 0:
+            raise ValueError("load_buckets needs at least one bucket and sizes >= 0")
+        total = sum(counts)
+        target = self._size_classes(total)
+        if target < total:
             raise ValueError("size class smaller than the set")
-        padding = np.frombuffer(self._rng(16 * (target - len(unique))), dtype=np.uint8)
-        padding = padding.reshape(-1, 16).copy()
-        padding[:, 0] = _PAD_KIND
-        blocks = np.concatenate([unique, padding])
-        # A permutation from CSPRNG output: sort by 64-bit random keys.
-        keys = np.frombuffer(self._rng(8 * len(blocks)), dtype=np.uint64)
-        blocks = blocks[np.argsort(keys, kind="stable")]
-        self._hashed = hash_to_curve.hash_to_u(self._suite, blocks, executor=self._executor)
+        extra, n = target - total, len(counts)
+        pads = tuple(extra * (j + 1) // n - extra * j // n for j in range(n))
+        self._plan = _SetPlan(sizes=counts, pads=pads, read=read)
 
     @property
     def set_size(self) -> int:
@@ -462,9 +606,9 @@ class EcdhResponder(_EcdhRole):
         Raises:
             ProtocolError: no set loaded.
         """
-        if self._hashed is None:
+        if self._plan is None:
             raise ProtocolError("no match set loaded: call load_set() first")
-        return len(self._hashed)
+        return self._plan.total
 
     def reblind(self, chunk: PointChunk) -> PointChunk:
         """``b*(a*H(x))`` for a blinded chunk, same order and ``seq``.
@@ -488,28 +632,69 @@ class EcdhResponder(_EcdhRole):
     def set_chunks(self, chunk_size: int) -> Iterator[PointChunk]:
         """Yield ``b*H(y)`` for the shuffled, padded set in chunks (once).
 
+        Every chunk has ``chunk_size`` points but the last, across bucket
+        boundaries. A bucket is read, checked, padded and shuffled when the
+        chunks reach it.
+
         Raises:
             ProtocolError: no set loaded, or ``chunk_size`` out of range.
             AlreadyUsed: called twice, or the round has finished.
+            ValueError: (while iterating) a bucket read back with another
+                size than announced, or with an identity twice.
         """
         self._check_open()
-        if self._hashed is None:
+        if self._plan is None:
             raise ProtocolError("no match set loaded: call load_set() first")
         if self._set_started:
             raise AlreadyUsed("the set has already been sent in this round")
         if not 1 <= chunk_size <= MAX_POINTS_PER_CHUNK:
             raise ProtocolError(f"chunk_size must be 1..{MAX_POINTS_PER_CHUNK}")
         self._set_started = True
-        return self._set_iter(self._hashed, chunk_size)
+        return self._set_iter(self._plan, chunk_size)
 
-    def _set_iter(self, hashed: npt.NDArray[np.uint8], chunk_size: int) -> Iterator[PointChunk]:
-        for seq, start in enumerate(range(0, len(hashed), chunk_size)):
+    def _bucket_blocks(self, plan: _SetPlan, bucket: int) -> npt.NDArray[np.uint8]:
+        """Bucket ``bucket``'s identities with its padding, shuffled (16-byte blocks)."""
+        ids = _check_identities(plan.read(bucket))
+        if len(ids) != plan.sizes[bucket]:
+            raise ValueError(
+                f"bucket {bucket} has {len(ids)} identities, {plan.sizes[bucket]} announced"
+            )
+        if len(distinct_identities(ids)) != len(ids):
+            raise ValueError(f"bucket {bucket} repeats an identity")
+        pad = plan.pads[bucket]
+        padding = np.frombuffer(self._rng(16 * pad), dtype=np.uint8).reshape(-1, 16).copy()
+        padding[:, 0] = _PAD_KIND
+        blocks = np.concatenate([ids, padding])
+        # A permutation from CSPRNG output: sort by 64-bit random keys.
+        keys = np.frombuffer(self._rng(8 * len(blocks)), dtype=np.uint64)
+        shuffled: npt.NDArray[np.uint8] = blocks[np.argsort(keys, kind="stable")]
+        return shuffled
+
+    def _set_iter(self, plan: _SetPlan, chunk_size: int) -> Iterator[PointChunk]:
+        seq = 0
+        carry = np.zeros((0, 16), dtype=np.uint8)
+        for bucket in range(len(plan.sizes)):
             self._check_open()
-            points = self._mult(hashed[start : start + chunk_size], f"set chunk {seq}")
-            chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
-            self._transcript.absorb("responder", "set", chunk.to_bytes())
-            self._set_sent += len(points)
-            yield chunk
+            blocks = self._bucket_blocks(plan, bucket)
+            pending = np.concatenate([carry, blocks]) if len(carry) else blocks
+            del blocks
+            full = len(pending) - len(pending) % chunk_size
+            for start in range(0, full, chunk_size):
+                yield self._set_chunk(seq, pending[start : start + chunk_size])
+                seq += 1
+            carry = pending[full:].copy()
+            del pending
+        if len(carry):
+            yield self._set_chunk(seq, carry)
+
+    def _set_chunk(self, seq: int, blocks: npt.NDArray[np.uint8]) -> PointChunk:
+        self._check_open()
+        hashed = hash_to_curve.hash_to_u(self._suite, blocks, executor=self._executor)
+        points = self._mult(hashed, f"set chunk {seq}")
+        chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
+        self._transcript.absorb("responder", "set", chunk.to_bytes())
+        self._set_sent += len(points)
+        return chunk
 
     def finish(self) -> bytes:
         """End the round after the whole set was sent; returns the transcript digest.
@@ -519,10 +704,10 @@ class EcdhResponder(_EcdhRole):
             AlreadyUsed: called twice.
         """
         self._check_open()
-        if self._hashed is None or self._set_sent != len(self._hashed):
+        if self._plan is None or self._set_sent != self._plan.total:
             raise ProtocolError("the match set has not been sent completely")
         self._transcript.absorb("responder", "set-done", _U64.pack(self._set_sent))
         self._finished = True
         self._scalar = None
-        self._hashed = None
+        self._plan = None
         return self._transcript.digest()

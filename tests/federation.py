@@ -385,9 +385,11 @@ def start_stalling_node(
     stall_seconds: float = 3600.0,
     stall_rounds: int = 1,
     timeout: float = 60.0,
+    config: Path | None = None,
 ) -> NodeProcess:
-    """Start ``name`` through :mod:`tests.stalling_node`: its keyed-hash rounds
-    answer ``stall_after`` tag chunks, then stall (see that module).
+    """Start ``name`` through :mod:`tests.stalling_node`: its rounds answer
+    ``stall_after`` request chunks, then stall (see that module). ``config``
+    replaces the node's ``node.toml``.
 
     Raises:
         AssertionError: the node printed no ready line within ``timeout``.
@@ -405,7 +407,10 @@ def start_stalling_node(
     }
     with stderr_path.open("w", encoding="utf-8") as err_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.stalling_node", "--config", str(fed.config(name))],
+            [
+                *(sys.executable, "-m", "tests.stalling_node"),
+                *("--config", str(config or fed.config(name))),
+            ],
             stdout=subprocess.PIPE,
             stderr=err_file,
             stdin=subprocess.DEVNULL,

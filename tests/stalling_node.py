@@ -1,14 +1,15 @@
-"""TEST ONLY: ``xmatch node serve`` whose keyed-hash rounds stall mid-stream.
+"""TEST ONLY: ``xmatch node serve`` whose rounds stall mid-stream.
 
 Run as ``python -m tests.stalling_node --config node.toml`` (see
 :func:`tests.federation.start_stalling_node`). It wraps the product's
-:class:`nodes.handlers.KeyedHashDriver` so that a round answers a fixed number
-of tag chunks and then stops answering, which makes "the node died (or froze)
+:class:`nodes.handlers.KeyedHashDriver` and :class:`nodes.handlers.EcdhDriver`
+so that a round answers a fixed number of tag (or blinded) chunks and then
+stops answering, which makes "the node died (or froze)
 after delivering some matches" deterministic instead of a timing race. The
 product never reads these variables; only this wrapper does:
 
 ``XMATCH_TEST_STALL_AFTER``
-    tag chunks answered normally per round before the stall (N).
+    request chunks answered normally per round before the stall (N).
 ``XMATCH_TEST_STALL_SECONDS``
     how long chunk N waits before it is processed (default 3600); a cancelled
     round (the requester went away) stops waiting at once.
@@ -28,7 +29,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from nodes.handlers import KeyedHashDriver
+from nodes.handlers import EcdhDriver, KeyedHashDriver, RoundDriver
 from xmatch.cli import main
 
 _AFTER = int(os.environ["XMATCH_TEST_STALL_AFTER"])
@@ -37,10 +38,11 @@ _ROUNDS = int(os.environ.get("XMATCH_TEST_STALL_ROUNDS", "1"))
 _MARKERS = Path(os.environ["XMATCH_TEST_MARKER_DIR"])
 _stalled: Counter[str] = Counter()
 _lock = threading.Lock()
-_chunk = KeyedHashDriver._chunk
+_keyed_hash_chunk = KeyedHashDriver._chunk
+_ecdh_chunk = EcdhDriver._chunk
 
 
-def _stalling_chunk(self: KeyedHashDriver, data: bytes) -> None:
+def _stall(self: RoundDriver) -> None:
     if self.chunks == _AFTER and self.context is not None:
         name = self.context.match_set
         with _lock:
@@ -49,10 +51,20 @@ def _stalling_chunk(self: KeyedHashDriver, data: bytes) -> None:
         if stall:
             (_MARKERS / f"{name}.{self.context.round_id_hex}").touch()
             self._cancel.wait(_SECONDS)
-    _chunk(self, data)
 
 
-KeyedHashDriver._chunk = _stalling_chunk  # type: ignore[method-assign]
+def _stalling_keyed_hash_chunk(self: KeyedHashDriver, data: bytes) -> None:
+    _stall(self)
+    _keyed_hash_chunk(self, data)
+
+
+def _stalling_ecdh_chunk(self: EcdhDriver, data: bytes) -> None:
+    _stall(self)
+    _ecdh_chunk(self, data)
+
+
+KeyedHashDriver._chunk = _stalling_keyed_hash_chunk  # type: ignore[method-assign]
+EcdhDriver._chunk = _stalling_ecdh_chunk  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main(["node", "serve", *sys.argv[1:]]))

@@ -17,6 +17,8 @@ another CA (``test_client_cert_from_another_ca_fails_at_tls``).
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -42,8 +44,8 @@ from coordinator.state import RoundState
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
-from psi.errors import PeerError
-from psi.identifiers import encode_identities
+from psi.errors import InvalidIdentifier, PeerError
+from psi.identifiers import encode_identities, normalize_id
 from psi.keyed_hash import KeyedHashRequester, KeyedHashResponder
 from psi.messages import KeyShare, TagChunk
 from tests import test_node_server as tns
@@ -57,6 +59,7 @@ from tests.federation import (
     expected_evidence,
     read_evidence_csv,
     round_run,
+    start_node,
     start_nodes,
     start_stalling_node,
     state_rows,
@@ -417,6 +420,81 @@ def test_node_killed_mid_round_is_a_failed_source_and_restarts(
         ("completed",),
         ("completed",),
     ]
+
+
+@integration
+def test_bucketed_ecdh_node_killed_mid_round_leaves_no_readable_data(
+    nodes: Federation, tmp_path: Path
+) -> None:
+    """justice's set is bucketed into encrypted files; SIGKILL mid-round; restart cleans up."""
+    fed = nodes
+    spill = fed.root / "spill-justice"
+    text = fed.config("justice").read_text(encoding="utf-8")
+    bucketed = fed.root / "justice-bucketed.node.toml"
+    bucketed.write_text(
+        text.replace(
+            "[node]\n", '[node]\nstream_rows = 1\nbucket_rows = 20\nspill_dir = "spill-justice"\n'
+        ),
+        encoding="utf-8",
+    )
+    markers = tmp_path / "markers"
+    start_nodes(fed, [n for n in NODES if n != "justice"])
+    justice = start_stalling_node(
+        fed, "justice", marker_dir=markers, stall_after=2, config=bucketed
+    )
+    config = coordinator_toml(
+        fed,
+        "coordinator-kill-bucketed.toml",
+        coordinator={"chunk_items": "32", "state": '"state/kill-bucketed.sqlite"'},
+    )
+    out = tmp_path / "round-1"
+    proc = _round(config, out)
+    try:
+        wait_for("justice to stall", lambda: len(_markers(markers)) == 1)
+        # the set was split before accept: one folder of ciphertext bucket files
+        (folder,) = list(spill.iterdir())
+        files = sorted(folder.iterdir())
+        assert len(files) > 1 and all(f.name.startswith("1-") for f in files)
+        raw = b"".join(f.read_bytes() for f in files)
+        justice.process.kill()  # SIGKILL: no cleanup runs
+        justice.process.wait(timeout=5)
+        _, stderr = proc.communicate(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert [w.split()[1] for w in stderr.splitlines() if w.startswith("warning:")] == [
+        "justice/custody"
+    ]
+    _complete_output(out)
+    _check_no_exit_for_want_of_evidence(out, ["justice/custody"])
+    # what the killed node left is ciphertext: no identity number, no encoding of one
+    with (fed.root / "data" / "justice" / "custody.csv").open(encoding="utf-8-sig") as fh:
+        custody = [row["id_number"].strip() for row in csv.DictReader(fh)]
+    valid = []
+    for raw_id in custody:
+        with contextlib.suppress(InvalidIdentifier):
+            valid.append(normalize_id(raw_id))
+    assert len(valid) > 50
+    enc = encode_identities(valid)
+    assert not any(row.tobytes()[:8] in raw for row in enc)
+    assert not any(i.encode() in raw for i in valid)
+    assert folder.exists()
+
+    # the restarted node deletes the dead process's folder and answers in full
+    fed.nodes.remove(justice)
+    restarted = start_node("justice", bucketed, log_dir=fed.root / "logs")
+    fed.nodes.append(restarted)
+    assert not folder.exists() and list(spill.iterdir()) == []
+    notice = restarted.stderr_path.read_text(encoding="utf-8")
+    assert "justice: removed 1 spill folder(s) left by a stopped node process" in notice
+    out2 = tmp_path / "round-2"
+    done = _run_round(config, out2)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    assert read_evidence_csv(out2 / "evidence.csv") == expected_evidence(fed.root, fed.specs)
+    assert list(spill.iterdir()) == []
 
 
 @integration

@@ -7,6 +7,7 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -452,13 +453,15 @@ def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
     assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
 
 
-def _streaming(cfg: NodeConfig) -> NodeConfig:
+def _streaming(cfg: NodeConfig, extra: str = "") -> NodeConfig:
     """The same node with ``stream_rows = 1``: every set is streamed from its source."""
     assert cfg.path is not None
     text = cfg.path.read_text(encoding="utf-8")
     path = cfg.path.with_name("streaming.node.toml")
     path.write_text(
-        text.replace('audit_log = "audit.jsonl"', 'audit_log = "audit.jsonl"\nstream_rows = 1'),
+        text.replace(
+            'audit_log = "audit.jsonl"', f'audit_log = "audit.jsonl"\nstream_rows = 1\n{extra}'
+        ),
         encoding="utf-8",
     )
     return load_node_config(path)
@@ -501,21 +504,45 @@ def test_streamed_keyed_hash_round_equals_in_memory(cfg: NodeConfig) -> None:
     assert sum(len(m.payload) for m in matches) == 26  # 25 people, NODE_IDS[0] twice
 
 
-def test_streamed_set_in_ecdh_round(cfg: NodeConfig) -> None:
+@pytest.mark.parametrize("bucket_rows", [None, 7, 1])
+def test_streamed_set_in_ecdh_round(
+    cfg: NodeConfig, tmp_path: Path, bucket_rows: int | None
+) -> None:
+    """Streamed: held whole (one bucket) or split into ceil(rows / bucket_rows) bucket files."""
+    spill = tmp_path / "spill"
+    extra = "" if bucket_rows is None else f'bucket_rows = {bucket_rows}\nspill_dir = "spill"'
     roster = NODE_IDS[10:30] + OTHERS[:12]
     c = ctx(protocol="ecdh")
-    req = EcdhRequester.generate(c)
+    req = EcdhRequester.generate(c, query_size=len(roster))
     blinded = [req.blind(encode_identities(roster[s : s + 8])) for s in range(0, len(roster), 8)]
     events: list[Event] = [Start(context=c.to_bytes(), query_size=len(roster))]
     events += [Chunk(b.to_bytes()) for b in blinded]
     events.append(End(chunks=len(blinded), items=len(roster)))
-    state = NodeState.create(_streaming(cfg), today=lambda: TODAY)
-    outputs = run(EcdhDriver(state, "civil-affairs"), events)
+    state = NodeState.create(_streaming(cfg, extra), today=lambda: TODAY)
+    seen: list[int] = []
+    if bucket_rows is not None:
+        # Spy on the bucket files while the round runs (they are gone after it).
+        from nodes import buckets
+
+        real = buckets.SpilledSet.read
+
+        def spy(self: buckets.SpilledSet, bucket: int) -> Any:
+            seen.append(len(list(self.directory.iterdir())))
+            return real(self, bucket)
+
+        buckets.SpilledSet.read = spy  # type: ignore[method-assign]
+    try:
+        outputs = run(EcdhDriver(state, "civil-affairs"), events)
+    finally:
+        if bucket_rows is not None:
+            buckets.SpilledSet.read = real  # type: ignore[method-assign]
     accept, done = outputs[0], outputs[-1]
     assert isinstance(accept, Accept) and accept.set_size == 64
     assert isinstance(done, Done)
+    stages = []
     for out in outputs[1:-1]:
         assert isinstance(out, Points)
+        stages.append(out.stage)
         chunk = PointChunk.from_bytes(out.data)
         if out.stage == "reblinded":
             req.receive_reblinded(chunk)
@@ -525,6 +552,12 @@ def test_streamed_set_in_ecdh_round(cfg: NodeConfig) -> None:
     result = req.finish()
     assert result.transcript == done.transcript
     assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
+    if bucket_rows is not None:
+        # 41 source rows (NODE_IDS and one bad row): one file per bucket, read once each
+        assert seen == [-(-41 // bucket_rows)] * -(-41 // bucket_rows)
+        # the whole roster is answered before the first set point
+        assert stages == sorted(stages)  # "reblinded" < "set"
+        assert spill.is_dir() and list(spill.iterdir()) == []  # files removed after the round
 
 
 # -- distinct identities (review finding 1)

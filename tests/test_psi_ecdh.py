@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import itertools
 import pickle
 from typing import Any
 
@@ -24,6 +25,7 @@ from psi import (
     encode_identities,
     size_class,
 )
+from psi.ecdh import BUCKET_KEY_SIZE, bucket_of, distinct_identities
 from tests.test_psi_context import make_context
 from tests.test_psi_keyed_hash import ids_from_ints, rng_for
 
@@ -343,3 +345,136 @@ def test_announced_size_equal_to_the_set_changes_nothing() -> None:
     result = req.finish()
     assert result.matched.tolist() == [1, 3, 5]
     assert result.transcript == resp.finish()
+
+
+# -- sets larger than memory: buckets (psi side)
+
+
+def bucketed_round(
+    roster: list[str],
+    match_set: list[str],
+    *,
+    buckets: int,
+    chunk: int = 5,
+    set_first: bool = False,
+) -> tuple[EcdhResult, bytes, list[int], list[tuple[int, int]]]:
+    """One round with the set split by ``bucket_of``; returns the chunk sizes and the reads.
+
+    ``reads`` are (bucket, set chunks yielded before it was read). With
+    ``set_first`` every set chunk reaches the requester before any reblinded one.
+    """
+    ctx = ecdh_context(3)
+    req = EcdhRequester.generate(ctx, rng=rng_for(11), query_size=len(roster))
+    resp = EcdhResponder.generate(ctx, rng=rng_for(12), size_classes=SMALL)
+    enc = distinct_identities(encode_identities(match_set))
+    key = rng_for(14)(BUCKET_KEY_SIZE)
+    which = bucket_of(enc, key, buckets)
+    parts: list[npt.NDArray[np.uint8]] = [enc[which == j] for j in range(buckets)]
+    sent: list[PointChunk] = []
+    reads: list[tuple[int, int]] = []
+
+    def read(bucket: int) -> npt.NDArray[np.uint8]:
+        reads.append((bucket, len(sent)))
+        return parts[bucket]
+
+    resp.load_buckets([len(p) for p in parts], read)
+    roster_enc = encode_identities(roster)
+    blinded = [
+        PointChunk.from_bytes(req.blind(roster_enc[start : start + chunk]).to_bytes())
+        for start in range(0, len(roster_enc), chunk)
+    ]
+
+    def answer_roster() -> None:
+        for b in blinded:
+            req.receive_reblinded(PointChunk.from_bytes(resp.reblind(b).to_bytes()))
+
+    if not set_first:
+        answer_roster()
+    for part in resp.set_chunks(chunk):
+        sent.append(part)
+        req.receive_responder_set(PointChunk.from_bytes(part.to_bytes(), stage="set"))
+    if set_first:
+        answer_roster()
+    req.receive_responder_done(resp.set_size)
+    return req.finish(), resp.finish(), [len(p) for p in sent], reads
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), max_size=25),
+    st.lists(st.integers(0, 60), max_size=40),
+    st.integers(1, 6),
+    st.integers(1, 7),
+    st.booleans(),
+)
+def test_bucketed_set_equals_plain_intersection(
+    roster: list[int], match_set: list[int], buckets: int, chunk: int, set_first: bool
+) -> None:
+    result, t_resp, sizes, reads = bucketed_round(
+        ids_from_ints(roster),
+        ids_from_ints(match_set),
+        buckets=buckets,
+        chunk=chunk,
+        set_first=set_first,
+    )
+    assert result.matched.tolist() == [i for i, v in enumerate(roster) if v in set(match_set)]
+    assert result.transcript == t_resp
+    # padded exactly as the unbucketed set, in full chunks across bucket boundaries
+    assert result.responder_set_size == SMALL(len(set(match_set))) == sum(sizes)
+    assert all(n == chunk for n in sizes[:-1]) and 0 < sizes[-1] <= chunk
+    # each bucket read once, in order, only when the chunks reach it
+    assert [b for b, _ in reads] == list(range(buckets))
+    assert all(before <= after for (_, before), (_, after) in itertools.pairwise(reads))
+
+
+def test_bucket_read_lazily() -> None:
+    """Bucket j+1 is read only after every full chunk of bucket j's points was sent."""
+    match_set = ids_from_ints(list(range(200)))
+    _, _, sizes, reads = bucketed_round(ids_from_ints([1]), match_set, buckets=4, chunk=10)
+    assert [b for b, _ in reads] == [0, 1, 2, 3]
+    assert reads[-1][1] >= 150 // 10  # 3 of ~4 buckets of ~50 (+ padding) already sent
+    assert sum(sizes) == SMALL(200)
+
+
+def test_bucket_of() -> None:
+    enc = encode_identities(ids_from_ints(list(range(4000))))
+    key = bytes(range(16))
+    which = bucket_of(enc, key, 8)
+    assert which.dtype == np.int64 and which.min() >= 0 and which.max() <= 7
+    assert (bucket_of(enc, key, 8) == which).all()  # a function of identity and key
+    assert (bucket_of(enc[::-1], key, 8) == which[::-1]).all()
+    assert not (bucket_of(enc, bytes(16), 8) == which).all()  # the key matters
+    counts = np.bincount(which, minlength=8)
+    assert counts.min() > 400 and counts.max() < 600  # about 500 each
+    assert (bucket_of(enc, key, 1) == 0).all()
+    with pytest.raises(ValueError, match="key"):
+        bucket_of(enc, b"short", 8)
+    with pytest.raises(ValueError, match="buckets"):
+        bucket_of(enc, key, 0)
+
+
+def test_bucket_read_back_wrong() -> None:
+    """A bucket read back other than announced fails the set, never sends it changed."""
+    enc = encode_identities(ids_from_ints([1, 2, 3, 4]))
+    for sizes, parts, message in [
+        ([2, 2], [enc[:2], enc[2:3]], "bucket 1 has 1 identities, 2 announced"),
+        ([2, 2], [enc[:2], np.concatenate([enc[2:3], enc[2:3]])], "bucket 1 repeats"),
+    ]:
+        _, resp = roles(ecdh_context())
+        resp.load_buckets(sizes, parts.__getitem__)
+        with pytest.raises(ValueError, match=message):
+            list(resp.set_chunks(2))
+    _, resp = roles(ecdh_context())
+    with pytest.raises(ValueError, match="at least one bucket"):
+        resp.load_buckets([], parts.__getitem__)
+    with pytest.raises(ValueError, match="at least one bucket"):
+        resp.load_buckets([3, -1], parts.__getitem__)
+
+
+def test_requester_refuses_more_than_its_query_size() -> None:
+    req = EcdhRequester.generate(ecdh_context(), query_size=3)
+    req.blind(encode_identities(ids_from_ints([1, 2])))
+    with pytest.raises(ProtocolError, match="query size"):
+        req.blind(encode_identities(ids_from_ints([3, 4])))
+    with pytest.raises(ValueError, match="query_size"):
+        EcdhRequester.generate(ecdh_context(), query_size=-1)

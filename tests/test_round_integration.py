@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from psi import size_class
 from tests.federation import (
     AS_OF,
     NEEDS,
@@ -292,6 +293,18 @@ def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
     synth.write_pki(root, [s.name for s in specs])
     ports = dict(zip([s.name for s in specs], free_ports(2), strict=True))
     _write_node_configs(root, specs, ports)
+    # The ecdh node treats the set as larger than memory: 200,000 source rows
+    # are streamed and split into 4 encrypted bucket files under spill/.
+    ecdh_toml = root / "bigecdh.node.toml"
+    text = ecdh_toml.read_text(encoding="utf-8")
+    ecdh_toml.write_text(
+        text.replace(
+            "[node]\n",
+            '[node]\nstream_rows = 100000\nbucket_rows = 50000\nspill_dir = "spill"\n',
+            1,
+        ),
+        encoding="utf-8",
+    )
     config = synth.write_coordinator_config(root, specs, ports=ports, retries=1)
     nodes: list[NodeProcess] = []
     try:
@@ -309,3 +322,13 @@ def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
     counts = {s: sum(1 for r in rows if r[2] == s) for s in ("bigecdh/deaths", "bigkh/deaths")}
     assert counts == {"bigecdh/deaths": 10_000, "bigkh/deaths": 10_000}
     assert {r[0] for r in rows} == set(roster_ids[::5])
+    assert (root / "spill").is_dir() and list((root / "spill").iterdir()) == []
+    finished = [
+        json.loads(line)
+        for line in (root / "logs" / "bigecdh.audit.jsonl").read_text().splitlines()
+        if '"round_finished"' in line
+    ]
+    # padded exactly as if held in memory: the 200,000 distinct ids' size class
+    assert [(e["set_size"], e["padded_set_size"]) for e in finished] == [
+        (200_000, size_class(200_000))
+    ]

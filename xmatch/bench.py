@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from psi.ecdh import worker_pool
+from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError
 
 __all__ = ["BenchResult", "ids_at", "make_ids", "run_bench"]
@@ -371,7 +371,9 @@ def _prepare(root: Path, workers: int) -> _Federation:
     return _Federation(root=root, credentials=tls.channel_credentials(), workers=workers)
 
 
-def _node_config(fed: _Federation, n: int, port: int, stream_rows: int | None) -> Path:
+def _node_config(
+    fed: _Federation, n: int, port: int, stream_rows: int | None, bucket_rows: int | None
+) -> Path:
     from xmatch import synth
 
     spec = synth.NodeSpec(
@@ -392,6 +394,8 @@ def _node_config(fed: _Federation, n: int, port: int, stream_rows: int | None) -
     extra = [f"workers = {fed.workers}", "max_concurrent_rounds = 2"]
     if stream_rows is not None:
         extra.append(f"stream_rows = {stream_rows}")
+    if bucket_rows is not None:
+        extra.append(f"bucket_rows = {bucket_rows}")
     text = path.read_text(encoding="utf-8").replace(
         f'listen = "127.0.0.1:{port}"\n', f'listen = "127.0.0.1:{port}"\n' + "\n".join(extra) + "\n"
     )
@@ -548,7 +552,7 @@ def _ec_pool(workers: int, needed: bool) -> Iterator[Executor | None]:
         return
     pool = worker_pool(workers, start_method="forkserver")
     try:
-        pool.submit(int, 0).result()  # start the workers outside the timing
+        prepare_executor(pool, workers)  # start every worker outside the timing
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -563,6 +567,7 @@ def run_bench(
     baseline: bool = True,
     roster_size: int | None = None,
     stream_rows: int | None = None,
+    bucket_rows: int | None = None,
     baseline_limit: float = BASELINE_LIMIT_SECONDS,
     echo: Callable[[str], None] | None = None,
 ) -> int:
@@ -616,7 +621,7 @@ def run_bench(
             expected = min(roster_n // 2, n)
             identities = encode_identities(roster.astype("U18"))
             port = free_ports(1)[0]
-            config = _node_config(fed, n, port, stream_rows)
+            config = _node_config(fed, n, port, stream_rows, bucket_rows)
             t0 = time.perf_counter()
             with running_nodes([(NODE, config)], log_dir=out / "logs") as nodes:
                 startup = time.perf_counter() - t0
@@ -712,6 +717,8 @@ def run_bench(
         },
         "workers_per_party": workers,
         "chunk_items": CHUNK_ITEMS,
+        "node_stream_rows": stream_rows,
+        "node_bucket_rows": bucket_rows,
         "results": [asdict(r) for r in results],
     }
     (out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

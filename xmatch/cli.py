@@ -181,6 +181,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         roster_size=args.roster_size,
         stream_rows=args.stream_rows,
+        bucket_rows=args.bucket_rows,
         baseline_limit=args.baseline_limit,
     )
 
@@ -467,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="stream_rows of the bench node's node.toml (default: the node's default)",
+    )
+    bench.add_argument(
+        "--bucket-rows",
+        type=int,
+        default=None,
+        help=(
+            "bucket_rows of the bench node's node.toml: an ecdh set above stream_rows is split "
+            "into buckets of about this many rows (default: the node's default)"
+        ),
     )
     bench.add_argument(
         "--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)"
