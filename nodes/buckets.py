@@ -14,17 +14,22 @@ The bucket files hold encoded identity numbers, so they are encrypted:
 AES-256-GCM records under a key drawn for the round that only the node
 process holds. A node killed mid-round leaves ciphertext under a key that
 died with it; :func:`remove_stale` (run at node start) deletes folders whose
-owning process is gone. The folder is created with mode 0700.
+owner is gone: the owner holds an exclusive ``flock`` on ``.lock`` in the
+folder for its lifetime, which the kernel releases when the process dies
+(no PID check, so a reused PID cannot keep a folder alive). The folder is
+created with mode 0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -38,14 +43,25 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psi.ecdh import BUCKET_KEY_SIZE, bucket_of, distinct_identities
 from psi.errors import ConfigError
 
-__all__ = ["SPILL_PREFIX", "SpilledSet", "remove_stale"]
+__all__ = ["MAX_BUCKETS", "SPILL_PREFIX", "SpilledSet", "bucket_count", "remove_stale"]
 
-#: Name prefix of a round's spill folder: ``xmatch-ecdh-<pid>-<random>``.
+#: At most this many buckets (one open file each while splitting): a set of
+#: more than ``MAX_BUCKETS * bucket_rows`` rows gets larger buckets instead.
+MAX_BUCKETS = 512
+
+#: Name prefix of a round's spill folder: ``xmatch-ecdh-<pid>-<random>`` (the pid
+#: tells an operator whose it is; whether it is in use is the lock's to say).
 SPILL_PREFIX = "xmatch-ecdh-"
 _FOLDER = re.compile(re.escape(SPILL_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
 _HEADER = struct.Struct(">I")  # ciphertext length of one record
 _NONCE = 12
 _AAD = struct.Struct(">8sIII")  # label, bucket, generation, record number
+_LOCK = ".lock"
+
+
+def bucket_count(source_rows: int, bucket_rows: int) -> int:
+    """Buckets for a set of ``source_rows`` rows: ``ceil(source_rows / bucket_rows)``, 1..512."""
+    return max(1, min(MAX_BUCKETS, -(-source_rows // max(1, bucket_rows))))
 
 
 class SpilledSet:
@@ -61,6 +77,7 @@ class SpilledSet:
     ) -> None:
         self.directory = directory
         self.sizes = sizes
+        self._lock: int | None = None
         self._aead: AESGCM | None = AESGCM(key)
         self._what = what
         self._generation = generation
@@ -84,8 +101,8 @@ class SpilledSet:
             ConfigError: the folder cannot be created or written (one line,
                 naming ``what`` and the OS reason; no path content, no data).
         """
-        if buckets < 1:
-            raise ValueError("buckets must be >= 1")
+        if not 1 <= buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be 1..{MAX_BUCKETS}")
         try:
             if spill_dir is not None:
                 spill_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +113,10 @@ class SpilledSet:
             raise ConfigError(f"{what}: cannot create the bucket folder ({exc.strerror})") from None
         spilled = cls(directory, rng(32), [0] * buckets, what=what, generation=0)
         try:
+            try:
+                spilled._lock = _hold_lock(directory)
+            except OSError as exc:
+                raise spilled._fail("create", exc) from None
             spilled._split(batches, rng(BUCKET_KEY_SIZE))
             spilled._deduplicate()
         except BaseException:
@@ -144,10 +165,7 @@ class SpilledSet:
         records = [0] * n
         with contextlib.ExitStack() as stack:
             try:
-                files = [
-                    stack.enter_context(open(self._path(j, 0), "xb", buffering=1 << 20))
-                    for j in range(n)
-                ]
+                files = [stack.enter_context(open(self._path(j, 0), "xb")) for j in range(n)]
             except OSError as exc:
                 raise self._fail("create", exc) from None
             for batch in batches:
@@ -241,13 +259,45 @@ class SpilledSet:
         """Delete the folder and forget the key (idempotent)."""
         self._aead = None
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+
+
+def _hold_lock(directory: Path) -> int:
+    """Create ``directory/.lock`` and hold an exclusive flock on it; returns the fd."""
+    fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _in_use(directory: Path) -> bool:
+    """Whether a live process holds the folder's lock (a folder without one is not ours yet)."""
+    try:
+        fd = os.open(directory / _LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        # mkdtemp ran but the lock was not made yet, or the folder is half deleted:
+        # judge by age, so a folder being created right now is left alone
+        try:
+            return directory.stat().st_mtime > time.time() - 60
+        except OSError:
+            return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_stale(spill_dir: Path | None) -> int:
-    """Delete spill folders in ``spill_dir`` (None: the temp folder) whose node process is gone.
+    """Delete spill folders in ``spill_dir`` (None: the temp folder) whose owner is gone.
 
-    Returns the number removed. Folders of live processes (another node on
-    the same machine) are left alone.
+    Returns the number removed. Folders that a live process holds (a round in
+    progress here, or in another node on this machine) are left alone.
     """
     base = spill_dir if spill_dir is not None else Path(tempfile.gettempdir())
     removed = 0
@@ -256,22 +306,8 @@ def remove_stale(spill_dir: Path | None) -> int:
     except OSError:
         return 0
     for entry in entries:
-        match = _FOLDER.fullmatch(entry.name)
-        if match is None or not entry.is_dir():
+        if _FOLDER.fullmatch(entry.name) is None or not entry.is_dir() or _in_use(entry):
             continue
-        pid = int(match.group(1))
-        if pid == os.getpid() or _alive(pid):
-            continue  # a round in progress, here or in another node on this machine
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

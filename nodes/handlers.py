@@ -55,7 +55,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from nodes.buckets import SpilledSet
+from nodes.buckets import SpilledSet, bucket_count
 from nodes.config import Budget, MatchSetConfig, NodeConfig
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import DEFAULT_PARAMS, RoundContext
@@ -880,11 +880,11 @@ class EcdhDriver(RoundDriver):
     A set larger than ``stream_rows`` is bucketed (:mod:`nodes.buckets`)
     when its source has more than ``bucket_rows`` rows: before accept, one
     pass over the source splits it into ``ceil(source rows / bucket_rows)``
-    encrypted bucket files, each deduplicated; the set is then sent bucket
-    by bucket, and only after the requester's ``end``, so that the
-    requester has its whole reblinded roster before the first set point and
-    can intersect on arrival. Node memory is one bucket; the requester's is
-    its roster.
+    (at most :data:`nodes.buckets.MAX_BUCKETS`) encrypted bucket files, each
+    deduplicated; the set is then sent bucket by bucket, and only after the
+    requester's ``end``, so that the requester has its whole reblinded
+    roster before the first set point and can intersect on arrival. Node
+    memory is one bucket; the requester's is its roster.
     """
 
     protocol = "ecdh"
@@ -925,7 +925,7 @@ class EcdhDriver(RoundDriver):
         assert self.match_set is not None
         store, node = self.state.store, self.state.config.node
         name = self.match_set.name
-        buckets = max(1, -(-store.source_rows(name) // node.bucket_rows))
+        buckets = bucket_count(store.source_rows(name), node.bucket_rows)
         summary = StreamSummary()
         batches = (b.identities for b in store.stream(name, ctx.as_of, summary=summary))
         if buckets == 1:

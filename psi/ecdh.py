@@ -504,6 +504,8 @@ class _SetPlan:
     sizes: tuple[int, ...]
     pads: tuple[int, ...]
     read: Callable[[int], npt.NDArray[np.uint8]]
+    #: the buckets are known to be distinct (load_set deduplicated them itself)
+    distinct: bool = False
 
     @property
     def total(self) -> int:
@@ -564,7 +566,7 @@ class EcdhResponder(_EcdhRole):
         if self._plan is not None:
             raise AlreadyUsed("match set already loaded for this round")
         unique = distinct_identities(identities)
-        self.load_buckets([len(unique)], lambda _bucket: unique)
+        self._plan = self._planned((len(unique),), lambda _bucket: unique, distinct=True)
 
     def load_buckets(
         self, sizes: Sequence[int], read: Callable[[int], npt.NDArray[np.uint8]]
@@ -591,13 +593,22 @@ class EcdhResponder(_EcdhRole):
         counts = tuple(int(size) for size in sizes)
         if not counts or min(counts) < 0:
             raise ValueError("load_buckets needs at least one bucket and sizes >= 0")
+        self._plan = self._planned(counts, read, distinct=False)
+
+    def _planned(
+        self,
+        counts: tuple[int, ...],
+        read: Callable[[int], npt.NDArray[np.uint8]],
+        *,
+        distinct: bool,
+    ) -> _SetPlan:
         total = sum(counts)
         target = self._size_classes(total)
         if target < total:
             raise ValueError("size class smaller than the set")
         extra, n = target - total, len(counts)
         pads = tuple(extra * (j + 1) // n - extra * j // n for j in range(n))
-        self._plan = _SetPlan(sizes=counts, pads=pads, read=read)
+        return _SetPlan(sizes=counts, pads=pads, read=read, distinct=distinct)
 
     @property
     def set_size(self) -> int:
@@ -659,7 +670,7 @@ class EcdhResponder(_EcdhRole):
             raise ValueError(
                 f"bucket {bucket} has {len(ids)} identities, {plan.sizes[bucket]} announced"
             )
-        if len(distinct_identities(ids)) != len(ids):
+        if not plan.distinct and len(distinct_identities(ids)) != len(ids):
             raise ValueError(f"bucket {bucket} repeats an identity")
         pad = plan.pads[bucket]
         padding = np.frombuffer(self._rng(16 * pad), dtype=np.uint8).reshape(-1, 16).copy()

@@ -7,6 +7,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from nodes.buckets import SPILL_PREFIX, SpilledSet, remove_stale
+from nodes.buckets import MAX_BUCKETS, SPILL_PREFIX, SpilledSet, bucket_count, remove_stale
 from psi.ecdh import distinct_identities
 from psi.errors import ConfigError
 from psi.identifiers import encode_identities
@@ -67,7 +68,7 @@ def test_files_are_ciphertext_in_a_private_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["flip", "truncate", "swap", "drop"])
 def test_a_changed_bucket_file_fails_authentication(tmp_path: Path, damage: str) -> None:
     with spill(tmp_path) as spilled:
-        files = sorted(spilled.directory.iterdir())
+        files = sorted(spilled.directory.glob("*.bin"))
         assert len(files) == 5
         one, two = files[1], files[2]
         data = bytearray(one.read_bytes())
@@ -120,21 +121,61 @@ def test_closed_set_cannot_be_read(tmp_path: Path) -> None:
             empty.read(2)
 
 
-def test_remove_stale_keeps_live_processes(tmp_path: Path) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
+def test_remove_stale_keeps_folders_a_live_process_holds(tmp_path: Path) -> None:
+    def folder(name: str, *, lock: bool = True, age: float = 0.0) -> Path:
+        path = tmp_path / f"{SPILL_PREFIX}{name}"
+        path.mkdir()
+        (path / "0-00000.bin").write_bytes(b"ciphertext")
+        if lock:
+            (path / ".lock").touch()
+        if age:
+            os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    stale = folder("123-abandoned")  # a lock file nobody holds: its process is gone
+    old_unlocked = folder("124-old", lock=False, age=600)
+    new_unlocked = folder("125-new", lock=False)  # being created right now
+    other = tmp_path / "xmatch-something-else"
+    other.mkdir()
+    # a folder held by another live process (a second node on this machine)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; d = sys.argv[1]; os.mkdir(d); "
+            "fd = os.open(d + '/.lock', os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(tmp_path / f"{SPILL_PREFIX}999999-othernode"),
+        ],
+        stdout=subprocess.PIPE,
         text=True,
     )
-    dead = int(child.stdout)
-    stale = tmp_path / f"{SPILL_PREFIX}{dead}-abc123"
-    mine = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-def456"
-    parent = tmp_path / f"{SPILL_PREFIX}{os.getppid()}-ghi789"
-    other = tmp_path / "xmatch-something-else"
-    for folder in (stale, mine, parent, other):
-        folder.mkdir()
-        (folder / "0-00000.bin").write_bytes(b"ciphertext")
-    assert remove_stale(tmp_path) == 1
-    assert not stale.exists() and mine.exists() and parent.exists() and other.exists()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with spill(tmp_path, buckets=2) as ours:  # held by this process
+            assert ours.directory.parent == tmp_path / "spill"
+            assert remove_stale(tmp_path / "spill") == 0
+            assert remove_stale(tmp_path) == 2
+            assert not stale.exists() and not old_unlocked.exists()
+            assert new_unlocked.exists() and other.exists()
+            assert (tmp_path / f"{SPILL_PREFIX}999999-othernode").exists()
+            assert ours.directory.exists()
+        holder.kill()  # the kernel drops its lock with it
+        holder.wait(timeout=10)
+        assert remove_stale(tmp_path) == 1
+        assert not (tmp_path / f"{SPILL_PREFIX}999999-othernode").exists()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
     assert remove_stale(tmp_path / "missing") == 0
+
+
+def test_bucket_count() -> None:
+    assert bucket_count(0, 1_000_000) == 1
+    assert bucket_count(1_000_000, 1_000_000) == 1
+    assert bucket_count(1_000_001, 1_000_000) == 2
+    assert bucket_count(20_000_000, 1_000_000) == 20
+    assert bucket_count(10**12, 1) == MAX_BUCKETS  # one open file per bucket while splitting
+    with pytest.raises(ValueError, match="buckets"):
+        SpilledSet.create(iter([]), buckets=MAX_BUCKETS + 1, spill_dir=None)

@@ -33,7 +33,7 @@ from nodes.handlers import (
 )
 from psi.context import RoundContext
 from psi.ecdh import EcdhRequester
-from psi.errors import ProtocolError, Refused
+from psi.errors import ConfigError, ProtocolError, Refused
 from psi.identifiers import check_character, encode_identities
 from psi.keyed_hash import KeyedHashRequester
 from psi.messages import KeyShare, MatchChunk, PointChunk
@@ -527,7 +527,7 @@ def test_streamed_set_in_ecdh_round(
         real = buckets.SpilledSet.read
 
         def spy(self: buckets.SpilledSet, bucket: int) -> Any:
-            seen.append(len(list(self.directory.iterdir())))
+            seen.append(len(list(self.directory.glob("*.bin"))))
             return real(self, bucket)
 
         buckets.SpilledSet.read = spy  # type: ignore[method-assign]
@@ -915,3 +915,19 @@ def test_distinct_rows_agree_with_a_set_on_colliding_words(seed: int) -> None:
             guard.add(rows)
             seen.update(keys)
     assert guard.count == len(seen)
+
+
+def test_bucketed_round_with_unusable_spill_dir_fails_in_one_line(
+    cfg: NodeConfig, tmp_path: Path
+) -> None:
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    node_cfg = _streaming(cfg, 'bucket_rows = 5\nspill_dir = "blocked"')
+    c = ctx(protocol="ecdh")
+    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(OTHERS))]
+    state = NodeState.create(node_cfg, today=lambda: TODAY)
+    with pytest.raises(ConfigError) as info:
+        run(EcdhDriver(state, "civil-affairs"), events)
+    assert str(info.value).startswith(
+        "streaming.node.toml: node.spill_dir: cannot create the bucket folder ("
+    )
+    assert "\n" not in str(info.value) and str(tmp_path) not in str(info.value)
