@@ -29,7 +29,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Generic, NamedTuple, TypeVar
 
-from coordinator.reasons import DisabilityCategory, Lang, Month, Reason, reason
+from coordinator.reasons import DisabilityCategory, Lang, Month, Reason, reason, render
 from coordinator.records import (
     Category,
     Circumstance,
@@ -117,6 +117,7 @@ def eighteenth_birthday(birth: date) -> date:
     return add_years(birth, ADULT_AGE)
 
 
+@lru_cache(maxsize=1 << 14)  # children born on the same day get the same answer
 def is_adult(birth: date, on: date) -> Ruling[bool]:
     """18 or older on ``on``: a person is 18 from the day *after* the 18th birthday."""
     birthday = eighteenth_birthday(birth)
@@ -312,13 +313,8 @@ def parent_group(role: Role, rows: Iterable[EvidenceRow], on: date) -> ParentSta
             qualifying.append((row.circumstance, said))
     for group, found in ((Group.GONE, gone), (Group.QUALIFYING, qualifying)):
         if found:
-            return ParentStatus(
-                role,
-                group,
-                frozenset(code for code, _ in found),
-                tuple(said for _, said in found),
-                tuple(lapsed),
-            )
+            codes, facts = zip(*found, strict=True)
+            return ParentStatus(role, group, frozenset(codes), facts, tuple(lapsed))
     none = tuple(lapsed) or (reason("parent_no_evidence", role=role),)
     return ParentStatus(role, None, frozenset(), none, tuple(lapsed))
 
@@ -426,7 +422,7 @@ class ChildDecision:
 
     def reason_texts(self, lang: Lang = "zh") -> list[str]:
         """The written reasons in ``lang``."""
-        return [item.text(lang) for item in self.reasons]
+        return [render(item, lang) for item in self.reasons]
 
 
 def _stop(

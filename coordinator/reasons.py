@@ -9,11 +9,12 @@ with the same placeholders (a test checks this).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple, Union, cast
+from typing import Any, Literal, NamedTuple, Union
 
 from coordinator.records import Category, Circumstance, Decision, Role
 
@@ -292,33 +293,50 @@ def month_text(month: Month, lang: Lang) -> str:
 
 
 @lru_cache(maxsize=1 << 14)  # a round writes few distinct dates, many times each
+def _date_zh(day: date) -> str:
+    return f"{day.year}年{day.month}月{day.day}日"
+
+
 def date_text(day: date, lang: Lang) -> str:
     """2026年10月10日 / 2026-10-10."""
-    return f"{day.year}年{day.month}月{day.day}日" if lang == "zh" else day.isoformat()
+    return _date_zh(day) if lang == "zh" else day.isoformat()
 
 
-_BY_TYPE: dict[type, Callable[[Any, Lang], str]] = {
-    Circumstance: circumstance_name,
-    Role: lambda value, lang: _ROLE[value][0 if lang == "zh" else 1],
-    Category: category_name,
-    Decision: decision_name,
-    Month: month_text,
-    date: date_text,
-    DisabilityCategory: lambda value, lang: (
-        DISABILITY_ZH.get(value.number, str(value.number)) if lang == "zh" else str(value.number)
-    ),
-    tuple: lambda value, lang: ("、" if lang == "zh" else ", ").join(value),
-}
+def _role_names(index: int) -> dict[Role, str]:
+    return {role: names[index] for role, names in _ROLE.items()}
 
 
-def _localize(value: Arg, lang: Lang) -> str:
-    kind = type(value)
-    if kind is str:
-        return cast(str, value)
-    if kind is Reason:
-        return render(cast(Reason, value), lang)
-    localize = _BY_TYPE.get(kind)
-    return str(value) if localize is None else localize(value, lang)
+#: per language (0 zh, 1 en): argument type -> its text. The type must match exactly (a
+#: nested reason is rendered, any other type written with ``str``): a StrEnum is a str.
+_LOCALIZERS: tuple[dict[type, Callable[[Any], str]], dict[type, Callable[[Any], str]]] = (
+    {
+        str: str,
+        Circumstance: _CIRCUMSTANCE_ZH.__getitem__,
+        Role: _role_names(0).__getitem__,
+        Category: {category: names[0] for category, names in _CATEGORY.items()}.__getitem__,
+        Decision: {decision: names[0] for decision, names in _DECISION.items()}.__getitem__,
+        Month: lambda value: month_text(value, "zh"),
+        date: _date_zh,
+        DisabilityCategory: lambda value: DISABILITY_ZH.get(value.number, str(value.number)),
+        tuple: "、".join,
+    },
+    {
+        str: str,
+        Circumstance: operator.attrgetter("value"),
+        Role: _role_names(1).__getitem__,
+        Category: {category: names[1] for category, names in _CATEGORY.items()}.__getitem__,
+        Decision: {decision: names[1] for decision, names in _DECISION.items()}.__getitem__,
+        Month: lambda value: month_text(value, "en"),
+        date: date.isoformat,
+        DisabilityCategory: lambda value: str(value.number),
+        tuple: ", ".join,
+    },
+)
+#: per language (0 zh, 1 en): template key -> template
+_TEMPLATES_IN: tuple[dict[str, str], dict[str, str]] = (
+    {key: texts[0] for key, texts in TEMPLATES.items()},
+    {key: texts[1] for key, texts in TEMPLATES.items()},
+)
 
 
 def render(item: Reason, lang: Lang = "zh") -> str:
@@ -327,5 +345,18 @@ def render(item: Reason, lang: Lang = "zh") -> str:
     Raises:
         KeyError: the template key or one of its placeholders is missing (a bug).
     """
-    template = TEMPLATES[item.key][0 if lang == "zh" else 1]
-    return template.format(**{name: _localize(value, lang) for name, value in item.args})
+    index = 0 if lang == "zh" else 1
+    template = _TEMPLATES_IN[index][item.key]
+    localizers = _LOCALIZERS[index]
+    # one loop and bound C methods rather than a helper per argument: those calls were
+    # most of the time of rendering a round
+    args: dict[str, str] = {}
+    for name, value in item.args:
+        localize = localizers.get(type(value))
+        if localize is not None:
+            args[name] = localize(value)
+        elif isinstance(value, Reason):
+            args[name] = render(value, lang)
+        else:
+            args[name] = str(value)
+    return template.format_map(args)

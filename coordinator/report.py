@@ -11,6 +11,7 @@ Parents' numbers are never shown (the reasons say 父亲/母亲).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,17 +115,26 @@ svg text { font-family: inherit; font-size: 12px; fill: var(--ink); }
 """
 
 
+#: a character that :func:`html.escape` replaces
+_SPECIAL = re.compile("[&<>\"']").search
+
+
+def _escape(text: str) -> str:
+    """:func:`html.escape`, without its five scans for the many texts that need none."""
+    return escape(text) if _SPECIAL(text) else text
+
+
 def _t(zh: str, en: str) -> str:
     """A label: Chinese, with English in small print."""
     return f"{escape(zh)} <small>{escape(en)}</small>"
 
 
 def _child_cells(child: RosterRow) -> str:
-    ident = escape(child.child_id) if child.child_id else "<span class='empty'>无 (none)</span>"
+    ident = _escape(child.child_id) if child.child_id else "<span class='empty'>无 (none)</span>"
     birth = child.child_birth_date.isoformat() if child.child_birth_date else ""
     return (
-        f"<td class='id'>{ident}</td><td>{escape(child.child_name)}</td>"
-        f"<td>{escape(birth)}</td><td>{_region_cell(child.region_code)}</td>"
+        f"<td class='id'>{ident}</td><td>{_escape(child.child_name)}</td>"
+        f"<td>{_escape(birth)}</td><td>{_region_cell(child.region_code)}</td>"
     )
 
 
@@ -140,7 +150,7 @@ _CHILD_HEAD = (
 
 
 def _reasons(texts: Sequence[str]) -> str:
-    items = "".join([f"<li>{escape(text)}</li>" for text in texts])
+    items = "".join([f"<li>{_escape(text)}</li>" for text in texts])
     return f"<ul class='reasons'>{items}</ul>"
 
 
@@ -214,7 +224,7 @@ def _service_sections(
                 children,
                 f"<th>{_t('决定', 'decision')}</th>",
                 (
-                    f"<td>{escape(decision_name(i.decision, 'zh'))} "
+                    f"<td>{_escape(decision_name(i.decision, 'zh'))} "
                     f"<small>{i.decision.value}</small></td>"
                     for i in children
                 ),
@@ -313,7 +323,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             _heads(("类别", "category"), ("理由", "reasons"), ("下次核查", "next check")),
             (
                 f"<td>{_category(i.category, lang)}</td>"
-                f"<td>{_reasons(decisions.reason_texts(i))}</td><td>{escape(_due(i))}</td>"
+                f"<td>{_reasons(decisions.reason_texts(i))}</td><td>{_escape(_due(i))}</td>"
                 for i in enrol
             ),
         )
@@ -330,7 +340,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             _heads(("原类别", "recorded"), ("停发月份", "stops from"), ("理由", "reasons")),
             (
                 f"<td>{_category(i.child.category, lang)}</td>"
-                f"<td>{escape(month_text(i.stops_from, lang)) if i.stops_from else ''}</td>"
+                f"<td>{_escape(month_text(i.stops_from, lang)) if i.stops_from else ''}</td>"
                 f"<td>{_reasons(decisions.reason_texts(i))}</td>"
                 for i in exits
             ),
@@ -364,7 +374,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             f"<th>{_t('状态', 'status')}</th><th>{_t('理由', 'reasons')}</th>",
             (
                 f"<td>{'数据矛盾 <small>conflict</small><br>' if i.conflict else ''}"
-                f"{escape(i.child.status.value)}</td><td>{_reasons(decisions.reason_texts(i))}</td>"
+                f"{_escape(i.child.status.value)}</td><td>{_reasons(decisions.reason_texts(i))}</td>"
                 for i in reviews
             ),
         )
@@ -377,8 +387,8 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             _heads(("上次核查", "last check"), ("应核查日期", "due"), ("依据", "interval")),
             (
                 f"<td>{_day(i.child.last_check_date)}</td>"
-                f"<td>{escape(_due(i))}</td>"
-                f"<td>{escape('; '.join(r.text(lang) for r in i.check_reasons))}</td>"
+                f"<td>{_escape(_due(i))}</td>"
+                f"<td>{_escape('; '.join(r.text(lang) for r in i.check_reasons))}</td>"
                 for i in overdue
             ),
         )
@@ -461,7 +471,7 @@ def _heads(*labels: tuple[str, str]) -> str:
 
 
 def _category(value: Category | None, lang: Literal["zh", "en"]) -> str:
-    return escape(category_name(value, lang)) if value is not None else ""
+    return _escape(category_name(value, lang)) if value is not None else ""
 
 
 def _day(value: date | None) -> str:

@@ -26,7 +26,7 @@ from coordinator.eligibility import (
     next_check_due,
     parent_group,
 )
-from coordinator.reasons import TEMPLATES
+from coordinator.reasons import TEMPLATES, DisabilityCategory, Month, reason, render
 from coordinator.records import (
     Category,
     Circumstance,
@@ -677,6 +677,41 @@ def test_every_template_has_both_languages_with_the_same_placeholders() -> None:
 
     for key, (zh, en) in TEMPLATES.items():
         assert fields(zh) == fields(en), key
+
+
+def test_each_kind_of_argument_renders_in_both_languages() -> None:
+    fact = reason(
+        "fact_certificate",
+        code=Circumstance.SEVERE_DISABILITY,
+        source="dpf/cert",
+        grade=reason("grade", grade=3, category=DisabilityCategory(5)),
+        start=date(2018, 5, 2),
+        expiry=date(2028, 5, 2),
+    )
+    said = reason("parent_fact", role=Role.MOTHER, fact=fact)
+    assert render(said) == "母亲:重残(dpf/cert),智力3级,残疾人证2018年5月2日核发,2028年5月2日到期"
+    assert render(said, "en") == (
+        "mother: SEVERE_DISABILITY (dpf/cert), grade 3, category 5, "
+        "certificate issued 2018-05-02, expires on 2028-05-02"
+    )
+    unknown_kind = reason("grade", grade=1, category=DisabilityCategory(9))
+    assert render(unknown_kind) == "91级" and render(unknown_kind, "en") == "grade 1, category 9"
+    stop = reason("stops_from", stop=Month(2026, 12))
+    assert render(stop) == "自2026年12月起停发(次月起)"
+    assert render(stop, "en") == "support stops from December 2026 (the month after the change)"
+    every = reason("check_every", months=6, codes=("IMPRISONED", "MISSING"))
+    assert render(every) == "每6个月核查一次(IMPRISONED、MISSING)"
+    assert render(every, "en") == "checked every 6 months (IMPRISONED, MISSING)"
+    moved = reason("reclassified", old=Category.DE_FACTO, new=Category.ORPHAN)
+    assert render(moved) == "原认定为事实无人抚养儿童,现符合孤儿"
+    assert render(moved, "en") == "recorded as de facto unsupported child, now meets orphan"
+    # a str argument is written as is, even when it spells an enum value
+    invalid = reason("parent_invalid_id", role=Role.FATHER, column="father_id", problem="DEAD")
+    assert render(invalid, "en") == (
+        "father: the ID number in column father_id is invalid (DEAD); treated as unknown"
+    )
+    with pytest.raises(KeyError):
+        render(reason("fact_on", code=Circumstance.DEAD, source="police/deaths"))
 
 
 def test_decisions_json_has_one_entry_per_row_in_order() -> None:

@@ -32,7 +32,14 @@ def _round() -> tuple[RoundDecisions, Provenance]:
             "region_code": "150102",
         }
     )
-    rows = [enrol, leaving, moved, review, evil]
+    quoted = child(born=date(2014, 1, 1))
+    quoted = quoted.__class__(
+        **{
+            **{f: getattr(quoted, f) for f in quoted.__dataclass_fields__},
+            "child_name": 'O\'Brien & "Co"',
+        }
+    )
+    rows = [enrol, leaving, moved, review, evil, quoted]
     evidence = [
         ev(
             enrol.father_id or "",
@@ -105,6 +112,7 @@ def test_report_content_is_complete_and_escaped() -> None:
     decisions, provenance = _round()
     page = render_report(decisions, provenance=provenance)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "O&#x27;Brien &amp; &quot;Co&quot;" in page and "O'Brien" not in page
     assert "deadline &lt;exceeded&gt;" in page
     for needle in (
         "新纳入",
