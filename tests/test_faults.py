@@ -484,6 +484,8 @@ def test_bucketed_ecdh_node_killed_mid_round_leaves_no_readable_data(
 
     # the restarted node deletes the dead process's folder and answers in full
     fed.nodes.remove(justice)
+    # the killed node's resource tracker still writes to its stderr file: move it aside
+    justice.stderr_path.rename(justice.stderr_path.with_suffix(".killed.log"))
     restarted = start_node("justice", bucketed, log_dir=fed.root / "logs")
     fed.nodes.append(restarted)
     assert not folder.exists() and list(spill.iterdir()) == []
