@@ -553,6 +553,8 @@ class RoundDriver:
         self.set_size: int | None = 0
         #: ecdh: the size class the set is padded to (what the requester sees).
         self.padded_set_size: int | None = None
+        #: ecdh, streamed set: the number of bucket files it was split into (1: held whole).
+        self.buckets: int | None = None
         self.match_count: int | None = None
         self.started = time.monotonic()
         self._cancel = threading.Event()
@@ -925,7 +927,7 @@ class EcdhDriver(RoundDriver):
         assert self.match_set is not None
         store, node = self.state.store, self.state.config.node
         name = self.match_set.name
-        buckets = bucket_count(store.source_rows(name), node.bucket_rows)
+        buckets = self.buckets = bucket_count(store.source_rows(name), node.bucket_rows)
         summary = StreamSummary()
         batches = (b.identities for b in store.stream(name, ctx.as_of, summary=summary))
         if buckets == 1:

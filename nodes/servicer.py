@@ -318,12 +318,14 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
 
     @staticmethod
     def _sizes(driver: RoundDriver) -> dict[str, object]:
-        """The node's actual set size where known, and the padded size class (ecdh)."""
+        """The node's actual set size where known, the padded size class and buckets (ecdh)."""
         sizes: dict[str, object] = {}
         if driver.set_size is not None:
             sizes["set_size"] = driver.set_size
         if driver.padded_set_size is not None:
             sizes["padded_set_size"] = driver.padded_set_size
+        if driver.buckets is not None:
+            sizes["buckets"] = driver.buckets
         return sizes
 
     def _started(self, driver: RoundDriver) -> None:

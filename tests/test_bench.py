@@ -30,7 +30,9 @@ def test_generated_ids_are_valid_and_distinct() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_bench_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("node_options", [[], ["--stream-rows", "500", "--bucket-rows", "300"]])
+def test_bench_smoke(tmp_path: Path, node_options: list[str]) -> None:
+    """In memory, and streamed (keyed-hash) / split into 4 bucket files (ecdh)."""
     out = tmp_path / "bench"
     proc = subprocess.run(
         [
@@ -43,6 +45,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "--protocol",
             "keyed-hash",
             "ecdh",
+            *node_options,
             "--out",
             str(out),
         ],
@@ -52,6 +55,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    if node_options:
+        assert (doc["node_stream_rows"], doc["node_bucket_rows"]) == (500, 300)
+    # the node's own log says how it held the ecdh set: 4 bucket files, or in memory
+    log = [json.loads(line) for line in (out / "logs" / "bench-node.audit.jsonl").open()]
+    finished = [e for e in log if e["event"] == "round_finished" and e["protocol"] == "ecdh"]
+    assert [e.get("buckets") for e in finished] == [4 if node_options else None]
     assert doc["machine"]["cores"] >= 1
     assert doc["machine"]["x25519_ops_per_s_per_core"] > 0
     by_protocol = {r["protocol"]: r for r in doc["results"]}
