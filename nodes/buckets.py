@@ -6,9 +6,10 @@ memory, so the node splits it, as SecretFlow's bucketed PSI does: one pass
 over the source puts each encoded identity in bucket ``bucket_of(id)``
 (:func:`psi.ecdh.bucket_of`, under a key drawn for the round), then each
 bucket is deduplicated on its own (equal identities share a bucket), and
-:meth:`psi.ecdh.EcdhResponder.load_buckets` reads one bucket at a time while
-the set is sent. Memory is one source batch while splitting, then one
-bucket; disk is 16 bytes per source row plus AEAD framing.
+:meth:`psi.ecdh.EcdhResponder.load_buckets` reads them one after the other
+while the set is sent. Memory is one source batch while splitting, then two
+buckets (the one being sent, the next being prepared); disk is 16 bytes per
+source row plus AEAD framing.
 
 The bucket files hold encoded identity numbers, so they are encrypted:
 AES-256-GCM records under a key drawn for the round that only the node
@@ -17,7 +18,7 @@ died with it; :func:`remove_stale` (run at node start) deletes folders whose
 owner is gone: the owner holds an exclusive ``flock`` on ``.lock`` in the
 folder for its lifetime, which the kernel releases when the process dies
 (no PID check, so a reused PID cannot keep a folder alive). The folder is
-created with mode 0700.
+created with mode 0700 under a hidden name and renamed once locked.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ from psi.errors import ConfigError
 
 __all__ = ["MAX_BUCKETS", "SPILL_PREFIX", "SpilledSet", "bucket_count", "remove_stale"]
 
-#: At most this many buckets (one open file each while splitting): a set of
-#: more than ``MAX_BUCKETS * bucket_rows`` rows gets larger buckets instead.
-MAX_BUCKETS = 512
+#: At most this many buckets (one open file each while splitting, and a node may
+#: split for several rounds at once): a set of more than ``MAX_BUCKETS *
+#: bucket_rows`` rows gets larger buckets instead.
+MAX_BUCKETS = 128
 
 #: Name prefix of a round's spill folder: ``xmatch-ecdh-<pid>-<random>`` (the pid
 #: tells an operator whose it is; whether it is in use is the lock's to say).
 SPILL_PREFIX = "xmatch-ecdh-"
-_FOLDER = re.compile(re.escape(SPILL_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+_FOLDER = re.compile(r"\.?" + re.escape(SPILL_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
 _HEADER = struct.Struct(">I")  # ciphertext length of one record
 _NONCE = 12
 _AAD = struct.Struct(">8sIII")  # label, bucket, generation, record number
@@ -60,8 +62,17 @@ _LOCK = ".lock"
 
 
 def bucket_count(source_rows: int, bucket_rows: int) -> int:
-    """Buckets for a set of ``source_rows`` rows: ``ceil(source_rows / bucket_rows)``, 1..512."""
-    return max(1, min(MAX_BUCKETS, -(-source_rows // max(1, bucket_rows))))
+    """Buckets for ``source_rows`` rows: the power of two >= ``source_rows / bucket_rows``.
+
+    A power of two, not the exact quotient: if the count showed (say, in the
+    timing of the set), it would tell the source's size only within a factor
+    of two. At most :data:`MAX_BUCKETS`.
+    """
+    needed = -(-source_rows // max(1, bucket_rows))
+    count = 1
+    while count < needed and count < MAX_BUCKETS:
+        count *= 2
+    return count
 
 
 class SpilledSet:
@@ -78,6 +89,7 @@ class SpilledSet:
         self.directory = directory
         self.sizes = sizes
         self._lock: int | None = None
+        self._written: list[int] = []  # records written per bucket while splitting
         self._aead: AESGCM | None = AESGCM(key)
         self._what = what
         self._generation = generation
@@ -106,17 +118,25 @@ class SpilledSet:
         try:
             if spill_dir is not None:
                 spill_dir.mkdir(parents=True, exist_ok=True)
-            directory = Path(
-                tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=spill_dir)
-            )
+            # Made under a hidden name, locked, then renamed: remove_stale never
+            # sees one of ours without its lock held.
+            hidden = Path(tempfile.mkdtemp(prefix=f".{SPILL_PREFIX}{os.getpid()}-", dir=spill_dir))
         except OSError as exc:
             raise ConfigError(f"{what}: cannot create the bucket folder ({exc.strerror})") from None
-        spilled = cls(directory, rng(32), [0] * buckets, what=what, generation=0)
+        directory = hidden.with_name(hidden.name[1:])
         try:
+            lock = _hold_lock(hidden)
             try:
-                spilled._lock = _hold_lock(directory)
-            except OSError as exc:
-                raise spilled._fail("create", exc) from None
+                hidden.rename(directory)
+            except OSError:
+                os.close(lock)
+                raise
+        except OSError as exc:
+            shutil.rmtree(hidden, ignore_errors=True)
+            raise ConfigError(f"{what}: cannot create the bucket folder ({exc.strerror})") from None
+        spilled = cls(directory, rng(32), [0] * buckets, what=what, generation=0)
+        spilled._lock = lock
+        try:
             spilled._split(batches, rng(BUCKET_KEY_SIZE))
             spilled._deduplicate()
         except BaseException:
@@ -162,7 +182,7 @@ class SpilledSet:
 
     def _split_files(self, batches: Iterable[npt.NDArray[np.uint8]], bucket_key: bytes) -> None:
         n = self.buckets
-        records = [0] * n
+        records = self._written = [0] * n
         with contextlib.ExitStack() as stack:
             try:
                 files = [stack.enter_context(open(self._path(j, 0), "xb")) for j in range(n)]
@@ -184,7 +204,7 @@ class SpilledSet:
     def _deduplicate(self) -> None:
         """Rewrite each bucket once, deduplicated, as one record of generation 1."""
         for j in range(self.buckets):
-            unique = distinct_identities(self._read(j, 0))
+            unique = distinct_identities(self._read(j, 0, records=self._written[j]))
             path = self._path(j, 1)
             try:
                 with open(path, "xb") as f:
@@ -235,8 +255,12 @@ class SpilledSet:
             f"{self._what}: bucket file {bucket} failed authentication (changed during the round)"
         )
 
-    def _read(self, bucket: int, generation: int) -> npt.NDArray[np.uint8]:
+    def _read(
+        self, bucket: int, generation: int, *, records: int | None = None
+    ) -> npt.NDArray[np.uint8]:
         parts = [np.frombuffer(r, dtype=np.uint8) for r in self._records(bucket, generation)]
+        if records is not None and len(parts) != records:
+            raise self._altered(bucket)  # records cut off at a record boundary
         if not parts:
             return np.zeros((0, 16), dtype=np.uint8)
         return np.concatenate(parts).reshape(-1, 16)
@@ -267,17 +291,26 @@ class SpilledSet:
 def _hold_lock(directory: Path) -> int:
     """Create ``directory/.lock`` and hold an exclusive flock on it; returns the fd."""
     fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
 def _in_use(directory: Path) -> bool:
-    """Whether a live process holds the folder's lock (a folder without one is not ours yet)."""
+    """Whether a live process holds the folder's lock.
+
+    A named folder always got its lock before its name (see
+    :meth:`SpilledSet.create`); a hidden one without a lock is being created,
+    unless it is older than a minute (its process died in between).
+    """
     try:
         fd = os.open(directory / _LOCK, os.O_RDWR)
     except FileNotFoundError:
-        # mkdtemp ran but the lock was not made yet, or the folder is half deleted:
-        # judge by age, so a folder being created right now is left alone
+        if not directory.name.startswith("."):
+            return False
         try:
             return directory.stat().st_mtime > time.time() - 60
         except OSError:
@@ -294,7 +327,7 @@ def _in_use(directory: Path) -> bool:
 
 
 def remove_stale(spill_dir: Path | None) -> int:
-    """Delete spill folders in ``spill_dir`` (None: the temp folder) whose owner is gone.
+    """Delete spill folders in ``spill_dir`` (None: the temp folder) no live process holds.
 
     Returns the number removed. Folders that a live process holds (a round in
     progress here, or in another node on this machine) are left alone.

@@ -32,7 +32,7 @@ stream_rows = 5000000             # ours: larger sets are streamed from the sour
 bucket_rows = 1000000             # ours: an ecdh round splits a streamed set into
                                   #   buckets of about this many source rows
 spill_dir = "spill"               # ours: where those buckets wait, encrypted, during the
-                                  #   round (default: the system's temporary folder)
+                                  #   round (default: the folder spill beside node.toml)
 
 [[match_sets]]
 name = "custody"
@@ -465,6 +465,15 @@ class NodeConfig(_Strict):
     def path(self) -> Path:
         """The file this configuration was read from (as given)."""
         return self._path
+
+    @property
+    def spill_dir(self) -> Path:
+        """``node.spill_dir``, or the folder ``spill`` beside this file.
+
+        Not the system's temporary folder: that is often a RAM disk (tmpfs),
+        which would put a set too large for memory back into memory.
+        """
+        return self.node.spill_dir or self._path.absolute().parent / "spill"
 
     @model_validator(mode="after")
     def _unique_sets(self) -> NodeConfig:

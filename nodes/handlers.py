@@ -881,12 +881,12 @@ class EcdhDriver(RoundDriver):
 
     A set larger than ``stream_rows`` is bucketed (:mod:`nodes.buckets`)
     when its source has more than ``bucket_rows`` rows: before accept, one
-    pass over the source splits it into ``ceil(source rows / bucket_rows)``
-    (at most :data:`nodes.buckets.MAX_BUCKETS`) encrypted bucket files, each
+    pass over the source splits it into about ``source rows / bucket_rows``
+    (:func:`nodes.buckets.bucket_count`) encrypted bucket files, each
     deduplicated; the set is then sent bucket by bucket, and only after the
     requester's ``end``, so that the requester has its whole reblinded
     roster before the first set point and can intersect on arrival. Node
-    memory is one bucket; the requester's is its roster.
+    memory is two buckets; the requester's is its roster.
     """
 
     protocol = "ecdh"
@@ -929,17 +929,23 @@ class EcdhDriver(RoundDriver):
         name = self.match_set.name
         buckets = self.buckets = bucket_count(store.source_rows(name), node.bucket_rows)
         summary = StreamSummary()
-        batches = (b.identities for b in store.stream(name, ctx.as_of, summary=summary))
+
+        def batches() -> Iterator[npt.NDArray[np.uint8]]:
+            for batch in store.stream(name, ctx.as_of, summary=summary):
+                if self._cancel.is_set():  # the requester went away: stop reading
+                    raise ProtocolError("round cancelled while the set was being read")
+                yield batch.identities
+
         if buckets == 1:
-            parts = list(batches)  # 16 bytes per identity, no payload
+            parts = list(batches())  # 16 bytes per identity, no payload
             responder.load_set(
                 np.concatenate(parts) if parts else np.zeros((0, 16), dtype=np.uint8)
             )
         else:
             self._spilled = SpilledSet.create(
-                batches,
+                batches(),
                 buckets=buckets,
-                spill_dir=node.spill_dir,
+                spill_dir=self.state.config.spill_dir,
                 rng=self.state.rng,
                 what=f"{self.state.config.path.name}: node.spill_dir",
             )

@@ -194,6 +194,10 @@ def _connect(source: Path) -> duckdb.DuckDBPyConnection:
     # streaming scan, and without a limit its buffer pool kept growing with the
     # file (20M Parquet rows: 275 MiB for the reader alone, 188 MiB with this).
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    # Never spill to disk: DuckDB's temporary files would hold source rows in the
+    # clear (world-readable, under the working folder). A query that needs more
+    # than the limit fails instead, with a one-line error.
+    con.execute("SET temp_directory = ''")
     con.execute("SET allowed_paths = $p", {"p": [str(source)]})
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

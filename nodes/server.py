@@ -132,7 +132,7 @@ def serve_from_config(path: Path | str) -> int:
     # ciphertext (its key died with it), removed so they do not fill the disk
     from nodes.buckets import remove_stale
 
-    stale = remove_stale(node.spill_dir)
+    stale = remove_stale(config.spill_dir)
     if stale:
         print(
             f"{node.name}: removed {stale} spill folder(s) left by a stopped node process",

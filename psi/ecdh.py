@@ -27,11 +27,13 @@ Size classes: :func:`size_class` pads to at least 1024, then to the next of
 
 Sets larger than memory: :meth:`EcdhResponder.load_buckets` takes a set that
 the caller has split into buckets with :func:`bucket_of` (a keyed function,
-secret to the responder) and reads one bucket at a time while the set is
-sent. Each bucket is deduplicated, padded and shuffled on its own; the
-padding of the whole set is that of the unbucketed set, spread over the
-buckets, and chunks run across bucket boundaries, so the requester sees the
-same messages as for a set held in memory. The requester, given its
+secret to the responder) and reads the buckets one after the other while
+the set is sent, the next one prepared while the current one is multiplied.
+Each bucket is deduplicated, padded and shuffled on its own; the padding of
+the whole set is that of the unbucketed set, spread over the buckets, and
+chunks run across bucket boundaries, so the requester receives the same
+messages as for a set held in memory (their timing is not part of that
+promise: see docs/threat-model.md). The requester, given its
 ``query_size``, intersects each set chunk as it arrives once its own
 reblinded roster is complete, so it keeps the roster, not the set.
 """
@@ -179,8 +181,7 @@ def bucket_of(identities: npt.NDArray[np.uint8], key: bytes, buckets: int) -> np
     first 8 bytes of each block, as an integer, modulo ``buckets``. Equal
     identities share a bucket, so a set deduplicated bucket by bucket is
     deduplicated as a whole. A responder draws ``key`` per round and keeps
-    it: the requester cannot tell which bucket a point came from, so the
-    bucketing leaks nothing beyond the order of the chunks.
+    it: the requester cannot compute which bucket an identity falls in.
 
     Raises:
         ValueError: ``identities`` is not (n, 16) uint8, ``key`` is not
@@ -298,6 +299,8 @@ class EcdhRequester(_EcdhRole):
         self._set_received = 0
         self._set_declared: int | None = None
         self._done_total: int | None = None
+        if query_size == 0:
+            self._roster_complete()  # nothing to wait for
 
     @classmethod
     def generate(
@@ -575,9 +578,10 @@ class EcdhResponder(_EcdhRole):
 
         Bucket ``j`` holds ``sizes[j]`` distinct identities and shares none
         with another bucket (split them with :func:`bucket_of`).
-        :meth:`set_chunks` calls ``read(j)`` once per bucket, in order, when
-        it reaches the bucket, so one bucket is in memory at a time (16 bytes
-        per identity and padding point, plus the chunk being multiplied).
+        :meth:`set_chunks` calls ``read(j)`` once per bucket, in order, while
+        the chunks of bucket ``j - 1`` are being sent (so that no pause marks
+        a bucket boundary); at most two buckets are in memory (16 bytes per
+        identity and padding point, plus the chunk being multiplied).
         The set is padded to ``size_classes(sum(sizes))``, exactly as if it
         were loaded whole; the padding is spread evenly over the buckets and
         each bucket is shuffled on its own.
@@ -684,9 +688,7 @@ class EcdhResponder(_EcdhRole):
     def _set_iter(self, plan: _SetPlan, chunk_size: int) -> Iterator[PointChunk]:
         seq = 0
         carry = np.zeros((0, 16), dtype=np.uint8)
-        for bucket in range(len(plan.sizes)):
-            self._check_open()
-            blocks = self._bucket_blocks(plan, bucket)
+        for blocks in self._buckets_ahead(plan):
             pending = np.concatenate([carry, blocks]) if len(carry) else blocks
             del blocks
             full = len(pending) - len(pending) % chunk_size
@@ -697,6 +699,28 @@ class EcdhResponder(_EcdhRole):
             del pending
         if len(carry):
             yield self._set_chunk(seq, carry)
+
+    def _buckets_ahead(self, plan: _SetPlan) -> Iterator[npt.NDArray[np.uint8]]:
+        """Each bucket's shuffled blocks; bucket j+1 is prepared while j's chunks are multiplied.
+
+        Why: preparing a bucket (read, check, pad, shuffle) takes about as long as
+        a chunk, and a pause at every bucket boundary would show the requester
+        where buckets end. At most two buckets are in memory.
+        """
+        n = len(plan.sizes)
+        if n == 1:
+            self._check_open()
+            yield self._bucket_blocks(plan, 0)
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bucket") as ahead:
+            upcoming = ahead.submit(self._bucket_blocks, plan, 0)
+            for bucket in range(n):
+                self._check_open()
+                blocks = upcoming.result()
+                if bucket + 1 < n:
+                    upcoming = ahead.submit(self._bucket_blocks, plan, bucket + 1)
+                yield blocks
+                del blocks
 
     def _set_chunk(self, seq: int, blocks: npt.NDArray[np.uint8]) -> PointChunk:
         self._check_open()

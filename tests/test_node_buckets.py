@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -122,19 +123,21 @@ def test_closed_set_cannot_be_read(tmp_path: Path) -> None:
 
 
 def test_remove_stale_keeps_folders_a_live_process_holds(tmp_path: Path) -> None:
-    def folder(name: str, *, lock: bool = True, age: float = 0.0) -> Path:
+    def folder(name: str, *, lock: bool = True) -> Path:
         path = tmp_path / f"{SPILL_PREFIX}{name}"
         path.mkdir()
         (path / "0-00000.bin").write_bytes(b"ciphertext")
         if lock:
             (path / ".lock").touch()
-        if age:
-            os.utime(path, (time.time() - age, time.time() - age))
         return path
 
     stale = folder("123-abandoned")  # a lock file nobody holds: its process is gone
-    old_unlocked = folder("124-old", lock=False, age=600)
-    new_unlocked = folder("125-new", lock=False)  # being created right now
+    unlocked = folder("124-nolock", lock=False)  # named folders always had a lock
+    being_made = tmp_path / f".{SPILL_PREFIX}125-new"  # hidden, not locked yet: in creation
+    being_made.mkdir()
+    dead_in_creation = tmp_path / f".{SPILL_PREFIX}126-old"
+    dead_in_creation.mkdir()
+    os.utime(dead_in_creation, (time.time() - 600, time.time() - 600))
     other = tmp_path / "xmatch-something-else"
     other.mkdir()
     # a folder held by another live process (a second node on this machine)
@@ -155,9 +158,10 @@ def test_remove_stale_keeps_folders_a_live_process_holds(tmp_path: Path) -> None
         with spill(tmp_path, buckets=2) as ours:  # held by this process
             assert ours.directory.parent == tmp_path / "spill"
             assert remove_stale(tmp_path / "spill") == 0
-            assert remove_stale(tmp_path) == 2
-            assert not stale.exists() and not old_unlocked.exists()
-            assert new_unlocked.exists() and other.exists()
+            assert remove_stale(tmp_path) == 3
+            assert not stale.exists() and not unlocked.exists()
+            assert not dead_in_creation.exists()
+            assert being_made.exists() and other.exists()
             assert (tmp_path / f"{SPILL_PREFIX}999999-othernode").exists()
             assert ours.directory.exists()
         holder.kill()  # the kernel drops its lock with it
@@ -172,10 +176,39 @@ def test_remove_stale_keeps_folders_a_live_process_holds(tmp_path: Path) -> None
 
 
 def test_bucket_count() -> None:
+    # a power of two: the count tells the source's size only within a factor of two
     assert bucket_count(0, 1_000_000) == 1
     assert bucket_count(1_000_000, 1_000_000) == 1
     assert bucket_count(1_000_001, 1_000_000) == 2
-    assert bucket_count(20_000_000, 1_000_000) == 20
-    assert bucket_count(10**12, 1) == MAX_BUCKETS  # one open file per bucket while splitting
+    assert bucket_count(3_000_000, 1_000_000) == 4
+    assert bucket_count(20_000_000, 1_000_000) == 32
+    assert bucket_count(10**12, 1) == MAX_BUCKETS == 128  # one open file per bucket
     with pytest.raises(ValueError, match="buckets"):
         SpilledSet.create(iter([]), buckets=MAX_BUCKETS + 1, spill_dir=None)
+
+
+def test_records_cut_off_while_splitting_fail_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket file cut at a record boundary between the split and its deduplication."""
+    real = SpilledSet._deduplicate
+
+    def cut_then_deduplicate(self: SpilledSet) -> None:
+        first = sorted(self.directory.glob("0-*.bin"))[0]
+        data = first.read_bytes()
+        (length,) = struct.unpack(">I", data[:4])
+        first.write_bytes(data[: 4 + 12 + length])  # keep only its first record
+        real(self)
+
+    monkeypatch.setattr(SpilledSet, "_deduplicate", cut_then_deduplicate)
+    with pytest.raises(ConfigError, match="bucket file 0 failed authentication"):
+        spill(tmp_path, buckets=2)
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_default_spill_dir_is_beside_the_config(tmp_path: Path) -> None:
+    from tests.test_node_handlers import make_cfg
+
+    cfg = make_cfg(tmp_path)
+    assert cfg.node.spill_dir is None
+    assert cfg.spill_dir == cfg.path.absolute().parent / "spill"

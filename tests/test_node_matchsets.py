@@ -343,3 +343,27 @@ def test_store_streams_sets_above_stream_rows(tmp_path: Path) -> None:
     assert summary.streamed and len(summary) == 2 and len(summary.identities) == 0
     streamed = np.concatenate([b.identities for b in store.stream("custody", AS_OF)])
     assert as_set(streamed) == as_set(encode_identities([A, X_ID]))
+
+
+def test_duckdb_never_spills_source_rows_to_disk(tmp_path: Path) -> None:
+    """A query past the memory limit fails; it does not write temporary files."""
+    import duckdb
+
+    from nodes.matchsets import _connect
+
+    source = tmp_path / "big.csv"
+    source.write_text("id\n" + "".join(f"{i:018d}\n" for i in range(200_000)), encoding="utf-8")
+    con = _connect(source)
+    try:
+        assert con.execute("SELECT current_setting('temp_directory')").fetchone() == ("",)
+        with pytest.raises(duckdb.InvalidInputException, match="configuration"):
+            con.execute("SET temp_directory = '.tmp'")  # locked, also for a hostile `where`
+        with pytest.raises(duckdb.OutOfMemoryException, match="no temporary directory"):
+            # a sort far larger than the memory limit would have to spill
+            con.execute(
+                "SELECT a.id || b.id AS k FROM read_csv($p) a, read_csv($p) b ORDER BY k",
+                {"p": str(source)},
+            ).fetchall()
+    finally:
+        con.close()
+    assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / ".tmp").exists()
