@@ -425,20 +425,28 @@ def test_refusal_surfaces_from_driver(cfg: NodeConfig) -> None:
     assert driver.context == c and driver.match_set is None
 
 
-def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
-    roster = NODE_IDS[10:30] + OTHERS[:12]
+ECDH_ROSTER = NODE_IDS[10:30] + OTHERS[:12]
+
+
+def _ecdh_driver_round(cfg: NodeConfig) -> tuple[list[str], int]:
+    """One ecdh round of ECDH_ROSTER against ``cfg``'s custody set, checked end to end.
+
+    Returns the stage of every Points output in send order and the number of
+    blinded chunks.
+    """
     c = ctx(protocol="ecdh")
-    req = EcdhRequester.generate(c)
-    blinded = [req.blind(encode_identities(roster[s : s + 8])) for s in range(0, len(roster), 8)]
-    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(roster))]
+    req = EcdhRequester.generate(c, query_size=len(ECDH_ROSTER))
+    enc = encode_identities(ECDH_ROSTER)
+    blinded = [req.blind(enc[s : s + 8]) for s in range(0, len(ECDH_ROSTER), 8)]
+    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(ECDH_ROSTER))]
     events += [Chunk(b.to_bytes()) for b in blinded]
-    events.append(End(chunks=len(blinded), items=len(roster)))
+    events.append(End(chunks=len(blinded), items=len(ECDH_ROSTER)))
     state = NodeState.create(cfg, today=lambda: TODAY)
     outputs = run(EcdhDriver(state, "civil-affairs"), events)
     accept, done = outputs[0], outputs[-1]
     assert isinstance(accept, Accept) and accept.set_size == 64  # 40 people -> class 64
     assert isinstance(done, Done)
-    stages = []
+    stages: list[str] = []
     for out in outputs[1:-1]:
         assert isinstance(out, Points)
         stages.append(out.stage)
@@ -447,11 +455,16 @@ def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
             req.receive_reblinded(chunk)
         else:
             req.receive_responder_set(chunk)
-    assert stages.count("reblinded") == len(blinded)
     req.receive_responder_done(accept.set_size)
     result = req.finish()
     assert result.transcript == done.transcript
-    assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
+    assert {ECDH_ROSTER[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
+    return stages, len(blinded)
+
+
+def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
+    stages, blinded = _ecdh_driver_round(cfg)
+    assert stages.count("reblinded") == blinded
 
 
 def _streaming(cfg: NodeConfig, extra: str = "") -> NodeConfig:
@@ -507,53 +520,25 @@ def test_streamed_keyed_hash_round_equals_in_memory(cfg: NodeConfig) -> None:
 
 @pytest.mark.parametrize("bucket_rows", [None, 7, 1])
 def test_streamed_set_in_ecdh_round(
-    cfg: NodeConfig, tmp_path: Path, bucket_rows: int | None
+    cfg: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket_rows: int | None
 ) -> None:
-    """Streamed: held whole (one bucket) or split into ceil(rows / bucket_rows) bucket files."""
+    """Streamed: held whole (one bucket) or split into bucket_count(rows, bucket_rows) files."""
+    from nodes.buckets import SpilledSet
+
     spill = tmp_path / "spill"
     extra = "" if bucket_rows is None else f'bucket_rows = {bucket_rows}\nspill_dir = "spill"'
-    roster = NODE_IDS[10:30] + OTHERS[:12]
-    c = ctx(protocol="ecdh")
-    req = EcdhRequester.generate(c, query_size=len(roster))
-    blinded = [req.blind(encode_identities(roster[s : s + 8])) for s in range(0, len(roster), 8)]
-    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(roster))]
-    events += [Chunk(b.to_bytes()) for b in blinded]
-    events.append(End(chunks=len(blinded), items=len(roster)))
-    state = NodeState.create(_streaming(cfg, extra), today=lambda: TODAY)
-    seen: list[int] = []
-    if bucket_rows is not None:
-        # Spy on the bucket files while the round runs (they are gone after it).
-        from nodes import buckets
+    seen: list[int] = []  # bucket files present at each read (they are gone after the round)
+    real = SpilledSet.read
 
-        real = buckets.SpilledSet.read
+    def spy(self: SpilledSet, bucket: int) -> Any:
+        seen.append(len(list(self.directory.glob("*.bin"))))
+        return real(self, bucket)
 
-        def spy(self: buckets.SpilledSet, bucket: int) -> Any:
-            seen.append(len(list(self.directory.glob("*.bin"))))
-            return real(self, bucket)
-
-        buckets.SpilledSet.read = spy  # type: ignore[method-assign]
-    try:
-        outputs = run(EcdhDriver(state, "civil-affairs"), events)
-    finally:
-        if bucket_rows is not None:
-            buckets.SpilledSet.read = real  # type: ignore[method-assign]
-    accept, done = outputs[0], outputs[-1]
-    assert isinstance(accept, Accept) and accept.set_size == 64
-    assert isinstance(done, Done)
-    stages = []
-    for out in outputs[1:-1]:
-        assert isinstance(out, Points)
-        stages.append(out.stage)
-        chunk = PointChunk.from_bytes(out.data)
-        if out.stage == "reblinded":
-            req.receive_reblinded(chunk)
-        else:
-            req.receive_responder_set(chunk)
-    req.receive_responder_done(accept.set_size)
-    result = req.finish()
-    assert result.transcript == done.transcript
-    assert {roster[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
-    if bucket_rows is not None:
+    monkeypatch.setattr(SpilledSet, "read", spy)
+    stages, _ = _ecdh_driver_round(_streaming(cfg, extra))
+    if bucket_rows is None:
+        assert seen == []  # one bucket: held in memory, no files
+    else:
         # 41 source rows (NODE_IDS and one bad row): 8 or 64 buckets, one file each, each
         # read once
         assert seen == [bucket_count(41, bucket_rows)] * bucket_count(41, bucket_rows)
