@@ -35,6 +35,7 @@ line that names the file and the key.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -205,6 +206,31 @@ def _describe(err: dict[str, Any]) -> str:
     return f"key {where}: {msg}"
 
 
+def _problems(errors: list[dict[str, Any]]) -> str:
+    """Every problem, unknown keys first, on one line joined by ``; ``.
+
+    A misspelt key shows up twice (unknown, and the key it meant missing): the
+    unknown one names its likely meaning, so that neither hides the other.
+    """
+    errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
+    missing: dict[tuple[int | str, ...], list[str]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "missing" and loc and isinstance(loc[-1], str):
+            missing.setdefault(loc[:-1], []).append(loc[-1])
+    shown: list[str] = []
+    for err in errors:
+        text = _describe(err)
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            near = difflib.get_close_matches(loc[-1], missing.get(loc[:-1], []), n=1)
+            if near:
+                text += f" (did you mean {near[0]}?)"
+        if text not in shown:
+            shown.append(text)
+    return "; ".join(shown)
+
+
 def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     """Read and validate ``coordinator.toml``.
 
@@ -235,8 +261,6 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     try:
         config = CoordinatorConfig.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        more = exc.error_count() - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise ConfigError(f"{path}: {_describe(dict(first))}{suffix}") from None
+        errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError(f"{path}: {_problems(errors)}") from None
     return config.model_copy(update={"path": path})

@@ -20,6 +20,7 @@ No message ever quotes a value from the file: it names the place instead.
 from __future__ import annotations
 
 import csv
+import difflib
 import gc
 import io
 import os
@@ -166,12 +167,12 @@ class EvidenceRow:
     disability_grade: int | None = None
 
 
-ROSTER_REQUIRED = ("child_id", "child_name", "status")
+#: father_id and mother_id are required columns (their cells may be empty): a
+#: misspelled parent column would otherwise read as "no parent known" for every child
+ROSTER_REQUIRED = ("child_id", "child_name", "status", "father_id", "mother_id")
 ROSTER_OPTIONAL = (
     "child_birth_date",
     "child_sex",
-    "father_id",
-    "mother_id",
     "father_name",
     "mother_name",
     "category",
@@ -193,6 +194,19 @@ _ID_PROBLEMS = {
     "characters": "characters other than digits and a final X in the identity number",
     "empty": "empty identity number",
 }
+
+
+def _near(name: str, header: Sequence[str]) -> str:
+    """``" (the header has NAME2; ...)"`` when a header column looks like a misspelling."""
+    # never quote a cell with digits: a file without a header has data in line 1
+    words = [h for h in header if h and not any(c.isdigit() for c in h)]
+    close = difflib.get_close_matches(name, words, n=1, cutoff=0.7)
+    hint = f"the header has {close[0]!r}, a misspelling?" if close else ""
+    if name in ("father_id", "mother_id"):
+        empty = "the column is required; leave its cells empty where the parent is unknown"
+        hint = f"{hint}; {empty}" if hint else empty
+    return f" ({hint})" if hint else ""
+
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _REGION = re.compile(r"\d{6}\Z")
@@ -308,7 +322,9 @@ class _Table:
             self.index[name] = position
         for name in required:
             if name not in self.index:
-                raise InputError(f"{self.path}:1: missing required column {name}")
+                raise InputError(
+                    f"{self.path}:1: missing required column {name}{_near(name, names)}"
+                )
 
     def column(self, name: str) -> int | None:
         return self.index.get(name)

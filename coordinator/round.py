@@ -58,6 +58,7 @@ import numpy.typing as npt
 
 from audit.format import SHUTDOWN, looks_like_identity_number
 from audit.log import AuditLog
+from coordinator import exit_codes
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
@@ -836,8 +837,10 @@ def run_round_command(
 ) -> int:
     """``xmatch round run``: run the round and print a short summary.
 
-    Returns 0 when the round completed, also with failed sources (each is
-    printed as a warning line on stderr).
+    Returns :data:`coordinator.exit_codes.COMPLETE` when every match set
+    answered, :data:`~coordinator.exit_codes.PARTIAL` when the round completed
+    with failed or refused sets (each is printed as a warning line on stderr;
+    also when none answered).
 
     Raises:
         XmatchError: a fatal input problem (configuration, roster, keys,
@@ -867,4 +870,9 @@ def run_round_command(
     )
     print(f"decisions: {summary}", file=out_stream)
     print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
-    return 0
+    if ok == 0:
+        print(
+            "warning: no match set answered: every decision rests on the roster alone",
+            file=err,
+        )
+    return exit_codes.round_status([s.status for s in outcome.sub_rounds])

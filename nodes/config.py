@@ -61,6 +61,7 @@ unknown protocol 'foo'``).
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import ipaddress
 import os
 import re
@@ -515,20 +516,37 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 
 def _one_line(label: str, exc: ValidationError) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    # A misspelt key also shows up as a missing one: name the misspelling.
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(p for p in err["loc"] if p != "__root__")
-    where = _loc(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return ConfigError(f"{label}: unknown key {where!r}")
-    if kind == "missing":
-        return ConfigError(f"{label}: missing key {where!r}")
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    return ConfigError(f"{label}: {where}: {msg}" if where else f"{label}: {msg}")
+    """Every problem on one line, joined by ``; ``, unknown keys first.
+
+    A misspelt key also shows up as a missing one: the unknown key is named
+    first, with the missing key it probably meant, so neither hides the other.
+    """
+    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    missing: dict[tuple[int | str, ...], list[str]] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if p != "__root__")
+        if err["type"] == "missing" and loc and isinstance(loc[-1], str):
+            missing.setdefault(loc[:-1], []).append(loc[-1])
+    shown: list[str] = []
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if p != "__root__")
+        where = _loc(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            text = f"unknown key {where!r}"
+            near = difflib.get_close_matches(str(loc[-1]), missing.get(loc[:-1], []), n=1)
+            if near:
+                text += f" (did you mean {near[0]!r}?)"
+        elif kind == "missing":
+            text = f"missing key {where!r}"
+        else:
+            msg = str(err["msg"])
+            for prefix in ("Value error, ", "Assertion failed, "):
+                msg = msg.removeprefix(prefix)
+            text = f"{where}: {msg}" if where else msg
+        if text not in shown:
+            shown.append(text)
+    return ConfigError(f"{label}: {'; '.join(shown)}")
 
 
 def _shown(path: Path, base: Path) -> str:

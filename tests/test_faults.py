@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from coordinator import exit_codes
 from coordinator.client import NodeClient
 from coordinator.config import NodeEntry
 from coordinator.records import Circumstance
@@ -384,7 +385,7 @@ def test_node_killed_mid_round_is_a_failed_source_and_restarts(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == exit_codes.PARTIAL, stderr  # some sets failed
     warnings = sorted(line for line in stderr.splitlines() if line.startswith("warning:"))
     assert [w.split()[1] for w in warnings] == POLICE_SETS
     assert "Traceback" not in stderr
@@ -462,7 +463,7 @@ def test_bucketed_ecdh_node_killed_mid_round_leaves_no_readable_data(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == exit_codes.PARTIAL, stderr  # some sets failed
     assert "Traceback" not in stderr
     assert [w.split()[1] for w in stderr.splitlines() if w.startswith("warning:")] == [
         "justice/custody"
@@ -522,7 +523,7 @@ def test_frozen_node_hits_the_deadline_then_serves_again(nodes: Federation, tmp_
         if proc.poll() is None:
             proc.kill()
     took = time.monotonic() - started
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == exit_codes.PARTIAL, stderr  # some sets failed
     assert 5.5 < took < 20, took
     warnings = sorted(line for line in stderr.splitlines() if line.startswith("warning:"))
     assert len(warnings) == 2

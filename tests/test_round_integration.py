@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator import exit_codes
 from psi import size_class
 from tests.federation import (
     AS_OF,
@@ -175,7 +176,7 @@ def test_unreachable_node_is_a_failed_source_not_an_exit(
     )
     out = tmp_path / "round"
     done = round_run(config, out, as_of=AS_OF)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == exit_codes.PARTIAL, done.stderr  # a department down: not 0
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
         f"warning: court/declarations failed: connection refused at 127.0.0.1:{dead_port} "
@@ -200,8 +201,10 @@ def test_unreachable_node_is_a_failed_source_not_an_exit(
     assert read_evidence_csv(out / "evidence.csv") == expected_evidence(federation.root, SPECS)
 
 
-def _assert_fatal(done: subprocess.CompletedProcess[str], out: Path, words: str) -> None:
-    assert done.returncode == 1, done.stdout + done.stderr
+def _assert_fatal(
+    done: subprocess.CompletedProcess[str], out: Path, words: str, code: int = exit_codes.FAILURE
+) -> None:
+    assert done.returncode == code, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("xmatch: error: "), done.stderr
     assert words in lines[0]
@@ -235,7 +238,7 @@ def test_unknown_config_key(federation: Federation, tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
     done = round_run(config, out)
-    _assert_fatal(done, out, "unknown key coordinator.purpse")
+    _assert_fatal(done, out, "unknown key coordinator.purpse", exit_codes.USAGE)
 
 
 def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> None:
@@ -247,7 +250,7 @@ def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> No
     config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
     done = round_run(config, out)
-    _assert_fatal(done, out, "certificate names 'ghost'")
+    _assert_fatal(done, out, "certificate names 'ghost'", exit_codes.USAGE)
 
 
 def test_existing_output_folder_is_refused(federation: Federation, tmp_path: Path) -> None:
@@ -283,8 +286,8 @@ def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
     ]
     set_ids += roster_ids[::5]  # 10,000 matches
     with (data / "roster.csv").open("w", encoding="utf-8", newline="") as fh:
-        fh.write("child_id,child_name,status,category\n")
-        fh.writelines(f"{i},儿童,candidate,\n" for i in roster_ids)
+        fh.write("child_id,child_name,status,category,father_id,mother_id\n")
+        fh.writelines(f"{i},儿童,candidate,,,\n" for i in roster_ids)
     with (data / "big.csv").open("w", encoding="utf-8", newline="") as fh:
         fh.write("id_number\n")
         fh.writelines(f"{i}\n" for i in set_ids)

@@ -7,22 +7,26 @@ broken optional piece cannot break unrelated commands.
 
 Errors: every expected failure is an :class:`psi.errors.XmatchError`; it is
 printed as one line on stderr and the exit code is 1 (2 for usage errors,
-from argparse). Anything else is a bug: we print its type and where it was
-raised, never its message (which could quote a value), and the traceback only
-with ``-v``.
+from argparse, and for a configuration error of ``round``). Anything else is a
+bug: we print its type and where it was raised, never its message (which could
+quote a value), exit 1, and show the traceback only with ``-v``. The codes live
+in :mod:`coordinator.exit_codes`.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import datetime as _dt
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from psi.errors import XmatchError
+from coordinator import exit_codes
+from psi.errors import ConfigError, XmatchError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,10 +43,19 @@ Or everything on loopback at once:  xmatch demo
 
 
 def _date(text: str) -> _dt.date:
-    try:
-        return _dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+    form = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
+    if form is None:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}")
+    year, month, day = (int(part) for part in form.groups())
+    if not 1 <= month <= 12:
+        raise argparse.ArgumentTypeError(f"{text}: there is no month {month}")
+    days = calendar.monthrange(year, month)[1]
+    if not 1 <= day <= days:
+        raise argparse.ArgumentTypeError(
+            f"{text}: this date does not exist ({calendar.month_name[month]} {year} "
+            f"has {days} days)"
+        )
+    return _dt.date(year, month, day)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -493,10 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except XmatchError as exc:
         print(f"xmatch: error: {exc.diagnostics()}", file=sys.stderr)
-        return 1
+        # round run / import: a configuration error is a usage error (coordinator/exit_codes.py)
+        if isinstance(exc, ConfigError) and args.command == "round":
+            return exit_codes.USAGE
+        return exit_codes.FAILURE
     except KeyboardInterrupt:
         print("xmatch: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     except Exception as exc:  # a bug: say where, never echo the message (it may quote data)
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
@@ -507,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.verbose:
             traceback.print_exc()
-        return 70
+        return exit_codes.FAILURE
 
 
 if __name__ == "__main__":
