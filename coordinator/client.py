@@ -40,6 +40,7 @@ has already delivered them. ecdh learns nothing before the end of the stream
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import queue
 import re
@@ -54,7 +55,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.config import NodeEntry
+from coordinator.config import NodeEntry, parse_address
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
@@ -95,6 +96,45 @@ _REFUSALS = frozenset(
 _TLS_WORDS = ("ssl", "tls", "handshake", "certificate", "peer name")
 #: ``MatchSetInfo.service_report`` of a SERVICE set; empty (an older node) means gaps
 SERVICE_REPORTS = frozenset({"", "gaps", "needs"})
+
+
+#: The start of the reason when the node's certificate names someone else.
+NAME_MISMATCH = "the certificate of the node does not name this node"
+
+
+def presented_name(address: str, ca_pem: bytes, *, timeout: float = 5.0) -> str | None:
+    """The member name (CN) in the certificate that the server at ``address`` presents.
+
+    Only to explain a failed hostname check: a TLS 1.3 handshake verified
+    against the federation CA, without our client certificate, reads the
+    server's certificate; nothing else is sent, and the server then drops the
+    connection. ``None`` when it cannot be read.
+    """
+    import socket
+    import ssl
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        host, port = parse_address(address)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.check_hostname = False  # the name is what we want to learn
+        context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection((host.strip("[]"), port), timeout=timeout) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        if der is None:
+            return None
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if len(names) == 1 else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def _safe_detail(text: str | None, *, fallback: str = "no reason given") -> str:
@@ -153,6 +193,8 @@ def describe_rpc_error(
     details = exc.details() if isinstance(exc, grpc.Call) else ""
     low = (details or "").lower()
     if code == grpc.StatusCode.UNAVAILABLE:
+        if "hostname verification" in low or "peer name" in low:
+            return (f"{NAME_MISMATCH} at {address}", False, False)
         if any(word in low for word in _TLS_WORDS):
             return (f"TLS handshake with {address} failed (certificate not accepted)", False, False)
         if "refused" in low:
@@ -266,9 +308,13 @@ class NodeClient:
         executor: Executor | None = None,
         sleep: Callable[[float], None] = time.sleep,
         interceptors: Sequence[grpc.StreamStreamClientInterceptor[Any, Any]] = (),
+        ca_pem: bytes | None = None,
     ) -> None:
-        """``interceptors`` see every stream message (the benchmark counts wire bytes)."""
+        """``interceptors`` see every stream message (the benchmark counts wire bytes);
+        ``ca_pem`` (the federation CA) lets a failed name check say whose certificate
+        the node presented."""
         self.entry = entry
+        self._ca_pem = ca_pem
         self._chunk_items = chunk_items
         self._executor = executor
         self._sleep = sleep
@@ -354,6 +400,8 @@ class NodeClient:
                         attempt += 1
                         self._sleep(delay)
                         continue
+                    if reason.startswith(NAME_MISMATCH):
+                        reason = self._name_mismatch(reason)
                     failure = Refused(peer, reason) if refused else PeerError(peer, reason)
                     self._caps_error = failure
                     raise failure from None
@@ -366,6 +414,18 @@ class NodeClient:
                 raise wrong
             self._caps = caps
             return caps
+
+    def _name_mismatch(self, reason: str) -> str:
+        """``reason``, with the name in the node's certificate when it can be read."""
+        entry = self.entry
+        found = presented_name(entry.address, self._ca_pem) if self._ca_pem else None
+        if found is None:
+            return f"{reason}: its certificate does not name {entry.name!r}"
+        return (
+            f"the node at {entry.address} presents the certificate of "
+            f"{_safe_detail(found, fallback='another member')!r}, not {entry.name!r}: "
+            "a [[nodes]] name must equal the name in that node's certificate"
+        )
 
     def match_set_info(self, match_set: str) -> pb.MatchSetInfo:
         """The capabilities entry for ``match_set``, checked against our protocol.
@@ -388,7 +448,16 @@ class NodeClient:
                 if info.circumstance == "SERVICE" and info.service_report not in SERVICE_REPORTS:
                     raise PeerError(peer, "out of protocol: unknown service_report")
                 return info
-        raise Refused(peer, "refused: match set not offered to this requester")
+        # The node lists only the sets this requester may use (the capabilities are
+        # per caller), so naming them tells us nothing the node has not told us.
+        offered = [_safe_detail(info.name, fallback="?") for info in caps.match_sets]
+        near = difflib.get_close_matches(match_set, offered, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        listed = ", ".join(sorted(offered)) if offered else "none"
+        raise Refused(
+            peer,
+            f"refused: match set not offered to this requester (it offers you: {listed}{hint})",
+        )
 
     def _chunk_size(self, width: int) -> int:
         limit = self._caps.max_chunk_bytes if self._caps and self._caps.max_chunk_bytes else 0

@@ -410,7 +410,7 @@ def _write_output(
 ) -> None:
     """Write the three files into a temporary sibling folder, then rename it to ``out``."""
     parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
     try:
         write_evidence(staging / "evidence.csv", evidence)
@@ -479,7 +479,7 @@ def run_round(
     # (2) query in a random order; match indices point into this order
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
     encoded = encode_identities(identities)
-    section.audit_log.parent.mkdir(parents=True, exist_ok=True)
+    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
     state = RoundState.open(section.state)
     for stale in state.recovered:
@@ -514,7 +514,11 @@ def run_round(
         with _ec_pool(config) as pool, display.running():
             clients = {
                 n.name: NodeClient(
-                    n, credentials=credentials, chunk_items=section.chunk_items, executor=pool
+                    n,
+                    credentials=credentials,
+                    chunk_items=section.chunk_items,
+                    executor=pool,
+                    ca_pem=tls.ca_pem,
                 )
                 for n in config.nodes
             }

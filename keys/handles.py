@@ -25,6 +25,7 @@ from keys.ca import load_private_key
 from keys.certs import (
     MemberCertificate,
     Role,
+    check_ca_certificate,
     check_name,
     inspect_member_certificate,
     load_certificate,
@@ -42,6 +43,22 @@ def _read(path: Path, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"{what} {path}: cannot read ({exc.strerror})") from exc
+
+
+def _check_ca_file(ca: Path, ca_pem: bytes) -> None:
+    """The file given as ``ca`` is a CA certificate; said about that file, before anything
+    is checked against it (else a member certificate given as ``ca`` reads as if our own
+    certificate were at fault)."""
+    cert = load_certificate(ca_pem, what=f"{ca} (given as ca)")
+    try:
+        check_ca_certificate(cert, what="it")
+    except VerificationError as exc:
+        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        whose = f"; it is the certificate of {cns[0]!r}" if len(cns) == 1 else ""
+        raise ConfigError(
+            f"{ca}: given as ca, but {exc}{whose}; ca must be the federation's ca.crt "
+            "(written by xmatch keys init-ca)"
+        ) from None
 
 
 def _check_name_matches(cert_path: Path, cert_pem: bytes, name: str) -> None:
@@ -143,12 +160,13 @@ def load_tls_credentials(
 
     Raises:
         InputError: a file cannot be read.
-        ConfigError: the certificate names another member.
+        ConfigError: the certificate names another member, or ``ca`` is not a CA certificate.
         VerificationError: the certificate fails step 2.
         InvalidKey: the key fails step 3.
     """
     check_name(name)
     ca_pem = _read(ca, "CA certificate")
+    _check_ca_file(ca, ca_pem)
     cert_pem = _read(cert, "certificate")
     # (1)
     _check_name_matches(cert, cert_pem, name)

@@ -17,10 +17,13 @@ On SIGTERM/SIGINT: ``server.stop(grace)``, audit ``shutdown``, exit 0.
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import datetime as _dt
+import errno
 import hashlib
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -54,6 +57,65 @@ def _passphrase(config: NodeConfig) -> bytes | None:
     if value is None:
         raise ConfigError(f"{config.path}: node.passphrase_env: {env} is not set")
     return value.encode()
+
+
+def _address_in_use(listen: str) -> str | None:
+    """Why ``listen`` cannot be bound, tried with a plain socket first, or ``None``.
+
+    gRPC's C core prints its own raw log line when a bind fails; a failure found
+    here gives only our one line. The socket is closed at once (SO_REUSEADDR, as
+    gRPC binds), so the port is free again for the server.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return None  # let gRPC decide and word it
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                return exc.strerror or "address in use"
+    return None
+
+
+def _ragged_row(source: Path) -> tuple[int, int, int] | None:
+    """``(line, fields, header fields)`` of the first CSV row whose number of fields
+    differs from the header's, or ``None``. Reads field counts only, never values."""
+    delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
+    try:
+        with source.open(encoding="utf-8", errors="replace", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                return None
+            for fields in reader:
+                if fields and len(fields) != len(header):
+                    return reader.line_num, len(fields), len(header)
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _raise_ragged_row(config: NodeConfig) -> None:
+    """Raise a one-line ConfigError naming the file and line of a ragged CSV row, if any."""
+    for i, ms in enumerate(config.match_sets):
+        source = ms.source
+        if not isinstance(source, Path) or source.suffix.lower() not in (".csv", ".txt", ".tsv"):
+            continue
+        found = _ragged_row(source)
+        if found is not None:
+            line, fields, width = found
+            raise ConfigError(
+                f"{config.path}: match_sets[{i}] ({ms.name!r}): source {source.name}:{line}: "
+                f"expected {width} fields as in the header, found {fields}"
+            )
 
 
 def build_server(
@@ -91,6 +153,9 @@ def build_server(
         maximum_concurrent_rpcs=2 * rounds + 4,
     )
     xmatch_pb2_grpc.add_NodeServicer_to_server(NodeServicer(state, audit), server)
+    busy = _address_in_use(node.listen)
+    if busy:
+        raise ConfigError(f"{config.path}: node.listen: cannot listen on {node.listen} ({busy})")
     try:
         port = server.add_secure_port(node.listen, credentials)
     except RuntimeError:
@@ -140,7 +205,13 @@ def serve_from_config(path: Path | str) -> int:
             flush=True,
         )
     store = MatchSetStore(config)
-    loaded = store.validate_all(_dt.date.today())
+    try:
+        loaded = store.validate_all(_dt.date.today())
+    except ConfigError:
+        # DuckDB's message about a ragged CSV quotes rows (so it is withheld) and has
+        # no line number: find the row ourselves, only now that loading failed
+        _raise_ragged_row(config)
+        raise
     for ms in loaded:
         if ms.rejected:
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(ms.rejected.items()))
@@ -150,7 +221,14 @@ def serve_from_config(path: Path | str) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    # (4)
+    # (4) the log's folder is created on first start (mode 0700: only the node's account)
+    try:
+        node.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: node.audit_log: cannot create the folder {node.audit_log.parent} "
+            f"({exc.strerror})"
+        ) from None
     audit = AuditLog.open(node.audit_log, party=node.name, signer=signer)
     executor: concurrent.futures.ProcessPoolExecutor | None = None
     try:
