@@ -43,8 +43,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -356,6 +358,24 @@ class _Progress:
 
 
 @contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored; a SIGINT meanwhile arrives after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # Ignored, for the children: a spawned process starts with an empty signal mask
+    # but keeps an ignored signal ignored. Blocked, for us: Linux keeps a blocked
+    # signal pending even while it is ignored, so it reaches our handler afterwards.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
 def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     if not any(n.protocol == "ecdh" for n in config.nodes):
         yield None
@@ -364,8 +384,11 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     pool = worker_pool(config.coordinator.ec_workers, start_method="forkserver")
     try:
         # Start every worker now: started on demand, the second one would import
-        # numpy and cryptography inside the first ecdh sub-round.
-        prepare_executor(pool, config.coordinator.ec_workers)
+        # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked
+        # meanwhile: the workers inherit the block, so Ctrl-C (sent to the whole
+        # process group) reaches only us and no worker prints a traceback.
+        with _sigint_blocked():
+            prepare_executor(pool, config.coordinator.ec_workers)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -543,11 +566,21 @@ def run_round(
                         finish=finish,
                     )
 
-                with ThreadPoolExecutor(
+                threads = ThreadPoolExecutor(
                     max_workers=max(1, len(plan)), thread_name_prefix="sub-round"
-                ) as threads:
+                )
+                try:
                     futures = [threads.submit(one, n.name, ms) for n, ms in plan]
                     results = [f.result() for f in futures]
+                except BaseException:
+                    # Ctrl-C (or our own fault): cancel the open streams first, so that
+                    # each sub-round ends now, as failed, in the state and the log,
+                    # instead of waiting for its node or its deadline
+                    for client in clients.values():
+                        client.close()
+                    raise
+                finally:
+                    threads.shutdown(wait=True, cancel_futures=True)
             finally:
                 for client in clients.values():
                     client.close()
@@ -613,9 +646,14 @@ def run_round(
             seconds=seconds,
         )
     except BaseException as exc:
-        outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        outcome = "interrupted" if interrupted else "failed"
         detail = exc.diagnostics() if isinstance(exc, XmatchError) else type(exc).__name__
-        state.finish_round(rid, status="failed", detail=detail)
+        if interrupted:
+            detail = "interrupted (SIGINT)"
+        # no sub-round stays pending or running once this process is gone
+        state.fail_open_sub_rounds(rid, detail=f"{outcome}: coordinator stopped")
+        state.finish_round(rid, status="interrupted" if interrupted else "failed", detail=detail)
         raise
     finally:
         # each step runs even if the one before fails: the log must get its closing

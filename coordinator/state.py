@@ -288,8 +288,21 @@ class RoundState:
             ),
         )
 
+    def fail_open_sub_rounds(self, round_id: str, *, detail: str) -> int:
+        """Mark the round's sub-rounds still ``pending`` or ``running`` ``failed``
+        (a round stopped by Ctrl-C or a fatal error); returns how many."""
+        return self._write(
+            "UPDATE sub_rounds SET status = 'failed', detail = ? "
+            "WHERE round_id = ? AND status IN ('pending', 'running')",
+            (detail, round_id),
+        )
+
     def finish_round(
-        self, round_id: str, *, status: Literal["completed", "failed"], detail: str | None = None
+        self,
+        round_id: str,
+        *,
+        status: Literal["completed", "failed", "interrupted"],
+        detail: str | None = None,
     ) -> None:
         """Record the end of a round."""
         self._write(

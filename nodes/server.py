@@ -11,12 +11,14 @@ nothing is served:
    log (:mod:`nodes.history`), so that a restart resets neither;
 6. bind the mTLS port and print ``NAME: serving N match set(s) on ADDRESS``.
 
-On SIGTERM/SIGINT: ``server.stop(grace)``, audit ``shutdown``, exit 0.
+On SIGTERM/SIGINT: ``server.stop(grace)``, an end entry for every round still
+open, audit ``shutdown``; exit 0 after SIGTERM, 130 after SIGINT (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import datetime as _dt
 import errno
@@ -26,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -39,6 +42,35 @@ if TYPE_CHECKING:
 
     from audit.log import AuditLog
     from nodes.handlers import NodeState
+    from nodes.servicer import NodeServicer
+
+#: Exit codes of ``xmatch node serve`` after a signal: SIGTERM is the service manager's
+#: normal stop (0); SIGINT (Ctrl-C) exits as shells expect of an interrupted program.
+EXIT_ON_SIGNAL = {"SIGTERM": 0, "SIGINT": 130}
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (and a SIGINT meanwhile held for us).
+
+    Ctrl-C in a terminal goes to the whole process group: workers that inherit
+    the ignored SIGINT never print a KeyboardInterrupt traceback each; the node
+    stops them itself. A SIGINT that arrives meanwhile reaches the node after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # Ignored, for the children: a spawned process starts with an empty signal mask
+    # but keeps an ignored signal ignored. Blocked, for us: Linux keeps a blocked
+    # signal pending even while it is ignored, so it reaches our handler afterwards.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
 
 __all__ = ["build_server", "serve_from_config"]
 
@@ -125,8 +157,11 @@ def build_server(
     *,
     credentials: grpc.ServerCredentials,
     ca_pem: bytes,
+    servicer: NodeServicer | None = None,
 ) -> grpc.Server:
     """A gRPC server with the interceptor, the servicer and the mTLS port bound (not started).
+
+    ``servicer`` (default: a new one) is the caller's to end open rounds with at shutdown.
 
     Raises:
         ConfigError: the listen address cannot be bound.
@@ -152,7 +187,7 @@ def build_server(
         ],
         maximum_concurrent_rpcs=2 * rounds + 4,
     )
-    xmatch_pb2_grpc.add_NodeServicer_to_server(NodeServicer(state, audit), server)
+    xmatch_pb2_grpc.add_NodeServicer_to_server(servicer or NodeServicer(state, audit), server)
     busy = _address_in_use(node.listen)
     if busy:
         raise ConfigError(f"{config.path}: node.listen: cannot listen on {node.listen} ({busy})")
@@ -166,7 +201,8 @@ def build_server(
 
 
 def serve_from_config(path: Path | str) -> int:
-    """Run the node configured in ``path`` until SIGTERM/SIGINT; returns the exit code 0.
+    """Run the node configured in ``path`` until SIGTERM/SIGINT; returns the exit code
+    (:data:`EXIT_ON_SIGNAL`: 0 after SIGTERM, 130 after SIGINT).
 
     Raises:
         ConfigError: bad configuration, unreadable or misconfigured match set,
@@ -241,8 +277,9 @@ def serve_from_config(path: Path | str) -> int:
         )
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
-        executor = worker_pool(node.ec_workers, start_method="spawn")
-        state = NodeState.create(config, store=store, executor=executor)
+        with _sigint_blocked():
+            executor = worker_pool(node.ec_workers, start_method="spawn")
+            state = NodeState.create(config, store=store, executor=executor)
         # (5)
         restore_limits(
             config,
@@ -252,8 +289,16 @@ def serve_from_config(path: Path | str) -> int:
             now=_dt.datetime.now(_dt.UTC),
         )
         # (6)
+        from nodes.servicer import NodeServicer
+
+        servicer = NodeServicer(state, audit)
         server = build_server(
-            config, state, audit, credentials=tls.server_credentials(), ca_pem=tls.ca_pem
+            config,
+            state,
+            audit,
+            credentials=tls.server_credentials(),
+            ca_pem=tls.ca_pem,
+            servicer=servicer,
         )
         stop = threading.Event()
         received: list[str] = []
@@ -272,9 +317,13 @@ def serve_from_config(path: Path | str) -> int:
         )
         while not stop.wait(timeout=0.5):
             pass
+        reason = received[0] if received else "done"
         server.stop(node.shutdown_grace_seconds).wait()
-        audit.append("shutdown", reason=received[0] if received else "done")
-        return 0
+        # rounds still open after the grace were cancelled: each gets its end entry
+        # now, while the log is open (not from a generator finalized after close)
+        servicer.end_open_rounds(f"node stopped ({reason}) during the round")
+        audit.append("shutdown", reason=reason)
+        return EXIT_ON_SIGNAL.get(reason, 0)
     finally:
         audit.close()
         if executor is not None:

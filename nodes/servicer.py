@@ -23,6 +23,7 @@ slot, and a round gets ``start_timeout_seconds`` to send its start.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
@@ -97,6 +98,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return grpc.StatusCode.INTERNAL, _INTERNAL, f"internal error ({type(exc).__name__})"
 
 
+class _NodeStopped(XmatchError):
+    """The node stopped (SIGTERM/SIGINT) while the round was open."""
+
+
 _Req = TypeVar("_Req", xmatch_pb2.KeyedHashRequest, xmatch_pb2.EcdhRequest)
 _Resp = TypeVar("_Resp", xmatch_pb2.KeyedHashResponse, xmatch_pb2.EcdhResponse)
 
@@ -166,6 +171,30 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
     def __init__(self, state: NodeState, audit: AuditSink) -> None:
         self._state = state
         self._audit = audit
+        #: rounds whose end entry is not written yet, by id(driver); see :meth:`end_open_rounds`
+        self._open: dict[int, RoundDriver] = {}
+        self._open_lock = threading.Lock()
+
+    def end_open_rounds(self, reason: str) -> int:
+        """Cancel every round still open and write its end entry (``round_failed``
+        or ``round_refused``) with ``reason``; returns how many there were.
+
+        Called when the node stops, after the shutdown grace and before the
+        protocol log is closed: every ``round_started`` gets its end, and a round
+        generator finalized later finds its entry written and logs nothing.
+        """
+        with self._open_lock:
+            drivers = list(self._open.values())
+            self._open.clear()
+        for driver in drivers:
+            driver.cancel()
+            self._log_end(driver, _NodeStopped(reason))
+        return len(drivers)
+
+    def _claim_end(self, driver: RoundDriver) -> bool:
+        """True for the one caller that may write ``driver``'s end entry."""
+        with self._open_lock:
+            return self._open.pop(id(driver), None) is not None
 
     def GetCapabilities(
         self, request: xmatch_pb2.CapabilitiesRequest, context: grpc.ServicerContext
@@ -288,6 +317,9 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         context.add_callback(driver.cancel)
         error: BaseException | None = None
         finished = False
+        claimed = False  # this call took the right to write the end entry
+        with self._open_lock:
+            self._open[id(driver)] = driver
         try:
             # Before a slot is taken: a node certificate cannot hold slots.
             if driver.role != REQUESTER_ROLE:
@@ -299,6 +331,9 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                         if isinstance(out, Accept):
                             self._started(driver)
                         if isinstance(out, Done):
+                            claimed = self._claim_end(driver)
+                            if not claimed:
+                                raise _NodeStopped("node stopped during the round")
                             # logged (and fsynced) before the requester hears of it
                             out = self._finished(driver, out)
                             finished = True
@@ -308,9 +343,12 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         except Exception as exc:
             error = exc
         finally:
+            # the end entry is written once: here, or by end_open_rounds at shutdown
+            mine = claimed or self._claim_end(driver)
             if not finished:
                 try:
-                    self._log_end(driver, error or ProtocolError("cancelled by the requester"))
+                    if mine:
+                        self._log_end(driver, error or ProtocolError("cancelled by the requester"))
                 finally:
                     if error is not None:
                         code, public, _ = status_for(error)

@@ -386,10 +386,13 @@ def start_stalling_node(
     stall_rounds: int = 1,
     timeout: float = 60.0,
     config: Path | None = None,
+    new_session: bool = False,
 ) -> NodeProcess:
     """Start ``name`` through :mod:`tests.stalling_node`: its rounds answer
     ``stall_after`` request chunks, then stall (see that module). ``config``
-    replaces the node's ``node.toml``.
+    replaces the node's ``node.toml``; ``new_session`` puts the node (and its
+    workers) in a process group of its own, which ``os.killpg`` signals as a
+    terminal's Ctrl-C does.
 
     Raises:
         AssertionError: the node printed no ready line within ``timeout``.
@@ -418,6 +421,7 @@ def start_stalling_node(
             encoding="utf-8",
             cwd=fed.root,
             env=env,
+            start_new_session=new_session,
         )
     node = NodeProcess(name=name, process=process, stderr_path=stderr_path)
     ready = threading.Event()

@@ -1,0 +1,233 @@
+"""Ctrl-C is clean everywhere (issue 17, "Tracebacks"): real processes, real signals.
+
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the
+program and every worker process it started. Each test puts the program in a
+process group of its own and signals the group with ``os.killpg``, as a
+terminal does, so that the EC worker processes get the SIGINT too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator import exit_codes
+from tests.federation import (
+    AS_OF,
+    SPECS,
+    Federation,
+    audit_entries,
+    build_federation,
+    coordinator_toml,
+    start_nodes,
+    start_stalling_node,
+    state_rows,
+    stop_nodes,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+NOISE = ("Traceback", "KeyboardInterrupt", "Exception ignored")
+POLICE = tuple(s for s in SPECS if s.name == "police")
+JUSTICE = tuple(s for s in SPECS if s.name == "justice")
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    federation = build_federation(tmp_path_factory.mktemp("ctrl-c"))
+    yield federation
+    stop_nodes(federation.nodes)
+
+
+@pytest.fixture()
+def nodes(fed: Federation) -> Iterator[Federation]:
+    """Stops every node a test started."""
+    try:
+        yield fed
+    finally:
+        stop_nodes(fed.nodes, grace=10)
+        fed.nodes.clear()
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry))
+    return found
+
+
+def _markers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _round_in_own_group(config: Path, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "xmatch", "round", "run", "--config", str(config)),
+            *("--as-of", AS_OF.isoformat(), "--out", str(out), "--lang", "en", "-q"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONUTF8": "1"},
+        start_new_session=True,
+    )
+
+
+def _ends_by_set(entries: list[dict[str, object]], rid: str) -> dict[str, list[str]]:
+    ends: dict[str, list[str]] = {}
+    for e in entries:
+        if e.get("round_id") == rid and e["event"] in (
+            "round_finished",
+            "round_failed",
+            "round_refused",
+        ):
+            ends.setdefault(str(e["match_set"]), []).append(str(e["event"]))
+    return ends
+
+
+def test_ctrl_c_on_node_serve_prints_no_worker_tracebacks(nodes: Federation) -> None:
+    fed = nodes
+    config = fed.config("justice")  # an ecdh node: it starts EC worker processes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xmatch", "node", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=fed.root,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "serving" in proc.stdout.readline()
+        # the workers are up and in the node's group: the SIGINT reaches them too
+        assert len(_group(proc.pid)) >= 2, "no worker process to test with"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    for word in NOISE:
+        assert word not in stderr, stderr
+    shutdowns = [e for e in audit_entries(fed.audit_log("justice")) if e["event"] == "shutdown"]
+    assert shutdowns[-1]["reason"] == "SIGINT"
+    wait_for("the workers to exit", lambda: not _group(proc.pid), timeout=10)
+
+
+def test_sigint_on_a_node_during_a_round_ends_the_round_in_its_log(
+    nodes: Federation, tmp_path: Path
+) -> None:
+    fed = nodes
+    markers = tmp_path / "markers"
+    police = start_stalling_node(
+        fed, "police", marker_dir=markers, stall_after=1, stall_seconds=120, new_session=True
+    )
+    config = coordinator_toml(
+        fed,
+        "coordinator-sigint-node.toml",
+        specs=POLICE,
+        coordinator={"chunk_items": "32", "state": '"state/sigint-node.sqlite"'},
+    )
+    coordinator = _round_in_own_group(config, tmp_path / "round")
+    try:
+        wait_for("police to stall in both sets", lambda: len(_markers(markers)) == 2)
+        rid = _markers(markers)[0].split(".")[1]
+        started = time.monotonic()
+        os.killpg(police.process.pid, signal.SIGINT)
+        police.process.wait(timeout=30)
+        took = time.monotonic() - started
+        _, coord_err = coordinator.communicate(timeout=60)
+    finally:
+        for p in (police.process, coordinator):
+            if p.poll() is None:
+                p.kill()
+    assert police.process.returncode == 130
+    # the open rounds had the shutdown grace (5 s), then were ended
+    assert 4 < took < 25, took
+    node_err = police.stderr_path.read_text(encoding="utf-8")
+    for word in NOISE:
+        assert word not in node_err, node_err
+    entries = audit_entries(fed.audit_log("police"))
+    ends = _ends_by_set(entries, rid)
+    assert sorted(ends) == ["deaths", "lost_contact"], ends
+    assert all(v == ["round_failed"] for v in ends.values()), ends
+    assert entries[-1]["event"] in ("shutdown", "checkpoint")
+    # the coordinator: both police sets failed, so the round is partial
+    assert coordinator.returncode == exit_codes.PARTIAL, coord_err
+    assert "Traceback" not in coord_err
+
+
+def test_ctrl_c_on_round_run_leaves_no_sub_round_running(nodes: Federation, tmp_path: Path) -> None:
+    fed = nodes
+    markers = tmp_path / "markers"
+    start_nodes(fed, ["justice"])  # ecdh: the coordinator starts EC workers
+    start_stalling_node(fed, "police", marker_dir=markers, stall_after=1, stall_seconds=120)
+    config = coordinator_toml(
+        fed,
+        "coordinator-ctrl-c.toml",
+        specs=POLICE + JUSTICE,
+        coordinator={"chunk_items": "32", "state": '"state/ctrl-c.sqlite"'},
+    )
+    db = fed.root / "state" / "ctrl-c.sqlite"
+    out = tmp_path / "round"
+    proc = _round_in_own_group(config, out)
+    try:
+        wait_for("police to stall in both sets", lambda: len(_markers(markers)) == 2)
+        rid = _markers(markers)[0].split(".")[1]
+        wait_for(
+            "justice's sub-round to complete",
+            lambda: (
+                state_rows(
+                    db,
+                    "SELECT status FROM sub_rounds WHERE node = 'justice' AND round_id = ?",
+                    (rid,),
+                )
+                == [("completed",)]
+            ),
+        )
+        assert len(_group(proc.pid)) >= 2, "no worker process to test with"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == exit_codes.INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "xmatch: interrupted", stderr
+    for word in NOISE:
+        assert word not in stderr, stderr
+    assert not out.exists()
+    assert state_rows(db, "SELECT status FROM rounds WHERE round_id = ?", (rid,)) == [
+        ("interrupted",)
+    ]
+    statuses = state_rows(db, "SELECT node, status FROM sub_rounds WHERE round_id = ?", (rid,))
+    assert sorted(statuses) == [
+        ("justice", "completed"),
+        ("police", "failed"),
+        ("police", "failed"),
+    ]
+    # the coordinator's log: every sub-round it started has its end, then shutdown
+    entries = audit_entries(fed.audit_log("civil-affairs"))
+    ends = _ends_by_set(entries, rid)
+    assert sorted(ends) == ["custody", "deaths", "lost_contact"], ends
+    assert all(len(v) == 1 for v in ends.values()), ends
+    shutdowns = [e for e in entries if e["event"] == "shutdown"]
+    assert shutdowns[-1]["reason"] == "interrupted"
