@@ -251,6 +251,10 @@ ProgressFn = Callable[[int], None]
 #: Called with ``(indices, payloads)`` for each keyed-hash match chunk once it is
 #: resolved: evidence delivered even if the stream fails later.
 MatchesFn = Callable[[npt.NDArray[np.int64], list[dict[str, str]]], None]
+#: ``(node/match_set, phase, done, total)``: where a sub-round is, for a progress display.
+#: Phases: ``blind`` (ecdh: our roster raised to our key), ``exchange`` (identities
+#: sent and answered), ``intersect`` (ecdh: the node's set received and compared).
+PhaseFn = Callable[[str, str, int, int], None]
 
 
 @dataclass
@@ -262,6 +266,8 @@ class _StreamState:
     error: BaseException | None = None
     sent_chunks: int = 0
     sent_items: int = 0
+    #: identities answered so far (for the progress display only)
+    answered: int = 0
 
     def wait_accepted(self) -> bool:
         while not self.accepted.wait(0.05):
@@ -309,12 +315,14 @@ class NodeClient:
         sleep: Callable[[float], None] = time.sleep,
         interceptors: Sequence[grpc.StreamStreamClientInterceptor[Any, Any]] = (),
         ca_pem: bytes | None = None,
+        phases: PhaseFn | None = None,
     ) -> None:
         """``interceptors`` see every stream message (the benchmark counts wire bytes);
         ``ca_pem`` (the federation CA) lets a failed name check say whose certificate
         the node presented."""
         self.entry = entry
         self._ca_pem = ca_pem
+        self._phases = phases
         self._chunk_items = chunk_items
         self._executor = executor
         self._sleep = sleep
@@ -414,6 +422,10 @@ class NodeClient:
                 raise wrong
             self._caps = caps
             return caps
+
+    def _phase(self, peer: str, phase: str, done: int, total: int) -> None:
+        if self._phases is not None:
+            self._phases(peer, phase, done, total)
 
     def _name_mismatch(self, reason: str) -> str:
         """``reason``, with the name in the node's certificate when it can be read."""
@@ -564,6 +576,7 @@ class NodeClient:
                         chunk = requester.tag(identities[lo : lo + step])
                     state.sent_chunks += 1
                     state.sent_items += len(chunk.tags)
+                    self._phase(peer, "exchange", state.sent_items + state.answered, 2 * total)
                     yield pb.KeyedHashRequest(tags=chunk.to_bytes())
                 yield pb.KeyedHashRequest(
                     end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
@@ -600,7 +613,9 @@ class NodeClient:
                     found.append(rows)
                     payloads.extend(fields)
                     answered += min(step, total - seq * step)
+                    state.answered = answered
                     seq += 1
+                    self._phase(peer, "exchange", state.sent_items + answered, 2 * total)
                     if progress is not None:
                         progress(answered)
                 elif kind == "done" and done is None:
@@ -645,6 +660,7 @@ class NodeClient:
                     if state.stop.is_set():
                         return
                     chunk = requester.blind(identities[lo : lo + step])
+                    self._phase(peer, "blind", min(lo + step, total), total)
                     while not state.stop.is_set():
                         try:
                             blinded.put(chunk, timeout=0.05)
@@ -679,7 +695,7 @@ class NodeClient:
         call = self._stub.Ecdh(requests(), timeout=self._remaining(peer))
         done: pb.RoundDone | None = None
         set_size = 0
-        answered = 0
+        answered = received = 0
         r_seq = s_seq = 0
         try:
             for resp in call:
@@ -702,6 +718,7 @@ class NodeClient:
                     requester.receive_reblinded(chunk)
                     r_seq += 1
                     answered += len(chunk)
+                    self._phase(peer, "exchange", answered, total)
                     if progress is not None:
                         progress(answered)
                 elif kind == "set_points" and state.accepted.is_set():
@@ -710,6 +727,8 @@ class NodeClient:
                     )
                     requester.receive_responder_set(chunk)
                     s_seq += 1
+                    received += len(chunk)
+                    self._phase(peer, "intersect", received, max(set_size, received))
                 elif kind == "done" and done is None:
                     done = resp.done
                 else:

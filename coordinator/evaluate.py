@@ -117,8 +117,9 @@ def evaluate_command(
     service_sources: Sequence[str] = (),
     service_need_sources: Sequence[str] = (),
     stderr: TextIO | None = None,
+    stdout: TextIO | None = None,
 ) -> int:
-    """Run ``xmatch rules evaluate``; returns the exit code (0).
+    """Run ``xmatch rules evaluate``; returns the exit code (0) after one summary line.
 
     ``service_sources`` (``--service-source``) are service-coverage sets: the
     covered children they did not match are coverage gaps.
@@ -170,4 +171,12 @@ def evaluate_command(
         )
         page = render_report(decisions, provenance=provenance)
         write_atomically(report, lambda f: f.write(page))
+    # one line on success, as round run prints its summary
+    counts = ", ".join(f"{d.value} {n}" for d, n in sorted(decisions.counts().items()))
+    written = f"{out}" + (f" and {report}" if report is not None else "")
+    print(
+        f"rules evaluate as of {as_of}: {len(decisions.decisions)} children, "
+        f"{len(gathered)} evidence rows: {counts or 'no decisions'}; written {written}",
+        file=stdout if stdout is not None else sys.stdout,
+    )
     return 0

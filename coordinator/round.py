@@ -53,7 +53,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -307,54 +307,100 @@ def _context(
     )
 
 
-class _Progress:
-    """A rich progress display (one task per sub-round), on a terminal only."""
+#: The phases the progress display names, in order (docs/coordinator.md, "Progress").
+#: ``blind``, ``exchange`` and ``intersect`` are per sub-round (coordinator.client.PhaseFn).
+PHASES = ("load", "blind", "exchange", "intersect", "rules", "report", "spreadsheet")
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self._total = total
-        self._bar: object | None = None
+
+class _Progress:
+    """A rich display on a terminal only: the round's phase, and one line per sub-round.
+
+    Every line has a spinner and the elapsed time, so the display moves while a
+    phase has nothing to count (a node preparing its set, the rules, the report);
+    a sub-round's bar follows its current phase (blind, exchange, intersect).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._round: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._totals: dict[str, int] = {}
+        self._lock = threading.Lock()
         if enabled and sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
+                SpinnerColumn,
+                TaskProgressColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
 
             self._bar = Progress(
+                SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TaskProgressColumn(),
                 TimeElapsedColumn(),
+                console=Console(stderr=True),
                 transient=False,
             )
 
     @contextmanager
     def running(self) -> Iterator[_Progress]:
-        from rich.progress import Progress
-
-        if isinstance(self._bar, Progress):
-            with self._bar:
-                yield self
-        else:
+        bar = self._bar
+        if bar is None:
             yield self
+            return
+        with bar:
+            self._round = bar.add_task("round: load", total=None)
+            try:
+                yield self
+            finally:
+                bar.update(self._round, description="round: done", total=1, completed=1)
+
+    def phase(self, name: str) -> None:
+        """The round's phase (one of :data:`PHASES`, or ``query``)."""
+        if self._bar is not None and self._round is not None:
+            self._bar.update(self._round, description=f"round: {name}")
+
+    def note(self, text: str, err: TextIO) -> None:
+        """A line for the operator: above the display, or on ``err`` without one."""
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=err)
+
+    def sub_rounds(self, sources: Sequence[str]) -> None:
+        """One line per ``node/match_set``, waiting for its node."""
+        if self._bar is None:
+            return
+        with self._lock:
+            for source in sources:
+                self._tasks[source] = self._bar.add_task(f"{source}: connect", total=None)
+
+    def on_phase(self, source: str, phase: str, done: int, total: int) -> None:
+        """:data:`coordinator.client.PhaseFn`: a sub-round's phase and count."""
+        task = self._tasks.get(source)
+        if self._bar is not None and task is not None:
+            self._totals[source] = max(total, 1)
+            self._bar.update(
+                task, description=f"{source}: {phase}", completed=done, total=max(total, 1)
+            )
 
     def task(self, name: str) -> tuple[ProgressFn, Callable[[str], None]]:
-        from rich.progress import Progress
-
+        """``(advance, finish)`` of the sub-round ``name``; advance is unused (phases count)."""
         bar = self._bar
-        if not isinstance(bar, Progress):
+        task = self._tasks.get(name)
+        if bar is None or task is None:
             return (lambda _n: None), (lambda _s: None)
-        task_id = bar.add_task(name, total=self._total)
-
-        def advance(n: int) -> None:
-            bar.update(task_id, completed=n)
 
         def finish(status: str) -> None:
-            bar.update(task_id, completed=self._total, description=f"{name} [{status}]")
+            total = self._totals.get(name, 1)
+            bar.update(task, completed=total, total=total, description=f"{name}: {status}")
 
-        return advance, finish
+        return (lambda _n: None), finish
 
 
 @contextmanager
@@ -473,10 +519,14 @@ def run_round(
     progress: bool = False,
     stderr: TextIO | None = None,
     rng: Callable[[int], bytes] = os.urandom,
+    problem_prefix: str = "",
 ) -> RoundOutcome:
     """Run one round as described in the module docstring.
 
-    ``rng`` (a CSPRNG) draws the round id and the query order.
+    ``rng`` (a CSPRNG) draws the round id and the query order. ``progress``
+    shows the display of :class:`_Progress` on a terminal, from the roster's
+    load to the last file written. ``problem_prefix`` starts each roster problem
+    line (the demo's ``warning: ``).
 
     Raises:
         InputError: a bad roster, an output folder in use, unreadable keys.
@@ -484,6 +534,31 @@ def run_round(
         XmatchError: other fatal problems (audit log, state database).
         OSError: the output cannot be written.
     """
+    display = _Progress(progress)
+    with display.running():
+        return _run_round(
+            config,
+            as_of=as_of,
+            out=out,
+            lang=lang,
+            display=display,
+            stderr=stderr,
+            rng=rng,
+            problem_prefix=problem_prefix,
+        )
+
+
+def _run_round(
+    config: CoordinatorConfig,
+    *,
+    as_of: _dt.date,
+    out: Path,
+    lang: Lang,
+    display: _Progress,
+    stderr: TextIO | None,
+    rng: Callable[[int], bytes],
+    problem_prefix: str,
+) -> RoundOutcome:
     err = stderr if stderr is not None else sys.stderr
     started = time.monotonic()
     section = config.coordinator
@@ -495,7 +570,7 @@ def run_round(
     )
     roster = read_roster(section.roster, encoding=section.roster_encoding, as_of=as_of)
     for problem in roster.problems:
-        print(problem, file=err)
+        display.note(f"{problem_prefix}{problem}", err)
     ordered = query_identities(roster)
     if not ordered:
         raise InputError(f"{section.roster}: no valid identity number to query")
@@ -506,11 +581,11 @@ def run_round(
     audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
     state = RoundState.open(section.state)
     for stale in state.recovered:
-        print(f"note: round {stale} was interrupted earlier (coordinator stopped)", file=err)
+        display.note(f"note: round {stale} was interrupted earlier (coordinator stopped)", err)
         record = state.get_round(stale)
         if record is not None:
             for leftover in remove_stale_staging(Path(record.out_dir), stale):
-                print(f"note: removed {leftover.name}, left by that round", file=err)
+                display.note(f"note: removed {leftover.name}, left by that round", err)
     round_id = rng(16)
     rid = round_id.hex()
     plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
@@ -532,9 +607,10 @@ def run_round(
             sub_rounds=[(n.name, ms, n.protocol) for n, ms in plan],
         )
         credentials = tls.channel_credentials()
-        display = _Progress(progress, len(identities))
         results: list[SubRound] = []
-        with _ec_pool(config) as pool, display.running():
+        display.sub_rounds([f"{n.name}/{ms}" for n, ms in plan])
+        display.phase("query")
+        with _ec_pool(config) as pool:
             clients = {
                 n.name: NodeClient(
                     n,
@@ -542,6 +618,7 @@ def run_round(
                     chunk_items=section.chunk_items,
                     executor=pool,
                     ca_pem=tls.ca_pem,
+                    phases=display.on_phase,
                 )
                 for n in config.nodes
             }
@@ -589,6 +666,7 @@ def run_round(
         services = [s.source for s in results if s.service_report == "gaps"]
         needs = [s.source for s in results if s.service_report == "needs"]
         evidence = [row for s in results for row in s.rows]
+        display.phase("rules")
         decisions = decide_all(
             roster,
             evidence,
@@ -622,12 +700,15 @@ def run_round(
             failed_sources=tuple(failed),
             timings=(("round", seconds),),
         )
+        display.phase("report")
+        report = render_report(decisions, provenance=provenance)
+        display.phase("write")  # the spreadsheet's phase is "spreadsheet" (PHASES)
         _write_output(
             out,
             round_id=rid,
             evidence=evidence,
             document=decisions.to_json(round_id=rid),
-            report=render_report(decisions, provenance=provenance),
+            report=report,
         )
         # (5)
         state.finish_round(

@@ -151,6 +151,18 @@ def running_nodes(configs: list[tuple[str, Path]], *, log_dir: Path) -> Iterator
         stop_nodes(started)
 
 
+@contextlib.contextmanager
+def _spinner(text: str) -> Iterator[None]:
+    """A spinner on stderr while ``text`` is being done (on a terminal only)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text):
+        yield
+
+
 def _prepare_workdir(workdir: Path) -> None:
     if workdir.exists():
         if not workdir.is_dir():
@@ -197,10 +209,11 @@ def run_demo(
     as_of = as_of or _dt.date.today()
     started = time.monotonic()
     _prepare_workdir(workdir)
-    fed = synth.generate(workdir, children=children, seed=seed, as_of=as_of)
-    synth.write_pki(workdir, [n.name for n in fed.nodes])
-    ports = dict(zip((n.name for n in fed.nodes), free_ports(len(fed.nodes)), strict=True))
-    coordinator_toml = synth.write_configs(fed, ports=ports)
+    with _spinner(f"generating {children} children's synthetic data, keys and configs"):
+        fed = synth.generate(workdir, children=children, seed=seed, as_of=as_of)
+        synth.write_pki(workdir, [n.name for n in fed.nodes])
+        ports = dict(zip((n.name for n in fed.nodes), free_ports(len(fed.nodes)), strict=True))
+        coordinator_toml = synth.write_configs(fed, ports=ports)
     prepared = time.monotonic() - started
     print(
         f"xmatch demo: synthetic Inner Mongolia federation in {workdir}\n"
@@ -213,6 +226,12 @@ def run_demo(
         for node, spec in zip(nodes, fed.nodes, strict=True):
             print(f"  node {node.ready_line} (coordinator uses {spec.protocol})", file=out)
         config = load_coordinator_config(coordinator_toml)
+        print(
+            "note: the synthetic roster has deliberate mistakes, as real exports do "
+            "(numbers a spreadsheet turned into 1.5E+17, wrong check characters); "
+            "each is listed below as a warning and its child gets REVIEW",
+            file=err,
+        )
         outcome = run_round(
             config,
             as_of=as_of,
@@ -220,6 +239,7 @@ def run_demo(
             lang="zh",
             progress=True,
             stderr=err,
+            problem_prefix="warning: ",
         )
     print(
         f"\nround {outcome.round_id}: {outcome.query_size} identities queried in "
