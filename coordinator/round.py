@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -64,6 +63,7 @@ from coordinator import exit_codes
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
+from coordinator.evaluate import decisions_text
 from coordinator.reasons import Lang
 from coordinator.records import (
     EVIDENCE_OPTIONAL,
@@ -484,8 +484,7 @@ def _write_output(
     try:
         write_evidence(staging / "evidence.csv", evidence)
         with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
-            json.dump(document, fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
+            fh.write(decisions_text(document))  # as rules evaluate: one decision per line
             fh.flush()
             os.fsync(fh.fileno())
         with (staging / "report.html").open("w", encoding="utf-8") as fh:

@@ -42,6 +42,11 @@ Or everything on loopback at once:  xmatch demo
 """
 
 
+def _examples(*lines: str) -> str:
+    """A subcommand's epilog: its examples, shown as written (RawDescriptionHelpFormatter)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _date(text: str) -> _dt.date:
     form = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
     if form is None:
@@ -218,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        epilog=_examples(
+            "xmatch demo",
+            "xmatch demo --workdir /tmp/demo --children 12000 --seed 7",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run a synthetic Inner Mongolia federation on loopback, one round, print the summary",
         description=(
             "Generates a CA and keys, realistic synthetic department data (police, justice, "
@@ -246,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init_ca = keys.add_parser(
         "init-ca",
+        epilog=_examples(
+            "xmatch keys init-ca --dir pki",
+            "CA_PASS=... xmatch keys init-ca --dir pki --passphrase-env CA_PASS",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="create the federation CA (DIR/ca.crt, DIR/ca.key)",
         description=(
             "Creates the federation CA (ECDSA P-256, about 10 years) that issues every "
@@ -261,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     init_ca.set_defaults(func=_cmd_keys_init_ca)
     issue = keys.add_parser(
         "issue",
+        epilog=_examples(
+            "xmatch keys issue --dir pki --name justice --role node",
+            "xmatch keys issue --dir pki --name civil-affairs --role coordinator",
+            "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.crt,audit.key}",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="issue a member certificate and key (DIR/NAME.crt, DIR/NAME.key)",
         description=(
             "Issues a TLS certificate whose name is the member's identity (for example 'justice' "
@@ -294,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve = node.add_parser(
         "serve",
+        epilog=_examples(
+            "xmatch node serve --config justice.node.toml",
+            "# stop with Ctrl-C (exit 130) or SIGTERM (exit 0); docs/node.md has a full node.toml",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="serve this department's match sets until SIGTERM/SIGINT",
         description=(
             "Loads node.toml, checks every match set's source file, and answers PSI queries "
@@ -309,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = round_.add_parser(
         "run",
+        epilog=_examples(
+            "xmatch round run --config coordinator.toml --out rounds/2026-11",
+            "xmatch round run --config coordinator.toml --as-of 2026-11-29 --out rounds/b -q",
+            "exit codes: 0 every match set answered, 3 some failed or were refused,",
+            "            4 waiting for offline answers, 2 usage or configuration error, 1 other",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run one match round against the configured nodes",
         description=(
             "Reads the roster, queries every configured match set on every node concurrently, "
@@ -337,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate = rules.add_parser(
         "evaluate",
+        epilog=_examples(
+            "xmatch rules evaluate --roster roster.csv --evidence evidence.csv \\",
+            "    --as-of 2026-11-29 --out decisions.json --report report.html",
+            "xmatch rules evaluate --roster roster.csv --evidence evidence.csv \\",
+            "    --as-of 2026-11-29 --failed-source court/declarations \\",
+            "    --service-source medical-insurance/enrolled --out decisions.json",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="apply eligibility.md to gathered evidence",
         description=(
             "Decides ENROL / CONTINUE / RECLASSIFY / EXIT / REVIEW / NOT_ELIGIBLE for every roster "
@@ -403,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify = audit.add_parser(
         "verify",
+        epilog=_examples("""examples:\n  xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl"""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="check hash chains, signatures and checkpoints; exit 0 only if every log is intact",
         description=(
             "Prints OK:/FAIL: per log, naming the bad entries; an unsigned tail fails unless "
@@ -420,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_cmd_audit_verify)
     reconcile = audit.add_parser(
         "reconcile",
+        epilog=_examples(
+            "xmatch audit reconcile --ca pki/ca.crt logs/civil-affairs.audit.jsonl \\",
+            "    logs/justice.audit.jsonl logs/police.audit.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="match rounds across the coordinator's and the nodes' logs",
         description=(
             "Pairs every round by round id and transcript hash. A round on one side only, or "
@@ -433,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(func=_cmd_audit_reconcile)
     report = audit.add_parser(
         "report",
+        epilog=_examples(
+            "xmatch audit report --ca pki/ca.crt --json audit.json logs/*.audit.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="who queried what, when, for which purpose; flags probing patterns",
         description=(
             "Verifies the logs, then tabulates rounds per requester, purpose and match set and "
@@ -447,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
+        epilog=_examples(
+            "xmatch bench --sizes 1000 10000",
+            "xmatch bench --sizes 3000000 --roster-size 300000 --protocol keyed-hash --no-baseline",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="end-to-end throughput against openmined-psi",
         description=(
             "Builds a federation of real processes on loopback with mutual TLS, runs rounds at "
@@ -455,7 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     bench.add_argument(
-        "--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="set sizes per side"
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000, 100_000],
+        help="set sizes per side (default: 1000 10000 100000)",
     )
     bench.add_argument(
         "--protocol", nargs="+", choices=["ecdh", "keyed-hash"], default=["ecdh", "keyed-hash"]
