@@ -197,7 +197,8 @@ _ID_PROBLEMS = {
 
 
 def _near(name: str, header: Sequence[str]) -> str:
-    """``" (the header has NAME2; ...)"`` when a header column looks like a misspelling."""
+    """``" (the header has NAME2; ...)"`` when a header column looks like a misspelling
+    (``header``: the columns that are not another column of the format)."""
     # never quote a cell with digits: a file without a header has data in line 1
     words = [h for h in header if h and not any(c.isdigit() for c in h)]
     close = difflib.get_close_matches(name, words, n=1, cutoff=0.7)
@@ -295,7 +296,14 @@ class _Table:
     for a malformed one.
     """
 
-    def __init__(self, path: Path, *, encoding: Encoding, required: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        encoding: Encoding,
+        required: Sequence[str],
+        known: Sequence[str] = (),
+    ) -> None:
         self.path = str(path)
         text = decode_csv_bytes(_read_bytes(path), path=self.path, encoding=encoding)
         lines = _plain_lines(text)
@@ -323,7 +331,8 @@ class _Table:
         for name in required:
             if name not in self.index:
                 raise InputError(
-                    f"{self.path}:1: missing required column {name}{_near(name, names)}"
+                    f"{self.path}:1: missing required column {name}"
+                    f"{_near(name, [n for n in names if n not in (*required, *known)])}"
                 )
 
     def column(self, name: str) -> int | None:
@@ -497,7 +506,7 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
             supported child without category, a child without ID and without
             birth date or sex, or a region code that is not 6 digits.
     """
-    table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED)
+    table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED, known=ROSTER_OPTIONAL)
     lines, cells = table.columns(ROSTER_REQUIRED + ROSTER_OPTIONAL)
     ids = {c: _normalize_ids(cells[c], today=as_of) for c in ("child_id", "father_id", "mother_id")}
     rows = _roster_by_column(table.path, lines, cells, ids)

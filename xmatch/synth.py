@@ -620,8 +620,10 @@ def _node_specs() -> tuple[NodeSpec, ...]:
     only, so their filters apply the thresholds of eligibility.md), the others
     over keyed-hash with dated payload."""
     in_force = (
-        "CAST(start_date AS DATE) <= $as_of "
-        "AND (end_date IS NULL OR CAST(end_date AS DATE) > $as_of)"
+        # TRY_CAST, as docs/node.md advises: a bad date cell excludes its row (CAST
+        # would stop the node), an empty end stays an open end
+        "TRY_CAST(start_date AS DATE) <= $as_of "
+        "AND (end_date IS NULL OR TRY_CAST(end_date AS DATE) > $as_of)"
     )
     return (
         NodeSpec(
