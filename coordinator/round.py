@@ -325,6 +325,7 @@ class _Progress:
         self._round: Any = None
         self._tasks: dict[str, Any] = {}
         self._totals: dict[str, int] = {}
+        self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -355,15 +356,16 @@ class _Progress:
             return
         with bar:
             self._round = bar.add_task("round: load", total=None)
+            bar.refresh()
             try:
                 yield self
             finally:
                 bar.update(self._round, description="round: done", total=1, completed=1)
 
     def phase(self, name: str) -> None:
-        """The round's phase (one of :data:`PHASES`, or ``query``)."""
+        """The round's phase (one of :data:`PHASES`, or ``query``); drawn at once."""
         if self._bar is not None and self._round is not None:
-            self._bar.update(self._round, description=f"round: {name}")
+            self._bar.update(self._round, description=f"round: {name}", refresh=True)
 
     def note(self, text: str, err: TextIO) -> None:
         """A line for the operator: above the display, or on ``err`` without one."""
@@ -385,8 +387,15 @@ class _Progress:
         task = self._tasks.get(source)
         if self._bar is not None and task is not None:
             self._totals[source] = max(total, 1)
+            # a new phase is drawn at once (a short one would fall between two refreshes)
+            new = self._phases.get(source) != phase
+            self._phases[source] = phase
             self._bar.update(
-                task, description=f"{source}: {phase}", completed=done, total=max(total, 1)
+                task,
+                description=f"{source}: {phase}",
+                completed=done,
+                total=max(total, 1),
+                refresh=new,
             )
 
     def task(self, name: str) -> tuple[ProgressFn, Callable[[str], None]]:

@@ -27,6 +27,12 @@ def test_demo_runs_a_round_and_prints_the_summary(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    # the roster's deliberate mistakes are warnings, announced as deliberate, each once
+    problems = [ln for ln in done.stderr.splitlines() if "roster.csv:" in ln]
+    assert problems and all(ln.startswith("warning: ") for ln in problems), done.stderr
+    assert "note: the synthetic roster has deliberate mistakes" in done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == len(set(lines)), done.stderr
     for node in ("police", "justice", "court", "disabled-persons-federation", "medical-insurance"):
         assert re.search(rf"node {node}: serving \d+ match sets? on 127\.0\.0\.1:\d+", out), out
     assert "failed sources: none" in out

@@ -11,11 +11,14 @@ import csv
 import datetime as dt
 import json
 import os
+import pty
 import re
+import select
 import socket
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,7 @@ from tests.federation import (
     free_ports,
     round_run,
     start_nodes,
+    start_stalling_node,
     stop_nodes,
     xmatch,
 )
@@ -46,6 +50,7 @@ from xmatch.demo import stop_nodes as stop_processes
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 POLICE = tuple(s for s in SPECS if s.name == "police")
+JUSTICE = tuple(s for s in SPECS if s.name == "justice")
 
 
 @pytest.fixture(scope="module")
@@ -590,3 +595,89 @@ def test_federation_built_by_hand_from_the_docs(tmp_path: Path) -> None:
     assert "2/2 match sets answered, 8 matches" in done.stdout, done.stdout
     assert (civil / "logs").is_dir() and (civil / "state").is_dir()
     assert os.path.isfile(out / "report.html")
+
+
+# ---------------------------------------------------------------------------
+# 8. Progress by phase that keeps moving, on a terminal
+
+
+def _read_pty(master: int, proc: subprocess.Popen[bytes]) -> list[tuple[float, bytes]]:
+    chunks: list[tuple[float, bytes]] = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append((time.monotonic(), data))
+        elif proc.poll() is not None:
+            break
+    return chunks
+
+
+def test_progress_by_phase_keeps_moving_on_a_terminal(fed: Federation, tmp_path: Path) -> None:
+    """``round run`` with its stderr on a pseudo-terminal: every phase is drawn, and the
+    display keeps changing while a node holds back its answers (a stalling node)."""
+    if not any(n.name == "justice" for n in fed.nodes):
+        start_nodes(fed, ["justice"])  # ecdh: blind, exchange, intersect
+    (port,) = free_ports(1)
+    stalling = _node_toml(
+        fed,
+        "police-progress.node.toml",
+        **{
+            "logs/police.audit": "logs/police-progress.audit",
+            f"127.0.0.1:{fed.ports['police']}": f"127.0.0.1:{port}",
+        },
+    )
+    police = start_stalling_node(
+        fed,
+        "police",
+        marker_dir=tmp_path / "markers",
+        stall_after=1,
+        stall_seconds=3,
+        config=stalling,
+    )
+    try:
+        config = coordinator_toml(
+            fed, "c-progress.toml", specs=POLICE + JUSTICE, coordinator={"chunk_items": "32"}
+        )
+        text = config.read_text(encoding="utf-8")
+        config.write_text(
+            text.replace(f"127.0.0.1:{fed.ports['police']}", f"127.0.0.1:{port}"), "utf-8"
+        )
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "xmatch", "round", "run", "--config", str(config)),
+                *("--as-of", AS_OF.isoformat(), "--out", str(tmp_path / "round")),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env={**os.environ, "COLUMNS": "160", "TERM": "xterm", "PYTHONUTF8": "1"},
+        )
+        os.close(slave)
+        proc_out = proc.stdout
+        assert proc_out is not None
+        chunks = _read_pty(master, proc)
+        os.close(master)
+        proc_out.read()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_processes([police])
+        fed.nodes.remove(police)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(c for _, c in chunks).decode())
+    for phase in ("round: load", "round: query", "round: rules", "round: report", "round: done"):
+        assert phase in shown, phase
+    assert "police/deaths: exchange" in shown and "police/deaths: ok" in shown
+    for phase in ("blind", "exchange", "intersect", "ok"):
+        assert f"justice/custody: {phase}" in shown, phase
+    # while police stalls (3 s), the display still changes: spinner and elapsed time
+    elapsed = chunks[-1][0] - chunks[0][0]
+    assert elapsed > 2.5
+    stall = [c for t, c in chunks if chunks[0][0] + 0.5 < t < chunks[0][0] + 2.5]
+    assert len(stall) >= 5, len(stall)
+    assert len({re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", c) for c in stall}) >= 3
