@@ -787,6 +787,17 @@ def service_needs(
     return needs
 
 
+def evidence_failures(failed: Iterable[str], *, services: Iterable[str]) -> tuple[str, ...]:
+    """The failed sources that are evidence datasets: ``failed`` less the service sets.
+
+    Only these turn a missing category into ``REVIEW`` ("evidence unavailable").
+    A set whose kind is unknown (the node never answered, so its capabilities
+    were not read) counts as evidence: that is the cautious side.
+    """
+    known = set(services)
+    return tuple(source for source in failed if source not in known)
+
+
 @gc_paused()
 def decide_all(
     roster: Roster | Sequence[RosterRow],
@@ -804,7 +815,9 @@ def decide_all(
     match at all still yields gaps (every covered child). Sets seen in
     ``SERVICE`` evidence are included anyway, unless ``service_need_sources``
     names them: those report the covered children they matched (service
-    needs) instead of the ones they did not.
+    needs) instead of the ones they did not. A failed service set only loses
+    its own list: the decisions see only the failed evidence sets
+    (:func:`evidence_failures`); ``failed_sources`` of the result keeps all.
 
     Raises:
         ValueError: a set is declared both as a coverage and as a needs set.
@@ -818,9 +831,14 @@ def decide_all(
     rows = roster.rows if isinstance(roster, Roster) else roster
     failed = tuple(sorted(set(failed_sources)))
     index, services = index_evidence(evidence)
-    decisions = [decide(child, index, as_of=as_of, failed_sources=failed) for child in rows]
     all_services = tuple(sorted((set(service_sources) | set(services)) - needs_declared))
     all_needs = tuple(sorted(needs_declared))
+    # a service dataset is not an evidence dataset: its failure removes only its own list
+    # (eligibility.md, "Service coverage checks"), so only failed evidence sets reach decide
+    evidence_failed = evidence_failures(failed, services=(*all_services, *all_needs))
+    decisions = [
+        decide(child, index, as_of=as_of, failed_sources=evidence_failed) for child in rows
+    ]
     gaps = coverage_gaps(decisions, services, sources=all_services, failed_sources=failed)
     needs = service_needs(decisions, services, sources=all_needs, failed_sources=failed)
     return RoundDecisions(
