@@ -13,6 +13,7 @@ import pytest
 from coordinator.eligibility import (
     Group,
     ParentStatus,
+    RoundDecisions,
     add_months,
     add_years,
     category,
@@ -747,9 +748,21 @@ def test_failed_service_set_changes_no_decision(kind: str) -> None:
     evidence = [ev(p or "", "DEAD", date(2015, 1, 1)) for p in (kept.father_id, kept.mother_id)]
     rows = [leaving, refused, kept]
     service = "medical_insurance/enrolled"
-    declared: dict[str, list[str]] = {kind: [service]}
-    clean = decide_all(rows, evidence, as_of=D, **declared)
-    failed = decide_all(rows, evidence, as_of=D, failed_sources=[service], **declared)
+    gaps = [service] if kind == "service_sources" else []
+    needs = [service] if kind == "service_need_sources" else []
+
+    def run(failed: list[str]) -> RoundDecisions:
+        return decide_all(
+            rows,
+            evidence,
+            as_of=D,
+            failed_sources=failed,
+            service_sources=gaps,
+            service_need_sources=needs,
+        )
+
+    clean = run([])
+    failed = run([service])
     decided = [d.decision for d in failed.decisions]
     assert decided == [Decision.EXIT, Decision.NOT_ELIGIBLE, Decision.CONTINUE]
     assert decided == [d.decision for d in clean.decisions]
@@ -758,9 +771,7 @@ def test_failed_service_set_changes_no_decision(kind: str) -> None:
     ]
     assert failed.failed_sources == (service,)  # still reported as failed
     assert failed.coverage_gaps == {} and failed.service_needs == {}  # its list is missing
-    both = decide_all(
-        rows, evidence, as_of=D, failed_sources=[service, "court/declarations"], **declared
-    )
+    both = run([service, "court/declarations"])
     assert [d.decision for d in both.decisions] == [
         Decision.REVIEW,
         Decision.REVIEW,
