@@ -267,6 +267,16 @@ def county_name(code: str | None) -> str:
     return code
 
 
+@lru_cache(maxsize=1 << 12)
+def county_short(code: str | None) -> str:
+    """A chart label: :func:`county_name` without the note on a retired code (marked 旧)."""
+    if code and code in RETIRED_COUNTIES:
+        league = RETIRED_LEAGUES.get(code[:4])
+        return f"{league[0] if league else ''}{RETIRED_COUNTIES[code][0]}(旧)"
+    name = county_name(code)
+    return name.split("(", 1)[0] + ("(旧)" if "(" in name else "")
+
+
 def is_known(code: str) -> bool:
     """Whether ``code`` is a county code of this table (in use or retired)."""
     return code in COUNTIES or code in RETIRED_COUNTIES
@@ -279,5 +289,6 @@ __all__ = [
     "RETIRED_LEAGUES",
     "UNKNOWN",
     "county_name",
+    "county_short",
     "is_known",
 ]

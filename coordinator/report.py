@@ -31,7 +31,7 @@ from coordinator.eligibility import ChildDecision, RoundDecisions
 from coordinator.names import SourceNames
 from coordinator.reasons import category_name, decision_name, month_text, status_name
 from coordinator.records import Category, Decision, RosterRow, gc_paused
-from coordinator.regions import LEAGUES, UNKNOWN, county_name
+from coordinator.regions import LEAGUES, UNKNOWN, county_name, county_short
 from coordinator.state import RoundDecisionCounts
 
 SourceStatus = Literal["ok", "failed", "refused"]
@@ -107,7 +107,9 @@ table{border-collapse:collapse;width:100%;margin:6px 0 10px}
 th,td{border:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
 th{background:var(--band);font-weight:600}
 .n{text-align:right;font-variant-numeric:tabular-nums}
-.i{font-family:"DejaVu Sans Mono",monospace;white-space:nowrap}
+tbody td:nth-child(2){font-family:"DejaVu Sans Mono",monospace;white-space:nowrap}
+td.r{white-space:pre-line}
+[data-d=EXIT] td:nth-child(5){color:#b71c1c;font-weight:600}
 .cards{display:flex;flex-wrap:wrap;gap:8px}
 .card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:4px;
 padding:6px 12px;min-width:120px}
@@ -130,13 +132,20 @@ thead{display:table-header-group}
 }
 """
 
-#: filters the work lists (sections by county, blocks by decision) and the county table
+#: filters the work lists (sections by county, blocks by decision) and the county table; the
+#: choice is kept in the address (#c=150402&d=ENROL,EXIT), so a link or bookmark opens it again
 _SCRIPT = """
 (function(){
 var c=document.getElementById('fc'),ds=document.querySelectorAll('nav input');
-function f(){var v=c.value,on={};ds.forEach(function(i){on[i.value]=i.checked;});
+function f(){var v=c.value,on={},d=[];
+ds.forEach(function(i){on[i.value]=i.checked;if(i.checked){d.push(i.value);}});
 document.querySelectorAll('[data-c]').forEach(function(e){e.hidden=v!==''&&e.dataset.c!==v;});
-document.querySelectorAll('[data-d]').forEach(function(e){e.hidden=!on[e.dataset.d];});}
+document.querySelectorAll('[data-d]').forEach(function(e){e.hidden=!on[e.dataset.d];});
+history.replaceState(null,'','#c='+v+'&d='+d.join(','));}
+var h=new URLSearchParams(location.hash.slice(1));
+if(h.has('c')){c.value=h.get('c');if(c.value!==h.get('c')){c.value='';}}
+if(h.has('d')){var w=h.get('d').split(',');
+ds.forEach(function(i){i.checked=w.indexOf(i.value)>=0;});}
 c.addEventListener('change',f);ds.forEach(function(i){i.addEventListener('change',f);});f();
 })();
 """
@@ -157,13 +166,14 @@ def _t(zh: str, en: str) -> str:
 
 def _ident(child: RosterRow) -> str:
     if child.child_id:
-        return f"<td class='i'>{_escape(child.child_id)}</td>"
+        return f"<td>{_escape(child.child_id)}</td>"
     birth = child.child_birth_date.isoformat() if child.child_birth_date else "不详"
     return f"<td>无身份证号<br>出生 {birth}</td>"
 
 
 def _reasons(texts: Sequence[str]) -> str:
-    return "<br>".join([_escape(text) for text in texts])
+    # one reason a line: the cell keeps line breaks (white-space: pre-line), "\n" is 1 byte
+    return _escape("\n".join(texts))
 
 
 def _rows(rows: Sequence[ChildDecision], cells: Iterable[str]) -> str:
@@ -210,7 +220,7 @@ def _county_chart(regions: Mapping[str, Counter[Decision]]) -> str:
     """Horizontal stacked bars: one per county, a segment per decision."""
     if not regions:
         return "<p class='empty'>无</p>"
-    label_w, bar_w, row_h = 250, 700, 18
+    label_w, bar_w, row_h = 200, 740, 18
     top = max(sum(row.values()) for row in regions.values()) or 1
     height = 30 + row_h * len(regions)
     parts = [
@@ -221,18 +231,18 @@ def _county_chart(regions: Mapping[str, Counter[Decision]]) -> str:
         y = 26 + k * row_h
         parts.append(
             f"<text x='{label_w - 6}' y='{y + 12}' text-anchor='end'>"
-            f"{_escape(county_name(code))}</text>"
+            f"{_escape(county_short(code))}</text>"
         )
         x = float(label_w)
         for d in _DECISIONS:
             if row[d]:
                 width = bar_w * row[d] / top
                 parts.append(
-                    f"<rect x='{x:.1f}' y='{y + 2}' width='{width:.1f}' height='{row_h - 4}' "
+                    f"<rect x='{x:.0f}' y='{y + 2}' width='{width + 0.5:.0f}' height='{row_h - 4}' "
                     f"fill='{_COLOUR[d]}'><title>{decision_name(d, 'zh')} {row[d]:,}</title></rect>"
                 )
                 x += width
-        parts.append(f"<text x='{x + 4:.1f}' y='{y + 12}'>{sum(row.values()):,}</text>")
+        parts.append(f"<text x='{x + 4:.0f}' y='{y + 12}'>{sum(row.values()):,}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -339,34 +349,46 @@ def _service_sections(
     return "".join(parts)
 
 
+def _stop(item: ChildDecision) -> str:
+    return f"自{month_text(item.stops_from, 'zh')}起停发" if item.stops_from else ""
+
+
+def _without_stop(item: ChildDecision, texts: list[str]) -> list[str]:
+    """An exit's reasons less the last one, "support stops from ...": its own column says it."""
+    if item.reasons and item.reasons[-1].key == "stops_from":
+        return texts[:-1]
+    return texts
+
+
 def _work_block(decision: Decision, items: Sequence[ChildDecision], texts: TextsFn) -> str:
     """One county's children with one decision, as a table."""
     if decision is Decision.ENROL:
         head = _heads("类别", "理由", "下次核查")
         cells: Iterable[str] = (
-            f"<td>{_category(i.category)}</td><td>{_reasons(texts(i))}</td><td>{_due(i)}</td>"
+            f"<td>{_category(i.category)}</td><td class=r>{_reasons(texts(i))}</td>"
+            f"<td>{_due(i)}</td>"
             for i in items
         )
     elif decision is Decision.EXIT:
-        head = _heads("原类别", "停发月份", "理由")
+        head = _heads("原类别", "停发", "理由")
         cells = (
             f"<td>{_category(i.child.category)}</td>"
-            f"<td class='x'>{month_text(i.stops_from, 'zh') if i.stops_from else ''}</td>"
-            f"<td>{_reasons(texts(i))}</td>"
+            f"<td>{_stop(i)}</td>"
+            f"<td class=r>{_reasons(_without_stop(i, texts(i)))}</td>"
             for i in items
         )
     elif decision is Decision.RECLASSIFY:
         head = _heads("原类别 → 新类别", "理由")
         cells = (
             f"<td>{_category(i.child.category)} → {_category(i.category)}</td>"
-            f"<td>{_reasons(texts(i))}</td>"
+            f"<td class=r>{_reasons(texts(i))}</td>"
             for i in items
         )
     else:
         head = _heads("状态", "理由")
         cells = (
             f"<td>{'<b class=x>数据矛盾</b><br>' if i.conflict else ''}"
-            f"{status_name(i.child.status, 'zh')}</td><td>{_reasons(texts(i))}</td>"
+            f"{status_name(i.child.status, 'zh')}</td><td class=r>{_reasons(texts(i))}</td>"
             for i in items
         )
     title = decision_name(decision, "zh")
