@@ -108,8 +108,9 @@ th,td{border:1px solid var(--line);padding:3px 6px;text-align:left;vertical-alig
 th{background:var(--band);font-weight:600}
 .n{text-align:right;font-variant-numeric:tabular-nums}
 tbody td:nth-child(2){font-family:"DejaVu Sans Mono",monospace;white-space:nowrap}
+tbody td:nth-child(3){white-space:nowrap}
 td.r{white-space:pre-line}
-[data-d=EXIT] td:nth-child(5){color:#b71c1c;font-weight:600}
+[data-d=EXIT] td:nth-child(5){color:#b71c1c;font-weight:600;white-space:nowrap}
 .cards{display:flex;flex-wrap:wrap;gap:8px}
 .card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:4px;
 padding:6px 12px;min-width:120px}
@@ -133,7 +134,8 @@ thead{display:table-header-group}
 """
 
 #: filters the work lists (sections by county, blocks by decision) and the county table; the
-#: choice is kept in the address (#c=150402&d=ENROL,EXIT), so a link or bookmark opens it again
+#: choice is kept in the address (#c=150402&d=ENROL,EXIT), so a link or bookmark opens it again,
+#: scrolled to that county's list
 _SCRIPT = """
 (function(){
 var c=document.getElementById('fc'),ds=document.querySelectorAll('nav input');
@@ -147,6 +149,7 @@ if(h.has('c')){c.value=h.get('c');if(c.value!==h.get('c')){c.value='';}}
 if(h.has('d')){var w=h.get('d').split(',');
 ds.forEach(function(i){i.checked=w.indexOf(i.value)>=0;});}
 c.addEventListener('change',f);ds.forEach(function(i){i.addEventListener('change',f);});f();
+var s=c.value&&document.querySelector('section[data-c="'+c.value+'"]');if(s){s.scrollIntoView();}
 })();
 """
 
@@ -220,7 +223,7 @@ def _county_chart(regions: Mapping[str, Counter[Decision]]) -> str:
     """Horizontal stacked bars: one per county, a segment per decision."""
     if not regions:
         return "<p class='empty'>无</p>"
-    label_w, bar_w, row_h = 200, 740, 18
+    label_w, bar_w, row_h = 200, 740, 16
     top = max(sum(row.values()) for row in regions.values()) or 1
     height = 30 + row_h * len(regions)
     parts = [
@@ -401,12 +404,12 @@ def _work_block(decision: Decision, items: Sequence[ChildDecision], texts: Texts
 def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     """The report of one round or evaluation as a self-contained HTML page.
 
-    Sections: summary cards; decisions by county (table and chart); matches by
+    Sections: summary cards; decisions by county (chart); matches by
     department (chart); decisions over past rounds (chart, from the state
     database); then for each county the children to enrol, to exit (with the
     month support stops), to reclassify and to review (conflicts first);
-    overdue checks (counts), coverage gaps and service needs (lists), and the
-    provenance. A filter at the top shows one county or some decisions only.
+    overdue checks (counts), coverage gaps and service needs (lists), the
+    counts by county (table) and the provenance. A filter at the top shows one county or some decisions only.
     """
     names = provenance.names
     texts = decisions.reason_texts
@@ -427,6 +430,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             work.setdefault(code, {}).setdefault(item.decision, []).append(item)
     order = sorted(regions, key=lambda code: (code == "", code))
     regions = {code: regions[code] for code in order}
+    work = {code: work[code] for code in order if code in work}
 
     out: list[str] = []
     add = out.append
@@ -474,24 +478,8 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             f"{decision_name(d, 'zh')}</div>"
         )
     add("</div>")
-    head = "".join(f"<th class='n'>{decision_name(d, 'zh')}</th>" for d in _DECISIONS)
-    add(
-        f"<h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}"
-        f"<table><thead><tr><th>旗县</th>{head}<th class='n'>合计</th>"
-        "<th class='n'>定期核查逾期</th></tr></thead><tbody>"
-    )
-    for code, row in regions.items():
-        cells = "".join(f"<td class='n'>{row[d]:,}</td>" for d in _DECISIONS)
-        add(
-            f"<tr data-c='{escape(code)}'><td>{escape(county_name(code))}</td>{cells}"
-            f"<td class='n'>{sum(row.values()):,}</td><td class='n'>{overdue[code]:,}</td></tr>"
-        )
-    total = "".join(f"<td class='n'><b>{counts[d]:,}</b></td>" for d in _DECISIONS)
-    add(
-        f"<tr><td><b>合计</b></td>{total}<td class='n'><b>{len(decisions.decisions):,}</b></td>"
-        f"<td class='n'><b>{sum(overdue.values()):,}</b></td></tr></tbody></table>"
-    )
-
+    add(f"<h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}")
+    add("<p class='meta'>各旗县人数表见本页末尾。</p>")
     per_node: dict[str, int] = {}
     status_of: dict[str, str] = {}
     for run in provenance.sources:
@@ -532,7 +520,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
 
     # counts only: the complete lists are in the spreadsheet
     add(f"<h2>{_t('定期核查逾期', 'Overdue checks')} ({sum(overdue.values()):,})</h2>")
-    add("<p class='meta'>各旗县人数见上表;名单见 decisions.xlsx(核查逾期列)。</p>")
+    add("<p class='meta'>各旗县人数见本页末尾的统计表;名单见 decisions.xlsx(核查逾期列)。</p>")
     index = {i.child.child_id: i for i in decisions.decisions if i.child.child_id}
     add(f"<h2>{_t('服务覆盖缺口', 'Coverage gaps')}</h2>")
     add(
@@ -571,6 +559,24 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         f"<p class='meta'>继续保障 {counts[Decision.CONTINUE]:,} 人,"
         f"不符合条件 {counts[Decision.NOT_ELIGIBLE]:,} 人:无需办理,"
         "名单与理由见 decisions.xlsx。</p>"
+    )
+
+    head = "".join(f"<th class='n'>{decision_name(d, 'zh')}</th>" for d in _DECISIONS)
+    add(
+        f"<h2>{_t('各旗县决定统计表', 'Decisions by county')}</h2>"
+        f"<table><thead><tr><th>旗县</th>{head}<th class='n'>合计</th>"
+        "<th class='n'>定期核查逾期</th></tr></thead><tbody>"
+    )
+    for code, row in regions.items():
+        cells = "".join(f"<td class='n'>{row[d]:,}</td>" for d in _DECISIONS)
+        add(
+            f"<tr data-c='{escape(code)}'><td>{escape(county_name(code))}</td>{cells}"
+            f"<td class='n'>{sum(row.values()):,}</td><td class='n'>{overdue[code]:,}</td></tr>"
+        )
+    total = "".join(f"<td class='n'><b>{counts[d]:,}</b></td>" for d in _DECISIONS)
+    add(
+        f"<tr><td><b>合计</b></td>{total}<td class='n'><b>{len(decisions.decisions):,}</b></td>"
+        f"<td class='n'><b>{sum(overdue.values()):,}</b></td></tr></tbody></table>"
     )
 
     # provenance

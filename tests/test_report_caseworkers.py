@@ -63,10 +63,10 @@ def _decide(root: Path, children: int) -> tuple[RoundDecisions, Provenance]:
     matches: dict[str, int] = {}
     for row in rows:
         matches[row[2]] = matches.get(row[2], 0) + 1
-    runs = [
-        SourceRun(*s.split("/"), "keyed-hash", "ok", matches.get(s, 0), 1.0)  # type: ignore[misc]
-        for s in sources
-    ]
+    runs = []
+    for source in sources:
+        node, match_set = source.split("/")
+        runs.append(SourceRun(node, match_set, "keyed-hash", "ok", matches.get(source, 0), 1.0))
     with RoundState.open(root / "state.sqlite") as state:
         for k, as_of in enumerate(("2026-05-29", "2026-08-29", AS_OF.isoformat())):
             rid = f"{k:032x}"
@@ -182,10 +182,10 @@ def test_decisions_xlsx(tmp_path: Path, small: tuple[RoundDecisions, Provenance]
         assert len(rows) - 1 == len(expected)
         for row, item in zip(rows[1:], expected, strict=True):
             assert row[0] == item.child.child_id and (row[0] is None or isinstance(row[0], str))
-            assert row[13] == ";".join(decisions.reason_texts(item))
+            assert row[12] == ";".join(decisions.reason_texts(item))
             seen.append(str(row[0]))
         if decision is Decision.EXIT and expected:
-            assert all(row[9] and "年" in str(row[9]) for row in rows[1:])
+            assert all(row[8] and "年" in str(row[8]) for row in rows[1:])
         id_cells = [c for (c,) in sheet.iter_rows(min_row=2, max_col=1) if c.value]
         assert all(c.data_type == "s" for c in id_cells)  # text, never a number
     assert len(seen) == len(decisions.decisions)
