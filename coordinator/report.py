@@ -409,7 +409,8 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     database); then for each county the children to enrol, to exit (with the
     month support stops), to reclassify and to review (conflicts first);
     overdue checks (counts), coverage gaps and service needs (lists), the
-    counts by county (table) and the provenance. A filter at the top shows one county or some decisions only.
+    counts by county (table) and the provenance. A filter at the top shows one
+    county or some decisions only.
     """
     names = provenance.names
     texts = decisions.reason_texts
