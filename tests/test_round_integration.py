@@ -138,6 +138,10 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     headings = re.findall(r"<h[1-4]>(.*?)</h[1-4]>", page, re.S)
     assert headings and [h for h in headings if any(node in h for node in node_ids)] == []
     assert (out / "decisions.xlsx").stat().st_mode & 0o777 == 0o600
+    # the round recorded its decision counts in the state: the history chart shows it
+    history = page[page.index("aria-label='历次比对决定'") :]
+    history = history[: history.index("</svg>")]
+    assert f">{len(decisions['decisions']):,}</text>" in history
     assert "medical-insurance/enrolled" in decisions["coverage_gaps"]
     # the round took service_report = "needs" from the node's capabilities: the set lists
     # the covered children it matched, and is no coverage set
