@@ -127,7 +127,7 @@ svg text{font-family:inherit;font-size:12px;fill:var(--ink)}
 body{margin:0;max-width:none;font-size:10.5pt}
 nav{display:none}
 h2,h3,h4{break-after:avoid}
-tr,.card,svg{break-inside:avoid}
+tr,.card{break-inside:avoid}
 thead{display:table-header-group}
 .warn{background:none}
 }
@@ -179,13 +179,13 @@ def _reasons(texts: Sequence[str]) -> str:
     return _escape("\n".join(texts))
 
 
-def _rows(rows: Sequence[ChildDecision], cells: Iterable[str]) -> str:
+def _rows(rows: Sequence[ChildDecision], cells: Iterable[str], *, start: int = 1) -> str:
     """Table rows: number, identity number, name, then ``cells`` of each row."""
     return "".join(
         [
             f"<tr><td class='n'>{i}</td>{_ident(item.child)}<td>{_escape(item.child.child_name)}"
             f"</td>{extra}</tr>"
-            for i, (item, extra) in enumerate(zip(rows, cells, strict=True), start=1)
+            for i, (item, extra) in enumerate(zip(rows, cells, strict=True), start=start)
         ]
     )
 
@@ -340,15 +340,23 @@ def _service_sections(
         if not children:
             parts.append("<p class='empty'>无</p>")
             continue
-        body = _rows(
-            children,
-            (
-                f"<td>{_escape(county_name(i.child.region_code))}</td>"
-                f"<td>{decision_name(i.decision, 'zh')}</td>"
-                for i in children
-            ),
+        # one tbody per county, so that the county filter (and printing) applies here too
+        counties: dict[str, list[ChildDecision]] = {}
+        for item in children:
+            counties.setdefault(item.child.region_code or "", []).append(item)
+        bodies = []
+        start = 1
+        for code in sorted(counties, key=lambda c: (c == "", c)):
+            group = counties[code]
+            cells = (f"<td>{decision_name(i.decision, 'zh')}</td>" for i in group)
+            name = f"<td>{_escape(county_name(code))}</td>"
+            rows = _rows(group, (name + cell for cell in cells), start=start)
+            bodies.append(f"<tbody data-c='{escape(code)}'>{rows}</tbody>")
+            start += len(group)
+        parts.append(
+            f"<table><thead><tr>{_HEAD}{_heads('旗县', '决定')}</tr></thead>"
+            f"{''.join(bodies)}</table>"
         )
-        parts.append(_table(_heads("旗县", "决定"), body))
     return "".join(parts)
 
 

@@ -231,6 +231,8 @@ def test_report_filters_in_chromium(
     assert {d for d, hidden in blocks if hidden} >= {"ENROL"}
     rows = re.findall(r"<tr data-c=\"(\d*)\"( hidden=\"\")?>", dom.stdout)
     assert [c for c, hidden in rows if not hidden] == [chosen]
+    services = re.findall(r"<tbody data-c=\"(\d*)\"( hidden=\"\")?>", dom.stdout)
+    assert len(services) > 1 and {c for c, hidden in services if not hidden} <= {chosen}
     png = tmp_path / "report.png"
     shot = subprocess.run(
         [*base, f"--screenshot={png}", "--window-size=1200,1600", page.as_uri()],
