@@ -111,6 +111,7 @@ tbody td:nth-child(2){font-family:"DejaVu Sans Mono",monospace;white-space:nowra
 tbody td:nth-child(3){white-space:nowrap}
 td.r{white-space:pre-line}
 [data-d=EXIT] td:nth-child(5){color:#b71c1c;font-weight:600;white-space:nowrap}
+[data-d=ENROL] td:last-child{white-space:nowrap}
 .cards{display:flex;flex-wrap:wrap;gap:8px}
 .card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:4px;
 padding:6px 12px;min-width:120px}
@@ -126,6 +127,7 @@ svg text{font-family:inherit;font-size:12px;fill:var(--ink)}
 @media print{
 body{margin:0;max-width:none;font-size:10.5pt}
 nav{display:none}
+body[data-county]:not([data-county=""]) .all{display:none}
 h2,h3,h4{break-after:avoid}
 tr,.card{break-inside:avoid}
 thead{display:table-header-group}
@@ -143,7 +145,7 @@ function f(){var v=c.value,on={},d=[];
 ds.forEach(function(i){on[i.value]=i.checked;if(i.checked){d.push(i.value);}});
 document.querySelectorAll('[data-c]').forEach(function(e){e.hidden=v!==''&&e.dataset.c!==v;});
 document.querySelectorAll('[data-d]').forEach(function(e){e.hidden=!on[e.dataset.d];});
-history.replaceState(null,'','#c='+v+'&d='+d.join(','));}
+document.body.dataset.county=v;history.replaceState(null,'','#c='+v+'&d='+d.join(','));}
 var h=new URLSearchParams(location.hash.slice(1));
 if(h.has('c')){c.value=h.get('c');if(c.value!==h.get('c')){c.value='';}}
 if(h.has('d')){var w=h.get('d').split(',');
@@ -487,8 +489,11 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             f"{decision_name(d, 'zh')}</div>"
         )
     add("</div>")
-    add(f"<h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}")
-    add("<p class='meta'>各旗县人数表见本页末尾。</p>")
+    # printed for one county, the chart of all counties is left out (it takes pages)
+    add(
+        f"<div class='all'><h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}"
+        "<p class='meta'>各旗县人数表见本页末尾。</p></div>"
+    )
     per_node: dict[str, int] = {}
     status_of: dict[str, str] = {}
     for run in provenance.sources:
