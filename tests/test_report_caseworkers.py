@@ -233,6 +233,18 @@ def test_report_filters_in_chromium(
     assert [c for c, hidden in rows if not hidden] == [chosen]
     services = re.findall(r"<tbody data-c=\"(\d*)\"( hidden=\"\")?>", dom.stdout)
     assert len(services) > 1 and {c for c, hidden in services if not hidden} <= {chosen}
+    # printing keeps the filter: one county's print is a few pages, the whole report many
+    pages = {}
+    for label, address in (("one", url), ("all", page.as_uri())):
+        pdf = tmp_path / f"{label}.pdf"
+        subprocess.run(
+            [*base, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", address],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        pages[label] = len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
+    assert 1 <= pages["one"] <= 4 < pages["all"], pages
     png = tmp_path / "report.png"
     shot = subprocess.run(
         [*base, f"--screenshot={png}", "--window-size=1200,1600", page.as_uri()],
