@@ -1,11 +1,12 @@
 """Benchmark: ``xmatch rules evaluate`` end to end on 100k children and 300k evidence rows.
 
     .venv/bin/python benchmarks/bench_rules.py [--children 100000] [--evidence 300000] [--report]
-        [--phases]
+        [--xlsx] [--phases]
 
 Generates a synthetic roster and evidence (seeded), then times the command as
 a subprocess: reading both files (ID normalization included), deciding, and
-writing decisions.json (and report.html with ``--report``). Prints the wall
+writing decisions.json (and report.html with ``--report``, decisions.xlsx with
+``--xlsx``, both with display names from a names.csv). Prints the wall
 time and the decision counts. ``--phases`` also times each phase in-process
 on the same files, as docs/performance.md ("Rules evaluation") lists them.
 """
@@ -52,6 +53,28 @@ SOURCE = {
     "GUARDIANSHIP_REVOKED": "court/guardianship",
     "DEPORTED": "police/deportations",
 }
+
+
+#: display names of the sources above (names.csv, as a round writes it)
+NAMES = """source,display_name
+police,公安局
+police/deaths,死亡注销人员
+police/rehab,强制隔离戒毒人员
+police/custody,刑事拘留人员
+police/lost_contact,失联人员报案
+police/deportations,遣送出境人员
+court,人民法院
+court/declarations,宣告失踪
+court/guardianship,撤销监护资格
+dpf,残疾人联合会
+dpf/certificates,残疾人证
+health,卫生健康委员会
+health/illness,重病患者
+justice,司法局
+justice/custody,服刑在押人员
+medical_insurance,医疗保障局
+medical_insurance/enrolled,基本医疗保险参保人员
+"""
 
 
 def _id(rng: random.Random, born: date) -> str:
@@ -164,6 +187,7 @@ def main() -> int:
     parser.add_argument("--children", type=int, default=100_000)
     parser.add_argument("--evidence", type=int, default=300_000)
     parser.add_argument("--report", action="store_true", help="also render report.html")
+    parser.add_argument("--xlsx", action="store_true", help="also write decisions.xlsx")
     parser.add_argument("--phases", action="store_true", help="also time each phase in-process")
     args = parser.parse_args()
     xmatch = Path(sys.executable).parent / "xmatch"
@@ -186,8 +210,14 @@ def main() -> int:
             "--service-source",
             "medical_insurance/enrolled",
         ]
+        names = folder / "names.csv"
+        names.write_text(NAMES, encoding="utf-8")
+        if args.report or args.xlsx:
+            command += ["--names", str(names)]
         if args.report:
             command += ["--report", str(folder / "report.html")]
+        if args.xlsx:
+            command += ["--xlsx", str(folder / "decisions.xlsx")]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(command, check=True)
@@ -201,17 +231,26 @@ def main() -> int:
             f"{seconds:.2f} s wall, {cpu:.2f} s CPU"
         )
         print("decisions:", dict(sorted(counts.items())))
+        for name in ("report.html", "decisions.xlsx"):
+            if (folder / name).exists():
+                print(f"{name}: {(folder / name).stat().st_size:,} bytes")
         if args.phases:
-            phases(roster, evidence, report=args.report)
+            phases(roster, evidence, report=args.report, xlsx=args.xlsx, names=names)
     return 0
 
 
-def phases(roster_path: Path, evidence_path: Path, *, report: bool) -> None:
-    """Time read roster, read evidence, decide, decisions.json (and the report) in-process."""
+def phases(
+    roster_path: Path, evidence_path: Path, *, report: bool, xlsx: bool, names: Path
+) -> None:
+    """Time read roster, read evidence, decide, decisions.json (report, xlsx) in-process."""
     from coordinator.eligibility import decide_all
     from coordinator.evaluate import decisions_text, offline_provenance
+    from coordinator.names import read_names
     from coordinator.records import gc_paused, read_evidence, read_roster
     from coordinator.report import render_report
+    from coordinator.spreadsheet import write_decisions_xlsx
+
+    shown = read_names(names)
 
     as_of, services = date(2026, 11, 29), ["medical_insurance/enrolled"]
     times: list[tuple[str, float]] = []
@@ -223,18 +262,29 @@ def phases(roster_path: Path, evidence_path: Path, *, report: bool) -> None:
         evidence = read_evidence(evidence_path)
         times.append(("read evidence.csv", time.perf_counter() - started))
         started = time.perf_counter()
-        decisions = decide_all(roster, evidence, as_of=as_of, service_sources=services)
+        decisions = decide_all(
+            roster,
+            evidence,
+            as_of=as_of,
+            service_sources=services,
+            source_names=shown.labels({*SOURCE.values(), *services}),
+        )
         times.append(("decide", time.perf_counter() - started))
         started = time.perf_counter()
         decisions_text(decisions.to_json(round_id=None))
         times.append(("render reasons + decisions.json text", time.perf_counter() - started))
+        provenance = offline_provenance(
+            evidence, as_of=as_of, failed_sources=[], service_sources=services, display=shown
+        )
         if report:
             started = time.perf_counter()
-            provenance = offline_provenance(
-                evidence, as_of=as_of, failed_sources=[], service_sources=services
-            )
             render_report(decisions, provenance=provenance)
             times.append(("render report.html", time.perf_counter() - started))
+        if xlsx:
+            with tempfile.TemporaryDirectory(prefix="bench-xlsx-") as tmp:
+                started = time.perf_counter()
+                write_decisions_xlsx(Path(tmp) / "decisions.xlsx", decisions, provenance)
+                times.append(("write decisions.xlsx", time.perf_counter() - started))
     for name, seconds in times:
         print(f"  {name:40s} {seconds:6.2f} s")
 

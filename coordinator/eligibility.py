@@ -29,7 +29,16 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Generic, NamedTuple, TypeVar
 
-from coordinator.reasons import DisabilityCategory, Lang, Month, Reason, reason, render
+from coordinator.reasons import (
+    DisabilityCategory,
+    IdProblem,
+    Lang,
+    Month,
+    Reason,
+    RosterColumn,
+    reason,
+    render,
+)
 from coordinator.records import (
     Category,
     Circumstance,
@@ -420,9 +429,9 @@ class ChildDecision:
     #: for EXIT: the first month without support (次月起)
     stops_from: Month | None = None
 
-    def reason_texts(self, lang: Lang = "zh") -> list[str]:
-        """The written reasons in ``lang``."""
-        return [render(item, lang) for item in self.reasons]
+    def reason_texts(self, lang: Lang = "zh", names: Mapping[str, str] | None = None) -> list[str]:
+        """The written reasons in ``lang``; ``names``: display names of sets (Chinese only)."""
+        return [render(item, lang, names) for item in self.reasons]
 
 
 def _stop(
@@ -459,7 +468,12 @@ def _review(
 def _unknown_parent(role: Role, child: RosterRow, column: str) -> Reason:
     problem = child.problem(column)
     if problem is not None:
-        return reason("parent_invalid_id", role=role, column=column, problem=problem.message)
+        return reason(
+            "parent_invalid_id",
+            role=role,
+            column=RosterColumn(column),
+            problem=IdProblem(problem.message),
+        )
     return reason("parent_unknown", role=role)
 
 
@@ -498,7 +512,11 @@ def decide(
     # (0) an invalid identity number of the child: REVIEW, naming column and problem
     problem = child.problem("child_id")
     if problem is not None:
-        invalid = reason("child_invalid_id", column=problem.column, problem=problem.message)
+        invalid = reason(
+            "child_invalid_id",
+            column=RosterColumn(problem.column),
+            problem=IdProblem(problem.message),
+        )
         return _review(child, (invalid,), as_of=as_of)
     if child.child_birth_date is None:  # only possible for an invalid ID, kept for the types
         return _review(child, (reason("child_no_birth_date"),), as_of=as_of)
@@ -670,6 +688,8 @@ class RoundDecisions:
     service_needs: dict[str, list[str]] = field(default_factory=dict)
     #: every service-needs set of the round (declared), failed ones included
     service_need_sources: tuple[str, ...] = ()
+    #: ``node/set`` -> the name people know it by (coordinator.names); Chinese text only
+    source_names: Mapping[str, str] = field(default_factory=dict)
     #: id of a decision -> (the decision, its reason texts in :attr:`lang`)
     _texts: dict[int, tuple[ChildDecision, list[str]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -683,7 +703,7 @@ class RoundDecisions:
         cached = self._texts.get(id(item))
         if cached is not None and cached[0] is item:
             return cached[1]
-        texts = item.reason_texts(self.lang)
+        texts = item.reason_texts(self.lang, self.source_names)
         self._texts[id(item)] = (item, texts)
         return texts
 
@@ -787,6 +807,17 @@ def service_needs(
     return needs
 
 
+def evidence_failures(failed: Iterable[str], *, services: Iterable[str]) -> tuple[str, ...]:
+    """The failed sources that are evidence datasets: ``failed`` less the service sets.
+
+    Only these turn a missing category into ``REVIEW`` ("evidence unavailable").
+    A set whose kind is unknown (the node never answered, so its capabilities
+    were not read) counts as evidence: that is the cautious side.
+    """
+    known = set(services)
+    return tuple(source for source in failed if source not in known)
+
+
 @gc_paused()
 def decide_all(
     roster: Roster | Sequence[RosterRow],
@@ -797,6 +828,7 @@ def decide_all(
     service_sources: Iterable[str] = (),
     service_need_sources: Iterable[str] = (),
     lang: Lang = "zh",
+    source_names: Mapping[str, str] | None = None,
 ) -> RoundDecisions:
     """Decide every roster row (in roster order) from the round's evidence.
 
@@ -804,7 +836,12 @@ def decide_all(
     match at all still yields gaps (every covered child). Sets seen in
     ``SERVICE`` evidence are included anyway, unless ``service_need_sources``
     names them: those report the covered children they matched (service
-    needs) instead of the ones they did not.
+    needs) instead of the ones they did not. A failed service set only loses
+    its own list: the decisions see only the failed evidence sets
+    (:func:`evidence_failures`); ``failed_sources`` of the result keeps all.
+
+    ``source_names`` (``node/set`` -> display name) names the sets in
+    Chinese reasons; machine-readable fields keep ``node/set``.
 
     Raises:
         ValueError: a set is declared both as a coverage and as a needs set.
@@ -818,9 +855,14 @@ def decide_all(
     rows = roster.rows if isinstance(roster, Roster) else roster
     failed = tuple(sorted(set(failed_sources)))
     index, services = index_evidence(evidence)
-    decisions = [decide(child, index, as_of=as_of, failed_sources=failed) for child in rows]
     all_services = tuple(sorted((set(service_sources) | set(services)) - needs_declared))
     all_needs = tuple(sorted(needs_declared))
+    # a service dataset is not an evidence dataset: its failure removes only its own list
+    # (eligibility.md, "Service coverage checks"), so only failed evidence sets reach decide
+    evidence_failed = evidence_failures(failed, services=(*all_services, *all_needs))
+    decisions = [
+        decide(child, index, as_of=as_of, failed_sources=evidence_failed) for child in rows
+    ]
     gaps = coverage_gaps(decisions, services, sources=all_services, failed_sources=failed)
     needs = service_needs(decisions, services, sources=all_needs, failed_sources=failed)
     return RoundDecisions(
@@ -832,4 +874,5 @@ def decide_all(
         lang,
         service_needs=needs,
         service_need_sources=all_needs,
+        source_names=dict(source_names or {}),
     )

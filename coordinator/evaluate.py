@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from coordinator.eligibility import decide_all
+from coordinator.names import SourceNames, read_names
 from coordinator.reasons import Lang
 from coordinator.records import (
     Circumstance,
@@ -29,6 +30,7 @@ from coordinator.records import (
     write_atomically,
 )
 from coordinator.report import Provenance, SourceRun, render_report
+from coordinator.spreadsheet import write_decisions_xlsx
 from psi.errors import InputError
 
 
@@ -47,6 +49,7 @@ def offline_provenance(
     service_sources: Sequence[str] = (),
     service_need_sources: Sequence[str] = (),
     seconds: float = 0.0,
+    display: SourceNames | None = None,
 ) -> Provenance:
     """The provenance of an offline evaluation: each source's matches in the evidence file."""
     matches = Counter(row.source for row in evidence)
@@ -83,6 +86,7 @@ def offline_provenance(
         sources=tuple(runs),
         failed_sources=tuple(sorted(set(failed_sources))),
         timings=(("evaluate", seconds),),
+        names=display if display is not None else SourceNames(),
     )
 
 
@@ -118,6 +122,8 @@ def evaluate_command(
     service_need_sources: Sequence[str] = (),
     stderr: TextIO | None = None,
     stdout: TextIO | None = None,
+    xlsx: Path | None = None,
+    names: Path | None = None,
 ) -> int:
     """Run ``xmatch rules evaluate``; returns the exit code (0) after one summary line.
 
@@ -125,9 +131,12 @@ def evaluate_command(
     covered children they did not match are coverage gaps.
     ``service_need_sources`` (``--service-need``) are service-needs sets: the
     covered children they matched are service needs.
+    ``xlsx`` (``--xlsx``): also write decisions.xlsx there. ``names``
+    (``--names``): a names.csv of display names for the Chinese reasons, the
+    report and the spreadsheet (a round writes one into its output folder).
 
     Raises:
-        InputError: a bad roster or evidence file, a malformed
+        InputError: a bad roster, evidence or names file, a malformed
             ``--failed-source``/``--service-source``/``--service-need``, or a
             set named by both ``--service-source`` and ``--service-need``;
             nothing is written then.
@@ -144,6 +153,7 @@ def evaluate_command(
             f"--service-source and --service-need both name {', '.join(both)}: "
             "a set reports either gaps or needs"
         )
+    shown = read_names(names) if names is not None else SourceNames()
     table = read_roster(roster, encoding=encoding, as_of=as_of)
     gathered = read_evidence(evidence, encoding=encoding)
     for problem in table.problems:
@@ -156,11 +166,12 @@ def evaluate_command(
         service_sources=services,
         service_need_sources=needs,
         lang=lang,
+        source_names=shown.labels({row.source for row in gathered} | {*failed, *services, *needs}),
     )
     document = decisions.to_json(round_id=None)
     text = decisions_text(document)
     write_atomically(out, lambda f: f.write(text))
-    if report is not None:
+    if report is not None or xlsx is not None:
         provenance = offline_provenance(
             gathered,
             as_of=as_of,
@@ -168,12 +179,16 @@ def evaluate_command(
             service_sources=services,
             service_need_sources=needs,
             seconds=time.perf_counter() - started,
+            display=shown,
         )
-        page = render_report(decisions, provenance=provenance)
-        write_atomically(report, lambda f: f.write(page))
+        if report is not None:
+            page = render_report(decisions, provenance=provenance)
+            write_atomically(report, lambda f: f.write(page))
+        if xlsx is not None:
+            write_decisions_xlsx(xlsx, decisions, provenance)
     # one line on success, as round run prints its summary
     counts = ", ".join(f"{d.value} {n}" for d, n in sorted(decisions.counts().items()))
-    written = f"{out}" + (f" and {report}" if report is not None else "")
+    written = ", ".join(str(p) for p in (out, report, xlsx) if p is not None)
     print(
         f"rules evaluate as of {as_of}: {len(decisions.decisions)} children, "
         f"{len(gathered)} evidence rows: {counts or 'no decisions'}; written {written}",

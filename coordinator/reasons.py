@@ -10,13 +10,13 @@ with the same placeholders (a test checks this).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Union
 
-from coordinator.records import Category, Circumstance, Decision, Role
+from coordinator.records import Category, Circumstance, Decision, Role, Status
 
 Lang = Literal["zh", "en"]
 
@@ -43,8 +43,29 @@ class DisabilityCategory:
     number: int
 
 
+@dataclass(frozen=True, slots=True)
+class RosterColumn:
+    """A roster column that holds identity numbers (``child_id``, ``father_id``, ``mother_id``).
+
+    Chinese reasons name it in Chinese (儿童身份证号), English ones by the column.
+    """
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdProblem:
+    """Why a roster identity number is invalid, as :class:`coordinator.records.RowProblem`
+    says it (English, for stderr); Chinese reasons show :data:`ID_PROBLEMS_ZH` of it, so
+    that no English stands inside a Chinese reason."""
+
+    message: str
+
+
 Arg = Union[
     str,
+    RosterColumn,
+    IdProblem,
     int,
     date,
     Month,
@@ -155,7 +176,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "{role}: no ID number on the roster (unknown parent)",
     ),
     "parent_invalid_id": (
-        "{role}:{column}列身份证号无效({problem}),按情况不明处理",
+        "{role}:{column}无效({problem}),按情况不明处理",
         "{role}: the ID number in column {column} is invalid ({problem}); treated as unknown",
     ),
     "conflict": (
@@ -165,7 +186,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     # -- the child --
     "child_invalid_id": (
-        "{column}列身份证号无效({problem}),请核对后重新评估",
+        "{column}无效({problem}),请核对后重新评估",
         "column {column}: invalid identity number ({problem}); correct it and evaluate again",
     ),
     "child_no_birth_date": (
@@ -270,6 +291,28 @@ _DECISION = {
 }
 
 
+#: the English messages of ``coordinator.records`` for an invalid identity number, in Chinese
+ID_PROBLEMS_ZH = {
+    "wrong length for an identity number": "位数不对",
+    "the check character does not match": "校验码不符",
+    "impossible birth date in the identity number": "出生日期不存在",
+    "birth date in the identity number is in the future": "出生日期晚于评估日期",
+    "identity number in scientific notation (a spreadsheet lost its digits)": (
+        "被电子表格存成科学计数法,后几位已丢失"
+    ),
+    "characters other than digits and a final X in the identity number": (
+        "含有数字和末位X以外的字符"
+    ),
+    "empty identity number": "为空",
+}
+#: roster columns that hold identity numbers, as a Chinese reason names them
+ID_COLUMNS_ZH = {
+    "child_id": "儿童身份证号",
+    "father_id": "父亲身份证号",
+    "mother_id": "母亲身份证号",
+}
+
+
 def circumstance_name(code: Circumstance, lang: Lang) -> str:
     """情形 name (zh) or the code (en)."""
     return _CIRCUMSTANCE_ZH[code] if lang == "zh" else code.value
@@ -283,6 +326,14 @@ def category_name(category: Category, lang: Lang) -> str:
 def decision_name(decision: Decision, lang: Lang) -> str:
     """A short label for a decision (新纳入 / enrol ...)."""
     return _DECISION[decision][0 if lang == "zh" else 1]
+
+
+_STATUS = {Status.SUPPORTED: ("在保", "supported"), Status.CANDIDATE: ("待认定", "candidate")}
+
+
+def status_name(status: Status, lang: Lang) -> str:
+    """The roster status: 在保 (supported) / 待认定 (candidate), or the English."""
+    return _STATUS[status][0 if lang == "zh" else 1]
 
 
 def month_text(month: Month, lang: Lang) -> str:
@@ -311,6 +362,8 @@ def _role_names(index: int) -> dict[Role, str]:
 _LOCALIZERS: tuple[dict[type, Callable[[Any], str]], dict[type, Callable[[Any], str]]] = (
     {
         str: str,
+        RosterColumn: lambda value: ID_COLUMNS_ZH.get(value.name, value.name),
+        IdProblem: lambda value: ID_PROBLEMS_ZH.get(value.message, "不符合国家标准"),
         Circumstance: _CIRCUMSTANCE_ZH.__getitem__,
         Role: _role_names(0).__getitem__,
         Category: {category: names[0] for category, names in _CATEGORY.items()}.__getitem__,
@@ -322,6 +375,8 @@ _LOCALIZERS: tuple[dict[type, Callable[[Any], str]], dict[type, Callable[[Any], 
     },
     {
         str: str,
+        RosterColumn: operator.attrgetter("name"),
+        IdProblem: operator.attrgetter("message"),
         Circumstance: operator.attrgetter("value"),
         Role: _role_names(1).__getitem__,
         Category: {category: names[1] for category, names in _CATEGORY.items()}.__getitem__,
@@ -339,8 +394,17 @@ _TEMPLATES_IN: tuple[dict[str, str], dict[str, str]] = (
 )
 
 
-def render(item: Reason, lang: Lang = "zh") -> str:
+#: reason arguments that name match sets (``node/set``): one set, or a tuple of them
+_SOURCE_ARGS = frozenset({"source", "sources"})
+
+
+def render(item: Reason, lang: Lang = "zh", names: Mapping[str, str] | None = None) -> str:
     """The text of ``item`` in ``lang``.
+
+    ``names`` maps ``node/set`` to the name people know the set by (the
+    display names the nodes announced, :mod:`coordinator.names`); a set it
+    does not hold is named ``node/set``. Only Chinese text takes it: English
+    reasons name sets ``node/set``, as evidence.csv does.
 
     Raises:
         KeyError: the template key or one of its placeholders is missing (a bug).
@@ -348,15 +412,23 @@ def render(item: Reason, lang: Lang = "zh") -> str:
     index = 0 if lang == "zh" else 1
     template = _TEMPLATES_IN[index][item.key]
     localizers = _LOCALIZERS[index]
+    shown = names if names and index == 0 else None
     # one loop and bound C methods rather than a helper per argument: those calls were
     # most of the time of rendering a round
     args: dict[str, str] = {}
     for name, value in item.args:
+        if shown is not None and name in _SOURCE_ARGS:
+            if isinstance(value, str):
+                args[name] = shown.get(value, value)
+                continue
+            if isinstance(value, tuple):
+                args[name] = "、".join([shown.get(v, v) for v in value])
+                continue
         localize = localizers.get(type(value))
         if localize is not None:
             args[name] = localize(value)
         elif isinstance(value, Reason):
-            args[name] = render(value, lang)
+            args[name] = render(value, lang, shown)
         else:
             args[name] = str(value)
     return template.format_map(args)

@@ -1,8 +1,16 @@
-"""The round report: one self-contained HTML page for people to read and print.
+"""The round report: one self-contained HTML page that caseworkers work from.
 
-Inline CSS and an inline SVG chart; no script, no external fetch (it must
-open on an offline machine in a civil affairs office). Every text from data
-passes through :func:`html.escape`.
+Summaries first (decisions, decisions by county, matches by department,
+decisions over past rounds), then, county by county (旗县), only the children
+someone must act on: enrol, exit (with the month support stops), reclassify
+and review (conflicts first, for 疑义校核). Complete lists (continue, not
+eligible, overdue checks) go to decisions.xlsx; the page gives their counts.
+
+Inline CSS, inline SVG charts and a few lines of inline script that filter the
+work lists by county and decision; nothing is fetched (it must open on an
+offline office PC). Printing keeps what the filter shows. Every text from data
+passes through :func:`html.escape`. Departments and sets are named by the
+display names their nodes announced (:class:`coordinator.names.SourceNames`).
 
 Full identity numbers of the children are shown: the roster and the report
 belong to civil affairs, and a caseworker needs the number to act on a row.
@@ -13,34 +21,22 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache
 from html import escape
 from typing import Literal
 
 from coordinator.eligibility import ChildDecision, RoundDecisions
-from coordinator.reasons import category_name, decision_name, month_text
+from coordinator.names import SourceNames
+from coordinator.reasons import category_name, decision_name, month_text, status_name
 from coordinator.records import Category, Decision, RosterRow, gc_paused
-
-#: league and city names of Inner Mongolia's address codes (data-contracts.md)
-LEAGUES = {
-    "1501": "呼和浩特市",
-    "1502": "包头市",
-    "1503": "乌海市",
-    "1504": "赤峰市",
-    "1505": "通辽市",
-    "1506": "鄂尔多斯市",
-    "1507": "呼伦贝尔市",
-    "1508": "巴彦淖尔市",
-    "1509": "乌兰察布市",
-    "1522": "兴安盟",
-    "1525": "锡林郭勒盟",
-    "1529": "阿拉善盟",
-}
+from coordinator.regions import LEAGUES, UNKNOWN, county_name, county_short
+from coordinator.state import RoundDecisionCounts
 
 SourceStatus = Literal["ok", "failed", "refused"]
+#: the written reasons of one decision (RoundDecisions.reason_texts)
+TextsFn = Callable[[ChildDecision], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +57,9 @@ class SourceRun:
         return f"{self.node}/{self.match_set}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Provenance:
-    """Where a round's evidence came from, for the report's last section."""
+    """Where a round's evidence came from, for the report's summaries and last section."""
 
     round_id: str | None
     as_of: date
@@ -72,48 +68,92 @@ class Provenance:
     failed_sources: Sequence[str] = ()
     #: other named timings of the round, in seconds (e.g. ("evaluate", 1.2))
     timings: Sequence[tuple[str, float]] = field(default_factory=tuple)
+    #: display names of the departments and sets
+    names: SourceNames = field(default_factory=SourceNames)
+    #: decision counts of past rounds (and this one), oldest first, from the state database
+    history: Sequence[RoundDecisionCounts] = ()
 
 
 def region_name(code: str | None) -> str:
-    """The league or city of a 6-digit county code, then the code; unknown: the code."""
-    if not code:
-        return "未填 (none)"
-    league = LEAGUES.get(code[:4])
-    return f"{league} {code}" if league else code
+    """The full county name of an address code (:func:`coordinator.regions.county_name`)."""
+    return county_name(code)
 
 
 _DECISIONS = tuple(Decision)
+#: the decisions someone must act on, in the order of the work lists
+ACTION = (Decision.ENROL, Decision.EXIT, Decision.RECLASSIFY, Decision.REVIEW)
+_COLOUR = {
+    Decision.ENROL: "#2e7d32",
+    Decision.CONTINUE: "#90a4ae",
+    Decision.RECLASSIFY: "#6a1b9a",
+    Decision.EXIT: "#c62828",
+    Decision.REVIEW: "#ef6c00",
+    Decision.NOT_ELIGIBLE: "#d0d0d0",
+}
 
 _CSS = """
-:root { --ink:#1d2a36; --muted:#5b6b7a; --line:#cfd8e0; --band:#f2f5f8; --accent:#2f6690; }
-* { box-sizing: border-box; }
-body { font-family: "Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei",
-       "WenQuanYi Micro Hei",sans-serif; color: var(--ink); margin: 24px auto; max-width: 1120px;
-       padding: 0 16px; font-size: 14px; line-height: 1.45; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px;
-     border-bottom: 2px solid var(--accent); padding-bottom: 3px; }
-small, .en { color: var(--muted); font-size: 11px; font-weight: normal; }
-.meta { color: var(--muted); margin: 0 0 12px; }
-table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; }
-th, td { border: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
-th { background: var(--band); font-weight: 600; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-td.id { font-family: "DejaVu Sans Mono",monospace; white-space: nowrap; }
-ul.reasons { margin: 0; padding-left: 16px; }
-.cards { display: flex; flex-wrap: wrap; gap: 8px; }
-.card { border: 1px solid var(--line); border-radius: 4px; padding: 6px 12px; min-width: 120px; }
-.card b { display: block; font-size: 20px; }
-.warn { background: #fff4e5; border: 1px solid #f0b46c; padding: 8px 10px; border-radius: 4px; }
-.empty { color: var(--muted); font-style: italic; }
-svg text { font-family: inherit; font-size: 12px; fill: var(--ink); }
-@media print {
-  body { margin: 0; max-width: none; font-size: 10.5pt; }
-  h2 { break-after: avoid; } tr, .card { break-inside: avoid; }
-  thead { display: table-header-group; }
-  .warn { background: none; }
+:root{--ink:#1d2a36;--muted:#5b6b7a;--line:#cfd8e0;--band:#f2f5f8;--accent:#2f6690}
+*{box-sizing:border-box}
+body{font-family:"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei",
+"WenQuanYi Micro Hei",sans-serif;color:var(--ink);margin:24px auto;max-width:1120px;
+padding:0 16px;font-size:14px;line-height:1.45}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:2px solid var(--accent);padding-bottom:3px}
+h3{font-size:15px;margin:18px 0 6px;background:var(--band);padding:4px 8px}
+h4{font-size:14px;margin:10px 0 4px}
+small{color:var(--muted);font-size:11px;font-weight:normal}
+.meta{color:var(--muted);margin:0 0 12px}
+table{border-collapse:collapse;width:100%;margin:6px 0 10px}
+th,td{border:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
+th{background:var(--band);font-weight:600}
+.n{text-align:right;font-variant-numeric:tabular-nums}
+tbody td:nth-child(2){font-family:"DejaVu Sans Mono",monospace;white-space:nowrap}
+tbody td:nth-child(3){white-space:nowrap}
+td.r{white-space:pre-line}
+[data-d=EXIT] td:nth-child(5){color:#b71c1c;font-weight:600;white-space:nowrap}
+[data-d=ENROL] td:last-child{white-space:nowrap}
+.cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:4px;
+padding:6px 12px;min-width:120px}
+.card b{display:block;font-size:20px}
+.warn{background:#fff4e5;border:1px solid #f0b46c;padding:8px 10px;border-radius:4px}
+.empty{color:var(--muted);font-style:italic}
+.x{color:#b71c1c;font-weight:600}
+nav{position:sticky;top:0;background:#fff;border:1px solid var(--line);padding:6px 10px;
+margin:12px 0;display:flex;flex-wrap:wrap;gap:12px;align-items:center;z-index:1}
+nav label{white-space:nowrap}
+svg text{font-family:inherit;font-size:12px;fill:var(--ink)}
+[hidden]{display:none!important}
+@media print{
+body{margin:0;max-width:none;font-size:10.5pt}
+nav{display:none}
+body[data-county]:not([data-county=""]) .all{display:none}
+h2,h3,h4{break-after:avoid}
+tr,.card{break-inside:avoid}
+thead{display:table-header-group}
+.warn{background:none}
 }
 """
 
+#: filters the work lists (sections by county, blocks by decision) and the county table; the
+#: choice is kept in the address (#c=150402&d=ENROL,EXIT), so a link or bookmark opens it again,
+#: scrolled to that county's list
+_SCRIPT = """
+(function(){
+var c=document.getElementById('fc'),ds=document.querySelectorAll('nav input');
+function f(){var v=c.value,on={},d=[];
+ds.forEach(function(i){on[i.value]=i.checked;if(i.checked){d.push(i.value);}});
+document.querySelectorAll('[data-c]').forEach(function(e){e.hidden=v!==''&&e.dataset.c!==v;});
+document.querySelectorAll('[data-d]').forEach(function(e){e.hidden=!on[e.dataset.d];});
+document.body.dataset.county=v;history.replaceState(null,'','#c='+v+'&d='+d.join(','));}
+var h=new URLSearchParams(location.hash.slice(1));
+if(h.has('c')){c.value=h.get('c');if(c.value!==h.get('c')){c.value='';}}
+if(h.has('d')){var w=h.get('d').split(',');
+ds.forEach(function(i){i.checked=w.indexOf(i.value)>=0;});}
+c.addEventListener('change',f);ds.forEach(function(i){i.addEventListener('change',f);});f();
+var s=c.value&&document.querySelector('section[data-c="'+c.value+'"]');if(s){s.scrollIntoView();}
+})();
+"""
 
 #: a character that :func:`html.escape` replaces
 _SPECIAL = re.compile("[&<>\"']").search
@@ -125,75 +165,153 @@ def _escape(text: str) -> str:
 
 
 def _t(zh: str, en: str) -> str:
-    """A label: Chinese, with English in small print."""
+    """A heading: Chinese, with English in small print (for the operators)."""
     return f"{escape(zh)} <small>{escape(en)}</small>"
 
 
-def _child_cells(child: RosterRow) -> str:
-    ident = _escape(child.child_id) if child.child_id else "<span class='empty'>无 (none)</span>"
-    birth = child.child_birth_date.isoformat() if child.child_birth_date else ""
-    return (
-        f"<td class='id'>{ident}</td><td>{_escape(child.child_name)}</td>"
-        f"<td>{_escape(birth)}</td><td>{_region_cell(child.region_code)}</td>"
-    )
-
-
-@lru_cache(maxsize=1 << 12)  # a roster has few counties and many children in each
-def _region_cell(code: str | None) -> str:
-    return escape(region_name(code))
-
-
-_CHILD_HEAD = (
-    f"<th>#</th><th>{_t('身份证号', 'ID')}</th><th>{_t('姓名', 'name')}</th>"
-    f"<th>{_t('出生日期', 'born')}</th><th>{_t('旗县', 'county')}</th>"
-)
+def _ident(child: RosterRow) -> str:
+    if child.child_id:
+        return f"<td>{_escape(child.child_id)}</td>"
+    birth = child.child_birth_date.isoformat() if child.child_birth_date else "不详"
+    return f"<td>无身份证号<br>出生 {birth}</td>"
 
 
 def _reasons(texts: Sequence[str]) -> str:
-    items = "".join([f"<li>{_escape(text)}</li>" for text in texts])
-    return f"<ul class='reasons'>{items}</ul>"
+    # one reason a line: the cell keeps line breaks (white-space: pre-line), "\n" is 1 byte
+    return _escape("\n".join(texts))
 
 
-def _table(
-    rows: Sequence[ChildDecision],
-    extra_head: str,
-    extra: Iterable[str],
-    *,
-    empty: str = "无 (none)",
-) -> str:
-    if not rows:
-        return f"<p class='empty'>{escape(empty)}</p>"
-    body = "".join(
-        f"<tr><td class='n'>{i}</td>{_child_cells(item.child)}{cells}</tr>"
-        for i, (item, cells) in enumerate(zip(rows, extra, strict=True), start=1)
+def _rows(rows: Sequence[ChildDecision], cells: Iterable[str], *, start: int = 1) -> str:
+    """Table rows: number, identity number, name, then ``cells`` of each row."""
+    return "".join(
+        [
+            f"<tr><td class='n'>{i}</td>{_ident(item.child)}<td>{_escape(item.child.child_name)}"
+            f"</td>{extra}</tr>"
+            for i, (item, extra) in enumerate(zip(rows, cells, strict=True), start=start)
+        ]
     )
-    return f"<table><thead><tr>{_CHILD_HEAD}{extra_head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _bar_chart(sources: Sequence[tuple[str, int, str]]) -> str:
-    """Horizontal bars: (label, matches, status) per department."""
-    if not sources:
-        return "<p class='empty'>无比对结果 (no matches recorded)</p>"
-    top = max(count for _, count, _ in sources) or 1
-    label_w, bar_w, row_h = 190, 560, 26
-    height = row_h * len(sources) + 10
-    parts = [
-        f"<svg role='img' width='{label_w + bar_w + 90}' "
-        f"height='{height}' aria-label='matches by department'>"
-    ]
-    for i, (label, count, status) in enumerate(sources):
-        y = 5 + i * row_h
-        width = round(bar_w * count / top)
-        colour = "#2f6690" if status == "ok" else "#c0392b"
-        note = "" if status == "ok" else f" ({status})"
+_HEAD = "<th>#</th><th>身份证号</th><th>姓名</th>"
+
+
+def _table(head: str, body: str) -> str:
+    return f"<table><thead><tr>{_HEAD}{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _heads(*labels: str) -> str:
+    return "".join(f"<th>{escape(label)}</th>" for label in labels)
+
+
+def _category(value: Category | None) -> str:
+    return category_name(value, "zh") if value is not None else ""
+
+
+# --- charts (inline SVG) -------------------------------------------------------------------------
+
+
+def _legend(x: int, y: int) -> str:
+    parts = []
+    for d in _DECISIONS:
         parts.append(
-            f"<text x='{label_w - 8}' y='{y + 17}' text-anchor='end'>{escape(label)}</text>"
-            f"<rect x='{label_w}' y='{y + 3}' width='{max(width, 1)}' height='{row_h - 8}' "
-            f"fill='{colour}'/>"
-            f"<text x='{label_w + max(width, 1) + 6}' y='{y + 17}'>{count:,}{escape(note)}</text>"
+            f"<rect x='{x}' y='{y}' width='12' height='12' fill='{_COLOUR[d]}'/>"
+            f"<text x='{x + 16}' y='{y + 11}'>{decision_name(d, 'zh')}</text>"
+        )
+        x += 96
+    return "".join(parts)
+
+
+def _county_chart(regions: Mapping[str, Counter[Decision]]) -> str:
+    """Horizontal stacked bars: one per county, a segment per decision."""
+    if not regions:
+        return "<p class='empty'>无</p>"
+    label_w, bar_w, row_h = 200, 740, 16
+    top = max(sum(row.values()) for row in regions.values()) or 1
+    height = 30 + row_h * len(regions)
+    parts = [
+        f"<svg role='img' aria-label='各旗县决定' width='{label_w + bar_w + 60}' "
+        f"height='{height}'>{_legend(label_w, 2)}"
+    ]
+    for k, (code, row) in enumerate(regions.items()):
+        y = 26 + k * row_h
+        parts.append(
+            f"<text x='{label_w - 6}' y='{y + 12}' text-anchor='end'>"
+            f"{_escape(county_short(code))}</text>"
+        )
+        x = float(label_w)
+        for d in _DECISIONS:
+            if row[d]:
+                width = bar_w * row[d] / top
+                parts.append(
+                    f"<rect x='{x:.0f}' y='{y + 2}' width='{width + 0.5:.0f}' height='{row_h - 4}' "
+                    f"fill='{_COLOUR[d]}'><title>{decision_name(d, 'zh')} {row[d]:,}</title></rect>"
+                )
+                x += width
+        parts.append(f"<text x='{x + 4:.0f}' y='{y + 12}'>{sum(row.values()):,}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _bar_chart(bars: Sequence[tuple[str, int, str]]) -> str:
+    """Horizontal bars: (label, matches, status) per department."""
+    if not bars:
+        return "<p class='empty'>无比对结果</p>"
+    top = max(count for _, count, _ in bars) or 1
+    label_w, bar_w, row_h = 220, 560, 26
+    height = row_h * len(bars) + 10
+    parts = [
+        f"<svg role='img' aria-label='各部门比对命中数' width='{label_w + bar_w + 130}' "
+        f"height='{height}'>"
+    ]
+    for i, (label, count, status) in enumerate(bars):
+        y = 5 + i * row_h
+        width = max(round(bar_w * count / top), 1)
+        colour = "#2f6690" if status == "ok" else "#c0392b"
+        note = "" if status == "ok" else ("(未能查询)" if status == "failed" else "(被拒绝)")
+        parts.append(
+            f"<text x='{label_w - 8}' y='{y + 17}' text-anchor='end'>{_escape(label)}</text>"
+            f"<rect x='{label_w}' y='{y + 3}' width='{width}' height='{row_h - 8}' "
+            f"fill='{colour}'/><text x='{label_w + width + 6}' y='{y + 17}'>{count:,}{note}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _history_chart(history: Sequence[RoundDecisionCounts]) -> str:
+    """Vertical stacked bars: one per round (as of date), a segment per decision."""
+    if not history:
+        return "<p class='empty'>尚无历次比对记录(状态数据库中没有已完成的轮次)</p>"
+    col_w, gap, plot_h, left = 56, 18, 220, 60
+    top = max(sum(entry.counts.values()) for entry in history) or 1
+    width = left + len(history) * (col_w + gap) + 20
+    parts = [
+        f"<svg role='img' aria-label='历次比对决定' width='{max(width, 620)}' "
+        f"height='{plot_h + 70}'>{_legend(left, 2)}"
+    ]
+    base = plot_h + 30
+    for k, entry in enumerate(history):
+        x = left + k * (col_w + gap)
+        y = float(base)
+        for d in _DECISIONS:
+            n = entry.counts.get(d.value, 0)
+            if n:
+                h = plot_h * n / top
+                y -= h
+                parts.append(
+                    f"<rect x='{x}' y='{y:.1f}' width='{col_w}' height='{h:.1f}' "
+                    f"fill='{_COLOUR[d]}'><title>{decision_name(d, 'zh')} {n:,}</title></rect>"
+                )
+        total = sum(entry.counts.values())
+        parts.append(
+            f"<text x='{x + col_w / 2}' y='{y - 4:.1f}' text-anchor='middle'>{total:,}</text>"
+            f"<text x='{x + col_w / 2}' y='{base + 16}' text-anchor='middle'>"
+            f"{_escape(entry.as_of)}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- sections ------------------------------------------------------------------------------------
 
 
 @gc_paused()
@@ -201,55 +319,133 @@ def _service_sections(
     sources: Sequence[str],
     listed: Mapping[str, Sequence[str]],
     index: Mapping[str, ChildDecision],
+    names: SourceNames,
     *,
     none: str,
     failed: str,
 ) -> str:
-    """One table per service set (gaps or needs): its children with their decision.
+    """One table per service set (gaps or needs): its children, county and decision.
 
     A set missing from ``listed`` failed this round, so nothing can be listed for it.
     """
     if not sources:
-        return f"<p class='empty'>{escape(none)}</p>"
+        return f"<p class='empty'>{none}</p>"
     parts: list[str] = []
     for source in sources:
+        label = _escape(names.label(source))
         ids = listed.get(source)
         if ids is None:
-            parts.append(f"<h3>{escape(source)}</h3><p class='warn'>{failed}</p>")
+            parts.append(f"<h3>{label}</h3><p class='warn'>{failed}</p>")
             continue
-        parts.append(f"<h3>{escape(source)} ({len(ids):,})</h3>")
+        parts.append(f"<h3>{label} ({len(ids):,})</h3>")
         children = [index[c] for c in ids if c in index]
+        if not children:
+            parts.append("<p class='empty'>无</p>")
+            continue
+        # one tbody per county, so that the county filter (and printing) applies here too
+        counties: dict[str, list[ChildDecision]] = {}
+        for item in children:
+            counties.setdefault(item.child.region_code or "", []).append(item)
+        bodies = []
+        start = 1
+        for code in sorted(counties, key=lambda c: (c == "", c)):
+            group = counties[code]
+            cells = (f"<td>{decision_name(i.decision, 'zh')}</td>" for i in group)
+            name = f"<td>{_escape(county_name(code))}</td>"
+            rows = _rows(group, (name + cell for cell in cells), start=start)
+            bodies.append(f"<tbody data-c='{escape(code)}'>{rows}</tbody>")
+            start += len(group)
         parts.append(
-            _table(
-                children,
-                f"<th>{_t('决定', 'decision')}</th>",
-                (
-                    f"<td>{_escape(decision_name(i.decision, 'zh'))} "
-                    f"<small>{i.decision.value}</small></td>"
-                    for i in children
-                ),
-            )
+            f"<table><thead><tr>{_HEAD}{_heads('旗县', '决定')}</tr></thead>"
+            f"{''.join(bodies)}</table>"
         )
     return "".join(parts)
+
+
+def _stop(item: ChildDecision) -> str:
+    return f"自{month_text(item.stops_from, 'zh')}起停发" if item.stops_from else ""
+
+
+def _without_stop(item: ChildDecision, texts: list[str]) -> list[str]:
+    """An exit's reasons less the last one, "support stops from ...": its own column says it."""
+    if item.reasons and item.reasons[-1].key == "stops_from":
+        return texts[:-1]
+    return texts
+
+
+def _work_block(decision: Decision, items: Sequence[ChildDecision], texts: TextsFn) -> str:
+    """One county's children with one decision, as a table."""
+    if decision is Decision.ENROL:
+        head = _heads("类别", "理由", "下次核查")
+        cells: Iterable[str] = (
+            f"<td>{_category(i.category)}</td><td class=r>{_reasons(texts(i))}</td>"
+            f"<td>{_due(i)}</td>"
+            for i in items
+        )
+    elif decision is Decision.EXIT:
+        head = _heads("原类别", "停发", "理由")
+        cells = (
+            f"<td>{_category(i.child.category)}</td>"
+            f"<td>{_stop(i)}</td>"
+            f"<td class=r>{_reasons(_without_stop(i, texts(i)))}</td>"
+            for i in items
+        )
+    elif decision is Decision.RECLASSIFY:
+        head = _heads("原类别 → 新类别", "理由")
+        cells = (
+            f"<td>{_category(i.child.category)} → {_category(i.category)}</td>"
+            f"<td class=r>{_reasons(texts(i))}</td>"
+            for i in items
+        )
+    else:
+        head = _heads("状态", "理由")
+        cells = (
+            f"<td>{'<b class=x>数据矛盾</b><br>' if i.conflict else ''}"
+            f"{status_name(i.child.status, 'zh')}</td><td class=r>{_reasons(texts(i))}</td>"
+            for i in items
+        )
+    title = decision_name(decision, "zh")
+    return (
+        f"<div data-d='{decision.value}'><h4>{title} ({len(items):,})</h4>"
+        f"{_table(head, _rows(items, cells))}</div>"
+    )
 
 
 def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     """The report of one round or evaluation as a self-contained HTML page.
 
-    Sections: counts by decision and by county, matches by department (SVG),
-    the children to enrol, to exit (with the written reasons and the month
-    support stops), to reclassify, to review (conflicts first, for 疑义校核),
-    not eligible, overdue checks, coverage gaps, service needs, and the
-    provenance.
+    Sections: summary cards; decisions by county (chart); matches by
+    department (chart); decisions over past rounds (chart, from the state
+    database); then for each county the children to enrol, to exit (with the
+    month support stops), to reclassify and to review (conflicts first);
+    overdue checks (counts), coverage gaps and service needs (lists), the
+    counts by county (table) and the provenance. A filter at the top shows one
+    county or some decisions only.
     """
-    lang = decisions.lang
-    by: dict[Decision, list[ChildDecision]] = {d: [] for d in _DECISIONS}
+    names = provenance.names
+    texts = decisions.reason_texts
+    counts: Counter[Decision] = Counter()
+    regions: dict[str, Counter[Decision]] = {}
+    overdue: Counter[str] = Counter()
+    work: dict[str, dict[Decision, list[ChildDecision]]] = {}
     for item in decisions.decisions:
-        by[item.decision].append(item)
-    counts = Counter({d: len(v) for d, v in by.items()})
+        code = item.child.region_code or ""
+        counts[item.decision] += 1
+        row = regions.get(code)
+        if row is None:
+            row = regions[code] = Counter()
+        row[item.decision] += 1
+        if item.overdue:
+            overdue[code] += 1
+        if item.decision in ACTION:
+            work.setdefault(code, {}).setdefault(item.decision, []).append(item)
+    order = sorted(regions, key=lambda code: (code == "", code))
+    regions = {code: regions[code] for code in order}
+    work = {code: work[code] for code in order if code in work}
+
     out: list[str] = []
     add = out.append
-    round_text = provenance.round_id or "离线评估 (offline evaluation)"
+    round_text = provenance.round_id or "离线评估"
     generated = provenance.generated_at.isoformat(timespec="seconds")
     add(
         "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'>"
@@ -259,153 +455,99 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     )
     add(f"<h1>{_t('孤儿和事实无人抚养儿童数据比对报告', 'Match round report')}</h1>")
     add(
-        f"<p class='meta'>评估日期 <small>as of</small> <b>{decisions.as_of.isoformat()}</b>"
-        f" · 轮次 <small>round</small> {escape(round_text)}"
-        f" · 生成时间 <small>generated</small> {escape(generated)}"
-        f" · 儿童 <small>children</small> {len(decisions.decisions):,}</p>"
+        f"<p class='meta'>评估日期 <b>{decisions.as_of.isoformat()}</b>"
+        f" · 轮次 {escape(round_text)} · 生成时间 {escape(generated)}"
+        f" · 儿童 {len(decisions.decisions):,} 人 · 完整名单见 decisions.xlsx</p>"
     )
     if decisions.failed_sources:
-        failed = "、".join(decisions.failed_sources)
+        failed = "、".join(names.label(s) for s in decisions.failed_sources)
         add(
-            "<p class='warn'>以下数据源本轮未能查询,缺少其证据的儿童一律人工复核,不作退出决定。"
-            f"<small>Failed sources: no child exits for want of their evidence.</small><br>"
-            f"<b>{escape(failed)}</b></p>"
+            "<p class='warn'>以下数据源本轮未能查询。证据数据源缺失时,缺少其证据的儿童一律人工复核,"
+            "不作退出决定;服务数据源缺失时,只缺少它自己的名单,不影响任何决定。"
+            f"<small>Failed sources.</small><br><b>{escape(failed)}</b></p>"
         )
 
-    # counts by decision
+    # the filter
+    options = "".join(
+        f"<option value='{escape(code)}'>{escape(county_name(code))}</option>" for code in work
+    )
+    boxes = "".join(
+        f"<label><input type='checkbox' value='{d.value}' checked> {decision_name(d, 'zh')}"
+        f" ({counts[d]:,})</label>"
+        for d in ACTION
+    )
+    add(
+        f"<nav aria-label='筛选'><label>旗县 <select id='fc'><option value=''>全部旗县</option>"
+        f"{options}</select></label>{boxes}</nav>"
+    )
+
+    # summaries
     add(f"<h2>{_t('决定统计', 'Decisions')}</h2><div class='cards'>")
     for d in _DECISIONS:
         add(
-            f"<div class='card'><b>{counts[d]:,}</b>{escape(decision_name(d, 'zh'))} "
-            f"<small>{escape(d.value)}</small></div>"
+            f"<div class='card' style='--c:{_COLOUR[d]}'><b>{counts[d]:,}</b>"
+            f"{decision_name(d, 'zh')}</div>"
         )
     add("</div>")
-
-    # counts by county
-    regions: dict[str, Counter[Decision]] = {}
-    for item in decisions.decisions:
-        regions.setdefault(item.child.region_code or "", Counter())[item.decision] += 1
-    head = "".join(
-        f"<th class='n'>{escape(decision_name(d, 'zh'))}<br><small>{d.value}</small></th>"
-        for d in _DECISIONS
-    )
+    # printed for one county, the chart of all counties is left out (it takes pages)
     add(
-        f"<h2>{_t('按旗县统计', 'By county')}</h2>"
-        f"<table><thead><tr><th>{_t('旗县', 'county')}</th>{head}"
+        f"<div class='all'><h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}"
+        "<p class='meta'>各旗县人数表见本页末尾。</p></div>"
     )
-    add(f"<th class='n'>{_t('合计', 'total')}</th></tr></thead><tbody>")
-    for code in sorted(regions):
-        row = regions[code]
-        cells = "".join(f"<td class='n'>{row[d]:,}</td>" for d in _DECISIONS)
-        add(
-            f"<tr><td>{escape(region_name(code))}</td>{cells}"
-            f"<td class='n'>{sum(row.values()):,}</td></tr>"
-        )
-    add("</tbody></table>")
-
-    # matches by department
-    per_node: dict[str, list[int]] = {}
+    per_node: dict[str, int] = {}
     status_of: dict[str, str] = {}
     for run in provenance.sources:
-        per_node.setdefault(run.node, []).append(run.matches)
+        per_node[run.node] = per_node.get(run.node, 0) + run.matches
         if run.status != "ok":
             status_of[run.node] = run.status
-    bars = [(node, sum(v), status_of.get(node, "ok")) for node, v in sorted(per_node.items())]
+    bars = [
+        (names.node(node), n, status_of.get(node, "ok")) for node, n in sorted(per_node.items())
+    ]
     add(f"<h2>{_t('各部门比对命中数', 'Matches by department')}</h2>{_bar_chart(bars)}")
+    add(f"<h2>{_t('历次比对决定', 'Decisions over past rounds')}</h2>")
+    add(_history_chart(provenance.history))
 
-    # work lists
-    add(f"<h2>{_t('新纳入', 'To enrol')} ({counts[Decision.ENROL]:,})</h2>")
-    add("<p class='meta'>主动帮助申请 <small>help the family apply</small></p>")
-    enrol = by[Decision.ENROL]
+    # work lists, county by county
+    add(f"<h2>{_t('需办理的儿童(按旗县)', 'Children to act on, by county')}</h2>")
     add(
-        _table(
-            enrol,
-            _heads(("类别", "category"), ("理由", "reasons"), ("下次核查", "next check")),
-            (
-                f"<td>{_category(i.category, lang)}</td>"
-                f"<td>{_reasons(decisions.reason_texts(i))}</td><td>{_escape(_due(i))}</td>"
-                for i in enrol
-            ),
+        "<p class='meta'>新纳入:主动帮助申请;退出保障:书面说明理由,次月起停发;"
+        "人工复核:数据矛盾者列在最前,请反馈数据提供部门疑义校核,校核期间照常保障。</p>"
+    )
+    if not work:
+        add("<p class='empty'>本轮没有需要办理的儿童</p>")
+    for code, lists in work.items():
+        summary = " · ".join(
+            f"{decision_name(d, 'zh')} {len(lists[d]):,}" for d in ACTION if d in lists
         )
-    )
-    exits = by[Decision.EXIT]
-    add(f"<h2>{_t('退出保障', 'To exit')} ({len(exits):,})</h2>")
-    add(
-        "<p class='meta'>书面说明理由,次月起停发 <small>written reasons; support stops "
-        "from the month after the change</small></p>"
-    )
-    add(
-        _table(
-            exits,
-            _heads(("原类别", "recorded"), ("停发月份", "stops from"), ("理由", "reasons")),
-            (
-                f"<td>{_category(i.child.category, lang)}</td>"
-                f"<td>{_escape(month_text(i.stops_from, lang)) if i.stops_from else ''}</td>"
-                f"<td>{_reasons(decisions.reason_texts(i))}</td>"
-                for i in exits
-            ),
+        add(
+            f"<section data-c='{escape(code)}'><h3>{escape(county_name(code))} "
+            f"<small>{summary}</small></h3>"
         )
-    )
-    moves = by[Decision.RECLASSIFY]
-    add(f"<h2>{_t('变更类别', 'To reclassify')} ({len(moves):,})</h2>")
-    add(
-        _table(
-            moves,
-            f"<th>{_t('原类别 → 新类别', 'recorded → now')}</th><th>{_t('理由', 'reasons')}</th>",
-            (
-                f"<td>{_category(i.child.category, lang)} → "
-                f"{_category(i.category, lang)}</td>"
-                f"<td>{_reasons(decisions.reason_texts(i))}</td>"
-                for i in moves
-            ),
-        )
-    )
-    reviews = sorted(by[Decision.REVIEW], key=lambda i: not i.conflict)
-    conflicts = sum(1 for i in reviews if i.conflict)
-    add(f"<h2>{_t('人工复核', 'To review')} ({len(reviews):,})</h2>")
-    add(
-        f"<p class='meta'>数据矛盾 {conflicts:,} 人,请反馈提供部门疑义校核(列在最前);"
-        "校核期间照常保障。<small>Conflicting records first, for feedback to the providers; "
-        "support continues meanwhile.</small></p>"
-    )
-    add(
-        _table(
-            reviews,
-            f"<th>{_t('状态', 'status')}</th><th>{_t('理由', 'reasons')}</th>",
-            (
-                f"<td>{'数据矛盾 <small>conflict</small><br>' if i.conflict else ''}"
-                f"{_escape(i.child.status.value)}</td><td>{_reasons(decisions.reason_texts(i))}</td>"
-                for i in reviews
-            ),
-        )
-    )
-    overdue = [i for i in decisions.decisions if i.overdue]
-    add(f"<h2>{_t('定期核查逾期', 'Overdue checks')} ({len(overdue):,})</h2>")
-    add(
-        _table(
-            overdue,
-            _heads(("上次核查", "last check"), ("应核查日期", "due"), ("依据", "interval")),
-            (
-                f"<td>{_day(i.child.last_check_date)}</td>"
-                f"<td>{_escape(_due(i))}</td>"
-                f"<td>{_escape('; '.join(r.text(lang) for r in i.check_reasons))}</td>"
-                for i in overdue
-            ),
-        )
-    )
+        for d in ACTION:
+            items = lists.get(d)
+            if not items:
+                continue
+            if d is Decision.REVIEW:
+                items = sorted(items, key=lambda i: not i.conflict)
+            add(_work_block(d, items, texts))
+        add("</section>")
+
+    # counts only: the complete lists are in the spreadsheet
+    add(f"<h2>{_t('定期核查逾期', 'Overdue checks')} ({sum(overdue.values()):,})</h2>")
+    add("<p class='meta'>各旗县人数见本页末尾的统计表;名单见 decisions.xlsx(核查逾期列)。</p>")
+    index = {i.child.child_id: i for i in decisions.decisions if i.child.child_id}
     add(f"<h2>{_t('服务覆盖缺口', 'Coverage gaps')}</h2>")
     add(
         "<p class='meta'>在保儿童未被服务数据集匹配(如医保应保尽保);不影响保障决定。"
-        "<small>Covered children (supported: continue, reclassify or review) not matched by a "
-        "service-coverage set; gaps never change a decision.</small></p>"
+        "<small>Covered children not matched by a service-coverage set.</small></p>"
     )
-    index = {i.child.child_id: i for i in decisions.decisions if i.child.child_id}
     add(
         _service_sections(
             decisions.service_sources,
             decisions.coverage_gaps,
             index,
-            none="本轮无服务覆盖数据集 (no service-coverage sets this round)",
+            names,
+            none="本轮无服务覆盖数据集 <small>no service-coverage sets this round</small>",
             failed="数据源未能查询,无法判断缺口 "
             "<small>the set failed: no gaps can be concluded</small>",
         )
@@ -413,73 +555,85 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     add(f"<h2>{_t('服务需求', 'Service needs')}</h2>")
     add(
         "<p class='meta'>在保儿童被服务需求数据集匹配(如残疾儿童康复需求),请协调提供服务;"
-        "不影响保障决定。<small>Covered children (supported: continue, reclassify or review) "
-        "matched by a service-needs set; needs never change a decision.</small></p>"
+        "不影响保障决定。<small>Covered children matched by a service-needs set.</small></p>"
     )
     add(
         _service_sections(
             decisions.service_need_sources,
             decisions.service_needs,
             index,
-            none="本轮无服务需求数据集 (no service-needs sets this round)",
+            names,
+            none="本轮无服务需求数据集 <small>no service-needs sets this round</small>",
             failed="数据源未能查询,无法列出需求 "
             "<small>the set failed: no needs can be listed</small>",
         )
     )
-    refused = by[Decision.NOT_ELIGIBLE]
-    add(f"<h2>{_t('不符合条件', 'Not eligible')} ({len(refused):,})</h2>")
     add(
-        _table(
-            refused,
-            f"<th>{_t('理由', 'reasons')}</th>",
-            (f"<td>{_reasons(decisions.reason_texts(i))}</td>" for i in refused),
-        )
+        f"<h2>{_t('继续保障与不符合条件', 'Continue and not eligible')}</h2>"
+        f"<p class='meta'>继续保障 {counts[Decision.CONTINUE]:,} 人,"
+        f"不符合条件 {counts[Decision.NOT_ELIGIBLE]:,} 人:无需办理,"
+        "名单与理由见 decisions.xlsx。</p>"
     )
-    add(f"<h2>{_t('继续保障', 'Continue')} ({counts[Decision.CONTINUE]:,})</h2>")
-    add("<p class='meta'>名单见 decisions.json <small>listed in decisions.json</small></p>")
+
+    head = "".join(f"<th class='n'>{decision_name(d, 'zh')}</th>" for d in _DECISIONS)
+    add(
+        f"<h2>{_t('各旗县决定统计表', 'Decisions by county')}</h2>"
+        f"<table><thead><tr><th>旗县</th>{head}<th class='n'>合计</th>"
+        "<th class='n'>定期核查逾期</th></tr></thead><tbody>"
+    )
+    for code, row in regions.items():
+        cells = "".join(f"<td class='n'>{row[d]:,}</td>" for d in _DECISIONS)
+        add(
+            f"<tr data-c='{escape(code)}'><td>{escape(county_name(code))}</td>{cells}"
+            f"<td class='n'>{sum(row.values()):,}</td><td class='n'>{overdue[code]:,}</td></tr>"
+        )
+    total = "".join(f"<td class='n'><b>{counts[d]:,}</b></td>" for d in _DECISIONS)
+    add(
+        f"<tr><td><b>合计</b></td>{total}<td class='n'><b>{len(decisions.decisions):,}</b></td>"
+        f"<td class='n'><b>{sum(overdue.values()):,}</b></td></tr></tbody></table>"
+    )
 
     # provenance
     add(f"<h2>{_t('数据来源', 'Provenance')}</h2>")
     add(
-        f"<table><thead><tr><th>{_t('部门', 'node')}</th><th>{_t('数据集', 'match set')}</th>"
-        f"<th>{_t('协议', 'protocol')}</th><th>{_t('状态', 'status')}</th>"
-        f"<th class='n'>{_t('命中', 'matches')}</th><th class='n'>{_t('用时(秒)', 'seconds')}</th>"
-        f"<th>{_t('说明', 'detail')}</th></tr></thead><tbody>"
+        "<table><thead><tr><th>部门</th><th>数据集</th><th>协议</th><th>状态</th>"
+        "<th class='n'>命中</th><th class='n'>用时(秒)</th><th>说明</th></tr></thead><tbody>"
     )
+    shown_status = {"ok": "完成", "failed": "未能查询", "refused": "被拒绝"}
     for run in provenance.sources:
+        node = names.node(run.node)
+        shown_set = names.sets.get(run.name, run.match_set)
         add(
-            f"<tr><td>{escape(run.node)}</td><td>{escape(run.match_set)}</td><td>{escape(run.protocol)}</td>"
-            f"<td>{escape(run.status)}</td><td class='n'>{run.matches:,}</td>"
-            f"<td class='n'>{run.seconds:.2f}</td><td>{escape(run.detail)}</td></tr>"
+            f"<tr><td>{escape(node)} <small>{escape(run.node)}</small></td>"
+            f"<td>{escape(shown_set)} <small>{escape(run.match_set)}</small></td>"
+            f"<td>{escape(run.protocol)}</td><td>{shown_status.get(run.status, run.status)}</td>"
+            f"<td class='n'>{run.matches:,}</td><td class='n'>{run.seconds:.2f}</td>"
+            f"<td>{escape(run.detail)}</td></tr>"
         )
     add("</tbody></table>")
     facts = [
-        ("轮次 round", round_text),
-        ("评估日期 as of", provenance.as_of.isoformat()),
-        ("未能查询 failed sources", "、".join(provenance.failed_sources) or "无 none"),
-        *((f"用时 {name} (s)", f"{seconds:.2f}") for name, seconds in provenance.timings),
+        ("轮次", round_text),
+        ("评估日期", provenance.as_of.isoformat()),
+        ("未能查询", "、".join(names.label(s) for s in provenance.failed_sources) or "无"),
+        *((f"用时 {name}(秒)", f"{seconds:.2f}") for name, seconds in provenance.timings),
     ]
     add("<table><tbody>")
     for name, value in facts:
         add(f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>")
-    add("</tbody></table></body></html>")
+    add(f"</tbody></table><script id='filter'>{_SCRIPT}</script></body></html>")
     return "".join(out)
-
-
-def _heads(*labels: tuple[str, str]) -> str:
-    return "".join(f"<th>{_t(zh, en)}</th>" for zh, en in labels)
-
-
-def _category(value: Category | None, lang: Literal["zh", "en"]) -> str:
-    return _escape(category_name(value, lang)) if value is not None else ""
-
-
-def _day(value: date | None) -> str:
-    return value.isoformat() if value is not None else "无 <small>none</small>"
 
 
 def _due(item: ChildDecision) -> str:
     return item.next_check_due.isoformat() if item.next_check_due else ""
 
 
-__all__ = ["LEAGUES", "Provenance", "SourceRun", "region_name", "render_report"]
+__all__ = [
+    "ACTION",
+    "LEAGUES",
+    "UNKNOWN",
+    "Provenance",
+    "SourceRun",
+    "region_name",
+    "render_report",
+]

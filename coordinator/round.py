@@ -64,6 +64,7 @@ from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
 from coordinator.evaluate import decisions_text
+from coordinator.names import SourceNames
 from coordinator.reasons import Lang
 from coordinator.records import (
     EVIDENCE_OPTIONAL,
@@ -74,6 +75,7 @@ from coordinator.records import (
     write_evidence,
 )
 from coordinator.report import Provenance, SourceRun, render_report
+from coordinator.spreadsheet import write_outputs_for_people
 from coordinator.state import RoundState
 from keys.handles import AuditSigner, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
@@ -116,6 +118,9 @@ class SubRound:
     node_log_head: str | None = None
     #: SERVICE sets: "gaps" or "needs", as the node's capabilities say; else None
     service_report: str | None = None
+    #: the display names the node announced for itself and this set ("" when none)
+    node_display_name: str = ""
+    display_name: str = ""
 
     @property
     def source(self) -> str:
@@ -478,6 +483,14 @@ def remove_stale_staging(out_dir: Path, round_id: str) -> list[Path]:
     return removed
 
 
+def _people_outputs(
+    staging: Path, decisions: RoundDecisions, provenance: Provenance, display: _Progress
+) -> None:
+    """The spreadsheet and names.csv, in their own progress phase."""
+    display.phase("spreadsheet")
+    write_outputs_for_people(staging, decisions, provenance)
+
+
 def _write_output(
     out: Path,
     *,
@@ -485,6 +498,7 @@ def _write_output(
     evidence: list[EvidenceRow],
     document: dict[str, object],
     report: str,
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Write the three files into a temporary sibling folder, then rename it to ``out``."""
     parent = out.parent
@@ -500,6 +514,8 @@ def _write_output(
             fh.write(report)
             fh.flush()
             os.fsync(fh.fileno())
+        if extra is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
+            extra(staging)
         check_output_folder(out)  # again: someone may have written there meanwhile
         if out.is_dir():
             out.rmdir()
@@ -674,6 +690,10 @@ def _run_round(
         services = [s.source for s in results if s.service_report == "gaps"]
         needs = [s.source for s in results if s.service_report == "needs"]
         evidence = [row for s in results for row in s.rows]
+        names = SourceNames()
+        for s in results:
+            names.add_node(s.node, s.node_display_name)
+            names.add_set(s.source, s.display_name)
         display.phase("rules")
         decisions = decide_all(
             roster,
@@ -683,7 +703,9 @@ def _run_round(
             service_sources=services,
             service_need_sources=needs,
             lang=lang,
+            source_names=names.labels(s.source for s in results),
         )
+        state.record_decisions(rid, {d.value: n for d, n in decisions.counts().items()})
         seconds = time.monotonic() - started
         provenance = Provenance(
             round_id=rid,
@@ -707,16 +729,18 @@ def _run_round(
             ),
             failed_sources=tuple(failed),
             timings=(("round", seconds),),
+            names=names,
+            history=tuple(state.decision_history(current=rid)),
         )
         display.phase("report")
         report = render_report(decisions, provenance=provenance)
-        display.phase("write")  # the spreadsheet's phase is "spreadsheet" (PHASES)
         _write_output(
             out,
             round_id=rid,
             evidence=evidence,
             document=decisions.to_json(round_id=rid),
             report=report,
+            extra=lambda staging: _people_outputs(staging, decisions, provenance, display),
         )
         # (5)
         state.finish_round(
@@ -823,12 +847,14 @@ def _sub_round(
     started = time.monotonic()
     circumstance: str | None = None
     service_report: str | None = None
+    node_shown = set_shown = ""  # display names, once the capabilities are read
     # keyed-hash matches as each chunk is resolved: kept if the stream fails later
     delivered: list[EvidenceRow] = []
     failure: PeerError | None = None
     try:
         info = client.match_set_info(match_set)
         circumstance = info.circumstance
+        node_shown, set_shown = client.capabilities().display_name, info.display_name
         if circumstance == Circumstance.SERVICE.value:  # checked by match_set_info
             service_report = info.service_report or "gaps"
         source = f"{entry.name}/{match_set}"
@@ -903,6 +929,8 @@ def _sub_round(
             detail=detail,
             rows=kept,
             service_report=service_report,
+            node_display_name=node_shown,
+            display_name=set_shown,
         )
     # the node's log anchor (checked by the client), if it sent one
     anchor: dict[str, object] = (
@@ -953,6 +981,8 @@ def _sub_round(
         node_log_seq=result.node_log_seq or None,
         node_log_head=result.node_log_head or None,
         service_report=service_report,
+        node_display_name=node_shown,
+        display_name=set_shown,
     )
 
 

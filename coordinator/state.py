@@ -17,6 +17,7 @@ import datetime as _dt
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from typing import Literal
 from psi.errors import InputError
 
 __all__ = [
+    "RoundDecisionCounts",
     "RoundRecord",
     "RoundState",
     "RoundStatus",
@@ -63,6 +65,12 @@ CREATE TABLE IF NOT EXISTS sub_rounds (
     PRIMARY KEY (round_id, node, match_set)
 );
 CREATE INDEX IF NOT EXISTS rounds_status ON rounds(status);
+CREATE TABLE IF NOT EXISTS round_decisions (
+    round_id  TEXT NOT NULL REFERENCES rounds(round_id),
+    decision  TEXT NOT NULL,
+    children  INTEGER NOT NULL,
+    PRIMARY KEY (round_id, decision)
+);
 """
 
 #: Columns added to ``sub_rounds`` after its first version; :meth:`RoundState.open`
@@ -121,6 +129,15 @@ class SubRoundRecord:
     detail: str | None
     node_log_seq: int | None = None
     node_log_head: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundDecisionCounts:
+    """How many children got each decision in one round."""
+
+    round_id: str
+    as_of: str
+    counts: dict[str, int]
 
 
 class RoundState:
@@ -309,6 +326,44 @@ class RoundState:
             "UPDATE rounds SET status = ?, finished_at = ?, detail = ? WHERE round_id = ?",
             (status, _now(), detail, round_id),
         )
+
+    def record_decisions(self, round_id: str, counts: Mapping[str, int]) -> None:
+        """Record how many children got each decision in a round (for the report's history)."""
+        rows = [(round_id, str(d), int(n)) for d, n in sorted(counts.items())]
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany(
+                    "INSERT OR REPLACE INTO round_decisions (round_id, decision, children) "
+                    "VALUES (?, ?, ?)",
+                    rows,
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def decision_history(
+        self, *, current: str | None = None, limit: int = 12
+    ) -> list[RoundDecisionCounts]:
+        """Decision counts of the last ``limit`` completed rounds, and of ``current``.
+
+        Oldest first; rounds without recorded counts (older versions) are left out.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT r.round_id, r.as_of, d.decision, d.children FROM rounds r "
+                "JOIN round_decisions d ON d.round_id = r.round_id "
+                "WHERE r.status = 'completed' OR r.round_id = ? "
+                "ORDER BY r.started_at, r.rowid",
+                (current,),
+            ).fetchall()
+        found: dict[str, RoundDecisionCounts] = {}
+        for round_id, as_of, decision, children in rows:
+            entry = found.setdefault(round_id, RoundDecisionCounts(round_id, as_of, {}))
+            entry.counts[decision] = children
+        return list(found.values())[-limit:]
 
     def get_round(self, round_id: str) -> RoundRecord | None:
         """The round with this id, or ``None``."""

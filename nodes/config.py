@@ -168,6 +168,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: the longest display name (a department's full name fits easily)
+DISPLAY_NAME_MAX = 40
+
+
+def check_display_name(value: str | None) -> str | None:
+    """A ``display_name``: trimmed, 1-40 characters, printable, no digit run of 6 or more.
+
+    A long digit run could be (or look like) an identity number, which must
+    never reach a report or a log.
+
+    Raises:
+        ValueError: empty, too long, a control character, or a long digit run.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        raise ValueError("empty; remove the key or give the name people know")
+    if len(text) > DISPLAY_NAME_MAX:
+        raise ValueError(f"{len(text)} characters; at most {DISPLAY_NAME_MAX}")
+    if not text.isprintable():
+        raise ValueError("control characters are not allowed")
+    if re.search(r"\d{6}", text):
+        raise ValueError("6 or more digits in a row are not allowed (they look like an ID)")
+    return text
+
+
 def _base(info: ValidationInfo) -> Path | None:
     ctx = info.context
     base = ctx.get("base") if isinstance(ctx, dict) else None
@@ -256,6 +283,13 @@ class MatchSetConfig(_Strict):
     suites: list[str] = Field(default_factory=lambda: list(ECDH_SUITES), min_length=1)
     prfs: list[str] = Field(default_factory=lambda: list(KEYED_HASH_PRFS), min_length=1)
     service_report: ServiceReport | None = None
+    #: the name people know the dataset by (服刑在押人员); shown in reasons and reports
+    display_name: str | None = None
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        return check_display_name(value)
 
     @field_validator("name")
     @classmethod
@@ -384,6 +418,13 @@ class NodeSection(_Strict):
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
     bucket_rows: int = Field(default=1_000_000, ge=1, le=10**12)
     spill_dir: Path | None = None
+    #: the name people know the department by (司法局); shown in reasons and reports
+    display_name: str | None = None
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        return check_display_name(value)
 
     @field_validator("name")
     @classmethod

@@ -337,6 +337,8 @@ class CapabilityView:
     min_query_size: int
     #: SERVICE sets: "gaps" or "needs" (node.toml ``service_report``); empty otherwise
     service_report: str = ""
+    #: node.toml ``display_name`` of the set; empty when not set
+    display_name: str = ""
 
 
 def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[CapabilityView]:
@@ -356,6 +358,7 @@ def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[Capability
                     purposes=purposes,
                     min_query_size=ms.min_query_size,
                     service_report=ms.report or "",
+                    display_name=ms.display_name or "",
                 )
             )
     return out

@@ -211,12 +211,14 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                     payload=v.payload,
                     purposes=v.purposes,
                     service_report=v.service_report,
+                    display_name=v.display_name,
                 )
                 for v in views
             ],
             max_chunk_bytes=self._state.config.node.max_chunk_bytes,
             # One number for all sets: the largest minimum, which satisfies each.
             min_query_size=max((v.min_query_size for v in views), default=0),
+            display_name=self._state.config.node.display_name or "",
         )
 
     def KeyedHash(

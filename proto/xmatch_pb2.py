@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/xmatch.proto\x12\txmatch.v1\"\x15\n\x13\x43\x61pabilitiesRequest\"\x80\x01\n\x0cMatchSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ircumstance\x18\x02 \x01(\t\x12\x11\n\tprotocols\x18\x03 \x03(\t\x12\x0f\n\x07payload\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12\x16\n\x0eservice_report\x18\x06 \x01(\t\"z\n\x0c\x43\x61pabilities\x12\x0c\n\x04node\x18\x01 \x01(\t\x12+\n\nmatch_sets\x18\x02 \x03(\x0b\x32\x17.xmatch.v1.MatchSetInfo\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\x12\x16\n\x0emin_query_size\x18\x04 \x01(\x04\"D\n\nRoundStart\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x12\n\nquery_size\x18\x02 \x01(\x04\x12\x11\n\tkey_share\x18\x03 \x01(\x0c\"2\n\x0bRoundAccept\x12\x11\n\tkey_share\x18\x01 \x01(\x0c\x12\x10\n\x08set_size\x18\x02 \x01(\x04\"+\n\nRequestEnd\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\"c\n\tRoundDone\x12\x0f\n\x07matches\x18\x01 \x01(\x04\x12\x12\n\ntranscript\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x0f\n\x07log_seq\x18\x04 \x01(\x04\x12\x10\n\x08log_head\x18\x05 \x01(\t\"u\n\x07Payload\x12.\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x1e.xmatch.v1.Payload.FieldsEntry\x12\x0b\n\x03tag\x18\x02 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\nMatchChunk\x12\x0b\n\x03psi\x18\x01 \x01(\x0c\x12#\n\x07payload\x18\x02 \x03(\x0b\x32\x12.xmatch.v1.Payload\"w\n\x10KeyedHashRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.xmatch.v1.RoundStartH\x00\x12\x0e\n\x04tags\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.xmatch.v1.RequestEndH\x00\x42\x05\n\x03msg\"\x94\x01\n\x11KeyedHashResponse\x12(\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x16.xmatch.v1.RoundAcceptH\x00\x12(\n\x07matches\x18\x02 \x01(\x0b\x32\x15.xmatch.v1.MatchChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.xmatch.v1.RoundDoneH\x00\x42\x05\n\x03msg\"u\n\x0b\x45\x63\x64hRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.xmatch.v1.RoundStartH\x00\x12\x11\n\x07\x62linded\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.xmatch.v1.RequestEndH\x00\x42\x05\n\x03msg\"\x90\x01\n\x0c\x45\x63\x64hResponse\x12(\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x16.xmatch.v1.RoundAcceptH\x00\x12\x13\n\treblinded\x18\x02 \x01(\x0cH\x00\x12\x14\n\nset_points\x18\x03 \x01(\x0cH\x00\x12$\n\x04\x64one\x18\x04 \x01(\x0b\x32\x14.xmatch.v1.RoundDoneH\x00\x42\x05\n\x03msg2\xdb\x01\n\x04Node\x12J\n\x0fGetCapabilities\x12\x1e.xmatch.v1.CapabilitiesRequest\x1a\x17.xmatch.v1.Capabilities\x12J\n\tKeyedHash\x12\x1b.xmatch.v1.KeyedHashRequest\x1a\x1c.xmatch.v1.KeyedHashResponse(\x01\x30\x01\x12;\n\x04\x45\x63\x64h\x12\x16.xmatch.v1.EcdhRequest\x1a\x17.xmatch.v1.EcdhResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/xmatch.proto\x12\txmatch.v1\"\x15\n\x13\x43\x61pabilitiesRequest\"\x96\x01\n\x0cMatchSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ircumstance\x18\x02 \x01(\t\x12\x11\n\tprotocols\x18\x03 \x03(\t\x12\x0f\n\x07payload\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12\x16\n\x0eservice_report\x18\x06 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\"\x90\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04node\x18\x01 \x01(\t\x12+\n\nmatch_sets\x18\x02 \x03(\x0b\x32\x17.xmatch.v1.MatchSetInfo\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\x12\x16\n\x0emin_query_size\x18\x04 \x01(\x04\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\"D\n\nRoundStart\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x12\n\nquery_size\x18\x02 \x01(\x04\x12\x11\n\tkey_share\x18\x03 \x01(\x0c\"2\n\x0bRoundAccept\x12\x11\n\tkey_share\x18\x01 \x01(\x0c\x12\x10\n\x08set_size\x18\x02 \x01(\x04\"+\n\nRequestEnd\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\"c\n\tRoundDone\x12\x0f\n\x07matches\x18\x01 \x01(\x04\x12\x12\n\ntranscript\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x0f\n\x07log_seq\x18\x04 \x01(\x04\x12\x10\n\x08log_head\x18\x05 \x01(\t\"u\n\x07Payload\x12.\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x1e.xmatch.v1.Payload.FieldsEntry\x12\x0b\n\x03tag\x18\x02 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\nMatchChunk\x12\x0b\n\x03psi\x18\x01 \x01(\x0c\x12#\n\x07payload\x18\x02 \x03(\x0b\x32\x12.xmatch.v1.Payload\"w\n\x10KeyedHashRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.xmatch.v1.RoundStartH\x00\x12\x0e\n\x04tags\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.xmatch.v1.RequestEndH\x00\x42\x05\n\x03msg\"\x94\x01\n\x11KeyedHashResponse\x12(\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x16.xmatch.v1.RoundAcceptH\x00\x12(\n\x07matches\x18\x02 \x01(\x0b\x32\x15.xmatch.v1.MatchChunkH\x00\x12$\n\x04\x64one\x18\x03 \x01(\x0b\x32\x14.xmatch.v1.RoundDoneH\x00\x42\x05\n\x03msg\"u\n\x0b\x45\x63\x64hRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.xmatch.v1.RoundStartH\x00\x12\x11\n\x07\x62linded\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.xmatch.v1.RequestEndH\x00\x42\x05\n\x03msg\"\x90\x01\n\x0c\x45\x63\x64hResponse\x12(\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x16.xmatch.v1.RoundAcceptH\x00\x12\x13\n\treblinded\x18\x02 \x01(\x0cH\x00\x12\x14\n\nset_points\x18\x03 \x01(\x0cH\x00\x12$\n\x04\x64one\x18\x04 \x01(\x0b\x32\x14.xmatch.v1.RoundDoneH\x00\x42\x05\n\x03msg2\xdb\x01\n\x04Node\x12J\n\x0fGetCapabilities\x12\x1e.xmatch.v1.CapabilitiesRequest\x1a\x17.xmatch.v1.Capabilities\x12J\n\tKeyedHash\x12\x1b.xmatch.v1.KeyedHashRequest\x1a\x1c.xmatch.v1.KeyedHashResponse(\x01\x30\x01\x12;\n\x04\x45\x63\x64h\x12\x16.xmatch.v1.EcdhRequest\x1a\x17.xmatch.v1.EcdhResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIESREQUEST']._serialized_start=33
   _globals['_CAPABILITIESREQUEST']._serialized_end=54
   _globals['_MATCHSETINFO']._serialized_start=57
-  _globals['_MATCHSETINFO']._serialized_end=185
-  _globals['_CAPABILITIES']._serialized_start=187
-  _globals['_CAPABILITIES']._serialized_end=309
-  _globals['_ROUNDSTART']._serialized_start=311
-  _globals['_ROUNDSTART']._serialized_end=379
-  _globals['_ROUNDACCEPT']._serialized_start=381
-  _globals['_ROUNDACCEPT']._serialized_end=431
-  _globals['_REQUESTEND']._serialized_start=433
-  _globals['_REQUESTEND']._serialized_end=476
-  _globals['_ROUNDDONE']._serialized_start=478
-  _globals['_ROUNDDONE']._serialized_end=577
-  _globals['_PAYLOAD']._serialized_start=579
-  _globals['_PAYLOAD']._serialized_end=696
-  _globals['_PAYLOAD_FIELDSENTRY']._serialized_start=651
-  _globals['_PAYLOAD_FIELDSENTRY']._serialized_end=696
-  _globals['_MATCHCHUNK']._serialized_start=698
-  _globals['_MATCHCHUNK']._serialized_end=760
-  _globals['_KEYEDHASHREQUEST']._serialized_start=762
-  _globals['_KEYEDHASHREQUEST']._serialized_end=881
-  _globals['_KEYEDHASHRESPONSE']._serialized_start=884
-  _globals['_KEYEDHASHRESPONSE']._serialized_end=1032
-  _globals['_ECDHREQUEST']._serialized_start=1034
-  _globals['_ECDHREQUEST']._serialized_end=1151
-  _globals['_ECDHRESPONSE']._serialized_start=1154
-  _globals['_ECDHRESPONSE']._serialized_end=1298
-  _globals['_NODE']._serialized_start=1301
-  _globals['_NODE']._serialized_end=1520
+  _globals['_MATCHSETINFO']._serialized_end=207
+  _globals['_CAPABILITIES']._serialized_start=210
+  _globals['_CAPABILITIES']._serialized_end=354
+  _globals['_ROUNDSTART']._serialized_start=356
+  _globals['_ROUNDSTART']._serialized_end=424
+  _globals['_ROUNDACCEPT']._serialized_start=426
+  _globals['_ROUNDACCEPT']._serialized_end=476
+  _globals['_REQUESTEND']._serialized_start=478
+  _globals['_REQUESTEND']._serialized_end=521
+  _globals['_ROUNDDONE']._serialized_start=523
+  _globals['_ROUNDDONE']._serialized_end=622
+  _globals['_PAYLOAD']._serialized_start=624
+  _globals['_PAYLOAD']._serialized_end=741
+  _globals['_PAYLOAD_FIELDSENTRY']._serialized_start=696
+  _globals['_PAYLOAD_FIELDSENTRY']._serialized_end=741
+  _globals['_MATCHCHUNK']._serialized_start=743
+  _globals['_MATCHCHUNK']._serialized_end=805
+  _globals['_KEYEDHASHREQUEST']._serialized_start=807
+  _globals['_KEYEDHASHREQUEST']._serialized_end=926
+  _globals['_KEYEDHASHRESPONSE']._serialized_start=929
+  _globals['_KEYEDHASHRESPONSE']._serialized_end=1077
+  _globals['_ECDHREQUEST']._serialized_start=1079
+  _globals['_ECDHREQUEST']._serialized_end=1196
+  _globals['_ECDHRESPONSE']._serialized_start=1199
+  _globals['_ECDHRESPONSE']._serialized_end=1343
+  _globals['_NODE']._serialized_start=1346
+  _globals['_NODE']._serialized_end=1565
 # @@protoc_insertion_point(module_scope)

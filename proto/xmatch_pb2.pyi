@@ -44,12 +44,17 @@ class MatchSetInfo(google.protobuf.message.Message):
     PAYLOAD_FIELD_NUMBER: builtins.int
     PURPOSES_FIELD_NUMBER: builtins.int
     SERVICE_REPORT_FIELD_NUMBER: builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: builtins.int
     name: builtins.str
     circumstance: builtins.str
     """An eligibility circumstance code (IMPRISONED, DEAD, ...) or SERVICE."""
     service_report: builtins.str
     """SERVICE sets only: what the round reports of the covered children,
     "gaps" (those not matched) or "needs" (those matched); empty otherwise.
+    """
+    display_name: builtins.str
+    """The name people know the dataset by (node.toml display_name, e.g.
+    服刑在押人员); empty when not set. Only for text written for people.
     """
     @property
     def protocols(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
@@ -70,8 +75,9 @@ class MatchSetInfo(google.protobuf.message.Message):
         payload: collections.abc.Iterable[builtins.str] | None = ...,
         purposes: collections.abc.Iterable[builtins.str] | None = ...,
         service_report: builtins.str = ...,
+        display_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["circumstance", b"circumstance", "name", b"name", "payload", b"payload", "protocols", b"protocols", "purposes", b"purposes", "service_report", b"service_report"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["circumstance", b"circumstance", "display_name", b"display_name", "name", b"name", "payload", b"payload", "protocols", b"protocols", "purposes", b"purposes", "service_report", b"service_report"]) -> None: ...
 
 global___MatchSetInfo = MatchSetInfo
 
@@ -83,9 +89,14 @@ class Capabilities(google.protobuf.message.Message):
     MATCH_SETS_FIELD_NUMBER: builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: builtins.int
     MIN_QUERY_SIZE_FIELD_NUMBER: builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: builtins.int
     node: builtins.str
     max_chunk_bytes: builtins.int
     min_query_size: builtins.int
+    display_name: builtins.str
+    """The name people know the department by (node.toml [node] display_name,
+    e.g. 司法局); empty when not set.
+    """
     @property
     def match_sets(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___MatchSetInfo]: ...
     def __init__(
@@ -95,8 +106,9 @@ class Capabilities(google.protobuf.message.Message):
         match_sets: collections.abc.Iterable[global___MatchSetInfo] | None = ...,
         max_chunk_bytes: builtins.int = ...,
         min_query_size: builtins.int = ...,
+        display_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["match_sets", b"match_sets", "max_chunk_bytes", b"max_chunk_bytes", "min_query_size", b"min_query_size", "node", b"node"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["display_name", b"display_name", "match_sets", b"match_sets", "max_chunk_bytes", b"max_chunk_bytes", "min_query_size", b"min_query_size", "node", b"node"]) -> None: ...
 
 global___Capabilities = Capabilities
 

@@ -13,6 +13,7 @@ import pytest
 from coordinator.eligibility import (
     Group,
     ParentStatus,
+    RoundDecisions,
     add_months,
     add_years,
     category,
@@ -573,22 +574,24 @@ def test_coverage_gaps() -> None:
         service_sources=["education/enrolled", "rehab/needs"],
         failed_sources=["rehab/needs"],
     )
+    # the failed set is a service set: it removes only its own list, so "leaving" (no
+    # evidence left) exits as it would with no failure (eligibility.md, issue 17 item 12)
     assert [d.decision for d in result.decisions] == [
         Decision.CONTINUE,
         Decision.CONTINUE,
-        Decision.REVIEW,
+        Decision.EXIT,
         Decision.ENROL,
     ]
     assert result.coverage_gaps == {
-        "education/enrolled": [
-            kept.child_id,
-            insured.child_id,
-            leaving.child_id,
-        ],  # declared, no matches
-        "medical_insurance/enrolled": [kept.child_id, leaving.child_id],
+        "education/enrolled": [kept.child_id, insured.child_id],  # declared, no matches
+        "medical_insurance/enrolled": [kept.child_id],
     }
     without = decide_all(
-        [kept, insured, leaving, new], evidence[:-1], as_of=D, failed_sources=["rehab/needs"]
+        [kept, insured, leaving, new],
+        evidence[:-1],
+        as_of=D,
+        service_sources=["education/enrolled", "rehab/needs"],
+        failed_sources=["rehab/needs"],
     )
     assert [d.decision for d in without.decisions] == [d.decision for d in result.decisions]
 
@@ -732,3 +735,47 @@ def test_decisions_json_has_one_entry_per_row_in_order() -> None:
         "reasons",
         "next_check_due",
     }
+
+
+@pytest.mark.parametrize("kind", ["service_sources", "service_need_sources"])
+def test_failed_service_set_changes_no_decision(kind: str) -> None:
+    """A service dataset is not an evidence dataset (eligibility.md, "Service coverage
+    checks"): its failure removes its own list and turns no EXIT or NOT_ELIGIBLE into
+    REVIEW; an evidence set's failure still does."""
+    leaving = child(born=date(2012, 1, 1), status="supported", category="de_facto")
+    refused = child(born=date(2014, 1, 1))
+    kept = child(born=date(2012, 1, 1), status="supported", category="orphan")
+    evidence = [ev(p or "", "DEAD", date(2015, 1, 1)) for p in (kept.father_id, kept.mother_id)]
+    rows = [leaving, refused, kept]
+    service = "medical_insurance/enrolled"
+    gaps = [service] if kind == "service_sources" else []
+    needs = [service] if kind == "service_need_sources" else []
+
+    def run(failed: list[str]) -> RoundDecisions:
+        return decide_all(
+            rows,
+            evidence,
+            as_of=D,
+            failed_sources=failed,
+            service_sources=gaps,
+            service_need_sources=needs,
+        )
+
+    clean = run([])
+    failed = run([service])
+    decided = [d.decision for d in failed.decisions]
+    assert decided == [Decision.EXIT, Decision.NOT_ELIGIBLE, Decision.CONTINUE]
+    assert decided == [d.decision for d in clean.decisions]
+    assert [d.reason_texts() for d in failed.decisions] == [
+        d.reason_texts() for d in clean.decisions
+    ]
+    assert failed.failed_sources == (service,)  # still reported as failed
+    assert failed.coverage_gaps == {} and failed.service_needs == {}  # its list is missing
+    both = run([service, "court/declarations"])
+    assert [d.decision for d in both.decisions] == [
+        Decision.REVIEW,
+        Decision.REVIEW,
+        Decision.CONTINUE,
+    ]
+    reasons = both.decisions[0].reason_texts("en")
+    assert "court/declarations" in reasons[0] and service not in reasons[0]

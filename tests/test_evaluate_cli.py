@@ -187,7 +187,80 @@ def test_report_is_written_on_request(tmp_path: Path) -> None:
     result = _run(tmp_path, roster, evidence, "--report", str(tmp_path / "report.html"))
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "赤峰市 150402" in page and "justice" in page
+    assert "赤峰市红山区" in page and "justice" in page  # full county names (issue 17)
+
+
+def test_names_and_xlsx(tmp_path: Path) -> None:
+    """--names gives the Chinese reasons, report and spreadsheet display names; --xlsx
+    writes the spreadsheet (mode 0600, identity numbers as text)."""
+    from openpyxl import load_workbook
+
+    scientific = "1.50402E+17"
+    roster, evidence = _files(
+        tmp_path,
+        [
+            f"{CHILD},甲,,,{FATHER},{MOTHER},,,candidate,,,150402,",
+            f"{CHILD2},乙,,,{scientific},{MOTHER},,,supported,de_facto,,152301,2026-01-01",
+        ],
+        EVIDENCE,
+        "utf-8",
+    )
+    names = tmp_path / "names.csv"
+    names.write_text(
+        "source,display_name\njustice,司法局\njustice/custody,服刑在押人员\n"
+        "police,公安局\npolice/deaths,死亡注销人员\n",
+        encoding="utf-8",
+    )
+    book_path = tmp_path / "decisions.xlsx"
+    page_path = tmp_path / "report.html"
+    result = _run(
+        tmp_path,
+        roster,
+        evidence,
+        "--names",
+        str(names),
+        "--xlsx",
+        str(book_path),
+        "--report",
+        str(page_path),
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "decisions.json").read_text(encoding="utf-8"))
+    enrol, review = document["decisions"]
+    assert enrol["decision"] == "ENROL" and review["decision"] == "REVIEW"
+    assert any("司法局·服刑在押人员" in text for text in enrol["reasons"])
+    assert any("公安局·死亡注销人员" in text for text in enrol["reasons"])
+    # a roster problem in a Chinese reason is Chinese (issue 17: no English inside)
+    assert (
+        review["reasons"][0]
+        == "父亲:父亲身份证号无效(被电子表格存成科学计数法,后几位已丢失),按情况不明处理"
+    )
+    for text in (*enrol["reasons"], *review["reasons"]):
+        assert "justice" not in text and "police" not in text
+    page = page_path.read_text(encoding="utf-8")
+    assert "司法局" in page and "哲里木盟通辽市(旧代码,今通辽市科尔沁区)" in page
+    assert book_path.stat().st_mode & 0o777 == 0o600
+    book = load_workbook(book_path, read_only=True)
+    assert book.sheetnames == [
+        "按旗县汇总",
+        "新纳入",
+        "退出保障",
+        "变更类别",
+        "人工复核",
+        "继续保障",
+        "不符合条件",
+        "本轮信息",
+    ]
+    rows = list(book["新纳入"].iter_rows(values_only=True))
+    assert rows[0][0] == "身份证号" and rows[1][0] == CHILD and isinstance(rows[1][0], str)
+    assert "司法局·服刑在押人员" in str(rows[1][-1])
+    summary = list(book["按旗县汇总"].iter_rows(values_only=True))
+    assert summary[1][:2] == ("150402", "赤峰市红山区") and summary[-1][1] == "合计"
+    # a round writes names.csv; an unreadable one is one line naming file and line
+    names.write_text("source,display_name\njustice/,司法局\n", encoding="utf-8")
+    bad = _run(tmp_path, roster, evidence, "--names", str(names))
+    assert bad.returncode != 0 and f"{names}:2: column source" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_service_need_lists_matched_covered_children(tmp_path: Path) -> None:

@@ -355,7 +355,9 @@ def _evaluate_equals(fed: Federation, out: Path, failed: list[str], tmp: Path) -
 def _complete_output(out: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "decisions.json",
+        "decisions.xlsx",
         "evidence.csv",
+        "names.csv",
         "report.html",
     ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
@@ -640,7 +642,9 @@ def test_coordinator_killed_mid_round_is_interrupted_and_next_run_completes(
 def _complete_output_except(out: Path, foreign: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "decisions.json",
+        "decisions.xlsx",
         "evidence.csv",
+        "names.csv",
         "report.html",
     ]
     partial = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]

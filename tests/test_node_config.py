@@ -208,3 +208,24 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"xmatch: error: {tmp_path / 'nope.toml'}: file not found"
+
+
+def test_display_names(folder: Path) -> None:
+    text = GOOD.replace("[node]\n", '[node]\ndisplay_name = " 司法局 "\n').replace(
+        "allow = ", 'display_name = "服刑在押人员"\nallow = '
+    )
+    cfg = load_node_config(write(folder, text))
+    assert cfg.node.display_name == "司法局"  # trimmed
+    assert cfg.match_sets[0].display_name == "服刑在押人员"
+    assert load_node_config(write(folder, GOOD)).node.display_name is None
+    for bad, message in (
+        ('""', "node.display_name: empty"),
+        ('"' + "局" * 41 + '"', "node.display_name: 41 characters; at most 40"),
+        ('"司法局150402"', "node.display_name: 6 or more digits"),
+        ('"司法局\\u0007"', "node.display_name: control characters"),
+    ):
+        path = write(folder, GOOD.replace("[node]\n", f"[node]\ndisplay_name = {bad}\n"))
+        with pytest.raises(ConfigError) as info:
+            load_node_config(path)
+        line = info.value.diagnostics()
+        assert line.startswith(f"{path}: ") and message in line, line

@@ -297,6 +297,14 @@ def test_capabilities_say_what_a_service_set_reports(cfg: NodeConfig) -> None:
     ]
 
 
+def test_capabilities_carry_display_names(cfg: NodeConfig) -> None:
+    custody = cfg.match_sets[0].model_copy(update={"display_name": "服刑在押人员"})
+    named = cfg.model_copy(update={"match_sets": [custody, *cfg.match_sets[1:]]})
+    views = capabilities(named, "civil-affairs", role="coordinator")
+    assert views[0].display_name == "服刑在押人员"
+    assert all(v.display_name == "" for v in views[1:])  # not set: empty, as in the proto
+
+
 # -- drivers
 
 

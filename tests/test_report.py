@@ -77,6 +77,10 @@ def _round() -> tuple[RoundDecisions, Provenance]:
             source="police/rehab",
         ),
     ]
+    # the report lists only children someone must act on: both named children enrol
+    for named in (evil, quoted):
+        for parent in (named.father_id, named.mother_id):
+            evidence.append(ev(parent or "", "DEAD", date(2020, 1, 1), source="police/deaths"))
     evidence.append(ev(review.child_id or "", "SERVICE", source="dpf/rehab_needs"))
     evidence.append(ev(enrol.child_id or "", "SERVICE", source="dpf/rehab_needs"))  # not covered
     decisions = decide_all(
@@ -102,10 +106,15 @@ def _round() -> tuple[RoundDecisions, Provenance]:
 
 
 def test_region_names() -> None:
-    assert region_name("150402") == "赤峰市 150402"
-    assert region_name("152921") == "阿拉善盟 152921"
-    assert region_name("152301") == "152301"  # a retired code: shown as the code
+    # full county names (issue 17: the county column showed the city plus a code, and a
+    # retired code a bare number)
+    assert region_name("150402") == "赤峰市红山区"
+    assert region_name("152921") == "阿拉善盟阿拉善左旗"
+    assert region_name("152301") == "哲里木盟通辽市(旧代码,今通辽市科尔沁区)"  # retired
+    assert region_name("150499") == "赤峰市 150499"  # not in the table: league and code
+    assert region_name("152499") == "昭乌达盟 152499(旧代码,今属赤峰市)"
     assert region_name("110105") == "110105"
+    assert region_name(None) == "旗县未填"
 
 
 def test_report_content_is_complete_and_escaped() -> None:
@@ -124,7 +133,7 @@ def test_report_content_is_complete_and_escaped() -> None:
         "round-2026-11-29",
         "court/declarations",
         "自2026年11月起停发",
-        "呼和浩特市 150102",
+        "呼和浩特市新城区",
         "<svg",
         "@media print",
         "数据矛盾",

@@ -94,6 +94,8 @@ def _evaluate(fed: Federation, out: Path, failed: list[str], tmp: Path) -> dict[
         args += ["--failed-source", source]
     for source in NEEDS:  # what the nodes' capabilities told the round
         args += ["--service-need", source]
+    # the display names the nodes announced, as the round wrote them down
+    args += ["--names", str(out / "names.csv")]
     done = xmatch(*args)
     assert done.returncode == 0, done.stderr
     document: dict[str, object] = json.loads((tmp / "evaluated.json").read_text(encoding="utf-8"))
@@ -126,6 +128,21 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     evaluated.pop("round_id")
     assert decisions == evaluated
     assert decisions["failed_sources"] == []
+    # with display names set (synth's node.toml), no Chinese reason and no report heading
+    # names a department by its id, and no reason has English in it
+    reasons = [text for d in decisions["decisions"] for text in d["reasons"]]
+    assert any("司法局·服刑在押人员" in text for text in reasons)
+    node_ids = [n.name for n in specs]
+    assert [t for t in reasons if any(node in t for node in node_ids)] == []
+    assert [t for t in reasons if re.search("[A-Za-z]{2,}", t)] == []
+    page = (out / "report.html").read_text(encoding="utf-8")
+    headings = re.findall(r"<h[1-4]>(.*?)</h[1-4]>", page, re.S)
+    assert headings and [h for h in headings if any(node in h for node in node_ids)] == []
+    assert (out / "decisions.xlsx").stat().st_mode & 0o777 == 0o600
+    # the round recorded its decision counts in the state: the history chart shows it
+    history = page[page.index("aria-label='历次比对决定'") :]
+    history = history[: history.index("</svg>")]
+    assert f">{len(decisions['decisions']):,}</text>" in history
     assert "medical-insurance/enrolled" in decisions["coverage_gaps"]
     # the round took service_report = "needs" from the node's capabilities: the set lists
     # the covered children it matched, and is no coverage set
@@ -145,7 +162,9 @@ def test_round_equals_plaintext_join_and_rules_evaluate(
     )
     assert sorted(p.name for p in out.iterdir()) == [
         "decisions.json",
+        "decisions.xlsx",
         "evidence.csv",
+        "names.csv",
         "report.html",
     ]
     # both sides logged every sub-round with the same transcript

@@ -133,6 +133,8 @@ def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
         report=args.report,
         service_sources=args.service_source,
         service_need_sources=args.service_need,
+        xlsx=args.xlsx,
+        names=args.names,
     )
 
 
@@ -414,6 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="input encoding (default: detect)",
     )
     evaluate.add_argument("--report", type=Path, default=None, help="also write report.html here")
+    evaluate.add_argument(
+        "--xlsx", type=Path, default=None, help="also write the decisions spreadsheet here"
+    )
+    evaluate.add_argument(
+        "--names",
+        type=Path,
+        default=None,
+        metavar="NAMES.CSV",
+        help=(
+            "display names of departments and sets (source,display_name; a round writes "
+            "DIR/names.csv) for the Chinese reasons, report and spreadsheet"
+        ),
+    )
     evaluate.add_argument(
         "--service-source",
         action="append",

@@ -274,5 +274,6 @@ def run_demo(
         print("failed sources: none", file=out)
     print(f"report: {outcome.out / 'report.html'}", file=out)
     print(f"decisions: {outcome.out / 'decisions.json'}", file=out)
+    print(f"spreadsheet: {outcome.out / 'decisions.xlsx'}", file=out)
     print(f"protocol logs: {workdir / 'logs'}{os.sep}*.audit.jsonl", file=out)
     return 0

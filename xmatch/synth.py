@@ -1032,6 +1032,32 @@ def _toml_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(_toml_str(v) for v in values) + "]"
 
 
+#: the Chinese names people know the demo's departments and sets by (node.toml display_name)
+DISPLAY_NAMES: dict[str, str] = {
+    "police": "公安局",
+    "police/deaths": "死亡注销人员",
+    "police/lost_contact": "失联人员报案",
+    "police/deportations": "遣送出境人员",
+    "justice": "司法局",
+    "justice/custody": "服刑在押人员",
+    "justice/drug_rehab": "强制隔离戒毒人员",
+    "court": "人民法院",
+    "court/death_declarations": "宣告死亡",
+    "court/missing_declarations": "宣告失踪",
+    "court/guardianship": "撤销监护资格",
+    "disabled-persons-federation": "残疾人联合会",
+    "disabled-persons-federation/certificates": "残疾人证",
+    "disabled-persons-federation/rehab_needs": "残疾儿童康复需求",
+    "medical-insurance": "医疗保障局",
+    "medical-insurance/enrolled": "基本医疗保险参保人员",
+}
+
+
+def _display_line(key: str) -> list[str]:
+    shown = DISPLAY_NAMES.get(key)
+    return [f"display_name = {_toml_str(shown)}"] if shown else []
+
+
 def write_node_config(
     root: Path, node: NodeSpec, *, port: int, coordinator: str = COORDINATOR_NAME
 ) -> Path:
@@ -1045,12 +1071,14 @@ def write_node_config(
         f'cert = "pki/{node.name}.crt"',
         f'key = "pki/{node.name}.key"',
         f'audit_log = "logs/{node.name}.audit.jsonl"',
+        *_display_line(node.name),
         "",
     ]
     for ms in node.match_sets:
         lines += [
             "[[match_sets]]",
             f"name = {_toml_str(ms.name)}",
+            *_display_line(f"{node.name}/{ms.name}"),
             f"circumstance = {_toml_str(ms.circumstance)}",
             f"source = {_toml_str(ms.source)}",
             f"id_column = {_toml_str(ms.id_column)}",
