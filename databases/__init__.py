@@ -14,7 +14,7 @@ from databases.engines import (
     session_class,
     texts_of,
 )
-from databases.source import ENGINES, DatabaseSource, Dsn, is_identifier
+from databases.source import ENGINES, DatabaseSource, Dsn, is_identifier, source_from_toml
 
 __all__ = [
     "ENGINES",
@@ -28,5 +28,6 @@ __all__ = [
     "open_session",
     "replace_as_of",
     "session_class",
+    "source_from_toml",
     "texts_of",
 ]

@@ -17,12 +17,17 @@ reads back with ``current_setting`` (PostgreSQL's Arrow reader streams with COPY
 only for queries without parameters; with one it holds the whole result, see
 docs/node.md). The date is never formatted into SQL text.
 
-| engine | driver | batches | read-only | timeout |
-|---|---|---|---|---|
-| postgresql | adbc-driver-postgresql | Arrow record batches (COPY) | session characteristics READ ONLY | ``statement_timeout`` |
-| mysql | mysql-connector-python | prepared statement, unbuffered fetchmany | ``SET SESSION TRANSACTION READ ONLY`` + ``START TRANSACTION READ ONLY`` | ``max_statement_time`` (MariaDB) / ``max_execution_time`` (MySQL) |
-| oracle | python-oracledb (thin) | fetchmany with ``arraysize`` | ``SET TRANSACTION READ ONLY`` | ``call_timeout`` |
-| dm | dmPython | fetchmany with ``arraysize`` | ``access_mode = DSQL_MODE_READ_ONLY`` | ``connection_timeout`` |
+Per engine (driver; batches; read-only; statement timeout):
+
+- postgresql: adbc-driver-postgresql; Arrow record batches over COPY; the
+  session's transactions are READ ONLY; ``statement_timeout``.
+- mysql: mysql-connector-python; a prepared statement, rows fetched unbuffered;
+  ``SET SESSION TRANSACTION READ ONLY`` and ``START TRANSACTION READ ONLY``;
+  ``max_statement_time`` (MariaDB) or ``max_execution_time`` (MySQL).
+- oracle: python-oracledb (thin); ``fetchmany`` with ``arraysize``;
+  ``SET TRANSACTION READ ONLY``; ``call_timeout``.
+- dm: dmPython; ``fetchmany``; the connection's ``access_mode`` is
+  ``DSQL_MODE_READ_ONLY``; ``connection_timeout``.
 
 Every driver error becomes one :class:`DatabaseError` line with a ``reason``
 code. Only errors that name SQL objects (a missing table or column, a syntax
@@ -33,6 +38,7 @@ withheld, since they may quote a record. Every message passes through
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import decimal
 import re
@@ -226,8 +232,9 @@ def texts_of(values: Sequence[object]) -> _TextArray:
         return np.zeros(0, dtype="<U1")
     first = next((v for v in values if v is not None), None)
     if isinstance(first, str) and all(type(v) is str for v in values):
-        return np.array([v.strip() for v in values], dtype=str)
-    return np.array([_text_of(v) for v in values], dtype=str)
+        out: _TextArray = np.array([str(v).strip() for v in values], dtype=np.str_)
+        return out
+    return np.array([_text_of(v) for v in values], dtype=np.str_)
 
 
 def _arrow_texts(column: Any) -> _TextArray:
@@ -259,7 +266,8 @@ def _arrow_texts(column: Any) -> _TextArray:
                 arr.offset : arr.offset + n + 1
             ]
             width = int(offsets[1] - offsets[0])
-            if 0 < width <= 64 and int(offsets[-1] - offsets[0]) == width * n:
+            # every value that width (equal totals alone can match by chance)
+            if 0 < width <= 64 and bool((np.diff(offsets) == width).all()):
                 data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
                 if not (data & 0x80).any() and not (data == 0x20).any():
                     fixed: _TextArray = data.view(f"S{width}").astype(f"<U{width}")
@@ -304,7 +312,9 @@ class PostgresSession(Session):
 
         uri = dsn.url
         if "connect_timeout" not in dsn.options:
-            uri += ("&" if "?" in uri else "?") + f"connect_timeout={source.connect_timeout_seconds}"
+            uri += (
+                "&" if "?" in uri else "?"
+            ) + f"connect_timeout={source.connect_timeout_seconds}"
         try:
             self._con = adbc.connect(uri)
         except Exception as exc:
@@ -325,10 +335,8 @@ class PostgresSession(Session):
         return "CAST(current_setting('xmatch.as_of') AS date)"
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the server may be gone
             self._con.rollback()
-        except Exception:  # the server may be gone
-            pass
 
     def columns(self, expressions: Sequence[str] | None = None) -> list[Column]:
         sql = (
@@ -384,12 +392,13 @@ class PostgresSession(Session):
                     break
                 except Exception as exc:
                     raise self.error(exc, what) from None
-                yield [_arrow_texts(batch.column(i)) for i in range(batch.num_columns)]
+                # COPY's batches are sized in bytes: cut them to batch_rows rows
+                for lo in range(0, batch.num_rows, batch_rows):
+                    part = batch.slice(lo, batch_rows)
+                    yield [_arrow_texts(part.column(i)) for i in range(part.num_columns)]
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the server may be gone: we already raised
                 cur.close()
-            except Exception:  # the server may be gone: the stream already raised
-                pass
             self._rollback()
 
     def fetch_row(self, sql: str, params: Any = ()) -> tuple[Any, ...]:
@@ -410,10 +419,8 @@ class PostgresSession(Session):
         return tuple(row) if row is not None else ()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._con.close()
-        except Exception:
-            pass
 
     def classify(self, exc: BaseException) -> tuple[Reason, str]:
         state = str(getattr(exc, "sqlstate", "") or "")
@@ -436,6 +443,18 @@ class PostgresSession(Session):
         if state.startswith("22"):
             return "data", ""
         low = text.lower()
+        # errors while reading the COPY stream arrive as Arrow errors, without a SQLSTATE
+        if "read-only transaction" in low:
+            return "read_only", ""
+        if "statement timeout" in low:
+            return "timeout", ""
+        if "does not exist" in low and "error:" in low:
+            found = re.search(
+                r'ERROR:\s+((?:relation|column|function|schema) "[^"]*" does not exist)', text
+            )
+            return "missing", found.group(1) if found else ""
+        if "invalid input syntax" in low or "out of range" in low:
+            return "data", ""
         if "password authentication failed" in low or "no pg_hba.conf entry" in low:
             return "auth", ""
         if "connection refused" in low or "could not connect" in low or "timeout expired" in low:
@@ -444,7 +463,7 @@ class PostgresSession(Session):
             return "connect", "unknown host"
         if "server closed the connection" in low or "terminating connection" in low:
             return "lost", ""
-        if "no connection to the server" in low or "connection" in low and "lost" in low:
+        if "no connection to the server" in low or ("connection" in low and "lost" in low):
             return "lost", ""
         return "driver", f"({type(exc).__name__}{', SQLSTATE ' + state if state else ''})"
 
@@ -492,10 +511,8 @@ class _DbApiSession(Session):
         """Start a read-only transaction on ``cur`` (where the engine needs a statement)."""
 
     def _end(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._con.rollback()
-        except Exception:
-            pass
 
     def _type_name(self, type_code: Any) -> str:
         return str(getattr(type_code, "name", type_code))
@@ -549,10 +566,8 @@ class _DbApiSession(Session):
                 yield [texts_of(columns[i]) for i in range(width)]
         finally:
             if cur is not None:
-                try:
+                with contextlib.suppress(Exception):
                     cur.close()
-                except Exception:
-                    pass
             self._end()
 
     def fetch_row(self, sql: str, params: Any = ()) -> tuple[Any, ...]:
@@ -572,10 +587,8 @@ class _DbApiSession(Session):
         return tuple(row) if row is not None else ()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._con.close()
-        except Exception:
-            pass
 
 
 class MysqlSession(_DbApiSession):

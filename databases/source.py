@@ -21,11 +21,19 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from psi.errors import ConfigError
 
-__all__ = ["ENGINES", "DatabaseSource", "Dsn", "Engine", "is_identifier"]
+__all__ = ["ENGINES", "DatabaseSource", "Dsn", "Engine", "is_identifier", "source_from_toml"]
 
 Engine = Literal["postgresql", "mysql", "oracle", "dm"]
 ENGINES: tuple[str, ...] = ("postgresql", "mysql", "oracle", "dm")
@@ -189,6 +197,8 @@ class Dsn:
     port: int | None
     database: str
     options: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the password as written in the URL (percent-encoded), for :meth:`redact`
+    raw_password: str = field(default="", repr=False)
 
     @classmethod
     def parse(cls, url: str, *, engine: str) -> Dsn:
@@ -225,6 +235,7 @@ class Dsn:
             port=port,
             database=unquote(parts.path.lstrip("/")),
             options=options,
+            raw_password=parts.password or "",
         )
 
     @property
@@ -236,8 +247,34 @@ class Dsn:
     def redact(self, text: str) -> str:
         """``text`` with the URL, the password and the user name replaced by ``***``."""
         secrets = sorted(
-            {s for s in (self.url, self.password, self.user) if len(s) >= 3}, key=len, reverse=True
+            {s for s in (self.url, self.password, self.raw_password, self.user) if len(s) >= 3},
+            key=len,
+            reverse=True,
         )
         for s in secrets:
             text = text.replace(s, "***")
         return text
+
+
+def source_from_toml(value: object, context: object) -> object:
+    """A TOML inline table as a :class:`DatabaseSource`; anything else unchanged.
+
+    For a ``mode="before"`` validator of a ``Path | DatabaseSource`` field, so that
+    a bad table reports its own problem, not "not a valid path".
+
+    Raises:
+        ValueError: one line naming the key of the inline table and the problem.
+    """
+    if not isinstance(value, dict):
+        return value
+    try:
+        return DatabaseSource.model_validate(value, context=context)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ValueError(f"unknown key {key!r} in the database source") from None
+        if err["type"] == "missing":
+            raise ValueError(f"missing key {key!r} in the database source") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{key}: {msg}" if key else msg) from None

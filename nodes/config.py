@@ -79,7 +79,7 @@ from pydantic import (
     model_validator,
 )
 
-from databases import DatabaseSource, is_identifier
+from databases import DatabaseSource, is_identifier, source_from_toml
 from psi.ecdh import size_class
 from psi.errors import ConfigError
 from psi.keyed_hash import PRFS as _PSI_PRFS
@@ -295,6 +295,11 @@ class MatchSetConfig(_Strict):
         if self.circumstance != "SERVICE":
             return None
         return self.service_report or "gaps"
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_table(cls, value: object, info: ValidationInfo) -> object:
+        return source_from_toml(value, info.context)
 
     @field_validator("source")
     @classmethod

@@ -533,7 +533,8 @@ def _arrow_strings(column: Any) -> npt.NDArray[np.str_]:
     if n and arr.null_count == 0 and pa.types.is_string(arr.type):
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
         width = int(offsets[1] - offsets[0])
-        if 0 < width <= 64 and int(offsets[-1] - offsets[0]) == width * n:
+        # every value must have that width (the total alone can match by chance)
+        if 0 < width <= 64 and bool((np.diff(offsets) == width).all()):
             data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
             if not (data & 0x80).any():  # ASCII: one byte per character
                 fixed: npt.NDArray[np.str_] = data.view(f"S{width}").astype(f"<U{width}")

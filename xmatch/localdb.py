@@ -94,9 +94,7 @@ def free_port() -> int:
 
 
 def _pg_bin() -> Path | None:
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
-    )
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     return found[-1].parent if found else None
 
 
@@ -355,3 +353,62 @@ def local_mariadb(parent: Path | None = None) -> Iterator[LocalServer]:
         yield server
     finally:
         server.stop()
+
+
+_SQL_TYPES = {"VARCHAR": "TEXT", "DATE": "DATE", "BIGINT": "BIGINT", "INTEGER": "INTEGER"}
+
+
+def load_csv(server: LocalServer, csv_path: Path, table: str, *, id_column: str) -> int:
+    """Copy a department CSV into ``table`` (dates as DATE, ``id_column`` as text).
+
+    Column types are DuckDB's detection, as a node reading the file would see
+    them; returns the number of rows. For the demo and the tests.
+    """
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        rows = con.sql(
+            "SELECT * FROM read_csv($p, header = true, types = $t)",
+            params={"p": str(csv_path), "t": {id_column: "VARCHAR"}},
+        ).to_arrow_table()
+        described = con.sql(
+            "DESCRIBE SELECT * FROM read_csv($p, header = true, types = $t)",
+            params={"p": str(csv_path), "t": {id_column: "VARCHAR"}},
+        ).fetchall()
+    finally:
+        con.close()
+    columns = [(str(r[0]), _SQL_TYPES.get(str(r[1]), "TEXT")) for r in described]
+    if server.engine == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc
+
+        with adbc.connect(server.dsn()) as pg:
+            with pg.cursor() as cur:
+                cols = ", ".join(f'"{name}" {kind}' for name, kind in columns)
+                cur.execute(f"CREATE TABLE {table} ({cols})")
+                cur.adbc_ingest(table, rows, mode="append")
+            pg.commit()
+    else:
+        import mysql.connector
+
+        my = mysql.connector.connect(
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            password=server.password,
+            database=server.database,
+            use_pure=True,
+        )
+        try:
+            cur = my.cursor()
+            cols = ", ".join(
+                f"`{name}` {'VARCHAR(255)' if kind == 'TEXT' else kind}" for name, kind in columns
+            )
+            cur.execute(f"CREATE TABLE {table} ({cols}) CHARACTER SET utf8mb4")
+            marks = ", ".join(["%s"] * len(columns))
+            values = [tuple(r.values()) for r in rows.to_pylist()]
+            cur.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+            my.commit()
+        finally:
+            my.close()
+    return int(rows.num_rows)
