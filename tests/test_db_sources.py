@@ -156,7 +156,7 @@ def custody(tmp_path: Path, server: LocalServer) -> str:
     csv = tmp_path / "load.csv"
     csv.write_text("\n".join(CUSTODY) + "\n", encoding="utf-8")
     table = table_name("custody")
-    assert load_csv(server, csv, table, id_column="id_number") == len(CUSTODY) - 1
+    assert load_csv(server, csv, table, text_columns=["id_number"]) == len(CUSTODY) - 1
     return table
 
 
@@ -495,9 +495,9 @@ def test_a_csv_is_parsed_once_for_every_as_of(
 
 
 def test_streamed_db_set_is_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgresql_server: LocalServer, custody: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: LocalServer, custody: str
 ) -> None:
-    cfg = db_config(tmp_path, monkeypatch, postgresql_server, custody)
+    cfg = db_config(tmp_path, monkeypatch, server, custody)
     store = MatchSetStore(cfg)
     assert store.source_rows("custody") == len(CUSTODY) - 1
     assert not store.is_streamed("custody")

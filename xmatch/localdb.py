@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,8 +358,10 @@ def local_mariadb(parent: Path | None = None) -> Iterator[LocalServer]:
 _SQL_TYPES = {"VARCHAR": "TEXT", "DATE": "DATE", "BIGINT": "BIGINT", "INTEGER": "INTEGER"}
 
 
-def load_csv(server: LocalServer, csv_path: Path, table: str, *, id_column: str) -> int:
-    """Copy a department CSV into ``table`` (dates as DATE, ``id_column`` as text).
+def load_csv(
+    server: LocalServer, csv_path: Path, table: str, *, text_columns: Sequence[str]
+) -> int:
+    """Copy a department CSV into ``table`` (dates as DATE, ``text_columns`` as text).
 
     Column types are DuckDB's detection, as a node reading the file would see
     them; returns the number of rows. For the demo and the tests.
@@ -368,14 +370,21 @@ def load_csv(server: LocalServer, csv_path: Path, table: str, *, id_column: str)
 
     con = duckdb.connect(":memory:")
     try:
-        rows = con.sql(
-            "SELECT * FROM read_csv($p, header = true, types = $t)",
-            params={"p": str(csv_path), "t": {id_column: "VARCHAR"}},
-        ).to_arrow_table()
+        forced = dict.fromkeys(text_columns, "VARCHAR")
+        reader = "read_csv($p, header = true, types = $t)"
         described = con.sql(
-            "DESCRIBE SELECT * FROM read_csv($p, header = true, types = $t)",
-            params={"p": str(csv_path), "t": {id_column: "VARCHAR"}},
+            f"DESCRIBE SELECT * FROM {reader}", params={"p": str(csv_path), "t": forced}
         ).fetchall()
+        # anything but a date or a whole number stays text (yes/no is not a boolean)
+        for r in described:
+            if str(r[1]) not in _SQL_TYPES:
+                forced[str(r[0])] = "VARCHAR"
+        described = con.sql(
+            f"DESCRIBE SELECT * FROM {reader}", params={"p": str(csv_path), "t": forced}
+        ).fetchall()
+        rows = con.sql(
+            f"SELECT * FROM {reader}", params={"p": str(csv_path), "t": forced}
+        ).to_arrow_table()
     finally:
         con.close()
     columns = [(str(r[0]), _SQL_TYPES.get(str(r[1]), "TEXT")) for r in described]
