@@ -375,9 +375,12 @@ def load_csv(
         described = con.sql(
             f"DESCRIBE SELECT * FROM {reader}", params={"p": str(csv_path), "t": forced}
         ).fetchall()
-        # anything but a date or a whole number stays text (yes/no is not a boolean)
+        # anything but a date or a whole number stays text (yes/no is not a boolean);
+        # a *_date column is a date even when every cell is empty
         for r in described:
-            if str(r[1]) not in _SQL_TYPES:
+            if str(r[0]).endswith("_date"):
+                forced[str(r[0])] = "DATE"
+            elif str(r[1]) not in _SQL_TYPES:
                 forced[str(r[0])] = "VARCHAR"
         described = con.sql(
             f"DESCRIBE SELECT * FROM {reader}", params={"p": str(csv_path), "t": forced}
