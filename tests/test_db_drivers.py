@@ -103,7 +103,8 @@ def Session_for(src: DatabaseSource) -> Session:
         ('ORA-00942: table or view "PRISON"."CUSTODY" does not exist', "missing", "ORA-00942"),
         ('ORA-00904: "TERM_MONTHS": invalid identifier', "missing", "TERM_MONTHS"),
         (
-            "ORA-01456: may not perform insert/delete/update operation inside a READ ONLY transaction",
+            "ORA-01456: may not perform insert/delete/update operation inside a READ ONLY "
+            "transaction",
             "read_only",
             None,
         ),
