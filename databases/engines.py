@@ -188,7 +188,7 @@ class Session(ABC):
         text = {
             "connect": f"cannot connect to {where}"
             + (f" ({detail})" if detail else "")
-            + "; is the server running and reachable from the node?",
+            + "; is the server running and reachable from this machine?",
             "auth": f"authentication failed on {where} (check the user and password in "
             f"{self.source.credentials_origin()})",
             "missing": f"{what}: {detail or 'a table or column does not exist'}",
