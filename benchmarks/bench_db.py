@@ -124,9 +124,8 @@ def stream_bench(rows: int, batch_rows: int) -> None:
         parquet = folder / "set.parquet"
         started = time.perf_counter()
         _fill(server, rows, parquet)
-        print(
-            f"filled PostgreSQL and Parquet with {rows:,} rows in {time.perf_counter() - started:.0f} s"
-        )
+        seconds = time.perf_counter() - started
+        print(f"filled PostgreSQL and Parquet with {rows:,} rows in {seconds:.0f} s")
         dsn = folder / "bench.dsn"
         dsn.write_text(server.dsn() + "\n")
         dsn.chmod(0o600)

@@ -241,7 +241,7 @@ def test_a_query_that_writes_is_refused(
     assert "read-only" in str(info.value) and "\n" not in str(info.value)
     # nothing was written
     src = DatabaseSource(
-        database="postgresql" if server.engine == "postgresql" else "mysql",  # type: ignore[arg-type]
+        database="postgresql" if server.engine == "postgresql" else "mysql",
         dsn_env="JUSTICE_DB_DSN",
         table=log,
     )
