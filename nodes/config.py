@@ -37,7 +37,8 @@ spill_dir = "spill"               # ours: where those buckets wait, encrypted, d
 [[match_sets]]
 name = "custody"
 circumstance = "IMPRISONED"
-source = "data/custody.csv"
+source = "data/custody.csv"       # or a database: { database = "postgresql", dsn_env = "…",
+                                  #   table = "…" } (databases.DatabaseSource, docs/node.md)
 id_column = "id_number"
 where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
 payload = ["start_date", "end_date"]
