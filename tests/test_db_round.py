@@ -6,14 +6,19 @@ the coordinator's roster in PostgreSQL too: the evidence and the decisions must
 be identical. Then the server is stopped: the next round reports failed sources
 (exit 3, REVIEW, never EXIT), and a node started now refuses to start with one
 line. Nothing the node or the coordinator wrote may contain the password.
+A second test kills the server while a node streams a set from it: the round
+reports that set as failed and the node keeps serving.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as adbc
 import pytest
 
 from tests.federation import (
@@ -23,6 +28,7 @@ from tests.federation import (
     round_run,
     start_nodes,
     stop_nodes,
+    wait_for,
     xmatch,
 )
 from xmatch import synth
@@ -179,3 +185,99 @@ def test_rounds_from_postgresql_equal_rounds_from_csv(
     assert secret not in everything_written(root)
     assert all(server.password not in text for text in outputs)
     assert os.environ["CIVIL_DB_DSN"].encode() not in everything_written(root)
+
+
+def test_the_server_dying_mid_stream_is_a_failed_source(tmp_path: Path) -> None:
+    """A streamed keyed-hash set: the server is killed while the node reads it."""
+    deaths = SPECS[0].match_sets[0]
+    specs = (
+        synth.NodeSpec(
+            "police",
+            "keyed-hash",
+            (
+                synth.MatchSetSpec(
+                    "deaths",
+                    "DEAD",
+                    deaths.source,
+                    "id_number",
+                    # the server sleeps at row 20000, so the test can kill it mid-stream
+                    "start_date <= $as_of AND pg_sleep(CASE WHEN n = 20000 THEN 60 ELSE 0 END) "
+                    "IS NOT NULL",
+                    ("start_date",),
+                ),
+            ),
+        ),
+    )
+    server = start_postgresql()
+    fed = build_federation(tmp_path / "fed", specs=specs, children=60)
+    root = fed.root
+    try:
+        load_csv(server, root / deaths.source, "deaths", text_columns=["id_number"])
+        with adbc.connect(server.dsn()) as con:
+            with con.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO deaths (id_number, start_date) SELECT '15080219800101' || "
+                    "lpad(g::text, 4, '0'), DATE '2020-01-01' FROM generate_series(1, 30000) g"
+                )
+                cur.execute("ALTER TABLE deaths ADD COLUMN n serial")
+            con.commit()
+        dsn_file = root / "police.dsn"
+        dsn_file.write_text(server.dsn() + "\n")
+        dsn_file.chmod(0o600)
+        config = fed.config("police")
+        text = config.read_text(encoding="utf-8").replace(
+            f'source = "{deaths.source}"',
+            'source = { database = "postgresql", dsn_file = "police.dsn", table = "deaths" }',
+        )
+        # stream the set (above stream_rows); startup reads it once, without the sleep row
+        config.write_text(text.replace("[node]\n", "[node]\nstream_rows = 1000\n", 1))
+        with adbc.connect(server.dsn()) as con:
+            with con.cursor() as cur:
+                cur.execute("UPDATE deaths SET n = n + 1000000")  # no row 20000 at startup
+            con.commit()
+        start_nodes(fed)
+        with adbc.connect(server.dsn()) as con:
+            with con.cursor() as cur:
+                cur.execute("UPDATE deaths SET n = n - 1000000")
+            con.commit()
+        coordinator = coordinator_toml(fed, "coordinator.toml")
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xmatch",
+                "round",
+                "run",
+                "--config",
+                str(coordinator),
+                "--as-of",
+                AS_OF.isoformat(),
+                "--out",
+                str(root / "out"),
+                "-q",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def sleeping() -> bool:
+            with adbc.connect(server.dsn()) as con, con.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+                row = cur.fetchone()
+            return bool(row and row[0])
+
+        wait_for("the node's query to reach the sleeping row", sleeping, timeout=60)
+        server.kill()
+        out, err = run.communicate(timeout=120)
+        assert run.returncode in (0, 3), err
+        decisions = json.loads((root / "out" / "decisions.json").read_text(encoding="utf-8"))
+        assert decisions["failed_sources"] == ["police/deaths"]
+        assert all(n.process.poll() is None for n in fed.nodes)  # the node survived
+        audit = (root / "logs" / "police.audit.jsonl").read_text(encoding="utf-8")
+        assert "was lost" in audit
+        assert server.password not in out + err
+    finally:
+        stop_nodes(fed.nodes)
+        server.stop()
+    assert server.password.encode() not in everything_written(root)
