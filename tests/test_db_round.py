@@ -105,6 +105,14 @@ def test_rounds_from_postgresql_equal_rounds_from_csv(
     server = start_postgresql()
     fed = build_federation(tmp_path / "fed", specs=SPECS, children=90)
     root = fed.root
+    # justice streams its set and splits it into ecdh buckets (the paths of a 20M set)
+    justice = fed.config("justice")
+    justice.write_text(
+        justice.read_text(encoding="utf-8").replace(
+            "[node]\n", "[node]\nstream_rows = 50\nbucket_rows = 20\n", 1
+        ),
+        encoding="utf-8",
+    )
     try:
         # (1) the CSV round
         csv_config = coordinator_toml(fed, "csv.toml")
@@ -143,6 +151,9 @@ def test_rounds_from_postgresql_equal_rounds_from_csv(
             for o in ("out-csv", "out-db")
         ]
         assert decisions[0]["decisions"] == decisions[1]["decisions"]
+        justice_log = (root / "logs" / "justice.audit.jsonl").read_text(encoding="utf-8")
+        # two entries (start, end) per bucketed round: both rounds used the buckets
+        assert justice_log.count('"buckets":') >= 4
         # (3) the database goes away. The roster lives there too: that round stops at
         # once, with one line; a round with roster.csv gets failed sources, never EXIT,
         # and the nodes keep running.
