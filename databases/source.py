@@ -159,7 +159,10 @@ class DatabaseSource(BaseModel):
             text = os.environ.get(self.dsn_env)
             if text is None or not text.strip():
                 raise ConfigError(f"dsn_env: environment variable {self.dsn_env} is not set")
-            return Dsn.parse(text.strip(), engine=self.database)
+            try:
+                return Dsn.parse(text.strip(), engine=self.database)
+            except ConfigError as exc:
+                raise ConfigError(f"dsn_env: {self.dsn_env}: {exc}") from None
         assert self.dsn_file is not None
         path = self.dsn_file
         try:
@@ -180,7 +183,10 @@ class DatabaseSource(BaseModel):
             raise ConfigError(f"dsn_file: cannot read {path} as UTF-8 text") from None
         if not text:
             raise ConfigError(f"dsn_file: {path} is empty")
-        return Dsn.parse(text.splitlines()[0].strip(), engine=self.database)
+        try:
+            return Dsn.parse(text.splitlines()[0].strip(), engine=self.database)
+        except ConfigError as exc:
+            raise ConfigError(f"dsn_file: {path}: {exc}") from None
 
 
 @dataclass(frozen=True)

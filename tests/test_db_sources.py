@@ -518,3 +518,15 @@ def test_arrow_strings_regression_equal_total_width(tmp_path: Path) -> None:
         where=None,
     )
     assert len(load_match_set(cfg, "custody", AS_OF)) == 4
+
+
+def test_a_dsn_that_is_not_a_url_is_refused_without_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUSTICE_DB_DSN", "host=db user=justice password=Hunter2-secret")
+    source = '{ database = "postgresql", dsn_env = "JUSTICE_DB_DSN", table = "custody" }'
+    with pytest.raises(ConfigError) as info:
+        load_node_config(write_node_toml(tmp_path, source))
+    text = str(info.value)
+    assert "match_sets[0].source.dsn_env: JUSTICE_DB_DSN: the DSN is not a postgresql URL" in text
+    assert "Hunter2" not in text
