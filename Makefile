@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck pytest demo bench chromium proto clean
+.PHONY: install test lint typecheck pytest demo bench chromium databases proto clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,15 @@ chromium:
 	    chromium fonts-noto-cjk >/dev/null) \
 	  || echo "warning: chromium could not be installed; browser tests will fail"; }
 
+# Debian's PostgreSQL and MariaDB servers: the database-source tests and the demo start
+# their own throwaway servers (xmatch/localdb.py); installed only when missing.
+databases:
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v mariadbd >/dev/null 2>&1; } || { \
+	  echo "installing Debian postgresql and mariadb-server for the database-source tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postgresql mariadb-server >/dev/null) \
+	  || echo "warning: postgresql/mariadb-server could not be installed; database tests will fail"; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -29,12 +38,12 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install chromium
+pytest: install chromium databases
 	$(VENV)/bin/pytest -q -n 2
 
 test: lint typecheck pytest
 
-demo: install
+demo: install databases
 	$(VENV)/bin/xmatch demo --workdir demo-run
 
 bench: install

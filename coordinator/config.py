@@ -11,7 +11,7 @@ cert = "pki/civil-affairs.crt"
 key = "pki/civil-affairs.key"
 audit_log = "logs/civil-affairs.audit.jsonl"
 state = "state/coordinator.sqlite"
-roster = "data/roster.csv"
+roster = "data/roster.csv"        # or a database table/query (docs/coordinator.md)
 purpose = "eligibility-review"
 workers = 2                       # ours: EC worker processes for ecdh (default: CPU count)
 chunk_items = 16384               # ours: identities per stream message (default 16384)
@@ -51,6 +51,7 @@ from pydantic import (
     model_validator,
 )
 
+from databases import DatabaseSource, source_from_toml
 from psi.errors import ConfigError
 
 __all__ = [
@@ -108,7 +109,8 @@ class CoordinatorSection(_Strict):
     key: Path
     audit_log: Path
     state: Path
-    roster: Path
+    #: roster.csv, or a civil-affairs database table or query (``{ database = … }``)
+    roster: Path | DatabaseSource
     purpose: str = Field(min_length=1)
     workers: int | None = Field(default=None, ge=1, le=256)
     chunk_items: int = Field(default=DEFAULT_CHUNK_ITEMS, ge=1, le=MAX_CHUNK_ITEMS)
@@ -116,10 +118,19 @@ class CoordinatorSection(_Strict):
     audit_key: Path | None = None
     audit_cert: Path | None = None
 
+    @field_validator("roster", mode="before")
+    @classmethod
+    def _roster_table(cls, value: object, info: ValidationInfo) -> object:
+        return source_from_toml(value, info.context)
+
     @field_validator("ca", "cert", "key", "audit_log", "state", "roster", "audit_key", "audit_cert")
     @classmethod
-    def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+    def _relative_to_config(
+        cls, value: Path | DatabaseSource | None, info: ValidationInfo
+    ) -> Path | DatabaseSource | None:
+        if value is None or isinstance(value, DatabaseSource):
+            return value
+        return _resolve(value, info)
 
     @property
     def audit_key_path(self) -> Path:

@@ -34,7 +34,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TextIO, TypeVar, cast
 
-from psi.errors import InputError
+from databases import DatabaseError, DatabaseSource, open_session
+from psi.errors import ConfigError, InputError
 from psi.identifiers import composite_key, normalize_id_column
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
@@ -508,11 +509,114 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
     """
     table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED, known=ROSTER_OPTIONAL)
     lines, cells = table.columns(ROSTER_REQUIRED + ROSTER_OPTIONAL)
+    return _roster_of_cells(table.path, lines, cells, as_of=as_of)
+
+
+def _roster_of_cells(
+    name: str, lines: list[int], cells: Mapping[str, Sequence[str]], *, as_of: date | None
+) -> Roster:
     ids = {c: _normalize_ids(cells[c], today=as_of) for c in ("child_id", "father_id", "mother_id")}
-    rows = _roster_by_column(table.path, lines, cells, ids)
+    rows = _roster_by_column(name, lines, cells, ids)
     if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
-        rows = _roster_by_row(table.path, lines, cells, ids)
-    return Roster(path=table.path, rows=rows, problems=[p for row in rows for p in row.problems])
+        rows = _roster_by_row(name, lines, cells, ids)
+    return Roster(path=name, rows=rows, problems=[p for row in rows for p in row.problems])
+
+
+def read_roster_source(
+    source: Path | DatabaseSource,
+    *,
+    encoding: Encoding = "auto",
+    as_of: date | None = None,
+    label: str = "roster",
+) -> Roster:
+    """The roster from roster.csv (:func:`read_roster`) or from a database table or query.
+
+    Raises:
+        InputError: as :func:`read_roster`, or as :func:`read_roster_database`.
+    """
+    if isinstance(source, DatabaseSource):
+        return read_roster_database(source, as_of=as_of, label=label)
+    return read_roster(source, encoding=encoding, as_of=as_of)
+
+
+_ROSTER_IDS = ("child_id", "father_id", "mother_id")
+_ROSTER_DATES = ("child_birth_date", "last_check_date")
+_ROSTER_BATCH = 65_536
+
+
+@gc_paused()
+def read_roster_database(
+    source: DatabaseSource, *, as_of: date | None = None, label: str = "roster"
+) -> Roster:
+    """Read the roster from the civil-affairs database, with roster.csv's column contract.
+
+    The columns are found by name (case-insensitive); the rows are checked by
+    the same code as roster.csv's, and each message names ``label``, the
+    source and the row number (1 = the first row the database returns: give
+    ``query`` an ``ORDER BY`` for a stable order). Identity columns must be
+    text and date columns dates; the connection is read-only.
+
+    Raises:
+        ConfigError: the DSN cannot be read.
+        DatabaseError: unreachable server, failed authentication, a missing
+            table, a column of the wrong type, a lost connection.
+        InputError: a missing required column, or a bad cell (as roster.csv).
+    """
+    name = f"{label} ({source.describe()})"
+
+    def fail(exc: ConfigError) -> ConfigError:
+        text = f"{name}: {exc}"
+        return (
+            DatabaseError(text, reason=exc.reason)
+            if isinstance(exc, DatabaseError)
+            else (ConfigError(text))
+        )
+
+    try:
+        session = open_session(source)
+    except ConfigError as exc:
+        raise fail(exc) from None
+    try:
+        try:
+            found = {c.name.lower(): c for c in session.columns()}
+        except ConfigError as exc:
+            raise fail(exc) from None
+        for column in ROSTER_REQUIRED:
+            if column not in found:
+                raise InputError(f"{name}: missing required column {column}")
+        wanted = [c for c in ROSTER_REQUIRED + ROSTER_OPTIONAL if c in found]
+        for column in wanted:
+            kind, type_name = found[column].kind, found[column].type_name
+            if column in _ROSTER_IDS and kind != "text":
+                raise DatabaseError(
+                    f"{name}: column {column} is {type_name} in the database; store identity "
+                    "numbers as text (a number loses leading digits and the check character X)",
+                    reason="type",
+                )
+            if column in _ROSTER_DATES and kind not in ("date", "timestamp"):
+                raise DatabaseError(
+                    f"{name}: column {column} is {type_name} in the database; store dates as "
+                    "DATE (or convert them in `query`)",
+                    reason="type",
+                )
+        parts: dict[str, list[str]] = {c: [] for c in wanted}
+        try:
+            sql, params = session.bind_as_of(
+                session.select([found[c].name for c in wanted], None), as_of or date.today()
+            )
+            for batch in session.stream(sql, params, width=len(wanted), batch_rows=_ROSTER_BATCH):
+                for column, values in zip(wanted, batch, strict=True):
+                    parts[column].extend(values.tolist())
+        except ConfigError as exc:
+            raise fail(exc) from None
+    finally:
+        session.close()
+    n = len(parts[wanted[0]])
+    empty = ("",) * n
+    cells: dict[str, Sequence[str]] = {
+        c: parts.get(c, empty) for c in ROSTER_REQUIRED + ROSTER_OPTIONAL
+    }
+    return _roster_of_cells(name, list(range(1, n + 1)), cells, as_of=as_of)
 
 
 _IdColumns = dict[str, tuple[list[str | None], list[str | None], list[bool]]]
@@ -909,6 +1013,8 @@ __all__ = [
     "gc_paused",
     "read_evidence",
     "read_roster",
+    "read_roster_database",
+    "read_roster_source",
     "write_atomically",
     "write_evidence",
 ]

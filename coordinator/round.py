@@ -71,7 +71,7 @@ from coordinator.records import (
     Circumstance,
     EvidenceRow,
     Roster,
-    read_roster,
+    read_roster_source,
     write_evidence,
 )
 from coordinator.report import Provenance, SourceRun, render_report
@@ -592,12 +592,17 @@ def _run_round(
     signer = AuditSigner.load(
         key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
     )
-    roster = read_roster(section.roster, encoding=section.roster_encoding, as_of=as_of)
+    roster = read_roster_source(
+        section.roster,
+        encoding=section.roster_encoding,
+        as_of=as_of,
+        label=f"{config.path or 'coordinator.toml'}: roster",
+    )
     for problem in roster.problems:
         display.note(f"{problem_prefix}{problem}", err)
     ordered = query_identities(roster)
     if not ordered:
-        raise InputError(f"{section.roster}: no valid identity number to query")
+        raise InputError(f"{roster.path}: no valid identity number to query")
     # (2) query in a random order; match indices point into this order
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
     encoded = encode_identities(identities)

@@ -37,7 +37,8 @@ spill_dir = "spill"               # ours: where those buckets wait, encrypted, d
 [[match_sets]]
 name = "custody"
 circumstance = "IMPRISONED"
-source = "data/custody.csv"
+source = "data/custody.csv"       # or a database: { database = "postgresql", dsn_env = "…",
+                                  #   table = "…" } (databases.DatabaseSource, docs/node.md)
 id_column = "id_number"
 where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
 payload = ["start_date", "end_date"]
@@ -80,6 +81,7 @@ from pydantic import (
     model_validator,
 )
 
+from databases import DatabaseSource, is_identifier, source_from_toml
 from psi.ecdh import size_class
 from psi.errors import ConfigError
 from psi.keyed_hash import PRFS as _PSI_PRFS
@@ -271,7 +273,8 @@ class MatchSetConfig(_Strict):
 
     name: str
     circumstance: str
-    source: Path
+    #: a CSV or Parquet file, or a database table or query (``{ database = … }``)
+    source: Path | DatabaseSource
     id_column: str = Field(min_length=1)
     where: str | None = None
     payload: list[str] = Field(default_factory=list)
@@ -329,10 +332,40 @@ class MatchSetConfig(_Strict):
             return None
         return self.service_report or "gaps"
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_table(cls, value: object, info: ValidationInfo) -> object:
+        return source_from_toml(value, info.context)
+
     @field_validator("source")
     @classmethod
-    def _source(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+    def _source(cls, value: Path | DatabaseSource, info: ValidationInfo) -> Path | DatabaseSource:
+        return value if isinstance(value, DatabaseSource) else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _database_columns(self) -> MatchSetConfig:
+        if isinstance(self.source, DatabaseSource) and not is_identifier(self.id_column):
+            raise ValueError(
+                f"id_column: {self.id_column!r} is not a plain column name; with a database "
+                "source, rename it in `query` (SELECT … AS id_number)"
+            )
+        return self
+
+    @property
+    def database(self) -> DatabaseSource | None:
+        """The database source, or None for a file."""
+        return self.source if isinstance(self.source, DatabaseSource) else None
+
+    @property
+    def source_file(self) -> Path:
+        """The source file (only for a file source).
+
+        Raises:
+            TypeError: the source is a database.
+        """
+        if isinstance(self.source, DatabaseSource):
+            raise TypeError(f"match set {self.name!r} reads a database, not a file")
+        return self.source
 
     @field_validator("where")
     @classmethod
@@ -616,6 +649,12 @@ def _check_files(cfg: NodeConfig, label: str, base: Path) -> None:
             f"{label}: node.passphrase_env: environment variable {node.passphrase_env} is not set"
         )
     for i, ms in enumerate(cfg.match_sets):
+        if isinstance(ms.source, DatabaseSource):
+            try:
+                ms.source.check_credentials()
+            except ConfigError as exc:
+                raise ConfigError(f"{label}: match_sets[{i}].source.{exc}") from None
+            continue
         if not ms.source.is_file():
             raise ConfigError(
                 f"{label}: match_sets[{i}].source: file not found: {_shown(ms.source, base)}"

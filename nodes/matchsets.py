@@ -48,6 +48,7 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 
+from databases import DatabaseError, DatabaseSource, Session, open_session
 from nodes.config import MatchSetConfig, NodeConfig
 from psi.errors import ConfigError
 from psi.identifiers import encode_identities, normalize_id_column
@@ -175,6 +176,13 @@ class _Reporter:
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: {message}")
 
+    def database_error(self, source: DatabaseSource, exc: ConfigError) -> ConfigError:
+        """A database source's error, prefixed with the match set (reason kept)."""
+        text = f"{self.prefix}: source ({source.describe()}): {exc}"
+        if isinstance(exc, DatabaseError):
+            return DatabaseError(text, reason=exc.reason)
+        return ConfigError(text)
+
     def duckdb_error(self, what: str, exc: duckdb.Error) -> ConfigError:
         if isinstance(exc, _SAFE_ERRORS):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -249,7 +257,10 @@ def load_match_set(config: NodeConfig, name: str, as_of: _dt.date) -> LoadedMatc
         raise ConfigError(f"{config.path}: no match set {name!r}")
     rep = _Reporter(config, ms)
     started = time.perf_counter()
-    path = ms.source
+    if ms.database is not None:
+        summary = StreamSummary()
+        return _collect(ms, as_of, _db_stream(ms, rep, as_of, summary=summary), summary, started)
+    path = ms.source_file
     if path.suffix.lower() in _PARQUET:
         return _load(config, ms, rep, path, as_of, parquet=True, started=started)
     try:
@@ -276,6 +287,11 @@ class _Query:
     params: dict[str, Any]
     bad_flags: tuple[str, ...]
     date_hints: tuple[str, ...] = ()
+    #: the pieces of ``sql``: the file reader and its parameters, the select list, the filter
+    reader: str = ""
+    reader_params: dict[str, Any] = field(default_factory=dict)
+    selects: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
 
 
 def _date_hints(
@@ -332,13 +348,13 @@ def _query(
     # (2) required columns
     if ms.id_column not in columns:
         raise rep.error(
-            f"id_column {ms.id_column!r} not found in {ms.source.name} "
+            f"id_column {ms.id_column!r} not found in {ms.source_file.name} "
             f"(columns: {', '.join(list(columns)[:20])})"
         )
     missing = [c for c in ms.payload if c not in columns]
     if missing:
         raise rep.error(
-            f"payload column {missing[0]!r} not found in {ms.source.name}; "
+            f"payload column {missing[0]!r} not found in {ms.source_file.name}; "
             "rename the column in the source or drop it from `payload`"
         )
     if parquet and columns[ms.id_column].upper() not in _TEXT_TYPES:
@@ -370,6 +386,10 @@ def _query(
         params={**params, "as_of": as_of},
         bad_flags=tuple(bad_flags),
         date_hints=tuple(hints),
+        reader=reader,
+        reader_params=params,
+        selects=tuple(selects),
+        columns=tuple(columns),
     )
 
 
@@ -424,13 +444,24 @@ def _load(
     parquet: bool,
     started: float,
 ) -> LoadedMatchSet:
+    summary = StreamSummary()
+    batches = _stream(ms, rep, path, as_of, parquet=parquet, summary=summary)
+    return _collect(ms, as_of, batches, summary, started)
+
+
+def _collect(
+    ms: MatchSetConfig,
+    as_of: _dt.date,
+    batches: Iterator[MatchSetBatch],
+    summary: StreamSummary,
+    started: float,
+) -> LoadedMatchSet:
     # Read in record batches and keep only the encoded rows: the transient
     # arrays of normalization then cover one batch, not the whole set
     # (3M rows: peak 2.3 GiB with one fetchnumpy, well under 1 GiB this way).
-    summary = StreamSummary()
     ids: list[npt.NDArray[np.uint8]] = []
     payload: dict[str, list[npt.NDArray[np.str_]]] = {col: [] for col in ms.payload}
-    for batch in _stream(ms, rep, path, as_of, parquet=parquet, summary=summary):
+    for batch in batches:
         ids.append(batch.identities)
         for col in payload:
             payload[col].append(batch.payload[col])
@@ -502,7 +533,8 @@ def _arrow_strings(column: Any) -> npt.NDArray[np.str_]:
     if n and arr.null_count == 0 and pa.types.is_string(arr.type):
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
         width = int(offsets[1] - offsets[0])
-        if 0 < width <= 64 and int(offsets[-1] - offsets[0]) == width * n:
+        # every value must have that width (the total alone can match by chance)
+        if 0 < width <= 64 and bool((np.diff(offsets) == width).all()):
             data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
             if not (data & 0x80).any():  # ASCII: one byte per character
                 fixed: npt.NDArray[np.str_] = data.view(f"S{width}").astype(f"<U{width}")
@@ -533,7 +565,10 @@ def stream_match_set(
         raise ConfigError(f"{config.path}: no match set {name!r}")
     rep = _Reporter(config, ms)
     summary = summary if summary is not None else StreamSummary()
-    path = ms.source
+    if ms.database is not None:
+        yield from _db_stream(ms, rep, as_of, summary=summary, batch_rows=batch_rows)
+        return
+    path = ms.source_file
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
         if not parquet:
@@ -608,6 +643,310 @@ def _stream(
         con.close()
 
 
+# --------------------------------------------------------------------------
+# Prepared file sets: parsed and normalized once per file version, filtered per as_of
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedFile:
+    """A file source parsed once, for every ``as_of`` (issue 10: no reparse per round).
+
+    ``rows`` is the file as an Arrow table of the columns a round needs (the id,
+    the payload, and every column whose name occurs in ``where``), plus its row
+    number. The identity numbers are normalized once without a date
+    (``encoded`` for the valid ones, ``position`` = the index into ``encoded``
+    of each row or -1); what depends on ``as_of`` (``where``, and the future
+    birth date check, from ``birth``) is applied per round by
+    :func:`_load_prepared`. Held in memory only, never written to disk.
+    """
+
+    version: tuple[int, int]
+    rows: Any  # pyarrow.Table
+    query: _Query
+    encoded: npt.NDArray[np.uint8]
+    position: npt.NDArray[np.int32]
+    birth: npt.NDArray[np.int32]
+    #: the reason code of each invalid row, as an index into ``reason_names`` (0: valid)
+    reasons: npt.NDArray[np.uint8]
+    reason_names: tuple[str, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the Arrow table and the arrays)."""
+        arrays = (self.encoded, self.position, self.birth)
+        return int(self.rows.nbytes) + sum(int(a.nbytes) for a in arrays)
+
+
+_ROW = "_xmatch_row"
+
+
+def _birth_days(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int32]:
+    """YYYYMMDD of each canonical 18-character number (digits 7-14), 0 for ``""``."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    codes = np.ascontiguousarray(ids, dtype="<U18").view(np.uint32).reshape(n, 18)[:, 6:14]
+    digits = codes.astype(np.int32) - ord("0")
+    digits[codes == 0] = 0
+    weights = 10 ** np.arange(7, -1, -1, dtype=np.int32)
+    days: npt.NDArray[np.int32] = (digits @ weights).astype(np.int32)
+    return days
+
+
+def prepare_file(config: NodeConfig, name: str, version: tuple[int, int]) -> PreparedFile:
+    """Parse and normalize a file match set once (see :class:`PreparedFile`).
+
+    Raises:
+        ConfigError: as :func:`load_match_set`.
+    """
+    ms = config.match_set(name)
+    if ms is None:
+        raise ConfigError(f"{config.path}: no match set {name!r}")
+    rep = _Reporter(config, ms)
+    path = ms.source_file
+    parquet = path.suffix.lower() in _PARQUET
+    with contextlib.ExitStack() as stack:
+        if not parquet:
+            try:
+                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+            except OSError as exc:
+                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+            if encoding != "utf-8":
+                try:
+                    path = stack.enter_context(_utf8_copy(path, encoding))
+                except UnicodeDecodeError as exc:
+                    raise rep.error(
+                        f"source: not valid {encoding} text (byte offset about {exc.start}); "
+                        "set `encoding` or re-export the file"
+                    ) from None
+        con = _connect(path)
+        stack.callback(con.close)
+        today = _dt.date.today()
+        query = _query(con, ms, rep, path, today, parquet=parquet)
+        where = (ms.where or "").lower()
+        keep = [
+            c
+            for c in query.columns
+            if c == ms.id_column or c in ms.payload or (where and c.lower() in where)
+        ]
+        try:
+            rows = con.sql(
+                f"SELECT {', '.join(_quote(c) for c in keep)} FROM {query.reader}",
+                params=query.reader_params,
+            ).to_arrow_table()
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("source", exc) from None
+    import pyarrow as pa
+
+    n = rows.num_rows
+    rows = rows.append_column(_ROW, pa.array(np.arange(n, dtype=np.int64)))
+    ids = rows.column(ms.id_column)
+    encoded: list[npt.NDArray[np.uint8]] = []
+    position = np.full(n, -1, dtype=np.int32)
+    birth = np.zeros(n, dtype=np.int32)
+    reasons = np.zeros(n, dtype=np.uint8)
+    names: dict[str, int] = {"": 0}
+    kept = 0
+    # in slices: normalization's transient arrays cover one slice, not the file
+    for lo in range(0, n, STREAM_BATCH_ROWS):
+        part = ids.slice(lo, STREAM_BATCH_ROWS).fill_null("")
+        column = normalize_id_column(_arrow_strings(part), today=None)
+        valid = column.valid
+        hi = lo + len(valid)
+        position[lo:hi][valid] = kept + np.arange(int(valid.sum()), dtype=np.int32)
+        kept += int(valid.sum())
+        birth[lo:hi] = _birth_days(column.ids)
+        for i in np.flatnonzero(~valid).tolist():
+            reason = column.reasons[i] or "invalid"
+            reasons[lo + i] = names.setdefault(reason, min(len(names), 255))
+        encoded.append(encode_identities(column.ids[valid]))
+    return PreparedFile(
+        version=version,
+        rows=rows,
+        query=query,
+        encoded=np.concatenate(encoded) if encoded else np.zeros((0, 16), dtype=np.uint8),
+        position=position,
+        birth=birth,
+        reasons=reasons,
+        reason_names=tuple(names),
+    )
+
+
+def _load_prepared(
+    config: NodeConfig, prepared: PreparedFile, name: str, as_of: _dt.date
+) -> LoadedMatchSet:
+    """The set as of ``as_of`` from a :class:`PreparedFile`: ``where`` runs on the Arrow rows."""
+    ms = config.match_set(name)
+    assert ms is not None
+    rep = _Reporter(config, ms)
+    started = time.perf_counter()
+    q = prepared.query
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute("SET temp_directory = ''")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        con.register("_xmatch_rows", prepared.rows)
+        where = f"WHERE ({ms.where})" if ms.where else ""
+        sql = (
+            "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
+            f"SELECT {_ROW}, {', '.join(q.selects[1:]) or '1 AS _none'} "
+            f"FROM _xmatch_rows AS source {where}"
+        )
+        try:
+            result = con.sql(sql, params={"as_of": as_of}).to_arrow_table()
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("where" if ms.where else "source", exc) from None
+    finally:
+        con.close()
+    selected = result.column(_ROW).to_numpy()
+    n = len(selected)
+    if n > 1 and not bool((np.diff(selected) > 0).all()):
+        order = np.argsort(selected, kind="stable")  # file order, as a full read gives
+        result = result.take(order)
+        selected = selected[order]
+    position = prepared.position[selected]
+    keep = position >= 0
+    rejected: Counter[str] = Counter()
+    codes = np.bincount(prepared.reasons[selected[~keep]], minlength=len(prepared.reason_names))
+    for code, count in enumerate(codes.tolist()):
+        if code and count:
+            rejected[prepared.reason_names[code]] += count
+    future = keep & (prepared.birth[selected] > int(as_of.strftime("%Y%m%d")))
+    if future.any():
+        rejected["future_birth_date"] += int(future.sum())
+        keep &= ~future
+    payload: dict[str, npt.NDArray[np.str_]] = {}
+    for i, col in enumerate(ms.payload):
+        values = _arrow_strings(result.column(f"_p{i}"))
+        malformed = np.zeros(n, dtype=bool)
+        if col in q.bad_flags:
+            malformed |= result.column(f"_bad{i}").to_numpy(zero_copy_only=False).astype(bool)
+        if col in _ALLOWED_CODES and n:
+            malformed |= ~np.isin(values, list(_ALLOWED_CODES[col]))
+        newly = malformed & keep
+        if newly.any():
+            rejected[f"payload_{col}"] += int(newly.sum())
+            keep &= ~malformed
+        payload[col] = values
+    return LoadedMatchSet(
+        name=ms.name,
+        as_of=as_of,
+        identities=prepared.encoded[position[keep]],
+        payload={k: v[keep] for k, v in payload.items()},
+        rows_selected=n,
+        rejected=dict(rejected),
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------
+# Database sources (docs/node.md, "Match sets in a database")
+
+_DATE_KINDS = ("date", "timestamp")
+_CODE_KINDS = ("text", "integer", "decimal", "float")
+
+
+def _open(ms: MatchSetConfig, rep: _Reporter) -> tuple[DatabaseSource, Session]:
+    source = ms.database
+    assert source is not None
+    try:
+        return source, open_session(source)
+    except ConfigError as exc:
+        raise rep.database_error(source, exc) from None
+
+
+def _db_check_types(
+    ms: MatchSetConfig, rep: _Reporter, source: DatabaseSource, session: Session
+) -> None:
+    """Refuse an id column that is not text and a date column that is not a date (step 2)."""
+    try:
+        columns = session.columns([ms.id_column, *ms.payload])
+    except ConfigError as exc:
+        raise rep.database_error(source, exc) from None
+    id_col = columns[0]
+    if id_col.kind != "text":
+        raise rep.database_error(
+            source,
+            DatabaseError(
+                f"id_column {ms.id_column!r} is {id_col.type_name} in the database; store "
+                "identity numbers as text (a number loses leading digits and the check "
+                "character X)",
+                reason="type",
+            ),
+        )
+    for col, found in zip(ms.payload, columns[1:], strict=True):
+        allowed = _DATE_KINDS if col in _DATE_COLUMNS else _CODE_KINDS
+        if found.kind not in allowed:
+            hint = (
+                "store dates as DATE (or convert them in `query`)"
+                if col in _DATE_COLUMNS
+                else "store it as a number or text"
+            )
+            raise rep.database_error(
+                source,
+                DatabaseError(
+                    f"payload column {col!r} is {found.type_name} in the database; {hint}",
+                    reason="type",
+                ),
+            )
+
+
+def _db_stream(
+    ms: MatchSetConfig,
+    rep: _Reporter,
+    as_of: _dt.date,
+    *,
+    summary: StreamSummary,
+    batch_rows: int = STREAM_BATCH_ROWS,
+) -> Iterator[MatchSetBatch]:
+    """A database match set in batches: the database runs ``where``; we normalize (step 4)."""
+    source, session = _open(ms, rep)
+    try:
+        # (1) connected read-only (databases.open_session), (2) column types
+        _db_check_types(ms, rep, source, session)
+        # (3) the SELECT, with $as_of bound by the driver
+        sql = session.select([ms.id_column, *ms.payload], ms.where)
+        try:
+            sql, params = session.bind_as_of(sql, as_of)
+            width = 1 + len(ms.payload)
+            for columns in session.stream(sql, params, width=width, batch_rows=batch_rows):
+                result: dict[str, Any] = {"_id": columns[0]}
+                for i in range(len(ms.payload)):
+                    result[f"_p{i}"] = columns[1 + i]
+                block = _convert(result, ms, (), as_of)
+                summary.rows_selected += block.rows
+                summary.rejected.update(block.rejected)
+                out = MatchSetBatch(
+                    identities=block.identities, payload=block.payload, offset=summary.kept
+                )
+                summary.kept += len(out)
+                yield out
+        except ConfigError as exc:
+            raise rep.database_error(source, exc) from None
+    finally:
+        session.close()
+
+
+def _db_stamp(ms: MatchSetConfig, rep: _Reporter) -> tuple[int, str | None]:
+    """(rows, max of ``change_column`` or None): what tells that the table changed."""
+    source, session = _open(ms, rep)
+    try:
+        change = f", max({source.change_column})" if source.change_column else ""
+        sql = f"SELECT count(*){change} FROM {source.relation} source"
+        try:
+            sql, params = session.bind_as_of(sql, _dt.date.today())
+            row = session.fetch_row(sql, params)
+        except ConfigError as exc:
+            raise rep.database_error(source, exc) from None
+    finally:
+        session.close()
+    rows = int(row[0]) if row and row[0] is not None else 0
+    stamp = None if not source.change_column or len(row) < 2 else repr(row[1])
+    return rows, stamp
+
+
 def count_source_rows(config: NodeConfig, name: str) -> int:
     """Rows in the source of match set ``name``, before ``where`` (Parquet: from metadata).
 
@@ -618,7 +957,9 @@ def count_source_rows(config: NodeConfig, name: str) -> int:
     if ms is None:
         raise ConfigError(f"{config.path}: no match set {name!r}")
     rep = _Reporter(config, ms)
-    path = ms.source
+    if ms.database is not None:
+        return _db_stamp(ms, rep)[0]
+    path = ms.source_file
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
         if not parquet:
@@ -640,15 +981,24 @@ def count_source_rows(config: NodeConfig, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-_Key = tuple[str, _dt.date, int, int]
+#: (match set, as_of, source version): a file's (mtime, size), or a table's stamp
+_Key = tuple[str, _dt.date, tuple[object, ...]]
 
 
 class MatchSetStore:
     """Loads match sets on demand and keeps the last few in a small LRU cache.
 
-    The cache key is (match set, as_of, the source's mtime and size), so an
-    updated source file is read again. Concurrent rounds asking for the same
-    key wait for one load instead of each running it.
+    The cache key is (match set, as_of, the source's version), so an updated
+    source is read again. A file's version is its mtime and size; a database
+    table's is its row count and the maximum of ``change_column``, and a
+    database source without ``change_column`` is never cached (every round
+    reads it). Concurrent rounds asking for the same key wait for one load
+    instead of each running it.
+
+    A file source is also kept *prepared* (parsed and normalized once, a
+    :class:`PreparedFile`, one per set) while its version is unchanged, so a
+    round with a new ``as_of`` only runs ``where`` over the rows in memory
+    instead of reparsing the file.
     """
 
     def __init__(self, config: NodeConfig, *, capacity: int | None = None) -> None:
@@ -657,7 +1007,23 @@ class MatchSetStore:
         self._lock = threading.Lock()
         self._cache: OrderedDict[_Key, LoadedMatchSet] = OrderedDict()
         self._loading: dict[_Key, threading.Lock] = {}
-        self._counts: dict[tuple[str, int, int], int] = {}
+        self._counts: dict[tuple[str, tuple[object, ...]], int] = {}
+        self._prepared: dict[str, PreparedFile] = {}
+        self._preparing: dict[str, threading.Lock] = {}
+
+    def _ms(self, name: str) -> MatchSetConfig:
+        ms = self._config.match_set(name)
+        if ms is None:
+            raise ConfigError(f"{self._config.path}: no match set {name!r}")
+        return ms
+
+    def _version(self, ms: MatchSetConfig) -> tuple[object, ...] | None:
+        """The source's version, or None when it cannot be told (uncached database)."""
+        if ms.database is not None:
+            if ms.database.change_column is None:
+                return None
+            return ("table", *_db_stamp(ms, _Reporter(self._config, ms)))
+        return self._stat_key(ms)
 
     def get(self, name: str, as_of: _dt.date) -> LoadedMatchSet:
         """Match set ``name`` as of ``as_of`` (cached).
@@ -665,16 +1031,11 @@ class MatchSetStore:
         Raises:
             ConfigError: as :func:`load_match_set`.
         """
-        ms = self._config.match_set(name)
-        if ms is None:
-            raise ConfigError(f"{self._config.path}: no match set {name!r}")
-        try:
-            st = ms.source.stat()
-        except OSError as exc:
-            raise _Reporter(self._config, ms).error(
-                f"source: cannot read ({exc.strerror})"
-            ) from exc
-        key: _Key = (name, as_of, st.st_mtime_ns, st.st_size)
+        ms = self._ms(name)
+        version = self._version(ms)
+        if version is None or self._capacity <= 0:
+            return load_match_set(self._config, name, as_of)
+        key: _Key = (name, as_of, version)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -688,20 +1049,43 @@ class MatchSetStore:
                     self._cache.move_to_end(key)
                     return hit
             try:
-                loaded = load_match_set(self._config, name, as_of)
+                if ms.database is None:
+                    assert len(version) == 2
+                    file_version = (int(str(version[0])), int(str(version[1])))
+                    prepared = self._prepare(name, file_version)
+                    loaded = _load_prepared(self._config, prepared, name, as_of)
+                else:
+                    loaded = load_match_set(self._config, name, as_of)
             finally:
                 with self._lock:
                     self._loading.pop(key, None)
             with self._lock:
-                if self._capacity > 0:
-                    self._cache[key] = loaded
-                    while len(self._cache) > self._capacity:
-                        self._cache.popitem(last=False)
+                self._cache[key] = loaded
+                while len(self._cache) > self._capacity:
+                    self._cache.popitem(last=False)
         return loaded
+
+    def _prepare(self, name: str, version: tuple[int, int]) -> PreparedFile:
+        """The prepared file of set ``name`` at ``version`` (parsed once per version)."""
+        with self._lock:
+            hit = self._prepared.get(name)
+            if hit is not None and hit.version == version:
+                return hit
+            gate = self._preparing.setdefault(name, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._prepared.get(name)
+                if hit is not None and hit.version == version:
+                    return hit
+                self._prepared.pop(name, None)  # an older version: let it go first
+            prepared = prepare_file(self._config, name, version)
+            with self._lock:
+                self._prepared[name] = prepared
+        return prepared
 
     def _stat_key(self, ms: MatchSetConfig) -> tuple[int, int]:
         try:
-            st = ms.source.stat()
+            st = ms.source_file.stat()
         except OSError as exc:
             raise _Reporter(self._config, ms).error(
                 f"source: cannot read ({exc.strerror})"
@@ -712,7 +1096,8 @@ class MatchSetStore:
         """Whether match set ``name`` has more source rows than ``stream_rows``.
 
         The count (Parquet metadata, or one scan of a CSV) is cached per
-        source version.
+        source version; a database is asked each time (``count(*)``) unless
+        its ``change_column`` gives a version.
 
         Raises:
             ConfigError: unknown set, unreadable source.
@@ -728,10 +1113,10 @@ class MatchSetStore:
         Raises:
             ConfigError: unknown set, unreadable source.
         """
-        ms = self._config.match_set(name)
-        if ms is None:
-            raise ConfigError(f"{self._config.path}: no match set {name!r}")
-        key = (name, *self._stat_key(ms))
+        ms = self._ms(name)
+        if ms.database is not None:
+            return count_source_rows(self._config, name)
+        key = (name, self._stat_key(ms))
         with self._lock:
             rows = self._counts.get(key)
         if rows is None:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# real database servers (PostgreSQL, MariaDB), started on first use per worker
+pytest_plugins = ("tests.dbservers",)
+
 
 @dataclass(frozen=True)
 class Member:

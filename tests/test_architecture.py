@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"psi", "nodes", "coordinator", "keys", "audit", "proto", "xmatch"}
+OURS = {"psi", "nodes", "coordinator", "keys", "audit", "proto", "xmatch", "databases"}
 
 # Which of our packages each package may import.
 ALLOWED = {
     "psi": {"psi"},
     "keys": {"psi", "keys"},
     "audit": {"psi", "keys", "audit"},
-    "nodes": {"psi", "keys", "audit", "proto", "nodes"},
-    "coordinator": {"psi", "keys", "audit", "proto", "coordinator"},
+    "databases": {"psi", "databases"},
+    "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases"},
+    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases"},
     "xmatch": OURS,
 }
 

@@ -28,9 +28,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 from psi.errors import InputError, XmatchError
+
+if TYPE_CHECKING:
+    from xmatch import synth
 
 __all__ = ["NodeProcess", "free_ports", "run_demo", "start_node", "stop_nodes"]
 
@@ -197,8 +200,6 @@ def run_demo(
         XmatchError: a node did not start (its last stderr line is quoted),
             or the round could not run.
     """
-    from coordinator.config import load_coordinator_config
-    from coordinator.round import run_round
     from xmatch import synth
 
     out = stdout if stdout is not None else sys.stdout
@@ -214,13 +215,69 @@ def run_demo(
         synth.write_pki(workdir, [n.name for n in fed.nodes])
         ports = dict(zip((n.name for n in fed.nodes), free_ports(len(fed.nodes)), strict=True))
         coordinator_toml = synth.write_configs(fed, ports=ports)
-    prepared = time.monotonic() - started
-    print(
-        f"xmatch demo: synthetic Inner Mongolia federation in {workdir}\n"
-        f"  roster: {children} children, seed {seed}, as of {as_of}; "
-        f"{sum(fed.file_rows.values())} department records; prepared in {prepared:.1f} s",
-        file=out,
+    with contextlib.ExitStack() as stack:
+        database = _database_department(workdir, stack)
+        prepared = time.monotonic() - started
+        print(
+            f"xmatch demo: synthetic Inner Mongolia federation in {workdir}\n"
+            f"  roster: {children} children, seed {seed}, as of {as_of}; "
+            f"{sum(fed.file_rows.values())} department records; prepared in {prepared:.1f} s",
+            file=out,
+        )
+        print(database, file=out)
+        return _run(fed, workdir, coordinator_toml, as_of=as_of, out=out, err=err)
+
+
+#: the demo's database department: police keeps its deaths register in PostgreSQL
+DATABASE_SET = ("police", "deaths", "data/police/deaths.csv", "police_deaths")
+
+
+def _database_department(workdir: Path, stack: contextlib.ExitStack) -> str:
+    """Start a throwaway PostgreSQL, copy police/deaths into it and point police.node.toml there.
+
+    The server runs as an unprivileged user in a temporary folder on a free port and
+    is stopped when ``stack`` closes. Without Debian's postgresql the set stays a CSV
+    file. Returns the line the demo prints about it.
+    """
+    from xmatch import localdb, synth
+
+    node, name, csv_path, table = DATABASE_SET
+    if not localdb.postgresql_available():
+        return f"  {node}/{name}: CSV file (install Debian's postgresql to read it from a database)"
+    server = localdb.start_postgresql()
+    stack.callback(server.stop)
+    rows = localdb.load_csv(server, workdir / csv_path, table, text_columns=["id_number"])
+    secrets = workdir / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    dsn_file = secrets / f"{node}.dsn"
+    fd = os.open(dsn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(server.dsn() + "\n")
+    synth.use_database(
+        workdir / f"{node}.node.toml",
+        csv_path,
+        database="postgresql",
+        dsn_file=f"secrets/{dsn_file.name}",
+        table=table,
     )
+    return (
+        f"  {node}/{name}: PostgreSQL table {table} ({rows} rows) on 127.0.0.1:{server.port}, "
+        "read-only; the server stops with the demo"
+    )
+
+
+def _run(
+    fed: synth.Federation,
+    workdir: Path,
+    coordinator_toml: Path,
+    *,
+    as_of: _dt.date,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    from coordinator.config import load_coordinator_config
+    from coordinator.round import run_round
+
     configs = [(n.name, workdir / f"{n.name}.node.toml") for n in fed.nodes]
     with running_nodes(configs, log_dir=workdir / "logs") as nodes:
         for node, spec in zip(nodes, fed.nodes, strict=True):

@@ -1149,3 +1149,18 @@ def write_configs(fed: Federation, *, ports: dict[str, int], workers: int | None
     for node in fed.nodes:
         write_node_config(fed.root, node, port=ports[node.name])
     return write_coordinator_config(fed.root, fed.nodes, ports=ports, workers=workers)
+
+
+def use_database(
+    node_toml: Path, csv_source: str, *, database: str, dsn_file: str, table: str
+) -> None:
+    """Point the match set of ``node_toml`` that reads ``csv_source`` at a database table."""
+    text = node_toml.read_text(encoding="utf-8")
+    line = f"source = {_toml_str(csv_source)}"
+    if line not in text:
+        raise ValueError(f"{node_toml}: no match set reads {csv_source}")
+    table_line = (
+        f"source = {{ database = {_toml_str(database)}, dsn_file = {_toml_str(dsn_file)}, "
+        f"table = {_toml_str(table)} }}"
+    )
+    node_toml.write_text(text.replace(line, table_line), encoding="utf-8")
