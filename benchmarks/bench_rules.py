@@ -243,7 +243,7 @@ def phases(
     roster_path: Path, evidence_path: Path, *, report: bool, xlsx: bool, names: Path
 ) -> None:
     """Time read roster, read evidence, decide, decisions.json (report, xlsx) in-process."""
-    from coordinator.eligibility import decide_all
+    from coordinator.decisions import decide_all
     from coordinator.evaluate import decisions_text, offline_provenance
     from coordinator.names import read_names
     from coordinator.records import gc_paused, read_evidence, read_roster

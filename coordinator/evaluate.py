@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TextIO
 
-from coordinator.eligibility import decide_all
+from coordinator.decisions import decide_all
 from coordinator.names import SourceNames, read_names
 from coordinator.reasons import Lang
 from coordinator.records import (

@@ -27,7 +27,8 @@ from datetime import date, datetime
 from html import escape
 from typing import Literal
 
-from coordinator.eligibility import ChildDecision, RoundDecisions
+from coordinator.decisions import RoundDecisions
+from coordinator.eligibility import ChildDecision
 from coordinator.names import SourceNames
 from coordinator.reasons import category_name, decision_name, month_text, status_name
 from coordinator.records import Category, Decision, RosterRow, gc_paused

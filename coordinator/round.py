@@ -62,7 +62,7 @@ from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, load_coordinator_config
-from coordinator.eligibility import RoundDecisions, decide_all
+from coordinator.decisions import RoundDecisions, decide_all
 from coordinator.evaluate import decisions_text
 from coordinator.names import SourceNames
 from coordinator.reasons import Lang

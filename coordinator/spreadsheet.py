@@ -24,7 +24,8 @@ from typing import Any
 
 import xlsxwriter
 
-from coordinator.eligibility import ChildDecision, RoundDecisions
+from coordinator.decisions import RoundDecisions
+from coordinator.eligibility import ChildDecision
 from coordinator.names import write_names
 from coordinator.reasons import category_name, decision_name, month_text, status_name
 from coordinator.records import Decision

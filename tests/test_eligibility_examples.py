@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from coordinator.eligibility import decide_all
+from coordinator.decisions import decide_all
 from coordinator.records import Category, Decision
 from tests.rules_helpers import child, ev
 

@@ -7,7 +7,7 @@ from datetime import date
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.eligibility import decide_all
+from coordinator.decisions import decide_all
 from coordinator.records import Circumstance, Decision, EvidenceRow, RosterRow
 from tests.rules_helpers import child, ev, make_id
 

@@ -10,20 +10,20 @@ from datetime import date, timedelta
 
 import pytest
 
-from coordinator.eligibility import (
+from coordinator.circumstances import (
     Group,
-    ParentStatus,
-    RoundDecisions,
     add_months,
     add_years,
-    category,
-    decide,
-    decide_all,
     eighteenth_birthday,
-    has_conflict,
-    index_evidence,
     is_adult,
     is_current,
+)
+from coordinator.decisions import RoundDecisions, decide_all, index_evidence
+from coordinator.eligibility import (
+    ParentStatus,
+    category,
+    decide,
+    has_conflict,
     next_check_due,
     parent_group,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.eligibility import RoundDecisions, decide_all
+from coordinator.decisions import RoundDecisions, decide_all
 from coordinator.report import Provenance, SourceRun, region_name, render_report
 from tests.rules_helpers import child, ev
 

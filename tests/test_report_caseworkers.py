@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from openpyxl import load_workbook
 
-from coordinator.eligibility import RoundDecisions, decide_all
+from coordinator.decisions import RoundDecisions, decide_all
 from coordinator.names import names_from
 from coordinator.reasons import decision_name
 from coordinator.records import Decision, read_evidence, read_roster
