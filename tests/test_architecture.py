@@ -142,6 +142,22 @@ def test_psi_starts_no_processes() -> None:
     assert process_starters() == STARTS_PROCESSES
 
 
+def import_targets(path: Path, modules: dict[str, set[str]]) -> set[str]:
+    """Our modules that ``path`` imports; ``from psi import errors`` names psi.errors."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if submodule in modules:
+                    found.add(submodule)
+                elif node.module in modules:
+                    found.add(node.module)
+    return found
+
+
 def import_cycles() -> set[str]:
     """Strongly connected components (Tarjan) of the graph of our modules' imports."""
     graph: dict[str, set[str]] = {}
@@ -151,12 +167,8 @@ def import_cycles() -> set[str]:
     for package in sorted(OURS):
         for path in sources(package):
             edges = graph[module_name(path)]
-            for module in imported_modules(path):
-                # "from psi import errors" names psi.errors when that module exists
-                target = module if module in graph else None
-                if target is None and module.rsplit(".", 1)[0] in graph:
-                    target = module.rsplit(".", 1)[0]
-                if target is not None and target != module_name(path):
+            for target in import_targets(path, graph):
+                if target != module_name(path):
                     edges.add(target)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
