@@ -70,12 +70,28 @@ def _check_name_matches(cert_path: Path, cert_pem: bytes, name: str) -> None:
         raise ConfigError(f"{cert_path}: certificate names {shown!r}, config says {name!r}")
 
 
+class SecretKeyAccess:
+    """A token proving the caller may see a private key in cleartext.
+
+    Tink's pattern (``SecretKeyAccess`` / ``InsecureSecretKeyAccess.get()``): the
+    handle never imports the cleartext module; that module holds the token callers
+    use, so each cleartext export is visible at its call site.
+    """
+
+    __slots__ = ()
+
+
+# gRPC credentials take PEM private keys, not key objects: the handle's own access
+_GRPC_ACCESS = SecretKeyAccess()
+
+
 class TlsMaterial:
     """A member's verified TLS identity. Build it with :func:`load_tls_credentials`.
 
     Public attributes: ``name``, ``role``, ``ca_pem``, ``cert_pem``, ``not_after``.
     The private key is reachable only through :meth:`server_credentials`,
-    :meth:`channel_credentials` and :func:`keys.unsafe_cleartext.tls_private_key_pem`.
+    :meth:`channel_credentials` and :meth:`private_key_pem`, which needs a
+    :class:`SecretKeyAccess` (callers get one from :mod:`keys.unsafe_cleartext`).
     """
 
     __slots__ = ("_key", "ca_pem", "cert_pem", "name", "not_after", "role")
@@ -113,14 +129,26 @@ class TlsMaterial:
     def __deepcopy__(self, memo: object) -> NoReturn:
         raise TypeError("TlsMaterial cannot be copied")
 
+    def private_key_pem(self, access: SecretKeyAccess) -> bytes:
+        """The TLS private key as unencrypted PKCS#8 PEM, in memory only.
+
+        Raises:
+            TypeError: ``access`` is not a :class:`SecretKeyAccess`.
+        """
+        if not isinstance(access, SecretKeyAccess):
+            raise TypeError("cleartext key export needs keys.unsafe_cleartext")
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def server_credentials(self) -> grpc.ServerCredentials:
         """gRPC server credentials that require a client certificate from the same CA."""
         import grpc
 
-        from keys.unsafe_cleartext import tls_private_key_pem
-
         return grpc.ssl_server_credentials(
-            [(tls_private_key_pem(self), self.cert_pem)],
+            [(self.private_key_pem(_GRPC_ACCESS), self.cert_pem)],
             root_certificates=self.ca_pem,
             require_client_auth=True,
         )
@@ -133,11 +161,9 @@ class TlsMaterial:
         """
         import grpc
 
-        from keys.unsafe_cleartext import tls_private_key_pem
-
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca_pem,
-            private_key=tls_private_key_pem(self),
+            private_key=self.private_key_pem(_GRPC_ACCESS),
             certificate_chain=self.cert_pem,
         )
 

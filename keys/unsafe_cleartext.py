@@ -10,18 +10,12 @@ needs them. Audit signing keys have no cleartext export at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from keys.handles import SecretKeyAccess, TlsMaterial
 
-from cryptography.hazmat.primitives import serialization
-
-if TYPE_CHECKING:
-    from keys.handles import TlsMaterial
+#: the access token for cleartext export (Tink's ``InsecureSecretKeyAccess.get()``)
+INSECURE_SECRET_KEY_ACCESS = SecretKeyAccess()
 
 
 def tls_private_key_pem(material: TlsMaterial) -> bytes:
     """The TLS private key of ``material`` as unencrypted PKCS#8 PEM, in memory only."""
-    return material._key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    return material.private_key_pem(INSECURE_SECRET_KEY_ACCESS)
