@@ -26,21 +26,11 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
+from psi.contract import CIRCUMSTANCE_CODES
 from psi.identifiers import check_character
 
 REGIONS = ["150102", "150203", "150402", "150502", "150602", "150702", "152201", "152502"]
-CODES = [
-    "DEAD",
-    "MISSING",
-    "SEVERE_DISABILITY",
-    "SEVERE_ILLNESS",
-    "IMPRISONED",
-    "DRUG_REHAB",
-    "OTHER_RESTRICTION",
-    "LOST_CONTACT",
-    "GUARDIANSHIP_REVOKED",
-    "DEPORTED",
-]
+CODES = list(CIRCUMSTANCE_CODES)
 SOURCE = {
     "DEAD": "police/deaths",
     "MISSING": "court/declarations",

@@ -39,7 +39,7 @@ import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -52,6 +52,7 @@ from pydantic import (
 )
 
 from databases import DatabaseSource, source_from_toml
+from psi.contract import FileEncoding, ProtocolName
 from psi.errors import ConfigError
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
     "parse_address",
 ]
 
-Protocol = Literal["ecdh", "keyed-hash"]
+Protocol = ProtocolName
 
 #: Identities per stream message: 16384 x 32-byte points = 512 KiB (ecdh),
 #: 16384 x 16-byte tags = 256 KiB (keyed-hash); far below gRPC's 4 MiB.
@@ -114,7 +115,7 @@ class CoordinatorSection(_Strict):
     purpose: str = Field(min_length=1)
     workers: int | None = Field(default=None, ge=1, le=256)
     chunk_items: int = Field(default=DEFAULT_CHUNK_ITEMS, ge=1, le=MAX_CHUNK_ITEMS)
-    roster_encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
+    roster_encoding: FileEncoding = "auto"
     audit_key: Path | None = None
     audit_cert: Path | None = None
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, TextIO, TypeVar, cast
 
 from databases import DatabaseError, DatabaseSource, open_session
+from psi.contract import PAYLOAD_COLUMNS
 from psi.errors import ConfigError, InputError
 from psi.identifiers import composite_key, normalize_id_column
 
@@ -42,7 +43,11 @@ Encoding = Literal["auto", "utf-8", "gb18030"]
 
 
 class Circumstance(StrEnum):
-    """A parent's (or child's) circumstance code (eligibility.md, 情形), or ``SERVICE``."""
+    """A parent's (or child's) circumstance code (eligibility.md, 情形), or ``SERVICE``.
+
+    The typed view of ``psi.contract.CIRCUMSTANCE_CODES`` (tests/test_architecture.py
+    keeps the two equal): mypy needs the members spelt out.
+    """
 
     DEAD = "DEAD"
     MISSING = "MISSING"
@@ -182,7 +187,7 @@ ROSTER_OPTIONAL = (
     "last_check_date",
 )
 EVIDENCE_REQUIRED = ("person_id", "circumstance", "source")
-EVIDENCE_OPTIONAL = ("start_date", "end_date", "disability_category", "disability_grade")
+EVIDENCE_OPTIONAL = PAYLOAD_COLUMNS
 EVIDENCE_COLUMNS = EVIDENCE_REQUIRED + EVIDENCE_OPTIONAL
 
 #: reason codes of :class:`psi.errors.InvalidIdentifier`, as the stderr line says them

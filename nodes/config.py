@@ -68,7 +68,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -82,9 +82,17 @@ from pydantic import (
 )
 
 from databases import DatabaseSource, is_identifier, source_from_toml
+from psi.contract import (
+    CIRCUMSTANCES,
+    ECDH_SUITES,
+    KEYED_HASH_PRFS,
+    PAYLOAD_COLUMNS,
+    PROTOCOLS,
+    FileEncoding,
+    ServiceReport,
+)
 from psi.ecdh import size_class
 from psi.errors import ConfigError
-from psi.keyed_hash import PRFS as _PSI_PRFS
 
 __all__ = [
     "CIRCUMSTANCES",
@@ -102,38 +110,7 @@ __all__ = [
     "parse_listen",
 ]
 
-#: Eligibility circumstance codes (eligibility.md) plus SERVICE for coverage sets.
-CIRCUMSTANCES = frozenset(
-    {
-        "DEAD",
-        "MISSING",
-        "SEVERE_DISABILITY",
-        "SEVERE_ILLNESS",
-        "IMPRISONED",
-        "DRUG_REHAB",
-        "OTHER_RESTRICTION",
-        "LOST_CONTACT",
-        "GUARDIANSHIP_REVOKED",
-        "DEPORTED",
-        "SERVICE",
-    }
-)
-#: Evidence columns a match may return (data-contracts.md, evidence.csv).
-PAYLOAD_COLUMNS = ("start_date", "end_date", "disability_category", "disability_grade")
-PROTOCOLS = ("ecdh", "keyed-hash")
-#: What a round reports of a SERVICE set (eligibility.md, section 四(一)): the covered
-#: children it did not match ("gaps", the default) or those it matched ("needs").
-ServiceReport = Literal["gaps", "needs"]
-#: The ecdh hash-to-curve suites psi offers (psi.hazmat.hash_to_curve.SUITES, named
-#: here because nothing outside psi imports psi.hazmat; a test keeps the two equal).
-#: Default of ``suites``.
-ECDH_SUITES = (
-    "x25519-sha256-u",
-    "curve25519_XMD:SHA-512_ELL2_RO_",
-    "curve25519_XMD:SHA-512_ELL2_NU_",
-)
-#: The keyed-hash PRFs psi offers (psi.keyed_hash.PRFS). Default of ``prfs``.
-KEYED_HASH_PRFS = tuple(sorted(_PSI_PRFS))
+# The vocabulary of the data contract lives in psi.contract (shared with coordinator/).
 #: 1 MiB: 32768 ecdh points or 65536 keyed-hash tags per message.
 DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
@@ -280,7 +257,7 @@ class MatchSetConfig(_Strict):
     payload: list[str] = Field(default_factory=list)
     protocols: list[str] = Field(min_length=1)
     allow: list[AllowEntry] = Field(min_length=1)
-    encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
+    encoding: FileEncoding = "auto"
     min_query_size: int = Field(default=100, ge=1)
     budget: Budget = Field(default_factory=Budget)
     suites: list[str] = Field(default_factory=lambda: list(ECDH_SUITES), min_length=1)

@@ -66,12 +66,26 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
 
 
 def test_node_and_coordinator_share_one_circumstance_vocabulary() -> None:
-    # nodes/ may not import coordinator/, so the node keeps its own copy of the
-    # eligibility.md codes; this pins the two together.
+    # psi.contract holds the codes; coordinator's enum spells them out for mypy, and the
+    # node validates config against the contract: this pins the three together.
     from coordinator.records import Circumstance
     from nodes.config import CIRCUMSTANCES
+    from psi.contract import CIRCUMSTANCE_CODES, SERVICE
 
+    assert [c.value for c in Circumstance] == [*CIRCUMSTANCE_CODES, SERVICE]
     assert {c.value for c in Circumstance} == CIRCUMSTANCES
+
+
+def test_the_contract_names_what_psi_offers() -> None:
+    from psi import contract, keyed_hash
+    from psi.hazmat import hash_to_curve
+
+    assert sorted(contract.ECDH_SUITES) == sorted(hash_to_curve.SUITES)
+    assert tuple(sorted(keyed_hash.PRFS)) == contract.KEYED_HASH_PRFS
+
+
+def test_the_contract_depends_on_nothing() -> None:
+    assert imported_modules(ROOT / "psi" / "contract.py") <= {"__future__", "typing"}
 
 
 # --- sizes, processes and cycles (issue 13's goals) --------------------------------------------
@@ -88,7 +102,6 @@ OVER_LIMIT: set[str] = {
     "coordinator/round.py",
     "coordinator/round.py:_run_round",
     "coordinator/round.py:_sub_round",
-    "nodes/config.py",
     "nodes/handlers.py",
     "nodes/matchsets.py",
     "nodes/server.py:serve_from_config",
