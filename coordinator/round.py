@@ -51,8 +51,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -77,7 +78,7 @@ from coordinator.records import (
 from coordinator.report import Provenance, SourceRun, render_report
 from coordinator.spreadsheet import write_outputs_for_people
 from coordinator.state import RoundState
-from keys.handles import AuditSigner, load_tls_credentials
+from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError, PeerError, Refused, XmatchError
@@ -100,6 +101,26 @@ __all__ = [
 ProgressFn = Callable[[int], None]
 
 
+class SubRoundStatus(StrEnum):
+    """How one (node, match set) query ended: the round's one status vocabulary.
+
+    The state database keeps its own two words (:data:`STATE_STATUS`), the
+    report and the log use these.
+    """
+
+    OK = "ok"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+#: what the state database records for each outcome (a refusal is a failed sub-round there)
+STATE_STATUS: dict[SubRoundStatus, Literal["completed", "failed"]] = {
+    SubRoundStatus.OK: "completed",
+    SubRoundStatus.FAILED: "failed",
+    SubRoundStatus.REFUSED: "failed",
+}
+
+
 @dataclass
 class SubRound:
     """The outcome of one (node, match set) query."""
@@ -108,7 +129,7 @@ class SubRound:
     match_set: str
     protocol: str
     circumstance: str | None
-    status: str  # "ok" | "failed" | "refused"
+    status: SubRoundStatus
     matches: int
     seconds: float
     detail: str
@@ -121,6 +142,10 @@ class SubRound:
     #: the display names the node announced for itself and this set ("" when none)
     node_display_name: str = ""
     display_name: str = ""
+    #: a failure's privacy-safe reason, as the log records it
+    reason: str = ""
+    #: the set size class the node announced (0: none)
+    set_size: int = 0
 
     @property
     def source(self) -> str:
@@ -572,21 +597,36 @@ def run_round(
         )
 
 
-def _run_round(
+@dataclass(frozen=True)
+class Prepared:
+    """Step 1 of a round: everything that can fail on bad input, before any traffic."""
+
+    tls: TlsMaterial
+    signer: AuditSigner
+    roster: Roster
+    #: the roster's identities in the random query order (match indices point into it)
+    identities: list[str]
+    encoded: npt.NDArray[np.uint8]
+
+
+def prepare(
     config: CoordinatorConfig,
     *,
     as_of: _dt.date,
     out: Path,
-    lang: Lang,
     display: _Progress,
-    stderr: TextIO | None,
+    err: TextIO,
     rng: Callable[[int], bytes],
     problem_prefix: str,
-) -> RoundOutcome:
-    err = stderr if stderr is not None else sys.stderr
-    started = time.monotonic()
+) -> Prepared:
+    """(1) Prepare: the output folder, our keys, the roster and the query order.
+
+    Raises:
+        InputError: a bad roster or one without any valid identity number, an
+            output folder in use, unreadable keys.
+        ConfigError: our certificate names another member.
+    """
     section = config.coordinator
-    # (1) everything that can fail on bad input, before any traffic
     check_output_folder(out)
     tls = load_tls_credentials(ca=section.ca, cert=section.cert, key=section.key, name=section.name)
     signer = AuditSigner.load(
@@ -603,18 +643,206 @@ def _run_round(
     ordered = query_identities(roster)
     if not ordered:
         raise InputError(f"{roster.path}: no valid identity number to query")
-    # (2) query in a random order; match indices point into this order
+    # query in a random order; match indices point into this order
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
-    encoded = encode_identities(identities)
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
-    state = RoundState.open(section.state)
+    return Prepared(tls, signer, roster, identities, encode_identities(identities))
+
+
+def _recover(state: RoundState, display: _Progress, err: TextIO) -> None:
     for stale in state.recovered:
         display.note(f"note: round {stale} was interrupted earlier (coordinator stopped)", err)
         record = state.get_round(stale)
         if record is not None:
             for leftover in remove_stale_staging(Path(record.out_dir), stale):
                 display.note(f"note: removed {leftover.name}, left by that round", err)
+
+
+def fan_out(
+    config: CoordinatorConfig,
+    prepared: Prepared,
+    *,
+    round_id: bytes,
+    as_of: _dt.date,
+    audit: AuditLog,
+    state: RoundState,
+    display: _Progress,
+) -> list[SubRound]:
+    """(2) Fan out: query every (node, match set) at once; a failure is a result, not a raise.
+
+    Raises:
+        XmatchError: our own fault (the log or the state database); KeyboardInterrupt
+            after every open stream was cancelled.
+    """
+    section = config.coordinator
+    plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
+    credentials = prepared.tls.channel_credentials()
+    display.sub_rounds([f"{n.name}/{ms}" for n, ms in plan])
+    display.phase("query")
+    with _ec_pool(config) as pool:
+        clients = {
+            n.name: NodeClient(
+                n,
+                credentials=credentials,
+                chunk_items=section.chunk_items,
+                executor=pool,
+                ca_pem=prepared.tls.ca_pem,
+                phases=display.on_phase,
+            )
+            for n in config.nodes
+        }
+        try:
+            tasks = {(n.name, ms): display.task(f"{n.name}/{ms}") for n, ms in plan}
+
+            def one(node_name: str, match_set: str) -> SubRound:
+                client = clients[node_name]
+                advance, finish = tasks[(node_name, match_set)]
+                return _sub_round(
+                    client,
+                    match_set,
+                    context=_context(
+                        config, round_id, as_of, node_name, match_set, client.entry.protocol
+                    ),
+                    encoded=prepared.encoded,
+                    identities=prepared.identities,
+                    audit=audit,
+                    state=state,
+                    progress=advance,
+                    finish=finish,
+                )
+
+            threads = ThreadPoolExecutor(
+                max_workers=max(1, len(plan)), thread_name_prefix="sub-round"
+            )
+            try:
+                futures = [threads.submit(one, n.name, ms) for n, ms in plan]
+                return [f.result() for f in futures]
+            except BaseException:
+                # Ctrl-C (or our own fault): cancel the open streams first, so that
+                # each sub-round ends now, as failed, in the state and the log,
+                # instead of waiting for its node or its deadline
+                for client in clients.values():
+                    client.close()
+                raise
+            finally:
+                threads.shutdown(wait=True, cancel_futures=True)
+        finally:
+            for client in clients.values():
+                client.close()
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Step 3 of a round: the decisions and what the outputs need beside them."""
+
+    decisions: RoundDecisions
+    evidence: list[EvidenceRow]
+    failed: list[str]
+    names: SourceNames
+
+
+def decide_round(
+    roster: Roster, results: Sequence[SubRound], *, as_of: _dt.date, lang: Lang
+) -> Decided:
+    """(3) Decide: every child from the evidence of every sub-round, failures named."""
+    failed = [s.source for s in results if s.status is not SubRoundStatus.OK]
+    services = [s.source for s in results if s.service_report == "gaps"]
+    needs = [s.source for s in results if s.service_report == "needs"]
+    evidence = [row for s in results for row in s.rows]
+    names = SourceNames()
+    for s in results:
+        names.add_node(s.node, s.node_display_name)
+        names.add_set(s.source, s.display_name)
+    decisions = decide_all(
+        roster,
+        evidence,
+        as_of=as_of,
+        failed_sources=failed,
+        service_sources=services,
+        service_need_sources=needs,
+        lang=lang,
+        source_names=names.labels(s.source for s in results),
+    )
+    return Decided(decisions, evidence, failed, names)
+
+
+def write_round(
+    out: Path,
+    decided: Decided,
+    results: Sequence[SubRound],
+    *,
+    rid: str,
+    as_of: _dt.date,
+    seconds: float,
+    state: RoundState,
+    display: _Progress,
+) -> None:
+    """(4) Write atomically: evidence, decisions.json, the report and the people's files.
+
+    Raises:
+        OSError: the output cannot be written (nothing is left half-written).
+    """
+    decisions = decided.decisions
+    provenance = Provenance(
+        round_id=rid,
+        as_of=as_of,
+        generated_at=_dt.datetime.now(_dt.UTC),
+        sources=tuple(
+            SourceRun(
+                node=s.node,
+                match_set=s.match_set,
+                protocol=s.protocol,
+                status=s.status.value,
+                matches=s.matches,
+                seconds=round(s.seconds, 3),
+                detail=s.detail,
+            )
+            for s in results
+        ),
+        failed_sources=tuple(decided.failed),
+        timings=(("round", seconds),),
+        names=decided.names,
+        history=tuple(state.decision_history(current=rid)),
+    )
+    display.phase("report")
+    report = render_report(decisions, provenance=provenance)
+    _write_output(
+        out,
+        round_id=rid,
+        evidence=decided.evidence,
+        document=decisions.to_json(round_id=rid),
+        report=report,
+        extra=lambda staging: _people_outputs(staging, decisions, provenance, display),
+    )
+
+
+def _run_round(
+    config: CoordinatorConfig,
+    *,
+    as_of: _dt.date,
+    out: Path,
+    lang: Lang,
+    display: _Progress,
+    stderr: TextIO | None,
+    rng: Callable[[int], bytes],
+    problem_prefix: str,
+) -> RoundOutcome:
+    """The pipeline: prepare -> fan out -> decide -> write atomically (style.md item 17)."""
+    err = stderr if stderr is not None else sys.stderr
+    started = time.monotonic()
+    section = config.coordinator
+    prepared = prepare(
+        config,
+        as_of=as_of,
+        out=out,
+        display=display,
+        err=err,
+        rng=rng,
+        problem_prefix=problem_prefix,
+    )
+    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    audit = AuditLog.open(section.audit_log, party=section.name, signer=prepared.signer)
+    state = RoundState.open(section.state)
+    _recover(state, display, err)
     round_id = rng(16)
     rid = round_id.hex()
     plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
@@ -635,119 +863,31 @@ def _run_round(
             out_dir=out.resolve(),
             sub_rounds=[(n.name, ms, n.protocol) for n, ms in plan],
         )
-        credentials = tls.channel_credentials()
-        results: list[SubRound] = []
-        display.sub_rounds([f"{n.name}/{ms}" for n, ms in plan])
-        display.phase("query")
-        with _ec_pool(config) as pool:
-            clients = {
-                n.name: NodeClient(
-                    n,
-                    credentials=credentials,
-                    chunk_items=section.chunk_items,
-                    executor=pool,
-                    ca_pem=tls.ca_pem,
-                    phases=display.on_phase,
-                )
-                for n in config.nodes
-            }
-            try:
-                tasks = {(n.name, ms): display.task(f"{n.name}/{ms}") for n, ms in plan}
-
-                def one(node_name: str, match_set: str) -> SubRound:
-                    client = clients[node_name]
-                    entry = client.entry
-                    advance, finish = tasks[(node_name, match_set)]
-                    return _sub_round(
-                        client,
-                        match_set,
-                        context=_context(
-                            config, round_id, as_of, node_name, match_set, entry.protocol
-                        ),
-                        encoded=encoded,
-                        identities=identities,
-                        audit=audit,
-                        state=state,
-                        progress=advance,
-                        finish=finish,
-                    )
-
-                threads = ThreadPoolExecutor(
-                    max_workers=max(1, len(plan)), thread_name_prefix="sub-round"
-                )
-                try:
-                    futures = [threads.submit(one, n.name, ms) for n, ms in plan]
-                    results = [f.result() for f in futures]
-                except BaseException:
-                    # Ctrl-C (or our own fault): cancel the open streams first, so that
-                    # each sub-round ends now, as failed, in the state and the log,
-                    # instead of waiting for its node or its deadline
-                    for client in clients.values():
-                        client.close()
-                    raise
-                finally:
-                    threads.shutdown(wait=True, cancel_futures=True)
-            finally:
-                for client in clients.values():
-                    client.close()
-        # (4)
-        failed = [s.source for s in results if s.status != "ok"]
-        services = [s.source for s in results if s.service_report == "gaps"]
-        needs = [s.source for s in results if s.service_report == "needs"]
-        evidence = [row for s in results for row in s.rows]
-        names = SourceNames()
-        for s in results:
-            names.add_node(s.node, s.node_display_name)
-            names.add_set(s.source, s.display_name)
+        results = fan_out(
+            config,
+            prepared,
+            round_id=round_id,
+            as_of=as_of,
+            audit=audit,
+            state=state,
+            display=display,
+        )
         display.phase("rules")
-        decisions = decide_all(
-            roster,
-            evidence,
-            as_of=as_of,
-            failed_sources=failed,
-            service_sources=services,
-            service_need_sources=needs,
-            lang=lang,
-            source_names=names.labels(s.source for s in results),
-        )
-        state.record_decisions(rid, {d.value: n for d, n in decisions.counts().items()})
+        decided = decide_round(prepared.roster, results, as_of=as_of, lang=lang)
+        counts = decided.decisions.counts()
+        state.record_decisions(rid, {d.value: n for d, n in counts.items()})
         seconds = time.monotonic() - started
-        provenance = Provenance(
-            round_id=rid,
-            as_of=as_of,
-            generated_at=_dt.datetime.now(_dt.UTC),
-            sources=tuple(
-                SourceRun(
-                    node=s.node,
-                    match_set=s.match_set,
-                    protocol=s.protocol,
-                    status="ok"
-                    if s.status == "ok"
-                    else "refused"
-                    if s.status == "refused"
-                    else "failed",
-                    matches=s.matches,
-                    seconds=round(s.seconds, 3),
-                    detail=s.detail,
-                )
-                for s in results
-            ),
-            failed_sources=tuple(failed),
-            timings=(("round", seconds),),
-            names=names,
-            history=tuple(state.decision_history(current=rid)),
-        )
-        display.phase("report")
-        report = render_report(decisions, provenance=provenance)
-        _write_output(
+        write_round(
             out,
-            round_id=rid,
-            evidence=evidence,
-            document=decisions.to_json(round_id=rid),
-            report=report,
-            extra=lambda staging: _people_outputs(staging, decisions, provenance, display),
+            decided,
+            results,
+            rid=rid,
+            as_of=as_of,
+            seconds=seconds,
+            state=state,
+            display=display,
         )
-        # (5)
+        failed = decided.failed
         state.finish_round(
             rid,
             status="completed",
@@ -758,9 +898,9 @@ def _run_round(
             as_of=as_of,
             out=out,
             sub_rounds=results,
-            decisions=decisions,
-            evidence=evidence,
-            query_size=len(identities),
+            decisions=decided.decisions,
+            evidence=decided.evidence,
+            query_size=len(prepared.identities),
             seconds=seconds,
         )
     except BaseException as exc:
@@ -849,13 +989,36 @@ def _sub_round(
     }
     state.sub_round_running(rid, entry.name, match_set)
     audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))
+    outcome = _exchange(
+        client,
+        match_set,
+        context=context,
+        encoded=encoded,
+        identities=identities,
+        progress=progress,
+    )
+    record_sub_round(audit, state, outcome, round_id=rid, common=common, query_size=len(encoded))
+    finish(outcome.status.value)
+    return outcome
+
+
+def _exchange(
+    client: NodeClient,
+    match_set: str,
+    *,
+    context: RoundContext,
+    encoded: npt.NDArray[np.uint8],
+    identities: Sequence[str],
+    progress: ProgressFn,
+) -> SubRound:
+    """Query one match set; a node's failure becomes a failed or refused :class:`SubRound`."""
+    entry = client.entry
     started = time.monotonic()
     circumstance: str | None = None
     service_report: str | None = None
     node_shown = set_shown = ""  # display names, once the capabilities are read
     # keyed-hash matches as each chunk is resolved: kept if the stream fails later
     delivered: list[EvidenceRow] = []
-    failure: PeerError | None = None
     try:
         info = client.match_set_info(match_set)
         circumstance = info.circumstance
@@ -889,105 +1052,111 @@ def _sub_round(
             f"{entry.name}/{match_set}",
             f"out of protocol: unreadable answer ({type(exc).__name__})",
         )
-    if failure is not None:
-        seconds = time.monotonic() - started
-        status = "refused" if isinstance(failure, Refused) else "failed"
-        reason = _safe_reason(failure.reason)
-        kept = _ordered(delivered)
-        extra: dict[str, object] = {"matches_kept": len(kept)} if kept else {}
-        base: dict[str, object] = {
-            **common,
-            "protocol": entry.protocol,
-            "seconds": round(seconds, 3),
-            "outcome": "failed",
-            "query_size": len(encoded),
-            **extra,
-        }
-        _append(
-            audit,
-            "round_failed",
-            {**base, "reason": reason},
-            fallback={**base, "reason": "withheld"},
-        )
-        detail = reason
-        if kept:
-            detail += f" ({len(kept)} match(es) delivered before the failure are kept)"
-        state.finish_sub_round(
-            rid,
-            entry.name,
-            match_set,
-            status="failed",
-            matches=len(kept) if kept else None,
-            seconds=seconds,
-            transcript=None,
-            detail=detail,
-        )
-        finish(status)
+    else:
+        detail = f"{result.circumstance}; {result.protocol}"
+        if service_report is not None:
+            detail = f"{result.circumstance} ({service_report}); {result.protocol}"
+        if result.set_size:
+            detail += f"; set size class {result.set_size}"
         return SubRound(
             node=entry.name,
             match_set=match_set,
             protocol=entry.protocol,
-            circumstance=circumstance,
-            status=status,
-            matches=len(kept),
-            seconds=seconds,
+            circumstance=result.circumstance,
+            status=SubRoundStatus.OK,
+            matches=result.matches,
+            seconds=result.seconds,
             detail=detail,
-            rows=kept,
+            transcript=result.transcript,
+            rows=rows,
+            node_log_seq=result.node_log_seq or None,
+            node_log_head=result.node_log_head or None,
             service_report=service_report,
             node_display_name=node_shown,
             display_name=set_shown,
+            set_size=result.set_size,
         )
-    # the node's log anchor (checked by the client), if it sent one
-    anchor: dict[str, object] = (
-        {"node_log_seq": result.node_log_seq, "node_log_head": result.node_log_head}
-        if result.node_log_seq
-        else {}
-    )
-    finished: dict[str, object] = {
-        **common,
-        "protocol": entry.protocol,
-        "transcript": result.transcript.hex(),
-        "query_size": len(encoded),
-        "set_size": result.set_size or None,
-        "match_count": result.matches,
-        "seconds": round(result.seconds, 3),
-        "outcome": "ok",
-    }
-    _append(audit, "round_finished", {**finished, **anchor}, fallback=finished)
-    state.finish_sub_round(
-        rid,
-        entry.name,
-        match_set,
-        status="completed",
-        matches=result.matches,
-        seconds=result.seconds,
-        transcript=result.transcript,
-        detail=None,
-        node_log_seq=result.node_log_seq or None,
-        node_log_head=result.node_log_head or None,
-    )
-    finish("ok")
-    detail = f"{result.circumstance}; {result.protocol}"
-    if service_report is not None:
-        detail = f"{result.circumstance} ({service_report}); {result.protocol}"
-    if result.set_size:
-        detail += f"; set size class {result.set_size}"
+    reason = _safe_reason(failure.reason)
+    kept = _ordered(delivered)
+    detail = reason
+    if kept:
+        detail += f" ({len(kept)} match(es) delivered before the failure are kept)"
     return SubRound(
         node=entry.name,
         match_set=match_set,
         protocol=entry.protocol,
-        circumstance=result.circumstance,
-        status="ok",
-        matches=result.matches,
-        seconds=result.seconds,
+        circumstance=circumstance,
+        status=SubRoundStatus.REFUSED if isinstance(failure, Refused) else SubRoundStatus.FAILED,
+        matches=len(kept),
+        seconds=time.monotonic() - started,
         detail=detail,
-        transcript=result.transcript,
-        rows=rows,
-        node_log_seq=result.node_log_seq or None,
-        node_log_head=result.node_log_head or None,
+        rows=kept,
         service_report=service_report,
         node_display_name=node_shown,
         display_name=set_shown,
+        reason=reason,
+    )
+
+
+def record_sub_round(
+    audit: AuditLog,
+    state: RoundState,
+    outcome: SubRound,
+    *,
+    round_id: str,
+    common: dict[str, object],
+    query_size: int,
+) -> None:
+    """Write one sub-round's outcome to the log and the state: the one place that does.
+
+    Raises:
+        XmatchError: the log or the state database refused it (our own fault: fatal).
+    """
+    base: dict[str, object] = {
+        **common,
+        "protocol": outcome.protocol,
+        "seconds": round(outcome.seconds, 3),
+    }
+    if outcome.status is SubRoundStatus.OK:
+        assert outcome.transcript is not None
+        finished: dict[str, object] = {
+            **common,
+            "protocol": outcome.protocol,
+            "transcript": outcome.transcript.hex(),
+            "query_size": query_size,
+            "set_size": outcome.set_size or None,
+            "match_count": outcome.matches,
+            "seconds": base["seconds"],
+            "outcome": "ok",
+        }
+        # the node's log anchor (checked by the client), if it sent one
+        anchor: dict[str, object] = (
+            {"node_log_seq": outcome.node_log_seq, "node_log_head": outcome.node_log_head}
+            if outcome.node_log_seq
+            else {}
+        )
+        _append(audit, "round_finished", {**finished, **anchor}, fallback=finished)
+    else:
+        kept: dict[str, object] = {"matches_kept": outcome.matches} if outcome.rows else {}
+        failed = {**base, "outcome": "failed", "query_size": query_size, **kept}
+        _append(
+            audit,
+            "round_failed",
+            {**failed, "reason": outcome.reason},
+            fallback={**failed, "reason": "withheld"},
+        )
+    ok = outcome.status is SubRoundStatus.OK
+    state.finish_sub_round(
+        round_id,
+        outcome.node,
+        outcome.match_set,
+        status=STATE_STATUS[outcome.status],
+        matches=outcome.matches if ok or outcome.rows else None,
+        seconds=outcome.seconds,
+        transcript=outcome.transcript if ok else None,
+        detail=None if ok else outcome.detail,
+        node_log_seq=outcome.node_log_seq,
+        node_log_head=outcome.node_log_head,
     )
 
 
