@@ -34,9 +34,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TextIO, TypeVar, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from databases import DatabaseError, DatabaseSource, open_session
 from psi.contract import PAYLOAD_COLUMNS
-from psi.errors import ConfigError, InputError
+from psi.errors import ConfigError, InputError, XmatchError
 from psi.identifiers import composite_key, normalize_id_column
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
@@ -1023,3 +1026,71 @@ __all__ = [
     "write_atomically",
     "write_evidence",
 ]
+
+
+# --- evidence from a node's matches ------------------------------------------------------------
+
+
+def _payload_date(value: str, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise XmatchError(f"payload field {name} is not a YYYY-MM-DD date") from None
+
+
+def _payload_int(value: str, name: str, high: int) -> int | None:
+    text = value.strip()
+    if not text:
+        return None
+    if text.endswith(".0"):
+        text = text[:-2]
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= high):
+        raise XmatchError(f"payload field {name} is not a number from 1 to {high}")
+    return int(text)
+
+
+def match_rows(
+    *,
+    source: str,
+    circumstance: str,
+    indices: npt.NDArray[np.int64],
+    payloads: Sequence[dict[str, str]],
+    identities: Sequence[str],
+) -> tuple[EvidenceRow, ...]:
+    """Evidence rows for matches ``indices`` (into ``identities``) of ``source``.
+
+    Used for a whole sub-round (:func:`evidence_rows`) and for each keyed-hash
+    match chunk as it arrives, so that matches delivered before a failure
+    still count.
+
+    Raises:
+        XmatchError: as :func:`evidence_rows`.
+    """
+    try:
+        code = Circumstance(circumstance)
+    except ValueError:
+        raise XmatchError("node announced an unknown circumstance code") from None
+    rows: list[EvidenceRow] = []
+    allowed = set(EVIDENCE_OPTIONAL)
+    for index, payload in zip(indices.tolist(), payloads, strict=True):
+        if not set(payload) <= allowed:
+            # never quote the key: it is the node's text (it could be anything)
+            raise XmatchError("an unknown payload field is not an evidence column")
+        rows.append(
+            EvidenceRow(
+                person_id=identities[index],
+                circumstance=code,
+                source=source,
+                start_date=_payload_date(payload.get("start_date", ""), "start_date"),
+                end_date=_payload_date(payload.get("end_date", ""), "end_date"),
+                disability_category=_payload_int(
+                    payload.get("disability_category", ""), "disability_category", 7
+                ),
+                disability_grade=_payload_int(
+                    payload.get("disability_grade", ""), "disability_grade", 4
+                ),
+            )
+        )
+    return tuple(rows)

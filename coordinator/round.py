@@ -41,57 +41,70 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
 
-from audit.format import SHUTDOWN, looks_like_identity_number
+from audit.format import SHUTDOWN
 from audit.log import AuditLog
 from coordinator import exit_codes
-from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
+from coordinator.client import NodeClient
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.decisions import RoundDecisions, decide_all
-from coordinator.evaluate import decisions_text
 from coordinator.names import SourceNames
+from coordinator.output import (
+    check_output_folder,
+    people_outputs,
+    remove_stale_staging,
+    staging_prefix,
+    write_output,
+)
+from coordinator.progress import PHASES, Progress
 from coordinator.reasons import Lang
 from coordinator.records import (
-    EVIDENCE_OPTIONAL,
-    Circumstance,
     EvidenceRow,
     Roster,
+    match_rows,
     read_roster_source,
-    write_evidence,
 )
 from coordinator.report import Provenance, SourceRun, render_report
-from coordinator.spreadsheet import write_outputs_for_people
 from coordinator.state import RoundState
+from coordinator.sub_round import (
+    STATE_STATUS,
+    SubRound,
+    SubRoundStatus,
+    _sub_round,
+    evidence_rows,
+    record_sub_round,
+)
 from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.ecdh import prepare_executor, worker_pool
-from psi.errors import InputError, PeerError, Refused, XmatchError
+from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
 
 __all__ = [
+    "PHASES",
+    "STATE_STATUS",
     "RoundOutcome",
     "SubRound",
+    "SubRoundStatus",
     "check_output_folder",
     "evidence_rows",
     "match_rows",
     "query_identities",
     "query_permutation",
+    "record_sub_round",
     "remove_stale_staging",
     "run_round",
     "run_round_command",
@@ -99,58 +112,6 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[int], None]
-
-
-class SubRoundStatus(StrEnum):
-    """How one (node, match set) query ended: the round's one status vocabulary.
-
-    The state database keeps its own two words (:data:`STATE_STATUS`), the
-    report and the log use these.
-    """
-
-    OK = "ok"
-    FAILED = "failed"
-    REFUSED = "refused"
-
-
-#: what the state database records for each outcome (a refusal is a failed sub-round there)
-STATE_STATUS: dict[SubRoundStatus, Literal["completed", "failed"]] = {
-    SubRoundStatus.OK: "completed",
-    SubRoundStatus.FAILED: "failed",
-    SubRoundStatus.REFUSED: "failed",
-}
-
-
-@dataclass
-class SubRound:
-    """The outcome of one (node, match set) query."""
-
-    node: str
-    match_set: str
-    protocol: str
-    circumstance: str | None
-    status: SubRoundStatus
-    matches: int
-    seconds: float
-    detail: str
-    transcript: bytes | None = None
-    rows: tuple[EvidenceRow, ...] = ()
-    node_log_seq: int | None = None
-    node_log_head: str | None = None
-    #: SERVICE sets: "gaps" or "needs", as the node's capabilities say; else None
-    service_report: str | None = None
-    #: the display names the node announced for itself and this set ("" when none)
-    node_display_name: str = ""
-    display_name: str = ""
-    #: a failure's privacy-safe reason, as the log records it
-    reason: str = ""
-    #: the set size class the node announced (0: none)
-    set_size: int = 0
-
-    @property
-    def source(self) -> str:
-        """``node/match_set``."""
-        return f"{self.node}/{self.match_set}"
 
 
 @dataclass
@@ -174,22 +135,6 @@ class RoundOutcome:
 
 # ---------------------------------------------------------------------------
 # Pieces
-
-
-def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that exists and is not empty (never overwritten).
-
-    Raises:
-        InputError: ``out`` is a file, or a folder with something in it.
-    """
-    if out.exists() or out.is_symlink():
-        if not out.is_dir() or out.is_symlink():
-            raise InputError(f"{out}: exists and is not a folder; choose another --out")
-        if any(out.iterdir()):
-            raise InputError(
-                f"{out}: folder exists and is not empty; choose a new --out "
-                "(a round never overwrites an earlier round's output)"
-            )
 
 
 def query_identities(roster: Roster) -> list[str]:
@@ -226,96 +171,6 @@ def query_permutation(n: int, *, rng: Callable[[int], bytes] = os.urandom) -> np
     return np.argsort(keys, kind="stable").astype(np.int64)
 
 
-def _ordered(rows: Sequence[EvidenceRow]) -> tuple[EvidenceRow, ...]:
-    """Rows sorted by identity; a person's records keep the node's order (stable)."""
-    return tuple(sorted(rows, key=lambda row: row.person_id))
-
-
-def _payload_date(value: str, name: str) -> _dt.date | None:
-    if not value:
-        return None
-    try:
-        return _dt.date.fromisoformat(value[:10])
-    except ValueError:
-        raise XmatchError(f"payload field {name} is not a YYYY-MM-DD date") from None
-
-
-def _payload_int(value: str, name: str, high: int) -> int | None:
-    text = value.strip()
-    if not text:
-        return None
-    if text.endswith(".0"):
-        text = text[:-2]
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= high):
-        raise XmatchError(f"payload field {name} is not a number from 1 to {high}")
-    return int(text)
-
-
-def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[EvidenceRow, ...]:
-    """One evidence row per match of a sub-round.
-
-    keyed-hash payload fields become the evidence columns of the same name;
-    ecdh matches carry no dates (membership only).
-
-    Raises:
-        XmatchError: an unknown circumstance code, payload field or value
-            (the message names a known field, never a value or an unknown
-            field's name).
-    """
-    return match_rows(
-        source=result.source,
-        circumstance=result.circumstance,
-        indices=result.indices,
-        payloads=result.payloads,
-        identities=identities,
-    )
-
-
-def match_rows(
-    *,
-    source: str,
-    circumstance: str,
-    indices: npt.NDArray[np.int64],
-    payloads: Sequence[dict[str, str]],
-    identities: Sequence[str],
-) -> tuple[EvidenceRow, ...]:
-    """Evidence rows for matches ``indices`` (into ``identities``) of ``source``.
-
-    Used for a whole sub-round (:func:`evidence_rows`) and for each keyed-hash
-    match chunk as it arrives, so that matches delivered before a failure
-    still count.
-
-    Raises:
-        XmatchError: as :func:`evidence_rows`.
-    """
-    try:
-        code = Circumstance(circumstance)
-    except ValueError:
-        raise XmatchError("node announced an unknown circumstance code") from None
-    rows: list[EvidenceRow] = []
-    allowed = set(EVIDENCE_OPTIONAL)
-    for index, payload in zip(indices.tolist(), payloads, strict=True):
-        if not set(payload) <= allowed:
-            # never quote the key: it is the node's text (it could be anything)
-            raise XmatchError("an unknown payload field is not an evidence column")
-        rows.append(
-            EvidenceRow(
-                person_id=identities[index],
-                circumstance=code,
-                source=source,
-                start_date=_payload_date(payload.get("start_date", ""), "start_date"),
-                end_date=_payload_date(payload.get("end_date", ""), "end_date"),
-                disability_category=_payload_int(
-                    payload.get("disability_category", ""), "disability_category", 7
-                ),
-                disability_grade=_payload_int(
-                    payload.get("disability_grade", ""), "disability_grade", 4
-                ),
-            )
-        )
-    return tuple(rows)
-
-
 def _context(
     config: CoordinatorConfig,
     round_id: bytes,
@@ -335,111 +190,6 @@ def _context(
         protocol=proto,
         params=tuple(sorted(DEFAULT_PARAMS[proto])),
     )
-
-
-#: The phases the progress display names, in order (docs/coordinator.md, "Progress").
-#: ``blind``, ``exchange`` and ``intersect`` are per sub-round (coordinator.client.PhaseFn).
-PHASES = ("load", "blind", "exchange", "intersect", "rules", "report", "spreadsheet")
-
-
-class _Progress:
-    """A rich display on a terminal only: the round's phase, and one line per sub-round.
-
-    Every line has a spinner and the elapsed time, so the display moves while a
-    phase has nothing to count (a node preparing its set, the rules, the report);
-    a sub-round's bar follows its current phase (blind, exchange, intersect).
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self._bar: Any = None
-        self._round: Any = None
-        self._tasks: dict[str, Any] = {}
-        self._totals: dict[str, int] = {}
-        self._phases: dict[str, str] = {}
-        self._lock = threading.Lock()
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                SpinnerColumn,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-
-    @contextmanager
-    def running(self) -> Iterator[_Progress]:
-        bar = self._bar
-        if bar is None:
-            yield self
-            return
-        with bar:
-            self._round = bar.add_task("round: load", total=None)
-            bar.refresh()
-            try:
-                yield self
-            finally:
-                bar.update(self._round, description="round: done", total=1, completed=1)
-
-    def phase(self, name: str) -> None:
-        """The round's phase (one of :data:`PHASES`, or ``query``); drawn at once."""
-        if self._bar is not None and self._round is not None:
-            self._bar.update(self._round, description=f"round: {name}", refresh=True)
-
-    def note(self, text: str, err: TextIO) -> None:
-        """A line for the operator: above the display, or on ``err`` without one."""
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            print(text, file=err)
-
-    def sub_rounds(self, sources: Sequence[str]) -> None:
-        """One line per ``node/match_set``, waiting for its node."""
-        if self._bar is None:
-            return
-        with self._lock:
-            for source in sources:
-                self._tasks[source] = self._bar.add_task(f"{source}: connect", total=None)
-
-    def on_phase(self, source: str, phase: str, done: int, total: int) -> None:
-        """:data:`coordinator.client.PhaseFn`: a sub-round's phase and count."""
-        task = self._tasks.get(source)
-        if self._bar is not None and task is not None:
-            self._totals[source] = max(total, 1)
-            # a new phase is drawn at once (a short one would fall between two refreshes)
-            new = self._phases.get(source) != phase
-            self._phases[source] = phase
-            self._bar.update(
-                task,
-                description=f"{source}: {phase}",
-                completed=done,
-                total=max(total, 1),
-                refresh=new,
-            )
-
-    def task(self, name: str) -> tuple[ProgressFn, Callable[[str], None]]:
-        """``(advance, finish)`` of the sub-round ``name``; advance is unused (phases count)."""
-        bar = self._bar
-        task = self._tasks.get(name)
-        if bar is None or task is None:
-            return (lambda _n: None), (lambda _s: None)
-
-        def finish(status: str) -> None:
-            total = self._totals.get(name, 1)
-            bar.update(task, completed=total, total=total, description=f"{name}: {status}")
-
-        return (lambda _n: None), finish
 
 
 @contextmanager
@@ -479,82 +229,6 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def staging_prefix(out: Path, round_id: str) -> str:
-    """Name prefix of the temporary sibling folder a round writes ``out`` into.
-
-    ``.DIR.partial-ROUNDID-``: the round id ties a leftover folder to the round
-    that made it, so that only an interrupted round's leftovers are removed.
-    """
-    return f".{out.name}.partial-{round_id}-"
-
-
-def remove_stale_staging(out_dir: Path, round_id: str) -> list[Path]:
-    """Remove what an interrupted round ``round_id`` left beside its ``out_dir``.
-
-    A coordinator killed while writing its output leaves a ``.DIR.partial-...``
-    folder and never a half-written ``DIR`` (the folder is renamed into place
-    in one step). The next run removes it once the round is marked
-    ``interrupted``; folders of other rounds are not touched.
-    """
-    removed: list[Path] = []
-    parent = out_dir.parent
-    if not parent.is_dir():
-        return removed
-    prefix = staging_prefix(out_dir, round_id)
-    for path in parent.iterdir():
-        if path.name.startswith(prefix) and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _people_outputs(
-    staging: Path, decisions: RoundDecisions, provenance: Provenance, display: _Progress
-) -> None:
-    """The spreadsheet and names.csv, in their own progress phase."""
-    display.phase("spreadsheet")
-    write_outputs_for_people(staging, decisions, provenance)
-
-
-def _write_output(
-    out: Path,
-    *,
-    round_id: str,
-    evidence: list[EvidenceRow],
-    document: dict[str, object],
-    report: str,
-    extra: Callable[[Path], None] | None = None,
-) -> None:
-    """Write the three files into a temporary sibling folder, then rename it to ``out``."""
-    parent = out.parent
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
-    try:
-        write_evidence(staging / "evidence.csv", evidence)
-        with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
-            fh.write(decisions_text(document))  # as rules evaluate: one decision per line
-            fh.flush()
-            os.fsync(fh.fileno())
-        with (staging / "report.html").open("w", encoding="utf-8") as fh:
-            fh.write(report)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if extra is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
-            extra(staging)
-        check_output_folder(out)  # again: someone may have written there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.rename(staging, out)
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 # ---------------------------------------------------------------------------
 # The round
 
@@ -573,7 +247,7 @@ def run_round(
     """Run one round as described in the module docstring.
 
     ``rng`` (a CSPRNG) draws the round id and the query order. ``progress``
-    shows the display of :class:`_Progress` on a terminal, from the roster's
+    shows the display of :class:`Progress` on a terminal, from the roster's
     load to the last file written. ``problem_prefix`` starts each roster problem
     line (the demo's ``warning: ``).
 
@@ -583,7 +257,7 @@ def run_round(
         XmatchError: other fatal problems (audit log, state database).
         OSError: the output cannot be written.
     """
-    display = _Progress(progress)
+    display = Progress(progress)
     with display.running():
         return _run_round(
             config,
@@ -614,7 +288,7 @@ def prepare(
     *,
     as_of: _dt.date,
     out: Path,
-    display: _Progress,
+    display: Progress,
     err: TextIO,
     rng: Callable[[int], bytes],
     problem_prefix: str,
@@ -648,7 +322,7 @@ def prepare(
     return Prepared(tls, signer, roster, identities, encode_identities(identities))
 
 
-def _recover(state: RoundState, display: _Progress, err: TextIO) -> None:
+def _recover(state: RoundState, display: Progress, err: TextIO) -> None:
     for stale in state.recovered:
         display.note(f"note: round {stale} was interrupted earlier (coordinator stopped)", err)
         record = state.get_round(stale)
@@ -665,7 +339,7 @@ def fan_out(
     as_of: _dt.date,
     audit: AuditLog,
     state: RoundState,
-    display: _Progress,
+    display: Progress,
 ) -> list[SubRound]:
     """(2) Fan out: query every (node, match set) at once; a failure is a result, not a raise.
 
@@ -774,7 +448,7 @@ def write_round(
     as_of: _dt.date,
     seconds: float,
     state: RoundState,
-    display: _Progress,
+    display: Progress,
 ) -> None:
     """(4) Write atomically: evidence, decisions.json, the report and the people's files.
 
@@ -805,13 +479,40 @@ def write_round(
     )
     display.phase("report")
     report = render_report(decisions, provenance=provenance)
-    _write_output(
+    write_output(
         out,
         round_id=rid,
         evidence=decided.evidence,
         document=decisions.to_json(round_id=rid),
         report=report,
-        extra=lambda staging: _people_outputs(staging, decisions, provenance, display),
+        extra=lambda staging: people_outputs(staging, decisions, provenance, display),
+    )
+
+
+def _open_round(
+    config: CoordinatorConfig,
+    audit: AuditLog,
+    state: RoundState,
+    *,
+    rid: str,
+    as_of: _dt.date,
+    out: Path,
+) -> None:
+    """Log the config this round runs with and record the round and its sub-rounds."""
+    if config.path is not None:
+        raw = config.path.read_bytes()
+        audit.append(
+            "config_loaded",
+            config=config.path.name,
+            config_sha256=hashlib.sha256(raw).hexdigest(),
+            role="coordinator",
+            nodes=[n.name for n in config.nodes],
+        )
+    state.start_round(
+        rid,
+        as_of=as_of,
+        out_dir=out.resolve(),
+        sub_rounds=[(n.name, ms, n.protocol) for n in config.nodes for ms in n.match_sets],
     )
 
 
@@ -821,7 +522,7 @@ def _run_round(
     as_of: _dt.date,
     out: Path,
     lang: Lang,
-    display: _Progress,
+    display: Progress,
     stderr: TextIO | None,
     rng: Callable[[int], bytes],
     problem_prefix: str,
@@ -845,24 +546,9 @@ def _run_round(
     _recover(state, display, err)
     round_id = rng(16)
     rid = round_id.hex()
-    plan = [(n, ms) for n in config.nodes for ms in n.match_sets]
     outcome = "done"  # the shutdown reason in the log
     try:
-        if config.path is not None:
-            raw = config.path.read_bytes()
-            audit.append(
-                "config_loaded",
-                config=config.path.name,
-                config_sha256=hashlib.sha256(raw).hexdigest(),
-                role="coordinator",
-                nodes=[n.name for n in config.nodes],
-            )
-        state.start_round(
-            rid,
-            as_of=as_of,
-            out_dir=out.resolve(),
-            sub_rounds=[(n.name, ms, n.protocol) for n, ms in plan],
-        )
+        _open_round(config, audit, state, rid=rid, as_of=as_of, out=out)
         results = fan_out(
             config,
             prepared,
@@ -925,239 +611,6 @@ def _run_round(
                 audit.append(SHUTDOWN, reason=outcome)
             finally:
                 audit.close()
-
-
-def _append(
-    audit: AuditLog,
-    event: str,
-    fields: dict[str, object],
-    *,
-    fallback: dict[str, object],
-) -> None:
-    """Append ``event``; if the log refuses ``fields`` (e.g. node text tripped the
-    identity guard), append it with ``fallback`` instead.
-
-    ``fallback`` holds only our own values, so a node can never make a log
-    entry fail (as ``nodes/servicer.py`` ``_log_end`` does for the node).
-
-    Raises:
-        XmatchError: the log refused even ``fallback`` (our own fault: fatal).
-    """
-    try:
-        audit.append(event, **fields)
-    except XmatchError:
-        audit.append(event, **fallback)
-
-
-def _safe_reason(reason: str) -> str:
-    """Last guard on a failure reason before the log, the state and the report."""
-    line = " ".join(reason.split())
-    if not line or looks_like_identity_number(line):
-        return "withheld"
-    return line
-
-
-def _sub_round(
-    client: NodeClient,
-    match_set: str,
-    *,
-    context: RoundContext,
-    encoded: npt.NDArray[np.uint8],
-    identities: Sequence[str],
-    audit: AuditLog,
-    state: RoundState,
-    progress: ProgressFn,
-    finish: Callable[[str], None],
-) -> SubRound:
-    """One sub-round; never raises for a node's failure (it is recorded instead).
-
-    Whatever the node sends, the outcome is a :class:`SubRound`: a failure of
-    the node (``PeerError``, or any other error while its answers are read)
-    becomes ``failed``/``refused`` with a privacy-safe reason, and the log
-    entries fall back to fields of our own if the log refuses the node's.
-    Only our own faults (the state database, a log that cannot be written at
-    all) propagate.
-    """
-    entry = client.entry
-    rid = context.round_id_hex
-    common: dict[str, object] = {
-        "round_id": rid,
-        "requester": context.requester,
-        "responder": entry.name,
-        "purpose": context.purpose,
-        "match_set": match_set,
-    }
-    state.sub_round_running(rid, entry.name, match_set)
-    audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))
-    outcome = _exchange(
-        client,
-        match_set,
-        context=context,
-        encoded=encoded,
-        identities=identities,
-        progress=progress,
-    )
-    record_sub_round(audit, state, outcome, round_id=rid, common=common, query_size=len(encoded))
-    finish(outcome.status.value)
-    return outcome
-
-
-def _exchange(
-    client: NodeClient,
-    match_set: str,
-    *,
-    context: RoundContext,
-    encoded: npt.NDArray[np.uint8],
-    identities: Sequence[str],
-    progress: ProgressFn,
-) -> SubRound:
-    """Query one match set; a node's failure becomes a failed or refused :class:`SubRound`."""
-    entry = client.entry
-    started = time.monotonic()
-    circumstance: str | None = None
-    service_report: str | None = None
-    node_shown = set_shown = ""  # display names, once the capabilities are read
-    # keyed-hash matches as each chunk is resolved: kept if the stream fails later
-    delivered: list[EvidenceRow] = []
-    try:
-        info = client.match_set_info(match_set)
-        circumstance = info.circumstance
-        node_shown, set_shown = client.capabilities().display_name, info.display_name
-        if circumstance == Circumstance.SERVICE.value:  # checked by match_set_info
-            service_report = info.service_report or "gaps"
-        source = f"{entry.name}/{match_set}"
-
-        def keep(indices: npt.NDArray[np.int64], payloads: list[dict[str, str]]) -> None:
-            delivered.extend(
-                match_rows(
-                    source=source,
-                    circumstance=info.circumstance,
-                    indices=indices,
-                    payloads=payloads,
-                    identities=identities,
-                )
-            )
-
-        result = client.query(
-            match_set, context=context, identities=encoded, progress=progress, on_matches=keep
-        )
-        try:
-            rows = _ordered(evidence_rows(result, identities))
-        except XmatchError as exc:
-            raise PeerError(result.source, out_of_protocol(exc)) from None
-    except PeerError as exc:
-        failure = exc
-    except Exception as exc:  # a node's answer we could not read: its failure, not ours
-        failure = PeerError(
-            f"{entry.name}/{match_set}",
-            f"out of protocol: unreadable answer ({type(exc).__name__})",
-        )
-    else:
-        detail = f"{result.circumstance}; {result.protocol}"
-        if service_report is not None:
-            detail = f"{result.circumstance} ({service_report}); {result.protocol}"
-        if result.set_size:
-            detail += f"; set size class {result.set_size}"
-        return SubRound(
-            node=entry.name,
-            match_set=match_set,
-            protocol=entry.protocol,
-            circumstance=result.circumstance,
-            status=SubRoundStatus.OK,
-            matches=result.matches,
-            seconds=result.seconds,
-            detail=detail,
-            transcript=result.transcript,
-            rows=rows,
-            node_log_seq=result.node_log_seq or None,
-            node_log_head=result.node_log_head or None,
-            service_report=service_report,
-            node_display_name=node_shown,
-            display_name=set_shown,
-            set_size=result.set_size,
-        )
-    reason = _safe_reason(failure.reason)
-    kept = _ordered(delivered)
-    detail = reason
-    if kept:
-        detail += f" ({len(kept)} match(es) delivered before the failure are kept)"
-    return SubRound(
-        node=entry.name,
-        match_set=match_set,
-        protocol=entry.protocol,
-        circumstance=circumstance,
-        status=SubRoundStatus.REFUSED if isinstance(failure, Refused) else SubRoundStatus.FAILED,
-        matches=len(kept),
-        seconds=time.monotonic() - started,
-        detail=detail,
-        rows=kept,
-        service_report=service_report,
-        node_display_name=node_shown,
-        display_name=set_shown,
-        reason=reason,
-    )
-
-
-def record_sub_round(
-    audit: AuditLog,
-    state: RoundState,
-    outcome: SubRound,
-    *,
-    round_id: str,
-    common: dict[str, object],
-    query_size: int,
-) -> None:
-    """Write one sub-round's outcome to the log and the state: the one place that does.
-
-    Raises:
-        XmatchError: the log or the state database refused it (our own fault: fatal).
-    """
-    base: dict[str, object] = {
-        **common,
-        "protocol": outcome.protocol,
-        "seconds": round(outcome.seconds, 3),
-    }
-    if outcome.status is SubRoundStatus.OK:
-        assert outcome.transcript is not None
-        finished: dict[str, object] = {
-            **common,
-            "protocol": outcome.protocol,
-            "transcript": outcome.transcript.hex(),
-            "query_size": query_size,
-            "set_size": outcome.set_size or None,
-            "match_count": outcome.matches,
-            "seconds": base["seconds"],
-            "outcome": "ok",
-        }
-        # the node's log anchor (checked by the client), if it sent one
-        anchor: dict[str, object] = (
-            {"node_log_seq": outcome.node_log_seq, "node_log_head": outcome.node_log_head}
-            if outcome.node_log_seq
-            else {}
-        )
-        _append(audit, "round_finished", {**finished, **anchor}, fallback=finished)
-    else:
-        kept: dict[str, object] = {"matches_kept": outcome.matches} if outcome.rows else {}
-        failed = {**base, "outcome": "failed", "query_size": query_size, **kept}
-        _append(
-            audit,
-            "round_failed",
-            {**failed, "reason": outcome.reason},
-            fallback={**failed, "reason": "withheld"},
-        )
-    ok = outcome.status is SubRoundStatus.OK
-    state.finish_sub_round(
-        round_id,
-        outcome.node,
-        outcome.match_set,
-        status=STATE_STATUS[outcome.status],
-        matches=outcome.matches if ok or outcome.rows else None,
-        seconds=outcome.seconds,
-        transcript=outcome.transcript if ok else None,
-        detail=None if ok else outcome.detail,
-        node_log_seq=outcome.node_log_seq,
-        node_log_head=outcome.node_log_head,
-    )
 
 
 def run_round_command(

@@ -40,8 +40,9 @@ from coordinator import exit_codes
 from coordinator.client import NodeClient
 from coordinator.config import NodeEntry
 from coordinator.records import Circumstance
-from coordinator.round import SubRound, _sub_round, remove_stale_staging, staging_prefix
+from coordinator.round import SubRound, remove_stale_staging, staging_prefix
 from coordinator.state import RoundState
+from coordinator.sub_round import _sub_round
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
