@@ -43,12 +43,11 @@ from __future__ import annotations
 import difflib
 import hmac
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -56,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coordinator.config import NodeEntry, parse_address
+from coordinator.streams import StreamState, log_anchor, records, run_stream
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
@@ -159,28 +159,6 @@ def out_of_protocol(exc: XmatchError) -> str:
     return "out of protocol: " + _safe_detail(exc.diagnostics(), fallback="details withheld")
 
 
-#: Largest ``RoundDone.log_seq`` we accept; a protocol log never gets near it
-#: (and the audit format refuses integers from 10**14 on).
-_MAX_LOG_SEQ = 10**13
-_LOG_HEAD = re.compile(r"[0-9a-f]{64}")
-
-
-def log_anchor(peer: str, done: pb.RoundDone) -> tuple[int, str] | None:
-    """The node's log anchor from ``RoundDone``: ``(log_seq, log_head)``, or None if absent.
-
-    Raises:
-        PeerError: only one of the two is set, ``log_seq`` is out of range, or
-            ``log_head`` is not 64 lower-case hex digits (the reason never
-            quotes what the node sent).
-    """
-    seq, head = int(done.log_seq), str(done.log_head)
-    if seq == 0 and head == "":
-        return None
-    if not 1 <= seq <= _MAX_LOG_SEQ or _LOG_HEAD.fullmatch(head) is None:
-        raise PeerError(peer, "out of protocol: malformed log anchor in RoundDone")
-    return seq, head
-
-
 def describe_rpc_error(
     exc: grpc.RpcError, *, address: str, deadline_seconds: float
 ) -> tuple[str, bool, bool]:
@@ -255,47 +233,6 @@ MatchesFn = Callable[[npt.NDArray[np.int64], list[dict[str, str]]], None]
 #: Phases: ``blind`` (ecdh: our roster raised to our key), ``exchange`` (identities
 #: sent and answered), ``intersect`` (ecdh: the node's set received and compared).
 PhaseFn = Callable[[str, str, int, int], None]
-
-
-@dataclass
-class _StreamState:
-    """Shared between the request generator and the response loop."""
-
-    accepted: threading.Event = field(default_factory=threading.Event)
-    stop: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-    sent_chunks: int = 0
-    sent_items: int = 0
-    #: identities answered so far (for the progress display only)
-    answered: int = 0
-
-    def wait_accepted(self) -> bool:
-        while not self.accepted.wait(0.05):
-            if self.stop.is_set():
-                return False
-        return not self.stop.is_set()
-
-
-def _records(
-    peer: str, idx: npt.NDArray[np.int64], entries: Sequence[pb.Payload]
-) -> tuple[npt.NDArray[np.int64], list[dict[str, str]]]:
-    """One (identity index, payload) per matched record of a keyed-hash chunk.
-
-    Each payload entry names its tag in the psi chunk (``Payload.tag``); a
-    person with two records gives two entries for one tag.
-
-    Raises:
-        PeerError: a tag index out of range, or a matched tag without a record.
-    """
-    fields = [dict(p.fields) for p in entries]
-    tags = np.fromiter((p.tag for p in entries), dtype=np.int64, count=len(entries))
-    if len(tags) and int(tags.max()) >= len(idx):
-        raise PeerError(peer, "payload entry names no matched tag")
-    seen = np.zeros(len(idx), dtype=bool)
-    seen[tags] = True
-    if not seen.all():
-        raise PeerError(peer, "a matched tag has no payload entry")
-    return idx[tags], fields
 
 
 class NodeClient:
@@ -558,7 +495,7 @@ class NodeClient:
     ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int, tuple[int, str] | None]:
         requester = KeyedHashRequester.generate(context)
         lock = threading.Lock()  # the requester is used from two threads
-        state = _StreamState()
+        state = StreamState()
         step = self._chunk_size(16)
         total = len(identities)
 
@@ -587,56 +524,67 @@ class NodeClient:
                 state.error = exc
                 state.stop.set()
 
-        call = self._stub.KeyedHash(requests(), timeout=self._remaining(peer))
         found: list[npt.NDArray[np.int64]] = []
         payloads: list[dict[str, str]] = []
-        done: pb.RoundDone | None = None
-        answered = 0
         seq = 0
-        try:
-            for resp in call:
-                kind = resp.WhichOneof("msg")
-                if kind == "accept" and not state.accepted.is_set():
-                    share = KeyShare.from_bytes(resp.accept.key_share, round_id=context.round_id)
-                    with lock:
-                        requester.agree(share)
-                    state.accepted.set()
-                elif kind == "matches" and state.accepted.is_set() and done is None:
-                    chunk = MatchChunk.from_bytes(
-                        resp.matches.psi, round_id=context.round_id, seq=seq
-                    )
-                    with lock:
-                        idx = requester.resolve(chunk)
-                    rows, fields = _records(peer, idx, resp.matches.payload)
-                    if on_matches is not None:
-                        on_matches(rows, list(fields))
-                    found.append(rows)
-                    payloads.extend(fields)
-                    answered += min(step, total - seq * step)
-                    state.answered = answered
-                    seq += 1
-                    self._phase(peer, "exchange", state.sent_items + answered, 2 * total)
-                    if progress is not None:
-                        progress(answered)
-                elif kind == "done" and done is None:
-                    done = resp.done
-                else:
-                    raise PeerError(peer, f"unexpected {kind or 'empty'} message")
-        except BaseException:
-            state.stop.set()
-            call.cancel()  # type: ignore[no-untyped-call]
-            raise
-        finally:
-            state.stop.set()
-        if state.error is not None:
-            raise state.error
-        if done is None:
-            raise PeerError(peer, "stream ended early")
+
+        def accept(message: pb.RoundAccept) -> None:
+            share = KeyShare.from_bytes(message.key_share, round_id=context.round_id)
+            with lock:
+                requester.agree(share)
+            state.accepted.set()
+
+        def matches(message: pb.MatchChunk) -> None:
+            nonlocal seq
+            chunk = MatchChunk.from_bytes(message.psi, round_id=context.round_id, seq=seq)
+            with lock:
+                idx = requester.resolve(chunk)
+            rows, fields = records(peer, idx, message.payload)
+            if on_matches is not None:
+                on_matches(rows, list(fields))
+            found.append(rows)
+            payloads.extend(fields)
+            state.answered += min(step, total - seq * step)
+            seq += 1
+            self._phase(peer, "exchange", state.sent_items + state.answered, 2 * total)
+            if progress is not None:
+                progress(state.answered)
+
+        call = self._stub.KeyedHash(requests(), timeout=self._remaining(peer))
+        done = run_stream(peer, call, state, {"accept": accept, "matches": matches})
         with lock:
             transcript = requester.finish()
         anchor = self._check_done(peer, done, transcript)
         indices = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
         return indices, payloads, transcript, 0, anchor
+
+    def _blind_ahead(
+        self,
+        peer: str,
+        requester: EcdhRequester,
+        identities: npt.NDArray[np.uint8],
+        step: int,
+        state: StreamState,
+        blinded: queue.Queue[PointChunk | None],
+    ) -> None:
+        """Blind while the stream waits for the node (EC work runs in the pool)."""
+        total = len(identities)
+        try:
+            for lo in range(0, total, step):
+                if state.stop.is_set():
+                    return
+                chunk = requester.blind(identities[lo : lo + step])
+                self._phase(peer, "blind", min(lo + step, total), total)
+                while not state.stop.is_set():
+                    try:
+                        blinded.put(chunk, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+            blinded.put(None)
+        except BaseException as exc:  # surfaced by the response loop
+            state.error = exc
+            state.stop.set()
 
     def _ecdh(
         self,
@@ -649,28 +597,9 @@ class NodeClient:
         # Knowing its query size, the requester intersects set chunks on arrival
         # once its reblinded roster is complete: memory follows the roster, not the set.
         requester = EcdhRequester.generate(context, executor=self._executor, query_size=total)
-        state = _StreamState()
+        state = StreamState()
         step = self._chunk_size(32)
         blinded: queue.Queue[PointChunk | None] = queue.Queue(maxsize=2)
-
-        def blind_ahead() -> None:
-            # Blind while the stream waits for the node: EC work runs in the pool.
-            try:
-                for lo in range(0, total, step):
-                    if state.stop.is_set():
-                        return
-                    chunk = requester.blind(identities[lo : lo + step])
-                    self._phase(peer, "blind", min(lo + step, total), total)
-                    while not state.stop.is_set():
-                        try:
-                            blinded.put(chunk, timeout=0.05)
-                            break
-                        except queue.Full:
-                            continue
-                blinded.put(None)
-            except BaseException as exc:
-                state.error = exc
-                state.stop.set()
 
         def requests() -> Iterator[pb.EcdhRequest]:
             yield pb.EcdhRequest(start=self._start(context, total))
@@ -690,60 +619,61 @@ class NodeClient:
                 state.sent_items += len(chunk)
                 yield pb.EcdhRequest(blinded=chunk.to_bytes())
 
-        blinder = threading.Thread(target=blind_ahead, name=f"blind {peer}", daemon=True)
+        blinder = threading.Thread(
+            target=self._blind_ahead,
+            args=(peer, requester, identities, step, state, blinded),
+            name=f"blind {peer}",
+            daemon=True,
+        )
         blinder.start()
-        call = self._stub.Ecdh(requests(), timeout=self._remaining(peer))
-        done: pb.RoundDone | None = None
-        set_size = 0
-        answered = received = 0
+        set_size = received = 0
         r_seq = s_seq = 0
+
+        def accept(message: pb.RoundAccept) -> None:
+            nonlocal set_size
+            set_size = int(message.set_size)
+            if set_size > self.entry.max_set_size:
+                raise PeerError(
+                    peer,
+                    "out of protocol: announced set size above max_set_size "
+                    f"({self.entry.max_set_size})",
+                )
+            # the announced size bounds the set points we will multiply
+            requester.expect_responder_set(set_size)
+            state.accepted.set()
+
+        def reblinded(message: bytes) -> None:
+            nonlocal r_seq
+            chunk = PointChunk.from_bytes(
+                message, stage="reblinded", round_id=context.round_id, seq=r_seq
+            )
+            requester.receive_reblinded(chunk)
+            r_seq += 1
+            state.answered += len(chunk)
+            self._phase(peer, "exchange", state.answered, total)
+            if progress is not None:
+                progress(state.answered)
+
+        def set_points(message: bytes) -> None:
+            nonlocal s_seq, received
+            chunk = PointChunk.from_bytes(
+                message, stage="set", round_id=context.round_id, seq=s_seq
+            )
+            requester.receive_responder_set(chunk)
+            s_seq += 1
+            received += len(chunk)
+            self._phase(peer, "intersect", received, max(set_size, received))
+
+        call = self._stub.Ecdh(requests(), timeout=self._remaining(peer))
+        handlers: dict[str, Callable[[Any], None]] = {
+            "accept": accept,
+            "reblinded": reblinded,
+            "set_points": set_points,
+        }
         try:
-            for resp in call:
-                kind = resp.WhichOneof("msg")
-                if kind == "accept" and not state.accepted.is_set():
-                    set_size = int(resp.accept.set_size)
-                    if set_size > self.entry.max_set_size:
-                        raise PeerError(
-                            peer,
-                            "out of protocol: announced set size above max_set_size "
-                            f"({self.entry.max_set_size})",
-                        )
-                    # the announced size bounds the set points we will multiply
-                    requester.expect_responder_set(set_size)
-                    state.accepted.set()
-                elif kind == "reblinded" and state.accepted.is_set():
-                    chunk = PointChunk.from_bytes(
-                        resp.reblinded, stage="reblinded", round_id=context.round_id, seq=r_seq
-                    )
-                    requester.receive_reblinded(chunk)
-                    r_seq += 1
-                    answered += len(chunk)
-                    self._phase(peer, "exchange", answered, total)
-                    if progress is not None:
-                        progress(answered)
-                elif kind == "set_points" and state.accepted.is_set():
-                    chunk = PointChunk.from_bytes(
-                        resp.set_points, stage="set", round_id=context.round_id, seq=s_seq
-                    )
-                    requester.receive_responder_set(chunk)
-                    s_seq += 1
-                    received += len(chunk)
-                    self._phase(peer, "intersect", received, max(set_size, received))
-                elif kind == "done" and done is None:
-                    done = resp.done
-                else:
-                    raise PeerError(peer, f"unexpected {kind or 'empty'} message")
-        except BaseException:
-            state.stop.set()
-            call.cancel()  # type: ignore[no-untyped-call]
-            raise
+            done = run_stream(peer, call, state, handlers)
         finally:
-            state.stop.set()
             blinder.join(timeout=5)
-        if state.error is not None:
-            raise state.error
-        if done is None:
-            raise PeerError(peer, "stream ended early")
         requester.receive_responder_done(set_size)
         result = requester.finish()
         anchor = self._check_done(peer, done, result.transcript)

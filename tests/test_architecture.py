@@ -95,8 +95,6 @@ MAX_FUNCTION_LINES = 100
 MAX_MODULE_LINES = 700
 # What still exceeds a limit; the list may only shrink (each entry must still exceed it).
 OVER_LIMIT: set[str] = {
-    "coordinator/client.py",
-    "coordinator/client.py:_ecdh",
     "coordinator/records.py",
     "coordinator/report.py:render_report",
     "nodes/handlers.py",

@@ -13,11 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.client import MatchSetResult, _records, describe_rpc_error
+from coordinator.client import MatchSetResult, describe_rpc_error
 from coordinator.config import load_coordinator_config, parse_address
 from coordinator.records import Circumstance
 from coordinator.round import check_output_folder, evidence_rows
 from coordinator.state import RoundState
+from coordinator.streams import records as _records
 from proto import xmatch_pb2 as pb
 from psi.errors import ConfigError, InputError, PeerError, XmatchError
 
