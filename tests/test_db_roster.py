@@ -84,7 +84,8 @@ def test_an_id_stored_as_a_number_is_refused(
     table = table_name("roster_bigint")
     pg(
         postgresql_server,
-        f"CREATE TABLE {table} (child_id bigint, child_name text, status text, category text)",
+        f"CREATE TABLE {table} (child_id bigint, child_name text, status text, category text, "
+        "father_id text, mother_id text)",
     )
     with pytest.raises(DatabaseError) as info:
         read_roster_database(source(monkeypatch, postgresql_server, table), label="c.toml")
@@ -98,8 +99,9 @@ def test_a_bad_cell_names_the_row(
     table = table_name("roster_bad")
     pg(
         postgresql_server,
-        f"CREATE TABLE {table} (child_id text, child_name text, status text, category text)",
-        f"INSERT INTO {table} VALUES ('150802201503150021', 'A', 'supported', 'orphan'), "
+        f"CREATE TABLE {table} (child_id text, child_name text, status text, category text, "
+        "father_id text, mother_id text)",
+        f"INSERT INTO {table} (child_id, child_name, status, category) VALUES ('150802201503150021', 'A', 'supported', 'orphan'), "
         "('150802201503150021', 'B', 'maybe', NULL)",
     )
     with pytest.raises(InputError) as info:
