@@ -19,20 +19,27 @@ Parents' numbers are never shown (the reasons say 父亲/母亲).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from html import escape
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from coordinator.decisions import RoundDecisions
 from coordinator.eligibility import ChildDecision
 from coordinator.names import SourceNames
 from coordinator.reasons import category_name, decision_name, month_text, status_name
 from coordinator.records import Category, Decision, RosterRow, gc_paused
-from coordinator.regions import LEAGUES, UNKNOWN, county_name, county_short
+from coordinator.regions import LEAGUES, UNKNOWN, county_name
+from coordinator.report_charts import (
+    _COLOUR,
+    _DECISIONS,
+    bar_chart,
+    county_chart,
+    history_chart,
+)
+from coordinator.report_charts import escape_fast as _escape
 from coordinator.state import RoundDecisionCounts
 
 SourceStatus = Literal["ok", "failed", "refused"]
@@ -80,17 +87,8 @@ def region_name(code: str | None) -> str:
     return county_name(code)
 
 
-_DECISIONS = tuple(Decision)
 #: the decisions someone must act on, in the order of the work lists
 ACTION = (Decision.ENROL, Decision.EXIT, Decision.RECLASSIFY, Decision.REVIEW)
-_COLOUR = {
-    Decision.ENROL: "#2e7d32",
-    Decision.CONTINUE: "#90a4ae",
-    Decision.RECLASSIFY: "#6a1b9a",
-    Decision.EXIT: "#c62828",
-    Decision.REVIEW: "#ef6c00",
-    Decision.NOT_ELIGIBLE: "#d0d0d0",
-}
 
 _CSS = """
 :root{--ink:#1d2a36;--muted:#5b6b7a;--line:#cfd8e0;--band:#f2f5f8;--accent:#2f6690}
@@ -157,12 +155,6 @@ var s=c.value&&document.querySelector('section[data-c="'+c.value+'"]');if(s){s.s
 """
 
 #: a character that :func:`html.escape` replaces
-_SPECIAL = re.compile("[&<>\"']").search
-
-
-def _escape(text: str) -> str:
-    """:func:`html.escape`, without its five scans for the many texts that need none."""
-    return escape(text) if _SPECIAL(text) else text
 
 
 def _t(zh: str, en: str) -> str:
@@ -209,107 +201,6 @@ def _category(value: Category | None) -> str:
 
 
 # --- charts (inline SVG) -------------------------------------------------------------------------
-
-
-def _legend(x: int, y: int) -> str:
-    parts = []
-    for d in _DECISIONS:
-        parts.append(
-            f"<rect x='{x}' y='{y}' width='12' height='12' fill='{_COLOUR[d]}'/>"
-            f"<text x='{x + 16}' y='{y + 11}'>{decision_name(d, 'zh')}</text>"
-        )
-        x += 96
-    return "".join(parts)
-
-
-def _county_chart(regions: Mapping[str, Counter[Decision]]) -> str:
-    """Horizontal stacked bars: one per county, a segment per decision."""
-    if not regions:
-        return "<p class='empty'>无</p>"
-    label_w, bar_w, row_h = 200, 740, 16
-    top = max(sum(row.values()) for row in regions.values()) or 1
-    height = 30 + row_h * len(regions)
-    parts = [
-        f"<svg role='img' aria-label='各旗县决定' width='{label_w + bar_w + 60}' "
-        f"height='{height}'>{_legend(label_w, 2)}"
-    ]
-    for k, (code, row) in enumerate(regions.items()):
-        y = 26 + k * row_h
-        parts.append(
-            f"<text x='{label_w - 6}' y='{y + 12}' text-anchor='end'>"
-            f"{_escape(county_short(code))}</text>"
-        )
-        x = float(label_w)
-        for d in _DECISIONS:
-            if row[d]:
-                width = bar_w * row[d] / top
-                parts.append(
-                    f"<rect x='{x:.0f}' y='{y + 2}' width='{width + 0.5:.0f}' height='{row_h - 4}' "
-                    f"fill='{_COLOUR[d]}'><title>{decision_name(d, 'zh')} {row[d]:,}</title></rect>"
-                )
-                x += width
-        parts.append(f"<text x='{x + 4:.0f}' y='{y + 12}'>{sum(row.values()):,}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _bar_chart(bars: Sequence[tuple[str, int, str]]) -> str:
-    """Horizontal bars: (label, matches, status) per department."""
-    if not bars:
-        return "<p class='empty'>无比对结果</p>"
-    top = max(count for _, count, _ in bars) or 1
-    label_w, bar_w, row_h = 220, 560, 26
-    height = row_h * len(bars) + 10
-    parts = [
-        f"<svg role='img' aria-label='各部门比对命中数' width='{label_w + bar_w + 130}' "
-        f"height='{height}'>"
-    ]
-    for i, (label, count, status) in enumerate(bars):
-        y = 5 + i * row_h
-        width = max(round(bar_w * count / top), 1)
-        colour = "#2f6690" if status == "ok" else "#c0392b"
-        note = "" if status == "ok" else ("(未能查询)" if status == "failed" else "(被拒绝)")
-        parts.append(
-            f"<text x='{label_w - 8}' y='{y + 17}' text-anchor='end'>{_escape(label)}</text>"
-            f"<rect x='{label_w}' y='{y + 3}' width='{width}' height='{row_h - 8}' "
-            f"fill='{colour}'/><text x='{label_w + width + 6}' y='{y + 17}'>{count:,}{note}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _history_chart(history: Sequence[RoundDecisionCounts]) -> str:
-    """Vertical stacked bars: one per round (as of date), a segment per decision."""
-    if not history:
-        return "<p class='empty'>尚无历次比对记录(状态数据库中没有已完成的轮次)</p>"
-    col_w, gap, plot_h, left = 56, 18, 220, 60
-    top = max(sum(entry.counts.values()) for entry in history) or 1
-    width = left + len(history) * (col_w + gap) + 20
-    parts = [
-        f"<svg role='img' aria-label='历次比对决定' width='{max(width, 620)}' "
-        f"height='{plot_h + 70}'>{_legend(left, 2)}"
-    ]
-    base = plot_h + 30
-    for k, entry in enumerate(history):
-        x = left + k * (col_w + gap)
-        y = float(base)
-        for d in _DECISIONS:
-            n = entry.counts.get(d.value, 0)
-            if n:
-                h = plot_h * n / top
-                y -= h
-                parts.append(
-                    f"<rect x='{x}' y='{y:.1f}' width='{col_w}' height='{h:.1f}' "
-                    f"fill='{_COLOUR[d]}'><title>{decision_name(d, 'zh')} {n:,}</title></rect>"
-                )
-        total = sum(entry.counts.values())
-        parts.append(
-            f"<text x='{x + col_w / 2}' y='{y - 4:.1f}' text-anchor='middle'>{total:,}</text>"
-            f"<text x='{x + col_w / 2}' y='{base + 16}' text-anchor='middle'>"
-            f"{_escape(entry.as_of)}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -412,19 +303,18 @@ def _work_block(decision: Decision, items: Sequence[ChildDecision], texts: Texts
     )
 
 
-def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
-    """The report of one round or evaluation as a self-contained HTML page.
+class _Tally(NamedTuple):
+    """What the report counts, in one pass over the decisions."""
 
-    Sections: summary cards; decisions by county (chart); matches by
-    department (chart); decisions over past rounds (chart, from the state
-    database); then for each county the children to enrol, to exit (with the
-    month support stops), to reclassify and to review (conflicts first);
-    overdue checks (counts), coverage gaps and service needs (lists), the
-    counts by county (table) and the provenance. A filter at the top shows one
-    county or some decisions only.
-    """
-    names = provenance.names
-    texts = decisions.reason_texts
+    counts: Counter[Decision]
+    #: county code -> decisions counted there (counties sorted, "" last)
+    regions: dict[str, Counter[Decision]]
+    overdue: Counter[str]
+    #: county code -> decision -> the children to act on
+    work: dict[str, dict[Decision, list[ChildDecision]]]
+
+
+def _tally(decisions: RoundDecisions) -> _Tally:
     counts: Counter[Decision] = Counter()
     regions: dict[str, Counter[Decision]] = {}
     overdue: Counter[str] = Counter()
@@ -444,6 +334,13 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     regions = {code: regions[code] for code in order}
     work = {code: work[code] for code in order if code in work}
 
+    return _Tally(counts, regions, overdue, work)
+
+
+def _head(decisions: RoundDecisions, provenance: Provenance, tally: _Tally) -> str:
+    """Title, the round's facts, the failed-sources warning and the filter."""
+    names = provenance.names
+    counts, work = tally.counts, tally.work
     out: list[str] = []
     add = out.append
     round_text = provenance.round_id or "离线评估"
@@ -482,6 +379,15 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         f"{options}</select></label>{boxes}</nav>"
     )
 
+    return "".join(out)
+
+
+def _summaries(provenance: Provenance, tally: _Tally) -> str:
+    """Summary cards and the charts: by county, by department, over past rounds."""
+    names = provenance.names
+    counts, regions = tally.counts, tally.regions
+    out: list[str] = []
+    add = out.append
     # summaries
     add(f"<h2>{_t('决定统计', 'Decisions')}</h2><div class='cards'>")
     for d in _DECISIONS:
@@ -492,7 +398,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     add("</div>")
     # printed for one county, the chart of all counties is left out (it takes pages)
     add(
-        f"<div class='all'><h2>{_t('按旗县统计', 'By county')}</h2>{_county_chart(regions)}"
+        f"<div class='all'><h2>{_t('按旗县统计', 'By county')}</h2>{county_chart(regions)}"
         "<p class='meta'>各旗县人数表见本页末尾。</p></div>"
     )
     per_node: dict[str, int] = {}
@@ -504,10 +410,18 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     bars = [
         (names.node(node), n, status_of.get(node, "ok")) for node, n in sorted(per_node.items())
     ]
-    add(f"<h2>{_t('各部门比对命中数', 'Matches by department')}</h2>{_bar_chart(bars)}")
+    add(f"<h2>{_t('各部门比对命中数', 'Matches by department')}</h2>{bar_chart(bars)}")
     add(f"<h2>{_t('历次比对决定', 'Decisions over past rounds')}</h2>")
-    add(_history_chart(provenance.history))
+    add(history_chart(provenance.history))
 
+    return "".join(out)
+
+
+def _work_lists(tally: _Tally, texts: TextsFn) -> str:
+    """The children to act on, county by county (conflicts first among reviews)."""
+    work = tally.work
+    out: list[str] = []
+    add = out.append
     # work lists, county by county
     add(f"<h2>{_t('需办理的儿童(按旗县)', 'Children to act on, by county')}</h2>")
     add(
@@ -533,6 +447,15 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             add(_work_block(d, items, texts))
         add("</section>")
 
+    return "".join(out)
+
+
+def _service_lists(decisions: RoundDecisions, provenance: Provenance, tally: _Tally) -> str:
+    """Overdue checks (counts), coverage gaps and service needs (lists), the rest (counts)."""
+    names = provenance.names
+    counts, overdue = tally.counts, tally.overdue
+    out: list[str] = []
+    add = out.append
     # counts only: the complete lists are in the spreadsheet
     add(f"<h2>{_t('定期核查逾期', 'Overdue checks')} ({sum(overdue.values()):,})</h2>")
     add("<p class='meta'>各旗县人数见本页末尾的统计表;名单见 decisions.xlsx(核查逾期列)。</p>")
@@ -576,6 +499,14 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         "名单与理由见 decisions.xlsx。</p>"
     )
 
+    return "".join(out)
+
+
+def _county_table(decisions: RoundDecisions, tally: _Tally) -> str:
+    """Decisions by county, with the totals."""
+    counts, regions, overdue = tally.counts, tally.regions, tally.overdue
+    out: list[str] = []
+    add = out.append
     head = "".join(f"<th class='n'>{decision_name(d, 'zh')}</th>" for d in _DECISIONS)
     add(
         f"<h2>{_t('各旗县决定统计表', 'Decisions by county')}</h2>"
@@ -594,6 +525,15 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         f"<td class='n'><b>{sum(overdue.values()):,}</b></td></tr></tbody></table>"
     )
 
+    return "".join(out)
+
+
+def _provenance(provenance: Provenance) -> str:
+    """Which sets were queried, how each ended, and the round's facts."""
+    names = provenance.names
+    round_text = provenance.round_id or "离线评估"
+    out: list[str] = []
+    add = out.append
     # provenance
     add(f"<h2>{_t('数据来源', 'Provenance')}</h2>")
     add(
@@ -623,6 +563,30 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
         add(f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>")
     add(f"</tbody></table><script id='filter'>{_SCRIPT}</script></body></html>")
     return "".join(out)
+
+
+def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
+    """The report of one round or evaluation as a self-contained HTML page.
+
+    Sections: summary cards; decisions by county (chart); matches by
+    department (chart); decisions over past rounds (chart, from the state
+    database); then for each county the children to enrol, to exit (with the
+    month support stops), to reclassify and to review (conflicts first);
+    overdue checks (counts), coverage gaps and service needs (lists), the
+    counts by county (table) and the provenance. A filter at the top shows one
+    county or some decisions only.
+    """
+    tally = _tally(decisions)
+    return "".join(
+        (
+            _head(decisions, provenance, tally),
+            _summaries(provenance, tally),
+            _work_lists(tally, decisions.reason_texts),
+            _service_lists(decisions, provenance, tally),
+            _county_table(decisions, tally),
+            _provenance(provenance),
+        )
+    )
 
 
 def _due(item: ChildDecision) -> str:
