@@ -383,6 +383,9 @@ class NodeSection(_Strict):
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
     bucket_rows: int = Field(default=1_000_000, ge=1, le=10**12)
     spill_dir: Path | None = None
+    #: X25519 for ecdh: libcrypto_mb where the CPU has AVX-512 IFMA ("auto"), or forced;
+    #: the XMATCH_X25519_BACKEND environment variable wins over this key.
+    x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
 
     @field_validator("name")
     @classmethod

@@ -101,9 +101,19 @@ OWNER_CHECK_SECONDS = 1.0
 
 
 def worker_pool(
-    workers: int, *, start_method: Literal["spawn", "forkserver"] = "spawn"
+    workers: int,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    x25519_backend: str | None = None,
 ) -> concurrent.futures.ProcessPoolExecutor:
     """A process pool for EC batches whose workers exit when the process that made it dies.
+
+    ``x25519_backend`` (``auto``, ``crypto-mb`` or ``openssl``; the
+    ``XMATCH_X25519_BACKEND`` environment variable wins over it) is resolved
+    here, for this process, and the result is given to every worker.
+
+    Raises:
+        ValueError: an unknown backend name.
 
     A plain ``ProcessPoolExecutor``'s workers outlive an owner killed with SIGKILL:
     they wait on a queue nobody writes to again, for ever. Each worker here checks
@@ -113,13 +123,21 @@ def worker_pool(
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(start_method),
-        initializer=_exit_with_owner,
-        initargs=(os.getpid(),),
+        initializer=_start_worker,
+        initargs=(os.getpid(), x25519.configure(x25519_backend)),
     )
 
 
+def _start_worker(owner: int, backend: str) -> None:
+    """Runs in a worker: use the owner's X25519 backend; exit when the owner is gone."""
+    # The owner named the backend it resolved; the environment must not override it here.
+    os.environ.pop(x25519.ENV_VAR, None)
+    x25519.configure(backend, quiet=True)
+    _exit_with_owner(owner)
+
+
 def _exit_with_owner(owner: int) -> None:
-    """Runs in a worker: a daemon thread that ends the worker when ``owner`` is gone."""
+    """A daemon thread that ends this worker when ``owner`` is gone."""
 
     def watch() -> None:
         never = threading.Event()
@@ -260,6 +278,30 @@ class _EcdhRole:
             raise AlreadyUsed("the round scalar is gone")
         return x25519.scalar_mult(self._scalar, points, executor=self._executor, what=what)
 
+    def _hash_mult(self, identities: npt.NDArray[np.uint8], what: str) -> npt.NDArray[np.uint8]:
+        """``scalar * H(x)`` for (n, 16) identities; hash and multiply run in the same worker.
+
+        Why one task: hashing in this process while the workers multiply would leave it
+        the serial part of every chunk (about a tenth of the work at multi-buffer speed).
+        """
+        if self._scalar is None:
+            raise AlreadyUsed("the round scalar is gone")
+        rows = np.ascontiguousarray(identities)
+        out, bad = x25519.split_map(
+            _hash_mult_buffer, (self._suite, self._scalar), rows.tobytes(), 16, self._executor
+        )
+        if bad >= 0:
+            raise ProtocolError(f"{what}: point {bad} is a low-order point")
+        return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+
+def _hash_mult_buffer(suite_scalar: tuple[str, bytes], buf: bytes) -> tuple[bytes, int]:
+    """Top-level (picklable): X25519(scalar, H(x)) for each 16-byte x in ``buf``."""
+    suite, scalar = suite_scalar
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(-1, 16)
+    hashed = hash_to_curve.hash_to_u(suite, rows)
+    return x25519.mult_buffer(scalar, hashed.tobytes())
+
 
 class EcdhRequester(_EcdhRole):
     """The coordinator's side of an ``ecdh`` round.
@@ -342,8 +384,7 @@ class EcdhRequester(_EcdhRole):
         if self._query_size is not None and self._blinded_total + len(ids) > self._query_size:
             raise ProtocolError(f"more identities than the query size ({self._query_size})")
         seq = len(self._blinded_counts)
-        hashed = hash_to_curve.hash_to_u(self._suite, ids, executor=self._executor)
-        points = self._mult(hashed, f"blinded chunk {seq}")
+        points = self._hash_mult(ids, f"blinded chunk {seq}")
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="blinded", points=points)
         self._transcript.absorb("requester", "blinded", chunk.to_bytes())
         self._blinded_total += len(ids)
@@ -724,8 +765,7 @@ class EcdhResponder(_EcdhRole):
 
     def _set_chunk(self, seq: int, blocks: npt.NDArray[np.uint8]) -> PointChunk:
         self._check_open()
-        hashed = hash_to_curve.hash_to_u(self._suite, blocks, executor=self._executor)
-        points = self._mult(hashed, f"set chunk {seq}")
+        points = self._hash_mult(blocks, f"set chunk {seq}")
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
         self._transcript.absorb("responder", "set", chunk.to_bytes())
         self._set_sent += len(points)

@@ -38,6 +38,7 @@ caller provides (its own worker pool). Workers made by
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import os
@@ -200,10 +201,9 @@ def _load_crypto_mb(dirs: Sequence[str]) -> _CryptoMb:
         return name  # left to the system loader
 
     for name in _RUNTIME_LIBS:
-        try:
+        # One missing is not fatal here: libcrypto_mb's own load below says what it lacks.
+        with contextlib.suppress(OSError):
             ctypes.CDLL(find(name), mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            pass  # libcrypto_mb's own load below says what is missing
     lib = ctypes.CDLL(find(_CRYPTO_MB))
     lib.mbx_get_cpu_features.restype = ctypes.c_uint64
     lib.mbx_get_cpu_features.argtypes = []
@@ -330,7 +330,7 @@ def scalar_mult(
     *,
     executor: concurrent.futures.Executor | None = None,
     what: str = "points",
-    backend: Literal["crypto-mb", "openssl"] | None = None,
+    backend: str | None = None,
 ) -> npt.NDArray[np.uint8]:
     """X25519(scalar, u) for each row of an (n, 32) uint8 array.
 
@@ -340,8 +340,8 @@ def scalar_mult(
     Raises:
         ProtocolError: a row is a low-order point; the message names
             ``what`` and the row position, never the value.
-        ValueError: ``points`` is not an (n, 32) uint8 array, or the scalar
-            is not 32 bytes.
+        ValueError: ``points`` is not an (n, 32) uint8 array, the scalar
+            is not 32 bytes, or ``backend`` is not ``crypto-mb`` or ``openssl``.
         OSError: ``backend="crypto-mb"`` and libcrypto_mb cannot be used here.
     """
     arr = np.asarray(points)
@@ -353,6 +353,8 @@ def scalar_mult(
         out, bad = _openssl_mult(scalar, arr.tobytes())
     elif backend == "crypto-mb":
         out, bad = _crypto_mb().mult(scalar, arr.tobytes())
+    elif backend is not None:
+        raise ValueError(f"unknown X25519 backend {backend!r}")
     else:
         out, bad = split_map(mult_buffer, scalar, arr.tobytes(), POINT_SIZE, executor)
     if bad >= 0:
