@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck pytest demo bench chromium proto clean
+.PHONY: install test lint typecheck pytest demo bench chromium proto clean bench-peers
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,8 +40,19 @@ demo: install
 bench: install
 	$(VENV)/bin/xmatch bench
 
+# SecretFlow (spu 0.9.5 pins numpy<2 and jax) in its own virtualenv, for
+# `xmatch bench --baseline secretflow`; make test never needs it.
+PEERS ?= .venv-peers
+$(PEERS)/.installed-stamp:
+	python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q spu==0.9.5
+	touch $@
+
+bench-peers: $(PEERS)/.installed-stamp
+
 proto: install
 	$(PY) -m proto.build
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) $(PEERS) demo-run .pytest_cache .mypy_cache .ruff_cache .benchmarks
