@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck pytest demo bench chromium proto clean bench-peers
+.PHONY: install test lint typecheck pytest demo bench chromium proto clean bench-peers profile-ecdh
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,6 +50,13 @@ $(PEERS)/.installed-stamp:
 	touch $@
 
 bench-peers: $(PEERS)/.installed-stamp
+
+# py-spy over one 100k x 100k ecdh bench round (both parties and their workers), summarized.
+PROFILE_SIZE ?= 100000
+profile-ecdh: install
+	$(VENV)/bin/py-spy record --subprocesses --rate 100 --format raw --output ecdh-profile.txt -- \
+	  $(VENV)/bin/xmatch bench --sizes $(PROFILE_SIZE) --protocol ecdh --no-baseline --out bench-profile
+	$(PY) benchmarks/profile_summary.py ecdh-profile.txt
 
 proto: install
 	$(PY) -m proto.build
