@@ -364,6 +364,7 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         config.coordinator.ec_workers,
         start_method="forkserver",
         x25519_backend=config.coordinator.x25519_backend,
+        on_fallback=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
     )
     try:
         # Start every worker now: started on demand, the second one would import

@@ -164,7 +164,12 @@ def serve_from_config(path: Path | str) -> int:
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
         executor = worker_pool(
-            node.ec_workers, start_method="spawn", x25519_backend=node.x25519_backend
+            node.ec_workers,
+            start_method="spawn",
+            x25519_backend=node.x25519_backend,
+            on_fallback=lambda line: print(
+                f"{node.name}: warning: {line}", file=sys.stderr, flush=True
+            ),
         )
         state = NodeState.create(config, store=store, executor=executor)
         # (5)

@@ -71,6 +71,7 @@ __all__ = [
     "distinct_identities",
     "prepare_executor",
     "size_class",
+    "use_x25519_backend",
 ]
 
 _U64 = struct.Struct(">Q")
@@ -105,12 +106,14 @@ def worker_pool(
     *,
     start_method: Literal["spawn", "forkserver"] = "spawn",
     x25519_backend: str | None = None,
+    on_fallback: Callable[[str], None] | None = None,
 ) -> concurrent.futures.ProcessPoolExecutor:
     """A process pool for EC batches whose workers exit when the process that made it dies.
 
     ``x25519_backend`` (``auto``, ``crypto-mb`` or ``openssl``; the
     ``XMATCH_X25519_BACKEND`` environment variable wins over it) is resolved
-    here, for this process, and the result is given to every worker.
+    here, for this process, by :func:`use_x25519_backend` (``on_fallback``
+    gets its one warning line), and the result is given to every worker.
 
     Raises:
         ValueError: an unknown backend name.
@@ -124,8 +127,25 @@ def worker_pool(
         max_workers=workers,
         mp_context=multiprocessing.get_context(start_method),
         initializer=_start_worker,
-        initargs=(os.getpid(), x25519.configure(x25519_backend)),
+        initargs=(os.getpid(), use_x25519_backend(x25519_backend, on_fallback=on_fallback)),
     )
+
+
+def use_x25519_backend(
+    requested: str | None = None, *, on_fallback: Callable[[str], None] | None = None
+) -> str:
+    """Choose this process's X25519 backend; returns ``crypto-mb`` or ``openssl``.
+
+    ``requested``: ``auto`` (default), ``crypto-mb`` or ``openssl``; the
+    environment variable ``XMATCH_X25519_BACKEND`` wins over it. When
+    libcrypto_mb cannot be used, ``on_fallback`` gets one line saying why
+    (else :func:`warnings.warn`) and OpenSSL is used (docs/psi.md, "X25519
+    backends").
+
+    Raises:
+        ValueError: an unknown backend name.
+    """
+    return x25519.configure(requested, on_fallback=on_fallback)
 
 
 def _start_worker(owner: int, backend: str) -> None:

@@ -659,11 +659,11 @@ def _plot(results: Sequence[BenchResult], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _ec_pool(workers: int, needed: bool) -> Iterator[Executor | None]:
+def _ec_pool(workers: int, needed: bool, backend: str) -> Iterator[Executor | None]:
     if not needed:
         yield None
         return
-    pool = worker_pool(workers, start_method="forkserver")
+    pool = worker_pool(workers, start_method="forkserver", x25519_backend=backend)
     try:
         prepare_executor(pool, workers)  # start every worker outside the timing
         yield pool
@@ -728,9 +728,9 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     fed = _prepare(out, workers)
     load = os.getloadavg()
-    from psi.hazmat import x25519
+    from psi.ecdh import use_x25519_backend
 
-    backend = x25519.configure(os.environ.get(x25519.ENV_VAR) or None, quiet=True)
+    backend = use_x25519_backend(on_fallback=say)
     rate = _x25519_rate() if "ecdh" in protocols else None
     say(
         f"xmatch bench: {platform.processor() or platform.machine()}, {cores} cores, "
@@ -745,7 +745,7 @@ def run_bench(
         last = last_run.get(name)
         return None if last is None else last[1] * n / last[0]
 
-    with _ec_pool(workers, "ecdh" in protocols) as pool:
+    with _ec_pool(workers, "ecdh" in protocols, backend) as pool:
         for n in sorted(set(sizes)):
             roster_n = roster_size or max(n, 100)
             data = out / "data" / f"set-{n}.parquet"

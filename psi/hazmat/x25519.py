@@ -26,7 +26,8 @@ Two backends compute the same bytes:
 :data:`ENV_VAR` if set, else the name passed (a node.toml or
 coordinator.toml key), else ``auto`` (crypto-mb where it loads and the CPU
 supports it). A library that is missing, does not load or does not suit the
-CPU gives one warning line and ``openssl``; nothing raises.
+CPU gives one warning line (through the caller's ``on_fallback``, else
+:func:`warnings.warn`) and ``openssl``; nothing raises.
 
 With an executor, a batch is split into slices and a top-level, picklable
 function is mapped over them; each worker gets the scalar bytes and a
@@ -40,9 +41,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
-import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Final, Literal, TypeVar, get_args
 
@@ -72,8 +73,6 @@ Backend = Literal["auto", "crypto-mb", "openssl"]
 BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
 #: Environment variable that forces a backend; it wins over the configuration file.
 ENV_VAR: Final = "XMATCH_X25519_BACKEND"
-
-_log = logging.getLogger(__name__)
 
 # libcrypto_mb needs these Intel runtime libraries, resolvable before it loads.
 _RUNTIME_LIBS: Final = ("libintlc.so.5", "libimf.so", "libirng.so", "libsvml.so")
@@ -223,13 +222,16 @@ def configure(
     *,
     library_dirs: Sequence[str] | None = None,
     quiet: bool = False,
+    on_fallback: Callable[[str], None] | None = None,
 ) -> str:
     """Choose this process's backend and return it (``crypto-mb`` or ``openssl``).
 
     :data:`ENV_VAR`, when set and not empty, wins over ``requested``;
     ``None`` means ``auto``. ``library_dirs`` replaces the folders searched
-    for the libraries. ``quiet`` drops the warning (for workers whose owner
-    already gave it).
+    for the libraries. When libcrypto_mb cannot be used, the one-line reason
+    goes to ``on_fallback`` (a node prints it to its log), or to
+    :func:`warnings.warn` without one; ``quiet`` drops it (for workers whose
+    owner already gave it).
 
     Raises:
         ValueError: the name (from the environment or ``requested``) is not
@@ -251,7 +253,11 @@ def configure(
         _backend, _mb = "openssl", None
         if not quiet:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _log.warning("X25519: libcrypto_mb not used (%s); falling back to OpenSSL", reason)
+            line = f"X25519: libcrypto_mb not used ({reason}); falling back to OpenSSL"
+            if on_fallback is not None:
+                on_fallback(line)
+            else:
+                warnings.warn(line, RuntimeWarning, stacklevel=2)
     return _backend
 
 
