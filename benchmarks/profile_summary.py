@@ -34,7 +34,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "bench setup, outside the timing",
-        ("encode_identities", "_roster_ids", "make_ids", "_node_config", "_prepare"),
+        ("encode_identities", "_roster_ids", "make_ids", "_node_config", "_prepare", "_plot"),
     ),
     ("X25519: mbx_x25519_mb8 calls", (_mb8_call_frame(),)),
     ("X25519: pointer arrays, checks", ("_CryptoMb.mult", "first_low_order")),
@@ -46,6 +46,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("intersection", ("SortedRows", "_intersect", "EcdhRequester.finish")),
     ("transcript", ("Transcript.",)),
     ("chunk framing (PointChunk)", ("PointChunk", "psi/messages.py")),
+    ("bench sampler and log drain", ("_Sampler", "drain (xmatch/demo.py")),
     ("waiting (locks, queues, select)", ("Condition.wait", "select", "Event.wait", "sleep")),
     (
         "worker hand-off (pickle, pipes, futures)",
