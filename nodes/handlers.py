@@ -540,6 +540,8 @@ def _merge_levels(first: _U64Pair, second: _U64Pair) -> _U64Pair:
 # Drivers
 
 _EOF = object()
+#: Points per ecdh set chunk the node sends (also bounded by max_chunk_bytes).
+SET_CHUNK_POINTS = min(16384, MAX_POINTS_PER_CHUNK)
 
 
 class RoundDriver:
@@ -933,7 +935,9 @@ class EcdhDriver(RoundDriver):
         assert self.loaded is not None
         self.set_size = len(self.loaded)
         self.padded_set_size = responder.set_size
-        per_chunk = max(1, min(MAX_POINTS_PER_CHUNK, (node.max_chunk_bytes - 64) // 32))
+        # At most 16,384 points (the coordinator's chunk): the requester multiplies the
+        # last set chunk after the node is done, so a smaller one shortens that tail.
+        per_chunk = max(1, min(SET_CHUNK_POINTS, (node.max_chunk_bytes - 64) // 32))
         self._chunks = responder.set_chunks(per_chunk)
         self._emit(Accept(set_size=responder.set_size))
         if self._spilled is None:

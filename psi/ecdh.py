@@ -304,15 +304,26 @@ class _EcdhRole:
         Why one task: hashing in this process while the workers multiply would leave it
         the serial part of every chunk (about a tenth of the work at multi-buffer speed).
         """
+        return self._hash_mult_started(identities, what)()
+
+    def _hash_mult_started(
+        self, identities: npt.NDArray[np.uint8], what: str
+    ) -> Callable[[], npt.NDArray[np.uint8]]:
+        """:meth:`_hash_mult` submitted to the executor now; call the result to wait for it."""
         if self._scalar is None:
             raise AlreadyUsed("the round scalar is gone")
         rows = np.ascontiguousarray(identities)
-        out, bad = x25519.split_map(
+        join = x25519.split_submit(
             _hash_mult_buffer, (self._suite, self._scalar), rows.tobytes(), 16, self._executor
         )
-        if bad >= 0:
-            raise ProtocolError(f"{what}: point {bad} is a low-order point")
-        return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+        def result() -> npt.NDArray[np.uint8]:
+            out, bad = join()
+            if bad >= 0:
+                raise ProtocolError(f"{what}: point {bad} is a low-order point")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+        return result
 
 
 def _hash_mult_buffer(suite_scalar: tuple[str, bytes], buf: bytes) -> tuple[bytes, int]:
@@ -747,19 +758,43 @@ class EcdhResponder(_EcdhRole):
         return shuffled
 
     def _set_iter(self, plan: _SetPlan, chunk_size: int) -> Iterator[PointChunk]:
+        """The set chunks in order, ``chunk_size`` points each but the last.
+
+        A set held whole (one bucket): chunk k + 1 is submitted to the pool before
+        chunk k is awaited, so the workers have the next chunk while this one is
+        framed and sent (and while the caller reblinds between chunks). Bucketed
+        sets keep one chunk at a time: a look-ahead that stopped at bucket
+        boundaries (to read buckets no earlier) would make those boundaries the
+        only places with a pause. Contents and order are the same either way.
+        """
+        look_ahead = len(plan.sizes) == 1
         seq = 0
         carry = np.zeros((0, 16), dtype=np.uint8)
+        ahead: tuple[int, Callable[[], npt.NDArray[np.uint8]]] | None = None
         for blocks in self._buckets_ahead(plan):
             pending = np.concatenate([carry, blocks]) if len(carry) else blocks
             del blocks
             full = len(pending) - len(pending) % chunk_size
             for start in range(0, full, chunk_size):
-                yield self._set_chunk(seq, pending[start : start + chunk_size])
+                self._check_open()
+                started = self._hash_mult_started(
+                    pending[start : start + chunk_size], f"set chunk {seq}"
+                )
+                if ahead is not None:
+                    yield self._set_chunk(*ahead)
+                ahead = (seq, started)
                 seq += 1
+                if not look_ahead:
+                    yield self._set_chunk(*ahead)
+                    ahead = None
+            if ahead is not None:
+                yield self._set_chunk(*ahead)
+                ahead = None
             carry = pending[full:].copy()
             del pending
         if len(carry):
-            yield self._set_chunk(seq, carry)
+            self._check_open()
+            yield self._set_chunk(seq, self._hash_mult_started(carry, f"set chunk {seq}"))
 
     def _buckets_ahead(self, plan: _SetPlan) -> Iterator[npt.NDArray[np.uint8]]:
         """Each bucket's shuffled blocks; bucket j+1 is prepared while j's chunks are multiplied.
@@ -783,9 +818,9 @@ class EcdhResponder(_EcdhRole):
                 yield blocks
                 del blocks
 
-    def _set_chunk(self, seq: int, blocks: npt.NDArray[np.uint8]) -> PointChunk:
+    def _set_chunk(self, seq: int, started: Callable[[], npt.NDArray[np.uint8]]) -> PointChunk:
         self._check_open()
-        points = self._hash_mult(blocks, f"set chunk {seq}")
+        points = started()
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
         self._transcript.absorb("responder", "set", chunk.to_bytes())
         self._set_sent += len(points)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,3 +174,40 @@ def test_round_on_each_backend(name: str, restore_backend: None) -> None:
     result, t_resp = run_round(roster, match_set, chunk=70, ctx=ecdh_context())
     assert result.matched.tolist() == list(range(0, 150, 3))
     assert result.transcript == t_resp
+
+
+class _CountingPool(concurrent.futures.ThreadPoolExecutor):
+    """A real thread pool that counts the tasks given to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_set_chunks_look_one_chunk_ahead_only_for_a_set_held_whole() -> None:
+    from psi.ecdh import EcdhResponder
+    from psi.identifiers import encode_identities
+    from tests.test_psi_keyed_hash import rng_for
+
+    ids = encode_identities(ids_from_ints(list(range(300))))
+    with _CountingPool() as pool:
+        whole = EcdhResponder.generate(ecdh_context(), rng=rng_for(3), executor=pool)
+        whole.load_set(ids)
+        chunks = whole.set_chunks(70)
+        first = next(chunks)
+        assert pool.submitted == 4  # chunk 0 and chunk 1, two slices each
+        rest = list(chunks)
+    inline = EcdhResponder.generate(ecdh_context(), rng=rng_for(3))
+    inline.load_set(ids)
+    expected = list(inline.set_chunks(70))
+    assert [c.to_bytes() for c in [first, *rest]] == [c.to_bytes() for c in expected]
+    with _CountingPool() as pool:
+        bucketed = EcdhResponder.generate(ecdh_context(), rng=rng_for(3), executor=pool)
+        halves = [ids[:150], ids[150:]]
+        bucketed.load_buckets([150, 150], lambda j: halves[j])
+        next(bucketed.set_chunks(70))
+        assert pool.submitted == 2  # one chunk at a time

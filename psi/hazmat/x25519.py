@@ -65,6 +65,7 @@ __all__ = [
     "mult_buffer",
     "scalar_mult",
     "split_map",
+    "split_submit",
 ]
 
 POINT_SIZE = 32
@@ -308,9 +309,24 @@ def split_map(
     Returns the joined outputs and -1, or ``(b"", global index)`` of the
     first element a slice reported as bad.
     """
+    return split_submit(fn, first, buf, item, executor, parts)()
+
+
+def split_submit(
+    fn: Callable[[_First, bytes], tuple[bytes, int]],
+    first: _First,
+    buf: bytes,
+    item: int,
+    executor: concurrent.futures.Executor | None,
+    parts: int | None = None,
+) -> Callable[[], tuple[bytes, int]]:
+    """:func:`split_map` started now: the slices go to ``executor`` at once; the
+    returned function waits for them and joins (without an executor, or for a
+    small buffer, it computes when called).
+    """
     n = len(buf) // item
     if executor is None or n < 64:
-        return fn(first, buf)
+        return lambda: fn(first, buf)
     if parts is None:
         parts = int(getattr(executor, "_max_workers", os.cpu_count() or 1))
     parts = max(1, min(parts, n // 32))
@@ -319,15 +335,19 @@ def split_map(
         executor.submit(fn, first, buf[bounds[k] * item : bounds[k + 1] * item])
         for k in range(parts)
     ]
-    outs: list[bytes] = []
-    for k, future in enumerate(futures):
-        out, bad = future.result()
-        if bad >= 0:
-            for other in futures[k + 1 :]:
-                other.cancel()
-            return b"", bounds[k] + bad
-        outs.append(out)
-    return b"".join(outs), -1
+
+    def join() -> tuple[bytes, int]:
+        outs: list[bytes] = []
+        for k, future in enumerate(futures):
+            out, bad = future.result()
+            if bad >= 0:
+                for other in futures[k + 1 :]:
+                    other.cancel()
+                return b"", bounds[k] + bad
+            outs.append(out)
+        return b"".join(outs), -1
+
+    return join
 
 
 def scalar_mult(
