@@ -201,6 +201,16 @@ def distinct_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uin
     return rows[order[keep]]
 
 
+def _strictly_ascending(rows: npt.NDArray[np.uint8]) -> bool:
+    """Rows of (n, 16) uint8 in strictly ascending byte order (as distinct_identities sorts)."""
+    if len(rows) < 2:
+        return True
+    words = rows.view(">u8").reshape(-1, 2)
+    hi, lo = words[:, 0], words[:, 1]
+    greater = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))
+    return bool(greater.all())
+
+
 def _check_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     arr = np.asarray(identities)
     if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 16:
@@ -629,18 +639,28 @@ class EcdhResponder(_EcdhRole):
             context, x25519.generate_scalar(rng), executor, rng=rng, size_classes=size_classes
         )
 
-    def load_set(self, identities: npt.NDArray[np.uint8]) -> None:
+    def load_set(self, identities: npt.NDArray[np.uint8], *, distinct: bool = False) -> None:
         """Take the match set, held in memory: deduplicated now, padded and shuffled when sent.
+
+        ``distinct=True``: ``identities`` is already the output of
+        :func:`distinct_identities` (a node keeps it for a set it serves many
+        rounds); only checked, in one linear pass, to be strictly ascending.
 
         Raises:
             AlreadyUsed: a set was already loaded, or the round has finished.
-            ValueError: ``identities`` is not (n, 16) uint8, or ``size_classes``
-                returned fewer than n.
+            ValueError: ``identities`` is not (n, 16) uint8, ``size_classes``
+                returned fewer than n, or ``distinct`` and the rows are not
+                strictly ascending.
         """
         self._check_open()
         if self._plan is not None:
             raise AlreadyUsed("match set already loaded for this round")
-        unique = distinct_identities(identities)
+        if distinct:
+            unique = _check_identities(identities)
+            if not _strictly_ascending(unique):
+                raise ValueError("load_set(distinct=True): rows are not distinct_identities output")
+        else:
+            unique = distinct_identities(identities)
         self._plan = self._planned((len(unique),), lambda _bucket: unique, distinct=True)
 
     def load_buckets(
