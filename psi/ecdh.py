@@ -376,6 +376,8 @@ class EcdhRequester(_EcdhRole):
         # a*b*H(y) that arrived before the reblinded roster was complete; after
         # that, each set chunk is intersected on arrival and dropped.
         self._pending: list[npt.NDArray[np.uint8]] = []
+        # the last set chunk, being multiplied in the pool (see receive_responder_set)
+        self._in_flight: Callable[[], npt.NDArray[np.uint8]] | None = None
         self._roster: SortedRows | None = None
         self._hits: list[npt.NDArray[np.int64]] = []
         self._set_chunks = 0
@@ -508,7 +510,9 @@ class EcdhRequester(_EcdhRole):
                 responder declared its set complete, more points than the
                 size announced through :meth:`expect_responder_set` (checked
                 before any group operation), or a low-order point (the
-                message names the chunk and position).
+                message names the chunk and position; with an executor, the
+                chunk is checked when the next one arrives or at
+                :meth:`receive_responder_done`).
             AlreadyUsed: the round has finished.
         """
         self._check_open()
@@ -522,26 +526,61 @@ class EcdhRequester(_EcdhRole):
                 "points it announced"
             )
         self._transcript.absorb("responder", "set", chunk.to_bytes())
-        points = self._mult(chunk.points, f"set chunk {seq}")
+        if self._executor is None:
+            self._take(self._mult(chunk.points, f"set chunk {seq}"))
+            self._set_chunks += 1
+            self._set_received += len(chunk)
+            return
+        started = self._mult_started(chunk.points, f"set chunk {seq}")
         self._set_chunks += 1
         self._set_received += len(chunk)
+        # With a pool, this chunk's points are multiplied while the caller receives the
+        # next one; the previous chunk is collected now (a low-order point in it is
+        # reported here, or by receive_responder_done for the last chunk).
+        previous, self._in_flight = self._in_flight, started
+        if previous is not None:
+            self._take(previous())
+
+    def _take(self, points: npt.NDArray[np.uint8]) -> None:
         if self._roster is not None:
             self._intersect(points)
         else:
             self._pending.append(points)
+
+    def _mult_started(
+        self, points: npt.NDArray[np.uint8], what: str
+    ) -> Callable[[], npt.NDArray[np.uint8]]:
+        if self._scalar is None:
+            raise AlreadyUsed("the round scalar is gone")
+        arr = np.ascontiguousarray(points)
+        join = x25519.split_submit(
+            x25519.mult_buffer, self._scalar, arr.tobytes(), x25519.POINT_SIZE, self._executor
+        )
+
+        def result() -> npt.NDArray[np.uint8]:
+            out, bad = join()
+            if bad >= 0:
+                raise ProtocolError(f"{what}: point {bad} is a low-order point")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+        return result
 
     def receive_responder_done(self, total: int) -> None:
         """The responder declares its set complete with ``total`` points.
 
         Raises:
             ProtocolError: ``total`` differs from the points received or from
-                the size announced through :meth:`expect_responder_set`, or
-                some blinded chunk has not been answered.
+                the size announced through :meth:`expect_responder_set`, some
+                blinded chunk has not been answered, or (with an executor) the
+                last set chunk has a low-order point.
             AlreadyUsed: called twice, or the round has finished.
         """
         self._check_open()
         if self._done_total is not None:
             raise AlreadyUsed("responder already declared its set complete")
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None:
+            self._take(previous())
         if self._set_declared is not None and total != self._set_declared:
             raise ProtocolError(
                 f"responder declared {total} set points, having announced {self._set_declared}"
