@@ -368,6 +368,18 @@ def peers_python() -> Path | None:
     return python.absolute() if python.exists() else None
 
 
+def _remove_spu_trace(log: Path) -> None:
+    """spu writes a trace file per run into the temp folder and names it in its log; remove it."""
+    import re
+    import tempfile
+
+    text = log.read_text(encoding="utf-8", errors="replace")
+    for name in re.findall(r"Trace has been written to (\S+?)\.?$", text, flags=re.MULTILINE):
+        path = Path(name)
+        if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("psi_"):
+            path.unlink(missing_ok=True)
+
+
 def _write_id_csv(path: Path, ids: npt.NDArray[np.bytes_]) -> None:
     if path.exists():
         return
@@ -430,6 +442,8 @@ def _secretflow(
                     other.wait()
             raise XmatchError(f"SecretFlow {protocol} party failed; see {log}")
         lines.append(json.loads(result.read_text(encoding="utf-8")))
+    for _, log, _ in procs:
+        _remove_spu_trace(log)
     seconds = max(float(line["seconds"]) for line in lines)
     matches = int(next(line for line in lines if line["rank"] == 0)["intersection"])
     return seconds, matches
