@@ -900,6 +900,17 @@ _DISTINCT: weakref.WeakKeyDictionary[LoadedMatchSet, npt.NDArray[np.uint8]] = (
 _DISTINCT_LOCK = threading.Lock()
 
 
+def keep_distinct(config: NodeConfig, loaded: Iterable[LoadedMatchSet]) -> None:
+    """Deduplicate now the sets held in memory that ecdh rounds may query (node startup).
+
+    Their first ecdh round then starts as fast as the later ones.
+    """
+    ecdh = {ms.name for ms in config.match_sets if "ecdh" in ms.protocols}
+    for ms in loaded:
+        if ms.name in ecdh and not ms.streamed:
+            _distinct_of(ms)
+
+
 def _distinct_of(loaded: LoadedMatchSet) -> npt.NDArray[np.uint8]:
     with _DISTINCT_LOCK:
         unique = _DISTINCT.get(loaded)

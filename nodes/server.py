@@ -116,7 +116,7 @@ def serve_from_config(path: Path | str) -> int:
     node = config.node
     from audit.log import AuditLog
     from keys.handles import AuditSigner, load_tls_credentials
-    from nodes.handlers import NodeState
+    from nodes.handlers import NodeState, keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
 
@@ -171,6 +171,7 @@ def serve_from_config(path: Path | str) -> int:
                 f"{node.name}: warning: {line}", file=sys.stderr, flush=True
             ),
         )
+        keep_distinct(config, loaded)  # the first ecdh round need not deduplicate
         state = NodeState.create(config, store=store, executor=executor)
         # (5)
         restore_limits(
