@@ -385,7 +385,8 @@ def _write_id_csv(path: Path, ids: npt.NDArray[np.bytes_]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
+    # identities (synthetic here): 0600, like every file holding them
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(b"id\n")
         for start in range(0, len(ids), ROW_GROUP):
             f.write(b"\n".join(ids[start : start + ROW_GROUP].tolist()) + b"\n")
@@ -409,7 +410,7 @@ def _secretflow(
     from xmatch.demo import free_ports
 
     folder = out / "secretflow"
-    inputs = [folder / f"roster-{n}.csv", folder / f"set-{n}.csv"]
+    inputs = [folder / f"roster-{n}-{len(roster)}.csv", folder / f"set-{n}.csv"]
     _write_id_csv(inputs[0], roster)
     _write_id_csv(inputs[1], make_ids(0, n))
     ports = [str(p) for p in free_ports(2)]
@@ -444,6 +445,8 @@ def _secretflow(
         lines.append(json.loads(result.read_text(encoding="utf-8")))
     for _, log, _ in procs:
         _remove_spu_trace(log)
+    for rank in (0, 1):  # spu's result files hold identities (0644): not kept
+        (folder / f"out-{protocol.lower()}-{n}-rank{rank}.csv").unlink(missing_ok=True)
     seconds = max(float(line["seconds"]) for line in lines)
     matches = int(next(line for line in lines if line["rank"] == 0)["intersection"])
     return seconds, matches
