@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck pytest demo bench chromium databases proto clean
+.PHONY: install test lint typecheck pytest demo bench chromium databases proto clean bench-peers profile-ecdh
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,8 +49,26 @@ demo: install databases
 bench: install
 	$(VENV)/bin/xmatch bench
 
+# SecretFlow (spu 0.9.5 pins numpy<2 and jax) in its own virtualenv, for
+# `xmatch bench --baseline secretflow`; make test never needs it.
+PEERS ?= .venv-peers
+$(PEERS)/.installed-stamp:
+	python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q spu==0.9.5
+	touch $@
+
+bench-peers: $(PEERS)/.installed-stamp
+
+# py-spy over one 100k x 100k ecdh bench round (both parties and their workers), summarized.
+PROFILE_SIZE ?= 100000
+profile-ecdh: install
+	$(VENV)/bin/py-spy record --subprocesses --rate 100 --format raw --output ecdh-profile.txt -- \
+	  $(VENV)/bin/xmatch bench --sizes $(PROFILE_SIZE) --protocol ecdh --no-baseline --out bench-profile
+	$(PY) benchmarks/profile_summary.py ecdh-profile.txt
+
 proto: install
 	$(PY) -m proto.build
 
 clean:
-	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) $(PEERS) demo-run .pytest_cache .mypy_cache .ruff_cache .benchmarks

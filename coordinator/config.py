@@ -118,6 +118,8 @@ class CoordinatorSection(_Strict):
     roster_encoding: FileEncoding = "auto"
     audit_key: Path | None = None
     audit_cert: Path | None = None
+    #: X25519 for ecdh, as the node's key of the same name (XMATCH_X25519_BACKEND wins).
+    x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
 
     @field_validator("roster", mode="before")
     @classmethod

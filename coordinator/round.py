@@ -216,7 +216,12 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         yield None
         return
     # forkserver: never fork a process that already runs gRPC threads.
-    pool = worker_pool(config.coordinator.ec_workers, start_method="forkserver")
+    pool = worker_pool(
+        config.coordinator.ec_workers,
+        start_method="forkserver",
+        x25519_backend=config.coordinator.x25519_backend,
+        on_fallback=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True),
+    )
     try:
         # Start every worker now: started on demand, the second one would import
         # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked

@@ -436,6 +436,10 @@ class NodeSection(_Strict):
     def _display_name(cls, value: str | None) -> str | None:
         return check_display_name(value)
 
+    #: X25519 for ecdh: libcrypto_mb where the CPU has AVX-512 IFMA ("auto"), or forced;
+    #: the XMATCH_X25519_BACKEND environment variable wins over this key.
+    x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

@@ -217,7 +217,7 @@ def serve_from_config(path: Path | str) -> int:
     node = config.node
     from audit.log import AuditLog
     from keys.handles import AuditSigner, load_tls_credentials
-    from nodes.handlers import NodeState
+    from nodes.handlers import NodeState, keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
 
@@ -278,7 +278,15 @@ def serve_from_config(path: Path | str) -> int:
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
         with _sigint_blocked():
-            executor = worker_pool(node.ec_workers, start_method="spawn")
+            executor = worker_pool(
+                node.ec_workers,
+                start_method="spawn",
+                x25519_backend=node.x25519_backend,
+                on_fallback=lambda line: print(
+                    f"{node.name}: warning: {line}", file=sys.stderr, flush=True
+                ),
+            )
+            keep_distinct(config, loaded)  # the first ecdh round need not deduplicate
             state = NodeState.create(config, store=store, executor=executor)
         # (5)
         restore_limits(

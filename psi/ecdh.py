@@ -71,6 +71,7 @@ __all__ = [
     "distinct_identities",
     "prepare_executor",
     "size_class",
+    "use_x25519_backend",
 ]
 
 _U64 = struct.Struct(">Q")
@@ -101,9 +102,21 @@ OWNER_CHECK_SECONDS = 1.0
 
 
 def worker_pool(
-    workers: int, *, start_method: Literal["spawn", "forkserver"] = "spawn"
+    workers: int,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    x25519_backend: str | None = None,
+    on_fallback: Callable[[str], None] | None = None,
 ) -> concurrent.futures.ProcessPoolExecutor:
     """A process pool for EC batches whose workers exit when the process that made it dies.
+
+    ``x25519_backend`` (``auto``, ``crypto-mb`` or ``openssl``; the
+    ``XMATCH_X25519_BACKEND`` environment variable wins over it) is resolved
+    here, for this process, by :func:`use_x25519_backend` (``on_fallback``
+    gets its one warning line), and the result is given to every worker.
+
+    Raises:
+        ValueError: an unknown backend name.
 
     A plain ``ProcessPoolExecutor``'s workers outlive an owner killed with SIGKILL:
     they wait on a queue nobody writes to again, for ever. Each worker here checks
@@ -113,13 +126,38 @@ def worker_pool(
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(start_method),
-        initializer=_exit_with_owner,
-        initargs=(os.getpid(),),
+        initializer=_start_worker,
+        initargs=(os.getpid(), use_x25519_backend(x25519_backend, on_fallback=on_fallback)),
     )
 
 
+def use_x25519_backend(
+    requested: str | None = None, *, on_fallback: Callable[[str], None] | None = None
+) -> str:
+    """Choose this process's X25519 backend; returns ``crypto-mb`` or ``openssl``.
+
+    ``requested``: ``auto`` (default), ``crypto-mb`` or ``openssl``; the
+    environment variable ``XMATCH_X25519_BACKEND`` wins over it. When
+    libcrypto_mb cannot be used, ``on_fallback`` gets one line saying why
+    (else :func:`warnings.warn`) and OpenSSL is used (docs/psi.md, "X25519
+    backends").
+
+    Raises:
+        ValueError: an unknown backend name.
+    """
+    return x25519.configure(requested, on_fallback=on_fallback)
+
+
+def _start_worker(owner: int, backend: str) -> None:
+    """Runs in a worker: use the owner's X25519 backend; exit when the owner is gone."""
+    # The owner named the backend it resolved; the environment must not override it here.
+    os.environ.pop(x25519.ENV_VAR, None)
+    x25519.configure(backend, quiet=True)
+    _exit_with_owner(owner)
+
+
 def _exit_with_owner(owner: int) -> None:
-    """Runs in a worker: a daemon thread that ends the worker when ``owner`` is gone."""
+    """A daemon thread that ends this worker when ``owner`` is gone."""
 
     def watch() -> None:
         never = threading.Event()
@@ -161,6 +199,16 @@ def distinct_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uin
     keep = np.ones(len(rows), dtype=bool)
     keep[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
     return rows[order[keep]]
+
+
+def _strictly_ascending(rows: npt.NDArray[np.uint8]) -> bool:
+    """Rows of (n, 16) uint8 in strictly ascending byte order (as distinct_identities sorts)."""
+    if len(rows) < 2:
+        return True
+    words = rows.view(">u8").reshape(-1, 2)
+    hi, lo = words[:, 0], words[:, 1]
+    greater = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))
+    return bool(greater.all())
 
 
 def _check_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -260,6 +308,41 @@ class _EcdhRole:
             raise AlreadyUsed("the round scalar is gone")
         return x25519.scalar_mult(self._scalar, points, executor=self._executor, what=what)
 
+    def _hash_mult(self, identities: npt.NDArray[np.uint8], what: str) -> npt.NDArray[np.uint8]:
+        """``scalar * H(x)`` for (n, 16) identities; hash and multiply run in the same worker.
+
+        Why one task: hashing in this process while the workers multiply would leave it
+        the serial part of every chunk (about a tenth of the work at multi-buffer speed).
+        """
+        return self._hash_mult_started(identities, what)()
+
+    def _hash_mult_started(
+        self, identities: npt.NDArray[np.uint8], what: str
+    ) -> Callable[[], npt.NDArray[np.uint8]]:
+        """:meth:`_hash_mult` submitted to the executor now; call the result to wait for it."""
+        if self._scalar is None:
+            raise AlreadyUsed("the round scalar is gone")
+        rows = np.ascontiguousarray(identities)
+        join = x25519.split_submit(
+            _hash_mult_buffer, (self._suite, self._scalar), rows.tobytes(), 16, self._executor
+        )
+
+        def result() -> npt.NDArray[np.uint8]:
+            out, bad = join()
+            if bad >= 0:
+                raise ProtocolError(f"{what}: point {bad} is a low-order point")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+        return result
+
+
+def _hash_mult_buffer(suite_scalar: tuple[str, bytes], buf: bytes) -> tuple[bytes, int]:
+    """Top-level (picklable): X25519(scalar, H(x)) for each 16-byte x in ``buf``."""
+    suite, scalar = suite_scalar
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(-1, 16)
+    hashed = hash_to_curve.hash_to_u(suite, rows)
+    return x25519.mult_buffer(scalar, hashed.tobytes())
+
 
 class EcdhRequester(_EcdhRole):
     """The coordinator's side of an ``ecdh`` round.
@@ -293,6 +376,8 @@ class EcdhRequester(_EcdhRole):
         # a*b*H(y) that arrived before the reblinded roster was complete; after
         # that, each set chunk is intersected on arrival and dropped.
         self._pending: list[npt.NDArray[np.uint8]] = []
+        # the last set chunk, being multiplied in the pool (see receive_responder_set)
+        self._in_flight: Callable[[], npt.NDArray[np.uint8]] | None = None
         self._roster: SortedRows | None = None
         self._hits: list[npt.NDArray[np.int64]] = []
         self._set_chunks = 0
@@ -342,8 +427,7 @@ class EcdhRequester(_EcdhRole):
         if self._query_size is not None and self._blinded_total + len(ids) > self._query_size:
             raise ProtocolError(f"more identities than the query size ({self._query_size})")
         seq = len(self._blinded_counts)
-        hashed = hash_to_curve.hash_to_u(self._suite, ids, executor=self._executor)
-        points = self._mult(hashed, f"blinded chunk {seq}")
+        points = self._hash_mult(ids, f"blinded chunk {seq}")
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="blinded", points=points)
         self._transcript.absorb("requester", "blinded", chunk.to_bytes())
         self._blinded_total += len(ids)
@@ -426,7 +510,9 @@ class EcdhRequester(_EcdhRole):
                 responder declared its set complete, more points than the
                 size announced through :meth:`expect_responder_set` (checked
                 before any group operation), or a low-order point (the
-                message names the chunk and position).
+                message names the chunk and position; with an executor, the
+                chunk is checked when the next one arrives or at
+                :meth:`receive_responder_done`).
             AlreadyUsed: the round has finished.
         """
         self._check_open()
@@ -440,26 +526,61 @@ class EcdhRequester(_EcdhRole):
                 "points it announced"
             )
         self._transcript.absorb("responder", "set", chunk.to_bytes())
-        points = self._mult(chunk.points, f"set chunk {seq}")
+        if self._executor is None:
+            self._take(self._mult(chunk.points, f"set chunk {seq}"))
+            self._set_chunks += 1
+            self._set_received += len(chunk)
+            return
+        started = self._mult_started(chunk.points, f"set chunk {seq}")
         self._set_chunks += 1
         self._set_received += len(chunk)
+        # With a pool, this chunk's points are multiplied while the caller receives the
+        # next one; the previous chunk is collected now (a low-order point in it is
+        # reported here, or by receive_responder_done for the last chunk).
+        previous, self._in_flight = self._in_flight, started
+        if previous is not None:
+            self._take(previous())
+
+    def _take(self, points: npt.NDArray[np.uint8]) -> None:
         if self._roster is not None:
             self._intersect(points)
         else:
             self._pending.append(points)
+
+    def _mult_started(
+        self, points: npt.NDArray[np.uint8], what: str
+    ) -> Callable[[], npt.NDArray[np.uint8]]:
+        if self._scalar is None:
+            raise AlreadyUsed("the round scalar is gone")
+        arr = np.ascontiguousarray(points)
+        join = x25519.split_submit(
+            x25519.mult_buffer, self._scalar, arr.tobytes(), x25519.POINT_SIZE, self._executor
+        )
+
+        def result() -> npt.NDArray[np.uint8]:
+            out, bad = join()
+            if bad >= 0:
+                raise ProtocolError(f"{what}: point {bad} is a low-order point")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+
+        return result
 
     def receive_responder_done(self, total: int) -> None:
         """The responder declares its set complete with ``total`` points.
 
         Raises:
             ProtocolError: ``total`` differs from the points received or from
-                the size announced through :meth:`expect_responder_set`, or
-                some blinded chunk has not been answered.
+                the size announced through :meth:`expect_responder_set`, some
+                blinded chunk has not been answered, or (with an executor) the
+                last set chunk has a low-order point.
             AlreadyUsed: called twice, or the round has finished.
         """
         self._check_open()
         if self._done_total is not None:
             raise AlreadyUsed("responder already declared its set complete")
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None:
+            self._take(previous())
         if self._set_declared is not None and total != self._set_declared:
             raise ProtocolError(
                 f"responder declared {total} set points, having announced {self._set_declared}"
@@ -557,18 +678,28 @@ class EcdhResponder(_EcdhRole):
             context, x25519.generate_scalar(rng), executor, rng=rng, size_classes=size_classes
         )
 
-    def load_set(self, identities: npt.NDArray[np.uint8]) -> None:
+    def load_set(self, identities: npt.NDArray[np.uint8], *, distinct: bool = False) -> None:
         """Take the match set, held in memory: deduplicated now, padded and shuffled when sent.
+
+        ``distinct=True``: ``identities`` is already the output of
+        :func:`distinct_identities` (a node keeps it for a set it serves many
+        rounds); only checked, in one linear pass, to be strictly ascending.
 
         Raises:
             AlreadyUsed: a set was already loaded, or the round has finished.
-            ValueError: ``identities`` is not (n, 16) uint8, or ``size_classes``
-                returned fewer than n.
+            ValueError: ``identities`` is not (n, 16) uint8, ``size_classes``
+                returned fewer than n, or ``distinct`` and the rows are not
+                strictly ascending.
         """
         self._check_open()
         if self._plan is not None:
             raise AlreadyUsed("match set already loaded for this round")
-        unique = distinct_identities(identities)
+        if distinct:
+            unique = _check_identities(identities)
+            if not _strictly_ascending(unique):
+                raise ValueError("load_set(distinct=True): rows are not distinct_identities output")
+        else:
+            unique = distinct_identities(identities)
         self._plan = self._planned((len(unique),), lambda _bucket: unique, distinct=True)
 
     def load_buckets(
@@ -686,19 +817,43 @@ class EcdhResponder(_EcdhRole):
         return shuffled
 
     def _set_iter(self, plan: _SetPlan, chunk_size: int) -> Iterator[PointChunk]:
+        """The set chunks in order, ``chunk_size`` points each but the last.
+
+        A set held whole (one bucket): chunk k + 1 is submitted to the pool before
+        chunk k is awaited, so the workers have the next chunk while this one is
+        framed and sent (and while the caller reblinds between chunks). Bucketed
+        sets keep one chunk at a time: a look-ahead that stopped at bucket
+        boundaries (to read buckets no earlier) would make those boundaries the
+        only places with a pause. Contents and order are the same either way.
+        """
+        look_ahead = len(plan.sizes) == 1
         seq = 0
         carry = np.zeros((0, 16), dtype=np.uint8)
+        ahead: tuple[int, Callable[[], npt.NDArray[np.uint8]]] | None = None
         for blocks in self._buckets_ahead(plan):
             pending = np.concatenate([carry, blocks]) if len(carry) else blocks
             del blocks
             full = len(pending) - len(pending) % chunk_size
             for start in range(0, full, chunk_size):
-                yield self._set_chunk(seq, pending[start : start + chunk_size])
+                self._check_open()
+                started = self._hash_mult_started(
+                    pending[start : start + chunk_size], f"set chunk {seq}"
+                )
+                if ahead is not None:
+                    yield self._set_chunk(*ahead)
+                ahead = (seq, started)
                 seq += 1
+                if not look_ahead:
+                    yield self._set_chunk(*ahead)
+                    ahead = None
+            if ahead is not None:
+                yield self._set_chunk(*ahead)
+                ahead = None
             carry = pending[full:].copy()
             del pending
         if len(carry):
-            yield self._set_chunk(seq, carry)
+            self._check_open()
+            yield self._set_chunk(seq, self._hash_mult_started(carry, f"set chunk {seq}"))
 
     def _buckets_ahead(self, plan: _SetPlan) -> Iterator[npt.NDArray[np.uint8]]:
         """Each bucket's shuffled blocks; bucket j+1 is prepared while j's chunks are multiplied.
@@ -722,10 +877,9 @@ class EcdhResponder(_EcdhRole):
                 yield blocks
                 del blocks
 
-    def _set_chunk(self, seq: int, blocks: npt.NDArray[np.uint8]) -> PointChunk:
+    def _set_chunk(self, seq: int, started: Callable[[], npt.NDArray[np.uint8]]) -> PointChunk:
         self._check_open()
-        hashed = hash_to_curve.hash_to_u(self._suite, blocks, executor=self._executor)
-        points = self._mult(hashed, f"set chunk {seq}")
+        points = started()
         chunk = PointChunk(round_id=self._context.round_id, seq=seq, stage="set", points=points)
         self._transcript.absorb("responder", "set", chunk.to_bytes())
         self._set_sent += len(points)

@@ -7,6 +7,7 @@ performance numbers themselves are never asserted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,65 @@ def test_bench_smoke(tmp_path: Path, node_options: list[str]) -> None:
     assert base["matches"] == 500 and base["seconds"] > 0
     png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(tmp_path: Path, *options: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xmatch", "bench", "--sizes", "1000", *options],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env={**os.environ, **env},
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.timeout(180)
+def test_secretflow_baseline_without_peers_venv_is_skipped_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-venv"
+    out = tmp_path / "bench"
+    proc = _bench(
+        tmp_path,
+        *("--protocol", "keyed-hash", "--baseline", "secretflow", "--out", str(out)),
+        env={"XMATCH_PEERS_VENV": str(missing)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("secretflow")]
+    assert skipped == [
+        f"secretflow baseline skipped: no peers virtualenv at {missing} (make bench-peers)"
+    ]
+    doc = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert {r["protocol"] for r in doc["results"]} == {"keyed-hash", "openmined-psi"}
+    assert doc["baselines"] == ["openmined", "secretflow"]
+
+
+@pytest.mark.timeout(180)
+def test_secretflow_baseline_runs_spu_beside_openmined(tmp_path: Path) -> None:
+    peers = REPO / ".venv-peers"
+    if not (peers / "bin" / "python").exists():
+        pytest.skip("no peers virtualenv (make bench-peers)")
+    out = tmp_path / "bench"
+    proc = _bench(
+        tmp_path,
+        *("--protocol", "keyed-hash", "ecdh", "--baseline", "secretflow", "--out", str(out)),
+        env={"XMATCH_PEERS_VENV": str(peers)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    by_protocol = {r["protocol"]: r for r in doc["results"]}
+    assert set(by_protocol) == {
+        "keyed-hash",
+        "ecdh",
+        "openmined-psi",
+        "secretflow-ecdh",
+        "secretflow-rr22",
+    }
+    for name in ("secretflow-ecdh", "secretflow-rr22"):
+        assert by_protocol[name]["matches"] == 500 and by_protocol[name]["seconds"] > 0
+    for name in ("keyed-hash", "ecdh"):
+        r = by_protocol[name]
+        assert r["vs_openmined"] > 0 and r["vs_secretflow_ecdh"] > 0 and r["vs_secretflow_rr22"] > 0
+    assert doc["machine"]["x25519_backend"] in ("crypto-mb", "openssl")

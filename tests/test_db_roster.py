@@ -101,7 +101,8 @@ def test_a_bad_cell_names_the_row(
         postgresql_server,
         f"CREATE TABLE {table} (child_id text, child_name text, status text, category text, "
         "father_id text, mother_id text)",
-        f"INSERT INTO {table} (child_id, child_name, status, category) VALUES ('150802201503150021', 'A', 'supported', 'orphan'), "
+        f"INSERT INTO {table} (child_id, child_name, status, category) "
+        "VALUES ('150802201503150021', 'A', 'supported', 'orphan'), "
         "('150802201503150021', 'B', 'maybe', NULL)",
     )
     with pytest.raises(InputError) as info:

@@ -492,3 +492,47 @@ def test_requester_refuses_more_than_its_query_size() -> None:
         req.blind(encode_identities(ids_from_ints([3, 4])))
     with pytest.raises(ValueError, match="query_size"):
         EcdhRequester.generate(ecdh_context(), query_size=-1)
+
+
+def test_load_set_distinct_is_checked_and_gives_the_same_round() -> None:
+    from psi.ecdh import distinct_identities as distinct
+
+    match_set = encode_identities(ids_from_ints([5, 3, 9, 3, 1]))
+    unique = distinct(match_set)
+    ctx = ecdh_context()
+    _, resp = roles(ctx)
+    with pytest.raises(ValueError, match="not distinct_identities output"):
+        resp.load_set(match_set, distinct=True)  # unsorted, with a repeat
+    with pytest.raises(ValueError, match="not distinct_identities output"):
+        resp.load_set(np.concatenate([unique, unique[-1:]]), distinct=True)
+    results = []
+    for rows, flag in ((match_set, False), (unique, True)):
+        req, resp = roles(ecdh_context())
+        resp.load_set(rows, distinct=flag)
+        enc = encode_identities(ids_from_ints([1, 2, 3]))
+        req.receive_reblinded(resp.reblind(req.blind(enc)))
+        for part in resp.set_chunks(4):
+            req.receive_responder_set(part)
+        req.receive_responder_done(resp.set_size)
+        results.append((req.finish().matched.tolist(), resp.finish()))
+    assert results[0] == results[1] and results[0][0] == [0, 2]
+
+
+def test_low_order_point_in_set_chunk_with_a_pool() -> None:
+    """With a pool, a set chunk is checked when the next arrives, or at done for the last."""
+    good = np.zeros((70, 32), np.uint8)
+    good[:, 0] = 9
+    bad = good.copy()
+    bad[5, 0] = 1  # u = 1: a point of order 4
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ctx = ecdh_context()
+        req, _ = roles(ctx, pool)
+        req.receive_responder_set(PointChunk(ctx.round_id, 0, "set", bad))
+        with pytest.raises(ProtocolError, match="set chunk 0: point 5 is a low-order point"):
+            req.receive_responder_set(PointChunk(ctx.round_id, 1, "set", good))
+        ctx = ecdh_context(seed=2)
+        req, _ = roles(ctx, pool)
+        req.receive_responder_set(PointChunk(ctx.round_id, 0, "set", good))
+        req.receive_responder_set(PointChunk(ctx.round_id, 1, "set", bad))
+        with pytest.raises(ProtocolError, match="set chunk 1: point 5 is a low-order point"):
+            req.receive_responder_done(140)

@@ -17,6 +17,11 @@ For each requested size ``n`` (records in the node's match set; the roster has
 4. Stop the node; run openmined-psi 2.0.6 (P-256, C++, in-process, raw
    intersection mode) on the same identities as strings, as long as the
    previous size predicts it ends within ``baseline_limit`` seconds.
+5. With the ``secretflow`` baseline: SecretFlow's ``spu.psi.psi_execute``
+   (PyPI ``spu`` 0.9.5), ECDH over Curve25519 and RR22, two processes on
+   loopback (:mod:`xmatch.secretflow_peer`, run by the Python of the peers
+   virtualenv that ``make bench-peers`` makes), on the same identities
+   written as CSV; same ``baseline_limit`` rule.
 
 Results go to ``OUT/bench.json``, ``OUT/bench.png`` (time vs size, log-log)
 and a table on stdout. Numbers are measured, never asserted.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -292,15 +298,28 @@ class BenchResult:
     node_startup_seconds: float | None = None
     padded_set_size: int | None = None
     vs_openmined: float | None = None
+    vs_secretflow_ecdh: float | None = None
+    vs_secretflow_rr22: float | None = None
     note: str = ""
 
 
-def _x25519_rate(n: int = 8000) -> float:
+#: Baselines ``xmatch bench`` can run (openmined-psi in-process; SecretFlow in its own venv).
+BASELINES = ("openmined", "secretflow")
+#: Protocol names of the SecretFlow results, by spu protocol.
+SECRETFLOW_PROTOCOLS = {"ECDH": "secretflow-ecdh", "RR22": "secretflow-rr22"}
+#: The peers virtualenv (``make bench-peers``); this environment variable overrides the path.
+PEERS_VENV_ENV = "XMATCH_PEERS_VENV"
+PEERS_VENV = Path(".venv-peers")
+
+
+def _x25519_rate(n: int = 16384) -> float:
     """Single-core X25519 scalar multiplications per second, measured in-process.
 
-    Times :meth:`psi.ecdh.EcdhRequester.blind` without a pool: one X25519
-    call per identity plus the suite's SHA-256 (about 0.5 us, 1-2 % of it),
-    so this is the per-core limit our workers can reach (best of 2).
+    Times :meth:`psi.ecdh.EcdhRequester.blind` without a pool, on the
+    configured X25519 backend (libcrypto_mb's multi-buffer ``mbx_x25519_mb8``
+    where the CPU has it): one X25519 per identity plus the suite's SHA-256
+    (about 0.5 us, 3 % at multi-buffer speed), one chunk of the size rounds
+    send, so this is the per-core limit our workers can reach (best of 3).
     """
     from psi.context import RoundContext
     from psi.ecdh import EcdhRequester
@@ -316,7 +335,7 @@ def _x25519_rate(n: int = 8000) -> float:
         protocol="ecdh",
     )
     best = 0.0
-    for _ in range(2):
+    for _ in range(3):
         requester = EcdhRequester.generate(context)
         t0 = time.perf_counter()
         requester.blind(ids)
@@ -340,6 +359,97 @@ def _openmined(roster: npt.NDArray[np.bytes_], n: int) -> tuple[float, int]:
     response = server.ProcessRequest(request)
     found = client.GetIntersection(setup, response)
     return time.perf_counter() - t0, len(found)
+
+
+def peers_python() -> Path | None:
+    """The peers virtualenv's Python, if ``make bench-peers`` made it (or None)."""
+    venv = Path(os.environ.get(PEERS_VENV_ENV) or PEERS_VENV)
+    python = venv / "bin" / "python"
+    return python.absolute() if python.exists() else None
+
+
+def _remove_spu_trace(log: Path) -> None:
+    """spu writes a trace file per run into the temp folder and names it in its log; remove it."""
+    import re
+    import tempfile
+
+    text = log.read_text(encoding="utf-8", errors="replace")
+    for name in re.findall(r"Trace has been written to (\S+?)\.?$", text, flags=re.MULTILINE):
+        path = Path(name)
+        if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("psi_"):
+            path.unlink(missing_ok=True)
+
+
+def _write_id_csv(path: Path, ids: npt.NDArray[np.bytes_]) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    # identities (synthetic here): 0600, like every file holding them
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(b"id\n")
+        for start in range(0, len(ids), ROW_GROUP):
+            f.write(b"\n".join(ids[start : start + ROW_GROUP].tolist()) + b"\n")
+    tmp.replace(path)
+
+
+def _secretflow(
+    python: Path, roster: npt.NDArray[np.bytes_], n: int, out: Path, protocol: str
+) -> tuple[float, int]:
+    """SecretFlow ``psi_execute`` (``protocol``: ECDH or RR22), ranks 0 and 1 on loopback.
+
+    Returns the seconds of the slower party's ``psi_execute`` call (CSV in,
+    protocol, receiver's CSV out) and the receiver's intersection count.
+
+    Raises:
+        XmatchError: a party failed or printed no result (its log is named).
+    """
+    import subprocess
+
+    from psi.errors import XmatchError
+    from xmatch.demo import free_ports
+
+    folder = out / "secretflow"
+    inputs = [folder / f"roster-{n}-{len(roster)}.csv", folder / f"set-{n}.csv"]
+    _write_id_csv(inputs[0], roster)
+    _write_id_csv(inputs[1], make_ids(0, n))
+    ports = [str(p) for p in free_ports(2)]
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).with_name("secretflow_peer.py")
+    procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+    for rank in (0, 1):
+        stem = f"secretflow-{protocol.lower()}-{n}-rank{rank}"
+        log, result = logs / f"{stem}.log", folder / f"{stem}.json"
+        result.unlink(missing_ok=True)
+        with log.open("wb") as sink:
+            cmd = [str(python), str(script), "--rank", str(rank), "--ports", *ports]
+            cmd += ["--protocol", protocol, "--input", str(inputs[rank])]
+            cmd += ["--output", str(folder / f"out-{protocol.lower()}-{n}-rank{rank}.csv")]
+            cmd += ["--result", str(result)]
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=folder)
+        procs.append((proc, log, result))
+    lines: list[dict[str, Any]] = []
+    for proc, log, result in procs:
+        try:
+            proc.wait(timeout=7200)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.returncode != 0 or not result.exists():
+            for other, _, _ in procs:
+                if other.poll() is None:
+                    other.kill()
+                    other.wait()
+            raise XmatchError(f"SecretFlow {protocol} party failed; see {log}")
+        lines.append(json.loads(result.read_text(encoding="utf-8")))
+    for _, log, _ in procs:
+        _remove_spu_trace(log)
+    for rank in (0, 1):  # spu's result files hold identities (0644): not kept
+        (folder / f"out-{protocol.lower()}-{n}-rank{rank}.csv").unlink(missing_ok=True)
+    seconds = max(float(line["seconds"]) for line in lines)
+    matches = int(next(line for line in lines if line["rank"] == 0)["intersection"])
+    return seconds, matches
 
 
 # ---------------------------------------------------------------------------
@@ -470,6 +580,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}× faster" if value >= 1 else f"{1 / value:.2f}× slower"
+
+
 def _table(results: Sequence[BenchResult]) -> Any:
     from rich.table import Table
 
@@ -487,6 +603,8 @@ def _table(results: Sequence[BenchResult]) -> Any:
         "peak RSS node (+pool)",
         "peak RSS coord (+pool)",
         "vs openmined",
+        "vs SF ECDH",
+        "vs SF RR22",
     ):
         table.add_column(col, justify="left" if col == "protocol" else "right")
     for r in results:
@@ -511,7 +629,9 @@ def _table(results: Sequence[BenchResult]) -> Any:
             f"{_fmt_bytes(r.peak_rss_coordinator)} ({_fmt_bytes(r.peak_rss_coordinator_total)})"
             if r.peak_rss_coordinator is not None
             else "—",
-            "—" if r.vs_openmined is None else f"{r.vs_openmined:.1f}× faster",
+            _ratio(r.vs_openmined),
+            _ratio(r.vs_secretflow_ecdh),
+            _ratio(r.vs_secretflow_rr22),
         )
     return table
 
@@ -523,11 +643,21 @@ def _plot(results: Sequence[BenchResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for protocol, style in (("keyed-hash", "o-"), ("ecdh", "s-"), ("openmined-psi", "^--")):
+    for protocol, style in (
+        ("keyed-hash", "o-"),
+        ("ecdh", "s-"),
+        ("openmined-psi", "^--"),
+        ("secretflow-ecdh", "v--"),
+        ("secretflow-rr22", "d--"),
+    ):
         pts = sorted((r.size, r.seconds) for r in results if r.protocol == protocol and r.seconds)
         if pts:
             xs, ys = zip(*pts, strict=True)
-            label = protocol if protocol != "openmined-psi" else "openmined-psi 2.0.6 (in-process)"
+            label = {
+                "openmined-psi": "openmined-psi 2.0.6 (in-process)",
+                "secretflow-ecdh": "SecretFlow spu 0.9.5 ECDH-25519",
+                "secretflow-rr22": "SecretFlow spu 0.9.5 RR22",
+            }.get(protocol, protocol)
             ax.plot(xs, ys, style, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -546,11 +676,11 @@ def _plot(results: Sequence[BenchResult], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _ec_pool(workers: int, needed: bool) -> Iterator[Executor | None]:
+def _ec_pool(workers: int, needed: bool, backend: str) -> Iterator[Executor | None]:
     if not needed:
         yield None
         return
-    pool = worker_pool(workers, start_method="forkserver")
+    pool = worker_pool(workers, start_method="forkserver", x25519_backend=backend)
     try:
         prepare_executor(pool, workers)  # start every worker outside the timing
         yield pool
@@ -565,6 +695,7 @@ def run_bench(
     out: Path,
     workers: int | None = None,
     baseline: bool = True,
+    baselines: Sequence[str] = ("openmined",),
     roster_size: int | None = None,
     stream_rows: int | None = None,
     bucket_rows: int | None = None,
@@ -572,6 +703,10 @@ def run_bench(
     echo: Callable[[str], None] | None = None,
 ) -> int:
     """Run the benchmark (module docstring); write ``out/bench.json`` and ``out/bench.png``.
+
+    ``baselines`` names what to compare with (:data:`BASELINES`);
+    ``baseline=False`` runs none. A ``secretflow`` baseline without the
+    peers virtualenv is skipped with one line.
 
     Returns 0, or 1 when a round found a different number of matches than
     the data holds (the numbers are then still written, marked).
@@ -594,22 +729,40 @@ def run_bench(
     unknown = set(protocols) - {"ecdh", "keyed-hash"}
     if unknown:
         raise InputError(f"--protocol: unknown {sorted(unknown)[0]!r}")
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise InputError(f"--baseline: unknown {sorted(unknown)[0]!r}; use one of {BASELINES}")
+    wanted = set(baselines) if baseline else set()
+    sf_python = peers_python() if "secretflow" in wanted else None
+    if "secretflow" in wanted and sf_python is None:
+        say(
+            "secretflow baseline skipped: no peers virtualenv at "
+            f"{os.environ.get(PEERS_VENV_ENV) or PEERS_VENV} (make bench-peers)"
+        )
     cores = os.cpu_count() or 1
     workers = workers or cores
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     fed = _prepare(out, workers)
     load = os.getloadavg()
+    from psi.ecdh import use_x25519_backend
+
+    backend = use_x25519_backend(on_fallback=say)
     rate = _x25519_rate() if "ecdh" in protocols else None
     say(
         f"xmatch bench: {platform.processor() or platform.machine()}, {cores} cores, "
         f"load average {load[0]:.2f}; EC workers per party: {workers}"
-        + (f"; X25519 {rate:,.0f} ops/s/core" if rate else "")
+        + (f"; X25519 ({backend}) {rate:,.0f} ops/s/core" if rate else "")
     )
     results: list[BenchResult] = []
     status = 0
-    last_openmined: tuple[int, float] | None = None
-    with _ec_pool(workers, "ecdh" in protocols) as pool:
+    last_run: dict[str, tuple[int, float]] = {}
+
+    def predicted(name: str, n: int) -> float | None:
+        last = last_run.get(name)
+        return None if last is None else last[1] * n / last[0]
+
+    with _ec_pool(workers, "ecdh" in protocols, backend) as pool:
         for n in sorted(set(sizes)):
             roster_n = roster_size or max(n, 100)
             data = out / "data" / f"set-{n}.parquet"
@@ -669,43 +822,52 @@ def run_bench(
                     )
                 hwm = _vm_hwm(pid)
             say(f"  node VmHWM (main process, startup included): {_fmt_bytes(hwm)}")
-            if baseline:
-                predicted = (
-                    None if last_openmined is None else last_openmined[1] * n / last_openmined[0]
-                )
-                if predicted is not None and predicted > baseline_limit:
+            runs: list[tuple[str, Callable[[], tuple[float, int]]]] = []
+            if "openmined" in wanted:
+                runs.append(("openmined-psi", functools.partial(_openmined, roster, n)))
+            if sf_python is not None:
+                for sf, name in SECRETFLOW_PROTOCOLS.items():
+                    run_sf = functools.partial(_secretflow, sf_python, roster, n, out, sf)
+                    runs.append((name, run_sf))
+            for name, run in runs:
+                guess = predicted(name, n)
+                if guess is not None and guess > baseline_limit:
                     results.append(
                         BenchResult(
-                            protocol="openmined-psi",
+                            protocol=name,
                             size=n,
                             roster=roster_n,
                             seconds=None,
-                            note=f"not run: about {predicted:.0f} s predicted (linear)",
+                            note=f"not run: about {guess:.0f} s predicted (linear)",
                         )
                     )
-                else:
-                    secs, found = _openmined(roster, n)
-                    last_openmined = (n, secs)
-                    results.append(
-                        BenchResult(
-                            protocol="openmined-psi",
-                            size=n,
-                            roster=roster_n,
-                            seconds=secs,
-                            matches=found,
-                            expected_matches=expected,
-                            records_per_s=n / secs,
-                        )
+                    continue
+                secs, found = run()
+                last_run[name] = (n, secs)
+                results.append(
+                    BenchResult(
+                        protocol=name,
+                        size=n,
+                        roster=roster_n,
+                        seconds=secs,
+                        matches=found,
+                        expected_matches=expected,
+                        records_per_s=n / secs,
+                        note="" if found == expected else f"{found} matches, {expected} expected",
                     )
-                    say(f"  openmined  {n:>11,} × {roster_n:,}: {secs:8.2f} s")
+                )
+                say(f"  {name:<15} {n:>11,} × {roster_n:,}: {secs:8.2f} s")
     for r in results:
-        if r.protocol == "openmined-psi" or r.seconds is None:
+        if r.protocol not in ("keyed-hash", "ecdh") or r.seconds is None:
             continue
-        base = next(
-            (b for b in results if b.protocol == "openmined-psi" and b.size == r.size), None
-        )
-        if base is not None and base.seconds:
-            r.vs_openmined = base.seconds / r.seconds
+        for name, attr in (
+            ("openmined-psi", "vs_openmined"),
+            ("secretflow-ecdh", "vs_secretflow_ecdh"),
+            ("secretflow-rr22", "vs_secretflow_rr22"),
+        ):
+            base = next((b for b in results if b.protocol == name and b.size == r.size), None)
+            if base is not None and base.seconds:
+                setattr(r, attr, base.seconds / r.seconds)
     doc = {
         "command": "xmatch bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         "machine": {
@@ -714,7 +876,9 @@ def run_bench(
             "load_average_start": load,
             "load_average_end": os.getloadavg(),
             "x25519_ops_per_s_per_core": rate,
+            "x25519_backend": backend,
         },
+        "baselines": sorted(wanted),
         "workers_per_party": workers,
         "chunk_items": CHUNK_ITEMS,
         "node_stream_rows": stream_rows,

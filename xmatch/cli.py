@@ -199,6 +199,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out=args.out,
         workers=args.workers,
         baseline=not args.no_baseline,
+        baselines=["openmined", *args.baseline],
         roster_size=args.roster_size,
         stream_rows=args.stream_rows,
         bucket_rows=args.bucket_rows,
@@ -545,7 +546,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="EC worker processes per party (default: all cores)",
     )
-    bench.add_argument("--no-baseline", action="store_true", help="skip openmined-psi")
+    bench.add_argument("--no-baseline", action="store_true", help="skip every baseline")
+    bench.add_argument(
+        "--baseline",
+        action="append",
+        choices=["openmined", "secretflow"],
+        default=[],
+        help=(
+            "also run this baseline (repeatable); openmined-psi always runs. secretflow: "
+            "SecretFlow spu ECDH-25519 and RR22 from the peers venv made by make bench-peers"
+        ),
+    )
     bench.add_argument(
         "--baseline-limit",
         type=float,
