@@ -60,10 +60,11 @@ from nodes.buckets import SpilledSet, bucket_count
 from nodes.config import Budget, MatchSetConfig, NodeConfig
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import DEFAULT_PARAMS, RoundContext
-from psi.ecdh import EcdhResponder, distinct_identities, prepare_executor
+from psi.ecdh import EcdhResponder, distinct_identities
 from psi.errors import PeerError, ProtocolError, Refused, XmatchError
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
+from workers.ec_pool import prepare_executor
 
 __all__ = [
     "Accept",
