@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from audit.log import AuditLog
     from nodes.handlers import NodeState
+    from nodes.matchsets import LoadedMatchSet, MatchSetStore
     from nodes.servicer import NodeServicer
 
 #: Exit codes of ``xmatch node serve`` after a signal: SIGTERM is the service manager's
@@ -200,6 +201,70 @@ def build_server(
     return server
 
 
+def _validate_match_sets(config: NodeConfig, store: MatchSetStore) -> list[LoadedMatchSet]:
+    """Load every match set once at startup; each dropped-rows count goes to stderr.
+
+    Raises:
+        ConfigError: a set cannot be loaded (a ragged CSV row is found and named).
+    """
+    node = config.node
+    try:
+        loaded = store.validate_all(_dt.date.today())
+    except ConfigError:
+        # DuckDB's message about a ragged CSV quotes rows (so it is withheld) and has
+        # no line number: find the row ourselves, only now that loading failed
+        _raise_ragged_row(config)
+        raise
+    for ms in loaded:
+        if ms.rejected:
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(ms.rejected.items()))
+            print(
+                f"{node.name}: warning: match set {ms.name!r}: {ms.rejected_total} row(s) "
+                f"dropped ({detail})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return loaded
+
+
+def _serve_until_signal(config: NodeConfig, server: grpc.Server) -> str:
+    """Start ``server`` and wait for SIGTERM or SIGINT; returns the signal's name."""
+    node = config.node
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    n = len(config.match_sets)
+    print(
+        f"{node.name}: serving {n} match set{'' if n == 1 else 's'} on {node.listen}",
+        flush=True,
+    )
+    while not stop.wait(timeout=0.5):
+        pass
+    return received[0] if received else "done"
+
+
+def _log_folder(path: Path, config: NodeConfig) -> None:
+    """Create the protocol log's folder (mode 0700) if missing.
+
+    Raises:
+        ConfigError: it cannot be created (the line names the key and the folder).
+    """
+    folder = config.node.audit_log.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: node.audit_log: cannot create the folder {folder} ({exc.strerror})"
+        ) from None
+
+
 def serve_from_config(path: Path | str) -> int:
     """Run the node configured in ``path`` until SIGTERM/SIGINT; returns the exit code
     (:data:`EXIT_ON_SIGNAL`: 0 after SIGTERM, 130 after SIGINT).
@@ -241,30 +306,9 @@ def serve_from_config(path: Path | str) -> int:
             flush=True,
         )
     store = MatchSetStore(config)
-    try:
-        loaded = store.validate_all(_dt.date.today())
-    except ConfigError:
-        # DuckDB's message about a ragged CSV quotes rows (so it is withheld) and has
-        # no line number: find the row ourselves, only now that loading failed
-        _raise_ragged_row(config)
-        raise
-    for ms in loaded:
-        if ms.rejected:
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(ms.rejected.items()))
-            print(
-                f"{node.name}: warning: match set {ms.name!r}: {ms.rejected_total} row(s) "
-                f"dropped ({detail})",
-                file=sys.stderr,
-                flush=True,
-            )
+    loaded = _validate_match_sets(config, store)
     # (4) the log's folder is created on first start (mode 0700: only the node's account)
-    try:
-        node.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"{path}: node.audit_log: cannot create the folder {node.audit_log.parent} "
-            f"({exc.strerror})"
-        ) from None
+    _log_folder(path, config)
     audit = AuditLog.open(node.audit_log, party=node.name, signer=signer)
     executor: concurrent.futures.ProcessPoolExecutor | None = None
     try:
@@ -308,24 +352,7 @@ def serve_from_config(path: Path | str) -> int:
             ca_pem=tls.ca_pem,
             servicer=servicer,
         )
-        stop = threading.Event()
-        received: list[str] = []
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            received.append(signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        server.start()
-        n = len(config.match_sets)
-        print(
-            f"{node.name}: serving {n} match set{'' if n == 1 else 's'} on {node.listen}",
-            flush=True,
-        )
-        while not stop.wait(timeout=0.5):
-            pass
-        reason = received[0] if received else "done"
+        reason = _serve_until_signal(config, server)
         server.stop(node.shutdown_grace_seconds).wait()
         # rounds still open after the grace were cancelled: each gets its end entry
         # now, while the log is open (not from a generator finalized after close)
