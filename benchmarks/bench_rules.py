@@ -27,7 +27,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from psi.contract import CIRCUMSTANCE_CODES
-from psi.identifiers import check_character
+from psi.identifiers import identity_number
 
 REGIONS = ["150102", "150203", "150402", "150502", "150602", "150702", "152201", "152502"]
 CODES = list(CIRCUMSTANCE_CODES)
@@ -68,8 +68,7 @@ medical_insurance/enrolled,基本医疗保险参保人员
 
 
 def _id(rng: random.Random, born: date) -> str:
-    first17 = f"{rng.choice(REGIONS)}{born:%Y%m%d}{rng.randrange(1000):03d}"
-    return first17 + check_character(first17)
+    return identity_number(rng.choice(REGIONS), born, rng.randrange(1000))
 
 
 def _day(rng: random.Random, start: date, end: date) -> date:

@@ -54,6 +54,7 @@ __all__ = [
     "check_character",
     "composite_key",
     "encode_identities",
+    "identity_number",
     "normalize_id",
     "normalize_id_column",
     "normalize_name",
@@ -100,6 +101,21 @@ def check_character(first17: str) -> str:
         raise InvalidIdentifier("leading part must be 17 digits", reason="characters")
     total = sum(w * (ord(c) - 48) for w, c in zip(_WEIGHTS, first17, strict=True))
     return _CHECK_CHARS[total % 11]
+
+
+def identity_number(region: str, birth: datetime.date, sequence: int) -> str:
+    """A valid 18-character number: 6-digit region, birth date, sequence (mod 1000), check.
+
+    The one generator of identity numbers for tests, the demo's synthetic data
+    and the benchmarks; the check character is computed, never guessed.
+
+    Raises:
+        ValueError: ``region`` is not 6 ASCII digits.
+    """
+    if len(region) != 6 or not (region.isascii() and region.isdigit()):
+        raise ValueError("region must be 6 ASCII digits")
+    body = f"{region}{birth:%Y%m%d}{sequence % 1000:03d}"
+    return body + check_character(body)
 
 
 def _strip(text: str) -> str:

@@ -12,7 +12,7 @@ from coordinator.records import (
     RosterRow,
     Status,
 )
-from psi.identifiers import check_character
+from psi.identifiers import check_character, identity_number
 
 _sequence = count(11)
 
@@ -21,8 +21,7 @@ def make_id(birth: date, *, region: str = "150402", sex: str = "M", seq: int | N
     """A valid 18-character identity number (the check character computed, not guessed)."""
     number = next(_sequence) % 500 if seq is None else seq
     number = number * 2 + (1 if sex == "M" else 0)
-    first17 = f"{region}{birth:%Y%m%d}{number % 1000:03d}"
-    return first17 + check_character(first17)
+    return identity_number(region, birth, number)
 
 
 def child(

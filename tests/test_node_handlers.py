@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import datetime as dt
 import json
 import random
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from nodes.handlers import (
 from psi.context import RoundContext
 from psi.ecdh import EcdhRequester
 from psi.errors import ConfigError, ProtocolError, Refused
-from psi.identifiers import check_character, encode_identities
+from psi.identifiers import encode_identities, identity_number
 from psi.keyed_hash import KeyedHashRequester
 from psi.messages import KeyShare, MatchChunk, PointChunk
 from tests.conftest import Pki
@@ -47,9 +48,8 @@ def make_ids(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
     out: set[str] = set()
     while len(out) < n:
-        body = f"150802{rng.randrange(1950, 2015)}{rng.randrange(1, 13):02d}"
-        body += f"{rng.randrange(1, 29):02d}{rng.randrange(1000):03d}"
-        out.add(body + check_character(body))
+        year, month, day = rng.randrange(1950, 2015), rng.randrange(1, 13), rng.randrange(1, 29)
+        out.add(identity_number("150802", dt.date(year, month, day), rng.randrange(1000)))
     return sorted(out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import datetime as dt
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from keys.handles import load_tls_credentials
 from proto import xmatch_pb2, xmatch_pb2_grpc
 from psi.context import RoundContext
 from psi.ecdh import EcdhRequester
-from psi.identifiers import check_character, encode_identities
+from psi.identifiers import encode_identities, identity_number
 from psi.keyed_hash import KeyedHashRequester
 from psi.messages import KeyShare, MatchChunk
 from tests.conftest import Pki
@@ -41,9 +42,8 @@ PURPOSE = "eligibility-review"
 def make_ids(rng: random.Random, n: int) -> list[str]:
     out: set[str] = set()
     while len(out) < n:
-        body = f"150802{rng.randrange(1950, 2015)}{rng.randrange(1, 13):02d}"
-        body += f"{rng.randrange(1, 29):02d}{rng.randrange(1000):03d}"
-        out.add(body + check_character(body))
+        year, month, day = rng.randrange(1950, 2015), rng.randrange(1, 13), rng.randrange(1, 29)
+        out.add(identity_number("150802", dt.date(year, month, day), rng.randrange(1000)))
     return sorted(out)
 
 

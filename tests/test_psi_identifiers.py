@@ -264,3 +264,15 @@ def test_encode_rejects_non_canonical() -> None:
     assert info.value.reason == "characters"
     with pytest.raises(InvalidIdentifier):
         encode_identities(["11010519491231002X0"])  # 19 characters
+
+
+def test_identity_number_is_the_one_generator() -> None:
+    import datetime as dt
+
+    from psi.identifiers import identity_number
+
+    # GB 11643-1999's example, rebuilt from its parts: the check character is computed
+    assert identity_number("110105", dt.date(1949, 12, 31), 2) == "11010519491231002X"
+    assert normalize_id(identity_number("150402", dt.date(2015, 2, 28), 1234)) is not None
+    with pytest.raises(ValueError, match="6 ASCII digits"):
+        identity_number("15040", dt.date(2015, 2, 28), 1)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psi.identifiers import check_character
+from psi.identifiers import identity_number
 
 __all__ = [
     "COORDINATOR_NAME",
@@ -238,8 +238,7 @@ class Federation:
 
 def make_id(region: str, birth: _dt.date, sequence: int) -> str:
     """A valid 18-character number: region, birth date, 3-digit sequence, check."""
-    body = f"{region}{birth:%Y%m%d}{sequence % 1000:03d}"
-    return body + check_character(body)
+    return identity_number(region, birth, sequence)
 
 
 _FULL_WIDTH = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
