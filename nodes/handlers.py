@@ -56,12 +56,15 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from nodes.authorization import REQUESTER_ROLE, CapabilityView, authorize, capabilities
 from nodes.buckets import SpilledSet, bucket_count
-from nodes.config import Budget, MatchSetConfig, NodeConfig
+from nodes.config import MatchSetConfig, NodeConfig
+from nodes.distinct import DistinctRows
+from nodes.limits import BudgetExhausted, QueryBudget, ReplayGuard
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
-from psi.context import DEFAULT_PARAMS, RoundContext
+from psi.context import RoundContext
 from psi.ecdh import EcdhResponder, distinct_identities
-from psi.errors import PeerError, ProtocolError, Refused, XmatchError
+from psi.errors import PeerError, ProtocolError, XmatchError
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
 from workers.ec_pool import prepare_executor
@@ -97,12 +100,6 @@ TRAILING_SECONDS = 0.5
 READ_AHEAD = 4
 #: How often a blocked reader or writer of the event queue checks for cancellation.
 _POLL_SECONDS = 0.05
-#: The only role that may run rounds (keys.certs puts it in the certificate).
-REQUESTER_ROLE = "coordinator"
-
-
-class BudgetExhausted(Refused):
-    """The requester+purpose has used its rounds for the period (RESOURCE_EXHAUSTED)."""
 
 
 class NodeBusy(PeerError):
@@ -111,92 +108,6 @@ class NodeBusy(PeerError):
 
 # --------------------------------------------------------------------------
 # Probing limits
-
-
-class QueryBudget:
-    """Rounds per (match set, requester, purpose) in a sliding period. Thread-safe.
-
-    ``clock`` returns seconds (monotonic); injected for tests.
-    """
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._used: dict[tuple[str, str, str], collections.deque[float]] = {}
-
-    def _window(
-        self, key: tuple[str, str, str], budget: Budget, now: float
-    ) -> collections.deque[float]:
-        used = self._used.setdefault(key, collections.deque())
-        while used and used[0] <= now - budget.seconds:
-            used.popleft()
-        return used
-
-    def consume(self, *, match_set: str, requester: str, purpose: str, budget: Budget) -> int:
-        """Take one round from the budget; returns the rounds left in the period.
-
-        Raises:
-            BudgetExhausted: no round left.
-        """
-        key = (match_set, requester, purpose)
-        with self._lock:
-            now = self._clock()
-            used = self._window(key, budget, now)
-            if len(used) >= budget.rounds:
-                raise BudgetExhausted(
-                    requester, f"budget exhausted ({budget.rounds} rounds per {budget.period})"
-                )
-            used.append(now)
-            return budget.rounds - len(used)
-
-    def remaining(self, *, match_set: str, requester: str, purpose: str, budget: Budget) -> int:
-        """Rounds left in the current period."""
-        with self._lock:
-            used = self._window((match_set, requester, purpose), budget, self._clock())
-            return max(0, budget.rounds - len(used))
-
-    def restore(
-        self,
-        *,
-        match_set: str,
-        requester: str,
-        purpose: str,
-        budget: Budget,
-        ages: Iterable[float],
-    ) -> None:
-        """Count rounds used before this process started, ``ages`` seconds ago.
-
-        Used at startup with the rounds of the node's own protocol log, so that
-        a restart does not reset the budget. Ages outside the period are
-        ignored; negative ages (a clock set back) count as now.
-        """
-        key = (match_set, requester, purpose)
-        with self._lock:
-            now = self._clock()
-            kept = [now - max(0.0, a) for a in ages if a < budget.seconds]
-            used = self._used.setdefault(key, collections.deque())
-            used.extend(kept)
-            self._used[key] = collections.deque(sorted(used))
-
-
-class ReplayGuard:
-    """Remembers the last ``capacity`` (round id, match set) pairs. Thread-safe."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._seen: collections.OrderedDict[tuple[bytes, str], None] = collections.OrderedDict()
-
-    def remember(self, round_id: bytes, match_set: str) -> bool:
-        """Record the pair; False if it was already there (a replay)."""
-        key = (bytes(round_id), match_set)
-        with self._lock:
-            if key in self._seen:
-                return False
-            self._seen[key] = None
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-            return True
 
 
 # --------------------------------------------------------------------------
@@ -260,110 +171,6 @@ class NodeState:
             yield
         finally:
             self.slots.release()
-
-
-def authorize(
-    config: NodeConfig,
-    peer: str,
-    context: RoundContext,
-    query_size: int,
-    *,
-    role: str,
-    budget: QueryBudget,
-    replay: ReplayGuard,
-    today: _dt.date,
-) -> MatchSetConfig:
-    """Decide whether ``peer`` (certificate ``role``) may run the round ``context``.
-
-    The steps are in the module docstring.
-
-    Raises:
-        Refused: steps 1-11, ``reason`` saying which (never quoting a value the
-            requester chose).
-        BudgetExhausted: step 12.
-    """
-    node = config.node
-    # (1)
-    if role != REQUESTER_ROLE:
-        raise Refused(peer, f"peer certificate has role {role}, not {REQUESTER_ROLE}")
-    # (2)
-    if context.requester != peer:
-        raise Refused(peer, "requester in the round context is not the TLS peer")
-    # (3)
-    if context.responder != node.name:
-        raise Refused(peer, "round is addressed to another node")
-    # (4)
-    ms = config.match_set(context.match_set)
-    if ms is None:
-        raise Refused(peer, "unknown match set")
-    # (5)
-    if context.protocol not in ms.protocols:
-        raise Refused(peer, f"protocol {context.protocol} not offered for this match set")
-    # (6) the effective parameter: psi applies the same default when it is absent
-    name, allowed = ("suite", ms.suites) if context.protocol == "ecdh" else ("prf", ms.prfs)
-    if context.param(name, dict(DEFAULT_PARAMS[context.protocol])[name]) not in allowed:
-        raise Refused(peer, f"{context.protocol} {name} not allowed for this match set")
-    # (7), (8)
-    purposes = ms.purposes_for(peer)
-    if not purposes:
-        raise Refused(peer, "requester not allowed for this match set")
-    if context.purpose not in purposes:
-        raise Refused(peer, "purpose not allowed")
-    # (9)
-    if query_size < ms.min_query_size:
-        raise Refused(peer, f"query below minimum size ({ms.min_query_size})")
-    if query_size > node.max_query_size:
-        raise Refused(peer, f"query above maximum size ({node.max_query_size})")
-    # (10)
-    if context.as_of > node.max_as_of(today):
-        raise Refused(peer, f"as_of more than {node.max_future_days} day(s) in the future")
-    if context.as_of < node.min_as_of(today):
-        raise Refused(peer, f"as_of more than {node.max_past_days} day(s) in the past")
-    # (11)
-    if not replay.remember(context.round_id, ms.name):
-        raise Refused(peer, "replayed round id")
-    # (12)
-    budget.consume(match_set=ms.name, requester=peer, purpose=context.purpose, budget=ms.budget)
-    return ms
-
-
-@dataclass(frozen=True)
-class CapabilityView:
-    """One match set as the calling requester may see it."""
-
-    name: str
-    circumstance: str
-    protocols: list[str]
-    payload: list[str]
-    purposes: list[str]
-    min_query_size: int
-    #: SERVICE sets: "gaps" or "needs" (node.toml ``service_report``); empty otherwise
-    service_report: str = ""
-    #: node.toml ``display_name`` of the set; empty when not set
-    display_name: str = ""
-
-
-def capabilities(config: NodeConfig, peer: str, *, role: str) -> list[CapabilityView]:
-    """The match sets ``peer`` may query (others are not listed; none for a non-coordinator)."""
-    out: list[CapabilityView] = []
-    if role != REQUESTER_ROLE:
-        return out
-    for ms in config.match_sets:
-        purposes = ms.purposes_for(peer)
-        if purposes:
-            out.append(
-                CapabilityView(
-                    name=ms.name,
-                    circumstance=ms.circumstance,
-                    protocols=list(ms.protocols),
-                    payload=list(ms.payload),
-                    purposes=purposes,
-                    min_query_size=ms.min_query_size,
-                    service_report=ms.report or "",
-                    display_name=ms.display_name or "",
-                )
-            )
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -445,100 +252,6 @@ Output = Accept | Matches | Points | Done
 
 # --------------------------------------------------------------------------
 # Distinct identities
-
-_U64Pair = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
-
-
-def _overlap(level: _U64Pair, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> bool:
-    """Whether any (hi, lo) pair is in ``level`` (sorted by hi, then lo). Vectorized.
-
-    Two searches, each O(n log L) for n new and L stored rows whatever the
-    rows are: ``np.searchsorted`` finds each new row's run of equal ``hi``,
-    then a segmented binary search, run for all rows at once, finds its
-    ``lo`` within that run. Rows that share their first word (which the
-    requester can choose: keyed-hash tags are its bytes, ecdh points are
-    counted before they are validated) cost more search steps, never a
-    pairwise comparison, and no array is longer than n.
-    """
-    shi, slo = level
-    left = np.searchsorted(shi, hi, side="left")
-    right = np.searchsorted(shi, hi, side="right")
-    cand = np.flatnonzero(right > left)
-    if cand.size == 0:
-        return False
-    # Lower bound of each lo in slo[start:end] (sorted there), all rows in step.
-    start, end, want = left[cand], right[cand], lo[cand]
-    last = len(slo) - 1
-    for _ in range(int((end - start).max()).bit_length()):
-        live = start < end
-        mid = (start + end) >> 1
-        above = live & (slo[np.minimum(mid, last)] < want)
-        start = np.where(above, mid + 1, start)
-        end = np.where(live & ~above, mid, end)
-    hit = start < right[cand]
-    return bool(np.any(slo[start[hit]] == want[hit]))
-
-
-class DistinctRows:
-    """The rows (tags or points) of one round so far; refuses one that repeats.
-
-    Each row is keyed by its first 16 bytes as two uint64 columns: the whole
-    tag in keyed-hash (AES is a permutation, so distinct identities give
-    distinct tags), and 128 bits of a blinded point in ecdh, which also
-    catches the same point sent with its unused top bit flipped. Rows are
-    kept in sorted levels that merge as they grow (a log-structured merge),
-    and each chunk is looked up in every level by binary search on both
-    words (:func:`_overlap`). A round of n rows therefore costs O(n log² n)
-    array work and 16 bytes per row whatever the rows are, also when the
-    requester makes them share their first 8 bytes; no temporary array is
-    longer than the chunk or the level, and no Python loop runs per row.
-    """
-
-    def __init__(self) -> None:
-        self._levels: list[_U64Pair] = []
-        self.count = 0
-
-    def add(self, rows: npt.NDArray[np.uint8]) -> None:
-        """Record the rows of one chunk.
-
-        Raises:
-            ProtocolError: a row repeats one of this chunk or of an earlier one.
-        """
-        n = int(rows.shape[0])
-        if n == 0:
-            return
-        key = np.ascontiguousarray(rows[:, :16]).view(np.uint64)
-        order = np.lexsort((key[:, 1], key[:, 0]))
-        hi, lo = key[order, 0], key[order, 1]
-        if n > 1 and bool(np.any((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1]))):
-            raise ProtocolError("the query repeats an identity within one chunk")
-        if any(_overlap(level, hi, lo) for level in self._levels):
-            raise ProtocolError("the query repeats an identity sent in an earlier chunk")
-        level: _U64Pair = (hi, lo)
-        while self._levels and len(self._levels[-1][0]) <= len(level[0]):
-            phi, plo = self._levels.pop()
-            level = _merge_levels((phi, plo), level)
-        self._levels.append(level)
-        self.count += n
-
-
-def _merge_levels(first: _U64Pair, second: _U64Pair) -> _U64Pair:
-    """Two levels, each sorted by (hi, lo), merged into one.
-
-    Why not ``lexsort`` of the concatenation: it sorts by ``lo`` first, a full
-    O(n log n) pass over random words, and was the node's largest cost in a 1M
-    ecdh round (about 2 s of 21). A stable sort by ``hi`` alone finds the two
-    sorted runs (timsort) and merges them in about linear time; that order is
-    the (hi, lo) order unless some ``hi`` repeats, which only a requester that
-    chooses its rows' first word causes, and then the full sort runs.
-    """
-    mhi, mlo = np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
-    order = np.argsort(mhi, kind="stable")
-    shi = mhi[order]
-    if len(shi) > 1 and bool(np.any(shi[1:] == shi[:-1])):
-        order = np.lexsort((mlo, mhi))
-        shi = mhi[order]
-    return shi, mlo[order]
 
 
 # --------------------------------------------------------------------------

@@ -32,8 +32,8 @@ import grpc
 
 from audit.format import UNKNOWN_ROUND_ID
 from nodes.auth import current_peer
+from nodes.authorization import REQUESTER_ROLE
 from nodes.handlers import (
-    REQUESTER_ROLE,
     Accept,
     BudgetExhausted,
     Chunk,
