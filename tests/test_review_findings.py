@@ -5,10 +5,13 @@ Each test is named after its finding and fails with the fix removed.
 
 from __future__ import annotations
 
+import datetime as _dt
 import stat
 from pathlib import Path
 
 from coordinator.round import _write_output
+
+AS_OF = _dt.date(2026, 11, 29)
 
 
 def test_report_and_decisions_json_are_mode_0600(tmp_path: Path) -> None:
@@ -26,3 +29,51 @@ def test_report_and_decisions_json_are_mode_0600(tmp_path: Path) -> None:
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
     assert (out / "report.html").read_text(encoding="utf-8") == "<html></html>"
     assert '"decisions": [\n  {"child_id": "x"}\n ]' in (out / "decisions.json").read_text()
+
+
+def test_undecodable_csv_gives_the_same_line_from_every_entry_point(tmp_path: Path) -> None:
+    """Finding: the "open a CSV source as UTF-8" block was written four times in
+    nodes/matchsets.py; count_source_rows's copy dropped the byte offset. One helper now."""
+    import pytest
+
+    from nodes.config import load_node_config
+    from nodes.matchsets import count_source_rows, prepare_file, stream_match_set
+    from psi.errors import ConfigError
+
+    for rel in ("ca.crt", "n.crt", "n.key"):
+        (tmp_path / rel).write_text("x")
+    (tmp_path / "custody.csv").write_bytes(b"id_number\n150802\x81\x2019800101\n")
+    (tmp_path / "node.toml").write_text(
+        """
+[node]
+name = "justice"
+listen = "127.0.0.1:50061"
+ca = "ca.crt"
+cert = "n.crt"
+key = "n.key"
+audit_log = "audit.jsonl"
+
+[[match_sets]]
+name = "custody"
+circumstance = "IMPRISONED"
+source = "custody.csv"
+encoding = "gb18030"
+id_column = "id_number"
+protocols = ["keyed-hash"]
+allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
+""",
+        encoding="utf-8",
+    )
+    cfg = load_node_config(tmp_path / "node.toml")
+    messages = []
+    for call in (
+        lambda: count_source_rows(cfg, "custody"),
+        lambda: prepare_file(cfg, "custody", (0, 0)),
+        lambda: list(stream_match_set(cfg, "custody", AS_OF)),
+    ):
+        with pytest.raises(ConfigError) as info:
+            call()
+        messages.append(str(info.value))
+    assert len(set(messages)) == 1, messages
+    assert "not valid gb18030 text (byte offset about 16)" in messages[0]
+    assert "match_sets[0]" in messages[0] and "\n" not in messages[0]
