@@ -77,3 +77,30 @@ allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
     assert len(set(messages)) == 1, messages
     assert "not valid gb18030 text (byte offset about 16)" in messages[0]
     assert "match_sets[0]" in messages[0] and "\n" not in messages[0]
+
+
+def test_formats_md_examples_are_valid_input() -> None:
+    """Finding: every identity number in docs/formats.md's examples had a wrong check
+    character, so a newcomer who copied the roster example got a warning per row, and the
+    evidence example was refused outright. The examples must parse cleanly."""
+    import re
+
+    from coordinator.records import read_evidence, read_roster
+    from psi.identifiers import check_character
+
+    text = (Path(__file__).parent.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    numbers = set(re.findall(r"(?<![0-9])[0-9]{17}[0-9X](?![0-9])", text))
+    assert numbers and {n for n in numbers if n[:17] + check_character(n[:17]) != n} == set()
+    blocks = re.findall(r"```csv\n(.*?)```", text, re.S)
+    kinds = {b.split(",", 1)[0]: b for b in blocks}
+    assert {"child_id", "person_id"} <= set(kinds), list(kinds)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        roster = Path(folder) / "roster.csv"
+        roster.write_text(kinds["child_id"], encoding="utf-8")
+        parsed = read_roster(roster, as_of=AS_OF)
+        assert parsed.problems == [] and len(parsed.rows) == 3
+        evidence = Path(folder) / "evidence.csv"
+        evidence.write_text(kinds["person_id"], encoding="utf-8")
+        assert len(read_evidence(evidence)) == 3
