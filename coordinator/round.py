@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -444,11 +445,14 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     pool = worker_pool(config.coordinator.ec_workers, start_method="forkserver")
     try:
         # Start every worker now: started on demand, the second one would import
-        # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked
-        # meanwhile: the workers inherit the block, so Ctrl-C (sent to the whole
-        # process group) reaches only us and no worker prints a traceback.
+        # numpy and cryptography inside the first ecdh sub-round. SIGINT is ignored
+        # while the fork server starts: it, and every worker it forks, keep SIGINT
+        # ignored, so Ctrl-C (sent to the whole process group) reaches only us and no
+        # worker prints a traceback. Only that long (milliseconds): a SIGINT that
+        # another thread of ours receives while it is ignored is lost.
         with _sigint_blocked():
-            prepare_executor(pool, config.coordinator.ec_workers)
+            multiprocessing.forkserver.ensure_running()
+        prepare_executor(pool, config.coordinator.ec_workers)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
