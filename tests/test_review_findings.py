@@ -160,3 +160,39 @@ def test_ctrl_c_while_ecdh_workers_start_is_not_lost(tmp_path: Path) -> None:
 
     assert run("kill") == ["delivered"]
     assert run("quiet") == ["worker-ignores-sigint", "no-interrupt"]
+
+
+_DEMO_TYPO = """
+import sys
+from pathlib import Path
+from xmatch import demo, synth
+
+real = synth.write_configs
+
+def write_configs(fed, *, ports):
+    path = real(fed, ports=ports)
+    text = path.read_text(encoding="utf-8")
+    # a match-set name police does not offer: that sub-round fails, the rest answer
+    path.write_text(text.replace('"deportations"]', '"deportations", "deportatoins"]', 1))
+    return path
+
+synth.write_configs = write_configs
+sys.exit(demo.run_demo(workdir=Path(sys.argv[1]), children=200))
+"""
+
+
+def test_demo_with_a_failed_source_exits_3(tmp_path: Path) -> None:
+    """Finding: `xmatch demo` always exited 0, even when every source failed (the
+    nodes stopped by a Ctrl-C): a script could not tell it from success."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DEMO_TYPO, str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert "failed source: police/deportatoins" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr
