@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -449,11 +450,14 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     )
     try:
         # Start every worker now: started on demand, the second one would import
-        # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked
-        # meanwhile: the workers inherit the block, so Ctrl-C (sent to the whole
-        # process group) reaches only us and no worker prints a traceback.
+        # numpy and cryptography inside the first ecdh sub-round. SIGINT is ignored
+        # while the fork server starts: it, and every worker it forks, keep SIGINT
+        # ignored, so Ctrl-C (sent to the whole process group) reaches only us and no
+        # worker prints a traceback. Only that long (milliseconds): a SIGINT that
+        # another thread of ours receives while it is ignored is lost.
         with _sigint_blocked():
-            prepare_executor(pool, config.coordinator.ec_workers)
+            multiprocessing.forkserver.ensure_running()
+        prepare_executor(pool, config.coordinator.ec_workers)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -511,14 +515,13 @@ def _write_output(
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
     try:
         write_evidence(staging / "evidence.csv", evidence)
-        with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
-            fh.write(decisions_text(document))  # as rules evaluate: one decision per line
-            fh.flush()
-            os.fsync(fh.fileno())
-        with (staging / "report.html").open("w", encoding="utf-8") as fh:
-            fh.write(report)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # both name children by identity number: mode 0600, as evidence.csv and the xlsx
+        for name, text in (("decisions.json", decisions_text(document)), ("report.html", report)):
+            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)  # decisions.json as rules evaluate: one decision per line
+                fh.flush()
+                os.fsync(fh.fileno())
         if extra is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
             extra(staging)
         check_output_folder(out)  # again: someone may have written there meanwhile
