@@ -125,7 +125,8 @@ def prepare(pool, workers):
 
 rnd.prepare_executor = prepare
 config = SimpleNamespace(
-    nodes=[SimpleNamespace(protocol="ecdh")], coordinator=SimpleNamespace(ec_workers=1)
+    nodes=[SimpleNamespace(protocol="ecdh")],
+    coordinator=SimpleNamespace(ec_workers=1, x25519_backend="auto"),
 )
 try:
     with rnd._ec_pool(config) as pool:
