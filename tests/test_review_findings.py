@@ -9,7 +9,11 @@ import datetime as _dt
 import stat
 from pathlib import Path
 
+import pydantic
+import pytest
+
 from coordinator.round import _write_output
+from databases.source import DatabaseSource
 
 AS_OF = _dt.date(2026, 11, 29)
 
@@ -197,3 +201,19 @@ def test_demo_with_a_failed_source_exits_3(tmp_path: Path) -> None:
     )
     assert "failed source: police/deportatoins" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 3, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT id_number FROM custody INTO OUTFILE '/tmp/custody.txt'",
+        "select id_number into  dumpfile '/tmp/x' from custody",
+        "WITH c AS (SELECT id_number FROM custody) SELECT * FROM c INTO\nOUTFILE '/tmp/y'",
+    ],
+)
+def test_a_select_that_writes_a_file_is_refused(query: str) -> None:
+    """Finding: MySQL's SELECT ... INTO OUTFILE writes on the server despite READ ONLY."""
+    with pytest.raises(pydantic.ValidationError, match="INTO OUTFILE/DUMPFILE writes a file"):
+        DatabaseSource(database="mysql", dsn_env="JUSTICE_DB_DSN", query=query)
+    # a column merely named like the keywords stays allowed
+    DatabaseSource(database="mysql", dsn_env="JUSTICE_DB_DSN", query="SELECT outfile FROM t")
