@@ -150,6 +150,15 @@ class NodeEntry(_Strict):
     #: ecdh: the largest (padded) set we will receive and raise to our key; the node
     #: announces its size, but a hostile node could announce anything
     max_set_size: int = Field(default=50_000_000, ge=1, le=10**10)
+    #: The ecdh suite / keyed-hash PRF proposed to this node (a round parameter); it must
+    #: be in the node's ``suites`` / ``prfs``. GM: "SM2_XMD:SM3_SSWU_RO_" / "sm4-ecb-v1".
+    suite: Literal[
+        "x25519-sha256-u",
+        "curve25519_XMD:SHA-512_ELL2_RO_",
+        "curve25519_XMD:SHA-512_ELL2_NU_",
+        "SM2_XMD:SM3_SSWU_RO_",
+    ] = "x25519-sha256-u"
+    prf: Literal["aes128-ecb-v1", "aes256-ecb-v1", "sm4-ecb-v1"] = "aes128-ecb-v1"
 
     @field_validator("address")
     @classmethod

@@ -59,7 +59,7 @@ import numpy.typing as npt
 from audit.format import SHUTDOWN, looks_like_identity_number
 from audit.log import AuditLog
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
-from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
 from coordinator.reasons import Lang
 from coordinator.records import (
@@ -290,6 +290,7 @@ def _context(
     node: str,
     match_set: str,
     protocol: str,
+    params: tuple[tuple[str, str], ...] | None = None,
 ) -> RoundContext:
     proto: Protocol = "ecdh" if protocol == "ecdh" else "keyed-hash"
     return RoundContext(
@@ -300,8 +301,13 @@ def _context(
         responder=node,
         match_set=match_set,
         protocol=proto,
-        params=tuple(sorted(DEFAULT_PARAMS[proto])),
+        params=tuple(sorted(DEFAULT_PARAMS[proto] if params is None else params)),
     )
+
+
+def entry_params(entry: NodeEntry) -> tuple[tuple[str, str], ...]:
+    """Suite/PRF dispatch: the round parameter the node entry names (``suite`` or ``prf``)."""
+    return (("suite", entry.suite),) if entry.protocol == "ecdh" else (("prf", entry.prf),)
 
 
 class _Progress:
@@ -533,7 +539,13 @@ def run_round(
                         client,
                         match_set,
                         context=_context(
-                            config, round_id, as_of, node_name, match_set, entry.protocol
+                            config,
+                            round_id,
+                            as_of,
+                            node_name,
+                            match_set,
+                            entry.protocol,
+                            entry_params(entry),
                         ),
                         encoded=encoded,
                         identities=identities,

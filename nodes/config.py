@@ -47,8 +47,10 @@ service_report = "gaps"           # ours, SERVICE sets only: report covered chil
                                   #   matched ("gaps", default) or matched ("needs")
 encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
 min_query_size = 100              # ours: smallest roster (distinct identities) accepted
-suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all)
-prfs = ["aes128-ecb-v1"]          # ours: keyed-hash PRFs accepted (default: all)
+suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all
+                                  #   but the GM one, "SM2_XMD:SM3_SSWU_RO_", listed to accept)
+prfs = ["aes128-ecb-v1"]          # ours: keyed-hash PRFs accepted (default: all but the GM
+                                  #   one, "sm4-ecb-v1", accepted only when listed)
 budget = { rounds = 50, period = "1d" }  # ours: rounds per requester+purpose per period
 ```
 
@@ -87,6 +89,8 @@ __all__ = [
     "CIRCUMSTANCES",
     "DEFAULT_MAX_CHUNK_BYTES",
     "ECDH_SUITES",
+    "GM_ECDH_SUITES",
+    "GM_KEYED_HASH_PRFS",
     "KEYED_HASH_PRFS",
     "PAYLOAD_COLUMNS",
     "PROTOCOLS",
@@ -129,8 +133,11 @@ ECDH_SUITES = (
     "curve25519_XMD:SHA-512_ELL2_RO_",
     "curve25519_XMD:SHA-512_ELL2_NU_",
 )
-#: The keyed-hash PRFs psi offers (psi.keyed_hash.PRFS). Default of ``prfs``.
-KEYED_HASH_PRFS = tuple(sorted(_PSI_PRFS))
+#: The GM/T (国密) suite and PRF: accepted when listed, never by default (docs/psi.md).
+GM_ECDH_SUITES = ("SM2_XMD:SM3_SSWU_RO_",)
+GM_KEYED_HASH_PRFS = ("sm4-ecb-v1",)
+#: The keyed-hash PRFs psi offers (psi.keyed_hash.PRFS) but the GM one. Default of ``prfs``.
+KEYED_HASH_PRFS = tuple(sorted(set(_PSI_PRFS) - set(GM_KEYED_HASH_PRFS)))
 #: 1 MiB: 32768 ecdh points or 65536 keyed-hash tags per message.
 DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
@@ -333,12 +340,12 @@ class MatchSetConfig(_Strict):
     @field_validator("suites")
     @classmethod
     def _suites(cls, value: list[str]) -> list[str]:
-        return _known(value, ECDH_SUITES, "ecdh suite")
+        return _known(value, ECDH_SUITES + GM_ECDH_SUITES, "ecdh suite")
 
     @field_validator("prfs")
     @classmethod
     def _prfs(cls, value: list[str]) -> list[str]:
-        return _known(value, KEYED_HASH_PRFS, "keyed-hash prf")
+        return _known(value, KEYED_HASH_PRFS + GM_KEYED_HASH_PRFS, "keyed-hash prf")
 
     @field_validator("allow")
     @classmethod

@@ -414,3 +414,40 @@ def hash_mult_buffer(scalar: bytes, buf: bytes) -> tuple[bytes, int]:
         if point is None:  # H(x) = identity: probability about 2^-256
             return b"", i
     return compress(mult_points(scalar, [p for p in points if p is not None])), -1
+
+
+class EphemeralKey:
+    """An ephemeral SM2 key pair for a round key agreement (the ``sm4-ecb-v1`` PRF).
+
+    The public key travels compressed with prefix 0x02 (its x-coordinate, as
+    ``mbx_sm2_ecdh_mb8`` gives it); :meth:`exchange` returns the 32-byte
+    big-endian x-coordinate of d * Q, the same for either representative of Q.
+    """
+
+    def __init__(self, scalar: bytes) -> None:
+        if len(scalar) != 32 or not 1 <= int.from_bytes(scalar, "big") < N:
+            raise ValueError("an SM2 private key is 32 bytes in [1, n - 1]")
+        self._scalar = scalar
+        self._public = compress(mult_points(scalar, [(GX, GY)]))
+
+    @classmethod
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> EphemeralKey:
+        """A fresh key pair from ``rng``."""
+        return cls(generate_scalar(rng))
+
+    def public_bytes(self) -> bytes:
+        """The 33-byte compressed public key."""
+        return self._public
+
+    def exchange(self, peer: bytes) -> bytes:
+        """x(d * Q) for the peer's 33-byte compressed public key Q.
+
+        Raises:
+            ValueError: ``peer`` is not a compressed point of the curve.
+        """
+        if len(peer) != POINT_SIZE:
+            raise ValueError("peer key is not a 33-byte compressed SM2 point")
+        shared, bad = mult_buffer(self._scalar, peer)
+        if bad >= 0:
+            raise ValueError("peer key is not a point of the SM2 curve")
+        return shared[1:]
