@@ -114,6 +114,8 @@ class CoordinatorSection(_Strict):
     roster_encoding: Literal["auto", "utf-8", "gb18030"] = "auto"
     audit_key: Path | None = None
     audit_cert: Path | None = None
+    #: protocol-log profile: SHA-256 + Ed25519, or "gm": SM3 chain + SM2 checkpoints
+    audit_profile: Literal["international", "gm"] = "international"
     #: X25519 for ecdh, as the node's key of the same name (XMATCH_X25519_BACKEND wins).
     x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
 
@@ -131,6 +133,11 @@ class CoordinatorSection(_Strict):
     def audit_cert_path(self) -> Path:
         """Its certificate (default: NAME.audit.crt beside ``key``)."""
         return self.audit_cert or self.key.parent / f"{self.name}.audit.crt"
+
+    @property
+    def audit_sm2_key_path(self) -> Path:
+        """The SM2 checkpoint key of the GM log profile: NAME.audit-sm2.key beside the audit key."""
+        return self.audit_key_path.with_name(f"{self.name}.audit-sm2.key")
 
     @property
     def ec_workers(self) -> int:

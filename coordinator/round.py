@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from audit.format import SHUTDOWN, looks_like_identity_number
+from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
@@ -480,6 +481,14 @@ def run_round(
     signer = AuditSigner.load(
         key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
     )
+    log_signer: AuditSigner | GmAuditSigner = signer
+    if section.audit_profile == "gm":  # GM log profile: SM2 checkpoints, bound by the audit key
+        from audit.gm import gm_signer
+
+        try:
+            log_signer = gm_signer(signer, section.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
     roster = read_roster(section.roster, encoding=section.roster_encoding, as_of=as_of)
     for problem in roster.problems:
         print(problem, file=err)
@@ -490,7 +499,7 @@ def run_round(
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
     encoded = encode_identities(identities)
     section.audit_log.parent.mkdir(parents=True, exist_ok=True)
-    audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
+    audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
     state = RoundState.open(section.state)
     for stale in state.recovered:
         print(f"note: round {stale} was interrupted earlier (coordinator stopped)", file=err)

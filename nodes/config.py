@@ -13,6 +13,7 @@ key = "pki/justice.key"
 audit_log = "logs/justice.audit.jsonl"
 audit_key = "pki/justice.audit.key"   # ours (default: NAME.audit.key beside `key`)
 audit_cert = "pki/justice.audit.crt"  # ours (default: NAME.audit.crt beside `key`)
+audit_profile = "international"        # ours: or "gm" (SM3 chain, SM2 checkpoints; docs/audit.md)
 passphrase_env = "JUSTICE_KEY_PASS"   # ours: env variable holding the key passphrase
 max_concurrent_rounds = 4         # ours: rounds served at once; more wait for a slot
 workers = 2                       # ours: EC worker processes for ecdh (default: CPU count)
@@ -374,6 +375,8 @@ class NodeSection(_Strict):
     audit_log: Path
     audit_key: Path | None = None
     audit_cert: Path | None = None
+    #: protocol-log profile: SHA-256 + Ed25519, or "gm": SM3 chain + SM2 checkpoints
+    audit_profile: Literal["international", "gm"] = "international"
     passphrase_env: str | None = None
     max_concurrent_rounds: int = Field(default=4, ge=1, le=256)
     workers: int | None = Field(default=None, ge=1, le=256)
@@ -440,6 +443,11 @@ class NodeSection(_Strict):
     def audit_cert_path(self) -> Path:
         """``audit_cert``, or ``NAME.audit.crt`` beside the TLS key."""
         return self.audit_cert or self.key.with_name(f"{self.name}.audit.crt")
+
+    @property
+    def audit_sm2_key_path(self) -> Path:
+        """The SM2 checkpoint key of the GM log profile: NAME.audit-sm2.key beside the audit key."""
+        return self.audit_key_path.with_name(f"{self.name}.audit-sm2.key")
 
     def padded_size(self, size: int) -> int:
         """The size class an ecdh set of ``size`` unique elements is padded to.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from audit.format import GENESIS_GM
 from tests.federation import (
     AS_OF,
     Federation,
@@ -38,7 +39,10 @@ def gm_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federati
         path = fed.config(spec.name)
         text = path.read_text(encoding="utf-8")
         gm_only = f'[[match_sets]]\nsuites = ["{GM_SUITE}"]\nprfs = ["{GM_PRF}"]\n'
-        path.write_text(text.replace("[[match_sets]]\n", gm_only), encoding="utf-8")
+        text = text.replace("[[match_sets]]\n", gm_only)
+        if spec is fed.specs[0]:  # a mixed federation: one node keeps a GM-profile log
+            text = text.replace("[node]\n", '[node]\naudit_profile = "gm"\n', 1)
+        path.write_text(text, encoding="utf-8")
     try:
         start_nodes(fed)
         yield fed
@@ -73,11 +77,15 @@ def test_gm_only_nodes_serve_a_gm_round(gm_federation: Federation, tmp_path: Pat
             e for e in audit_entries(fed.audit_log(spec.name)) if e["event"] == "round_finished"
         ]
         assert theirs and all(named(e) in (GM_SUITE, GM_PRF) for e in theirs)
-    # the reviewer's tools reconcile the two sides of every GM sub-round
+    first = fed.audit_log(fed.specs[0].name).read_bytes().split(b"\n")[0]
+    assert b'"prev":"' + GENESIS_GM.encode() in first  # that node's log chains with SM3
+    # the reviewer's tools verify and reconcile both profiles, sub-round by sub-round
     logs = [str(fed.audit_log("civil-affairs"))] + [str(fed.audit_log(s.name)) for s in fed.specs]
     ca = str(fed.root / "pki" / "ca.crt")
     reconciled = xmatch("audit", "reconcile", "--ca", ca, "--allow-unsigned-tail", *logs)
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    verified = xmatch("audit", "verify", "--ca", ca, "--allow-unsigned-tail", *logs)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_gm_only_nodes_refuse_international_suites(

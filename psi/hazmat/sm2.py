@@ -54,9 +54,11 @@ from cryptography.hazmat.primitives import hashes
 from psi.hazmat import x25519
 
 __all__ = [
+    "DEFAULT_USER_ID",
     "DST",
     "POINT_SIZE",
     "SUITE",
+    "EphemeralKey",
     "Z",
     "backend",
     "compress",
@@ -68,6 +70,9 @@ __all__ = [
     "hash_to_curve_batch",
     "hash_to_field",
     "mult_buffer",
+    "public_point",
+    "sign",
+    "verify",
 ]
 
 P: Final = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
@@ -451,3 +456,148 @@ class EphemeralKey:
         if bad >= 0:
             raise ValueError("peer key is not a point of the SM2 curve")
         return shared[1:]
+
+
+# --- SM2 signatures (GB/T 32918.2), for the GM profile of protocol logs ---------------------
+
+#: The default user ID of GB/T 32918 / GM/T 0009 ("1234567812345678").
+DEFAULT_USER_ID: Final = b"1234567812345678"
+
+
+class _Signatures:
+    """``mbx_sm2_ecdsa_sign_mb8`` / ``verify_mb8`` for one signature (every lane the same)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._sign = lib.mbx_sm2_ecdsa_sign_mb8
+        self._sign.argtypes = [ctypes.c_void_p] * 12
+        self._sign.restype = ctypes.c_uint32
+        self._verify = lib.mbx_sm2_ecdsa_verify_mb8
+        self._verify.argtypes = [ctypes.c_void_p] * 10
+        self._verify.restype = ctypes.c_uint32
+
+    @staticmethod
+    def _lanes(buf: ctypes.Array[ctypes.c_char]) -> ctypes.Array[ctypes.c_void_p]:
+        return (ctypes.c_void_p * _LANES)(*([ctypes.addressof(buf)] * _LANES))
+
+    @staticmethod
+    def _bn(value: int) -> ctypes.Array[ctypes.c_char]:
+        return ctypes.create_string_buffer(value.to_bytes(32, "little"), 32)
+
+    def sign(
+        self, d: int, public: tuple[int, int], msg: bytes, user_id: bytes, k: int
+    ) -> tuple[bytes, bytes]:
+        r_buf = ctypes.create_string_buffer(32)
+        s_buf = ctypes.create_string_buffer(32)
+        uid = ctypes.create_string_buffer(user_id, max(1, len(user_id)))
+        m = ctypes.create_string_buffer(msg, max(1, len(msg)))
+        lens = (ctypes.c_int * _LANES)(*([len(user_id)] * _LANES))
+        mlens = (ctypes.c_int * _LANES)(*([len(msg)] * _LANES))
+        eph, reg = self._bn(k), self._bn(d)
+        px, py = self._bn(public[0]), self._bn(public[1])
+        # Eight lanes, all the same signature: lane 0's result is taken.
+        outs_r = (ctypes.c_void_p * _LANES)(*([ctypes.addressof(r_buf)] * _LANES))
+        outs_s = (ctypes.c_void_p * _LANES)(*([ctypes.addressof(s_buf)] * _LANES))
+        try:
+            status = self._sign(
+                outs_r, outs_s, self._lanes(uid), lens, self._lanes(m), mlens,
+                self._lanes(eph), self._lanes(reg), self._lanes(px), self._lanes(py), None, None,
+            )  # fmt: skip
+        finally:
+            ctypes.memset(eph, 0, 32)
+            ctypes.memset(reg, 0, 32)
+        if status & 0xF:
+            raise RuntimeError(f"mbx_sm2_ecdsa_sign_mb8 returned status {status:#x}")
+        return r_buf.raw, s_buf.raw
+
+    def verify(
+        self, public: tuple[int, int], msg: bytes, user_id: bytes, r: bytes, s: bytes
+    ) -> bool:
+        r_buf = ctypes.create_string_buffer(r, 32)
+        s_buf = ctypes.create_string_buffer(s, 32)
+        uid = ctypes.create_string_buffer(user_id, max(1, len(user_id)))
+        m = ctypes.create_string_buffer(msg, max(1, len(msg)))
+        lens = (ctypes.c_int * _LANES)(*([len(user_id)] * _LANES))
+        mlens = (ctypes.c_int * _LANES)(*([len(msg)] * _LANES))
+        px, py = self._bn(public[0]), self._bn(public[1])
+        status = self._verify(
+            self._lanes(r_buf), self._lanes(s_buf), self._lanes(uid), lens, self._lanes(m), mlens,
+            self._lanes(px), self._lanes(py), None, None,
+        )  # fmt: skip
+        return bool(status & 0xF == 0)
+
+
+_sig: _Signatures | None = None
+
+
+def _signatures() -> _Signatures:
+    """The library's SM2 signatures, or OSError: there is no fallback for signatures."""
+    global _sig
+    if _sig is None:
+        lib = x25519.crypto_mb_library()
+        if lib is None:
+            # Signatures are not rebuilt from field arithmetic: without libcrypto_mb (or when
+            # the X25519 backend is forced to openssl) the GM log profile is unavailable.
+            x25519.configure("crypto-mb", quiet=True)
+            lib = x25519.crypto_mb_library()
+        if lib is None:
+            raise OSError("SM2 signatures need libcrypto_mb on a CPU with AVX-512 IFMA")
+        _sig = _Signatures(lib)
+    return _sig
+
+
+def public_point(d: int) -> tuple[int, int]:
+    """d * G in affine coordinates: the SM2 public key of private key ``d`` (one point, at
+    key load; the Jacobian arithmetic of the fallback, as the library returns x only)."""
+    return _full_mult(d, (GX, GY))
+
+
+def _full_mult(k: int, point: tuple[int, int]) -> tuple[int, int]:
+    digits = [(k >> (4 * i)) & 0xF for i in range(63, -1, -1)]
+    base = (point[0], point[1], 1)
+    table = [(1, 1, 0), base]
+    for _ in range(14):
+        table.append(_jacobian_add(table[-1], base))
+    acc: tuple[int, int, int] = (1, 1, 0)
+    for digit in digits:
+        for _ in range(4):
+            acc = _jacobian_double(*acc)
+        if digit:
+            acc = _jacobian_add(acc, table[digit])
+    x, y, z = acc
+    zi = pow(z, P - 2, P)
+    return x * zi * zi % P, y * zi * zi * zi % P
+
+
+def sign(d: int, msg: bytes, user_id: bytes = DEFAULT_USER_ID, *, k: int | None = None) -> bytes:
+    """SM2 signature r || s (64 bytes, big-endian) of ``msg`` under private key ``d``.
+
+    ``k`` (the per-signature secret) is drawn uniformly from [1, n - 1] unless given (the
+    tests give the published example's).
+
+    Raises:
+        OSError: libcrypto_mb cannot be used here.
+        ValueError: ``d`` or ``k`` out of range.
+    """
+    if not 1 <= d < N - 1:
+        raise ValueError("SM2 private key out of range")
+    nonce = int.from_bytes(generate_scalar(), "big") if k is None else k
+    if not 1 <= nonce < N:
+        raise ValueError("SM2 signature nonce out of range")
+    r, s = _signatures().sign(d, public_point(d), msg, user_id, nonce)
+    return r + s
+
+
+def verify(
+    public: tuple[int, int], msg: bytes, signature: bytes, user_id: bytes = DEFAULT_USER_ID
+) -> bool:
+    """Whether ``signature`` (r || s) is ``public``'s SM2 signature of ``msg``.
+
+    Raises:
+        OSError: libcrypto_mb cannot be used here.
+    """
+    x, y = public
+    if len(signature) != 64 or not (0 <= x < P and 0 <= y < P):
+        return False
+    if (y * y - x * x * x - A * x - B) % P:
+        return False
+    return _signatures().verify(public, msg, user_id, signature[:32], signature[32:])
