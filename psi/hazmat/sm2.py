@@ -535,12 +535,13 @@ def _signatures() -> _Signatures:
     if _sig is None:
         lib = x25519.crypto_mb_library()
         if lib is None:
-            # Signatures are not rebuilt from field arithmetic: without libcrypto_mb (or when
-            # the X25519 backend is forced to openssl) the GM log profile is unavailable.
-            x25519.configure("crypto-mb", quiet=True)
-            lib = x25519.crypto_mb_library()
-        if lib is None:
-            raise OSError("SM2 signatures need libcrypto_mb on a CPU with AVX-512 IFMA")
+            # Signatures are never rebuilt from field arithmetic: load the library for them
+            # alone (the process's X25519 backend choice stays as configured), or refuse.
+            try:
+                lib = x25519.load_crypto_mb_library()
+            except (OSError, AttributeError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise OSError(f"SM2 signatures need libcrypto_mb ({reason})") from None
         _sig = _Signatures(lib)
     return _sig
 

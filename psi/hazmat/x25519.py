@@ -63,6 +63,7 @@ __all__ = [
     "crypto_mb_library",
     "first_low_order",
     "generate_scalar",
+    "load_crypto_mb_library",
     "mult_buffer",
     "scalar_mult",
     "split_map",
@@ -398,6 +399,15 @@ def crypto_mb_library() -> ctypes.CDLL | None:
     if backend() == "crypto-mb" and _mb is not None:
         return _mb.lib
     return None
+
+
+def load_crypto_mb_library() -> ctypes.CDLL:
+    """libcrypto_mb loaded and checked against the CPU, whatever backend is configured.
+
+    Raises:
+        OSError: it cannot be loaded or the CPU lacks AVX-512 IFMA.
+    """
+    return _load_crypto_mb(_library_dirs()).lib
 
 
 def _crypto_mb() -> _CryptoMb:
