@@ -59,10 +59,11 @@ import numpy as np
 import numpy.typing as npt
 
 from audit.format import SHUTDOWN, looks_like_identity_number
+from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.client import MatchSetResult, NodeClient, out_of_protocol
-from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.eligibility import RoundDecisions, decide_all
 from coordinator.evaluate import decisions_text
 from coordinator.names import SourceNames
@@ -299,6 +300,7 @@ def _context(
     node: str,
     match_set: str,
     protocol: str,
+    params: tuple[tuple[str, str], ...] | None = None,
 ) -> RoundContext:
     proto: Protocol = "ecdh" if protocol == "ecdh" else "keyed-hash"
     return RoundContext(
@@ -309,13 +311,18 @@ def _context(
         responder=node,
         match_set=match_set,
         protocol=proto,
-        params=tuple(sorted(DEFAULT_PARAMS[proto])),
+        params=tuple(sorted(DEFAULT_PARAMS[proto] if params is None else params)),
     )
 
 
 #: The phases the progress display names, in order (docs/coordinator.md, "Progress").
 #: ``blind``, ``exchange`` and ``intersect`` are per sub-round (coordinator.client.PhaseFn).
 PHASES = ("load", "blind", "exchange", "intersect", "rules", "report", "spreadsheet")
+
+
+def entry_params(entry: NodeEntry) -> tuple[tuple[str, str], ...]:
+    """Suite/PRF dispatch: the round parameter the node entry names (``suite`` or ``prf``)."""
+    return (("suite", entry.suite),) if entry.protocol == "ecdh" else (("prf", entry.prf),)
 
 
 class _Progress:
@@ -600,6 +607,14 @@ def _run_round(
     signer = AuditSigner.load(
         key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
     )
+    log_signer: AuditSigner | GmAuditSigner = signer
+    if section.audit_profile == "gm":  # GM log profile: SM2 checkpoints, bound by the audit key
+        from audit.gm import gm_signer
+
+        try:
+            log_signer = gm_signer(signer, section.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
     roster = read_roster_source(
         section.roster,
         encoding=section.roster_encoding,
@@ -615,7 +630,7 @@ def _run_round(
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
     encoded = encode_identities(identities)
     section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    audit = AuditLog.open(section.audit_log, party=section.name, signer=signer)
+    audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
     state = RoundState.open(section.state)
     for stale in state.recovered:
         display.note(f"note: round {stale} was interrupted earlier (coordinator stopped)", err)
@@ -670,7 +685,13 @@ def _run_round(
                         client,
                         match_set,
                         context=_context(
-                            config, round_id, as_of, node_name, match_set, entry.protocol
+                            config,
+                            round_id,
+                            as_of,
+                            node_name,
+                            match_set,
+                            entry.protocol,
+                            entry_params(entry),
                         ),
                         encoded=encoded,
                         identities=identities,
@@ -854,6 +875,8 @@ def _sub_round(
         "responder": entry.name,
         "purpose": context.purpose,
         "match_set": match_set,
+        # suite/PRF dispatch: every sub-round entry names its ecdh "suite" or keyed-hash "prf"
+        **dict(context.params),
     }
     state.sub_round_running(rid, entry.name, match_set)
     audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))

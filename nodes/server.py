@@ -40,7 +40,9 @@ from psi.errors import ConfigError
 if TYPE_CHECKING:
     import grpc
 
+    from audit.gm import GmAuditSigner
     from audit.log import AuditLog
+    from keys.handles import AuditSigner
     from nodes.handlers import NodeState
     from nodes.servicer import NodeServicer
 
@@ -229,6 +231,15 @@ def serve_from_config(path: Path | str) -> int:
     signer = AuditSigner.load(
         key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
     )
+    log_signer: AuditSigner | GmAuditSigner = signer
+    if node.audit_profile == "gm":  # GM log profile: SM2 checkpoints, bound by the audit key
+        from audit.gm import gm_signer
+        from psi.errors import InputError
+
+        try:
+            log_signer = gm_signer(signer, node.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
     # (3) spill folders of an earlier node process killed mid-round: unreadable
     # ciphertext (its key died with it), removed so they do not fill the disk
     from nodes.buckets import remove_stale
@@ -265,7 +276,7 @@ def serve_from_config(path: Path | str) -> int:
             f"{path}: node.audit_log: cannot create the folder {node.audit_log.parent} "
             f"({exc.strerror})"
         ) from None
-    audit = AuditLog.open(node.audit_log, party=node.name, signer=signer)
+    audit = AuditLog.open(node.audit_log, party=node.name, signer=log_signer)
     executor: concurrent.futures.ProcessPoolExecutor | None = None
     try:
         audit.append(
