@@ -35,11 +35,25 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from cryptography.hazmat.primitives import hashes
+
 from psi.errors import XmatchError
+
+
+def _sm3(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SM3())
+    h.update(data)
+    return h.finalize()
+
 
 FORMAT_VERSION: Final = 1
 GENESIS: Final = hashlib.sha256(b"xmatch protocol log v1 genesis").hexdigest()
 """The ``prev`` of entry 1."""
+#: Log profiles: ``international`` (SHA-256 chain, Ed25519 checkpoints) and ``gm`` (SM3 chain,
+#: SM2 checkpoints; see audit/gm.py). A log's profile is told by the ``prev`` of its entry 1.
+PROFILES: Final = ("international", "gm")
+GENESIS_GM: Final = _sm3(b"xmatch protocol log v1 genesis gm").hex()
+"""The ``prev`` of entry 1 of a GM-profile log: SM3 of its own domain string."""
 CHECKPOINT_DOMAIN: Final = b"xmatch protocol log v1 checkpoint\n"
 """Prefix of every signed checkpoint message (domain separation)."""
 MAX_LINE: Final = 65536
@@ -118,6 +132,7 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "prev": 64,
     "head": 64,
     "key_id": 64,
+    "sm2_key": 130,
 }
 """Fields that must be lower-case hex of exactly this length."""
 
@@ -320,9 +335,20 @@ def encode_entry(entry: Mapping[str, object]) -> bytes:
     return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def line_hash(line: bytes) -> str:
-    """Hex SHA-256 of one line's bytes (without the newline): the next entry's ``prev``."""
-    return hashlib.sha256(line).hexdigest()
+def line_hash(line: bytes, profile: str = "international") -> str:
+    """Hex SHA-256 (SM3 under the ``gm`` profile) of one line's bytes (without the
+    newline): the next entry's ``prev``."""
+    return _sm3(line).hex() if profile == "gm" else hashlib.sha256(line).hexdigest()
+
+
+def genesis(profile: str) -> str:
+    """The ``prev`` of entry 1 under ``profile``."""
+    return GENESIS_GM if profile == "gm" else GENESIS
+
+
+def profile_of(first_line: bytes) -> str:
+    """The profile of a log from its first line (``gm`` when its prev is :data:`GENESIS_GM`)."""
+    return "gm" if b'"prev":"' + GENESIS_GM.encode() + b'"' in first_line else "international"
 
 
 SIG_MARKER: Final = b',"sig":"'

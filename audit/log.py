@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from audit import format as fmt
+from audit.gm import GmAuditSigner
 from audit.verify import parse_line, verify_checkpoint_signature
 from keys.certs import check_name
 from keys.handles import AuditSigner
@@ -79,7 +80,7 @@ class AuditLog:
         path: Path,
         fd: int,
         party: str,
-        signer: AuditSigner,
+        signer: AuditSigner | GmAuditSigner,
         checkpoint_every: int,
         next_seq: int,
         prev: str,
@@ -92,6 +93,8 @@ class AuditLog:
         self.party = party
         self._fd: int | None = fd
         self._signer = signer
+        # the GM profile (audit/gm.py) chains with SM3; its signer says so
+        self._profile = _profile(signer)
         self._every = checkpoint_every
         self._seq = next_seq
         self._prev = prev
@@ -105,7 +108,7 @@ class AuditLog:
         path: Path,
         *,
         party: str,
-        signer: AuditSigner,
+        signer: AuditSigner | GmAuditSigner,
         checkpoint_every: int = 64,
         clock: Clock = _utc_now,
     ) -> AuditLog:
@@ -140,7 +143,7 @@ class AuditLog:
             except OSError:
                 raise InputError(f"protocol log {path} is in use by another process") from None
             size = os.fstat(fd).st_size
-            next_seq, prev, since = 1, fmt.GENESIS, 0
+            next_seq, prev, since = 1, fmt.genesis(_profile(signer)), 0
             if size:
                 next_seq, prev, since = cls._resume(path, fd, size, party, signer)
             elif not existed:
@@ -167,7 +170,7 @@ class AuditLog:
 
     @staticmethod
     def _resume(
-        path: Path, fd: int, size: int, party: str, signer: AuditSigner
+        path: Path, fd: int, size: int, party: str, signer: AuditSigner | GmAuditSigner
     ) -> tuple[int, str, int]:
         """Verify the tail and return (next seq, prev hash, entries since the checkpoint).
 
@@ -175,6 +178,7 @@ class AuditLog:
         accepted only if ``signer``'s own key made it: any other key, even one with a
         certificate in the party's name, is refused rather than trusted.
         """
+        profile = _profile(signer)
         lines = _read_tail(fd, size)
         if lines[-1] != b"":
             raise ProtocolError(
@@ -214,12 +218,12 @@ class AuditLog:
                         f"not by this audit key {signer.key_id[:16]}…; if the key was "
                         "re-issued, start a new log file and keep this one for reviewers"
                     )
-            elif offset == 0 and (entry.seq != 1 or entry.prev != fmt.GENESIS):
+            elif offset == 0 and (entry.seq != 1 or entry.prev != fmt.genesis(profile)):
                 raise VerificationError(f"{where}: the log has no checkpoint and no genesis entry")
             else:
                 since += 1
             expected_seq = entry.seq + 1
-            expected_prev = fmt.line_hash(raw)
+            expected_prev = fmt.line_hash(raw, profile)
         if expected_seq is None or expected_prev is None:
             raise ProtocolError(f"protocol log {path} has no complete entry")
         return expected_seq, expected_prev, since
@@ -321,6 +325,9 @@ class AuditLog:
             key_id=self._signer.key_id,
             cert=base64.b64encode(self._signer.certificate_der()).decode(),
         )
+        # GM profile: the SM2 key and its binding (audit/gm.py), before the signature
+        if isinstance(self._signer, GmAuditSigner):
+            entry.update(self._signer.checkpoint_fields())
         unsigned = fmt.encode_entry(entry)
         sig = self._signer.sign(fmt.checkpoint_message(unsigned))
         self._write_line(fmt.attach_signature(unsigned, base64.b64encode(sig).decode()))
@@ -337,8 +344,12 @@ class AuditLog:
         os.fsync(self._fd)
         seq = self._seq
         self._seq += 1
-        self._prev = fmt.line_hash(line)
+        self._prev = fmt.line_hash(line, self._profile)
         return seq
 
 
 _TOKEN = object()
+
+
+def _profile(signer: AuditSigner | GmAuditSigner) -> str:
+    return "gm" if isinstance(signer, GmAuditSigner) else "international"

@@ -204,8 +204,11 @@ def check_anchors(
         if target is None:
             why = f"{responder}'s log ends at entry {ends[responder]}"
         # (2)
-        elif not hmac.compare_digest(fmt.line_hash(target.raw).encode(), head.encode()):
-            why = f"it hashes to {fmt.line_hash(target.raw)[:16]}…, the anchor has {head[:16]}…"
+        elif not hmac.compare_digest(
+            fmt.line_hash(target.raw, _profile(node)).encode(), head.encode()
+        ):
+            hashed = fmt.line_hash(target.raw, _profile(node))
+            why = f"it hashes to {hashed[:16]}…, the anchor has {head[:16]}…"
         # (3)
         elif target.event != fmt.ROUND_FINISHED or (
             _str(target, "round_id"),
@@ -285,3 +288,9 @@ def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) ->
                 )
     findings.extend(check_anchors(coordinator, by_party))
     return ReconcileResult(tuple(findings), tuple(notes), compared)
+
+
+def _profile(entries: Mapping[int, Entry]) -> str:
+    """A node log's profile (international or GM), told by its entry 1."""
+    first = entries.get(1)
+    return fmt.profile_of(first.raw) if first is not None else "international"

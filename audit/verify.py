@@ -30,9 +30,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from audit import format as fmt
+from audit import gm
 from keys.certs import NAME_PATTERN, inspect_member_certificate
 from keys.handles import key_id as compute_key_id
 from psi.errors import ProtocolError, VerificationError
+from psi.sm2_signature import verify as sm2_verify
 
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -139,7 +141,7 @@ def parse_line(raw: bytes, *, line: int) -> Entry:
                     raise ProtocolError(
                         f"{where}: {key!r} is not {fmt.HEX_FIELDS[key]} lower-case hex digits"
                     )
-        elif key not in ("cert", "sig"):
+        elif key not in ("cert", "sig", "sm2_binding"):
             for text in texts:
                 if isinstance(text, bool) or text is None:
                     continue
@@ -235,6 +237,9 @@ def verify_checkpoint_signature(entry: Entry, *, ca_pem: bytes | None) -> None:
         raise VerificationError(
             f"checkpoint signed by {info.name!r}, but the log is {entry.party!r}'s"
         )
+    if "sm2_key" in entry.fields:
+        _verify_gm_checkpoint(entry, info.public_key_raw, unsigned, sig)
+        return
     claimed = entry.fields.get("key_id")
     computed = compute_key_id(info.public_key_raw)
     if not isinstance(claimed, str) or not hmac.compare_digest(claimed.encode(), computed.encode()):
@@ -248,6 +253,35 @@ def verify_checkpoint_signature(entry: Entry, *, ca_pem: bytes | None) -> None:
         )
     except InvalidSignature as exc:
         raise VerificationError("checkpoint signature does not verify") from exc
+
+
+def _verify_gm_checkpoint(entry: Entry, audit_key: bytes, unsigned: bytes, sig: bytes) -> None:
+    """Steps 4-5 under the GM profile (audit/gm.py): ``key_id`` is the SM3 of ``sm2_key``,
+    ``sm2_binding`` is the certified audit key's Ed25519 signature vouching for it, and
+    ``sig`` is its SM2 signature (default user ID) over the same message."""
+    sm2_hex, binding_text = entry.fields.get("sm2_key"), entry.fields.get("sm2_binding")
+    if not isinstance(sm2_hex, str) or not fmt.is_hex_field("sm2_key", sm2_hex):
+        raise VerificationError("checkpoint sm2_key is not 130 hex digits")
+    sm2_public = bytes.fromhex(sm2_hex)
+    claimed = entry.fields.get("key_id")
+    computed = gm.sm2_key_id(sm2_public)
+    if not isinstance(claimed, str) or not hmac.compare_digest(claimed.encode(), computed.encode()):
+        raise VerificationError(
+            f"key_id {claimed!s:.16}… does not match the SM2 key {computed[:16]}…"
+        )
+    binding = _b64(binding_text if isinstance(binding_text, str) else "", "SM2 key binding")
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(audit_key).verify(
+            binding, gm.binding_message(entry.party, sm2_public)
+        )
+    except InvalidSignature as exc:
+        raise VerificationError("the SM2 key is not bound to the audit certificate") from exc
+    try:
+        valid = sm2_verify(sm2_public, fmt.checkpoint_message(unsigned), sig)
+    except OSError as exc:
+        raise VerificationError(f"SM2 checkpoint cannot be checked here ({exc})") from exc
+    if not valid:
+        raise VerificationError("checkpoint SM2 signature does not verify")
 
 
 Severity = Literal["error", "warning", "note"]
@@ -344,7 +378,8 @@ def check_log(
     lines = pieces if truncated else pieces[:-1]
     if not lines:
         return LogVerification(name, None, (), (Finding(None, "empty log", tail_severity),))
-    hashes = [fmt.line_hash(raw) for raw in lines]
+    profile = fmt.profile_of(lines[0])
+    hashes = [fmt.line_hash(raw, profile) for raw in lines]
     # (2)
     parsed: dict[int, Entry] = {}
     for number, raw in enumerate(lines, start=1):
@@ -383,7 +418,7 @@ def check_log(
     # (5)
     broken: dict[int, str] = {}
     for number, entry in parsed.items():
-        expected_prev = fmt.GENESIS if number == 1 else hashes[number - 2]
+        expected_prev = fmt.genesis(profile) if number == 1 else hashes[number - 2]
         try:
             verify_link(entry, expected_prev=expected_prev)
         except VerificationError as exc:

@@ -118,6 +118,8 @@ class CoordinatorSection(_Strict):
     roster_encoding: FileEncoding = "auto"
     audit_key: Path | None = None
     audit_cert: Path | None = None
+    #: protocol-log profile: SHA-256 + Ed25519, or "gm": SM3 chain + SM2 checkpoints
+    audit_profile: Literal["international", "gm"] = "international"
     #: X25519 for ecdh, as the node's key of the same name (XMATCH_X25519_BACKEND wins).
     x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
 
@@ -146,6 +148,11 @@ class CoordinatorSection(_Strict):
         return self.audit_cert or self.key.parent / f"{self.name}.audit.crt"
 
     @property
+    def audit_sm2_key_path(self) -> Path:
+        """The SM2 checkpoint key of the GM log profile: NAME.audit-sm2.key beside the audit key."""
+        return self.audit_key_path.with_name(f"{self.name}.audit-sm2.key")
+
+    @property
     def ec_workers(self) -> int:
         """Worker processes for ecdh EC work (``workers`` or the CPU count)."""
         return self.workers or os.cpu_count() or 1
@@ -163,6 +170,15 @@ class NodeEntry(_Strict):
     #: ecdh: the largest (padded) set we will receive and raise to our key; the node
     #: announces its size, but a hostile node could announce anything
     max_set_size: int = Field(default=50_000_000, ge=1, le=10**10)
+    #: The ecdh suite / keyed-hash PRF proposed to this node (a round parameter); it must
+    #: be in the node's ``suites`` / ``prfs``. GM: "SM2_XMD:SM3_SSWU_RO_" / "sm4-ecb-v1".
+    suite: Literal[
+        "x25519-sha256-u",
+        "curve25519_XMD:SHA-512_ELL2_RO_",
+        "curve25519_XMD:SHA-512_ELL2_NU_",
+        "SM2_XMD:SM3_SSWU_RO_",
+    ] = "x25519-sha256-u"
+    prf: Literal["aes128-ecb-v1", "aes256-ecb-v1", "sm4-ecb-v1"] = "aes128-ecb-v1"
 
     @field_validator("address")
     @classmethod

@@ -90,14 +90,13 @@ def write_output(
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
     try:
         write_evidence(staging / "evidence.csv", evidence)
-        with (staging / "decisions.json").open("w", encoding="utf-8") as fh:
-            fh.write(decisions_text(document))  # as rules evaluate: one decision per line
-            fh.flush()
-            os.fsync(fh.fileno())
-        with (staging / "report.html").open("w", encoding="utf-8") as fh:
-            fh.write(report)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # both name children by identity number: mode 0600, as evidence.csv and the xlsx
+        for name, text in (("decisions.json", decisions_text(document)), ("report.html", report)):
+            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)  # decisions.json as rules evaluate: one decision per line
+                fh.flush()
+                os.fsync(fh.fileno())
         if extra is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
             extra(staging)
         check_output_folder(out)  # again: someone may have written there meanwhile

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -56,10 +57,11 @@ import numpy as np
 import numpy.typing as npt
 
 from audit.format import SHUTDOWN
+from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.client import NodeClient
-from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.decisions import RoundDecisions, decide_all
 from coordinator.names import SourceNames
 from coordinator.output import (
@@ -100,6 +102,7 @@ __all__ = [
     "SubRound",
     "SubRoundStatus",
     "check_output_folder",
+    "entry_params",
     "evidence_rows",
     "match_rows",
     "query_identities",
@@ -178,6 +181,7 @@ def _context(
     node: str,
     match_set: str,
     protocol: str,
+    params: tuple[tuple[str, str], ...] | None = None,
 ) -> RoundContext:
     proto: Protocol = "ecdh" if protocol == "ecdh" else "keyed-hash"
     return RoundContext(
@@ -188,8 +192,13 @@ def _context(
         responder=node,
         match_set=match_set,
         protocol=proto,
-        params=tuple(sorted(DEFAULT_PARAMS[proto])),
+        params=tuple(sorted(DEFAULT_PARAMS[proto] if params is None else params)),
     )
+
+
+def entry_params(entry: NodeEntry) -> tuple[tuple[str, str], ...]:
+    """Suite/PRF dispatch: the round parameter the node entry names (``suite`` or ``prf``)."""
+    return (("suite", entry.suite),) if entry.protocol == "ecdh" else (("prf", entry.prf),)
 
 
 @contextmanager
@@ -224,11 +233,14 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     )
     try:
         # Start every worker now: started on demand, the second one would import
-        # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked
-        # meanwhile: the workers inherit the block, so Ctrl-C (sent to the whole
-        # process group) reaches only us and no worker prints a traceback.
+        # numpy and cryptography inside the first ecdh sub-round. SIGINT is ignored
+        # while the fork server starts: it, and every worker it forks, keep SIGINT
+        # ignored, so Ctrl-C (sent to the whole process group) reaches only us and no
+        # worker prints a traceback. Only that long (milliseconds): a SIGINT that
+        # another thread of ours receives while it is ignored is lost.
         with _sigint_blocked():
-            prepare_executor(pool, config.coordinator.ec_workers)
+            multiprocessing.forkserver.ensure_running()
+        prepare_executor(pool, config.coordinator.ec_workers)
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -281,7 +293,8 @@ class Prepared:
     """Step 1 of a round: everything that can fail on bad input, before any traffic."""
 
     tls: TlsMaterial
-    signer: AuditSigner
+    #: signs the protocol log's checkpoints (SM2 under the GM log profile)
+    log_signer: AuditSigner | GmAuditSigner
     roster: Roster
     #: the roster's identities in the random query order (match indices point into it)
     identities: list[str]
@@ -311,6 +324,14 @@ def prepare(
     signer = AuditSigner.load(
         key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
     )
+    log_signer: AuditSigner | GmAuditSigner = signer
+    if section.audit_profile == "gm":  # GM log profile: SM2 checkpoints, bound by the audit key
+        from audit.gm import gm_signer
+
+        try:
+            log_signer = gm_signer(signer, section.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
     roster = read_roster_source(
         section.roster,
         encoding=section.roster_encoding,
@@ -324,7 +345,7 @@ def prepare(
         raise InputError(f"{roster.path}: no valid identity number to query")
     # query in a random order; match indices point into this order
     identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
-    return Prepared(tls, signer, roster, identities, encode_identities(identities))
+    return Prepared(tls, log_signer, roster, identities, encode_identities(identities))
 
 
 def _recover(state: RoundState, display: Progress, err: TextIO) -> None:
@@ -379,7 +400,13 @@ def fan_out(
                     client,
                     match_set,
                     context=_context(
-                        config, round_id, as_of, node_name, match_set, client.entry.protocol
+                        config,
+                        round_id,
+                        as_of,
+                        node_name,
+                        match_set,
+                        client.entry.protocol,
+                        entry_params(client.entry),
                     ),
                     encoded=prepared.encoded,
                     identities=prepared.identities,
@@ -546,7 +573,7 @@ def _run_round(
         problem_prefix=problem_prefix,
     )
     section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    audit = AuditLog.open(section.audit_log, party=section.name, signer=prepared.signer)
+    audit = AuditLog.open(section.audit_log, party=section.name, signer=prepared.log_signer)
     state = RoundState.open(section.state)
     _recover(state, display, err)
     round_id = rng(16)

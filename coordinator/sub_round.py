@@ -166,6 +166,8 @@ def _sub_round(
         "responder": entry.name,
         "purpose": context.purpose,
         "match_set": match_set,
+        # suite/PRF dispatch: every sub-round entry names its ecdh "suite" or keyed-hash "prf"
+        **dict(context.params),
     }
     state.sub_round_running(rid, entry.name, match_set)
     audit.append("round_started", **common, protocol=entry.protocol, query_size=len(encoded))

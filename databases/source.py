@@ -46,6 +46,9 @@ _COLUMN = re.compile(_IDENT)
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # A statement that is not a single SELECT (a WITH ... SELECT counts as one).
 _QUERY_START = re.compile(r"\s*(?:\(\s*)*(SELECT|WITH)\b", re.IGNORECASE)
+#: MySQL/MariaDB write files from a SELECT (INTO OUTFILE / DUMPFILE), which a read-only
+#: transaction does not stop; refused before the query ever reaches a server
+_WRITES_FILE = re.compile(r"\bINTO\s+(OUTFILE|DUMPFILE)\b", re.IGNORECASE)
 
 
 def is_identifier(name: str) -> bool:
@@ -110,6 +113,8 @@ class DatabaseSource(BaseModel):
             raise ValueError("one SELECT statement only: ';' is not allowed")
         if _QUERY_START.match(text) is None:
             raise ValueError("must be a SELECT (or WITH ... SELECT) statement")
+        if _WRITES_FILE.search(text) is not None:
+            raise ValueError("SELECT ... INTO OUTFILE/DUMPFILE writes a file: not allowed")
         return text
 
     @field_validator("change_column")

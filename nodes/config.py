@@ -13,6 +13,7 @@ key = "pki/justice.key"
 audit_log = "logs/justice.audit.jsonl"
 audit_key = "pki/justice.audit.key"   # ours (default: NAME.audit.key beside `key`)
 audit_cert = "pki/justice.audit.crt"  # ours (default: NAME.audit.crt beside `key`)
+audit_profile = "international"        # ours: or "gm" (SM3 chain, SM2 checkpoints; docs/audit.md)
 passphrase_env = "JUSTICE_KEY_PASS"   # ours: env variable holding the key passphrase
 max_concurrent_rounds = 4         # ours: rounds served at once; more wait for a slot
 workers = 2                       # ours: EC worker processes for ecdh (default: CPU count)
@@ -48,8 +49,10 @@ service_report = "gaps"           # ours, SERVICE sets only: report covered chil
                                   #   matched ("gaps", default) or matched ("needs")
 encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
 min_query_size = 100              # ours: smallest roster (distinct identities) accepted
-suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all)
-prfs = ["aes128-ecb-v1"]          # ours: keyed-hash PRFs accepted (default: all)
+suites = ["x25519-sha256-u"]      # ours: ecdh hash-to-curve suites accepted (default: all
+                                  #   but the GM one, "SM2_XMD:SM3_SSWU_RO_", listed to accept)
+prfs = ["aes128-ecb-v1"]          # ours: keyed-hash PRFs accepted (default: all but the GM
+                                  #   one, "sm4-ecb-v1", accepted only when listed)
 budget = { rounds = 50, period = "1d" }  # ours: rounds per requester+purpose per period
 ```
 
@@ -85,6 +88,8 @@ from databases import DatabaseSource, is_identifier, source_from_toml
 from psi.contract import (
     CIRCUMSTANCES,
     ECDH_SUITES,
+    GM_ECDH_SUITES,
+    GM_KEYED_HASH_PRFS,
     KEYED_HASH_PRFS,
     PAYLOAD_COLUMNS,
     PROTOCOLS,
@@ -98,6 +103,8 @@ __all__ = [
     "CIRCUMSTANCES",
     "DEFAULT_MAX_CHUNK_BYTES",
     "ECDH_SUITES",
+    "GM_ECDH_SUITES",
+    "GM_KEYED_HASH_PRFS",
     "KEYED_HASH_PRFS",
     "PAYLOAD_COLUMNS",
     "PROTOCOLS",
@@ -378,12 +385,12 @@ class MatchSetConfig(_Strict):
     @field_validator("suites")
     @classmethod
     def _suites(cls, value: list[str]) -> list[str]:
-        return _known(value, ECDH_SUITES, "ecdh suite")
+        return _known(value, ECDH_SUITES + GM_ECDH_SUITES, "ecdh suite")
 
     @field_validator("prfs")
     @classmethod
     def _prfs(cls, value: list[str]) -> list[str]:
-        return _known(value, KEYED_HASH_PRFS, "keyed-hash prf")
+        return _known(value, KEYED_HASH_PRFS + GM_KEYED_HASH_PRFS, "keyed-hash prf")
 
     @field_validator("allow")
     @classmethod
@@ -412,6 +419,8 @@ class NodeSection(_Strict):
     audit_log: Path
     audit_key: Path | None = None
     audit_cert: Path | None = None
+    #: protocol-log profile: SHA-256 + Ed25519, or "gm": SM3 chain + SM2 checkpoints
+    audit_profile: Literal["international", "gm"] = "international"
     passphrase_env: str | None = None
     max_concurrent_rounds: int = Field(default=4, ge=1, le=256)
     workers: int | None = Field(default=None, ge=1, le=256)
@@ -486,6 +495,11 @@ class NodeSection(_Strict):
     def audit_cert_path(self) -> Path:
         """``audit_cert``, or ``NAME.audit.crt`` beside the TLS key."""
         return self.audit_cert or self.key.with_name(f"{self.name}.audit.crt")
+
+    @property
+    def audit_sm2_key_path(self) -> Path:
+        """The SM2 checkpoint key of the GM log profile: NAME.audit-sm2.key beside the audit key."""
+        return self.audit_key_path.with_name(f"{self.name}.audit-sm2.key")
 
     def padded_size(self, size: int) -> int:
         """The size class an ecdh set of ``size`` unique elements is padded to.

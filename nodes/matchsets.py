@@ -196,6 +196,28 @@ class _Reporter:
         )
 
 
+def _utf8_source(
+    stack: contextlib.ExitStack[bool | None], ms: MatchSetConfig, rep: _Reporter, path: Path
+) -> Path:
+    """A CSV source as UTF-8: ``path`` itself, or a temporary copy that ``stack`` removes.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not valid text in its encoding.
+    """
+    try:
+        encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+        if encoding == "utf-8":
+            return path
+        return stack.enter_context(_utf8_copy(path, encoding))
+    except OSError as exc:
+        raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise rep.error(
+            f"source: not valid {encoding} text (byte offset about {exc.start}); "
+            "set `encoding` or re-export the file"
+        ) from None
+
+
 def _connect(source: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     # A bound for DuckDB's own buffers (default: 80 % of RAM). Reading a set is a
@@ -572,18 +594,7 @@ def stream_match_set(
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
         if not parquet:
-            try:
-                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
-            except OSError as exc:
-                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
-            if encoding != "utf-8":
-                try:
-                    path = stack.enter_context(_utf8_copy(path, encoding))
-                except UnicodeDecodeError as exc:
-                    raise rep.error(
-                        f"source: not valid {encoding} text (byte offset about {exc.start}); "
-                        "set `encoding` or re-export the file"
-                    ) from None
+            path = _utf8_source(stack, ms, rep, path)
         yield from _stream(
             ms, rep, path, as_of, parquet=parquet, summary=summary, batch_rows=batch_rows
         )
@@ -707,18 +718,7 @@ def prepare_file(config: NodeConfig, name: str, version: tuple[int, int]) -> Pre
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
         if not parquet:
-            try:
-                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
-            except OSError as exc:
-                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
-            if encoding != "utf-8":
-                try:
-                    path = stack.enter_context(_utf8_copy(path, encoding))
-                except UnicodeDecodeError as exc:
-                    raise rep.error(
-                        f"source: not valid {encoding} text (byte offset about {exc.start}); "
-                        "set `encoding` or re-export the file"
-                    ) from None
+            path = _utf8_source(stack, ms, rep, path)
         con = _connect(path)
         stack.callback(con.close)
         today = _dt.date.today()
@@ -963,14 +963,7 @@ def count_source_rows(config: NodeConfig, name: str) -> int:
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
         if not parquet:
-            try:
-                encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
-                if encoding != "utf-8":
-                    path = stack.enter_context(_utf8_copy(path, encoding))
-            except OSError as exc:
-                raise rep.error(f"source: cannot read ({exc.strerror})") from exc
-            except UnicodeDecodeError:
-                raise rep.error(f"source: not valid {encoding} text") from None
+            path = _utf8_source(stack, ms, rep, path)
         con = _connect(path)
         stack.callback(con.close)
         reader = "read_parquet($path)" if parquet else "read_csv($path, header = true)"

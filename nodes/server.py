@@ -40,7 +40,9 @@ from workers.ec_pool import worker_pool
 if TYPE_CHECKING:
     import grpc
 
+    from audit.gm import GmAuditSigner
     from audit.log import AuditLog
+    from keys.handles import AuditSigner
     from nodes.handlers import NodeState
     from nodes.matchsets import LoadedMatchSet, MatchSetStore
     from nodes.servicer import NodeServicer
@@ -250,6 +252,30 @@ def _serve_until_signal(config: NodeConfig, server: grpc.Server) -> str:
     return received[0] if received else "done"
 
 
+def _log_signer(config: NodeConfig, passphrase: bytes | None) -> AuditSigner | GmAuditSigner:
+    """The signer of the protocol log's checkpoints: the audit key, or SM2 (GM profile).
+
+    Raises:
+        InputError, VerificationError, InvalidKey: the audit key (or the SM2 key) is unusable.
+    """
+    from keys.handles import AuditSigner
+
+    node = config.node
+    signer = AuditSigner.load(
+        key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
+    )
+    if node.audit_profile != "gm":
+        return signer
+    # GM log profile: SM2 checkpoints, bound by the audit key
+    from audit.gm import gm_signer
+    from psi.errors import InputError
+
+    try:
+        return gm_signer(signer, node.audit_sm2_key_path)
+    except OSError as exc:
+        raise InputError(f'audit_profile = "gm": {exc}') from None
+
+
 def _log_folder(path: Path, config: NodeConfig) -> None:
     """Create the protocol log's folder (mode 0700) if missing.
 
@@ -281,7 +307,7 @@ def serve_from_config(path: Path | str) -> int:
     config = load_node_config(path)
     node = config.node
     from audit.log import AuditLog
-    from keys.handles import AuditSigner, load_tls_credentials
+    from keys.handles import load_tls_credentials
     from nodes.handlers import NodeState, keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
@@ -291,9 +317,7 @@ def serve_from_config(path: Path | str) -> int:
     tls = load_tls_credentials(
         ca=node.ca, cert=node.cert, key=node.key, name=node.name, passphrase=passphrase
     )
-    signer = AuditSigner.load(
-        key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
-    )
+    log_signer = _log_signer(config, passphrase)
     # (3) spill folders of an earlier node process killed mid-round: unreadable
     # ciphertext (its key died with it), removed so they do not fill the disk
     from nodes.buckets import remove_stale
@@ -309,7 +333,7 @@ def serve_from_config(path: Path | str) -> int:
     loaded = _validate_match_sets(config, store)
     # (4) the log's folder is created on first start (mode 0700: only the node's account)
     _log_folder(path, config)
-    audit = AuditLog.open(node.audit_log, party=node.name, signer=signer)
+    audit = AuditLog.open(node.audit_log, party=node.name, signer=log_signer)
     executor: concurrent.futures.ProcessPoolExecutor | None = None
     try:
         audit.append(

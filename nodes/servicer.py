@@ -267,6 +267,8 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
             "purpose": ctx.purpose,
             "match_set": ctx.match_set,
             "protocol": ctx.protocol,
+            # suite/PRF dispatch: the sub-round's ecdh "suite" or keyed-hash "prf", named
+            **dict(ctx.params),
         }
         if ctx.requester != driver.peer:
             fields["claimed_requester"] = ctx.requester

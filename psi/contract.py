@@ -16,6 +16,8 @@ __all__ = [
     "ECDH",
     "ECDH_SUITES",
     "FILE_ENCODINGS",
+    "GM_ECDH_SUITES",
+    "GM_KEYED_HASH_PRFS",
     "KEYED_HASH",
     "KEYED_HASH_PRFS",
     "PAYLOAD_COLUMNS",
@@ -66,8 +68,11 @@ ECDH_SUITES: Final = (
     "curve25519_XMD:SHA-512_ELL2_RO_",
     "curve25519_XMD:SHA-512_ELL2_NU_",
 )
-#: The keyed-hash PRFs, sorted (psi.keyed_hash.PRFS; a test keeps them equal).
+#: The keyed-hash PRFs but the GM one, sorted (psi.keyed_hash.PRFS; a test keeps them equal).
 KEYED_HASH_PRFS: Final = ("aes128-ecb-v1", "aes256-ecb-v1")
+#: The GM/T (国密) suite and PRF: accepted when listed, never by default (docs/psi.md).
+GM_ECDH_SUITES: Final = ("SM2_XMD:SM3_SSWU_RO_",)
+GM_KEYED_HASH_PRFS: Final = ("sm4-ecb-v1",)
 
 #: What a round reports of a SERVICE set (eligibility.md, section 四(一)): the covered
 #: children it did not match ("gaps", the default) or those it matched ("needs").

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from psi._match import SortedRows
 from psi.context import RoundContext
 from psi.errors import AlreadyUsed, ProtocolError
-from psi.hazmat import hash_to_curve, x25519
+from psi.hazmat import hash_to_curve, sm2, x25519
 from psi.messages import MAX_POINTS_PER_CHUNK, PointChunk, Stage
 from psi.transcript import Transcript
 
@@ -75,6 +75,15 @@ __all__ = [
 
 _U64 = struct.Struct(">Q")
 _PAD_KIND = 0xFF  # first byte of padding blocks; never a real encoding's kind
+#: Every suite a round may name: the X25519 ones and the SM2 one (GM/T, psi.hazmat.sm2).
+SUITES: tuple[str, ...] = (*hash_to_curve.SUITES, sm2.SUITE)
+
+
+def _generate_scalar(context: RoundContext, rng: Callable[[int], bytes]) -> bytes:
+    """Suite dispatch: an SM2 scalar in [1, n-1], or 32 X25519 bytes."""
+    if context.param("suite", hash_to_curve.DEFAULT_SUITE) == sm2.SUITE:
+        return sm2.generate_scalar(rng)
+    return x25519.generate_scalar(rng)
 
 
 def size_class(n: int, *, minimum: int = 1024, growth: float = 1.25) -> int:
@@ -210,10 +219,13 @@ class _EcdhRole:
         if context.protocol != "ecdh":
             raise ProtocolError(f"round protocol is {context.protocol}, not ecdh")
         suite = context.param("suite", hash_to_curve.DEFAULT_SUITE)
-        if suite not in hash_to_curve.SUITES:
+        if suite not in SUITES:
             raise ProtocolError(f"unknown ecdh suite {suite!r}")
         self._context = context
         self._suite = suite
+        # Suite dispatch: SM2 points are 33-byte compressed points (psi.hazmat.sm2).
+        self._sm2 = suite == sm2.SUITE
+        self._width = sm2.POINT_SIZE if self._sm2 else x25519.POINT_SIZE
         self._scalar: bytes | None = scalar
         self._executor = executor
         self._transcript = Transcript(context)
@@ -240,10 +252,22 @@ class _EcdhRole:
             raise ProtocolError(f"{stage} chunk belongs to another round")
         if chunk.seq != seq:
             raise ProtocolError(f"{stage} chunk sequence number {chunk.seq}, expected {seq}")
+        if chunk.width != self._width:
+            raise ProtocolError(
+                f"{stage} chunk carries {chunk.width}-byte points; suite {self._suite} "
+                f"uses {self._width}"
+            )
 
     def _mult(self, points: npt.NDArray[np.uint8], what: str) -> npt.NDArray[np.uint8]:
         if self._scalar is None:
             raise AlreadyUsed("the round scalar is gone")
+        if self._sm2:
+            out, bad = x25519.split_map(
+                sm2.mult_buffer, self._scalar, points.tobytes(), sm2.POINT_SIZE, self._executor
+            )
+            if bad >= 0:
+                raise ProtocolError(f"{what}: point {bad} is not a point of the SM2 curve")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, sm2.POINT_SIZE).copy()
         return x25519.scalar_mult(self._scalar, points, executor=self._executor, what=what)
 
     def _hash_mult(self, identities: npt.NDArray[np.uint8], what: str) -> npt.NDArray[np.uint8]:
@@ -261,15 +285,21 @@ class _EcdhRole:
         if self._scalar is None:
             raise AlreadyUsed("the round scalar is gone")
         rows = np.ascontiguousarray(identities)
-        join = x25519.split_submit(
-            _hash_mult_buffer, (self._suite, self._scalar), rows.tobytes(), 16, self._executor
-        )
+        if self._sm2:
+            join = x25519.split_submit(
+                sm2.hash_mult_buffer, self._scalar, rows.tobytes(), 16, self._executor
+            )
+        else:
+            join = x25519.split_submit(
+                _hash_mult_buffer, (self._suite, self._scalar), rows.tobytes(), 16, self._executor
+            )
+        width = self._width
 
         def result() -> npt.NDArray[np.uint8]:
             out, bad = join()
             if bad >= 0:
                 raise ProtocolError(f"{what}: point {bad} is a low-order point")
-            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, width).copy()
 
         return result
 
@@ -345,7 +375,7 @@ class EcdhRequester(_EcdhRole):
                 unknown ``suite``.
             ValueError: ``query_size`` is negative.
         """
-        return cls(context, x25519.generate_scalar(rng), executor, query_size=query_size)
+        return cls(context, _generate_scalar(context, rng), executor, query_size=query_size)
 
     def blind(self, identities: npt.NDArray[np.uint8]) -> PointChunk:
         """``a*H(x)`` for the next batch of encoded identities, order kept.
@@ -391,6 +421,10 @@ class EcdhRequester(_EcdhRole):
                 f"expected {self._blinded_counts[seq]}"
             )
         self._transcript.absorb("responder", "reblinded", chunk.to_bytes())
+        if self._sm2:
+            bad = sm2.first_bad_point(chunk.points.tobytes())
+            if bad >= 0:
+                raise ProtocolError(f"reblinded chunk {seq}: point {bad} is not on the SM2 curve")
         self._reblinded.append(chunk.points)
         self._reblinded_chunks += 1
         self._reblinded_total += len(chunk)
@@ -402,7 +436,7 @@ class EcdhRequester(_EcdhRole):
         mine = (
             np.concatenate(self._reblinded)
             if self._reblinded
-            else np.zeros((0, 32), dtype=np.uint8)
+            else np.zeros((0, self._width), dtype=np.uint8)
         )
         self._reblinded = []
         self._roster = SortedRows(mine)
@@ -613,7 +647,7 @@ class EcdhResponder(_EcdhRole):
                 unknown ``suite``.
         """
         return cls(
-            context, x25519.generate_scalar(rng), executor, rng=rng, size_classes=size_classes
+            context, _generate_scalar(context, rng), executor, rng=rng, size_classes=size_classes
         )
 
     def load_set(self, identities: npt.NDArray[np.uint8], *, distinct: bool = False) -> None:

@@ -13,7 +13,10 @@
 The PRF is AES in ECB mode over the contiguous buffer of 16-byte encodings
 (one encryptor call per batch). AES is a permutation: distinct identities give
 distinct tags. The round parameter ``prf`` selects ``aes128-ecb-v1``
-(default) or ``aes256-ecb-v1``.
+(default) or ``aes256-ecb-v1``, or the GM PRF ``sm4-ecb-v1``: SM4 (GB/T 32907,
+``cryptography``'s ``algorithms.SM4``) in ECB mode over the same blocks, the round
+key from an ephemeral SM2 key agreement (:class:`psi.hazmat.sm2.EphemeralKey`,
+33-byte compressed key shares) and HKDF over SM3; its transcript uses SM3.
 
 Every message sent or received is absorbed into the round's
 :class:`~psi.transcript.Transcript` by the role object, so both ends produce
@@ -40,13 +43,26 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from psi._match import SortedRows
 from psi.context import RoundContext
 from psi.errors import AlreadyUsed, ProtocolError
+from psi.hazmat import sm2
 from psi.messages import MAX_TAGS_PER_CHUNK, KeyShare, MatchChunk, TagChunk
 from psi.transcript import Direction, Transcript
 
 __all__ = ["PRFS", "KeyedHashRequester", "KeyedHashResponder"]
 
 #: PRF name -> AES key length in bytes.
-PRFS = {"aes128-ecb-v1": 16, "aes256-ecb-v1": 32}
+PRFS = {"aes128-ecb-v1": 16, "aes256-ecb-v1": 32, "sm4-ecb-v1": 16}
+#: The GM PRF: SM2 key agreement, HKDF-SM3, SM4.
+SM4_PRF = "sm4-ecb-v1"
+PrivateKey = X25519PrivateKey | sm2.EphemeralKey
+
+
+def _ephemeral_key(context: RoundContext, rng: Callable[[int], bytes]) -> PrivateKey:
+    """PRF dispatch: an SM2 key pair for ``sm4-ecb-v1``, else an X25519 one."""
+    if context.param("prf", "aes128-ecb-v1") == SM4_PRF:
+        return sm2.EphemeralKey.generate(rng)
+    return X25519PrivateKey.from_private_bytes(rng(32))
+
+
 _SALT = b"xmatch-v1 keyed-hash"
 
 
@@ -62,7 +78,7 @@ class _KeyedHashRole:
 
     _role: Direction
 
-    def __init__(self, context: RoundContext, private_key: X25519PrivateKey) -> None:
+    def __init__(self, context: RoundContext, private_key: PrivateKey) -> None:
         if context.protocol != "keyed-hash":
             raise ProtocolError(f"round protocol is {context.protocol}, not keyed-hash")
         prf = context.param("prf", "aes128-ecb-v1")
@@ -70,8 +86,14 @@ class _KeyedHashRole:
             raise ProtocolError(f"unknown keyed-hash prf {prf!r}")
         self._context = context
         self._key_len = PRFS[prf]
-        self._private: X25519PrivateKey | None = private_key
-        self._public = private_key.public_key().public_bytes_raw()
+        self._sm4 = prf == SM4_PRF
+        if self._sm4 != isinstance(private_key, sm2.EphemeralKey):
+            raise ProtocolError(f"prf {prf} needs an {'SM2' if self._sm4 else 'X25519'} key")
+        self._private: PrivateKey | None = private_key
+        if isinstance(private_key, sm2.EphemeralKey):
+            self._public = private_key.public_bytes()
+        else:
+            self._public = private_key.public_key().public_bytes_raw()
         self._key: bytes | None = None
         self._finished = False
         self._transcript = Transcript(context)
@@ -104,13 +126,24 @@ class _KeyedHashRole:
             raise ProtocolError("expected a KeyShare")
         if not hmac.compare_digest(peer.round_id, self._context.round_id):
             raise ProtocolError("key share belongs to another round")
+        if len(peer.public_key) != len(self._public):
+            raise ProtocolError(
+                f"peer key share has {len(peer.public_key)} bytes, "
+                f"this prf uses {len(self._public)}"
+            )
         private, self._private = self._private, None
-        try:
-            shared = private.exchange(X25519PublicKey.from_public_bytes(peer.public_key))
-        except ValueError as exc:
-            raise ProtocolError("peer key share is a low-order point") from exc
-        if shared == bytes(32):
-            raise ProtocolError("peer key share is a low-order point")
+        if isinstance(private, sm2.EphemeralKey):
+            try:
+                shared = private.exchange(peer.public_key)
+            except ValueError as exc:
+                raise ProtocolError("peer key share is not a point of the SM2 curve") from exc
+        else:
+            try:
+                shared = private.exchange(X25519PublicKey.from_public_bytes(peer.public_key))
+            except ValueError as exc:
+                raise ProtocolError("peer key share is a low-order point") from exc
+            if shared == bytes(32):
+                raise ProtocolError("peer key share is a low-order point")
         peer_role: Direction = "responder" if self._role == "requester" else "requester"
         self._transcript.absorb(peer_role, "key-share", peer.to_bytes())
         if self._role == "requester":
@@ -118,7 +151,7 @@ class _KeyedHashRole:
         else:
             req_pk, resp_pk = peer.public_key, self._public
         self._key = HKDF(
-            algorithm=hashes.SHA256(),
+            algorithm=hashes.SM3() if self._sm4 else hashes.SHA256(),
             length=self._key_len,
             salt=_SALT,
             info=self._context.to_bytes() + req_pk + resp_pk,
@@ -127,7 +160,8 @@ class _KeyedHashRole:
     def _prf(self, identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         if self._key is None:
             raise ProtocolError("no round key yet: call agree() first")
-        encryptor = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
+        cipher = algorithms.SM4(self._key) if self._sm4 else algorithms.AES(self._key)
+        encryptor = Cipher(cipher, modes.ECB()).encryptor()
         out = encryptor.update(identities.tobytes()) + encryptor.finalize()
         return np.frombuffer(out, dtype=np.uint8).reshape(-1, 16)
 
@@ -152,7 +186,7 @@ class KeyedHashRequester(_KeyedHashRole):
 
     _role: Direction = "requester"
 
-    def __init__(self, context: RoundContext, private_key: X25519PrivateKey) -> None:
+    def __init__(self, context: RoundContext, private_key: PrivateKey) -> None:
         super().__init__(context, private_key)
         self._chunks: list[npt.NDArray[np.uint8]] = []
         self._offsets: list[int] = []
@@ -169,7 +203,7 @@ class KeyedHashRequester(_KeyedHashRole):
             ProtocolError: the context is not a keyed-hash round or names an
                 unknown ``prf``.
         """
-        return cls(context, X25519PrivateKey.from_private_bytes(rng(32)))
+        return cls(context, _ephemeral_key(context, rng))
 
     def tag(self, identities: npt.NDArray[np.uint8]) -> TagChunk:
         """Tag the next batch of encoded identities; returns the chunk to send.
@@ -251,7 +285,7 @@ class KeyedHashResponder(_KeyedHashRole):
 
     _role: Direction = "responder"
 
-    def __init__(self, context: RoundContext, private_key: X25519PrivateKey) -> None:
+    def __init__(self, context: RoundContext, private_key: PrivateKey) -> None:
         super().__init__(context, private_key)
         self._set: SortedRows | None = None
         self._next_seq = 0
@@ -274,7 +308,7 @@ class KeyedHashResponder(_KeyedHashRole):
             ProtocolError: the context is not a keyed-hash round or names an
                 unknown ``prf``.
         """
-        return cls(context, X25519PrivateKey.from_private_bytes(rng(32)))
+        return cls(context, _ephemeral_key(context, rng))
 
     def load_set(self, identities: npt.NDArray[np.uint8]) -> None:
         """Tag and sort the whole match set (row i = the node's record i).

@@ -13,6 +13,10 @@ type   class                item bytes  meaning
 0x04   PointChunk blinded   32          a*H(x), requester -> responder
 0x05   PointChunk reblinded 32          b*a*H(x), responder -> requester
 0x06   PointChunk set       32          b*H(y), responder -> requester
+0x14   PointChunk blinded   33          the same three stages for the SM2 suite
+0x15   PointChunk reblinded 33          (SEC 1 compressed points, prefix 0x02
+0x16   PointChunk set       33          or 0x03; see psi.hazmat.sm2)
+0x07   KeyShare (SM2)       33          SM2 public key, compressed (sm4-ecb-v1)
 =====  ===================  ==========  =====================================
 
 ``from_bytes`` checks structure (magic, version, type, length, item count)
@@ -59,6 +63,11 @@ DEFAULT_CHUNK_ITEMS = 65536
 Stage = Literal["blinded", "reblinded", "set"]
 _STAGE_TYPES: dict[str, int] = {"blinded": 0x04, "reblinded": 0x05, "set": 0x06}
 _TYPE_STAGES = {v: k for k, v in _STAGE_TYPES.items()}
+# SM2 points (33 bytes): the same stages, types 0x10 above.
+_SM2_TYPE_OFFSET = 0x10
+_TYPE_STAGES.update({v + _SM2_TYPE_OFFSET: k for k, v in _STAGE_TYPES.items()})
+#: Widths a point chunk may carry: X25519 u-coordinates and compressed SM2 points.
+POINT_WIDTHS = (32, 33)
 
 
 def _frozen_rows(array: Any, width: int, what: str) -> npt.NDArray[np.uint8]:
@@ -124,22 +133,25 @@ def _unpack(
 
 @dataclass(frozen=True)
 class KeyShare:
-    """An ephemeral X25519 public key for one round (keyed-hash step 1)."""
+    """An ephemeral public key for one round (keyed-hash step 1): X25519 (32 bytes) or,
+    for the ``sm4-ecb-v1`` PRF, a compressed SM2 point (33 bytes)."""
 
     round_id: bytes
     public_key: bytes
 
     TYPE: ClassVar[int] = 0x01
+    SM2_TYPE: ClassVar[int] = 0x07
 
     def __post_init__(self) -> None:
         _check_header_fields(self.round_id, 0)
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
-            raise ProtocolError("key share must hold a 32-byte X25519 public key")
+        if not isinstance(self.public_key, bytes) or len(self.public_key) not in (32, 33):
+            raise ProtocolError("key share must hold a 32-byte X25519 or a 33-byte SM2 public key")
 
     def to_bytes(self) -> bytes:
-        """Wire form (one 32-byte item)."""
-        items = np.frombuffer(self.public_key, dtype=np.uint8).reshape(1, 32)
-        return _pack(self.TYPE, self.round_id, 0, items)
+        """Wire form (one 32- or 33-byte item)."""
+        width = len(self.public_key)
+        items = np.frombuffer(self.public_key, dtype=np.uint8).reshape(1, width)
+        return _pack(self.TYPE if width == 32 else self.SM2_TYPE, self.round_id, 0, items)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, round_id: bytes | None = None) -> KeyShare:
@@ -148,7 +160,9 @@ class KeyShare:
         Raises:
             ProtocolError: malformed, not exactly one key, or another round.
         """
-        _, rid, _, items = _unpack(data, (cls.TYPE,), 32, round_id, 0, "key share")
+        sm2 = len(data) > 3 and bytes(data[3:4])[0] == cls.SM2_TYPE
+        types = (cls.TYPE, cls.SM2_TYPE)
+        _, rid, _, items = _unpack(data, types, 33 if sm2 else 32, round_id, 0, "key share")
         if len(items) != 1:
             raise ProtocolError("key share: expected exactly one key")
         return cls(round_id=rid, public_key=items[0].tobytes())
@@ -288,7 +302,7 @@ class MatchChunk:
 
 @dataclass(frozen=True, eq=False)
 class PointChunk:
-    """X25519 u-coordinates (32 bytes each) of one ECDH stage.
+    """X25519 u-coordinates (32 bytes each) or compressed SM2 points (33) of one ECDH stage.
 
     ``stage`` is ``"blinded"`` (a*H(x), requester to responder),
     ``"reblinded"`` (b*a*H(x), answering the blinded chunk with the same
@@ -304,10 +318,17 @@ class PointChunk:
         _check_header_fields(self.round_id, self.seq)
         if self.stage not in _STAGE_TYPES:
             raise ProtocolError("unknown point chunk stage")
-        object.__setattr__(self, "points", _frozen_rows(self.points, 32, "points"))
+        width = np.asarray(self.points).shape[-1] if np.ndim(self.points) == 2 else 32
+        width = width if width in POINT_WIDTHS else 32
+        object.__setattr__(self, "points", _frozen_rows(self.points, width, "points"))
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @property
+    def width(self) -> int:
+        """Bytes per point: 32 (X25519) or 33 (SM2, compressed)."""
+        return int(self.points.shape[1])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PointChunk):
@@ -322,7 +343,8 @@ class PointChunk:
         Raises:
             ProtocolError: the chunk exceeds :data:`MAX_MESSAGE_BYTES`.
         """
-        return _pack(_STAGE_TYPES[self.stage], self.round_id, self.seq, self.points)
+        offset = _SM2_TYPE_OFFSET if self.width == 33 else 0
+        return _pack(_STAGE_TYPES[self.stage] + offset, self.round_id, self.seq, self.points)
 
     @classmethod
     def from_bytes(
@@ -339,6 +361,12 @@ class PointChunk:
             ProtocolError: malformed (payload not a multiple of 32), wrong
                 stage, another round, or unexpected sequence number.
         """
-        types = (_STAGE_TYPES[stage],) if stage is not None else tuple(_TYPE_STAGES)
-        msg_type, rid, got_seq, items = _unpack(data, types, 32, round_id, seq, "point chunk")
+        if stage is not None:
+            types: tuple[int, ...] = (_STAGE_TYPES[stage], _STAGE_TYPES[stage] + _SM2_TYPE_OFFSET)
+        else:
+            types = tuple(_TYPE_STAGES)
+        # The type byte (offset 3) says the width; _unpack checks the type itself.
+        sm2 = len(data) > 3 and bytes(data[3:4])[0] >= _SM2_TYPE_OFFSET + 0x04
+        width = 33 if sm2 else 32
+        msg_type, rid, got_seq, items = _unpack(data, types, width, round_id, seq, "point chunk")
         return cls(round_id=rid, seq=got_seq, stage=_TYPE_STAGES[msg_type], points=items)  # type: ignore[arg-type]

@@ -57,9 +57,10 @@ def test_demo_runs_a_round_and_prints_the_summary(tmp_path: Path) -> None:
     ), out
     # the two protocols were both used, and the department files were not the roster
     assert re.search(r"justice\s+ecdh", out) and re.search(r"police\s+keyed-hash", out)
-    # a second run into the same workdir replaces the earlier demo
+    # a second run into the same workdir replaces the earlier demo (200 children: 30 are
+    # under the nodes' min_query_size, a partial round that exits 3)
     again = subprocess.run(
-        [sys.executable, "-m", "xmatch", "demo", "--children", "30", "--workdir", str(workdir)],
+        [sys.executable, "-m", "xmatch", "demo", "--children", "200", "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -73,7 +74,7 @@ def test_demo_runs_a_round_and_prints_the_summary(tmp_path: Path) -> None:
 def test_demo_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "xmatch", "demo", "--children", "30", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "xmatch", "demo", "--children", "200", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         encoding="utf-8",

@@ -481,6 +481,15 @@ def _prepare(root: Path, workers: int) -> _Federation:
     return _Federation(root=root, credentials=tls.channel_credentials(), workers=workers)
 
 
+#: Set to 1 to bench the GM suites (SM2_XMD:SM3_SSWU_RO_ for ecdh, sm4-ecb-v1 for keyed-hash).
+GM_ENV = "XMATCH_BENCH_GM"
+_GM_PARAMS = {"ecdh": ("suite", "SM2_XMD:SM3_SSWU_RO_"), "keyed-hash": ("prf", "sm4-ecb-v1")}
+
+
+def _gm() -> bool:
+    return os.environ.get(GM_ENV, "") == "1"
+
+
 def _node_config(
     fed: _Federation, n: int, port: int, stream_rows: int | None, bucket_rows: int | None
 ) -> Path:
@@ -509,6 +518,11 @@ def _node_config(
     text = path.read_text(encoding="utf-8").replace(
         f'listen = "127.0.0.1:{port}"\n', f'listen = "127.0.0.1:{port}"\n' + "\n".join(extra) + "\n"
     )
+    if _gm():  # the bench node accepts the GM suite and PRF (off by default)
+        text = text.replace(
+            "[[match_sets]]\n",
+            '[[match_sets]]\nsuites = ["SM2_XMD:SM3_SSWU_RO_"]\nprfs = ["sm4-ecb-v1"]\n',
+        )
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -544,7 +558,7 @@ def _round(
         responder=NODE,
         match_set=f"set-{n}",
         protocol=proto,
-        params=tuple(sorted(DEFAULT_PARAMS[proto])),
+        params=((_GM_PARAMS[proto],) if _gm() else tuple(sorted(DEFAULT_PARAMS[proto]))),
     )
     count = _WireCount()
     with NodeClient(

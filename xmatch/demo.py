@@ -275,6 +275,7 @@ def _run(
     out: TextIO,
     err: TextIO,
 ) -> int:
+    from coordinator import exit_codes
     from coordinator.config import load_coordinator_config
     from coordinator.round import run_round
 
@@ -333,4 +334,5 @@ def _run(
     print(f"decisions: {outcome.out / 'decisions.json'}", file=out)
     print(f"spreadsheet: {outcome.out / 'decisions.xlsx'}", file=out)
     print(f"protocol logs: {workdir / 'logs'}{os.sep}*.audit.jsonl", file=out)
-    return 0
+    # as `round run`: a demo whose sources failed is not a success (exit 3)
+    return exit_codes.round_status([s.status for s in outcome.sub_rounds])

@@ -60,8 +60,10 @@ __all__ = [
     "Backend",
     "backend",
     "configure",
+    "crypto_mb_library",
     "first_low_order",
     "generate_scalar",
+    "load_crypto_mb_library",
     "mult_buffer",
     "scalar_mult",
     "split_map",
@@ -118,6 +120,7 @@ class _CryptoMb:
     """``mbx_x25519_mb8`` over whole buffers: pointer arrays built once per buffer with numpy."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib  # also serves psi.hazmat.sm2 (mbx_sm2_ecdh_mb8)
         self._mb8 = lib.mbx_x25519_mb8
         self._mb8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self._mb8.restype = ctypes.c_uint32
@@ -386,6 +389,25 @@ def scalar_mult(
     if bad >= 0:
         raise ProtocolError(f"{what}: point {bad} is a low-order point")
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_SIZE).copy()
+
+
+def crypto_mb_library() -> ctypes.CDLL | None:
+    """The loaded libcrypto_mb when this process's backend is ``crypto-mb``, else ``None``.
+
+    For the SM2 suite (:mod:`psi.hazmat.sm2`), which follows the same backend choice.
+    """
+    if backend() == "crypto-mb" and _mb is not None:
+        return _mb.lib
+    return None
+
+
+def load_crypto_mb_library() -> ctypes.CDLL:
+    """libcrypto_mb loaded and checked against the CPU, whatever backend is configured.
+
+    Raises:
+        OSError: it cannot be loaded or the CPU lacks AVX-512 IFMA.
+    """
+    return _load_crypto_mb(_library_dirs()).lib
 
 
 def _crypto_mb() -> _CryptoMb:
