@@ -63,11 +63,10 @@ from nodes.distinct import DistinctRows
 from nodes.limits import BudgetExhausted, QueryBudget, ReplayGuard
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import RoundContext
-from psi.ecdh import EcdhResponder, distinct_identities
+from psi.ecdh import EcdhResponder, distinct_identities, prepare_executor
 from psi.errors import PeerError, ProtocolError, XmatchError
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
-from workers.ec_pool import prepare_executor
 
 __all__ = [
     "Accept",

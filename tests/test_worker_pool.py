@@ -1,4 +1,4 @@
-"""EC worker processes die with the process that owns them (workers.ec_pool.worker_pool).
+"""EC worker processes die with the process that owns them (psi.ecdh.worker_pool).
 
 A node or coordinator killed with SIGKILL must not leave its pool's workers
 running: they hold no purpose any more, keep memory, and ran the round's
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OWNER = textwrap.dedent(
     """
     import concurrent.futures, multiprocessing, sys, time
-    from workers.ec_pool import prepare_executor, worker_pool
+    from psi.ecdh import prepare_executor, worker_pool
 
     method, kind = sys.argv[1], sys.argv[2]
     if kind == "xmatch":
