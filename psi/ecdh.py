@@ -587,15 +587,19 @@ class EcdhRequester(_EcdhRole):
         if self._scalar is None:
             raise AlreadyUsed("the round scalar is gone")
         arr = np.ascontiguousarray(points)
-        join = x25519.split_submit(
-            x25519.mult_buffer, self._scalar, arr.tobytes(), x25519.POINT_SIZE, self._executor
+        # suite dispatch, as in _mult
+        mult, flaw = (
+            (sm2.mult_buffer, "is not a point of the SM2 curve")
+            if self._sm2
+            else (x25519.mult_buffer, "is a low-order point")
         )
+        join = x25519.split_submit(mult, self._scalar, arr.tobytes(), self._width, self._executor)
 
         def result() -> npt.NDArray[np.uint8]:
             out, bad = join()
             if bad >= 0:
-                raise ProtocolError(f"{what}: point {bad} is a low-order point")
-            return np.frombuffer(out, dtype=np.uint8).reshape(-1, x25519.POINT_SIZE).copy()
+                raise ProtocolError(f"{what}: point {bad} {flaw}")
+            return np.frombuffer(out, dtype=np.uint8).reshape(-1, self._width).copy()
 
         return result
 
