@@ -196,6 +196,18 @@ class _Reporter:
         )
 
 
+def _configured(config: NodeConfig, name: str) -> tuple[MatchSetConfig, _Reporter]:
+    """Match set ``name`` of ``config`` and its error reporter.
+
+    Raises:
+        ConfigError: no match set of that name.
+    """
+    ms = config.match_set(name)
+    if ms is None:
+        raise ConfigError(f"{config.path}: no match set {name!r}")
+    return ms, _Reporter(config, ms)
+
+
 def _utf8_source(
     stack: contextlib.ExitStack[bool | None], ms: MatchSetConfig, rep: _Reporter, path: Path
 ) -> Path:
@@ -274,10 +286,7 @@ def load_match_set(config: NodeConfig, name: str, as_of: _dt.date) -> LoadedMatc
             for the source; a Parquet id column is not text. One line naming the
             node.toml match set and the problem, never a record value.
     """
-    ms = config.match_set(name)
-    if ms is None:
-        raise ConfigError(f"{config.path}: no match set {name!r}")
-    rep = _Reporter(config, ms)
+    ms, rep = _configured(config, name)
     started = time.perf_counter()
     if ms.database is not None:
         summary = StreamSummary()
@@ -582,10 +591,7 @@ def stream_match_set(
         ConfigError: as :func:`load_match_set` (a conversion error may surface
             in the middle of the stream).
     """
-    ms = config.match_set(name)
-    if ms is None:
-        raise ConfigError(f"{config.path}: no match set {name!r}")
-    rep = _Reporter(config, ms)
+    ms, rep = _configured(config, name)
     summary = summary if summary is not None else StreamSummary()
     if ms.database is not None:
         yield from _db_stream(ms, rep, as_of, summary=summary, batch_rows=batch_rows)
@@ -710,10 +716,7 @@ def prepare_file(config: NodeConfig, name: str, version: tuple[int, int]) -> Pre
     Raises:
         ConfigError: as :func:`load_match_set`.
     """
-    ms = config.match_set(name)
-    if ms is None:
-        raise ConfigError(f"{config.path}: no match set {name!r}")
-    rep = _Reporter(config, ms)
+    ms, rep = _configured(config, name)
     path = ms.source_file
     parquet = path.suffix.lower() in _PARQUET
     with contextlib.ExitStack() as stack:
@@ -953,10 +956,7 @@ def count_source_rows(config: NodeConfig, name: str) -> int:
     Raises:
         ConfigError: as :func:`load_match_set`.
     """
-    ms = config.match_set(name)
-    if ms is None:
-        raise ConfigError(f"{config.path}: no match set {name!r}")
-    rep = _Reporter(config, ms)
+    ms, rep = _configured(config, name)
     if ms.database is not None:
         return _db_stamp(ms, rep)[0]
     path = ms.source_file
