@@ -35,15 +35,11 @@ line that names the file and the key.
 
 from __future__ import annotations
 
-import difflib
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -54,6 +50,7 @@ from pydantic import (
 from databases import DatabaseSource, source_from_toml
 from psi.contract import FileEncoding, ProtocolName
 from psi.errors import ConfigError
+from runtime.config import COORDINATOR_WORDING, Strict, one_line, read_toml, resolve_path
 
 __all__ = [
     "DEFAULT_CHUNK_ITEMS",
@@ -89,19 +86,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = info.context.get("base") if isinstance(info.context, dict) else None
-    value = value.expanduser()
-    if base is not None and not value.is_absolute():
-        value = Path(base) / value
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-
-class CoordinatorSection(_Strict):
+class CoordinatorSection(Strict):
     """``[coordinator]``."""
 
     name: str = Field(min_length=1)
@@ -135,7 +120,7 @@ class CoordinatorSection(_Strict):
     ) -> Path | DatabaseSource | None:
         if value is None or isinstance(value, DatabaseSource):
             return value
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @property
     def audit_key_path(self) -> Path:
@@ -158,7 +143,7 @@ class CoordinatorSection(_Strict):
         return self.workers or os.cpu_count() or 1
 
 
-class NodeEntry(_Strict):
+class NodeEntry(Strict):
     """One ``[[nodes]]`` entry: a department node and the match sets to query."""
 
     name: str = Field(min_length=1)
@@ -196,7 +181,7 @@ class NodeEntry(_Strict):
         return value
 
 
-class CoordinatorConfig(_Strict):
+class CoordinatorConfig(Strict):
     """The whole ``coordinator.toml``; ``path`` is where it was loaded from."""
 
     coordinator: CoordinatorSection
@@ -212,55 +197,6 @@ class CoordinatorConfig(_Strict):
         return self
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out or "(top level)"
-
-
-def _describe(err: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = _location(loc)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key {where}"
-    if kind == "missing":
-        return f"missing key {where}"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if where == "(top level)":
-        return msg
-    return f"key {where}: {msg}"
-
-
-def _problems(errors: list[dict[str, Any]]) -> str:
-    """Every problem, unknown keys first, on one line joined by ``; ``.
-
-    A misspelt key shows up twice (unknown, and the key it meant missing): the
-    unknown one names its likely meaning, so that neither hides the other.
-    """
-    errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
-    missing: dict[tuple[int | str, ...], list[str]] = {}
-    for err in errors:
-        loc = tuple(err["loc"])
-        if err["type"] == "missing" and loc and isinstance(loc[-1], str):
-            missing.setdefault(loc[:-1], []).append(loc[-1])
-    shown: list[str] = []
-    for err in errors:
-        text = _describe(err)
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
-            near = difflib.get_close_matches(loc[-1], missing.get(loc[:-1], []), n=1)
-            if near:
-                text += f" (did you mean {near[0]}?)"
-        if text not in shown:
-            shown.append(text)
-    return "; ".join(shown)
-
-
 def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     """Read and validate ``coordinator.toml``.
 
@@ -274,23 +210,11 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
             and the key, never a secret.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, COORDINATOR_WORDING)
     if "path" in data:
         raise ConfigError(f"{path}: unknown key path")
     try:
         config = CoordinatorConfig.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as exc:
-        errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
-        raise ConfigError(f"{path}: {_problems(errors)}") from None
+        raise ConfigError(f"{path}: {one_line(exc, COORDINATOR_WORDING)}") from None
     return config.model_copy(update={"path": path})

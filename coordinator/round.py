@@ -42,9 +42,7 @@ import datetime as _dt
 import hashlib
 import multiprocessing.forkserver
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -94,6 +92,7 @@ from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
+from runtime.signals import sigint_blocked
 
 __all__ = [
     "PHASES",
@@ -202,24 +201,6 @@ def entry_params(entry: NodeEntry) -> tuple[tuple[str, str], ...]:
 
 
 @contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored; a SIGINT meanwhile arrives after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # Ignored, for the children: a spawned process starts with an empty signal mask
-    # but keeps an ignored signal ignored. Blocked, for us: Linux keeps a blocked
-    # signal pending even while it is ignored, so it reaches our handler afterwards.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-@contextmanager
 def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     if not any(n.protocol == "ecdh" for n in config.nodes):
         yield None
@@ -238,7 +219,7 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
         # ignored, so Ctrl-C (sent to the whole process group) reaches only us and no
         # worker prints a traceback. Only that long (milliseconds): a SIGINT that
         # another thread of ours receives while it is ignored is lost.
-        with _sigint_blocked():
+        with sigint_blocked():
             multiprocessing.forkserver.ensure_running()
         prepare_executor(pool, config.coordinator.ec_workers)
         yield pool

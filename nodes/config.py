@@ -65,17 +65,13 @@ unknown protocol 'foo'``).
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import ipaddress
 import os
 import re
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -98,6 +94,7 @@ from psi.contract import (
 )
 from psi.ecdh import size_class
 from psi.errors import ConfigError
+from runtime.config import NODE_WORDING, Strict, one_line, read_toml, resolve_path
 
 __all__ = [
     "CIRCUMSTANCES",
@@ -181,25 +178,7 @@ def check_display_name(value: str | None) -> str | None:
     return text
 
 
-def _base(info: ValidationInfo) -> Path | None:
-    ctx = info.context
-    base = ctx.get("base") if isinstance(ctx, dict) else None
-    return base if isinstance(base, Path) else None
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = _base(info)
-    value = value.expanduser()
-    if base is not None and not value.is_absolute():
-        value = base / value
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-
-class Budget(_Strict):
+class Budget(Strict):
     """``budget = { rounds = 50, period = "1d" }``: rounds per requester+purpose per period."""
 
     rounds: int = Field(default=50, ge=1, le=1_000_000)
@@ -220,7 +199,7 @@ class Budget(_Strict):
         return float(int(m.group(1)) * _PERIOD_UNITS[m.group(2)])
 
 
-class AllowEntry(_Strict):
+class AllowEntry(Strict):
     """One ``allow`` entry: a requester and the purposes it may query for."""
 
     requester: str
@@ -252,7 +231,7 @@ def _known(value: list[str], known: tuple[str, ...], what: str) -> list[str]:
     return value
 
 
-class MatchSetConfig(_Strict):
+class MatchSetConfig(Strict):
     """One ``[[match_sets]]`` entry."""
 
     name: str
@@ -324,7 +303,7 @@ class MatchSetConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, value: Path | DatabaseSource, info: ValidationInfo) -> Path | DatabaseSource:
-        return value if isinstance(value, DatabaseSource) else _resolve(value, info)
+        return value if isinstance(value, DatabaseSource) else resolve_path(value, info)
 
     @model_validator(mode="after")
     def _database_columns(self) -> MatchSetConfig:
@@ -400,15 +379,20 @@ class MatchSetConfig(_Strict):
             raise ValueError("a requester is listed twice; merge its purposes")
         return value
 
-    def purposes_for(self, requester: str) -> list[str]:
-        """The purposes ``requester`` may query this set for (empty: not allowed)."""
+    def allow_for(self, requester: str) -> AllowEntry | None:
+        """The ``allow`` entry of ``requester`` (None: not allowed)."""
         for entry in self.allow:
             if entry.requester == requester:
-                return list(entry.purposes)
-        return []
+                return entry
+        return None
+
+    def purposes_for(self, requester: str) -> list[str]:
+        """The purposes ``requester`` may query this set for (empty: not allowed)."""
+        entry = self.allow_for(requester)
+        return [] if entry is None else list(entry.purposes)
 
 
-class NodeSection(_Strict):
+class NodeSection(Strict):
     """``[node]``."""
 
     name: str
@@ -468,7 +452,7 @@ class NodeSection(_Strict):
     @field_validator("ca", "cert", "key", "audit_log", "audit_key", "audit_cert", "spill_dir")
     @classmethod
     def _paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @field_validator("size_classes")
     @classmethod
@@ -524,7 +508,7 @@ class NodeSection(_Strict):
         return today - _dt.timedelta(days=self.max_past_days)
 
 
-class NodeConfig(_Strict):
+class NodeConfig(Strict):
     """The whole ``node.toml``; ``path`` is the file it was read from."""
 
     node: NodeSection
@@ -572,50 +556,6 @@ class NodeConfig(_Strict):
             if ms.name == name:
                 return f"match_sets[{i}]"
         return "match_sets[?]"
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _one_line(label: str, exc: ValidationError) -> ConfigError:
-    """Every problem on one line, joined by ``; ``, unknown keys first.
-
-    A misspelt key also shows up as a missing one: the unknown key is named
-    first, with the missing key it probably meant, so neither hides the other.
-    """
-    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
-    missing: dict[tuple[int | str, ...], list[str]] = {}
-    for err in errors:
-        loc = tuple(p for p in err["loc"] if p != "__root__")
-        if err["type"] == "missing" and loc and isinstance(loc[-1], str):
-            missing.setdefault(loc[:-1], []).append(loc[-1])
-    shown: list[str] = []
-    for err in errors:
-        loc = tuple(p for p in err["loc"] if p != "__root__")
-        where = _loc(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            text = f"unknown key {where!r}"
-            near = difflib.get_close_matches(str(loc[-1]), missing.get(loc[:-1], []), n=1)
-            if near:
-                text += f" (did you mean {near[0]!r}?)"
-        elif kind == "missing":
-            text = f"missing key {where!r}"
-        else:
-            msg = str(err["msg"])
-            for prefix in ("Value error, ", "Assertion failed, "):
-                msg = msg.removeprefix(prefix)
-            text = f"{where}: {msg}" if where else msg
-        if text not in shown:
-            shown.append(text)
-    return ConfigError(f"{label}: {'; '.join(shown)}")
 
 
 def _shown(path: Path, base: Path) -> str:
@@ -675,23 +615,12 @@ def load_node_config(path: Path | str) -> NodeConfig:
     """
     path = Path(path)
     label = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read ({exc.strerror})") from exc
-    try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{label}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{label}: not valid TOML ({exc})") from None
+    data = read_toml(path, NODE_WORDING)
     base = path.resolve().parent
     try:
         cfg = NodeConfig.model_validate(data, context={"base": base})
     except ValidationError as exc:
-        raise _one_line(label, exc) from None
+        raise ConfigError(f"{label}: {one_line(exc, NODE_WORDING)}") from None
     cfg._path = path
     _check_files(cfg, label, base)
     return cfg

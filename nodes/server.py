@@ -18,7 +18,6 @@ open, audit ``shutdown``; exit 0 after SIGTERM, 130 after SIGINT (Ctrl-C).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import csv
 import datetime as _dt
 import errno
@@ -28,7 +27,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING
 from nodes.config import NodeConfig, load_node_config
 from psi.ecdh import worker_pool
 from psi.errors import ConfigError
+from runtime.signals import sigint_blocked
 
 if TYPE_CHECKING:
     import grpc
@@ -50,29 +49,6 @@ if TYPE_CHECKING:
 #: Exit codes of ``xmatch node serve`` after a signal: SIGTERM is the service manager's
 #: normal stop (0); SIGINT (Ctrl-C) exits as shells expect of an interrupted program.
 EXIT_ON_SIGNAL = {"SIGTERM": 0, "SIGINT": 130}
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored (and a SIGINT meanwhile held for us).
-
-    Ctrl-C in a terminal goes to the whole process group: workers that inherit
-    the ignored SIGINT never print a KeyboardInterrupt traceback each; the node
-    stops them itself. A SIGINT that arrives meanwhile reaches the node after.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # Ignored, for the children: a spawned process starts with an empty signal mask
-    # but keeps an ignored signal ignored. Blocked, for us: Linux keeps a blocked
-    # signal pending even while it is ignored, so it reaches our handler afterwards.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 __all__ = ["build_server", "serve_from_config"]
@@ -345,7 +321,7 @@ def serve_from_config(path: Path | str) -> int:
         )
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
-        with _sigint_blocked():
+        with sigint_blocked():
             executor = worker_pool(
                 node.ec_workers,
                 start_method="spawn",

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"psi", "nodes", "coordinator", "keys", "audit", "proto", "xmatch", "databases"}
+OURS = {
+    "psi",
+    "nodes",
+    "coordinator",
+    "keys",
+    "audit",
+    "proto",
+    "xmatch",
+    "databases",
+    "runtime",
+}
 
 # Which of our packages each package may import.
 ALLOWED = {
@@ -16,8 +26,9 @@ ALLOWED = {
     "keys": {"psi", "keys"},
     "audit": {"psi", "keys", "audit"},
     "databases": {"psi", "databases"},
-    "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases"},
-    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases"},
+    "runtime": {"psi", "runtime"},
+    "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases", "runtime"},
+    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases", "runtime"},
     "xmatch": OURS,
 }
 

@@ -1,0 +1,7 @@
+"""What the node and the coordinator processes share, beyond the protocol.
+
+``runtime.config``: the base of ``node.toml`` and ``coordinator.toml`` (TOML
+reading, strict models, path resolution, one-line errors). ``runtime.signals``:
+starting worker processes with Ctrl-C held back. Uses only :mod:`psi`, so both
+``nodes`` and ``coordinator`` may import it (tests/test_architecture.py).
+"""

@@ -1,0 +1,181 @@
+"""What ``node.toml`` and ``coordinator.toml`` share: reading, models, one-line errors.
+
+Both files are read the same way (docs/node.md, docs/coordinator.md):
+
+1. :func:`read_toml`: the file as UTF-8 TOML, or one :class:`psi.errors.ConfigError`
+   line for a missing, unreadable, non-UTF-8 or non-TOML file;
+2. a :class:`Strict` pydantic model validates it with ``context={"base": folder}``,
+   so an unknown key is an error and :func:`resolve_path` resolves relative paths
+   against the config file's folder;
+3. :func:`one_line` turns every validation problem into one line, unknown keys
+   first, a misspelt key naming the key it probably meant.
+
+The two files word their problems slightly differently (a node quotes the key
+path, the coordinator does not); each wording is a :class:`Wording` value, so the
+mechanism is written once and every message stays as documented.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+
+from psi.errors import ConfigError
+
+__all__ = [
+    "COORDINATOR_WORDING",
+    "NODE_WORDING",
+    "Strict",
+    "Wording",
+    "key_path",
+    "one_line",
+    "read_toml",
+    "resolve_path",
+]
+
+
+class Strict(BaseModel):
+    """A config table: unknown keys are errors, values frozen, strings trimmed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """``value`` with ``~`` expanded, relative to the ``base`` folder of the context."""
+    ctx = info.context
+    base = ctx.get("base") if isinstance(ctx, dict) else None
+    value = value.expanduser()
+    if isinstance(base, Path) and not value.is_absolute():
+        value = base / value
+    return value
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How one config file words its problems (the messages each file's docs show)."""
+
+    #: the message for a file that does not exist
+    not_found: str
+    #: how ``not valid TOML`` is joined to the parser's message ("({})" or ": {}")
+    toml_error: str
+    #: the text encoding ("utf-8-sig" also accepts a byte order mark)
+    encoding: str
+    #: key paths quoted as Python literals ('node.lisen') or written as they are
+    quote: bool
+    #: the word before a key path that has a bad value ("key " or "")
+    value_prefix: str
+    #: what an empty key path is called (None: no location is shown)
+    top_level: str | None
+    #: pydantic's prefixes removed from a validator's message
+    strip: tuple[str, ...]
+    #: location parts that are pydantic's, not the file's (startswith match)
+    hidden: tuple[str, ...]
+
+    def key(self, path: str) -> str:
+        """A key path as this file's messages show it."""
+        return repr(path) if self.quote else path
+
+
+#: node.toml: ``unknown key 'node.lisen' (did you mean 'listen'?)``
+NODE_WORDING = Wording(
+    not_found="file not found",
+    toml_error="not valid TOML ({})",
+    encoding="utf-8",
+    quote=True,
+    value_prefix="",
+    top_level=None,
+    strip=("Value error, ", "Assertion failed, "),
+    hidden=("__root__",),
+)
+#: coordinator.toml: ``unknown key nodes[0].adress (did you mean address?)``
+COORDINATOR_WORDING = Wording(
+    not_found="configuration file not found",
+    toml_error="not valid TOML: {}",
+    encoding="utf-8-sig",
+    quote=False,
+    value_prefix="key ",
+    top_level="(top level)",
+    strip=("Value error, ",),
+    hidden=("function-",),
+)
+
+
+def read_toml(path: Path, wording: Wording) -> dict[str, Any]:
+    """The TOML document in ``path``.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not text in the wording's
+            encoding, or not TOML; one line starting with the path.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {wording.not_found}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return tomllib.loads(raw.decode(wording.encoding))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {wording.toml_error.format(exc)}") from None
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """``('match_sets', 0, 'allow')`` as ``match_sets[0].allow``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _visible(loc: tuple[int | str, ...], wording: Wording) -> tuple[int | str, ...]:
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(wording.hidden)))
+
+
+def _describe(err: Any, loc: tuple[int | str, ...], wording: Wording) -> str:
+    where = key_path(loc) or (wording.top_level or "")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {wording.key(where)}"
+    if kind == "missing":
+        return f"missing key {wording.key(where)}"
+    msg = str(err["msg"])
+    for prefix in wording.strip:
+        msg = msg.removeprefix(prefix)
+    if not loc:
+        return msg
+    return f"{wording.value_prefix}{where}: {msg}"
+
+
+def one_line(exc: ValidationError, wording: Wording) -> str:
+    """Every problem of ``exc`` on one line, joined by ``; ``, unknown keys first.
+
+    A misspelt key also shows up as a missing one: the unknown key is named
+    first, with the missing key it probably meant, so neither hides the other.
+    """
+    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    missing: dict[tuple[int | str, ...], list[str]] = {}
+    for err in errors:
+        loc = _visible(tuple(err["loc"]), wording)
+        if err["type"] == "missing" and loc and isinstance(loc[-1], str):
+            missing.setdefault(loc[:-1], []).append(loc[-1])
+    shown: list[str] = []
+    for err in errors:
+        loc = _visible(tuple(err["loc"]), wording)
+        text = _describe(err, loc, wording)
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            near = difflib.get_close_matches(loc[-1], missing.get(loc[:-1], []), n=1)
+            if near:
+                text += f" (did you mean {wording.key(near[0])}?)"
+        if text not in shown:
+            shown.append(text)
+    return "; ".join(shown)
