@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from databases import DatabaseError, DatabaseSource, Dsn, open_session
-from nodes import matchsets
+from nodes import matchset_rows, matchsets
 from nodes.config import NodeConfig, load_node_config
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, load_match_set, stream_match_set
 from psi.errors import ConfigError
@@ -504,14 +504,14 @@ def test_streamed_db_set_is_counted(
 
 
 def test_arrow_strings_regression_equal_total_width(tmp_path: Path) -> None:
-    # Regression: the fast path of _arrow_strings took a column for fixed-width when its
+    # Regression: the fast path of arrow_strings took a column for fixed-width when its
     # total length was width x rows, so 15 + 21 characters next to 18s were cut into
     # 18-character pieces of their neighbours (the CUSTODY rows above did exactly that).
     import pyarrow as pa
 
     values = [A, OLD15, f" {B[:6]} {B[6:]} ", C]  # 18 + 15 + 21 + 18 = 4 x 18
     assert sum(map(len, values)) == 18 * len(values)
-    assert matchsets._arrow_strings(pa.array(values)).tolist() == values
+    assert matchset_rows.arrow_strings(pa.array(values)).tolist() == values
     cfg = csv_config(
         tmp_path,
         ["id_number,term_months,start_date,end_date"] + [f"{v},12,2020-01-01," for v in values],

@@ -349,11 +349,11 @@ def test_duckdb_never_spills_source_rows_to_disk(tmp_path: Path) -> None:
     """A query past the memory limit fails; it does not write temporary files."""
     import duckdb
 
-    from nodes.matchsets import _connect
+    from nodes.matchset_files import connect
 
     source = tmp_path / "big.csv"
     source.write_text("id\n" + "".join(f"{i:018d}\n" for i in range(200_000)), encoding="utf-8")
-    con = _connect(source)
+    con = connect(source)
     try:
         assert con.execute("SELECT current_setting('temp_directory')").fetchone() == ("",)
         with pytest.raises(duckdb.InvalidInputException, match="configuration"):

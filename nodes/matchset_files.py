@@ -1,0 +1,373 @@
+"""A match set in a CSV or Parquet file, read with DuckDB.
+
+For a match set of ``node.toml`` and a round's ``as_of`` this runs, inside the
+node::
+
+    SELECT <id_column>, <payload columns>
+    FROM read_csv(<source>) | read_parquet(<source>)
+    WHERE <where>                -- $as_of bound as a DATE named parameter
+
+in record batches, each converted by :func:`nodes.matchset_rows.convert`
+(normalized identity numbers, 16-byte blocks; rows whose number is invalid, or
+whose payload value is malformed, are dropped and *counted by reason*; their
+values are never logged or put into a message).
+
+Safety: ``where`` is the DBA's SQL and is inserted as written (it is the node's
+own configuration), but it runs on a DuckDB connection that can read only the
+source file (``enable_external_access = false`` with ``allowed_paths``, then the
+configuration is locked), so it cannot read other files, write, or load
+extensions. ``$as_of`` is always a bound parameter, never substituted text.
+
+CSV: DuckDB detects column types (so ``where`` can compare dates), except the
+id column, which is forced to VARCHAR so that numbers keep their leading
+digits and ``X``. A ``start_date`` / ``end_date`` column listed in ``payload``
+that DuckDB detects as text (it does so when every cell is empty) is read as
+DATE when every non-empty cell is a date (checked first, in one scan), so
+``where`` can compare it with ``$as_of`` without a ``CAST``; otherwise it stays
+text and malformed values drop their rows as before. GB18030 files (what
+Chinese spreadsheet software writes) are transcoded to a private temporary
+UTF-8 file first, in a streaming pass.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import datetime as _dt
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from nodes.config import MatchSetConfig
+from nodes.matchset_rows import (
+    DATE_COLUMNS,
+    STREAM_BATCH_ROWS,
+    MatchSetBatch,
+    Reporter,
+    StreamSummary,
+    arrow_strings,
+    convert,
+)
+from psi.errors import ConfigError
+
+__all__ = [
+    "DUCKDB_MEMORY_LIMIT",
+    "Query",
+    "build_query",
+    "connect",
+    "count_file_rows",
+    "detect_encoding",
+    "quote",
+    "readable_file",
+    "stream_file",
+]
+
+_BLOCK = 1 << 20
+#: DuckDB's memory limit per connection (one per set being read).
+DUCKDB_MEMORY_LIMIT = "256MB"
+_PARQUET = frozenset({".parquet", ".pq"})
+_TEXT_TYPES = ("VARCHAR",)
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+
+
+def detect_encoding(path: Path) -> Literal["utf-8", "gb18030"]:
+    """``utf-8`` if the whole file decodes as UTF-8 (with or without BOM), else ``gb18030``.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        try:
+            while block := f.read(_BLOCK):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "gb18030"
+    return "utf-8"
+
+
+@contextlib.contextmanager
+def _utf8_copy(path: Path, encoding: str) -> Iterator[Path]:
+    """A private temporary UTF-8 copy of ``path`` (streamed), removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix="xmatch-node-", suffix=".csv")
+    tmp = Path(name)
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            while block := src.read(_BLOCK):
+                out.write(decoder.decode(block).encode("utf-8"))
+            out.write(decoder.decode(b"", final=True).encode("utf-8"))
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _utf8_source(
+    stack: contextlib.ExitStack[bool | None], ms: MatchSetConfig, rep: Reporter, path: Path
+) -> Path:
+    """A CSV source as UTF-8: ``path`` itself, or a temporary copy that ``stack`` removes.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not valid text in its encoding.
+    """
+    try:
+        encoding = ms.encoding if ms.encoding != "auto" else detect_encoding(path)
+        if encoding == "utf-8":
+            return path
+        return stack.enter_context(_utf8_copy(path, encoding))
+    except OSError as exc:
+        raise rep.error(f"source: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise rep.error(
+            f"source: not valid {encoding} text (byte offset about {exc.start}); "
+            "set `encoding` or re-export the file"
+        ) from None
+
+
+@contextlib.contextmanager
+def readable_file(ms: MatchSetConfig, rep: Reporter) -> Iterator[tuple[Path, bool]]:
+    """The file source as DuckDB reads it: (path, whether Parquet).
+
+    A CSV in another encoding is read from a private temporary UTF-8 copy,
+    removed when the block ends.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not valid text in its encoding.
+    """
+    path = ms.source_file
+    parquet = path.suffix.lower() in _PARQUET
+    with contextlib.ExitStack() as stack:
+        if not parquet:
+            path = _utf8_source(stack, ms, rep, path)
+        yield path, parquet
+
+
+def connect(source: Path | None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read ``source`` only (None: no file at all), locked."""
+    con = duckdb.connect(":memory:")
+    # A bound for DuckDB's own buffers (default: 80 % of RAM). Reading a set is a
+    # streaming scan, and without a limit its buffer pool kept growing with the
+    # file (20M Parquet rows: 275 MiB for the reader alone, 188 MiB with this).
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    # Never spill to disk: DuckDB's temporary files would hold source rows in the
+    # clear (world-readable, under the working folder). A query that needs more
+    # than the limit fails instead, with a one-line error.
+    con.execute("SET temp_directory = ''")
+    if source is not None:
+        con.execute("SET allowed_paths = $p", {"p": [str(source)]})
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def quote(name: str) -> str:
+    """``name`` as an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _payload_expr(col: str, dtype: str) -> tuple[str, str | None]:
+    """SQL for the output value of a payload column, and for its "malformed" flag."""
+    q = quote(col)
+    upper = dtype.upper()
+    if upper == "DATE":
+        return f"COALESCE(strftime({q}, '%Y-%m-%d'), '')", None
+    if upper.startswith("TIMESTAMP"):
+        return f"COALESCE(strftime(CAST({q} AS DATE), '%Y-%m-%d'), '')", None
+    if upper.startswith(_FLOAT_TYPES) or upper.startswith("DECIMAL"):
+        expr = (
+            f"COALESCE(CASE WHEN {q} = floor({q}) THEN CAST(CAST({q} AS BIGINT) AS VARCHAR) "
+            f"ELSE CAST({q} AS VARCHAR) END, '')"
+        )
+        return expr, None
+    if upper in _TEXT_TYPES and col in DATE_COLUMNS:
+        trimmed = f"trim({q})"
+        value = f"COALESCE(strftime(TRY_CAST({trimmed} AS DATE), '%Y-%m-%d'), '')"
+        bad = f"({q} IS NOT NULL AND {trimmed} <> '' AND TRY_CAST({trimmed} AS DATE) IS NULL)"
+        return value, bad
+    return f"COALESCE(trim(CAST({q} AS VARCHAR)), '')", None
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    params: dict[str, Any]
+    bad_flags: tuple[str, ...]
+    date_hints: tuple[str, ...] = ()
+    #: the pieces of ``sql``: the file reader and its parameters, the select list, the filter
+    reader: str = ""
+    reader_params: dict[str, Any] = field(default_factory=dict)
+    selects: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+
+
+def _date_hints(
+    con: duckdb.DuckDBPyConnection,
+    ms: MatchSetConfig,
+    rep: Reporter,
+    path: Path,
+    columns: Mapping[str, str],
+) -> list[str]:
+    """CSV payload date columns detected as text whose every non-empty cell is a date."""
+    candidates = [c for c in ms.payload if c in DATE_COLUMNS and columns[c].upper() in _TEXT_TYPES]
+    if not candidates:
+        return []
+    # A cell that is not NULL (empty) and does not cast, e.g. "someday" or blanks.
+    counts = ", ".join(
+        f"count_if({quote(c)} IS NOT NULL AND TRY_CAST({quote(c)} AS DATE) IS NULL)"
+        for c in candidates
+    )
+    types = {ms.id_column: "VARCHAR", **dict.fromkeys(candidates, "VARCHAR")}
+    try:
+        rows = con.execute(
+            f"SELECT {counts} FROM read_csv($path, header = true, types = $types)",
+            {"path": str(path), "types": types},
+        ).fetchall()  # fetch to the end: the connection runs the main query next
+    except duckdb.Error as exc:
+        raise rep.duckdb_error("source", exc) from None
+    bad = rows[0] if rows else [1] * len(candidates)
+    return [c for c, n in zip(candidates, bad, strict=True) if n == 0]
+
+
+def build_query(
+    con: duckdb.DuckDBPyConnection,
+    ms: MatchSetConfig,
+    rep: Reporter,
+    path: Path,
+    as_of: _dt.date,
+    *,
+    parquet: bool,
+) -> Query:
+    """Check the source's columns and build the SELECT of one match set (steps 1-3)."""
+    # (1) the source's columns and types
+    if parquet:
+        plain = reader = "read_parquet($path)"
+        params: dict[str, Any] = {"path": str(path)}
+    else:
+        plain = "read_csv($path, header = true)"
+        reader = "read_csv($path, header = true, types = $types)"
+        params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
+        columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
+    except duckdb.Error as exc:
+        raise rep.duckdb_error("source", exc) from None
+    # (2) required columns
+    if ms.id_column not in columns:
+        raise rep.error(
+            f"id_column {ms.id_column!r} not found in {ms.source_file.name} "
+            f"(columns: {', '.join(list(columns)[:20])})"
+        )
+    missing = [c for c in ms.payload if c not in columns]
+    if missing:
+        raise rep.error(
+            f"payload column {missing[0]!r} not found in {ms.source_file.name}; "
+            "rename the column in the source or drop it from `payload`"
+        )
+    if parquet and columns[ms.id_column].upper() not in _TEXT_TYPES:
+        raise rep.error(
+            f"id_column {ms.id_column!r} is {columns[ms.id_column]} in the Parquet file; "
+            "store identity numbers as text (numbers lose the check character X)"
+        )
+    hints: list[str] = []
+    if not parquet:
+        hints = _date_hints(con, ms, rep, path, columns)
+        params["types"] = {**params["types"], **dict.fromkeys(hints, "DATE")}
+        columns = {**columns, **dict.fromkeys(hints, "DATE")}
+    # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
+    selects = [f"COALESCE(CAST({quote(ms.id_column)} AS VARCHAR), '') AS _id"]
+    bad_flags: list[str] = []
+    for i, col in enumerate(ms.payload):
+        value, bad = _payload_expr(col, columns[col])
+        selects.append(f"{value} AS _p{i}")
+        if bad is not None:
+            selects.append(f"{bad} AS _bad{i}")
+            bad_flags.append(col)
+    where = f"WHERE ({ms.where})" if ms.where else ""
+    sql = (
+        "WITH _xmatch_params AS (SELECT CAST($as_of AS DATE) AS as_of) "
+        f"SELECT {', '.join(selects)} FROM {reader} AS source {where}"
+    )
+    return Query(
+        sql=sql,
+        params={**params, "as_of": as_of},
+        bad_flags=tuple(bad_flags),
+        date_hints=tuple(hints),
+        reader=reader,
+        reader_params=params,
+        selects=tuple(selects),
+        columns=tuple(columns),
+    )
+
+
+def stream_file(
+    ms: MatchSetConfig,
+    rep: Reporter,
+    path: Path,
+    as_of: _dt.date,
+    *,
+    parquet: bool,
+    summary: StreamSummary,
+    batch_rows: int = STREAM_BATCH_ROWS,
+) -> Iterator[MatchSetBatch]:
+    """The file at ``path`` (UTF-8 or Parquet) as of ``as_of``, in converted record batches.
+
+    Raises:
+        ConfigError: a column is missing or of the wrong type, ``where`` is not
+            valid SQL for the source, or DuckDB fails while reading (details withheld).
+    """
+    con = connect(path)
+    try:
+        query = build_query(con, ms, rep, path, as_of, parquet=parquet)
+        what = "where" if ms.where else "source"
+
+        def failed(exc: duckdb.Error) -> ConfigError:
+            if query.date_hints and isinstance(exc, duckdb.ConversionException):
+                # The file changed between the check and the read: name the columns only.
+                return rep.error(
+                    f"payload column(s) {', '.join(map(repr, query.date_hints))}: a value is "
+                    "not a date (YYYY-MM-DD) while reading them as DATE (value withheld)"
+                )
+            return rep.duckdb_error(what, exc)
+
+        try:
+            reader = con.sql(query.sql, params=query.params).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise failed(exc) from None
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except duckdb.Error as exc:
+                raise failed(exc) from None
+            result: dict[str, Any] = {}
+            for col_name in batch.schema.names:
+                col = batch.column(col_name)
+                if col_name.startswith("_bad"):
+                    result[col_name] = col.to_numpy(zero_copy_only=False).astype(bool)
+                else:
+                    result[col_name] = arrow_strings(col)
+            yield summary.add(convert(result, ms, query.bad_flags, as_of))
+    finally:
+        con.close()
+
+
+def count_file_rows(ms: MatchSetConfig, rep: Reporter) -> int:
+    """Rows in the file source, before ``where`` (Parquet: from its metadata).
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    with readable_file(ms, rep) as (path, parquet), contextlib.closing(connect(path)) as con:
+        reader = "read_parquet($path)" if parquet else "read_csv($path, header = true)"
+        try:
+            row = con.execute(f"SELECT count(*) FROM {reader}", {"path": str(path)}).fetchone()
+        except duckdb.Error as exc:
+            raise rep.duckdb_error("source", exc) from None
+    return int(row[0]) if row else 0
