@@ -342,14 +342,7 @@ class MatchSetConfig(Strict):
     @field_validator("payload")
     @classmethod
     def _payload(cls, value: list[str]) -> list[str]:
-        for col in value:
-            if col not in PAYLOAD_COLUMNS:
-                raise ValueError(
-                    f"unknown payload column {col!r}; use any of {', '.join(PAYLOAD_COLUMNS)}"
-                )
-        if len(set(value)) != len(value):
-            raise ValueError("a payload column is listed twice")
-        return value
+        return _known(value, PAYLOAD_COLUMNS, "payload column")
 
     @field_validator("protocols")
     @classmethod
