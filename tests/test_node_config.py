@@ -10,28 +10,34 @@ import pytest
 
 from nodes.config import ECDH_SUITES, load_node_config, parse_listen
 from psi.errors import ConfigError
+from tests import configs
+from tests.configs import Edit, Table, drop, put, rename
 
 XMATCH = Path(sys.executable).with_name("xmatch")
 
-GOOD = """
-[node]
-name = "justice"
-listen = "127.0.0.1:50061"
-ca = "pki/ca.crt"
-cert = "pki/justice.crt"
-key = "pki/justice.key"
-audit_log = "logs/justice.audit.jsonl"
-
-[[match_sets]]
-name = "custody"
-circumstance = "IMPRISONED"
-source = "data/custody.csv"
-id_column = "id_number"
-where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
-payload = ["start_date", "end_date"]
-protocols = ["ecdh", "keyed-hash"]
-allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
-"""
+GOOD: Table = {
+    "node": {
+        "name": "justice",
+        "listen": "127.0.0.1:50061",
+        "ca": "pki/ca.crt",
+        "cert": "pki/justice.crt",
+        "key": "pki/justice.key",
+        "audit_log": "logs/justice.audit.jsonl",
+    },
+    "match_sets": [
+        {
+            "name": "custody",
+            "circumstance": "IMPRISONED",
+            "source": "data/custody.csv",
+            "id_column": "id_number",
+            "where": "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)",
+            "payload": ["start_date", "end_date"],
+            "protocols": ["ecdh", "keyed-hash"],
+            "allow": [{"requester": "civil-affairs", "purposes": ["eligibility-review"]}],
+        }
+    ],
+}
+SET = "match_sets[0]"
 
 
 @pytest.fixture
@@ -42,10 +48,8 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write(folder: Path, text: str) -> Path:
-    path = folder / "node.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+def write(folder: Path, doc: Table) -> Path:
+    return configs.write(folder / "node.toml", doc)
 
 
 def test_good_config_resolves_paths_and_defaults(folder: Path) -> None:
@@ -70,59 +74,65 @@ def test_suite_allow_list_names_every_suite_psi_offers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "message"),
+    ("edits", "message"),
     [
-        ('listen = "', 'lisen = "', "unknown key 'node.lisen'"),
+        ((rename("node.listen", "lisen"),), "unknown key 'node.lisen'"),
         (
-            '"ecdh", "keyed-hash"',
-            '"ecdh", "foo"',
+            (put(f"{SET}.protocols", ["ecdh", "foo"]),),
             "match_sets[0].protocols: unknown protocol 'foo'",
         ),
-        ("pki/justice.crt", "pki/x.crt", "node.cert: file not found: pki/x.crt"),
-        ("127.0.0.1:50061", "127.0.0.1:99999", "node.listen: not a host:port address"),
-        ("127.0.0.1:50061", "300.1.1.1:5", "node.listen: not a valid IPv4 address"),
-        ('"IMPRISONED"', '"JAILED"', "match_sets[0].circumstance: unknown circumstance 'JAILED'"),
-        ('"end_date"]', '"name"]', "match_sets[0].payload: unknown payload column 'name'"),
+        ((put("node.cert", "pki/x.crt"),), "node.cert: file not found: pki/x.crt"),
+        ((put("node.listen", "127.0.0.1:99999"),), "node.listen: not a host:port address"),
+        ((put("node.listen", "300.1.1.1:5"),), "node.listen: not a valid IPv4 address"),
         (
-            "data/custody.csv",
-            "data/none.csv",
+            (put(f"{SET}.circumstance", "JAILED"),),
+            "match_sets[0].circumstance: unknown circumstance 'JAILED'",
+        ),
+        (
+            (put(f"{SET}.payload", ["start_date", "name"]),),
+            "match_sets[0].payload: unknown payload column 'name'",
+        ),
+        (
+            (put(f"{SET}.source", "data/none.csv"),),
             "match_sets[0].source: file not found: data/none.csv",
         ),
-        ('id_column = "id_number"\n', "", "missing key 'match_sets[0].id_column'"),
-        ('purposes = ["eligibility-review"] }', 'purposes = ["x"], budget = 3 }', "unknown key"),
-        ('$as_of)"', '$as_of); DROP TABLE x"', "match_sets[0].where: one SQL condition only"),
+        ((drop(f"{SET}.id_column"),), "missing key 'match_sets[0].id_column'"),
         (
-            "allow = ",
-            'suites = ["x25519-sha512"]\nallow = ',
+            (put(f"{SET}.allow[0].purposes", ["x"]), put(f"{SET}.allow[0].budget", 3)),
+            "unknown key",
+        ),
+        (
+            (put(f"{SET}.where", GOOD["match_sets"][0]["where"] + "; DROP TABLE x"),),
+            "match_sets[0].where: one SQL condition only",
+        ),
+        (
+            (put(f"{SET}.suites", ["x25519-sha512"]),),
             "match_sets[0].suites: unknown ecdh suite 'x25519-sha512'",
         ),
         (
-            "allow = ",
-            'prfs = ["aes128-ecb-v1", "aes128-ecb-v1"]\nallow = ',
+            (put(f"{SET}.prfs", ["aes128-ecb-v1", "aes128-ecb-v1"]),),
             "match_sets[0].prfs: a keyed-hash prf is listed twice",
         ),
-        ("allow = ", "prfs = []\nallow = ", "match_sets[0].prfs"),
+        ((put(f"{SET}.prfs", []),), "match_sets[0].prfs"),
         (
-            "[node]\n",
-            "[node]\nmax_query_size = 99\n",
+            (put("node.max_query_size", 99),),
             "match_sets[0].min_query_size: 100 is above node.max_query_size (99)",
         ),
-        ("[node]\n", "[node]\nmax_past_days = -1\n", "node.max_past_days"),
+        ((put("node.max_past_days", -1),), "node.max_past_days"),
         (
-            "allow = ",
-            'service_report = "needs"\nallow = ',
+            (put(f"{SET}.service_report", "needs"),),
             'match_sets[0].service_report: only for circumstance = "SERVICE"',
         ),
         (
-            '"IMPRISONED"',
-            '"SERVICE"\nservice_report = "wants"',
+            (put(f"{SET}.circumstance", "SERVICE"), put(f"{SET}.service_report", "wants")),
             "match_sets[0].service_report: Input should be 'gaps' or 'needs'",
         ),
     ],
 )
-def test_errors_name_file_and_key(folder: Path, old: str, new: str, message: str) -> None:
-    assert old in GOOD
-    path = write(folder, GOOD.replace(old, new, 1))
+def test_errors_name_file_and_key(folder: Path, edits: tuple[Edit, ...], message: str) -> None:
+    doc = configs.apply(GOOD, *edits)
+    assert doc != GOOD
+    path = write(folder, doc)
     with pytest.raises(ConfigError) as info:
         load_node_config(path)
     line = info.value.diagnostics()
@@ -131,34 +141,36 @@ def test_errors_name_file_and_key(folder: Path, old: str, new: str, message: str
 
 
 def test_budget_and_own_keys(folder: Path) -> None:
-    text = GOOD.replace(
-        "allow = ", 'min_query_size = 5\nbudget = { rounds = 3, period = "12h" }\nallow = '
-    ).replace("[node]\n", "[node]\nmax_concurrent_rounds = 2\nsize_classes = [10, 100]\n")
-    cfg = load_node_config(write(folder, text))
+    doc = configs.apply(
+        GOOD,
+        put(f"{SET}.min_query_size", 5),
+        put(f"{SET}.budget", {"rounds": 3, "period": "12h"}),
+        put("node.max_concurrent_rounds", 2),
+        put("node.size_classes", [10, 100]),
+    )
+    cfg = load_node_config(write(folder, doc))
     assert cfg.match_sets[0].budget.seconds == 12 * 3600
     assert cfg.node.padded_size(7) == 10 and cfg.node.padded_size(101) == 200
-    bad = text.replace('"12h"', '"1 day"')
+    bad = configs.apply(doc, put(f"{SET}.budget.period", "1 day"))
     with pytest.raises(ConfigError, match=r"match_sets\[0\]\.budget\.period"):
         load_node_config(write(folder, bad))
 
 
 def test_service_report_of_service_sets(folder: Path) -> None:
-    service = GOOD.replace('"IMPRISONED"', '"SERVICE"').replace(
-        'payload = ["start_date", "end_date"]\n', ""
-    )
+    service = configs.apply(GOOD, put(f"{SET}.circumstance", "SERVICE"), drop(f"{SET}.payload"))
     cfg = load_node_config(write(folder, service))
     assert cfg.match_sets[0].service_report is None and cfg.match_sets[0].report == "gaps"
-    needs = service.replace("allow = ", 'service_report = "needs"\nallow = ')
+    needs = configs.apply(service, put(f"{SET}.service_report", "needs"))
     assert load_node_config(write(folder, needs)).match_sets[0].report == "needs"
     assert load_node_config(write(folder, GOOD)).match_sets[0].report is None
 
 
 def test_duplicate_match_set(folder: Path) -> None:
-    text = GOOD + GOOD[GOOD.index("[[match_sets]]") :]
+    doc = configs.apply(GOOD, put("match_sets", GOOD["match_sets"] * 2))
     with pytest.raises(
         ConfigError, match=r"match_sets\[1\]\.name: match set 'custody' is defined twice"
     ):
-        load_node_config(write(folder, text))
+        load_node_config(write(folder, doc))
 
 
 @pytest.mark.parametrize(
@@ -175,16 +187,16 @@ def test_listen_bad(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "message"),
+    ("edit", "message"),
     [
-        ('listen = "', 'lisen = "', "unknown key 'node.lisen'"),
-        ("pki/justice.crt", "pki/x.crt", "node.cert: file not found: pki/x.crt"),
-        ("127.0.0.1:50061", "localhost", "node.listen: not a host:port address"),
-        ('"ecdh", "keyed-hash"', '"foo"', "match_sets[0].protocols: unknown protocol 'foo'"),
+        (rename("node.listen", "lisen"), "unknown key 'node.lisen'"),
+        (put("node.cert", "pki/x.crt"), "node.cert: file not found: pki/x.crt"),
+        (put("node.listen", "localhost"), "node.listen: not a host:port address"),
+        (put(f"{SET}.protocols", ["foo"]), "match_sets[0].protocols: unknown protocol 'foo'"),
     ],
 )
-def test_cli_prints_one_line(folder: Path, old: str, new: str, message: str) -> None:
-    path = write(folder, GOOD.replace(old, new, 1))
+def test_cli_prints_one_line(folder: Path, edit: Edit, message: str) -> None:
+    path = write(folder, configs.apply(GOOD, edit))
     result = subprocess.run(
         [str(XMATCH), "node", "serve", "--config", str(path)],
         capture_output=True,
@@ -211,20 +223,20 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_display_names(folder: Path) -> None:
-    text = GOOD.replace("[node]\n", '[node]\ndisplay_name = " 司法局 "\n').replace(
-        "allow = ", 'display_name = "服刑在押人员"\nallow = '
+    doc = configs.apply(
+        GOOD, put("node.display_name", " 司法局 "), put(f"{SET}.display_name", "服刑在押人员")
     )
-    cfg = load_node_config(write(folder, text))
+    cfg = load_node_config(write(folder, doc))
     assert cfg.node.display_name == "司法局"  # trimmed
     assert cfg.match_sets[0].display_name == "服刑在押人员"
     assert load_node_config(write(folder, GOOD)).node.display_name is None
     for bad, message in (
-        ('""', "node.display_name: empty"),
-        ('"' + "局" * 41 + '"', "node.display_name: 41 characters; at most 40"),
-        ('"司法局150402"', "node.display_name: 6 or more digits"),
-        ('"司法局\\u0007"', "node.display_name: control characters"),
+        ("", "node.display_name: empty"),
+        ("局" * 41, "node.display_name: 41 characters; at most 40"),
+        ("司法局150402", "node.display_name: 6 or more digits"),
+        ("司法局\u0007", "node.display_name: control characters"),
     ):
-        path = write(folder, GOOD.replace("[node]\n", f"[node]\ndisplay_name = {bad}\n"))
+        path = write(folder, configs.apply(GOOD, put("node.display_name", bad)))
         with pytest.raises(ConfigError) as info:
             load_node_config(path)
         line = info.value.diagnostics()
