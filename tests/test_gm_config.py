@@ -16,7 +16,9 @@ from nodes.config import (
 from psi import keyed_hash
 from psi.ecdh import SUITES
 from psi.errors import ConfigError
-from tests.test_node_config import GOOD, folder, write
+from tests import configs
+from tests.configs import put
+from tests.test_node_config import GOOD, SET, folder, write
 
 __all__ = ["folder"]  # the fixture, re-used
 
@@ -29,10 +31,13 @@ def test_gm_names_are_psi_names_and_not_defaults() -> None:
 
 
 def test_gm_only_match_set_and_gm_log_profile(folder: Path) -> None:
-    text = GOOD.replace(
-        "allow = ", 'suites = ["SM2_XMD:SM3_SSWU_RO_"]\nprfs = ["sm4-ecb-v1"]\nallow = '
-    ).replace("[node]\n", '[node]\naudit_profile = "gm"\n')
-    cfg = load_node_config(write(folder, text))
+    doc = configs.apply(
+        GOOD,
+        put(f"{SET}.suites", ["SM2_XMD:SM3_SSWU_RO_"]),
+        put(f"{SET}.prfs", ["sm4-ecb-v1"]),
+        put("node.audit_profile", "gm"),
+    )
+    cfg = load_node_config(write(folder, doc))
     ms = cfg.match_sets[0]
     assert ms.suites == ["SM2_XMD:SM3_SSWU_RO_"] and ms.prfs == ["sm4-ecb-v1"]
     assert cfg.node.audit_profile == "gm"
@@ -43,6 +48,6 @@ def test_gm_only_match_set_and_gm_log_profile(folder: Path) -> None:
 
 
 def test_unknown_profile_is_one_line(folder: Path) -> None:
-    text = GOOD.replace("[node]\n", '[node]\naudit_profile = "sm"\n')
+    doc = configs.apply(GOOD, put("node.audit_profile", "sm"))
     with pytest.raises(ConfigError, match=r"node\.audit_profile"):
-        load_node_config(write(folder, text))
+        load_node_config(write(folder, doc))

@@ -21,30 +21,37 @@ from coordinator.state import RoundState
 from coordinator.streams import records as _records
 from proto import xmatch_pb2 as pb
 from psi.errors import ConfigError, InputError, PeerError, XmatchError
+from tests import configs
+from tests.configs import Edit, Table, drop, put
 
-GOOD = """\
-[coordinator]
-name = "civil-affairs"
-ca = "pki/ca.crt"
-cert = "pki/civil-affairs.crt"
-key = "pki/civil-affairs.key"
-audit_log = "logs/civil-affairs.audit.jsonl"
-state = "state/coordinator.sqlite"
-roster = "data/roster.csv"
-purpose = "eligibility-review"
+GOOD: Table = {
+    "coordinator": {
+        "name": "civil-affairs",
+        "ca": "pki/ca.crt",
+        "cert": "pki/civil-affairs.crt",
+        "key": "pki/civil-affairs.key",
+        "audit_log": "logs/civil-affairs.audit.jsonl",
+        "state": "state/coordinator.sqlite",
+        "roster": "data/roster.csv",
+        "purpose": "eligibility-review",
+    },
+    "nodes": [
+        {
+            "name": "justice",
+            "address": "127.0.0.1:50061",
+            "match_sets": ["custody"],
+            "protocol": "ecdh",
+        }
+    ],
+}
 
-[[nodes]]
-name = "justice"
-address = "127.0.0.1:50061"
-match_sets = ["custody"]
-protocol = "ecdh"
-"""
 
-
-def _write(tmp_path: Path, text: str) -> Path:
+def _write(tmp_path: Path, doc: Table | str) -> Path:
     path = tmp_path / "coordinator.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    if isinstance(doc, str):  # not TOML at all
+        path.write_text(doc, encoding="utf-8")
+        return path
+    return configs.write(path, doc)
 
 
 def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
@@ -58,26 +65,25 @@ def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("edit", "expected"),
+    ("edits", "expected"),
     [
-        (('protocol = "ecdh"', 'protocol = "ecdh"\ncolour = "red"'), "unknown key nodes[0].colour"),
+        ((put("nodes[0].colour", "red"),), "unknown key nodes[0].colour"),
         (
-            ('purpose = "eligibility-review"', 'purpose = "x"\nsecret = 1'),
+            (put("coordinator.purpose", "x"), put("coordinator.secret", 1)),
             "unknown key coordinator.secret",
         ),
-        (("127.0.0.1:50061", "127.0.0.1"), "key nodes[0].address"),
-        (("127.0.0.1:50061", "127.0.0.1:70000"), "key nodes[0].address"),
-        (('protocol = "ecdh"', 'protocol = "rsa"'), "key nodes[0].protocol"),
-        (('purpose = "eligibility-review"\n', ""), "missing key coordinator.purpose"),
-        (('match_sets = ["custody"]', "match_sets = []"), "key nodes[0].match_sets"),
-        (("workers", "workers"), None),
+        ((put("nodes[0].address", "127.0.0.1"),), "key nodes[0].address"),
+        ((put("nodes[0].address", "127.0.0.1:70000"),), "key nodes[0].address"),
+        ((put("nodes[0].protocol", "rsa"),), "key nodes[0].protocol"),
+        ((drop("coordinator.purpose"),), "missing key coordinator.purpose"),
+        ((put("nodes[0].match_sets", []),), "key nodes[0].match_sets"),
+        ((), None),
     ],
 )
 def test_config_errors_name_file_and_key(
-    tmp_path: Path, edit: tuple[str, str], expected: str | None
+    tmp_path: Path, edits: tuple[Edit, ...], expected: str | None
 ) -> None:
-    text = GOOD.replace(*edit)
-    path = _write(tmp_path, text)
+    path = _write(tmp_path, configs.apply(GOOD, *edits))
     if expected is None:
         load_coordinator_config(path)
         return
@@ -96,9 +102,9 @@ def test_config_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_config_duplicate_node(tmp_path: Path) -> None:
-    text = GOOD + GOOD[GOOD.index("[[nodes]]") :]
+    doc = configs.apply(GOOD, put("nodes", GOOD["nodes"] * 2))
     with pytest.raises(ConfigError, match="configured twice"):
-        load_coordinator_config(_write(tmp_path, text))
+        load_coordinator_config(_write(tmp_path, doc))
 
 
 def test_parse_address() -> None:
