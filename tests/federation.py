@@ -27,11 +27,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from psi.errors import InvalidIdentifier
 from psi.identifiers import normalize_id
+from tests import configs
+from tests.configs import put
 from xmatch import synth
 from xmatch.demo import NodeProcess, free_ports, start_node, stop_nodes
 
@@ -248,17 +250,18 @@ def coordinator_toml(
     name: str,
     *,
     specs: tuple[synth.NodeSpec, ...] | None = None,
-    extra: str = "",
     roster: str = "data/roster.csv",
-    coordinator: dict[str, str] | None = None,
-    node_keys: dict[str, dict[str, str]] | None = None,
+    coordinator: Mapping[str, object] | None = None,
+    node_keys: Mapping[str, Mapping[str, object]] | None = None,
+    nodes: Sequence[configs.Table] = (),
+    edits: Sequence[configs.Edit] = (),
     deadline_seconds: float = 120,
 ) -> Path:
     """Write ``fed.root/NAME``: a coordinator config for ``specs``.
 
-    ``coordinator`` adds keys to ``[coordinator]`` and ``node_keys`` to a
-    node's ``[[nodes]]`` entry (values are TOML literals); ``extra`` is
-    appended as is.
+    ``coordinator`` sets keys of ``[coordinator]`` and ``node_keys`` keys of a
+    node's ``[[nodes]]`` entry; ``nodes`` adds ``[[nodes]]`` entries; ``edits``
+    (:mod:`tests.configs`) then change the result.
     """
     path = synth.write_coordinator_config(
         fed.root,
@@ -268,22 +271,14 @@ def coordinator_toml(
         deadline_seconds=deadline_seconds,
         roster=roster,
     )
-    text = path.read_text(encoding="utf-8")
+    doc = configs.read(path)
     path.unlink()
-    head, sep, rest = text.partition("[[nodes]]\n")
-    for key, value in (coordinator or {}).items():
-        lines = [ln for ln in head.split("\n") if not ln.startswith(f"{key} = ")]
-        head = "\n".join(lines).replace("[coordinator]\n", f"[coordinator]\n{key} = {value}\n", 1)
-    text = head + sep + rest
-    blocks = text.split("[[nodes]]\n")
+    changes = [put(f"coordinator.{key}", value) for key, value in (coordinator or {}).items()]
     for node, keys in (node_keys or {}).items():
-        (i,) = [i for i, b in enumerate(blocks) if b.startswith(f'name = "{node}"\n')]
-        lines = [ln for ln in blocks[i].split("\n") if ln.split(" = ")[0] not in keys]
-        blocks[i] = "\n".join([lines[0], *(f"{k} = {v}" for k, v in keys.items()), *lines[1:]])
-    text = "[[nodes]]\n".join(blocks)
-    target = fed.root / name
-    target.write_text(text + extra, encoding="utf-8")
-    return target
+        entry = configs.entry(doc, "nodes", node)
+        changes += [put(f"{entry}.{key}", value) for key, value in keys.items()]
+    changes.append(put("nodes", [*doc["nodes"], *nodes]))
+    return configs.write(fed.root / name, configs.apply(doc, *changes, *edits))
 
 
 def _keep_all(_record: dict[str, str]) -> bool:

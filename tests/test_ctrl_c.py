@@ -145,7 +145,7 @@ def test_sigint_on_a_node_during_a_round_ends_the_round_in_its_log(
         fed,
         "coordinator-sigint-node.toml",
         specs=POLICE,
-        coordinator={"chunk_items": "32", "state": '"state/sigint-node.sqlite"'},
+        coordinator={"chunk_items": 32, "state": "state/sigint-node.sqlite"},
     )
     coordinator = _round_in_own_group(config, tmp_path / "round")
     try:
@@ -185,7 +185,7 @@ def test_ctrl_c_on_round_run_leaves_no_sub_round_running(nodes: Federation, tmp_
         fed,
         "coordinator-ctrl-c.toml",
         specs=POLICE + JUSTICE,
-        coordinator={"chunk_items": "32", "state": '"state/ctrl-c.sqlite"'},
+        coordinator={"chunk_items": 32, "state": "state/ctrl-c.sqlite"},
     )
     db = fed.root / "state" / "ctrl-c.sqlite"
     out = tmp_path / "round"

@@ -21,6 +21,8 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as adbc
 import pytest
 
+from tests import configs
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     build_federation,
@@ -81,15 +83,15 @@ def to_database(root: Path, dsn_file: Path) -> None:
     """Point every match set of the node configs at its table (``dsn_file``)."""
     for spec in SPECS:
         path = root / f"{spec.name}.node.toml"
-        text = path.read_text(encoding="utf-8")
+        doc = configs.read(path)
+        edits = []
         for ms in spec.match_sets:
+            entry = configs.entry(doc, "match_sets", ms.name)
+            assert configs.get(doc, f"{entry}.source") == ms.source
             table = ms.source.removeprefix("data/").removesuffix(".csv").replace("/", "_")
-            text = text.replace(
-                f'source = "{ms.source}"',
-                f'source = {{ database = "postgresql", dsn_file = "{dsn_file.name}", '
-                f'table = "{table}" }}',
-            )
-        path.write_text(text, encoding="utf-8")
+            source = {"database": "postgresql", "dsn_file": dsn_file.name, "table": table}
+            edits.append(put(f"{entry}.source", source))
+        configs.write(path, configs.apply(doc, *edits))
 
 
 def everything_written(root: Path) -> bytes:
@@ -106,12 +108,8 @@ def test_rounds_from_postgresql_equal_rounds_from_csv(
     fed = build_federation(tmp_path / "fed", specs=SPECS, children=90)
     root = fed.root
     # justice streams its set and splits it into ecdh buckets (the paths of a 20M set)
-    justice = fed.config("justice")
-    justice.write_text(
-        justice.read_text(encoding="utf-8").replace(
-            "[node]\n", "[node]\nstream_rows = 50\nbucket_rows = 20\n", 1
-        ),
-        encoding="utf-8",
+    configs.edit_file(
+        fed.config("justice"), put("node.stream_rows", 50), put("node.bucket_rows", 20)
     )
     try:
         # (1) the CSV round
@@ -136,7 +134,7 @@ def test_rounds_from_postgresql_equal_rounds_from_csv(
             fed,
             "db.toml",
             coordinator={
-                "roster": '{ database = "postgresql", dsn_env = "CIVIL_DB_DSN", table = "roster" }'
+                "roster": {"database": "postgresql", "dsn_env": "CIVIL_DB_DSN", "table": "roster"}
             },
         )
         start_nodes(fed)
@@ -236,12 +234,10 @@ def test_the_server_dying_mid_stream_is_a_failed_source(tmp_path: Path) -> None:
         dsn_file.write_text(server.dsn() + "\n")
         dsn_file.chmod(0o600)
         config = fed.config("police")
-        text = config.read_text(encoding="utf-8").replace(
-            f'source = "{deaths.source}"',
-            'source = { database = "postgresql", dsn_file = "police.dsn", table = "deaths" }',
-        )
+        entry = configs.entry(configs.read(config), "match_sets", deaths.name)
+        source = {"database": "postgresql", "dsn_file": "police.dsn", "table": "deaths"}
         # stream the set (above stream_rows); startup reads it once, without the sleep row
-        config.write_text(text.replace("[node]\n", "[node]\nstream_rows = 1000\n", 1))
+        configs.edit_file(config, put(f"{entry}.source", source), put("node.stream_rows", 1000))
         with adbc.connect(server.dsn()) as con:
             with con.cursor() as cur:
                 cur.execute("UPDATE deaths SET n = n + 1000000")  # no row 20000 at startup

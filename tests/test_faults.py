@@ -50,7 +50,9 @@ from psi.errors import InvalidIdentifier, PeerError
 from psi.identifiers import encode_identities, normalize_id
 from psi.keyed_hash import KeyedHashRequester, KeyedHashResponder
 from psi.messages import KeyShare, TagChunk
+from tests import configs
 from tests import test_node_server as tns
+from tests.configs import put
 from tests.conftest import Pki
 from tests.federation import (
     AS_OF,
@@ -375,7 +377,7 @@ def test_node_killed_mid_round_is_a_failed_source_and_restarts(
     config = coordinator_toml(
         fed,
         "coordinator-kill-node.toml",
-        coordinator={"chunk_items": "32", "state": '"state/kill-node.sqlite"'},
+        coordinator={"chunk_items": 32, "state": "state/kill-node.sqlite"},
     )
     out = tmp_path / "round-1"
     proc = _round(config, out)
@@ -433,13 +435,14 @@ def test_bucketed_ecdh_node_killed_mid_round_leaves_no_readable_data(
     """justice's set is bucketed into encrypted files; SIGKILL mid-round; restart cleans up."""
     fed = nodes
     spill = fed.root / "spill-justice"
-    text = fed.config("justice").read_text(encoding="utf-8")
-    bucketed = fed.root / "justice-bucketed.node.toml"
-    bucketed.write_text(
-        text.replace(
-            "[node]\n", '[node]\nstream_rows = 1\nbucket_rows = 20\nspill_dir = "spill-justice"\n'
+    bucketed = configs.write(
+        fed.root / "justice-bucketed.node.toml",
+        configs.apply(
+            configs.read(fed.config("justice")),
+            put("node.stream_rows", 1),
+            put("node.bucket_rows", 20),
+            put("node.spill_dir", "spill-justice"),
         ),
-        encoding="utf-8",
     )
     markers = tmp_path / "markers"
     start_nodes(fed, [n for n in NODES if n != "justice"])
@@ -449,7 +452,7 @@ def test_bucketed_ecdh_node_killed_mid_round_leaves_no_readable_data(
     config = coordinator_toml(
         fed,
         "coordinator-kill-bucketed.toml",
-        coordinator={"chunk_items": "32", "state": '"state/kill-bucketed.sqlite"'},
+        coordinator={"chunk_items": 32, "state": "state/kill-bucketed.sqlite"},
     )
     out = tmp_path / "round-1"
     proc = _round(config, out)
@@ -512,8 +515,8 @@ def test_frozen_node_hits_the_deadline_then_serves_again(nodes: Federation, tmp_
     config = coordinator_toml(
         fed,
         "coordinator-stall.toml",
-        coordinator={"chunk_items": "32", "state": '"state/stall.sqlite"'},
-        node_keys={"police": {"deadline_seconds": "6"}},
+        coordinator={"chunk_items": 32, "state": "state/stall.sqlite"},
+        node_keys={"police": {"deadline_seconds": 6}},
     )
     out = tmp_path / "round-1"
     started = time.monotonic()
@@ -568,7 +571,7 @@ def test_coordinator_killed_mid_round_is_interrupted_and_next_run_completes(
     config = coordinator_toml(
         fed,
         "coordinator-kill-coord.toml",
-        coordinator={"chunk_items": "32", "state": '"state/kill-coord.sqlite"'},
+        coordinator={"chunk_items": 32, "state": "state/kill-coord.sqlite"},
     )
     out = tmp_path / "round"
     db = fed.root / "state" / "kill-coord.sqlite"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from audit.format import GENESIS_GM
+from tests import configs
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     Federation,
@@ -37,12 +39,16 @@ def gm_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federati
     fed = build_federation(tmp_path_factory.mktemp("gm-federation"), children=60)
     for spec in fed.specs:
         path = fed.config(spec.name)
-        text = path.read_text(encoding="utf-8")
-        gm_only = f'[[match_sets]]\nsuites = ["{GM_SUITE}"]\nprfs = ["{GM_PRF}"]\n'
-        text = text.replace("[[match_sets]]\n", gm_only)
+        doc = configs.read(path)
+        edits = []
+        for i in range(len(doc["match_sets"])):
+            edits += [
+                put(f"match_sets[{i}].suites", [GM_SUITE]),
+                put(f"match_sets[{i}].prfs", [GM_PRF]),
+            ]
         if spec is fed.specs[0]:  # a mixed federation: one node keeps a GM-profile log
-            text = text.replace("[node]\n", '[node]\naudit_profile = "gm"\n', 1)
-        path.write_text(text, encoding="utf-8")
+            edits.append(put("node.audit_profile", "gm"))
+        configs.write(path, configs.apply(doc, *edits))
     try:
         start_nodes(fed)
         yield fed
@@ -50,8 +56,8 @@ def gm_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federati
         stop_nodes(fed.nodes)
 
 
-def _gm_keys(fed: Federation) -> dict[str, dict[str, str]]:
-    return {s.name: {"suite": f'"{GM_SUITE}"', "prf": f'"{GM_PRF}"'} for s in fed.specs}
+def _gm_keys(fed: Federation) -> dict[str, dict[str, object]]:
+    return {s.name: {"suite": GM_SUITE, "prf": GM_PRF} for s in fed.specs}
 
 
 def test_gm_only_nodes_serve_a_gm_round(gm_federation: Federation, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from nodes.config import NodeConfig, load_node_config
 from nodes.matchsets import MatchSetStore, detect_encoding, load_match_set
 from psi.errors import ConfigError
 from psi.identifiers import check_character, encode_identities
+from tests import configs
+from tests.configs import put
 
 AS_OF = _dt.date(2026, 11, 29)
 
@@ -331,11 +333,7 @@ def test_store_streams_sets_above_stream_rows(tmp_path: Path) -> None:
     write_csv(tmp_path / "custody.csv", CUSTODY)
     cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date"])
     assert not MatchSetStore(cfg).is_streamed("custody")  # default 5,000,000
-    text = (tmp_path / "node.toml").read_text(encoding="utf-8")
-    (tmp_path / "node.toml").write_text(
-        text.replace('audit_log = "audit.jsonl"', 'audit_log = "audit.jsonl"\nstream_rows = 3'),
-        encoding="utf-8",
-    )
+    configs.edit_file(tmp_path / "node.toml", put("node.stream_rows", 3))
     cfg = load_node_config(tmp_path / "node.toml")
     store = MatchSetStore(cfg)
     assert store.is_streamed("custody")  # 4 source rows > 3

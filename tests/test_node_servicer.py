@@ -28,6 +28,8 @@ from psi.ecdh import EcdhRequester
 from psi.errors import ConfigError, ProtocolError, Refused, XmatchError
 from psi.identifiers import encode_identities
 from psi.keyed_hash import KeyedHashRequester
+from tests import configs
+from tests.configs import put
 from tests.conftest import Pki
 from tests.test_node_handlers import NODE_IDS, OTHERS, TODAY, _streaming, ctx, make_cfg
 
@@ -220,16 +222,13 @@ def test_unauthenticated_calls_are_audit_logged(method: str, protocol: str) -> N
 # -- second review
 
 
-def _variant(tmp_path: Path, extra: str) -> NodeConfig:
-    """make_cfg's node with ``extra`` lines added to ``[node]``."""
+def _variant(tmp_path: Path, **node: object) -> NodeConfig:
+    """make_cfg's node with the keys ``node`` added to ``[node]``."""
     cfg = make_cfg(tmp_path)
     assert cfg.path is not None
     path = cfg.path.with_name("variant.node.toml")
-    text = cfg.path.read_text(encoding="utf-8")
-    path.write_text(
-        text.replace('audit_log = "audit.jsonl"', f'audit_log = "audit.jsonl"\n{extra}'),
-        encoding="utf-8",
-    )
+    edits = [put(f"node.{key}", value) for key, value in node.items()]
+    configs.write(path, configs.apply(configs.read(cfg.path), *edits))
     return load_node_config(path)
 
 
@@ -329,7 +328,7 @@ def test_the_call_is_aborted_even_if_no_entry_can_be_written(tmp_path: Path) -> 
 
 def test_a_node_certificate_is_refused_before_it_can_hold_a_slot(tmp_path: Path) -> None:
     """Finding 5: refused at once, even with every slot busy, and nothing read."""
-    state = NodeState.create(_variant(tmp_path, "queue_seconds = 0.2"), today=lambda: TODAY)
+    state = NodeState.create(_variant(tmp_path, queue_seconds=0.2), today=lambda: TODAY)
     sink = Sink()
     servicer = NodeServicer(state, sink)
     held = 0
@@ -358,7 +357,7 @@ def test_a_node_certificate_is_refused_before_it_can_hold_a_slot(tmp_path: Path)
 
 def test_a_round_without_a_start_gives_its_slot_back(tmp_path: Path) -> None:
     """Finding 5: a silent stream held a slot for IDLE_SECONDS (300 s)."""
-    cfg = _variant(tmp_path, "start_timeout_seconds = 0.3\nmax_concurrent_rounds = 1")
+    cfg = _variant(tmp_path, start_timeout_seconds=0.3, max_concurrent_rounds=1)
     assert make_cfg(tmp_path).node.start_timeout_seconds == 15  # the default
     state = NodeState.create(cfg, today=lambda: TODAY)
     sink = Sink()

@@ -30,6 +30,8 @@ from coordinator.config import CoordinatorConfig, load_coordinator_config
 from nodes.config import NodeConfig, load_node_config
 from nodes.matchsets import load_match_set
 from psi.errors import ConfigError
+from tests import configs
+from tests.configs import drop, put, rename
 from tests.federation import (
     AS_OF,
     SPECS,
@@ -175,9 +177,11 @@ def test_exit_code_3_when_the_node_is_down(fed: Federation, tmp_path: Path) -> N
 def test_exit_code_3_and_the_offered_sets_for_a_match_set_typo(
     fed: Federation, tmp_path: Path
 ) -> None:
-    config = coordinator_toml(fed, "c-typo.toml", specs=POLICE)
-    text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('"deaths"', '"death"'), encoding="utf-8")
+    def misspell(doc: configs.Table) -> None:
+        sets = doc["nodes"][0]["match_sets"]
+        sets[sets.index("deaths")] = "death"
+
+    config = coordinator_toml(fed, "c-typo.toml", specs=POLICE, edits=[misspell])
     done = round_run(config, tmp_path / "round", as_of=AS_OF)
     assert done.returncode == exit_codes.PARTIAL, done.stderr
     assert (
@@ -202,9 +206,13 @@ def test_exit_code_3_for_a_roster_under_min_query_size(fed: Federation, tmp_path
 
 
 def test_exit_code_2_for_a_configuration_error(fed: Federation, tmp_path: Path) -> None:
-    config = coordinator_toml(fed, "c-bad.toml", specs=POLICE)
-    text = config.read_text(encoding="utf-8").replace("address = ", "adress = ", 1)
-    config.write_text(text.replace('protocol = "keyed-hash"', 'protocol = "keyedhash"'), "utf-8")
+    assert POLICE[0].protocol == "keyed-hash"
+    config = coordinator_toml(
+        fed,
+        "c-bad.toml",
+        specs=POLICE,
+        edits=[rename("nodes[0].address", "adress"), put("nodes[0].protocol", "keyedhash")],
+    )
     done = round_run(config, tmp_path / "round", as_of=AS_OF)
     assert done.returncode == exit_codes.USAGE == 2
     line = _one_error_line(done)
@@ -245,9 +253,7 @@ def test_exit_code_4_is_reserved_in_one_place() -> None:
 
 
 def test_node_certificate_given_as_ca_names_the_ca_file(fed: Federation, tmp_path: Path) -> None:
-    config = coordinator_toml(fed, "c-ca.toml", specs=POLICE)
-    text = config.read_text(encoding="utf-8").replace('ca = "pki/ca.crt"', 'ca = "pki/police.crt"')
-    config.write_text(text, encoding="utf-8")
+    config = coordinator_toml(fed, "c-ca.toml", specs=POLICE, coordinator={"ca": "pki/police.crt"})
     done = round_run(config, tmp_path / "round", as_of=AS_OF)
     assert done.returncode == exit_codes.USAGE
     line = _one_error_line(done)
@@ -259,9 +265,9 @@ def test_node_certificate_given_as_ca_names_the_ca_file(fed: Federation, tmp_pat
 def test_node_name_that_differs_from_its_certificate_says_so(
     fed: Federation, tmp_path: Path
 ) -> None:
-    config = coordinator_toml(fed, "c-name.toml", specs=POLICE)
-    text = config.read_text(encoding="utf-8").replace('name = "police"', 'name = "polise"')
-    config.write_text(text, encoding="utf-8")
+    config = coordinator_toml(
+        fed, "c-name.toml", specs=POLICE, node_keys={"police": {"name": "polise"}}
+    )
     done = round_run(config, tmp_path / "round", as_of=AS_OF)
     _nothing_answered(done)
     port = fed.ports["police"]
@@ -272,13 +278,14 @@ def test_node_name_that_differs_from_its_certificate_says_so(
     assert "cannot connect" not in done.stderr
 
 
-def _node_toml(fed: Federation, name: str, **replace: str) -> Path:
-    text = fed.config("police").read_text(encoding="utf-8")
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    path = fed.root / name
-    path.write_text(text, encoding="utf-8")
-    return path
+def _node_toml(fed: Federation, name: str, *edits: configs.Edit) -> Path:
+    """``fed.root/NAME``: police's node.toml with ``edits`` (tests/configs.py)."""
+    return configs.write(fed.root / name, configs.apply(configs.read(fed.config("police")), *edits))
+
+
+def _police_set(fed: Federation, name: str) -> str:
+    """The key path of police's match set ``name`` (``match_sets[0]``)."""
+    return configs.entry(configs.read(fed.config("police")), "match_sets", name)
 
 
 def test_short_csv_row_of_a_node_source_gives_its_line(fed: Federation) -> None:
@@ -286,7 +293,10 @@ def test_short_csv_row_of_a_node_source_gives_its_line(fed: Federation) -> None:
     lines = source.read_text(encoding="utf-8").splitlines()
     short = fed.root / "data" / "police" / "deaths-short.csv"
     short.write_text("\n".join([*lines[:4], lines[4].split(",")[0], *lines[5:]]) + "\n", "utf-8")
-    config = _node_toml(fed, "police-short.node.toml", **{"deaths.csv": "deaths-short.csv"})
+    deaths = _police_set(fed, "deaths")
+    config = _node_toml(
+        fed, "police-short.node.toml", put(f"{deaths}.source", "data/police/deaths-short.csv")
+    )
     done = xmatch("node", "serve", "--config", str(config), cwd=fed.root, timeout=60)
     assert done.returncode == 1
     width = len(lines[0].split(","))
@@ -357,12 +367,9 @@ def test_node_serve_creates_its_log_folder(fed: Federation, tmp_path: Path) -> N
     config = _node_toml(
         fed,
         "police-newlogs.node.toml",
-        **{"logs/police.audit.jsonl": f"{tmp_path}/new/logs/police.audit.jsonl"},
+        put("node.audit_log", f"{tmp_path}/new/logs/police.audit.jsonl"),
+        put("node.listen", f"127.0.0.1:{port}"),
     )
-    text = re.sub(
-        r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text()
-    )
-    config.write_text(text, encoding="utf-8")
     node = start_node("police", config, log_dir=tmp_path / "stderr")
     try:
         folder = tmp_path / "new" / "logs"
@@ -380,8 +387,8 @@ def test_round_run_creates_the_folders_of_logs_state_and_output(
         "c-folders.toml",
         specs=POLICE,
         coordinator={
-            "state": json.dumps(f"{tmp_path}/s/state.sqlite"),
-            "audit_log": json.dumps(f"{tmp_path}/l/civil-affairs.audit.jsonl"),
+            "state": f"{tmp_path}/s/state.sqlite",
+            "audit_log": f"{tmp_path}/l/civil-affairs.audit.jsonl",
         },
     )
     out = tmp_path / "rounds" / "2026" / "round"
@@ -397,9 +404,14 @@ def test_round_run_creates_the_folders_of_logs_state_and_output(
 
 
 def test_every_node_config_problem_is_shown(fed: Federation) -> None:
-    config = _node_toml(
-        fed, "police-typos.node.toml", **{"listen = ": "lisen = ", 'id_column = "id_number"': ""}
-    )
+    police = configs.read(fed.config("police"))
+    no_ids = [
+        drop(f"match_sets[{i}].id_column")
+        for i, ms in enumerate(police["match_sets"])
+        if ms["id_column"] == "id_number"
+    ]
+    assert no_ids
+    config = _node_toml(fed, "police-typos.node.toml", rename("node.listen", "lisen"), *no_ids)
     done = xmatch("node", "serve", "--config", str(config), timeout=60)
     line = _one_error_line(done)
     assert "unknown key 'node.lisen' (did you mean 'listen'?)" in line
@@ -414,12 +426,11 @@ def test_busy_port_prints_only_the_good_line(fed: Federation) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = _node_toml(
-            fed, "police-busy.node.toml", **{"logs/police.audit": "logs/police-busy.audit"}
+            fed,
+            "police-busy.node.toml",
+            put("node.audit_log", "logs/police-busy.audit.jsonl"),
+            put("node.listen", f"127.0.0.1:{port}"),
         )
-        text = re.sub(
-            r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text()
-        )
-        config.write_text(text, encoding="utf-8")
         done = xmatch("node", "serve", "--config", str(config), timeout=60)
     assert done.returncode == 1
     line = _one_error_line(done)  # exactly one line: no raw gRPC C-core line before it
@@ -460,10 +471,15 @@ def test_every_warning_is_printed_once(fed: Federation, tmp_path: Path) -> None:
         fed,
         "c-warnings.toml",
         specs=POLICE,
-        extra=(
-            f'[[nodes]]\nname = "court"\naddress = "127.0.0.1:{dead}"\n'
-            'match_sets = ["declarations", "guardianship"]\nprotocol = "keyed-hash"\nretries = 0\n'
-        ),
+        nodes=[
+            {
+                "name": "court",
+                "address": f"127.0.0.1:{dead}",
+                "match_sets": ["declarations", "guardianship"],
+                "protocol": "keyed-hash",
+                "retries": 0,
+            }
+        ],
     )
     done = round_run(config, tmp_path / "round", as_of=AS_OF)
     assert done.returncode == exit_codes.PARTIAL
@@ -627,10 +643,8 @@ def test_progress_by_phase_keeps_moving_on_a_terminal(fed: Federation, tmp_path:
     stalling = _node_toml(
         fed,
         "police-progress.node.toml",
-        **{
-            "logs/police.audit": "logs/police-progress.audit",
-            f"127.0.0.1:{fed.ports['police']}": f"127.0.0.1:{port}",
-        },
+        put("node.audit_log", "logs/police-progress.audit.jsonl"),
+        put("node.listen", f"127.0.0.1:{port}"),
     )
     police = start_stalling_node(
         fed,
@@ -642,11 +656,11 @@ def test_progress_by_phase_keeps_moving_on_a_terminal(fed: Federation, tmp_path:
     )
     try:
         config = coordinator_toml(
-            fed, "c-progress.toml", specs=POLICE + JUSTICE, coordinator={"chunk_items": "32"}
-        )
-        text = config.read_text(encoding="utf-8")
-        config.write_text(
-            text.replace(f"127.0.0.1:{fed.ports['police']}", f"127.0.0.1:{port}"), "utf-8"
+            fed,
+            "c-progress.toml",
+            specs=POLICE + JUSTICE,
+            coordinator={"chunk_items": 32},
+            node_keys={"police": {"address": f"127.0.0.1:{port}"}},
         )
         master, slave = pty.openpty()
         proc = subprocess.Popen(

@@ -45,6 +45,8 @@ import pytest
 from coordinator import exit_codes
 from psi.errors import InvalidIdentifier
 from psi.identifiers import normalize_id
+from tests import configs
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     SPECS,
@@ -204,10 +206,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         fh.write("\n".join(INVALID_ROWS) + "\n")
     # police refuses lost_contact: its minimum query size is above the roster
     police = federation.config("police")
-    text = police.read_text(encoding="utf-8")
-    marker = 'name = "lost_contact"\n'
-    assert marker in text
-    police.write_text(text.replace(marker, marker + "min_query_size = 100000\n"), "utf-8")
+    lost_contact = configs.entry(configs.read(police), "match_sets", "lost_contact")
+    configs.edit_file(police, put(f"{lost_contact}.min_query_size", 100000))
     yield federation
     stop_nodes(federation.nodes)
 
@@ -219,10 +219,15 @@ def _run(fed: Federation, swap: bool, out: Path) -> tuple[str, str]:
         fed,
         f"coordinator-privacy-{int(swap)}.toml",
         specs=specs,
-        extra=(
-            f'[[nodes]]\nname = "court"\naddress = "127.0.0.1:{dead}"\n'
-            'match_sets = ["declarations"]\nprotocol = "ecdh"\nretries = 0\n'
-        ),
+        nodes=[
+            {
+                "name": "court",
+                "address": f"127.0.0.1:{dead}",
+                "match_sets": ["declarations"],
+                "protocol": "ecdh",
+                "retries": 0,
+            }
+        ],
     )
     done = xmatch(
         *("round", "run", "--config", str(config), "--as-of", AS_OF.isoformat()),
@@ -312,11 +317,13 @@ def test_tiny_query_and_budget_are_refused_logged_and_flagged(
 ) -> None:
     police = fed.config("police")
     probe = fed.root / "police-probe.node.toml"
-    text = police.read_text(encoding="utf-8").replace(
-        "logs/police.audit.jsonl", "logs/police-probe.audit.jsonl"
+    doc = configs.read(police)
+    deaths = configs.entry(doc, "match_sets", "deaths")
+    edits = (
+        put("node.audit_log", "logs/police-probe.audit.jsonl"),
+        put(f"{deaths}.budget", {"rounds": 3, "period": "1h"}),
     )
-    marker = 'name = "deaths"\n'
-    probe.write_text(text.replace(marker, marker + 'budget = { rounds = 3, period = "1h" }\n'))
+    configs.write(probe, configs.apply(doc, *edits))
     log = fed.root / "logs" / "police-probe.audit.jsonl"
     # a roster of 5 children: below min_query_size (100)
     rows = (fed.root / "data" / "roster.csv").read_text(encoding="utf-8-sig").splitlines()

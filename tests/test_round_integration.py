@@ -14,13 +14,15 @@ import datetime as dt
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from coordinator import exit_codes
 from psi import size_class
+from tests import configs
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     NEEDS,
@@ -66,10 +68,11 @@ def _coordinator_toml(
     name: str,
     *,
     specs: tuple[synth.NodeSpec, ...] = SPECS,
-    extra: str = "",
+    nodes: Sequence[configs.Table] = (),
+    edits: Sequence[configs.Edit] = (),
     roster: str = "data/roster.csv",
 ) -> Path:
-    return coordinator_toml(fed, name, specs=specs, extra=extra, roster=roster)
+    return coordinator_toml(fed, name, specs=specs, nodes=nodes, edits=edits, roster=roster)
 
 
 def _no_identity_numbers(text: str) -> None:
@@ -188,10 +191,15 @@ def test_unreachable_node_is_a_failed_source_not_an_exit(
     config = _coordinator_toml(
         federation,
         "coordinator-dead.toml",
-        extra=(
-            f'[[nodes]]\nname = "court"\naddress = "127.0.0.1:{dead_port}"\n'
-            'match_sets = ["declarations"]\nprotocol = "keyed-hash"\nretries = 1\n'
-        ),
+        nodes=[
+            {
+                "name": "court",
+                "address": f"127.0.0.1:{dead_port}",
+                "match_sets": ["declarations"],
+                "protocol": "keyed-hash",
+                "retries": 1,
+            }
+        ],
     )
     out = tmp_path / "round"
     done = round_run(config, out, as_of=AS_OF)
@@ -250,23 +258,20 @@ def test_roster_missing_required_column(federation: Federation, tmp_path: Path) 
 
 
 def test_unknown_config_key(federation: Federation, tmp_path: Path) -> None:
-    config = _coordinator_toml(federation, "coordinator-typo.toml", extra="")
-    text = config.read_text(encoding="utf-8").replace(
-        'purpose = "eligibility-review"', 'purpose = "eligibility-review"\npurpse = "x"'
+    config = _coordinator_toml(
+        federation, "coordinator-typo.toml", edits=[put("coordinator.purpse", "x")]
     )
-    config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
     done = round_run(config, out)
     _assert_fatal(done, out, "unknown key coordinator.purpse", exit_codes.USAGE)
 
 
 def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> None:
-    config = _coordinator_toml(federation, "coordinator-wrongcert.toml")
-    text = config.read_text(encoding="utf-8")
-    text = text.replace("pki/civil-affairs.crt", "pki/ghost.crt").replace(
-        "pki/civil-affairs.key", "pki/ghost.key"
+    config = _coordinator_toml(
+        federation,
+        "coordinator-wrongcert.toml",
+        edits=[put("coordinator.cert", "pki/ghost.crt"), put("coordinator.key", "pki/ghost.key")],
     )
-    config.write_text(text, encoding="utf-8")
     out = tmp_path / "round"
     done = round_run(config, out)
     _assert_fatal(done, out, "certificate names 'ghost'", exit_codes.USAGE)
@@ -317,15 +322,11 @@ def test_large_sets_stay_within_message_limits(tmp_path: Path) -> None:
     _write_node_configs(root, specs, ports)
     # The ecdh node treats the set as larger than memory: 200,000 source rows
     # are streamed and split into 4 encrypted bucket files under spill/.
-    ecdh_toml = root / "bigecdh.node.toml"
-    text = ecdh_toml.read_text(encoding="utf-8")
-    ecdh_toml.write_text(
-        text.replace(
-            "[node]\n",
-            '[node]\nstream_rows = 100000\nbucket_rows = 50000\nspill_dir = "spill"\n',
-            1,
-        ),
-        encoding="utf-8",
+    configs.edit_file(
+        root / "bigecdh.node.toml",
+        put("node.stream_rows", 100000),
+        put("node.bucket_rows", 50000),
+        put("node.spill_dir", "spill"),
     )
     config = synth.write_coordinator_config(root, specs, ports=ports, retries=1)
     nodes: list[NodeProcess] = []
