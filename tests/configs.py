@@ -170,7 +170,7 @@ def put(key_path: str, value: Any) -> Edit:
         parent, last = _parent(doc, key_path)
         if isinstance(last, int):
             parent[last]  # IndexError: no such entry
-        parent[last] = value
+        parent[last] = copy.deepcopy(value)  # later edits never reach the caller's value
 
     return edit
 

@@ -277,8 +277,9 @@ def coordinator_toml(
     for node, keys in (node_keys or {}).items():
         entry = configs.entry(doc, "nodes", node)
         changes += [put(f"{entry}.{key}", value) for key, value in keys.items()]
-    changes.append(put("nodes", [*doc["nodes"], *nodes]))
-    return configs.write(fed.root / name, configs.apply(doc, *changes, *edits))
+    doc = configs.apply(doc, *changes)
+    doc["nodes"] += [dict(entry) for entry in nodes]
+    return configs.write(fed.root / name, configs.apply(doc, *edits))
 
 
 def _keep_all(_record: dict[str, str]) -> bool:
