@@ -195,6 +195,8 @@ def _payload_expr(col: str, dtype: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class Query:
+    """The SELECT of one match set over its file, with what was learnt building it."""
+
     sql: str
     params: dict[str, Any]
     bad_flags: tuple[str, ...]

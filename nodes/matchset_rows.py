@@ -159,6 +159,7 @@ class Reporter:
         self.prefix = f"{config.path}: {config.key_path(ms.name)} ({ms.name!r})"
 
     def error(self, message: str) -> ConfigError:
+        """``message`` prefixed with the file and the match set."""
         return ConfigError(f"{self.prefix}: {message}")
 
     def database_error(self, source: DatabaseSource, exc: ConfigError) -> ConfigError:
@@ -169,6 +170,7 @@ class Reporter:
         return ConfigError(text)
 
     def duckdb_error(self, what: str, exc: duckdb.Error) -> ConfigError:
+        """A DuckDB error as one line; withheld where DuckDB may quote a record value."""
         if isinstance(exc, _SAFE_ERRORS):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return ConfigError(f"{self.prefix}: {what}: {first}")
@@ -194,6 +196,7 @@ def configured(config: NodeConfig, name: str) -> tuple[MatchSetConfig, Reporter]
 
 
 def as_str(values: Any) -> npt.NDArray[np.str_]:
+    """``values`` (a numpy or masked array, or a sequence) as a ``<U`` array; masked as ``""``."""
     arr = np.ma.filled(values, "") if np.ma.isMaskedArray(values) else np.asarray(values)
     if arr.dtype.kind == "U":
         return arr
