@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,10 @@ from pathlib import Path
 from audit.format import looks_like_identity_number
 from coordinator.records import write_atomically
 from psi.errors import InputError
+from runtime.config import DISPLAY_NAME_MAX, display_name_problem
 
-#: the longest display name accepted (as nodes/config.py)
-DISPLAY_NAME_MAX = 40
 #: how a Chinese text joins a department and its dataset: 司法局·服刑在押人员
 JOIN = "·"
-_DIGITS = re.compile(r"\d{6}")
 NAMES_COLUMNS = ("source", "display_name")
 
 
@@ -41,13 +38,7 @@ def clean_display_name(text: str) -> str | None:
     in a row (it could be an identity number).
     """
     value = " ".join(text.split())
-    if (
-        not value
-        or len(value) > DISPLAY_NAME_MAX
-        or not value.isprintable()
-        or _DIGITS.search(value)
-        or looks_like_identity_number(value)
-    ):
+    if display_name_problem(value) is not None or looks_like_identity_number(value):
         return None
     return value
 

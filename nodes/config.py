@@ -94,7 +94,14 @@ from psi.contract import (
 )
 from psi.ecdh import size_class
 from psi.errors import ConfigError
-from runtime.config import NODE_WORDING, Strict, one_line, read_toml, resolve_path
+from runtime.config import (
+    NODE_WORDING,
+    Strict,
+    display_name_problem,
+    one_line,
+    read_toml,
+    resolve_path,
+)
 
 __all__ = [
     "CIRCUMSTANCES",
@@ -151,10 +158,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-#: the longest display name (a department's full name fits easily)
-DISPLAY_NAME_MAX = 40
-
-
 def check_display_name(value: str | None) -> str | None:
     """A ``display_name``: trimmed, 1-40 characters, printable, no digit run of 6 or more.
 
@@ -167,14 +170,9 @@ def check_display_name(value: str | None) -> str | None:
     if value is None:
         return None
     text = value.strip()
-    if not text:
-        raise ValueError("empty; remove the key or give the name people know")
-    if len(text) > DISPLAY_NAME_MAX:
-        raise ValueError(f"{len(text)} characters; at most {DISPLAY_NAME_MAX}")
-    if not text.isprintable():
-        raise ValueError("control characters are not allowed")
-    if re.search(r"\d{6}", text):
-        raise ValueError("6 or more digits in a row are not allowed (they look like an ID)")
+    problem = display_name_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 

@@ -18,6 +18,7 @@ mechanism is written once and every message stays as documented.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,39 @@ from psi.errors import ConfigError
 
 __all__ = [
     "COORDINATOR_WORDING",
+    "DISPLAY_NAME_MAX",
     "NODE_WORDING",
     "Strict",
     "Wording",
+    "display_name_problem",
     "key_path",
     "one_line",
     "read_toml",
     "resolve_path",
 ]
+
+
+#: the longest display name (a department's full name fits easily)
+DISPLAY_NAME_MAX = 40
+_DIGIT_RUN = re.compile(r"\d{6}")
+
+
+def display_name_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a display name (already trimmed), or None.
+
+    A display name (node.toml's ``display_name``, a row of names.csv) is shown in
+    reasons and reports: 1-40 printable characters without a run of 6 or more
+    digits, which could be (or look like) an identity number.
+    """
+    if not text:
+        return "empty; remove the key or give the name people know"
+    if len(text) > DISPLAY_NAME_MAX:
+        return f"{len(text)} characters; at most {DISPLAY_NAME_MAX}"
+    if not text.isprintable():
+        return "control characters are not allowed"
+    if _DIGIT_RUN.search(text):
+        return "6 or more digits in a row are not allowed (they look like an ID)"
+    return None
 
 
 class Strict(BaseModel):
