@@ -19,7 +19,7 @@ whose ``reason`` goes into the audit log:
    ``prf`` (keyed-hash) in its ``suites`` / ``prfs``;
 8. the announced query size is at least ``min_query_size`` and (9) at most
    the allow entry's ``max_query_size`` (default
-   :data:`nodes.config.DEFAULT_ALLOW_MAX_QUERY_SIZE`) and the node's;
+   :data:`nodes.allow.DEFAULT_ALLOW_MAX_QUERY_SIZE`) and the node's;
 10. ``as_of`` is at most ``max_future_days`` after and ``max_past_days``
     before today;
 11. the (round id, match set) pair was not seen before (replay);
@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from nodes.allow import max_query_size_for
 from nodes.config import MatchSetConfig, NodeConfig
 from nodes.limits import QueryBudget, ReplayGuard
 from psi.context import DEFAULT_PARAMS, RoundContext
@@ -119,7 +120,7 @@ def authorize(
     # (8), (9)
     if query_size < ms.min_query_size:
         raise Refused(peer, f"query below minimum size ({ms.min_query_size})")
-    limit = min(node.max_query_size, ms.max_query_size_for(peer))
+    limit = min(node.max_query_size, max_query_size_for(ms.allow, peer))
     if query_size > limit:
         raise Refused(peer, f"query above maximum size ({limit})")
     # (10)

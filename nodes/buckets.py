@@ -75,10 +75,10 @@ def bucket_count(source_rows: int, bucket_rows: int) -> int:
     return count
 
 
-
 def _create(path: Path) -> BinaryIO:
     """A new spill file, mode 0600 whatever the umask (exclusive: never an existing one)."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
 
 class SpilledSet:
     """The buckets of one round's match set, in encrypted files (one per bucket).

@@ -45,8 +45,6 @@ where = "term_months >= 6 AND (end_date IS NULL OR end_date > $as_of)"
 payload = ["start_date", "end_date"]
 protocols = ["ecdh", "keyed-hash"]
 allow = [{ requester = "civil-affairs", purposes = ["eligibility-review"] }]
-                                  # an entry may add max_query_size = 20000 (ours: its largest
-                                  #   roster; default 100,000)
 service_report = "gaps"           # ours, SERVICE sets only: report covered children not
                                   #   matched ("gaps", default) or matched ("needs")
 encoding = "auto"                 # ours: auto | utf-8 | gb18030 (CSV only)
@@ -87,6 +85,7 @@ from pydantic import (
 )
 
 from databases import DatabaseSource, is_identifier, source_from_toml
+from nodes.allow import DEFAULT_ALLOW_MAX_QUERY_SIZE, check_sizes
 from psi.contract import (
     CIRCUMSTANCES,
     ECDH_SUITES,
@@ -222,16 +221,8 @@ class Budget(_Strict):
         return float(int(m.group(1)) * _PERIOD_UNITS[m.group(2)])
 
 
-#: The largest roster an ``allow`` entry admits unless it sets ``max_query_size``:
-#: a province's roster of supported children is a few thousand (Inner Mongolia:
-#: 2,646 de facto unsupported, 4,100 orphans; domain-facts.md), so 100,000 leaves
-#: a wide margin, while one county and birth year (365,000 valid numbers) or a
-#: whole league is refused.
-DEFAULT_ALLOW_MAX_QUERY_SIZE = 100_000
-
-
 class AllowEntry(_Strict):
-    """One ``allow`` entry: a requester, the purposes it may query for, its largest roster."""
+    """One ``allow`` entry: a requester and the purposes it may query for."""
 
     requester: str
     purposes: list[str] = Field(min_length=1)
@@ -411,10 +402,6 @@ class MatchSetConfig(_Strict):
             raise ValueError("a requester is listed twice; merge its purposes")
         return value
 
-    def max_query_size_for(self, requester: str) -> int:
-        """The allow entry's ``max_query_size`` for ``requester`` (0: not allowed)."""
-        return next((a.max_query_size for a in self.allow if a.requester == requester), 0)
-
     def purposes_for(self, requester: str) -> list[str]:
         """The purposes ``requester`` may query this set for (empty: not allowed)."""
         for entry in self.allow:
@@ -572,12 +559,7 @@ class NodeConfig(_Strict):
                     f"match_sets[{i}].min_query_size: {ms.min_query_size} is above "
                     f"node.max_query_size ({self.node.max_query_size})"
                 )
-            for j, entry in enumerate(ms.allow):
-                if entry.max_query_size < ms.min_query_size:
-                    raise ValueError(
-                        f"match_sets[{i}].allow[{j}].max_query_size: {entry.max_query_size} is "
-                        f"below the set's min_query_size ({ms.min_query_size})"
-                    )
+            check_sizes(ms.allow, min_query_size=ms.min_query_size, where=f"match_sets[{i}]")
         return self
 
     def match_set(self, name: str) -> MatchSetConfig | None:

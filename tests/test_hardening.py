@@ -32,9 +32,10 @@ from coordinator import exit_codes
 from keys.ca import init_ca, issue
 from keys.certs import inspect_member_certificate
 from keys.handles import AuditSigner, load_tls_credentials
+from nodes.allow import DEFAULT_ALLOW_MAX_QUERY_SIZE, max_query_size_for
 from nodes.auth import Peer, peer_scope
 from nodes.authorization import NOT_ALLOWED
-from nodes.config import DEFAULT_ALLOW_MAX_QUERY_SIZE, load_node_config
+from nodes.config import load_node_config
 from nodes.handlers import NodeState
 from nodes.limits import RequesterBusy, RequesterGate
 from nodes.servicer import NodeServicer
@@ -161,6 +162,17 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         stop_nodes(fed.nodes)
 
 
+@pytest.fixture(scope="module")
+def fresh_fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """A second federation, whose logs hold only the rounds of one test."""
+    fed = build_federation(tmp_path_factory.mktemp("harden-sweep"))
+    try:
+        start_nodes(fed)
+        yield fed
+    finally:
+        stop_nodes(fed.nodes)
+
+
 class SilentStreams:
     """An unlisted coordinator keeping ``per_node`` silent streams open on every node.
 
@@ -277,10 +289,13 @@ def _report(fed: Federation, log: Path) -> tuple[int, list[str]]:
 
 
 @pytest.mark.integration
-def test_goal_sweep_refused_by_default_and_flagged_normal_round_not(fed: Federation) -> None:
+def test_goal_sweep_refused_by_default_and_flagged_normal_round_not(
+    fresh_fed: Federation,
+) -> None:
     """Goal 2 (finding 1): normal rounds are not flagged; a 365,000-identity sweep of a
     made-up roster is refused by the default per-allow limit, logged as above maximum,
-    and flagged by ``audit report``; reconcile flags its size against the roster declared."""
+    and flagged by ``audit report``."""
+    fed = fresh_fed
     node, match_set = fed.specs[0].name, fed.specs[0].match_sets[0].name
     config = coordinator_toml(fed, "coordinator-goal2.toml")
     for i in range(2):
@@ -288,8 +303,7 @@ def test_goal_sweep_refused_by_default_and_flagged_normal_round_not(fed: Federat
         assert done.returncode == exit_codes.COMPLETE, done.stdout + done.stderr
     log = fed.audit_log(node)
     code, flags = _report(fed, log)
-    mine = [f for f in flags if synth.COORDINATOR_NAME in f and "intruder" not in f]
-    assert mine == [], flags  # the normal rounds: nothing flagged
+    assert code == 0 and flags == []  # the normal rounds: nothing flagged
     # the sweep: the coordinator's own certificate, its own client
     _, _, start = _keyed_hash_start(synth.COORDINATOR_NAME, node, match_set, SWEEP)
     with _channel(fed, synth.COORDINATOR_NAME, node) as ch, pytest.raises(grpc.RpcError) as info:
@@ -302,6 +316,23 @@ def test_goal_sweep_refused_by_default_and_flagged_normal_round_not(fed: Federat
     code, flags = _report(fed, log)
     assert code == 1
     assert any(f.startswith("FLAG: oversized:") and "365,000" in f for f in flags), flags
+    # reconcile: the normal rounds match the roster the coordinator declared; the
+    # sweep, sent by a client of the coordinator's own, is in no coordinator log
+    coord_log = fed.audit_log(synth.COORDINATOR_NAME)
+    declared = [e for e in audit_entries(coord_log) if e["event"] == "roster_committed"]
+    assert len(declared) == 2 and all(int(str(e["roster_size"])) > 0 for e in declared)
+    done = xmatch(
+        "audit",
+        "reconcile",
+        "--ca",
+        str(fed.root / "pki" / "ca.crt"),
+        "--allow-unsigned-tail",
+        str(coord_log),
+        str(log),
+    )
+    findings = [ln for ln in done.stdout.splitlines() if ln.startswith("FINDING:")]
+    assert done.returncode == 1 and len(findings) == 1, done.stdout
+    assert "not in civil-affairs's log" in findings[0]
 
 
 @pytest.mark.integration
@@ -391,7 +422,9 @@ def test_finding1_sweep_refused_by_default_limit(tmp_path: Path) -> None:
     cfg.path.write_text(raw, encoding="utf-8")
     cfg = load_node_config(cfg.path)
     assert cfg.node.max_query_size == 20_000_000
-    assert cfg.match_sets[0].max_query_size_for("civil-affairs") == DEFAULT_ALLOW_MAX_QUERY_SIZE
+    assert (
+        max_query_size_for(cfg.match_sets[0].allow, "civil-affairs") == DEFAULT_ALLOW_MAX_QUERY_SIZE
+    )
     assert DEFAULT_ALLOW_MAX_QUERY_SIZE < SWEEP
     kwargs = {"budget": QueryBudget(), "replay": ReplayGuard(10), "today": TODAY}
     with pytest.raises(Refused) as info:
@@ -417,7 +450,7 @@ def test_finding1_per_allow_max_query_size_is_read_and_checked(tmp_path: Path) -
     )
     cfg.path.write_text(raw, encoding="utf-8")
     loaded = load_node_config(cfg.path)
-    assert loaded.match_sets[0].max_query_size_for("education") == 5000
+    assert max_query_size_for(loaded.match_sets[0].allow, "education") == 5000
     cfg.path.write_text(raw.replace("max_query_size = 5000", "max_query_size = 5"), "utf-8")
     from psi.errors import ConfigError
 
