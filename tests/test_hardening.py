@@ -263,13 +263,13 @@ def test_finding7_round_outputs_state_and_node_stderr_are_0600(fed: Federation) 
     its -wal/-shm, and the nodes' stderr logs are 0600."""
     config = coordinator_toml(fed, "coordinator-modes.toml")
     out = fed.root / "round-modes"
-    done = round_run(config, out, "--names", str(fed.root / "round-modes-names"), as_of=AS_OF)
-    if done.returncode == 2 and "--names" in done.stderr:  # no such option: the plain round
-        done = round_run(config, out, as_of=AS_OF)
+    done = round_run(config, out, as_of=AS_OF)
     assert done.returncode == exit_codes.COMPLETE, done.stdout + done.stderr
     written = [p for p in out.iterdir() if p.is_file()]
     names = {p.name for p in written}
-    assert {"decisions.json", "report.html", "evidence.csv"} <= names, names
+    assert {"decisions.json", "report.html", "evidence.csv", "decisions.xlsx", "names.csv"} <= (
+        names
+    ), names
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     state = fed.root / "state"
