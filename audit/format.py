@@ -86,7 +86,14 @@ KEY_USED: Final = "key_used"
 CHECKPOINT: Final = "checkpoint"
 """Written by the log itself. Fields: ``covers``, ``head``, ``key_id``, ``cert``, ``sig``."""
 SHUTDOWN: Final = "shutdown"
-"""A party stopped. Fields: ``reason`` (``"SIGTERM"``, ``"SIGINT"``, ``"done"``)."""
+"""A party stopped. Fields: ``reason`` (``"SIGTERM"``, ``"SIGINT"``, ``"done"``, or
+``"startup failed"`` for a node that could not start serving)."""
+CAPABILITIES_LISTED: Final = "capabilities_listed"
+"""A node answered ``GetCapabilities``. Fields: ``requester`` (the certificate's
+name), ``role``, ``responder``, ``match_sets`` (how many sets it was shown)."""
+ROSTER_COMMITTED: Final = "roster_committed"
+"""The coordinator's roster for a round. Fields: ``round_id``, ``roster_size``
+(distinct identities queried), ``roster_sha256`` (:func:`roster_commitment`)."""
 
 EVENTS: Final = frozenset(
     {
@@ -98,6 +105,8 @@ EVENTS: Final = frozenset(
         KEY_USED,
         CHECKPOINT,
         SHUTDOWN,
+        CAPABILITIES_LISTED,
+        ROSTER_COMMITTED,
     }
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
@@ -121,6 +130,8 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     ROUND_FAILED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     ROUND_REFUSED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     KEY_USED: frozenset({"key"}),
+    CAPABILITIES_LISTED: frozenset({"requester", "role", "responder"}),
+    ROSTER_COMMITTED: frozenset({"round_id", "roster_size", "roster_sha256"}),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
@@ -129,6 +140,7 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "transcript": 64,
     "config_sha256": 64,
     "node_log_head": 64,
+    "roster_sha256": 64,
     "prev": 64,
     "head": 64,
     "key_id": 64,
@@ -333,6 +345,32 @@ def check_fields(event: str, fields: Mapping[str, object]) -> dict[str, Value]:
 def encode_entry(entry: Mapping[str, object]) -> bytes:
     """The one serialization of an entry: compact JSON, UTF-8, keys in given order, no newline."""
     return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+ROSTER_DOMAIN: Final = b"xmatch roster commitment v1\n"
+
+
+def roster_commitment(round_id: bytes, identities: Sequence[str]) -> str:
+    """Hex SHA-256 committing to a round's roster (``roster_sha256``).
+
+    SHA-256 over :data:`ROSTER_DOMAIN`, the 16-byte round id, then each distinct
+    canonical identity number (ASCII) in sorted order, each followed by ``\n``.
+    Whoever holds the roster recomputes it; the log holds no identity.
+    """
+    h = hashlib.sha256(ROSTER_DOMAIN + bytes(round_id))
+    for identity in sorted(set(identities)):
+        h.update(identity.encode("ascii") + b"\n")
+    return h.hexdigest()
+
+
+def roster_fields(round_id: bytes, identities: Sequence[str]) -> dict[str, object]:
+    """The fields of a :data:`ROSTER_COMMITTED` entry: what a reviewer compares each
+    node's ``query_size`` with (:mod:`audit.reconcile`)."""
+    return {
+        "round_id": bytes(round_id).hex(),
+        "roster_size": len(set(identities)),
+        "roster_sha256": roster_commitment(round_id, identities),
+    }
 
 
 def line_hash(line: bytes, profile: str = "international") -> str:

@@ -228,6 +228,41 @@ def check_anchors(
     return findings
 
 
+def declared_rosters(coordinator: LogVerification) -> dict[str, tuple[int, int]]:
+    """``round_id`` -> (``roster_size``, entry line) from the coordinator's ``roster_committed``."""
+    found: dict[str, tuple[int, int]] = {}
+    for entry in coordinator.entries:
+        size = _int(entry, "roster_size")
+        if entry.event == fmt.ROSTER_COMMITTED and size is not None:
+            found[_str(entry, "round_id")] = (size, entry.line)
+    return found
+
+
+def check_roster_sizes(
+    coordinator: LogVerification, node_states: Mapping[str, Mapping[RoundKey, RoundState]]
+) -> list[ReconcileFinding]:
+    """Findings for node-side query sizes that differ from the roster the coordinator declared.
+
+    Every node of a round is queried with the whole roster, so each node's
+    ``query_size`` (finished, failed or refused) must equal the ``roster_size``
+    of the coordinator's ``roster_committed`` entry for that round id.
+    """
+    declared = declared_rosters(coordinator)
+    findings: list[ReconcileFinding] = []
+    for party, states in node_states.items():
+        for key, node in sorted(states.items(), key=lambda kv: kv[1].line):
+            size, line = declared.get(key[0], (None, 0))
+            if size is not None and node.query_size is not None and node.query_size != size:
+                findings.append(
+                    ReconcileFinding(
+                        key[0],
+                        f"{party} saw a query of {node.query_size} identities (entry {node.line}), "
+                        f"{coordinator.party} declared a roster of {size} (entry {line})",
+                    )
+                )
+    return findings
+
+
 def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) -> ReconcileResult:
     """Pair the coordinator's rounds with each node's by round id.
 
@@ -235,7 +270,9 @@ def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) ->
     X's log lacks; a round in X's log for this coordinator that the coordinator's
     log lacks; a round that one side completed and the other did not; differing
     transcript hashes, match counts or query sizes; a round id ended twice in one
-    log; an anchor the node's log does not bear out (:func:`check_anchors`).
+    log; an anchor the node's log does not bear out (:func:`check_anchors`); a
+    node-side query size other than the roster the coordinator declared
+    (:func:`check_roster_sizes`).
     Notes: rounds with nodes whose logs were not given, coordinator-side failures
     that never reached the node, and differing kinds of non-completion (the
     coordinator logs a node's refusal as its own failure).
@@ -287,6 +324,7 @@ def reconcile(coordinator: LogVerification, nodes: Sequence[LogVerification]) ->
                     )
                 )
     findings.extend(check_anchors(coordinator, by_party))
+    findings.extend(check_roster_sizes(coordinator, node_states))
     return ReconcileResult(tuple(findings), tuple(notes), compared)
 
 

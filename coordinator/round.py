@@ -54,7 +54,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from audit.format import SHUTDOWN
+from audit.format import ROSTER_COMMITTED, SHUTDOWN, roster_fields
 from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator import exit_codes
@@ -562,6 +562,7 @@ def _run_round(
     outcome = "done"  # the shutdown reason in the log
     try:
         _open_round(config, audit, state, rid=rid, as_of=as_of, out=out)
+        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.identities))
         results = fan_out(
             config,
             prepared,

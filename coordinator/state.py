@@ -162,6 +162,9 @@ class RoundState:
         """
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
             conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import unicodedata
 from pathlib import Path
 
 from cryptography import x509
@@ -98,14 +99,39 @@ def load_private_key(path: Path, *, passphrase: bytes | None, what: str) -> obje
         raise InvalidKey(f"{what} {path} is not a PEM private key") from exc
 
 
+#: The federation name of a CA made without ``--name``.
+DEFAULT_FEDERATION = "xmatch federation"
+
+
+def _federation_name(name: str) -> str:
+    """``name`` if it can be a certificate's organization (1-56 characters, no control ones).
+
+    Raises:
+        InputError: it cannot.
+    """
+    text = name.strip()
+    if not 1 <= len(text) <= 56 or any(unicodedata.category(c).startswith("C") for c in text):
+        raise InputError("--name: the federation's name must be 1 to 56 printable characters")
+    return text
+
+
 def init_ca(
-    directory: Path, *, passphrase: bytes | None = None, now: _dt.datetime | None = None
+    directory: Path,
+    *,
+    passphrase: bytes | None = None,
+    now: _dt.datetime | None = None,
+    name: str = DEFAULT_FEDERATION,
 ) -> None:
     """Create the federation CA in ``directory`` (``ca.crt`` and ``ca.key``, mode 0600).
 
+    The CA is named after the federation: organization ``name``, common name
+    ``"<name> CA"``, so that two federations' CAs have different names.
+
     Raises:
-        InputError: a CA already exists there, or the folder cannot be written.
+        InputError: a CA already exists there, the folder cannot be written, or
+            ``name`` is empty, too long or holds control characters.
     """
+    federation = _federation_name(name)
     directory = Path(directory)
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
     _refuse_existing(cert_path, key_path)
@@ -117,8 +143,8 @@ def init_ca(
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "xmatch federation"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "xmatch federation CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} CA"),
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())

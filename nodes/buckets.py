@@ -75,6 +75,11 @@ def bucket_count(source_rows: int, bucket_rows: int) -> int:
     return count
 
 
+def _create(path: Path) -> BinaryIO:
+    """A new spill file, mode 0600 whatever the umask (exclusive: never an existing one)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 class SpilledSet:
     """The buckets of one round's match set, in encrypted files (one per bucket).
 
@@ -185,7 +190,7 @@ class SpilledSet:
         records = self._written = [0] * n
         with contextlib.ExitStack() as stack:
             try:
-                files = [stack.enter_context(open(self._path(j, 0), "xb")) for j in range(n)]
+                files = [stack.enter_context(_create(self._path(j, 0))) for j in range(n)]
             except OSError as exc:
                 raise self._fail("create", exc) from None
             for batch in batches:
@@ -207,7 +212,7 @@ class SpilledSet:
             unique = distinct_identities(self._read(j, 0, records=self._written[j]))
             path = self._path(j, 1)
             try:
-                with open(path, "xb") as f:
+                with _create(path) as f:
                     self._write_record(f, j, 1, 0, unique)
                 self._path(j, 0).unlink()
             except OSError as exc:

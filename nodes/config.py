@@ -81,6 +81,7 @@ from pydantic import (
 )
 
 from databases import DatabaseSource, is_identifier, source_from_toml
+from nodes.allow import DEFAULT_ALLOW_MAX_QUERY_SIZE, check_sizes
 from psi.contract import (
     CIRCUMSTANCES,
     ECDH_SUITES,
@@ -202,6 +203,7 @@ class AllowEntry(Strict):
 
     requester: str
     purposes: list[str] = Field(min_length=1)
+    max_query_size: int = Field(default=DEFAULT_ALLOW_MAX_QUERY_SIZE, ge=1, le=10**10)
 
     @field_validator("requester")
     @classmethod
@@ -532,6 +534,7 @@ class NodeConfig(Strict):
                     f"match_sets[{i}].min_query_size: {ms.min_query_size} is above "
                     f"node.max_query_size ({self.node.max_query_size})"
                 )
+            check_sizes(ms.allow, min_query_size=ms.min_query_size, where=f"match_sets[{i}]")
         return self
 
     def match_set(self, name: str) -> MatchSetConfig | None:

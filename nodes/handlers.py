@@ -5,25 +5,11 @@ Plain functions and classes over the psi role objects, testable without gRPC
 to the small event classes here, runs a driver, converts its outputs back, and
 maps the :class:`psi.errors.XmatchError` it raises to a status code.
 
-Authorization (:func:`authorize`), in order; the first failure is a
-:class:`psi.errors.Refused` whose ``reason`` goes into the audit log:
+Authorization (:func:`authorize`, :mod:`nodes.authorization`, which lists its
+steps) ends with the announced query size between ``min_query_size`` and the
+allow entry's ``max_query_size``, the replay guard and the budget.
 
-1. the TLS peer's certificate has the ``coordinator`` role;
-2. the context's requester is the TLS peer;
-3. the context's responder is this node;
-4. the match set exists;
-5. it offers the round's protocol, (6) with the round's ``suite`` (ecdh) or
-   ``prf`` (keyed-hash) in its ``suites`` / ``prfs``;
-7. the requester is in its ``allow`` list, (8) for this purpose;
-9. the announced query size is at least ``min_query_size`` and at most
-   ``max_query_size``;
-10. ``as_of`` is at most ``max_future_days`` after and ``max_past_days``
-    before today;
-11. the (round id, match set) pair was not seen before (replay);
-12. the requester+purpose still has budget on this match set
-    (:class:`BudgetExhausted`).
-
-Step 9 counts distinct identities: a driver refuses a tag (keyed-hash) or
+The size check counts distinct identities: a driver refuses a tag (keyed-hash) or
 blinded point (ecdh) that repeats one sent before in the round
 (:class:`DistinctRows`), and the round must deliver exactly the announced
 number of them.
@@ -60,11 +46,11 @@ from nodes.authorization import REQUESTER_ROLE, CapabilityView, authorize, capab
 from nodes.buckets import SpilledSet, bucket_count
 from nodes.config import MatchSetConfig, NodeConfig
 from nodes.distinct import DistinctRows
-from nodes.limits import BudgetExhausted, QueryBudget, ReplayGuard
+from nodes.limits import BudgetExhausted, NodeBusy, QueryBudget, ReplayGuard
 from nodes.matchsets import LoadedMatchSet, MatchSetStore, StreamSummary
 from psi.context import RoundContext
 from psi.ecdh import EcdhResponder, distinct_identities, prepare_executor
-from psi.errors import PeerError, ProtocolError, XmatchError
+from psi.errors import ProtocolError, XmatchError
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_POINTS_PER_CHUNK, KeyShare, MatchChunk, PointChunk, TagChunk
 
@@ -99,10 +85,6 @@ TRAILING_SECONDS = 0.5
 READ_AHEAD = 4
 #: How often a blocked reader or writer of the event queue checks for cancellation.
 _POLL_SECONDS = 0.05
-
-
-class NodeBusy(PeerError):
-    """Every round slot stayed busy for ``queue_seconds`` (UNAVAILABLE: retry later)."""
 
 
 # --------------------------------------------------------------------------
@@ -358,6 +340,17 @@ class RoundDriver:
                 out = self._outbox.popleft()
             yield out
 
+    def _ended_early(self, how: object) -> str:
+        """Why the stream ended before ``end``: a transport that broke off may be
+        gRPC refusing a message above the node's limit (it does not say which)."""
+        if how == "broken":
+            limit = self.state.config.node.max_chunk_bytes
+            return (
+                "stream broken off before end (the requester cancelled, or sent a message "
+                f"above the node's limit of {limit} bytes per chunk)"
+            )
+        return "stream ended before end"
+
     def _check_size(self, data: bytes) -> None:
         limit = self.state.config.node.max_chunk_bytes
         if len(data) > limit:
@@ -400,7 +393,7 @@ class RoundDriver:
                     assert isinstance(item, BaseException)
                     raise item
                 if kind in ("eof", "cancel"):
-                    raise ProtocolError("stream ended before end")
+                    raise ProtocolError(self._ended_early(item))
                 if kind == "timeout":
                     raise ProtocolError(f"requester silent for {IDLE_SECONDS:.0f} s")
                 if isinstance(item, Start):

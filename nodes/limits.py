@@ -1,17 +1,28 @@
-"""Probing limits of a node: query budgets per requester and purpose, the replay guard.
+"""Limits of a node: query budgets per requester and purpose, the replay guard, and
+the per-requester gate on concurrent rounds.
 
-Both are rebuilt from the protocol log at startup (:mod:`nodes.history`).
+Budgets and the replay guard are rebuilt from the protocol log at startup
+(:mod:`nodes.history`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from nodes.config import Budget
-from psi.errors import Refused
+from psi.errors import PeerError, Refused
+
+
+class NodeBusy(PeerError):
+    """Every round slot stayed busy for ``queue_seconds`` (UNAVAILABLE: retry later)."""
+
+
+class RequesterBusy(NodeBusy):
+    """This requester has as many rounds open as the node grants one requester."""
 
 
 class BudgetExhausted(Refused):
@@ -102,3 +113,68 @@ class ReplayGuard:
             while len(self._seen) > self._capacity:
                 self._seen.popitem(last=False)
             return True
+
+
+class RequesterGate:
+    """How many rounds one requester may have at once. Thread-safe.
+
+    At most ``running`` rounds of one requester go on to take a round slot; up
+    to ``waiting`` more wait (at most ``timeout`` seconds) for one of those to
+    end; any beyond are refused at once. With ``running`` below the node's
+    ``max_concurrent_rounds``, one requester, even one holding silent streams,
+    always leaves a slot to the others, and its waiting calls are bounded too.
+    """
+
+    def __init__(self, *, running: int, waiting: int) -> None:
+        self.running = max(1, running)
+        self.waiting = max(0, waiting)
+        self._cond = threading.Condition()
+        self._open: collections.Counter[str] = collections.Counter()
+        self._active: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def for_node(cls, max_concurrent_rounds: int) -> RequesterGate:
+        """The node's gate: one slot fewer than the node has (at least one), as many waiting."""
+        running = max(1, max_concurrent_rounds - 1)
+        return cls(running=running, waiting=max_concurrent_rounds)
+
+    @contextlib.contextmanager
+    def hold(self, peer: str, *, timeout: float) -> Iterator[None]:
+        """Count one round of ``peer`` for the block.
+
+        Raises:
+            RequesterBusy: ``peer`` already has ``running + waiting`` rounds open,
+                or none of its ``running`` ended within ``timeout`` seconds.
+        """
+        limit = self.running + self.waiting
+        with self._cond:
+            if self._open[peer] >= limit:
+                raise RequesterBusy(
+                    peer, f"too many rounds open for this requester (at most {limit}); retry later"
+                )
+            self._open[peer] += 1
+        try:
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                while self._active[peer] >= self.running:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise RequesterBusy(
+                            peer,
+                            f"this requester's {self.running} round(s) at once are all in use; "
+                            "retry later",
+                        )
+                    self._cond.wait(left)
+                self._active[peer] += 1
+            try:
+                yield
+            finally:
+                with self._cond:
+                    self._active[peer] -= 1
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._open[peer] -= 1
+                if not self._open[peer]:
+                    del self._open[peer]
+                    self._active.pop(peer, None)

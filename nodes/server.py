@@ -13,6 +13,8 @@ nothing is served:
 
 On SIGTERM/SIGINT: ``server.stop(grace)``, an end entry for every round still
 open, audit ``shutdown``; exit 0 after SIGTERM, 130 after SIGINT (Ctrl-C).
+A failure after step 4 (say, the port cannot be bound) logs ``shutdown`` with
+reason ``startup failed`` before the log is closed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from nodes.config import NodeConfig, load_node_config
 from psi.ecdh import worker_pool
-from psi.errors import ConfigError
+from psi.errors import ConfigError, XmatchError
 from runtime.signals import sigint_blocked
 
 if TYPE_CHECKING:
@@ -152,19 +154,20 @@ def build_server(
     from proto import xmatch_pb2_grpc
 
     node = config.node
-    rounds = node.max_concurrent_rounds
     limit = node.max_chunk_bytes + ENVELOPE_BYTES
+    # Calls past this limit get RESOURCE_EXHAUSTED from gRPC itself, before any of
+    # our code (so unlogged): room for every requester's gated rounds, with refusals
+    # (which end at once) and capability calls on top; one thread per call.
+    calls = 4 * node.max_concurrent_rounds + 16
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(
-            max_workers=2 * rounds + 4, thread_name_prefix="xmatch-node"
-        ),
+        concurrent.futures.ThreadPoolExecutor(max_workers=calls, thread_name_prefix="xmatch-node"),
         interceptors=[PeerIdentityInterceptor(ca_pem=ca_pem, audit=audit, node=node.name)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", max(SEND_LIMIT, limit)),
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=2 * rounds + 4,
+        maximum_concurrent_rpcs=calls,
     )
     xmatch_pb2_grpc.add_NodeServicer_to_server(servicer or NodeServicer(state, audit), server)
     busy = _address_in_use(node.listen)
@@ -359,6 +362,9 @@ def serve_from_config(path: Path | str) -> int:
         servicer.end_open_rounds(f"node stopped ({reason}) during the round")
         audit.append("shutdown", reason=reason)
         return EXIT_ON_SIGNAL.get(reason, 0)
+    except XmatchError:  # e.g. the port cannot be bound: the log still says the node stopped
+        audit.append("shutdown", reason="startup failed")
+        raise
     finally:
         audit.close()
         if executor is not None:

@@ -16,8 +16,13 @@ parses a certificate.
 
 Round entries name the TLS peer as ``requester``, never what the round context
 claims; a context that names someone else adds ``claimed_requester``. A peer
-whose certificate is not a coordinator's is refused before it can hold a round
-slot, and a round gets ``start_timeout_seconds`` to send its start.
+whose certificate is not a coordinator's, or that no allow list names, is refused
+(:func:`nodes.authorization.admit`) before it can hold a round slot, with one
+uniform answer; its entry names the certificate (``requester``), its ``role``
+and the ``rpc``. A listed requester passes the per-requester gate
+(:class:`nodes.limits.RequesterGate`) before a slot, so that it cannot hold
+every slot, and a round gets ``start_timeout_seconds`` to send its start.
+``GetCapabilities`` calls are logged as ``capabilities_listed``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import grpc
 
 from audit.format import UNKNOWN_ROUND_ID
 from nodes.auth import current_peer
-from nodes.authorization import REQUESTER_ROLE
+from nodes.authorization import NOT_ALLOWED, NotAdmitted, admit
 from nodes.handlers import (
     Accept,
     BudgetExhausted,
@@ -51,6 +56,7 @@ from nodes.handlers import (
     Start,
     capabilities,
 )
+from nodes.limits import RequesterGate
 from proto import xmatch_pb2, xmatch_pb2_grpc
 from psi.errors import (
     AlreadyUsed,
@@ -83,11 +89,14 @@ STATUS_TABLE: tuple[tuple[type[XmatchError], grpc.StatusCode, bool], ...] = (
     (VerificationError, grpc.StatusCode.INVALID_ARGUMENT, True),
     (InputError, grpc.StatusCode.INTERNAL, False),  # match set unreadable: the DBA's problem
 )
+_RPC = {"keyed-hash": "KeyedHash", "ecdh": "Ecdh"}
 _INTERNAL = "internal error on the node; the node's operator can see the cause in its audit log"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """(status code, message for the peer, reason for the audit log)."""
+    if isinstance(exc, NotAdmitted):  # one answer for every caller that may not query
+        return grpc.StatusCode.PERMISSION_DENIED, NOT_ALLOWED, exc.reason
     if isinstance(exc, XmatchError):
         for cls, code, public in STATUS_TABLE:
             if isinstance(exc, cls):
@@ -172,6 +181,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         #: rounds whose end entry is not written yet, by id(driver); see :meth:`end_open_rounds`
         self._open: dict[int, RoundDriver] = {}
         self._open_lock = threading.Lock()
+        self._gate = RequesterGate.for_node(state.config.node.max_concurrent_rounds)
 
     def end_open_rounds(self, reason: str) -> int:
         """Cancel every round still open and write its end entry (``round_failed``
@@ -199,6 +209,13 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
     ) -> xmatch_pb2.Capabilities:
         peer = current_peer()
         views = capabilities(self._state.config, peer.name, role=peer.role)
+        self._audit.append(
+            "capabilities_listed",
+            requester=peer.name,
+            role=peer.role,
+            responder=self._state.config.node.name,
+            match_sets=len(views),
+        )
         return xmatch_pb2.Capabilities(
             node=self._state.config.node.name,
             match_sets=[
@@ -291,7 +308,11 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
             driver.context is None or isinstance(exc, (Refused, NodeBusy))
         )
         event = "round_refused" if refused else "round_failed"
-        extra: dict[str, object] = {"outcome": event[6:]}
+        extra: dict[str, object] = {
+            "outcome": event[6:],
+            "role": driver.role,
+            "rpc": _RPC[driver.protocol],
+        }
         if not refused:
             # whether the round passed authorize (and so used budget): read back
             # at startup (nodes.history)
@@ -303,6 +324,11 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
             self._audit.append(event, **self._fields(driver), reason=reason, **sizes, **extra)
             return
         except XmatchError:  # e.g. the reason or a size tripped the identity guard
+            pass
+        try:  # a size the log refuses (10**14 and above): keep the reason, drop the sizes
+            self._audit.append(event, **self._fields(driver), reason=reason, **extra)
+            return
+        except XmatchError:
             pass
         try:
             self._audit.append(event, **self._fields(driver), reason="withheld", **extra)
@@ -323,10 +349,11 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         with self._open_lock:
             self._open[id(driver)] = driver
         try:
-            # Before a slot is taken: a node certificate cannot hold slots.
-            if driver.role != REQUESTER_ROLE:
-                raise Refused(driver.peer, "not a coordinator certificate")
-            with self._state.round_slot(driver.peer):
+            # Before a slot is taken: only a listed coordinator may hold one, and no
+            # requester more than the gate grants it.
+            admit(self._state.config, driver.peer, role=driver.role)
+            gate = self._gate.hold(driver.peer, timeout=self._state.config.node.queue_seconds)
+            with gate, self._state.round_slot(driver.peer):
                 outputs = driver.run(_events(requests))
                 try:
                     for out in outputs:

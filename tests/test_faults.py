@@ -754,7 +754,11 @@ def test_stream_cancelled_half_way_is_logged(pki: Pki, node: tns.Node) -> None:
     entry = _failed_entry(node, ctx)
     assert entry["items"] == 50
     # the node sees either the cancellation itself or its request stream break off
-    assert entry["reason"] in ("cancelled by the requester", "stream ended before end")
+    # (issue 16: a stream that breaks off says it may also be an oversized message)
+    reason = str(entry["reason"])
+    assert reason in ("cancelled by the requester", "stream ended before end") or (
+        reason.startswith("stream broken off before end")
+    )
     _still_serving(pki, node)
 
 

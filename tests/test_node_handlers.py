@@ -184,7 +184,8 @@ ELL2 = "curve25519_XMD:SHA-512_ELL2_NU_"
         ("node:civil-affairs", {}, 10, "peer certificate has role node, not coordinator"),
         ("police", {}, 10, "requester in the round context is not the TLS peer"),
         ("civil-affairs", {"responder": "police"}, 10, "round is addressed to another node"),
-        ("civil-affairs", {"match_set": "nope"}, 10, "unknown match set"),
+        # finding 5: an unknown set gets the answer of a set not open to the requester
+        ("civil-affairs", {"match_set": "nope"}, 10, "requester not allowed for this match set"),
         ("civil-affairs", {"match_set": "deaths"}, 10, "protocol keyed-hash not offered"),
         ("police", {"requester": "police"}, 10, "requester not allowed for this match set"),
         ("education", {"requester": "education"}, 10, "purpose not allowed"),

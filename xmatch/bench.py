@@ -509,7 +509,7 @@ def _node_config(
             ),
         ),
     )
-    path = synth.write_node_config(fed.root, spec, port=port)
+    path = synth.write_node_config(fed.root, spec, port=port, max_query_size=20_000_000)
     extra = [f"workers = {fed.workers}", "max_concurrent_rounds = 2"]
     if stream_rows is not None:
         extra.append(f"stream_rows = {stream_rows}")

@@ -72,7 +72,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_keys_init_ca(args: argparse.Namespace) -> int:
     from keys.ca import init_ca
 
-    init_ca(args.dir, passphrase=_passphrase(args))
+    init_ca(args.dir, passphrase=_passphrase(args), name=args.name)
     print(f"federation CA written to {args.dir / 'ca.crt'} (key {args.dir / 'ca.key'}, mode 0600)")
     return 0
 
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_ca = keys.add_parser(
         "init-ca",
         epilog=_examples(
-            "xmatch keys init-ca --dir pki",
+            "xmatch keys init-ca --dir pki --name 'Inner Mongolia child support'",
             "CA_PASS=... xmatch keys init-ca --dir pki --passphrase-env CA_PASS",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -271,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     init_ca.add_argument("--dir", type=Path, required=True, help="folder for ca.crt and ca.key")
+    init_ca.add_argument(
+        "--name",
+        default="xmatch federation",
+        help="the federation's name, in the CA certificate (default: %(default)s)",
+    )
     init_ca.add_argument(
         "--passphrase-env",
         metavar="VAR",

@@ -87,7 +87,10 @@ def start_node(
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = log_dir / f"{name}.stderr.log"
-    err_file = stderr_path.open("w", encoding="utf-8")
+    # 0600: a node's stderr names its files and rows dropped, for its operator only
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    err_file = os.fdopen(fd, "w", encoding="utf-8")
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "xmatch", "node", "serve", "--config", str(config)],

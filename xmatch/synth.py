@@ -1058,9 +1058,19 @@ def _display_line(key: str) -> list[str]:
 
 
 def write_node_config(
-    root: Path, node: NodeSpec, *, port: int, coordinator: str = COORDINATOR_NAME
+    root: Path,
+    node: NodeSpec,
+    *,
+    port: int,
+    coordinator: str = COORDINATOR_NAME,
+    max_query_size: int | None = None,
 ) -> Path:
-    """Write ``root/NODE.node.toml`` as the department's operator would."""
+    """Write ``root/NODE.node.toml`` as the department's operator would.
+
+    ``max_query_size`` goes into each allow entry (default: the node's default,
+    100,000 identities); benchmarks with larger rosters set it.
+    """
+    limit = f", max_query_size = {max_query_size}" if max_query_size is not None else ""
     lines = [
         f"# {node.name}: department node (synthetic demo data)",
         "[node]",
@@ -1089,7 +1099,7 @@ def write_node_config(
             *([f"service_report = {_toml_str(ms.service_report)}"] if ms.service_report else []),
             'protocols = ["ecdh", "keyed-hash"]',
             f"allow = [{{ requester = {_toml_str(coordinator)}, "
-            f"purposes = [{_toml_str(PURPOSE)}] }}]",
+            f"purposes = [{_toml_str(PURPOSE)}]{limit} }}]",
             "",
         ]
     path = root / f"{node.name}.node.toml"
