@@ -47,6 +47,12 @@ class ResponderSession:
             raise ProtocolError(f"{self.protocol} responder: no start received")
         return self._context
 
+    @property
+    def round_context(self) -> RoundContext | None:
+        """The round context once :meth:`receive_start` parsed it (even if it then
+        refused it as the other protocol's), else None."""
+        return self._context
+
     def receive_start(self, start: Start) -> RoundContext:
         """Parse the first message; returns its round context (the caller authorizes it).
 
