@@ -43,13 +43,11 @@ from __future__ import annotations
 import concurrent.futures
 import hmac
 import math
-import multiprocessing
 import os
 import struct
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -64,12 +62,13 @@ from psi.transcript import Transcript
 
 __all__ = [
     "BUCKET_KEY_SIZE",
+    "X25519_BACKEND_ENV",
     "EcdhRequester",
     "EcdhResponder",
     "EcdhResult",
     "bucket_of",
     "distinct_identities",
-    "prepare_executor",
+    "ec_ready",
     "size_class",
     "use_x25519_backend",
 ]
@@ -101,47 +100,20 @@ def size_class(n: int, *, minimum: int = 1024, growth: float = 1.25) -> int:
     return size
 
 
-def _ready() -> bool:
-    """Runs in a worker: the group code is imported and the worker is up."""
+def ec_ready() -> bool:
+    """Top-level (picklable), for a worker's warm-up: the group code is imported and up."""
     return x25519.POINT_SIZE == 32
 
 
-#: Seconds between a pool worker's checks that the process owning the pool is alive.
-OWNER_CHECK_SECONDS = 1.0
-
-
-def worker_pool(
-    workers: int,
-    *,
-    start_method: Literal["spawn", "forkserver"] = "spawn",
-    x25519_backend: str | None = None,
-    on_fallback: Callable[[str], None] | None = None,
-) -> concurrent.futures.ProcessPoolExecutor:
-    """A process pool for EC batches whose workers exit when the process that made it dies.
-
-    ``x25519_backend`` (``auto``, ``crypto-mb`` or ``openssl``; the
-    ``XMATCH_X25519_BACKEND`` environment variable wins over it) is resolved
-    here, for this process, by :func:`use_x25519_backend` (``on_fallback``
-    gets its one warning line), and the result is given to every worker.
-
-    Raises:
-        ValueError: an unknown backend name.
-
-    A plain ``ProcessPoolExecutor``'s workers outlive an owner killed with SIGKILL:
-    they wait on a queue nobody writes to again, for ever. Each worker here checks
-    every :data:`OWNER_CHECK_SECONDS` that its owner is alive and exits once it is
-    gone. Use ``spawn`` or ``forkserver``, never ``fork``: the owner runs gRPC threads.
-    """
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context(start_method),
-        initializer=_start_worker,
-        initargs=(os.getpid(), use_x25519_backend(x25519_backend, on_fallback=on_fallback)),
-    )
+#: The environment variable that chooses the X25519 backend (wins over configuration).
+X25519_BACKEND_ENV = x25519.ENV_VAR
 
 
 def use_x25519_backend(
-    requested: str | None = None, *, on_fallback: Callable[[str], None] | None = None
+    requested: str | None = None,
+    *,
+    on_fallback: Callable[[str], None] | None = None,
+    quiet: bool = False,
 ) -> str:
     """Choose this process's X25519 backend; returns ``crypto-mb`` or ``openssl``.
 
@@ -149,48 +121,12 @@ def use_x25519_backend(
     environment variable ``XMATCH_X25519_BACKEND`` wins over it. When
     libcrypto_mb cannot be used, ``on_fallback`` gets one line saying why
     (else :func:`warnings.warn`) and OpenSSL is used (docs/psi.md, "X25519
-    backends").
+    backends"); ``quiet`` drops that line (a pool worker, whose owner said it).
 
     Raises:
         ValueError: an unknown backend name.
     """
-    return x25519.configure(requested, on_fallback=on_fallback)
-
-
-def _start_worker(owner: int, backend: str) -> None:
-    """Runs in a worker: use the owner's X25519 backend; exit when the owner is gone."""
-    # The owner named the backend it resolved; the environment must not override it here.
-    os.environ.pop(x25519.ENV_VAR, None)
-    x25519.configure(backend, quiet=True)
-    _exit_with_owner(owner)
-
-
-def _exit_with_owner(owner: int) -> None:
-    """A daemon thread that ends this worker when ``owner`` is gone."""
-
-    def watch() -> None:
-        never = threading.Event()
-        while not never.wait(OWNER_CHECK_SECONDS):
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:
-                continue  # alive, owned by someone else (cannot happen for our own owner)
-
-    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
-
-
-def prepare_executor(executor: concurrent.futures.Executor, workers: int) -> None:
-    """Start ``workers`` worker processes of ``executor`` now and import the EC code in them.
-
-    A process pool starts its workers on demand; a "spawn" worker takes about
-    half a second to import numpy and ``cryptography``, which the first
-    round would otherwise pay (measured: 10k x 10k ecdh 1.6 s cold, 0.9 s warm).
-    """
-    futures = [executor.submit(_ready) for _ in range(max(1, workers))]
-    for future in futures:
-        future.result()
+    return x25519.configure(requested, on_fallback=on_fallback, quiet=quiet)
 
 
 def distinct_identities(identities: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
