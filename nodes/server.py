@@ -34,9 +34,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from nodes.config import NodeConfig, load_node_config
-from psi.ecdh import worker_pool
 from psi.errors import ConfigError, XmatchError
 from runtime.signals import sigint_blocked
+from workers import worker_pool
 
 if TYPE_CHECKING:
     import grpc
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from audit.gm import GmAuditSigner
     from audit.log import AuditLog
     from keys.handles import AuditSigner
-    from nodes.handlers import NodeState
     from nodes.matchsets import LoadedMatchSet, MatchSetStore
     from nodes.servicer import NodeServicer
+    from nodes.state import NodeState
 
 #: Exit codes of ``xmatch node serve`` after a signal: SIGTERM is the service manager's
 #: normal stop (0); SIGINT (Ctrl-C) exits as shells expect of an interrupted program.
@@ -287,9 +287,10 @@ def serve_from_config(path: Path | str) -> int:
     node = config.node
     from audit.log import AuditLog
     from keys.handles import load_tls_credentials
-    from nodes.handlers import NodeState, keep_distinct
+    from nodes.drivers import keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
+    from nodes.state import NodeState
 
     # (2)
     passphrase = _passphrase(config)

@@ -18,6 +18,7 @@ OURS = {
     "xmatch",
     "databases",
     "runtime",
+    "workers",
 }
 
 # Which of our packages each package may import.
@@ -27,8 +28,10 @@ ALLOWED = {
     "audit": {"psi", "keys", "audit"},
     "databases": {"psi", "databases"},
     "runtime": {"psi", "runtime"},
-    "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases", "runtime"},
-    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases", "runtime"},
+    # the EC worker pool: starts the processes psi may not, passes psi an Executor
+    "workers": {"psi", "workers"},
+    "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases", "runtime", "workers"},
+    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases", "runtime", "workers"},
     "xmatch": OURS,
 }
 
@@ -59,7 +62,7 @@ def test_dependencies_point_one_way(package: str) -> None:
     assert not bad, bad
 
 
-@pytest.mark.parametrize("package", ["nodes", "coordinator", "keys", "audit", "xmatch"])
+@pytest.mark.parametrize("package", ["nodes", "coordinator", "keys", "audit", "xmatch", "workers"])
 def test_hazmat_stays_inside_psi(package: str) -> None:
     bad = [
         str(path.relative_to(ROOT))
@@ -108,12 +111,10 @@ MAX_MODULE_LINES = 700
 # What still exceeds a limit; the list may only shrink (each entry must still exceed it).
 OVER_LIMIT: set[str] = {
     "coordinator/records.py",
-    "nodes/handlers.py",
-    "psi/ecdh.py",
 }
 # psi/ is pure: no module of it starts processes (or imports what would)
 PROCESS_APIS = {"multiprocessing", "subprocess", "concurrent.futures.process"}
-STARTS_PROCESSES: set[str] = {"psi/ecdh.py"}
+STARTS_PROCESSES: set[str] = set()
 # Import cycles not yet broken, each as its sorted modules joined by " <-> ".
 CYCLES: set[str] = set()
 
