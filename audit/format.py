@@ -87,6 +87,12 @@ CHECKPOINT: Final = "checkpoint"
 """Written by the log itself. Fields: ``covers``, ``head``, ``key_id``, ``cert``, ``sig``."""
 SHUTDOWN: Final = "shutdown"
 """A party stopped. Fields: ``reason`` (``"SIGTERM"``, ``"SIGINT"``, ``"done"``)."""
+OFFLINE_FILE: Final = "offline_file"
+"""A sealed offline file (docs/offline.md) was written, opened or refused. Fields:
+``kind`` (``"request"``/``"response"``), ``action`` (``"written"``, ``"opened"``,
+``"refused"``), ``peer`` (the other member), ``file_sha256`` (hex SHA-256 of the
+whole file), ``file_id`` (its random id) and ``round_id`` when known, ``reason``
+for a refusal."""
 
 EVENTS: Final = frozenset(
     {
@@ -98,6 +104,7 @@ EVENTS: Final = frozenset(
         KEY_USED,
         CHECKPOINT,
         SHUTDOWN,
+        OFFLINE_FILE,
     }
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
@@ -121,6 +128,7 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     ROUND_FAILED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     ROUND_REFUSED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     KEY_USED: frozenset({"key"}),
+    OFFLINE_FILE: frozenset({"kind", "action", "peer", "file_sha256"}),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
@@ -133,6 +141,8 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "head": 64,
     "key_id": 64,
     "sm2_key": 130,
+    "file_sha256": 64,
+    "file_id": 32,
 }
 """Fields that must be lower-case hex of exactly this length."""
 
