@@ -143,6 +143,7 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "sm2_key": 130,
     "file_sha256": 64,
     "file_id": 32,
+    "request_id": 32,
 }
 """Fields that must be lower-case hex of exactly this length."""
 

@@ -85,6 +85,7 @@ from psi.identifiers import encode_identities
 
 __all__ = [
     "close_command",
+    "has_offline_nodes",
     "import_command",
     "run_offline_command",
     "seal_cert_of",
@@ -235,6 +236,15 @@ def _request_for(
     return Bundle(manifest, tuple(parts)), kept
 
 
+def has_offline_nodes(config: Path) -> bool:
+    """Whether ``coordinator.toml`` names a ``transport = "offline"`` node.
+
+    Raises:
+        ConfigError: the file is not a valid coordinator.toml.
+    """
+    return any(n.offline for n in load_coordinator_config(config).nodes)
+
+
 def run_offline_command(
     *,
     config: Path,
@@ -372,9 +382,11 @@ def run_offline_command(
             audit.append(SHUTDOWN, reason="waiting")
             audit.close()
     ok = sum(1 for s in results if s.status is SubRoundStatus.OK)
-    for sub in results:
-        if sub.status is not SubRoundStatus.OK:
-            print(f"warning: {sub.source} {sub.status}: {sub.detail}", file=err)
+    for online_sub in results:
+        if online_sub.status is not SubRoundStatus.OK:
+            print(
+                f"warning: {online_sub.source} {online_sub.status}: {online_sub.detail}", file=err
+            )
     print(
         f"round {rid} as of {day}: {ok}/{len(results)} online match sets answered; "
         f"waiting for {len(rows)} offline match set(s)",
