@@ -29,7 +29,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keys.certs import AUDIT_SIGNING_EKU, ROLES, SEALING_EKU, check_ca_certificate, check_name, load_certificate
+from keys.certs import (
+    AUDIT_SIGNING_EKU,
+    ROLES,
+    SEALING_EKU,
+    check_ca_certificate,
+    check_name,
+    load_certificate,
+)
 from psi.errors import InputError, InvalidKey, VerificationError
 
 CA_VALIDITY = _dt.timedelta(days=3652)
