@@ -34,8 +34,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,28 +47,21 @@ from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.offline_runner import (
     PendingSubRound,
-    import_sub_round,
     outgoing,
     responder_share,
-    sub_from_json,
     sub_to_json,
 )
 from coordinator.progress import Progress
 from coordinator.reasons import Lang
-from coordinator.records import read_roster_source
 from coordinator.round import (
     _context,
     _open_round,
-    decide_round,
     entry_params,
     fan_out,
     prepare,
-    query_identities,
-    write_round,
 )
 from coordinator.state import RoundState
-from coordinator.sub_round import SubRound, SubRoundStatus, record_sub_round
-from keys.handles import AuditSigner
+from coordinator.sub_round import SubRound, SubRoundStatus
 from keys.sealed import (
     SealingKey,
     SenderKey,
@@ -80,14 +72,16 @@ from keys.sealed import (
     seal,
 )
 from psi.bundle import Bundle
-from psi.errors import InputError, ProtocolError, XmatchError
-from psi.identifiers import encode_identities
+from psi.errors import InputError
 
 __all__ = [
-    "close_command",
+    "OFFLINE_DIR",
+    "Keys",
     "has_offline_nodes",
-    "import_command",
+    "keys_of",
+    "load_pending",
     "run_offline_command",
+    "save_pending",
     "seal_cert_of",
     "write_atomic",
 ]
@@ -124,13 +118,15 @@ def seal_cert_of(config: CoordinatorConfig, entry: NodeEntry) -> Path:
 
 
 @dataclass(frozen=True)
-class _Keys:
+class Keys:
+    """Our CA, signing and sealing keys for offline files."""
+
     ca_pem: bytes
     sender: SenderKey
     sealing: SealingKey
 
 
-def _keys(config: CoordinatorConfig) -> _Keys:
+def keys_of(config: CoordinatorConfig) -> Keys:
     section = config.coordinator
     folder = section.key.parent
     try:
@@ -147,7 +143,7 @@ def _keys(config: CoordinatorConfig) -> _Keys:
     sealing = load_sealing_key(
         folder / f"{section.name}.seal.key", name=section.name, passphrase=None
     )
-    return _Keys(ca_pem, sender, sealing)
+    return Keys(ca_pem, sender, sealing)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +154,7 @@ def _pending_path(config: CoordinatorConfig, rid: str) -> Path:
     return config.coordinator.state.parent / OFFLINE_DIR / f"{rid}.pending"
 
 
-def _save_pending(keys: _Keys, path: Path, doc: dict[str, Any], *, expires: _dt.datetime) -> None:
+def save_pending(keys: Keys, path: Path, doc: dict[str, Any], *, expires: _dt.datetime) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = seal(
         Bundle(doc).to_bytes(),
@@ -173,7 +169,7 @@ def _save_pending(keys: _Keys, path: Path, doc: dict[str, Any], *, expires: _dt.
     write_atomic(path, data)
 
 
-def _load_pending(keys: _Keys, path: Path) -> dict[str, Any]:
+def load_pending(keys: Keys, path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -236,6 +232,117 @@ def _request_for(
     return Bundle(manifest, tuple(parts)), kept
 
 
+def _write_request(
+    cfg: CoordinatorConfig,
+    entry: NodeEntry,
+    keys: Keys,
+    audit: AuditLog,
+    state: RoundState,
+    encoded: np.ndarray[Any, np.dtype[np.uint8]],
+    query_size: int,
+    *,
+    round_id: bytes,
+    as_of: _dt.date,
+    folder: Path,
+    now: _dt.datetime,
+    expires: _dt.datetime,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]], str]:
+    """Seal and write one node's request; log it; what to keep, record and print."""
+    section = cfg.coordinator
+    rid = round_id.hex()
+    waiting: list[dict[str, Any]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
+    bundle, kept = _request_for(cfg, entry, round_id=round_id, as_of=as_of, encoded=encoded)
+    try:
+        cert = seal_cert_of(cfg, entry).read_bytes()
+    except OSError as exc:
+        raise InputError(
+            f"{seal_cert_of(cfg, entry)}: the sealing certificate of {entry.name!r} "
+            f"cannot be read ({exc.strerror}); set seal_cert in its [[nodes]] entry"
+        ) from None
+    data = seal(
+        bundle.to_bytes(),
+        kind="request",
+        sender=keys.sender,
+        recipient=entry.name,
+        recipient_seal_cert_pem=cert,
+        ca_pem=keys.ca_pem,
+        round_id=rid,
+        expires=expires,
+        now=now,
+    )
+    path = folder / f"{entry.name}.request"
+    write_atomic(path, data, mode=0o644)
+    digest = hashlib.sha256(data).hexdigest()
+    header = peek_header(data)
+    audit.append(
+        "offline_file",
+        kind="request",
+        action="written",
+        peer=entry.name,
+        file_sha256=digest,
+        file_id=header["file_id"],
+        round_id=rid,
+        file=path.name,
+    )
+    for sub in kept:
+        state.sub_round_running(rid, sub.node, sub.match_set)
+        audit.append(
+            "round_started",
+            round_id=rid,
+            requester=section.name,
+            responder=entry.name,
+            purpose=section.purpose,
+            match_set=sub.match_set,
+            protocol=entry.protocol,
+            query_size=query_size,
+            transport="offline",
+            **dict(entry_params(entry)),
+        )
+        waiting.append({**sub.to_json(), "request_id": header["file_id"]})
+        rows.append((sub.node, sub.match_set, str(path), digest, header["expires"]))
+    line = (
+        f"carry {path} to {entry.name} (match sets: {', '.join(entry.match_sets)}; "
+        f"expires {header['expires']})"
+    )
+    return waiting, rows, line
+
+
+def _print_waiting(
+    results: list[SubRound],
+    *,
+    rid: str,
+    day: _dt.date,
+    waiting: int,
+    config: Path,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    """What the operator does next: carry, answer, import (or close)."""
+    out_stream = out
+    rows = range(waiting)
+    ok = sum(1 for s in results if s.status is SubRoundStatus.OK)
+    for online_sub in results:
+        if online_sub.status is not SubRoundStatus.OK:
+            print(
+                f"warning: {online_sub.source} {online_sub.status}: {online_sub.detail}", file=err
+            )
+    print(
+        f"round {rid} as of {day}: {ok}/{len(results)} online match sets answered; "
+        f"waiting for {len(rows)} offline match set(s)",
+        file=out_stream,
+    )
+    print(
+        "there: xmatch node answer --config node.toml --request NODE.request --out NODE.response",
+        file=out_stream,
+    )
+    print(
+        f"back here: xmatch round import --config {config} --response NODE.response "
+        f"(or: xmatch round close --config {config} --round {rid})",
+        file=out_stream,
+    )
+
+
 def has_offline_nodes(config: Path) -> bool:
     """Whether ``coordinator.toml`` names a ``transport = "offline"`` node.
 
@@ -266,7 +373,7 @@ def run_offline_command(
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     day = as_of or _dt.date.today()
-    keys = _keys(cfg)
+    keys = keys_of(cfg)
     display = Progress(False)
     prepared = prepare(
         cfg, as_of=day, out=out, display=display, err=err, rng=rng, problem_prefix=""
@@ -300,76 +407,32 @@ def run_offline_command(
         rows: list[tuple[str, str, str, str, str]] = []
         latest = now
         for entry in (n for n in cfg.nodes if n.offline):
-            bundle, kept = _request_for(
-                cfg, entry, round_id=round_id, as_of=day, encoded=prepared.encoded
-            )
             expires = now + _dt.timedelta(days=entry.offline_days)
             latest = max(latest, expires)
-            try:
-                cert = seal_cert_of(cfg, entry).read_bytes()
-            except OSError as exc:
-                raise InputError(
-                    f"{seal_cert_of(cfg, entry)}: the sealing certificate of {entry.name!r} "
-                    f"cannot be read ({exc.strerror}); set seal_cert in its [[nodes]] entry"
-                ) from None
-            data = seal(
-                bundle.to_bytes(),
-                kind="request",
-                sender=keys.sender,
-                recipient=entry.name,
-                recipient_seal_cert_pem=cert,
-                ca_pem=keys.ca_pem,
-                round_id=rid,
-                expires=expires,
+            written = _write_request(
+                cfg,
+                entry,
+                keys,
+                audit,
+                state,
+                prepared.encoded,
+                len(prepared.identities),
+                round_id=round_id,
+                as_of=day,
+                folder=folder,
                 now=now,
+                expires=expires,
             )
-            path = folder / f"{entry.name}.request"
-            write_atomic(path, data, mode=0o644)
-            digest = hashlib.sha256(data).hexdigest()
-            header = peek_header(data)
-            audit.append(
-                "offline_file",
-                kind="request",
-                action="written",
-                peer=entry.name,
-                file_sha256=digest,
-                file_id=header["file_id"],
-                round_id=rid,
-                file=path.name,
-            )
-            for sub in kept:
-                state.sub_round_running(rid, sub.node, sub.match_set)
-                audit.append(
-                    "round_started",
-                    round_id=rid,
-                    requester=section.name,
-                    responder=entry.name,
-                    purpose=section.purpose,
-                    match_set=sub.match_set,
-                    protocol=entry.protocol,
-                    query_size=len(prepared.identities),
-                    transport="offline",
-                    **dict(entry_params(entry)),
-                )
-                waiting.append({**sub.to_json(), "request_id": header["file_id"]})
-                rows.append((sub.node, sub.match_set, str(path), digest, header["expires"]))
-            print(
-                f"carry {path} to {entry.name} (match sets: {', '.join(entry.match_sets)}; "
-                f"expires {header['expires']})",
-                file=out_stream,
-            )
-        doc = {
-            "round_id": rid,
-            "as_of": day.isoformat(),
-            "out": str(out.resolve()),
-            "lang": lang,
-            "identities": prepared.identities,
-            "online": [sub_to_json(s) for s in results],
-            "offline": waiting,
-            "seconds": time.monotonic() - started,
-        }
+            waiting.extend(written[0])
+            rows.extend(written[1])
+            print(written[2], file=out_stream)
+        online_done = [sub_to_json(s) for s in results]
+        doc: dict[str, Any] = {"round_id": rid, "as_of": day.isoformat(), "lang": lang}
+        doc["out"] = str(out.resolve())
+        doc |= {"identities": prepared.identities, "online": online_done, "offline": waiting}
+        doc["seconds"] = time.monotonic() - started
         pending = _pending_path(cfg, rid)
-        _save_pending(keys, pending, doc, expires=latest)
+        save_pending(keys, pending, doc, expires=latest)
         state.wait_offline(rid, pending=pending, requests=rows)
     except BaseException:
         state.fail_open_sub_rounds(rid, detail="failed: coordinator stopped")
@@ -381,322 +444,7 @@ def run_offline_command(
         finally:
             audit.append(SHUTDOWN, reason="waiting")
             audit.close()
-    ok = sum(1 for s in results if s.status is SubRoundStatus.OK)
-    for online_sub in results:
-        if online_sub.status is not SubRoundStatus.OK:
-            print(
-                f"warning: {online_sub.source} {online_sub.status}: {online_sub.detail}", file=err
-            )
-    print(
-        f"round {rid} as of {day}: {ok}/{len(results)} online match sets answered; "
-        f"waiting for {len(rows)} offline match set(s)",
-        file=out_stream,
-    )
-    print(
-        "there: xmatch node answer --config node.toml --request NODE.request --out NODE.response",
-        file=out_stream,
-    )
-    print(
-        f"back here: xmatch round import --config {config} --response NODE.response "
-        f"(or: xmatch round close --config {config} --round {rid})",
-        file=out_stream,
+    _print_waiting(
+        results, rid=rid, day=day, waiting=len(rows), config=config, out=out_stream, err=err
     )
     return exit_codes.WAITING
-
-
-# ---------------------------------------------------------------------------
-# round import / close
-
-
-@dataclass
-class _Session:
-    config: CoordinatorConfig
-    keys: _Keys
-    audit: AuditLog
-    state: RoundState
-
-
-@dataclass
-class _Opened:
-    session: _Session
-    rid: str
-    pending: Path
-    doc: dict[str, Any]
-
-
-@contextmanager
-def _session(config: Path) -> Iterator[_Session]:
-    cfg = load_coordinator_config(config)
-    keys = _keys(cfg)
-    section = cfg.coordinator
-    signer = AuditSigner.load(
-        key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
-    )
-    log_signer: Any = signer
-    if section.audit_profile == "gm":
-        from audit.gm import gm_signer
-
-        log_signer = gm_signer(signer, section.audit_sm2_key_path)
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
-    state = RoundState.open(section.state)
-    try:
-        yield _Session(cfg, keys, audit, state)
-    finally:
-        try:
-            state.close()
-        finally:
-            audit.append(SHUTDOWN, reason="done")
-            audit.close()
-
-
-def _waiting_round(session: _Session, rid: str) -> _Opened:
-    found = session.state.offline_round(rid)
-    if found is None:
-        raise InputError(f"round {rid} has no offline sub-rounds (see xmatch round run)")
-    status, pending = found
-    if status != "waiting":
-        raise InputError(f"round {rid} is {status}: it waits for no response any more")
-    return _Opened(session, rid, pending, _load_pending(session.keys, pending))
-
-
-def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -> int:
-    """Decide and write the round once nothing waits; the exit code of the round."""
-    doc = opened.doc
-    session = opened.session
-    cfg = session.config
-    results = [sub_from_json(s) for s in doc["online"]]
-    results += [sub_from_json(s["result"]) for s in doc["offline"]]
-    plan = [(n.name, ms) for n in cfg.nodes for ms in n.match_sets]
-    order = {key: i for i, key in enumerate(plan)}
-    results.sort(key=lambda s: order.get((s.node, s.match_set), len(order)))
-    as_of = _dt.date.fromisoformat(doc["as_of"])
-    section = cfg.coordinator
-    roster = read_roster_source(
-        section.roster,
-        encoding=section.roster_encoding,
-        as_of=as_of,
-        label=f"{cfg.path or 'coordinator.toml'}: roster",
-    )
-    if query_identities(roster) != sorted(doc["identities"]):
-        raise InputError(
-            f"{roster.path}: the roster changed since round {opened.rid} was run; "
-            "restore it, or close the round and run a new one"
-        )
-    lang: Lang = "en" if doc.get("lang") == "en" else "zh"
-    decided = decide_round(roster, results, as_of=as_of, lang=lang)
-    counts = decided.decisions.counts()
-    session.state.record_decisions(opened.rid, {d.value: n for d, n in counts.items()})
-    out = Path(doc["out"])
-    aside = out.parent / f".{out.name}.offline-{opened.rid}"
-    requests = out / OFFLINE_DIR
-    if requests.is_dir():
-        os.rename(requests, aside)  # the output folder is written whole, then put back
-    try:
-        write_round(
-            out,
-            decided,
-            results,
-            rid=opened.rid,
-            as_of=as_of,
-            seconds=float(doc.get("seconds", 0.0)),
-            state=session.state,
-            display=Progress(False),
-        )
-    except BaseException:
-        if aside.is_dir() and not requests.exists():
-            os.rename(aside, requests)
-        raise
-    if aside.is_dir():
-        os.rename(aside, requests)
-    failed = decided.failed
-    session.state.finish_round(
-        opened.rid,
-        status="completed",
-        detail=f"{len(failed)} failed source(s)" if failed else None,
-    )
-    session.state.end_offline(opened.rid, "closed" if closed else "completed")
-    opened.pending.unlink(missing_ok=True)
-    for outcome in results:
-        if outcome.status is not SubRoundStatus.OK:
-            print(
-                f"warning: {outcome.source} {outcome.status}: {outcome.detail} "
-                "(children without a category get REVIEW, not EXIT)",
-                file=err,
-            )
-    summary = ", ".join(f"{d.value} {n}" for d, n in sorted(counts.items()))
-    print(f"round {opened.rid} complete: decisions: {summary}", file=out_stream)
-    print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
-    return exit_codes.round_status([s.status.value for s in results])
-
-
-def _log_refusal(session: _Session, data: bytes, reason: str) -> None:
-    try:
-        header = peek_header(data)
-        peer, file_id = header["sender"], header["file_id"]
-    except XmatchError:
-        peer, file_id = "-", None
-    fields: dict[str, object] = {
-        "kind": "response",
-        "action": "refused",
-        "peer": peer if peer and peer.replace("-", "").isalnum() else "-",
-        "file_sha256": hashlib.sha256(data).hexdigest(),
-        "reason": reason,
-    }
-    if file_id is not None and len(file_id) == 32:
-        fields["file_id"] = file_id
-    try:
-        session.audit.append("offline_file", **fields)
-    except XmatchError:
-        session.audit.append("offline_file", **{**fields, "reason": "withheld"})
-
-
-def _imported(opened: _Opened, sub: dict[str, Any], outcome: SubRound) -> None:
-    session = opened.session
-    section = session.config.coordinator
-    common: dict[str, object] = {
-        "round_id": opened.rid,
-        "requester": section.name,
-        "responder": outcome.node,
-        "purpose": section.purpose,
-        "match_set": outcome.match_set,
-        "transport": "offline",
-        **dict(PendingSubRound.from_json(sub).context_params()),
-    }
-    record_sub_round(
-        session.audit,
-        session.state,
-        outcome,
-        round_id=opened.rid,
-        common=common,
-        query_size=len(opened.doc["identities"]),
-    )
-    sub["result"] = sub_to_json(outcome)
-
-
-def import_command(
-    *, config: Path, response: Path, stdout: TextIO | None = None, stderr: TextIO | None = None
-) -> int:
-    """``xmatch round import``: verify a sealed response and complete its sub-rounds.
-
-    Returns :data:`~coordinator.exit_codes.WAITING` while other offline
-    sub-rounds of the round still wait, else the round's exit code.
-
-    Raises:
-        SealedFileError: the file is refused (one line: truncated, altered, for
-            someone else, expired, from an unknown sender, imported before).
-        XmatchError: other input problems.
-    """
-    out_stream = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    try:
-        data = response.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{response}: cannot read ({exc.strerror})") from None
-    from keys.sealed import SealedFileError
-
-    with _session(config) as session:
-        try:
-            opened_file = open_sealed(
-                data, kind="response", recipient=session.keys.sealing, ca_pem=session.keys.ca_pem
-            )
-            entry = next(
-                (n for n in session.config.nodes if n.name == opened_file.sender and n.offline),
-                None,
-            )
-            if entry is None:
-                raise SealedFileError(
-                    f"{opened_file.sender!r} is not an offline node of this coordinator.toml"
-                )
-            earlier = session.state.response_imported(opened_file.file_id)
-            if earlier is not None:
-                raise SealedFileError(f"imported before (round {earlier}): nothing to do")
-            rid = opened_file.header["round_id"]
-            opened = _waiting_round(session, rid)
-            bundle = Bundle.from_bytes(opened_file.payload)
-            mine = [s for s in opened.doc["offline"] if s["node"] == entry.name]
-            if not mine or all("result" in s for s in mine):
-                raise SealedFileError(f"round {rid} waits for no response from {entry.name!r}")
-            if bundle.manifest.get("request_id") != mine[0]["request_id"]:
-                raise SealedFileError("answers another request of this round (an older copy?)")
-        except SealedFileError as exc:
-            _log_refusal(session, data, exc.diagnostics())
-            raise SealedFileError(f"{response}: refused: {exc.diagnostics()}") from None
-        except ProtocolError as exc:
-            _log_refusal(session, data, "unreadable content")
-            raise InputError(f"{response}: refused: unreadable content ({exc})") from None
-        session.audit.append(
-            "offline_file",
-            kind="response",
-            action="opened",
-            peer=entry.name,
-            file_sha256=opened_file.sha256,
-            file_id=opened_file.file_id,
-            round_id=rid,
-        )
-        identities = list(opened.doc["identities"])
-        encoded = encode_identities(identities)
-        answers = {str(s.get("match_set")): s for s in bundle.manifest.get("sub_rounds", [])}
-        for sub in mine:
-            pending = PendingSubRound.from_json(sub)
-            outcome = import_sub_round(
-                pending,
-                entry,
-                answer=answers.get(pending.match_set),
-                parts=bundle.parts,
-                encoded=encoded,
-                identities=identities,
-                node_display_name=str(bundle.manifest.get("display_name", "")),
-                chunk_items=session.config.coordinator.chunk_items,
-            )
-            _imported(opened, sub, outcome)
-            print(f"{outcome.source}: {outcome.status.value}: {outcome.detail}", file=out_stream)
-        session.state.import_offline(
-            rid, entry.name, response_id=opened_file.file_id, response_sha256=opened_file.sha256
-        )
-        left = [s for s in opened.doc["offline"] if "result" not in s]
-        if left:
-            _save_pending(
-                session.keys,
-                opened.pending,
-                opened.doc,
-                expires=_dt.datetime.now(_dt.UTC) + _dt.timedelta(days=366),
-            )
-            nodes = sorted({s["node"] for s in left})
-            print(f"round {rid} still waits for: {', '.join(nodes)}", file=out_stream)
-            return exit_codes.WAITING
-        return _finish(opened, out_stream, err, closed=False)
-
-
-def close_command(
-    *, config: Path, round_id: str, stdout: TextIO | None = None, stderr: TextIO | None = None
-) -> int:
-    """``xmatch round close``: stop waiting; missing responses become failed sources.
-
-    Returns the round's exit code (3 when anything was missing: ``REVIEW``, never ``EXIT``).
-
-    Raises:
-        XmatchError: no such waiting round, or the outputs cannot be written.
-    """
-    out_stream = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    with _session(config) as session:
-        opened = _waiting_round(session, round_id)
-        for sub in opened.doc["offline"]:
-            if "result" in sub:
-                continue
-            pending = PendingSubRound.from_json(sub)
-            reason = "no offline response (round closed)"
-            outcome = SubRound(
-                node=pending.node,
-                match_set=pending.match_set,
-                protocol=pending.protocol,
-                circumstance=None,
-                status=SubRoundStatus.FAILED,
-                matches=0,
-                seconds=0.0,
-                detail=reason,
-                reason=reason,
-            )
-            _imported(opened, sub, outcome)
-        return _finish(opened, out_stream, err, closed=True)

@@ -313,6 +313,50 @@ def _failed(
     )
 
 
+def _answered(
+    peer: str,
+    pending: PendingSubRound,
+    entry: NodeEntry,
+    context: RoundContext,
+    requester: KeyedHashRequester | EcdhRequester,
+    answer: dict[str, Any],
+    parts: Sequence[bytes],
+    encoded: npt.NDArray[np.uint8],
+    identities: Sequence[str],
+    started: float,
+) -> tuple[MatchSetResult, tuple[EvidenceRow, ...]]:
+    """The node's answers through the response loop; the result and its evidence rows."""
+    lo, hi = answer["parts"]
+    answers = list(parts[int(lo) : int(hi)])
+    if isinstance(requester, KeyedHashRequester):
+        indices, payloads, transcript, set_size, anchor = _keyed_hash(
+            peer, context, requester, pending.share, answers
+        )
+    else:
+        indices, payloads, transcript, set_size, anchor = _ecdh(
+            peer, entry, context, requester, answers
+        )
+    circumstance = str(answer["circumstance"])
+    Circumstance(circumstance)
+    log_seq, log_head = anchor if anchor is not None else (0, "")
+    result = MatchSetResult(
+        node=pending.node,
+        match_set=pending.match_set,
+        protocol=pending.protocol,
+        circumstance=circumstance,
+        indices=indices,
+        payloads=payloads,
+        transcript=transcript,
+        query_size=len(encoded),
+        set_size=set_size,
+        seconds=time.monotonic() - started,
+        node_log_seq=log_seq,
+        node_log_head=log_head,
+    )
+    rows = _ordered(evidence_rows(result, identities))
+    return result, rows
+
+
 def import_sub_round(
     pending: PendingSubRound,
     entry: NodeEntry,
@@ -350,31 +394,9 @@ def import_sub_round(
     if hashlib.sha256(b"".join(replayed)).hexdigest() != pending.request_sha256:
         raise XmatchError("the replayed request differs from the one written (state damaged)")
     try:
-        lo, hi = answer["parts"]
-        answers = list(parts[int(lo) : int(hi)])
-        if isinstance(requester, KeyedHashRequester):
-            indices, payloads, transcript, set_size, anchor = _keyed_hash(
-                peer, context, requester, pending.share, answers
-            )
-        else:
-            indices, payloads, transcript, set_size, anchor = _ecdh(
-                peer, entry, context, requester, answers
-            )
-        circumstance = str(answer["circumstance"])
-        Circumstance(circumstance)
-        result = MatchSetResult(
-            node=pending.node,
-            match_set=pending.match_set,
-            protocol=pending.protocol,
-            circumstance=circumstance,
-            indices=indices,
-            payloads=payloads,
-            transcript=transcript,
-            query_size=len(encoded),
-            set_size=set_size,
-            seconds=time.monotonic() - started,
+        result, rows = _answered(
+            peer, pending, entry, context, requester, answer, parts, encoded, identities, started
         )
-        rows = _ordered(evidence_rows(result, identities))
     except PeerError as exc:
         return _failed(
             pending,
@@ -395,6 +417,8 @@ def import_sub_round(
             shown=node_display_name,
             info=info,
         )
+    circumstance, set_size, transcript = result.circumstance, result.set_size, result.transcript
+    anchor = (result.node_log_seq, result.node_log_head) if result.node_log_seq else None
     service = info.get("service_report") or None
     detail = f"{circumstance}; {pending.protocol}"
     if circumstance == Circumstance.SERVICE.value:

@@ -425,7 +425,8 @@ class RoundState:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 cur.execute(
-                    "INSERT INTO offline_rounds (round_id, status, pending) VALUES (?, 'waiting', ?)",
+                    "INSERT INTO offline_rounds (round_id, status, pending) "
+                    "VALUES (?, 'waiting', ?)",
                     (round_id, str(pending)),
                 )
                 cur.executemany(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def online(fed: Federation) -> Path:
     return out
 
 
-def _answer(fed: Federation, node: str, request: Path, out: Path) -> object:
+def _answer(
+    fed: Federation, node: str, request: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
     return xmatch(
         "node",
         "answer",
@@ -70,7 +73,7 @@ def _answer(fed: Federation, node: str, request: Path, out: Path) -> object:
     )
 
 
-def _import(config: Path, response: Path) -> object:
+def _import(config: Path, response: Path) -> subprocess.CompletedProcess[str]:
     return xmatch("round", "import", "--config", str(config), "--response", str(response))
 
 
@@ -103,16 +106,16 @@ def test_offline_equals_online_for_both_protocols(
     responses = {n: fed.root / f"{n}.response" for n in OFFLINE}
     for n in OFFLINE:
         done = _answer(fed, n, requests[n], responses[n])
-        assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+        assert done.returncode == 0, done.stderr
     first = _import(config, responses["police"])
-    assert first.returncode == 4, first.stderr  # type: ignore[attr-defined]
-    assert "still waits for: justice" in first.stdout  # type: ignore[attr-defined]
+    assert first.returncode == 4, first.stderr
+    assert "still waits for: justice" in first.stdout
     # a second import of the same response is refused, in one line
     again = _import(config, responses["police"])
     assert again.returncode == 1
-    assert "imported before" in again.stderr and again.stderr.count("\n") == 1  # type: ignore[attr-defined]
+    assert "imported before" in again.stderr and again.stderr.count("\n") == 1
     last = _import(config, responses["justice"])
-    assert last.returncode in (0, 3), last.stderr  # type: ignore[attr-defined]
+    assert last.returncode in (0, 3), last.stderr
     assert read_evidence_csv(out / "evidence.csv") == read_evidence_csv(online / "evidence.csv")
     assert _decisions(out) == _decisions(online)
     assert (out / "decisions.xlsx").is_file() and (out / "report.html").is_file()
@@ -153,9 +156,9 @@ def test_refusals_other_node_altered_truncated_replayed(
         (police, "police", "answered before"),
     ):
         done = _answer(fed, node, path, fed.root / f"never-{node}-{path.stem}.response")
-        assert done.returncode == 1, done.stdout  # type: ignore[attr-defined]
-        assert needle in done.stderr, done.stderr  # type: ignore[attr-defined]
-        assert done.stderr.count("\n") == 1, done.stderr  # type: ignore[attr-defined]
+        assert done.returncode == 1, done.stdout
+        assert needle in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
     assert cases
 
 

@@ -16,13 +16,13 @@ def _cmd_node_answer(args: argparse.Namespace) -> int:
 
 
 def _cmd_round_import(args: argparse.Namespace) -> int:
-    from coordinator.offline import import_command
+    from coordinator.offline_import import import_command
 
     return import_command(config=args.config, response=args.response)
 
 
 def _cmd_round_close(args: argparse.Namespace) -> int:
-    from coordinator.offline import close_command
+    from coordinator.offline_import import close_command
 
     return close_command(config=args.config, round_id=args.round)
 
