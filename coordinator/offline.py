@@ -203,7 +203,13 @@ def _request_for(
             config, round_id, as_of, entry.name, match_set, entry.protocol, entry_params(entry)
         )
         share, node_draw = responder_share(ctx)
-        messages, draws = outgoing(ctx, encoded, share, chunk_items=config.coordinator.chunk_items)
+        messages, draws = outgoing(
+            ctx,
+            encoded,
+            share,
+            chunk_items=config.coordinator.chunk_items,
+            max_set_size=entry.max_set_size,
+        )
         first = len(parts)
         parts.extend(messages)
         sub: dict[str, Any] = {"match_set": match_set, "parts": [first, len(parts)]}

@@ -1,11 +1,12 @@
-"""The requester's runner over files: the same psi sessions, messages and response loop.
+"""The requester's runner over files: the psi sessions of :mod:`psi.session`, nothing more.
 
-:func:`outgoing` produces a sub-round's requests as serialized proto messages
-(exactly what :class:`coordinator.client.NodeClient` sends online), from a
-requester whose key draws are recorded. :func:`import_sub_round` rebuilds that
-requester from the draws, replays the requests (they must give the same bytes),
-and feeds the node's serialized answers through
-:func:`coordinator.streams.run_stream`, the online response loop.
+:func:`outgoing` drives a requester session (whose key draws are recorded) to
+its ``end`` and keeps its requests as serialized proto messages, converted by
+:func:`coordinator.streams.to_request` exactly as the gRPC runner sends them.
+:func:`import_sub_round` rebuilds the same session from the draws, replays the
+requests (they must give the same bytes), and feeds it the node's answers,
+converted by :func:`coordinator.streams.from_response`; the session checks the
+order, the payload tags and the transcript, as online.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +27,21 @@ import numpy.typing as npt
 from coordinator.client import MatchSetResult, out_of_protocol
 from coordinator.config import NodeEntry
 from coordinator.records import Circumstance, EvidenceRow
-from coordinator.streams import StreamState, log_anchor, records, run_stream
+from coordinator.streams import from_response, log_anchor, to_request
 from coordinator.sub_round import SubRound, SubRoundStatus, _ordered, _safe_reason, evidence_rows
 from proto import xmatch_pb2 as pb
 from psi.context import RoundContext
-from psi.ecdh import EcdhRequester
-from psi.errors import PeerError, Refused, XmatchError
-from psi.keyed_hash import KeyedHashRequester, KeyedHashResponder
-from psi.messages import MAX_MESSAGE_BYTES, KeyShare, MatchChunk, PointChunk
+from psi.errors import PeerError, ProtocolError, Refused, XmatchError
+from psi.keyed_hash import KeyedHashResponder
+from psi.messages import MAX_MESSAGE_BYTES
+from psi.session import (
+    Accept,
+    EcdhRequesterSession,
+    End,
+    KeyedHashRequesterSession,
+    RequesterResult,
+    RequesterSession,
+)
 
 __all__ = [
     "PendingSubRound",
@@ -149,149 +157,77 @@ def _step(chunk_items: int, width: int) -> int:
     return max(1, min(chunk_items, (limit - _MARGIN) // width))
 
 
-def _requester(context: RoundContext, rng: Any, total: int) -> KeyedHashRequester | EcdhRequester:
-    if context.protocol == "keyed-hash":
-        return KeyedHashRequester.generate(context, rng=rng)
-    return EcdhRequester.generate(context, rng=rng, query_size=total)
-
-
-def _messages(
+def _session(
     context: RoundContext,
-    requester: KeyedHashRequester | EcdhRequester,
     encoded: npt.NDArray[np.uint8],
-    share: bytes,
+    rng: Callable[[int], bytes],
+    *,
     chunk_items: int,
-) -> list[bytes]:
-    total = len(encoded)
-    start = pb.RoundStart(context=context.to_bytes(), query_size=total)
-    chunks = 0
-    if isinstance(requester, KeyedHashRequester):
-        start.key_share = requester.key_share().to_bytes()
-        out = [pb.KeyedHashRequest(start=start).SerializeToString()]
-        requester.agree(KeyShare.from_bytes(share, round_id=context.round_id))
-        step = _step(chunk_items, 16)
-        for lo in range(0, total, step):
-            tags = requester.tag(encoded[lo : lo + step])
-            out.append(pb.KeyedHashRequest(tags=tags.to_bytes()).SerializeToString())
-            chunks += 1
-        end = pb.RequestEnd(chunks=chunks, items=total)
-        out.append(pb.KeyedHashRequest(end=end).SerializeToString())
-        return out
-    out = [pb.EcdhRequest(start=start).SerializeToString()]
-    step = _step(chunk_items, 32)
-    for lo in range(0, total, step):
-        blinded = requester.blind(encoded[lo : lo + step])
-        out.append(pb.EcdhRequest(blinded=blinded.to_bytes()).SerializeToString())
-        chunks += 1
-    out.append(pb.EcdhRequest(end=pb.RequestEnd(chunks=chunks, items=total)).SerializeToString())
-    return out
+    max_set_size: int,
+) -> RequesterSession:
+    """The requester session of the sub-round, its key drawn from ``rng``."""
+    if context.protocol == "keyed-hash":
+        return KeyedHashRequesterSession(
+            context, encoded, chunk_items=_step(chunk_items, 16), rng=rng
+        )
+    return EcdhRequesterSession(
+        context, encoded, chunk_items=_step(chunk_items, 32), rng=rng, max_set_size=max_set_size
+    )
+
+
+def _requests(session: RequesterSession, share: bytes) -> list[bytes]:
+    """Every request of the session, serialized as online (``to_request``).
+
+    keyed-hash: the node's key share (drawn by us, see :func:`responder_share`) is
+    given to the session as the node's ``accept`` would give it, before the tags.
+    """
+    out = [to_request(session.protocol, session.start())]
+    if session.protocol == "keyed-hash":
+        session.receive(Accept(key_share=share))
+    while True:
+        message = session.next_request()
+        if message is None:  # pragma: no cover - both sessions can send everything now
+            raise ProtocolError("the session cannot send its requests without an answer")
+        out.append(to_request(session.protocol, message))
+        if isinstance(message, End):
+            return [m.SerializeToString() for m in out]
 
 
 def outgoing(
-    context: RoundContext, encoded: npt.NDArray[np.uint8], share: bytes, *, chunk_items: int
+    context: RoundContext,
+    encoded: npt.NDArray[np.uint8],
+    share: bytes,
+    *,
+    chunk_items: int,
+    max_set_size: int = 10**10,
 ) -> tuple[list[bytes], bytes]:
     """The sub-round's requests (serialized proto) and the requester's key draws."""
     draw = _Recorder()
-    requester = _requester(context, draw, len(encoded))
-    messages = _messages(context, requester, encoded, share, chunk_items)
-    return messages, bytes(draw.drawn)
+    session = _session(context, encoded, draw, chunk_items=chunk_items, max_set_size=max_set_size)
+    return _requests(session, share), bytes(draw.drawn)
 
 
-class _Call:
-    """The node's answers, as a finished gRPC call: iterate, ``cancel`` does nothing."""
+def _receive(
+    peer: str, session: RequesterSession, share: bytes, answers: Sequence[bytes]
+) -> RequesterResult:
+    """The node's answers into the session, in order; its result once ``done`` is in.
 
-    def __init__(self, messages: Sequence[Any]) -> None:
-        self._messages = messages
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._messages)
-
-    def cancel(self) -> None:
-        """Nothing to cancel: the answers are already here."""
-
-
-def _keyed_hash(
-    peer: str,
-    context: RoundContext,
-    requester: KeyedHashRequester,
-    share: bytes,
-    answers: list[bytes],
-) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int, tuple[int, str] | None]:
-    state = StreamState()
-    found: list[npt.NDArray[np.int64]] = []
-    payloads: list[dict[str, str]] = []
-    seq = 0
-
-    def accept(message: pb.RoundAccept) -> None:
-        if not hmac.compare_digest(bytes(message.key_share), share):
-            raise PeerError(peer, "out of protocol: the key share is not the request's")
-        state.accepted.set()
-
-    def matches(message: pb.MatchChunk) -> None:
-        nonlocal seq
-        chunk = MatchChunk.from_bytes(message.psi, round_id=context.round_id, seq=seq)
-        rows, fields = records(peer, requester.resolve(chunk), message.payload)
-        found.append(rows)
-        payloads.extend(fields)
-        seq += 1
-
-    call = _Call([pb.KeyedHashResponse.FromString(a) for a in answers])
-    done = run_stream(peer, call, state, {"accept": accept, "matches": matches})
-    transcript = requester.finish()
-    if not hmac.compare_digest(bytes(done.transcript), transcript):
-        raise PeerError(peer, "transcript mismatch")
-    indices = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    return indices, payloads, transcript, 0, log_anchor(peer, done)
-
-
-def _ecdh(
-    peer: str,
-    entry: NodeEntry,
-    context: RoundContext,
-    requester: EcdhRequester,
-    answers: list[bytes],
-) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int, tuple[int, str] | None]:
-    state = StreamState()
-    set_size = 0
-    seqs = {"reblinded": 0, "set": 0}
-
-    def accept(message: pb.RoundAccept) -> None:
-        nonlocal set_size
-        set_size = int(message.set_size)
-        if set_size > entry.max_set_size:
-            raise PeerError(peer, "out of protocol: announced set size above max_set_size")
-        requester.expect_responder_set(set_size)
-        state.accepted.set()
-
-    def reblinded(message: bytes) -> None:
-        chunk = PointChunk.from_bytes(
-            message, stage="reblinded", round_id=context.round_id, seq=seqs["reblinded"]
-        )
-        requester.receive_reblinded(chunk)
-        seqs["reblinded"] += 1
-
-    def set_points(message: bytes) -> None:
-        chunk = PointChunk.from_bytes(
-            message, stage="set", round_id=context.round_id, seq=seqs["set"]
-        )
-        requester.receive_responder_set(chunk)
-        seqs["set"] += 1
-
-    call = _Call([pb.EcdhResponse.FromString(a) for a in answers])
-    handlers: dict[str, Any] = {"accept": accept, "reblinded": reblinded, "set_points": set_points}
-    done = run_stream(peer, call, state, handlers)
-    requester.receive_responder_done(set_size)
-    result = requester.finish()
-    if not hmac.compare_digest(bytes(done.transcript), result.transcript):
-        raise PeerError(peer, "transcript mismatch")
-    empty: list[dict[str, str]] = [{} for _ in range(len(result.matched))]
-    return (
-        result.matched,
-        empty,
-        result.transcript,
-        result.responder_set_size,
-        log_anchor(peer, done),
-    )
+    keyed-hash: the node's ``accept`` must come first and carry the key share the
+    request gave the node; the session has had it already.
+    """
+    parse: Any = pb.KeyedHashResponse if session.protocol == "keyed-hash" else pb.EcdhResponse
+    for i, raw in enumerate(answers):
+        message = from_response(peer, parse.FromString(raw))
+        if session.protocol == "keyed-hash" and (i == 0) != isinstance(message, Accept):
+            raise PeerError(peer, "out of protocol: accept must come first, and once")
+        if isinstance(message, Accept) and session.protocol == "keyed-hash":
+            if not hmac.compare_digest(message.key_share, share):
+                raise PeerError(peer, "out of protocol: the key share is not the request's")
+            continue
+        session.receive(message)
+    if not session.finished:
+        raise PeerError(peer, "the response ended before done")
+    return session.result()
 
 
 def _failed(
@@ -316,39 +252,30 @@ def _failed(
 def _answered(
     peer: str,
     pending: PendingSubRound,
-    entry: NodeEntry,
-    context: RoundContext,
-    requester: KeyedHashRequester | EcdhRequester,
+    session: RequesterSession,
     answer: dict[str, Any],
     parts: Sequence[bytes],
     encoded: npt.NDArray[np.uint8],
     identities: Sequence[str],
     started: float,
 ) -> tuple[MatchSetResult, tuple[EvidenceRow, ...]]:
-    """The node's answers through the response loop; the result and its evidence rows."""
+    """The node's answers through the session; the result and its evidence rows."""
     lo, hi = answer["parts"]
-    answers = list(parts[int(lo) : int(hi)])
-    if isinstance(requester, KeyedHashRequester):
-        indices, payloads, transcript, set_size, anchor = _keyed_hash(
-            peer, context, requester, pending.share, answers
-        )
-    else:
-        indices, payloads, transcript, set_size, anchor = _ecdh(
-            peer, entry, context, requester, answers
-        )
+    done = _receive(peer, session, pending.share, list(parts[int(lo) : int(hi)]))
     circumstance = str(answer["circumstance"])
     Circumstance(circumstance)
+    anchor = log_anchor(peer, done.done)
     log_seq, log_head = anchor if anchor is not None else (0, "")
     result = MatchSetResult(
         node=pending.node,
         match_set=pending.match_set,
         protocol=pending.protocol,
         circumstance=circumstance,
-        indices=indices,
-        payloads=payloads,
-        transcript=transcript,
+        indices=done.indices,
+        payloads=done.payloads,
+        transcript=done.transcript,
         query_size=len(encoded),
-        set_size=set_size,
+        set_size=done.set_size,
         seconds=time.monotonic() - started,
         node_log_seq=log_seq,
         node_log_head=log_head,
@@ -389,13 +316,19 @@ def import_sub_round(
             info=info,
         )
     context = RoundContext.from_bytes(pending.context)
-    requester = _requester(context, _Replay(pending.draws), len(encoded))
-    replayed = _messages(context, requester, encoded, pending.share, chunk_items)
+    session = _session(
+        context,
+        encoded,
+        _Replay(pending.draws),
+        chunk_items=chunk_items,
+        max_set_size=entry.max_set_size,
+    )
+    replayed = _requests(session, pending.share)
     if hashlib.sha256(b"".join(replayed)).hexdigest() != pending.request_sha256:
         raise XmatchError("the replayed request differs from the one written (state damaged)")
     try:
         result, rows = _answered(
-            peer, pending, entry, context, requester, answer, parts, encoded, identities, started
+            peer, pending, session, answer, parts, encoded, identities, started
         )
     except PeerError as exc:
         return _failed(
