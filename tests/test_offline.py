@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,8 +242,96 @@ def test_privacy_no_identity_in_clear(fed: Federation, online: Path) -> None:
     assert ids
     files = [*(fed.root / "mixed" / "offline").glob("*.request"), *fed.root.glob("*.response")]
     files += [fed.audit_log(n) for n in (*OFFLINE, "civil-affairs")]
+    files += [p for p in (fed.root / "state").rglob("*") if p.is_file()]
     assert files
     for path in files:
         blob = path.read_bytes()
         for person in ids:
             assert person.encode() not in blob, path
+
+
+def _entries(log: Path) -> list[dict[str, object]]:
+    out = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):  # a line being written
+            out.append(json.loads(line))
+    return out
+
+
+def test_node_killed_during_answer_and_coordinator_restarts(fed: Federation, online: Path) -> None:
+    config = _offline_toml(fed, "c-kill.toml", ("police",))
+    out = fed.root / "killed"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    request = out / "offline" / "police.request"
+    # a coordinator killed while it runs another round, between our run and import
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xmatch",
+            "round",
+            "run",
+            "--config",
+            str(coordinator_toml(fed, "c-other.toml")),
+            "--out",
+            str(fed.root / "other"),
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    other.send_signal(signal.SIGKILL)
+    other.wait()
+    # the department's answer is killed after it opened the request
+    response = fed.root / "police-killed.response"
+    log = fed.audit_log("police")
+    opened_before = sum(
+        1 for e in _entries(log) if e.get("event") == "offline_file" and e.get("action") == "opened"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xmatch",
+            "node",
+            "answer",
+            "--config",
+            str(fed.config("police")),
+            "--request",
+            str(request),
+            "--out",
+            str(response),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        opened = sum(
+            1
+            for e in _entries(log)
+            if e.get("event") == "offline_file" and e.get("action") == "opened"
+        )
+        if opened > opened_before:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not response.exists(), "the answer finished before it could be killed"
+    # nothing half-written under the response's name; answering again works
+    again = _answer(fed, "police", request, response)
+    assert again.returncode == 0, again.stderr
+    # the import, in a new coordinator process, completes the waiting round
+    imported = _import(config, response)
+    assert imported.returncode in (0, 3), imported.stderr
+    assert (out / "decisions.json").is_file()
+    doc = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    # justice is configured online here, and its node was stopped: it alone failed
+    assert doc["failed_sources"] == ["justice/custody"]
+
+    def police(folder: Path) -> list[tuple[str, ...]]:
+        return [r for r in read_evidence_csv(folder / "evidence.csv") if r[2].startswith("police/")]
+
+    assert police(out) == police(online) != []
