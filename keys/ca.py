@@ -252,19 +252,7 @@ def issue(
         for suffix in (".crt", ".key", ".audit.crt", ".audit.key", ".seal.crt", ".seal.key")
     ]
     _refuse_existing(*outputs)
-    ca_cert_path, ca_key_path = directory / "ca.crt", directory / "ca.key"
-    if not ca_cert_path.exists() or not ca_key_path.exists():
-        raise InputError(
-            f"{directory} holds no federation CA (ca.crt, ca.key): run 'xmatch keys init-ca' first"
-        )
-    ca_cert = load_certificate(ca_cert_path.read_bytes(), what=str(ca_cert_path))
-    check_ca_certificate(ca_cert, what=str(ca_cert_path))
-    ca_key = load_private_key(ca_key_path, passphrase=passphrase, what="CA key")
-    if (
-        not isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        or ca_key.public_key() != ca_cert.public_key()
-    ):
-        raise VerificationError(f"{ca_key_path} does not belong to {ca_cert_path}")
+    ca_cert, ca_key = _load_ca(directory, passphrase)
     start = (now or _dt.datetime.now(_dt.UTC)) - CLOCK_SKEW
 
     tls_key = ec.generate_private_key(ec.SECP256R1())
@@ -298,6 +286,59 @@ def issue(
     _write_new(crt, tls_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     _write_new(audit_crt, audit_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     _write_new(seal_crt, seal_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def issue_seal(
+    directory: Path,
+    *,
+    name: str,
+    role: str,
+    passphrase: bytes | None = None,
+    key_passphrase: bytes | str | None = _SAME,
+    now: _dt.datetime | None = None,
+) -> None:
+    """Issue only the sealing key (``NAME.seal.crt``, ``NAME.seal.key``) of a member
+    issued before sealing keys existed.
+
+    Raises:
+        InputError: bad name or role, no CA in ``directory``, or a file exists already.
+        InvalidKey: the CA key cannot be loaded (passphrase missing or wrong).
+        VerificationError: ``ca.crt`` is not a CA certificate or does not match ``ca.key``.
+    """
+    directory = Path(directory)
+    check_name(name)
+    if role not in ROLES:
+        raise InputError(f"role {role!r} is invalid: use one of {', '.join(ROLES)}")
+    new_pass = passphrase if key_passphrase == _SAME else key_passphrase
+    if isinstance(new_pass, str):
+        raise InputError("key_passphrase must be bytes or None")
+    crt, key = directory / f"{name}.seal.crt", directory / f"{name}.seal.key"
+    _refuse_existing(crt, key)
+    ca_cert, ca_key = _load_ca(directory, passphrase)
+    start = (now or _dt.datetime.now(_dt.UTC)) - CLOCK_SKEW
+    seal_key = x25519.X25519PrivateKey.generate()
+    cert = _seal_leaf(name, role, seal_key.public_key(), ca_cert, ca_key, start)
+    _write_new(key, _key_pem(seal_key, new_pass), mode=0o600)
+    _write_new(crt, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def _load_ca(
+    directory: Path, passphrase: bytes | None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert_path, ca_key_path = directory / "ca.crt", directory / "ca.key"
+    if not ca_cert_path.exists() or not ca_key_path.exists():
+        raise InputError(
+            f"{directory} holds no federation CA (ca.crt, ca.key): run 'xmatch keys init-ca' first"
+        )
+    ca_cert = load_certificate(ca_cert_path.read_bytes(), what=str(ca_cert_path))
+    check_ca_certificate(ca_cert, what=str(ca_cert_path))
+    ca_key = load_private_key(ca_key_path, passphrase=passphrase, what="CA key")
+    if (
+        not isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        or ca_key.public_key() != ca_cert.public_key()
+    ):
+        raise VerificationError(f"{ca_key_path} does not belong to {ca_cert_path}")
+    return ca_cert, ca_key
 
 
 def _seal_leaf(

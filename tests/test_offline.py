@@ -335,3 +335,40 @@ def test_node_killed_during_answer_and_coordinator_restarts(fed: Federation, onl
         return [r for r in read_evidence_csv(folder / "evidence.csv") if r[2].startswith("police/")]
 
     assert police(out) == police(online) != []
+
+
+def test_issue_seal_for_a_member_issued_before(tmp_path: Path) -> None:
+    init_ca(tmp_path)
+    issue(tmp_path, name="court", role="node")
+    for suffix in (".seal.crt", ".seal.key"):
+        (tmp_path / f"court{suffix}").unlink()
+    done = xmatch("keys", "issue-seal", "--dir", str(tmp_path), "--name", "court", "--role", "node")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "court.seal.key").stat().st_mode & 0o777 == 0o600
+    key = load_sealing_key(tmp_path / "court.seal.key", name="court", passphrase=None)
+    ca_pem = (tmp_path / "ca.crt").read_bytes()
+    sender = load_sender_key(
+        name="court",
+        key=tmp_path / "court.key",
+        cert=tmp_path / "court.crt",
+        seal_cert=tmp_path / "court.seal.crt",
+        passphrase=None,
+    )
+    now = dt.datetime.now(dt.UTC)
+    data = seal(
+        b"y",
+        kind="response",
+        sender=sender,
+        recipient="court",
+        recipient_seal_cert_pem=(tmp_path / "court.seal.crt").read_bytes(),
+        ca_pem=ca_pem,
+        round_id="0" * 31 + "2",
+        expires=now + dt.timedelta(hours=1),
+    )
+    assert open_sealed(data, kind="response", recipient=key, ca_pem=ca_pem).payload == b"y"
+    with pytest.raises(SealedFileError, match="not a request"):
+        open_sealed(data, kind="request", recipient=key, ca_pem=ca_pem)
+    again = xmatch(
+        "keys", "issue-seal", "--dir", str(tmp_path), "--name", "court", "--role", "node"
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr

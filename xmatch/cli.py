@@ -287,14 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "xmatch keys issue --dir pki --name justice --role node",
             "xmatch keys issue --dir pki --name civil-affairs --role coordinator",
-            "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.crt,audit.key}",
+            "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.*,seal.*}",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="issue a member certificate and key (DIR/NAME.crt, DIR/NAME.key)",
         description=(
             "Issues a TLS certificate whose name is the member's identity (for example 'justice' "
             "or 'civil-affairs') and an Ed25519 key for signing its protocol log checkpoints "
-            "(DIR/NAME.audit.crt, DIR/NAME.audit.key). Key files are mode 0600."
+            "(DIR/NAME.audit.crt, DIR/NAME.audit.key), and an X25519 key that sealed offline "
+            "files are encrypted to (DIR/NAME.seal.crt, DIR/NAME.seal.key). Key files are "
+            "mode 0600."
         ),
     )
     issue.add_argument(
@@ -317,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="encrypt the new keys with this variable's passphrase instead of the CA's",
     )
     issue.set_defaults(func=_cmd_keys_issue)
+    from xmatch.offline_cli import add_keys_issue_seal
+
+    add_keys_issue_seal(keys)
 
     node = sub.add_parser("node", help="department node").add_subparsers(
         dest="node_command", required=True, metavar="ACTION"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_node_answer", "add_round_offline"]
+__all__ = ["add_keys_issue_seal", "add_node_answer", "add_round_offline"]
 
 
 def _cmd_node_answer(args: argparse.Namespace) -> int:
@@ -25,6 +25,42 @@ def _cmd_round_close(args: argparse.Namespace) -> int:
     from coordinator.offline_import import close_command
 
     return close_command(config=args.config, round_id=args.round)
+
+
+def _cmd_keys_issue_seal(args: argparse.Namespace) -> int:
+    from keys.ca import issue_seal
+    from xmatch.cli import _passphrase
+
+    ca_pass = _passphrase(args)
+    if args.key_passphrase_env:
+        new_pass = _passphrase(args, "key_passphrase_env")
+        issue_seal(
+            args.dir, name=args.name, role=args.role, passphrase=ca_pass, key_passphrase=new_pass
+        )
+    else:
+        issue_seal(args.dir, name=args.name, role=args.role, passphrase=ca_pass)
+    print(f"issued sealing certificate {args.dir / (args.name + '.seal.crt')}")
+    return 0
+
+
+def add_keys_issue_seal(keys: Any) -> None:
+    """``xmatch keys issue-seal`` under the ``keys`` subparsers."""
+    seal = keys.add_parser(
+        "issue-seal",
+        help="issue only the sealing key (DIR/NAME.seal.crt, .key) of an existing member",
+        description=(
+            "For members issued before sealing keys existed: an X25519 key, certified by the "
+            "CA, that sealed offline files are encrypted to (docs/offline.md). Mode 0600."
+        ),
+    )
+    seal.add_argument("--dir", type=Path, required=True, help="folder holding the CA")
+    seal.add_argument("--name", required=True, help="the member's identity")
+    seal.add_argument("--role", required=True, choices=["node", "coordinator"])
+    seal.add_argument("--passphrase-env", metavar="VAR", help="passphrase of the CA key")
+    seal.add_argument(
+        "--key-passphrase-env", metavar="VAR", help="encrypt the new key with this passphrase"
+    )
+    seal.set_defaults(func=_cmd_keys_issue_seal)
 
 
 def add_node_answer(node: Any) -> None:
