@@ -1,6 +1,6 @@
 """Rebuilding a node's probing limits from its own protocol log at startup.
 
-:class:`nodes.handlers.QueryBudget` and :class:`nodes.handlers.ReplayGuard` live
+:class:`nodes.limits.QueryBudget` and :class:`nodes.limits.ReplayGuard` live
 in memory. Without this module a restart would give every requester a fresh
 budget and forget every round id served. At startup the node therefore reads
 its protocol log (the file it has just opened for appending, whose tail
@@ -15,7 +15,7 @@ would let any member burn another's budget or flush the replay memory.
 
 1. **Replay memory**: the (round id, match set) pair of each such entry, in log
    order (the last ``replay_memory`` pairs stay), as the live
-   :func:`nodes.handlers.authorize` remembers a pair only once it has got that
+   :func:`nodes.authorization.authorize` remembers a pair only once it has got that
    far.
 2. **Budgets**: one round used, at the time of its first such entry, for each
    pair. Only entries within the match set's budget period count; sets no
@@ -41,7 +41,7 @@ from pathlib import Path
 from audit.format import UNKNOWN_ROUND_ID
 from audit.verify import parse_line
 from nodes.config import NodeConfig
-from nodes.handlers import QueryBudget, ReplayGuard
+from nodes.limits import QueryBudget, ReplayGuard
 from psi.errors import InputError, ProtocolError
 
 __all__ = ["Restored", "RoundEntry", "passed_authorization", "read_round_entries", "restore_limits"]

@@ -43,9 +43,9 @@ if TYPE_CHECKING:
     from audit.gm import GmAuditSigner
     from audit.log import AuditLog
     from keys.handles import AuditSigner
-    from nodes.handlers import NodeState
     from nodes.matchsets import LoadedMatchSet, MatchSetStore
     from nodes.servicer import NodeServicer
+    from nodes.state import NodeState
 
 #: Exit codes of ``xmatch node serve`` after a signal: SIGTERM is the service manager's
 #: normal stop (0); SIGINT (Ctrl-C) exits as shells expect of an interrupted program.
@@ -308,9 +308,10 @@ def serve_from_config(path: Path | str) -> int:
     node = config.node
     from audit.log import AuditLog
     from keys.handles import load_tls_credentials
-    from nodes.handlers import NodeState, keep_distinct
+    from nodes.drivers import keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
+    from nodes.state import NodeState
 
     # (2)
     passphrase = _passphrase(config)

@@ -1,7 +1,7 @@
 """The gRPC servicer of a department node (house style 9; Flower's fleet servicer).
 
 Each RPC: log to the audit log, convert proto messages to handler events, run
-one handler (:mod:`nodes.handlers`), convert its outputs back, and map any
+one driver (:mod:`nodes.drivers`), convert its outputs back, and map any
 :class:`psi.errors.XmatchError` to a status code through :data:`STATUS_TABLE`.
 Every refusal or failure is an audit entry (``round_refused`` / ``round_failed``
 with its reason) and the node keeps serving: an entry whose fields the audit
@@ -32,25 +32,10 @@ import grpc
 
 from audit.format import UNKNOWN_ROUND_ID
 from nodes.auth import current_peer
-from nodes.authorization import REQUESTER_ROLE
-from nodes.handlers import (
-    Accept,
-    BudgetExhausted,
-    Chunk,
-    Done,
-    EcdhDriver,
-    End,
-    Event,
-    KeyedHashDriver,
-    Matches,
-    NodeBusy,
-    NodeState,
-    Output,
-    Points,
-    RoundDriver,
-    Start,
-    capabilities,
-)
+from nodes.authorization import REQUESTER_ROLE, capabilities
+from nodes.drivers import EcdhDriver, KeyedHashDriver, RoundDriver
+from nodes.limits import BudgetExhausted
+from nodes.state import NodeBusy, NodeState
 from proto import xmatch_pb2, xmatch_pb2_grpc
 from psi.errors import (
     AlreadyUsed,
@@ -59,6 +44,17 @@ from psi.errors import (
     Refused,
     VerificationError,
     XmatchError,
+)
+from psi.session import (
+    Accept,
+    Chunk,
+    Done,
+    End,
+    Matches,
+    Points,
+    RequesterMessage,
+    ResponderMessage,
+    Start,
 )
 
 __all__ = ["STATUS_TABLE", "AuditSink", "NodeServicer", "status_for"]
@@ -106,7 +102,7 @@ _Req = TypeVar("_Req", xmatch_pb2.KeyedHashRequest, xmatch_pb2.EcdhRequest)
 _Resp = TypeVar("_Resp", xmatch_pb2.KeyedHashResponse, xmatch_pb2.EcdhResponse)
 
 
-def _event(request: xmatch_pb2.KeyedHashRequest | xmatch_pb2.EcdhRequest) -> Event:
+def _event(request: xmatch_pb2.KeyedHashRequest | xmatch_pb2.EcdhRequest) -> RequesterMessage:
     kind = request.WhichOneof("msg")
     if kind == "start":
         s = request.start
@@ -120,7 +116,7 @@ def _event(request: xmatch_pb2.KeyedHashRequest | xmatch_pb2.EcdhRequest) -> Eve
     raise ProtocolError("empty or unknown request message")
 
 
-def _events(requests: Iterable[_Req]) -> Iterator[Event]:
+def _events(requests: Iterable[_Req]) -> Iterator[RequesterMessage]:
     for r in requests:
         yield _event(r)
 
@@ -136,7 +132,7 @@ def _round_done(done: Done) -> xmatch_pb2.RoundDone:
     )
 
 
-def _keyed_hash_response(out: Output) -> xmatch_pb2.KeyedHashResponse:
+def _keyed_hash_response(out: ResponderMessage) -> xmatch_pb2.KeyedHashResponse:
     if isinstance(out, Accept):
         return xmatch_pb2.KeyedHashResponse(accept=xmatch_pb2.RoundAccept(key_share=out.key_share))
     if isinstance(out, Matches):
@@ -152,7 +148,7 @@ def _keyed_hash_response(out: Output) -> xmatch_pb2.KeyedHashResponse:
     raise TypeError(f"no keyed-hash response for {type(out).__name__}")
 
 
-def _ecdh_response(out: Output) -> xmatch_pb2.EcdhResponse:
+def _ecdh_response(out: ResponderMessage) -> xmatch_pb2.EcdhResponse:
     if isinstance(out, Accept):
         return xmatch_pb2.EcdhResponse(accept=xmatch_pb2.RoundAccept(set_size=out.set_size))
     if isinstance(out, Points):
@@ -315,7 +311,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         driver: RoundDriver,
         requests: Iterable[_Req],
         context: grpc.ServicerContext,
-        to_proto: Callable[[Output], _Resp],
+        to_proto: Callable[[ResponderMessage], _Resp],
     ) -> Iterator[_Resp]:
         context.add_callback(driver.cancel)
         error: BaseException | None = None

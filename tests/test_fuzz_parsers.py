@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-import nodes.handlers as handlers
+import nodes.drivers.base as driver_base
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.records import Roster, read_evidence, read_roster
 from nodes.config import NodeConfig, load_node_config
@@ -508,7 +508,7 @@ def _drive(driver: Any, events: list[Event]) -> None:
 
 @pytest.fixture()
 def quick_end(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(handlers, "TRAILING_SECONDS", 0.01)
+    monkeypatch.setattr(driver_base, "TRAILING_SECONDS", 0.01)
     yield
 
 

@@ -38,7 +38,8 @@ from psi.ecdh import EcdhRequester
 from psi.errors import ConfigError, ProtocolError, Refused
 from psi.identifiers import encode_identities, identity_number
 from psi.keyed_hash import KeyedHashRequester
-from psi.messages import KeyShare, MatchChunk, PointChunk
+from psi.messages import KeyShare, MatchChunk
+from psi.session import EcdhRequesterSession
 from tests.conftest import Pki
 
 TODAY = _dt.date(2026, 11, 29)
@@ -443,31 +444,23 @@ def _ecdh_driver_round(cfg: NodeConfig) -> tuple[list[str], int]:
     blinded chunks.
     """
     c = ctx(protocol="ecdh")
-    req = EcdhRequester.generate(c, query_size=len(ECDH_ROSTER))
-    enc = encode_identities(ECDH_ROSTER)
-    blinded = [req.blind(enc[s : s + 8]) for s in range(0, len(ECDH_ROSTER), 8)]
-    events: list[Event] = [Start(context=c.to_bytes(), query_size=len(ECDH_ROSTER))]
-    events += [Chunk(b.to_bytes()) for b in blinded]
-    events.append(End(chunks=len(blinded), items=len(ECDH_ROSTER)))
+    # The requester is the psi session, not a copy of its sequence: blinded chunks of 8.
+    session = EcdhRequesterSession(c, encode_identities(ECDH_ROSTER), chunk_items=8)
+    events: list[Event] = [session.start(), *session.requests()]
     state = NodeState.create(cfg, today=lambda: TODAY)
     outputs = run(EcdhDriver(state, "civil-affairs"), events)
     accept, done = outputs[0], outputs[-1]
     assert isinstance(accept, Accept) and accept.set_size == 64  # 40 people -> class 64
     assert isinstance(done, Done)
     stages: list[str] = []
-    for out in outputs[1:-1]:
-        assert isinstance(out, Points)
-        stages.append(out.stage)
-        chunk = PointChunk.from_bytes(out.data)
-        if out.stage == "reblinded":
-            req.receive_reblinded(chunk)
-        else:
-            req.receive_responder_set(chunk)
-    req.receive_responder_done(accept.set_size)
-    result = req.finish()
-    assert result.transcript == done.transcript
-    assert {ECDH_ROSTER[i] for i in result.matched.tolist()} == set(NODE_IDS[10:30])
-    return stages, len(blinded)
+    for out in outputs:
+        if isinstance(out, Points):
+            stages.append(out.stage)
+        session.receive(out)
+    result = session.result()
+    assert result.transcript == done.transcript and done.set_size == 64
+    assert {ECDH_ROSTER[i] for i in result.indices.tolist()} == set(NODE_IDS[10:30])
+    return stages, sum(isinstance(e, Chunk) for e in events)
 
 
 def test_ecdh_driver_full_round(cfg: NodeConfig) -> None:
