@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
+
+from psi.errors import XmatchError
 
 __all__ = ["add_keys_issue_seal", "add_node_answer", "add_round_offline"]
 
@@ -27,13 +30,21 @@ def _cmd_round_close(args: argparse.Namespace) -> int:
     return close_command(config=args.config, round_id=args.round)
 
 
+def _env_passphrase(env: str | None) -> bytes | None:
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise XmatchError(f"{env}: the environment variable is not set")
+    return value.encode()
+
+
 def _cmd_keys_issue_seal(args: argparse.Namespace) -> int:
     from keys.ca import issue_seal
-    from xmatch.cli import _passphrase
 
-    ca_pass = _passphrase(args)
+    ca_pass = _env_passphrase(args.passphrase_env)
     if args.key_passphrase_env:
-        new_pass = _passphrase(args, "key_passphrase_env")
+        new_pass = _env_passphrase(args.key_passphrase_env)
         issue_seal(
             args.dir, name=args.name, role=args.role, passphrase=ca_pass, key_passphrase=new_pass
         )
