@@ -372,3 +372,69 @@ def test_issue_seal_for_a_member_issued_before(tmp_path: Path) -> None:
         "keys", "issue-seal", "--dir", str(tmp_path), "--name", "court", "--role", "node"
     )
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_gm_suites_offline_equal_online(fed: Federation, online: Path) -> None:
+    specs = tuple(s for s in fed.specs if s.name in OFFLINE)
+    gm = {"police": {"prf": '"sm4-ecb-v1"'}, "justice": {"suite": '"SM2_XMD:SM3_SSWU_RO_"'}}
+    path = coordinator_toml(fed, "c-gm.toml", specs=specs, node_keys=gm)
+    text = re.sub(r'address = "[^"]*"', 'transport = "offline"', path.read_text(encoding="utf-8"))
+    path.write_text(text, encoding="utf-8")
+    out = fed.root / "gm"
+    done = round_run(path, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    allow = {
+        "police": 'prfs = ["aes128-ecb-v1", "sm4-ecb-v1"]\n',
+        "justice": 'suites = ["x25519-sha256-u", "SM2_XMD:SM3_SSWU_RO_"]\n',
+    }
+    for n in OFFLINE:
+        node_toml = fed.root / f"{n}-gm.node.toml"  # the same node, GM suites allowed too
+        text = fed.config(n).read_text(encoding="utf-8")
+        node_toml.write_text(text.replace("[[match_sets]]\n", "[[match_sets]]\n" + allow[n]))
+        response = fed.root / f"gm-{n}.response"
+        answered = xmatch(
+            "node",
+            "answer",
+            "--config",
+            str(node_toml),
+            "--request",
+            str(out / "offline" / f"{n}.request"),
+            "--out",
+            str(response),
+        )
+        assert answered.returncode == 0, answered.stderr
+        imported = _import(path, response)
+        assert imported.returncode in (0, 4), imported.stderr
+    assert imported.returncode == 0, imported.stdout
+
+    def offline_rows(folder: Path) -> list[tuple[str, ...]]:
+        rows = read_evidence_csv(folder / "evidence.csv")
+        return [r for r in rows if r[2].split("/")[0] in OFFLINE]
+
+    assert offline_rows(out) == offline_rows(online) != []
+    finished = [
+        e for e in audit_entries(fed.audit_log("justice")) if e["event"] == "round_finished"
+    ]
+    assert finished[-1].get("suite") == "SM2_XMD:SM3_SSWU_RO_"
+
+
+def test_a_set_the_node_refuses_is_a_failed_source(fed: Federation, online: Path) -> None:
+    specs = tuple(s for s in fed.specs if s.name == "police")
+    path = coordinator_toml(
+        fed, "c-refused.toml", specs=specs, node_keys={"police": {"prf": '"sm4-ecb-v1"'}}
+    )
+    text = re.sub(r'address = "[^"]*"', 'transport = "offline"', path.read_text(encoding="utf-8"))
+    path.write_text(text, encoding="utf-8")
+    out = fed.root / "refused"
+    assert round_run(path, out, as_of=AS_OF).returncode == 4
+    response = fed.root / "refused-police.response"
+    answered = _answer(fed, "police", out / "offline" / "police.request", response)
+    assert answered.returncode == 0, answered.stderr
+    assert "police/deaths: refused (keyed-hash prf not allowed" in answered.stdout
+    imported = _import(path, response)
+    assert imported.returncode == 3, imported.stderr
+    assert "police/deaths refused: refused: keyed-hash prf not allowed" in imported.stderr
+    doc = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    assert doc["failed_sources"] == ["police/deaths", "police/lost_contact"]
+    refusals = [e for e in audit_entries(fed.audit_log("police")) if e["event"] == "round_refused"]
+    assert refusals and refusals[-1]["reason"] == "keyed-hash prf not allowed for this match set"
