@@ -271,7 +271,9 @@ def import_command(
         )
         identities = list(opened.doc["identities"])
         encoded = encode_identities(identities)
-        answers = {str(s.get("match_set")): s for s in bundle.manifest.get("sub_rounds", [])}
+        listed = bundle.manifest.get("sub_rounds")
+        subs = [s for s in listed if isinstance(s, dict)] if isinstance(listed, list) else []
+        answers = {str(s.get("match_set")): s for s in subs}
         for sub in mine:
             pending = PendingSubRound.from_json(sub)
             outcome = import_sub_round(

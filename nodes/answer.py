@@ -320,7 +320,13 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
             _log_file(audit, data, "refused", reason="unreadable content")
             raise InputError(f"{request}: refused: unreadable content") from None
         _log_file(audit, opened, "opened", file=request.name)
-        response = _answers(cfg, audit, opened, role, bundle)
+        try:
+            response = _answers(cfg, audit, opened, role, bundle)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # signed by a coordinator of the federation, and still malformed: refuse it
+            reason = f"malformed request content ({type(exc).__name__})"
+            _log_file(audit, opened, "refused", reason=reason)
+            raise SealedFileError(f"{request}: refused: {reason}") from None
         expires = _dt.datetime.fromisoformat(opened.header["expires"])
         sealed = seal(
             response.to_bytes(),
