@@ -28,17 +28,32 @@ from tests.federation import (
     start_nodes,
     xmatch,
 )
+from xmatch import synth
 from xmatch.demo import stop_nodes
 
 OFFLINE = ("police", "justice")  # keyed-hash and ecdh
 
 
-def _offline_toml(fed: Federation, name: str, offline: tuple[str, ...]) -> Path:
-    path = coordinator_toml(fed, name)
+def _offline_toml(
+    fed: Federation,
+    name: str,
+    offline: tuple[str, ...],
+    *,
+    specs: tuple[synth.NodeSpec, ...] | None = None,
+    keys: dict[str, dict[str, str]] | None = None,
+) -> Path:
+    """A coordinator.toml with ``offline`` nodes (``transport = "offline"``, no address);
+    ``keys`` adds ``key = "value"`` lines to a node's entry (text edits, so that the
+    test does not depend on how the helper writes TOML)."""
+    path = coordinator_toml(fed, name, specs=specs)
     blocks = path.read_text(encoding="utf-8").split("[[nodes]]\n")
     for i, block in enumerate(blocks):
-        if any(block.startswith(f'name = "{n}"\n') for n in offline):
-            blocks[i] = re.sub(r'address = "[^"]*"', 'transport = "offline"', block)
+        found = re.search(r'^name = "([^"]+)"$', block, flags=re.MULTILINE)
+        node = found.group(1) if found and i else None
+        if node in offline:
+            block = re.sub(r'^address = "[^"]*"$', 'transport = "offline"', block, flags=re.M)
+        extra = "".join(f'{k} = "{v}"\n' for k, v in (keys or {}).get(node or "", {}).items())
+        blocks[i] = block.rstrip("\n") + "\n" + extra + ("\n" if i < len(blocks) - 1 else "")
     path.write_text("[[nodes]]\n".join(blocks), encoding="utf-8")
     return path
 
@@ -376,10 +391,8 @@ def test_issue_seal_for_a_member_issued_before(tmp_path: Path) -> None:
 
 def test_gm_suites_offline_equal_online(fed: Federation, online: Path) -> None:
     specs = tuple(s for s in fed.specs if s.name in OFFLINE)
-    gm = {"police": {"prf": '"sm4-ecb-v1"'}, "justice": {"suite": '"SM2_XMD:SM3_SSWU_RO_"'}}
-    path = coordinator_toml(fed, "c-gm.toml", specs=specs, node_keys=gm)
-    text = re.sub(r'address = "[^"]*"', 'transport = "offline"', path.read_text(encoding="utf-8"))
-    path.write_text(text, encoding="utf-8")
+    gm = {"police": {"prf": "sm4-ecb-v1"}, "justice": {"suite": "SM2_XMD:SM3_SSWU_RO_"}}
+    path = _offline_toml(fed, "c-gm.toml", OFFLINE, specs=specs, keys=gm)
     out = fed.root / "gm"
     done = round_run(path, out, as_of=AS_OF)
     assert done.returncode == 4, done.stderr
@@ -420,11 +433,8 @@ def test_gm_suites_offline_equal_online(fed: Federation, online: Path) -> None:
 
 def test_a_set_the_node_refuses_is_a_failed_source(fed: Federation, online: Path) -> None:
     specs = tuple(s for s in fed.specs if s.name == "police")
-    path = coordinator_toml(
-        fed, "c-refused.toml", specs=specs, node_keys={"police": {"prf": '"sm4-ecb-v1"'}}
-    )
-    text = re.sub(r'address = "[^"]*"', 'transport = "offline"', path.read_text(encoding="utf-8"))
-    path.write_text(text, encoding="utf-8")
+    keys = {"police": {"prf": "sm4-ecb-v1"}}
+    path = _offline_toml(fed, "c-refused.toml", ("police",), specs=specs, keys=keys)
     out = fed.root / "refused"
     assert round_run(path, out, as_of=AS_OF).returncode == 4
     response = fed.root / "refused-police.response"
