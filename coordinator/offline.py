@@ -9,11 +9,12 @@ waits (exit code 4). Its secrets (the requester's key draws), the query order
 and the online sub-rounds' results are kept in a *pending* file sealed to our
 own sealing key (``state/offline/ROUND.pending``, mode 0600).
 
-``xmatch round import`` opens a sealed response, rebuilds each sub-round's
-requester from its recorded key draws, replays the request (checking that it
-gives the same bytes as the request that was carried), and feeds the node's
-answers through the same response loop as online
-(:func:`coordinator.streams.run_stream`). When the last sub-round is in, the
+``xmatch round import`` (:mod:`coordinator.offline_import`) opens a sealed
+response, rebuilds each sub-round's requester session (:mod:`psi.session`) from
+its recorded key draws, replays the request (checking that it gives the same
+bytes as the request that was carried), and feeds the session the node's
+answers, converted as online (:func:`coordinator.streams.from_response`); the
+session checks order, payload tags and transcript. When the last sub-round is in, the
 round is decided and written exactly as an online round
 (:func:`coordinator.round.decide_round`, :func:`coordinator.round.write_round`).
 ``xmatch round close`` gives up waiting: what is missing is a failed source.
