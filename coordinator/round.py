@@ -91,9 +91,9 @@ from coordinator.sub_round import (
 )
 from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
-from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
+from workers import prepare_executor, worker_pool
 
 __all__ = [
     "PHASES",

@@ -34,8 +34,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from nodes.config import NodeConfig, load_node_config
-from psi.ecdh import worker_pool
 from psi.errors import ConfigError
+from workers import worker_pool
 
 if TYPE_CHECKING:
     import grpc

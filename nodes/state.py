@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from nodes.config import NodeConfig
 from nodes.limits import QueryBudget, ReplayGuard
 from nodes.matchsets import MatchSetStore
-from psi.ecdh import prepare_executor
 from psi.errors import PeerError
+from workers import prepare_executor
 
 __all__ = ["NodeBusy", "NodeState"]
 
@@ -29,7 +29,7 @@ class NodeState:
     """Everything a node's handlers share: config, match sets, limits, clocks.
 
     ``executor`` runs the ecdh group operations: a pool made by the caller
-    (:mod:`nodes.server` with :func:`psi.ecdh.worker_pool`), injected here; this
+    (:mod:`nodes.server` with :func:`workers.worker_pool`), injected here; this
     module starts no process.
     """
 

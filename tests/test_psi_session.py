@@ -7,6 +7,7 @@ sm4 keyed-hash PRFs; out-of-order and illegal messages raise ProtocolError.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -85,10 +86,16 @@ def keyed_hash_round(
 
 
 def ecdh_round(
-    ctx: RoundContext, roster: list[str], members: list[str], *, chunk: int = 3
+    ctx: RoundContext,
+    roster: list[str],
+    members: list[str],
+    *,
+    chunk: int = 3,
+    executor: concurrent.futures.Executor | None = None,
 ) -> tuple[RequesterResult, Done]:
-    req = EcdhRequesterSession(ctx, encode_identities(roster), chunk_items=chunk, rng=rng_for(2))
-    resp = EcdhResponderSession(rng=rng_for(3), size_classes=SMALL)
+    enc = encode_identities(roster)
+    req = EcdhRequesterSession(ctx, enc, chunk_items=chunk, rng=rng_for(2), executor=executor)
+    resp = EcdhResponderSession(rng=rng_for(3), size_classes=SMALL, executor=executor)
     resp.receive_start(req.start())
     resp.open().load_set(encode_identities(members))
     req.receive(resp.accept(4))

@@ -1,4 +1,4 @@
-"""EC worker processes die with the process that owns them (psi.ecdh.worker_pool).
+"""EC worker processes die with the process that owns them (workers.worker_pool).
 
 A node or coordinator killed with SIGKILL must not leave its pool's workers
 running: they hold no purpose any more, keep memory, and ran the round's
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OWNER = textwrap.dedent(
     """
     import concurrent.futures, multiprocessing, sys, time
-    from psi.ecdh import prepare_executor, worker_pool
+    from workers import prepare_executor, worker_pool
 
     method, kind = sys.argv[1], sys.argv[2]
     if kind == "xmatch":
@@ -80,3 +80,46 @@ def test_control_a_plain_pool_leaves_its_workers_behind() -> None:
     survivors = _workers_after_owner_killed("spawn", "plain")
     _kill(survivors)
     assert survivors, "a plain pool's workers died with their owner: the test above proves nothing"
+
+
+# -- the pool is made outside psi; psi's work in it keeps the suite and the backend
+
+
+@pytest.mark.parametrize("suite", ["x25519-sha256-u", "SM2_XMD:SM3_SSWU_RO_"])
+def test_sessions_over_the_pool_give_the_in_process_result(suite: str) -> None:
+    """Suite dispatch survives the move of the pool: X25519 and SM2 rounds in workers."""
+    from tests.test_psi_keyed_hash import ids_from_ints
+    from tests.test_psi_session import ecdh_context, ecdh_round
+    from workers import prepare_executor, worker_pool
+
+    # chunks of 100 points: split_submit sends batches of 64 or more to the executor
+    roster, members = ids_from_ints(list(range(200))), ids_from_ints(list(range(150, 400)))
+    ctx = ecdh_context(suite)
+    alone, _ = ecdh_round(ctx, roster, members, chunk=100)
+    with worker_pool(2, x25519_backend="openssl") as pool:
+        prepare_executor(pool, 2)
+        pooled, done = ecdh_round(ctx, roster, members, chunk=100, executor=pool)
+    assert pooled.indices.tolist() == alone.indices.tolist() == list(range(150, 200))
+    assert pooled.transcript == alone.transcript == done.transcript
+
+
+@pytest.mark.parametrize(("env", "requested"), [(None, "openssl"), ("openssl", "crypto-mb")])
+def test_workers_use_the_backend_their_owner_resolved(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, requested: str
+) -> None:
+    """x25519_backend (and XMATCH_X25519_BACKEND, which wins) reach every worker."""
+    from psi.ecdh import X25519_BACKEND_ENV
+    from psi.hazmat import x25519
+    from workers import worker_pool
+
+    if env is None:
+        monkeypatch.delenv(X25519_BACKEND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(X25519_BACKEND_ENV, env)
+    try:
+        with worker_pool(2, x25519_backend=requested) as pool:
+            seen = {pool.submit(x25519.backend).result() for _ in range(4)}
+    finally:
+        monkeypatch.delenv(X25519_BACKEND_ENV, raising=False)
+        x25519.configure(None, quiet=True)  # this process back to its default
+    assert seen == {"openssl"}

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from psi.ecdh import prepare_executor, worker_pool
 from psi.errors import InputError
+from workers import prepare_executor, worker_pool
 
 __all__ = ["BenchResult", "ids_at", "make_ids", "run_bench"]
 

@@ -33,7 +33,7 @@ With an executor, a batch is split into slices and a top-level, picklable
 function is mapped over them; each worker gets the scalar bytes and a
 contiguous buffer and returns bytes. Scalars go only to the executor the
 caller provides (its own worker pool). Workers made by
-:func:`psi.ecdh.worker_pool` are given the backend the owner resolved.
+:func:`workers.worker_pool` are given the backend the owner resolved.
 """
 
 from __future__ import annotations
