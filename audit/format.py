@@ -94,6 +94,12 @@ name), ``role``, ``responder``, ``match_sets`` (how many sets it was shown)."""
 ROSTER_COMMITTED: Final = "roster_committed"
 """The coordinator's roster for a round. Fields: ``round_id``, ``roster_size``
 (distinct identities queried), ``roster_sha256`` (:func:`roster_commitment`)."""
+OFFLINE_FILE: Final = "offline_file"
+"""A sealed offline file (docs/offline.md) was written, opened or refused. Fields:
+``kind`` (``"request"``/``"response"``), ``action`` (``"written"``, ``"opened"``,
+``"refused"``), ``peer`` (the other member), ``file_sha256`` (hex SHA-256 of the
+whole file), ``file_id`` (its random id) and ``round_id`` when known, ``reason``
+for a refusal."""
 
 EVENTS: Final = frozenset(
     {
@@ -107,6 +113,7 @@ EVENTS: Final = frozenset(
         SHUTDOWN,
         CAPABILITIES_LISTED,
         ROSTER_COMMITTED,
+        OFFLINE_FILE,
     }
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
@@ -132,6 +139,7 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     KEY_USED: frozenset({"key"}),
     CAPABILITIES_LISTED: frozenset({"requester", "role", "responder"}),
     ROSTER_COMMITTED: frozenset({"round_id", "roster_size", "roster_sha256"}),
+    OFFLINE_FILE: frozenset({"kind", "action", "peer", "file_sha256"}),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
@@ -145,6 +153,9 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "head": 64,
     "key_id": 64,
     "sm2_key": 130,
+    "file_sha256": 64,
+    "file_id": 32,
+    "request_id": 32,
 }
 """Fields that must be lower-case hex of exactly this length."""
 

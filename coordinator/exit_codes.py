@@ -17,7 +17,7 @@ USAGE = 2
 #: The round completed but some match sets failed or were refused (also when none answered);
 #: decisions are written, with REVIEW where evidence is missing.
 PARTIAL = 3
-#: Reserved: the round waits for offline responses (``transport = "offline"``; not built yet).
+#: The round waits for offline responses (``transport = "offline"``; docs/offline.md).
 WAITING = 4
 #: Stopped by Ctrl-C (SIGINT), the shell's convention 128 + 2.
 INTERRUPTED = 130
@@ -28,7 +28,7 @@ def round_status(statuses: list[str]) -> int:
 
     ``"ok"`` is an answered match set; anything else (``failed``, ``refused``)
     makes the round partial. ``"waiting"`` (an offline sub-round) wins over
-    both, once offline transport exists.
+    both.
     """
     if "waiting" in statuses:
         return WAITING

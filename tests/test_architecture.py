@@ -31,7 +31,16 @@ ALLOWED = {
     # the EC worker pool: starts the processes psi may not, passes psi an Executor
     "workers": {"psi", "workers"},
     "nodes": {"psi", "keys", "audit", "proto", "nodes", "databases", "runtime", "workers"},
-    "coordinator": {"psi", "keys", "audit", "proto", "coordinator", "databases", "runtime", "workers"},
+    "coordinator": {
+        "psi",
+        "keys",
+        "audit",
+        "proto",
+        "coordinator",
+        "databases",
+        "runtime",
+        "workers",
+    },
     "xmatch": OURS,
 }
 

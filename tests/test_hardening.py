@@ -42,7 +42,7 @@ from nodes.servicer import NodeServicer
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
-from psi.errors import InputError, VerificationError
+from psi.errors import InputError, ProtocolError, VerificationError
 from psi.identifiers import identity_number
 from psi.keyed_hash import KeyedHashRequester
 from tests.conftest import Pki
@@ -768,12 +768,16 @@ def test_finding8_huge_query_size_is_logged_as_above_maximum(tmp_path: Path, pki
 
 def test_finding8_a_broken_stream_names_the_message_limit(tmp_path: Path) -> None:
     """Finding 8: a 3 MiB message showed as "stream ended before end"."""
+    from nodes.drivers.events import Closed
     from nodes.handlers import KeyedHashDriver
 
     driver = KeyedHashDriver(NodeState.create(make_cfg(tmp_path), today=lambda: TODAY), "x")
-    text = driver._ended_early("broken")
+    with pytest.raises(ProtocolError) as broken:
+        driver._request(Closed(broken=True))
+    text = str(broken.value)
     assert "a message above the node's limit" in text and "stream broken off" in text
-    assert driver._ended_early(None) == "stream ended before end"
+    with pytest.raises(ProtocolError, match=r"^stream ended before end$"):
+        driver._request(Closed())
 
 
 @pytest.mark.integration

@@ -20,7 +20,7 @@ from coordinator.round import check_output_folder, evidence_rows
 from coordinator.state import RoundState
 from coordinator.streams import from_response
 from proto import xmatch_pb2 as pb
-from psi.errors import ConfigError, InputError, PeerError, XmatchError
+from psi.errors import ConfigError, InputError, XmatchError
 from tests import configs
 from tests.configs import Edit, Table, drop, put
 

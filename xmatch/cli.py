@@ -112,8 +112,13 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_round_run(args: argparse.Namespace) -> int:
+    from coordinator.offline import has_offline_nodes, run_offline_command
     from coordinator.round import run_round_command
 
+    if has_offline_nodes(args.config):  # sealed files for those (docs/offline.md)
+        return run_offline_command(
+            config=args.config, as_of=args.as_of, out=args.out, lang=args.lang
+        )
     return run_round_command(
         config=args.config, as_of=args.as_of, out=args.out, lang=args.lang, progress=not args.quiet
     )
@@ -287,14 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "xmatch keys issue --dir pki --name justice --role node",
             "xmatch keys issue --dir pki --name civil-affairs --role coordinator",
-            "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.crt,audit.key}",
+            "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.*,seal.*}",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="issue a member certificate and key (DIR/NAME.crt, DIR/NAME.key)",
         description=(
             "Issues a TLS certificate whose name is the member's identity (for example 'justice' "
             "or 'civil-affairs') and an Ed25519 key for signing its protocol log checkpoints "
-            "(DIR/NAME.audit.crt, DIR/NAME.audit.key). Key files are mode 0600."
+            "(DIR/NAME.audit.crt, DIR/NAME.audit.key), and an X25519 key that sealed offline "
+            "files are encrypted to (DIR/NAME.seal.crt, DIR/NAME.seal.key). Key files are "
+            "mode 0600."
         ),
     )
     issue.add_argument(
@@ -317,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="encrypt the new keys with this variable's passphrase instead of the CA's",
     )
     issue.set_defaults(func=_cmd_keys_issue)
+    from xmatch.offline_cli import add_keys_issue_seal
+
+    add_keys_issue_seal(keys)
 
     node = sub.add_parser("node", help="department node").add_subparsers(
         dest="node_command", required=True, metavar="ACTION"
@@ -337,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, required=True, help="node.toml")
     serve.set_defaults(func=_cmd_node_serve)
+    from xmatch.offline_cli import add_node_answer, add_round_offline
+
+    add_node_answer(node)
 
     round_ = sub.add_parser("round", help="match rounds (civil affairs)").add_subparsers(
         dest="round_command", required=True, metavar="ACTION"
@@ -372,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=_cmd_round_run)
+    add_round_offline(round_)
 
     rules = sub.add_parser("rules", help="eligibility rules").add_subparsers(
         dest="rules_command", required=True, metavar="ACTION"
