@@ -190,7 +190,7 @@ class NodeEntry(Strict):
     @field_validator("seal_cert")
     @classmethod
     def _seal_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @model_validator(mode="before")
     @classmethod
