@@ -87,6 +87,22 @@ CHECKPOINT: Final = "checkpoint"
 """Written by the log itself. Fields: ``covers``, ``head``, ``key_id``, ``cert``, ``sig``."""
 SHUTDOWN: Final = "shutdown"
 """A party stopped. Fields: ``reason`` (``"SIGTERM"``, ``"SIGINT"``, ``"done"``)."""
+DISPUTE_FILED: Final = "dispute_filed"
+"""A 疑义校核 dispute was filed (coordinator) or received (node). Fields: ``dispute_id``
+(32 hex), ``round_id``, ``requester``, ``responder``, ``match_set``, ``reason`` (the
+caseworker's words). Never the disputed person's identity."""
+DISPUTE_ANSWERED: Final = "dispute_answered"
+"""The department answered a dispute (node), or its answer arrived (coordinator). Fields:
+``dispute_id``, ``requester``, ``responder``, ``verdict`` (``confirmed``/``corrected``),
+``note``."""
+DISPUTE_WITHDRAWN: Final = "dispute_withdrawn"
+"""The coordinator withdrew a dispute. Fields: ``dispute_id``, ``requester``, ``responder``,
+``reason``."""
+LIST_SHARED: Final = "list_shared"
+"""A work list went to a service department (coordinator) or arrived (node). Fields:
+``share_id`` (32 hex), ``round_id``, ``requester``, ``responder``, ``list``
+(``enrolled``/``gaps``/``exits``), ``purpose``, ``rows`` (a count), ``columns`` (names).
+Never a cell of the list."""
 
 EVENTS: Final = frozenset(
     {
@@ -98,6 +114,10 @@ EVENTS: Final = frozenset(
         KEY_USED,
         CHECKPOINT,
         SHUTDOWN,
+        DISPUTE_FILED,
+        DISPUTE_ANSWERED,
+        DISPUTE_WITHDRAWN,
+        LIST_SHARED,
     }
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
@@ -121,11 +141,21 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     ROUND_FAILED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     ROUND_REFUSED: frozenset(ROUND_FIELDS) - {"protocol"} | {"reason"},
     KEY_USED: frozenset({"key"}),
+    DISPUTE_FILED: frozenset(
+        {"dispute_id", "round_id", "requester", "responder", "match_set", "reason"}
+    ),
+    DISPUTE_ANSWERED: frozenset({"dispute_id", "requester", "responder", "verdict"}),
+    DISPUTE_WITHDRAWN: frozenset({"dispute_id", "requester", "responder"}),
+    LIST_SHARED: frozenset(
+        {"share_id", "round_id", "requester", "responder", "list", "purpose", "rows"}
+    ),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
 HEX_FIELDS: Final[Mapping[str, int]] = {
     "round_id": 32,
+    "dispute_id": 32,
+    "share_id": 32,
     "transcript": 64,
     "config_sha256": 64,
     "node_log_head": 64,
