@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import grpc
 
+from audit.format import SHUTDOWN
 from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator.client import MAX_MESSAGE_BYTES, describe_rpc_error
@@ -84,10 +85,17 @@ def coordinator_log(config: CoordinatorConfig) -> Iterator[AuditLog]:
     log_signer = coordinator_signer(config)
     section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
+    outcome = "done"
     try:
         yield audit
+    except BaseException:
+        outcome = "failed"
+        raise
     finally:
-        audit.close()
+        try:  # as a round's: a log that ends "shutdown, checkpoint" was closed cleanly
+            audit.append(SHUTDOWN, reason=outcome)
+        finally:
+            audit.close()
 
 
 def node_entry(config: CoordinatorConfig, name: str) -> NodeEntry:

@@ -437,7 +437,7 @@ class NodeSection(_Strict):
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
     bucket_rows: int = Field(default=1_000_000, ge=1, le=10**12)
     spill_dir: Path | None = None
-    inbox: Path | None = None  #: disputes and work lists (nodes.disputes); default: ./inbox
+    inbox: Path | None = None  #: disputes and work lists (nodes.disputes); default: inbox/NAME
     #: the name people know the department by (司法局); shown in reasons and reports
     display_name: str | None = None
 

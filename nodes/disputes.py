@@ -69,8 +69,9 @@ class AuditSink(Protocol):
 
 
 def inbox_dir(config: NodeConfig) -> Path:
-    """``node.inbox``, or the folder ``inbox`` beside node.toml."""
-    return config.node.inbox or config.path.absolute().parent / "inbox"
+    """``node.inbox``, or ``inbox/NAME`` beside node.toml (one folder per node, even
+    where several nodes' configs share a folder)."""
+    return config.node.inbox or config.path.absolute().parent / "inbox" / config.node.name
 
 
 def private_file(path: Path) -> None:
