@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from psi.identifiers import identity_number
 from tests.federation import (
     AS_OF,
     Federation,
@@ -31,7 +32,6 @@ from tests.federation import (
     stop_nodes,
     xmatch,
 )
-from psi.identifiers import identity_number
 
 DPF = "disabled-persons-federation"
 CERTS = f"{DPF}/certificates"
@@ -145,7 +145,7 @@ def lifecycle(fed: Federation) -> dict[str, object]:
     assert code == 0, err
     seen["node_listing"] = out
     # (3) the next round holds the exit
-    r2, during, err = _round(fed, "round-2")
+    _, during, err = _round(fed, "round-2")
     errs.append(err)
     seen["during"] = during
     seen["round2"] = fed.root / "round-2"
