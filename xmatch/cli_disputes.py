@@ -129,16 +129,34 @@ def _dispute_parsers(sub: Any) -> None:
     file_.set_defaults(func=_cmd_dispute_file, parser=file_)
     sync = dispute.add_parser(
         "sync",
+        epilog=_examples("xmatch dispute sync --config coordinator.toml"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="deliver waiting disputes and withdrawals, fetch the departments' answers",
         description="Exit 0, or 3 when a node could not be reached (its disputes wait).",
     )
     sync.add_argument("--config", type=Path, required=True)
     sync.set_defaults(func=_cmd_dispute_sync)
-    list_ = dispute.add_parser("list", help="every dispute with its status, age and answer")
+    list_ = dispute.add_parser(
+        "list",
+        epilog=_examples(
+            "xmatch dispute list --config coordinator.toml",
+            "xmatch dispute list --config coordinator.toml --status open",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="every dispute with its status, age and answer",
+        description="Tab-separated, oldest first; holds the disputed identity numbers.",
+    )
     list_.add_argument("--config", type=Path, required=True)
     list_.add_argument("--status", choices=["open", "confirmed", "corrected", "withdrawn"])
     list_.set_defaults(func=_cmd_dispute_list)
-    withdraw = dispute.add_parser("withdraw", help="withdraw an open dispute")
+    withdraw = dispute.add_parser(
+        "withdraw",
+        epilog=_examples(
+            "xmatch dispute withdraw --config coordinator.toml --dispute ID --reason '家属撤回'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="withdraw an open dispute",
+    )
     withdraw.add_argument("--config", type=Path, required=True)
     withdraw.add_argument("--dispute", required=True, metavar="ID")
     withdraw.add_argument("--reason", required=True, metavar="TEXT")
@@ -148,6 +166,11 @@ def _dispute_parsers(sub: Any) -> None:
 def _node_parsers(node: Any) -> None:
     disputes = node.add_parser(
         "disputes",
+        epilog=_examples(
+            "xmatch node disputes --config justice.node.toml",
+            "xmatch node disputes --config justice.node.toml --all",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="the open disputes of civil affairs about this department's records",
         description=(
             "Lists the open disputes with the identity number, round, match set, date and "
@@ -171,7 +194,13 @@ def _node_parsers(node: Any) -> None:
     resolve.add_argument("--verdict", required=True, choices=["confirmed", "corrected"])
     resolve.add_argument("--note", required=True, metavar="TEXT")
     resolve.set_defaults(func=_cmd_node_resolve)
-    lists = node.add_parser("lists", help="the work lists received from civil affairs")
+    lists = node.add_parser(
+        "lists",
+        epilog=_examples("xmatch node lists --config medical-insurance.node.toml"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="the work lists received from civil affairs",
+        description="Tab-separated, oldest first, with the CSV file of each list.",
+    )
     lists.add_argument("--config", type=Path, required=True)
     lists.set_defaults(func=_cmd_node_lists)
 
