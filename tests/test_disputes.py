@@ -385,3 +385,38 @@ def test_a_share_is_refused_for_a_department_not_configured_for_it(
     assert code == 1 and "police: no [[shares]] entry" in err, out + err
     assert fed.audit_log("police").read_text(encoding="utf-8") == before
     assert not (fed.root / "inbox" / "police" / "lists").exists()
+
+
+def test_a_dispute_for_an_unreachable_node_waits_and_goes_at_the_next_round(
+    fed: Federation, lifecycle: dict[str, object]
+) -> None:
+    """Filed while police is down: recorded, not delivered; the next round delivers it."""
+    r3 = str(lifecycle["round3"])
+    evidence = (fed.root / "round-3" / "evidence.csv").read_text(encoding="utf-8-sig")
+    person = next(ln.split(",")[0] for ln in evidence.splitlines() if ",police/deaths," in ln)
+    (police,) = [n for n in fed.nodes if n.name == "police" and n.process.poll() is None]
+    stop_nodes([police])
+    try:
+        out, err, code = _cli(
+            fed,
+            *_coordinator("dispute", "file"),
+            *("--round", r3, "--person", person, "--source", "police/deaths"),
+            *("--reason", "家属称本人健在"),
+        )
+        assert code == 0, err
+        assert "police/deaths: waiting for delivery: dispute " in out
+        assert "warning: police: not delivered now (connection refused" in err
+        assert person not in err
+        waiting = out.strip().split()[-1]
+        listing, _, _ = _cli(fed, *_coordinator("dispute", "list"), "--status", "open")
+        assert f"{waiting}\topen (not delivered)\t" in listing
+        synced, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+        assert code == 3 and "warning: police:" in err, synced + err
+    finally:
+        start_nodes(fed, ["police"])
+    # the next contact: the round delivers it before deciding
+    _round(fed, "round-4")
+    node_side, _, _ = _cli(fed, "node", "disputes", "--config", "police.node.toml")
+    assert f"{waiting}\topen\t" in node_side and person in node_side
+    listing, _, _ = _cli(fed, *_coordinator("dispute", "list"), "--status", "open")
+    assert f"{waiting}\topen\t" in listing
