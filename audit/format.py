@@ -103,6 +103,12 @@ LIST_SHARED: Final = "list_shared"
 ``share_id`` (32 hex), ``round_id``, ``requester``, ``responder``, ``list``
 (``enrolled``/``gaps``/``exits``), ``purpose``, ``rows`` (a count), ``columns`` (names).
 Never a cell of the list."""
+OFFLINE_FILE: Final = "offline_file"
+"""A sealed offline file (docs/offline.md) was written, opened or refused. Fields:
+``kind`` (``"request"``/``"response"``), ``action`` (``"written"``, ``"opened"``,
+``"refused"``), ``peer`` (the other member), ``file_sha256`` (hex SHA-256 of the
+whole file), ``file_id`` (its random id) and ``round_id`` when known, ``reason``
+for a refusal."""
 
 EVENTS: Final = frozenset(
     {
@@ -118,6 +124,7 @@ EVENTS: Final = frozenset(
         DISPUTE_ANSWERED,
         DISPUTE_WITHDRAWN,
         LIST_SHARED,
+        OFFLINE_FILE,
     }
 )
 ROUND_EVENTS: Final = frozenset({ROUND_STARTED, ROUND_FINISHED, ROUND_FAILED, ROUND_REFUSED})
@@ -149,6 +156,7 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     LIST_SHARED: frozenset(
         {"share_id", "round_id", "requester", "responder", "list", "purpose", "rows"}
     ),
+    OFFLINE_FILE: frozenset({"kind", "action", "peer", "file_sha256"}),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
@@ -163,6 +171,9 @@ HEX_FIELDS: Final[Mapping[str, int]] = {
     "head": 64,
     "key_id": 64,
     "sm2_key": 130,
+    "file_sha256": 64,
+    "file_id": 32,
+    "request_id": 32,
 }
 """Fields that must be lower-case hex of exactly this length."""
 

@@ -7,10 +7,11 @@ configured name, so the node's certificate must carry that name), one
 not reachable yet), then one stream per match set with the protocol that
 ``coordinator.toml`` names for the node (docs/architecture.md, "Streams").
 
-Streams are a request generator and a response iterator working at once: the
-generator produces tag or blinded-point chunks of at most ``chunk_items``
-identities (16384 by default: 256 KiB of tags, 512 KiB of points; never near
-gRPC's 4 MiB) while the response loop consumes the node's answers.
+Each stream is one psi requester session (:mod:`psi.session`) driven by the one
+stream runner :func:`coordinator.streams.run_session`: a request generator and a
+response loop working at once, the session making tag or blinded-point chunks of
+at most ``chunk_items`` identities (16384 by default: 256 KiB of tags, 512 KiB of
+points; never near gRPC's 4 MiB) while the loop feeds it the node's answers.
 
 Every failure becomes a :class:`psi.errors.PeerError` (``Refused`` for a
 refusal) whose ``peer`` is ``node/match_set`` and whose reason is one
@@ -23,7 +24,8 @@ for transient errors before any data was exchanged; a refusal is never retried.
 
 ecdh: the set size the node announces in ``RoundAccept`` bounds its set
 (:meth:`psi.ecdh.EcdhRequester.expect_responder_set`): a node that sends more
-points is out of protocol before we multiply them.
+points is out of protocol before we multiply them, and ``RoundDone.set_size``
+must declare the same total.
 
 Log anchor: the node's ``RoundDone`` names its own ``round_finished`` log line
 (``log_seq``, ``log_head``); :attr:`MatchSetResult.node_log_seq` and
@@ -41,8 +43,6 @@ has already delivered them. ecdh learns nothing before the end of the stream
 from __future__ import annotations
 
 import difflib
-import hmac
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,14 +55,17 @@ import numpy as np
 import numpy.typing as npt
 
 from coordinator.config import NodeEntry, parse_address
-from coordinator.streams import StreamState, log_anchor, records, run_stream
+from coordinator.streams import log_anchor, run_session
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
-from psi.ecdh import EcdhRequester
-from psi.errors import PeerError, Refused, XmatchError
-from psi.keyed_hash import KeyedHashRequester
-from psi.messages import KeyShare, MatchChunk, PointChunk
+from psi.errors import PeerError, Refused, VerificationError, XmatchError
+from psi.session import (
+    EcdhRequesterSession,
+    Evidence,
+    KeyedHashRequesterSession,
+    RequesterSession,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -443,238 +446,74 @@ class NodeClient:
         peer = f"{self.entry.name}/{match_set}"
         info = self.match_set_info(match_set)
         started = time.monotonic()
+
+        def delivered(evidence: Evidence) -> None:
+            if on_matches is not None:
+                on_matches(evidence.indices, list(evidence.payloads))
+
+        def observe(kind: str, session: RequesterSession) -> None:
+            self._report(peer, kind, session, progress)
+
         try:
-            if self.entry.protocol == "keyed-hash":
-                indices, payloads, transcript, set_size, anchor = self._keyed_hash(
-                    peer, context, identities, progress, on_matches
-                )
-            else:
-                indices, transcript, set_size, anchor = self._ecdh(
-                    peer, context, identities, progress
-                )
-                payloads = [{} for _ in range(len(indices))]
+            session = self._session(context, identities)
+            stub = self._stub.KeyedHash if session.protocol == "keyed-hash" else self._stub.Ecdh
+
+            def open_stream(requests: Iterator[Any]) -> Any:
+                return stub(requests, timeout=self._remaining(peer))
+
+            result = run_session(peer, session, open_stream, on_evidence=delivered, observe=observe)
         except grpc.RpcError as exc:
             raise self._error(peer, exc) from None
         except PeerError:
             raise
-        except XmatchError as exc:  # ProtocolError, VerificationError, AlreadyUsed
+        except VerificationError as exc:  # the transcripts differ
+            raise PeerError(peer, exc.diagnostics()) from None
+        except XmatchError as exc:  # ProtocolError, AlreadyUsed
             raise PeerError(peer, out_of_protocol(exc)) from None
+        anchor = log_anchor(peer, result.done)
         log_seq, log_head = anchor if anchor is not None else (0, "")
         return MatchSetResult(
             node=self.entry.name,
             match_set=match_set,
             protocol=self.entry.protocol,
             circumstance=info.circumstance,
-            indices=indices,
-            payloads=payloads,
-            transcript=transcript,
+            indices=result.indices,
+            payloads=result.payloads,
+            transcript=result.transcript,
             query_size=len(identities),
-            set_size=set_size,
+            set_size=result.set_size,
             seconds=time.monotonic() - started,
             node_log_seq=log_seq,
             node_log_head=log_head,
         )
 
-    def _start(self, context: RoundContext, size: int, key_share: bytes = b"") -> pb.RoundStart:
-        return pb.RoundStart(context=context.to_bytes(), query_size=size, key_share=key_share)
-
-    @staticmethod
-    def _check_done(peer: str, done: pb.RoundDone, transcript: bytes) -> tuple[int, str] | None:
-        """Compare transcripts; return the node's log anchor (see :func:`log_anchor`)."""
-        if not hmac.compare_digest(bytes(done.transcript), transcript):
-            raise PeerError(peer, "transcript mismatch")
-        return log_anchor(peer, done)
-
-    def _keyed_hash(
-        self,
-        peer: str,
-        context: RoundContext,
-        identities: npt.NDArray[np.uint8],
-        progress: ProgressFn | None,
-        on_matches: MatchesFn | None = None,
-    ) -> tuple[npt.NDArray[np.int64], list[dict[str, str]], bytes, int, tuple[int, str] | None]:
-        requester = KeyedHashRequester.generate(context)
-        lock = threading.Lock()  # the requester is used from two threads
-        state = StreamState()
-        step = self._chunk_size(16)
-        total = len(identities)
-
-        def requests() -> Iterator[pb.KeyedHashRequest]:
-            try:
-                yield pb.KeyedHashRequest(
-                    start=self._start(context, total, requester.key_share().to_bytes())
-                )
-                if not state.wait_accepted():
-                    return
-                for lo in range(0, total, step):
-                    if state.stop.is_set():
-                        return
-                    with lock:
-                        chunk = requester.tag(identities[lo : lo + step])
-                    state.sent_chunks += 1
-                    state.sent_items += len(chunk.tags)
-                    self._phase(peer, "exchange", state.sent_items + state.answered, 2 * total)
-                    yield pb.KeyedHashRequest(tags=chunk.to_bytes())
-                yield pb.KeyedHashRequest(
-                    end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
-                )
-            except GeneratorExit:  # closed by its consumer: not an error of the round
-                raise
-            except BaseException as exc:  # surfaced by the response loop
-                state.error = exc
-                state.stop.set()
-
-        found: list[npt.NDArray[np.int64]] = []
-        payloads: list[dict[str, str]] = []
-        seq = 0
-
-        def accept(message: pb.RoundAccept) -> None:
-            share = KeyShare.from_bytes(message.key_share, round_id=context.round_id)
-            with lock:
-                requester.agree(share)
-            state.accepted.set()
-
-        def matches(message: pb.MatchChunk) -> None:
-            nonlocal seq
-            chunk = MatchChunk.from_bytes(message.psi, round_id=context.round_id, seq=seq)
-            with lock:
-                idx = requester.resolve(chunk)
-            rows, fields = records(peer, idx, message.payload)
-            if on_matches is not None:
-                on_matches(rows, list(fields))
-            found.append(rows)
-            payloads.extend(fields)
-            state.answered += min(step, total - seq * step)
-            seq += 1
-            self._phase(peer, "exchange", state.sent_items + state.answered, 2 * total)
-            if progress is not None:
-                progress(state.answered)
-
-        call = self._stub.KeyedHash(requests(), timeout=self._remaining(peer))
-        done = run_stream(peer, call, state, {"accept": accept, "matches": matches})
-        with lock:
-            transcript = requester.finish()
-        anchor = self._check_done(peer, done, transcript)
-        indices = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-        return indices, payloads, transcript, 0, anchor
-
-    def _blind_ahead(
-        self,
-        peer: str,
-        requester: EcdhRequester,
-        identities: npt.NDArray[np.uint8],
-        step: int,
-        state: StreamState,
-        blinded: queue.Queue[PointChunk | None],
-    ) -> None:
-        """Blind while the stream waits for the node (EC work runs in the pool)."""
-        total = len(identities)
-        try:
-            for lo in range(0, total, step):
-                if state.stop.is_set():
-                    return
-                chunk = requester.blind(identities[lo : lo + step])
-                self._phase(peer, "blind", min(lo + step, total), total)
-                while not state.stop.is_set():
-                    try:
-                        blinded.put(chunk, timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
-            blinded.put(None)
-        except BaseException as exc:  # surfaced by the response loop
-            state.error = exc
-            state.stop.set()
-
-    def _ecdh(
-        self,
-        peer: str,
-        context: RoundContext,
-        identities: npt.NDArray[np.uint8],
-        progress: ProgressFn | None,
-    ) -> tuple[npt.NDArray[np.int64], bytes, int, tuple[int, str] | None]:
-        total = len(identities)
-        # Knowing its query size, the requester intersects set chunks on arrival
-        # once its reblinded roster is complete: memory follows the roster, not the set.
-        requester = EcdhRequester.generate(context, executor=self._executor, query_size=total)
-        state = StreamState()
-        step = self._chunk_size(32)
-        blinded: queue.Queue[PointChunk | None] = queue.Queue(maxsize=2)
-
-        def requests() -> Iterator[pb.EcdhRequest]:
-            yield pb.EcdhRequest(start=self._start(context, total))
-            if not state.wait_accepted():
-                return
-            while not state.stop.is_set():
-                try:
-                    chunk = blinded.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-                if chunk is None:
-                    yield pb.EcdhRequest(
-                        end=pb.RequestEnd(chunks=state.sent_chunks, items=state.sent_items)
-                    )
-                    return
-                state.sent_chunks += 1
-                state.sent_items += len(chunk)
-                yield pb.EcdhRequest(blinded=chunk.to_bytes())
-
-        blinder = threading.Thread(
-            target=self._blind_ahead,
-            args=(peer, requester, identities, step, state, blinded),
-            name=f"blind {peer}",
-            daemon=True,
+    def _session(
+        self, context: RoundContext, identities: npt.NDArray[np.uint8]
+    ) -> RequesterSession:
+        """The requester session of this node's protocol for one sub-round."""
+        if self.entry.protocol == "keyed-hash":
+            return KeyedHashRequesterSession(context, identities, chunk_items=self._chunk_size(16))
+        return EcdhRequesterSession(
+            context,
+            identities,
+            chunk_items=self._chunk_size(32),
+            executor=self._executor,
+            max_set_size=self.entry.max_set_size,
         )
-        blinder.start()
-        set_size = received = 0
-        r_seq = s_seq = 0
 
-        def accept(message: pb.RoundAccept) -> None:
-            nonlocal set_size
-            set_size = int(message.set_size)
-            if set_size > self.entry.max_set_size:
-                raise PeerError(
-                    peer,
-                    "out of protocol: announced set size above max_set_size "
-                    f"({self.entry.max_set_size})",
-                )
-            # the announced size bounds the set points we will multiply
-            requester.expect_responder_set(set_size)
-            state.accepted.set()
-
-        def reblinded(message: bytes) -> None:
-            nonlocal r_seq
-            chunk = PointChunk.from_bytes(
-                message, stage="reblinded", round_id=context.round_id, seq=r_seq
-            )
-            requester.receive_reblinded(chunk)
-            r_seq += 1
-            state.answered += len(chunk)
-            self._phase(peer, "exchange", state.answered, total)
-            if progress is not None:
-                progress(state.answered)
-
-        def set_points(message: bytes) -> None:
-            nonlocal s_seq, received
-            chunk = PointChunk.from_bytes(
-                message, stage="set", round_id=context.round_id, seq=s_seq
-            )
-            requester.receive_responder_set(chunk)
-            s_seq += 1
-            received += len(chunk)
-            self._phase(peer, "intersect", received, max(set_size, received))
-
-        call = self._stub.Ecdh(requests(), timeout=self._remaining(peer))
-        handlers: dict[str, Callable[[Any], None]] = {
-            "accept": accept,
-            "reblinded": reblinded,
-            "set_points": set_points,
-        }
-        try:
-            done = run_stream(peer, call, state, handlers)
-        finally:
-            blinder.join(timeout=5)
-        requester.receive_responder_done(set_size)
-        result = requester.finish()
-        anchor = self._check_done(peer, done, result.transcript)
-        return result.matched, result.transcript, result.responder_set_size, anchor
+    def _report(
+        self, peer: str, kind: str, session: RequesterSession, progress: ProgressFn | None
+    ) -> None:
+        """Progress display and callback after a message (phases: see :data:`PhaseFn`)."""
+        p = session.progress
+        if session.protocol == "keyed-hash":
+            if kind in ("chunk", "matches"):
+                self._phase(peer, "exchange", p.sent + p.answered, 2 * p.query_size)
+        elif kind == "chunk":
+            self._phase(peer, "blind", p.sent, p.query_size)
+        elif kind == "reblinded":
+            self._phase(peer, "exchange", p.answered, p.query_size)
+        elif kind == "set":
+            self._phase(peer, "intersect", p.set_received, max(p.set_size, p.set_received))
+        if kind in ("matches", "reblinded") and progress is not None:
+            progress(p.answered)

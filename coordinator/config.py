@@ -26,6 +26,14 @@ match_sets = ["custody"]
 protocol = "ecdh"                 # or "keyed-hash"
 deadline_seconds = 600            # ours: whole-node deadline for every sub-round
 retries = 3                       # ours: reconnect attempts before any data was exchanged
+
+[[nodes]]
+name = "banner-court"
+transport = "offline"             # instead of address: sealed files on removable media
+match_sets = ["declarations"]
+protocol = "keyed-hash"
+seal_cert = "pki/banner-court.seal.crt"  # ours (default: NAME.seal.crt beside `ca`)
+offline_days = 14                 # ours: a request (and its response) expires after this
 ```
 
 Unknown keys are an error naming the key; relative paths resolve against the
@@ -167,7 +175,14 @@ class NodeEntry(_Strict):
     """One ``[[nodes]]`` entry: a department node and the match sets to query."""
 
     name: str = Field(min_length=1)
+    #: host:port of a gRPC node; left out for ``transport = "offline"`` (then "")
     address: str
+    #: "grpc" (default), or "offline": sealed files on removable media (docs/offline.md)
+    transport: Literal["grpc", "offline"] = "grpc"
+    #: offline: the node's sealing certificate (default: NAME.seal.crt beside ``ca``)
+    seal_cert: Path | None = None
+    #: offline: days until a request, and the response to it, expire
+    offline_days: int = Field(default=14, ge=1, le=366)
     match_sets: list[str] = Field(min_length=1)
     protocol: Protocol
     deadline_seconds: float = Field(default=600.0, gt=0, le=86_400)
@@ -188,8 +203,34 @@ class NodeEntry(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        parse_address(value)
+        if value:
+            parse_address(value)
         return value
+
+    @field_validator("seal_cert")
+    @classmethod
+    def _seal_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_address_offline(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("transport") == "offline":
+            data = {"address": "", **data}
+        return data
+
+    @model_validator(mode="after")
+    def _transport(self) -> NodeEntry:
+        if self.transport == "grpc" and not self.address:
+            raise ValueError('address is required (or transport = "offline")')
+        if self.transport == "offline" and self.address:
+            raise ValueError('an offline node has no address (transport = "offline")')
+        return self
+
+    @property
+    def offline(self) -> bool:
+        """Reached through sealed files, not gRPC."""
+        return self.transport == "offline"
 
     @field_validator("match_sets")
     @classmethod

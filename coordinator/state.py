@@ -65,6 +65,23 @@ CREATE TABLE IF NOT EXISTS sub_rounds (
     PRIMARY KEY (round_id, node, match_set)
 );
 CREATE INDEX IF NOT EXISTS rounds_status ON rounds(status);
+CREATE TABLE IF NOT EXISTS offline_rounds (
+    round_id  TEXT PRIMARY KEY REFERENCES rounds(round_id),
+    status    TEXT NOT NULL CHECK (status IN ('waiting', 'completed', 'closed')),
+    pending   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offline_sub_rounds (
+    round_id        TEXT NOT NULL REFERENCES rounds(round_id),
+    node            TEXT NOT NULL,
+    match_set       TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('waiting', 'imported', 'closed')),
+    request_file    TEXT NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    expires         TEXT NOT NULL,
+    response_id     TEXT UNIQUE,
+    response_sha256 TEXT,
+    PRIMARY KEY (round_id, node, match_set)
+);
 CREATE TABLE IF NOT EXISTS round_decisions (
     round_id  TEXT NOT NULL REFERENCES rounds(round_id),
     decision  TEXT NOT NULL,
@@ -207,9 +224,10 @@ class RoundState:
         Their sub-rounds still ``pending`` or ``running`` become ``failed``
         with the detail ``interrupted: coordinator stopped``.
         """
-        with self._lock:
+        with self._lock:  # a round waiting for offline responses has no process to lose
             rows = self._conn.execute(
-                "SELECT round_id, pid FROM rounds WHERE status = 'running'"
+                "SELECT round_id, pid FROM rounds WHERE status = 'running' AND round_id NOT IN "
+                "(SELECT round_id FROM offline_rounds WHERE status = 'waiting')"
             ).fetchall()
         stale = [rid for rid, pid in rows if pid != os.getpid() and not pid_alive(int(pid))]
         for rid in stale:
@@ -394,3 +412,81 @@ class RoundState:
                 (round_id,),
             ).fetchall()
         return [SubRoundRecord(*r) for r in rows]
+
+    # -- offline sub-rounds (coordinator/offline.py, docs/offline.md) ----------------------
+
+    def wait_offline(
+        self, round_id: str, *, pending: Path, requests: list[tuple[str, str, str, str, str]]
+    ) -> None:
+        """Record that a round waits for offline responses: its sealed pending state,
+        and each ``(node, match_set, request_file, request_sha256, expires)``."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "INSERT INTO offline_rounds (round_id, status, pending) "
+                    "VALUES (?, 'waiting', ?)",
+                    (round_id, str(pending)),
+                )
+                cur.executemany(
+                    "INSERT INTO offline_sub_rounds (round_id, node, match_set, status, "
+                    "request_file, request_sha256, expires) VALUES (?, ?, ?, 'waiting', ?, ?, ?)",
+                    [(round_id, *r) for r in requests],
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def offline_round(self, round_id: str) -> tuple[str, Path] | None:
+        """``(status, pending file)`` of an offline round, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT status, pending FROM offline_rounds WHERE round_id = ?", (round_id,)
+            ).fetchone()
+        return (str(row[0]), Path(row[1])) if row else None
+
+    def offline_sub_rounds(self, round_id: str) -> list[tuple[str, str, str, str | None]]:
+        """``(node, match_set, status, response_sha256)`` of a round's offline sub-rounds."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT node, match_set, status, response_sha256 FROM offline_sub_rounds "
+                "WHERE round_id = ? ORDER BY rowid",
+                (round_id,),
+            ).fetchall()
+        return [(str(a), str(b), str(c), d) for a, b, c, d in rows]
+
+    def response_imported(self, response_id: str) -> str | None:
+        """The round a response file (by its id) was imported into, or ``None`` (replay)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT round_id FROM offline_sub_rounds WHERE response_id = ?", (response_id,)
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def import_offline(
+        self, round_id: str, node: str, *, response_id: str, response_sha256: str
+    ) -> None:
+        """Mark the node's waiting sub-rounds of a round imported from one response file."""
+        self._write(
+            "UPDATE offline_sub_rounds SET status = 'imported', response_id = ?, "
+            "response_sha256 = ? WHERE round_id = ? AND node = ? AND status = 'waiting' "
+            "AND match_set = (SELECT match_set FROM offline_sub_rounds WHERE round_id = ? "
+            "AND node = ? AND status = 'waiting' ORDER BY rowid LIMIT 1)",
+            (response_id, response_sha256, round_id, node, round_id, node),
+        )
+        self._write(
+            "UPDATE offline_sub_rounds SET status = 'imported', response_sha256 = ? "
+            "WHERE round_id = ? AND node = ? AND status = 'waiting'",
+            (response_sha256, round_id, node),
+        )
+
+    def end_offline(self, round_id: str, status: Literal["completed", "closed"]) -> None:
+        """The offline round stops waiting; sub-rounds still waiting become ``closed``."""
+        self._write(
+            "UPDATE offline_sub_rounds SET status = 'closed' "
+            "WHERE round_id = ? AND status = 'waiting'",
+            (round_id,),
+        )
+        self._write("UPDATE offline_rounds SET status = ? WHERE round_id = ?", (status, round_id))

@@ -1,114 +1,214 @@
-"""The requester's side of a protocol stream: one response loop for both protocols.
+"""The requester's gRPC runner: one stream runner that drives either requester session.
 
-:class:`coordinator.client.NodeClient` feeds it one handler per message kind;
-the loop owns the order rules, cancellation and the final ``done`` check.
+A requester session (:mod:`psi.session`) holds the protocol's whole message
+sequence; this module only moves its messages over a ``Node.KeyedHash`` or
+``Node.Ecdh`` stream (docs/architecture.md, "Sessions and runners"):
+
+- a producer thread asks the session for its next request ahead of the wire
+  (ecdh blinding runs in the pool while the stream waits for the node), at most
+  :data:`READ_AHEAD` messages ahead;
+- the request generator gRPC consumes sends ``start``, waits for ``accept``
+  (nothing of the roster goes to a node that has not accepted), then the
+  producer's messages;
+- the response loop feeds every message to :meth:`RequesterSession.receive`,
+  hands delivered evidence to the caller at once, and cancels the call on any
+  error. The stream must end with the session finished (``done`` checked).
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from proto import xmatch_pb2 as pb
 from psi.errors import PeerError
+from psi.session import (
+    Accept,
+    Chunk,
+    Done,
+    End,
+    Evidence,
+    Matches,
+    Points,
+    RequesterMessage,
+    RequesterResult,
+    RequesterSession,
+    ResponderMessage,
+    Start,
+)
 
-__all__ = ["StreamState", "log_anchor", "records", "run_stream"]
+__all__ = ["READ_AHEAD", "from_response", "log_anchor", "run_session", "to_request"]
 
 #: Largest ``RoundDone.log_seq`` we accept; a protocol log never gets near it
 #: (and the audit format refuses integers from 10**14 on).
 _MAX_LOG_SEQ = 10**13
 _LOG_HEAD = re.compile(r"[0-9a-f]{64}")
+#: Requests the producer makes ahead of the wire.
+READ_AHEAD = 2
+_POLL_SECONDS = 0.05
+
+Request = pb.KeyedHashRequest | pb.EcdhRequest
+Response = pb.KeyedHashResponse | pb.EcdhResponse
+#: Called after each message the session made or received: (message kind, session).
+Observer = Callable[[str, RequesterSession], None]
 
 
-@dataclass
-class StreamState:
-    """Shared between the request generator and the response loop."""
-
-    accepted: threading.Event = field(default_factory=threading.Event)
-    stop: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-    sent_chunks: int = 0
-    sent_items: int = 0
-    #: identities answered so far (for the progress display only)
-    answered: int = 0
-
-    def wait_accepted(self) -> bool:
-        while not self.accepted.wait(0.05):
-            if self.stop.is_set():
-                return False
-        return not self.stop.is_set()
+def to_request(protocol: str, message: RequesterMessage) -> Request:
+    """The proto request of either stream for a session message."""
+    cls: Any = pb.KeyedHashRequest if protocol == "keyed-hash" else pb.EcdhRequest
+    if isinstance(message, Start):
+        start = pb.RoundStart(
+            context=message.context, query_size=message.query_size, key_share=message.key_share
+        )
+        return cls(start=start)  # type: ignore[no-any-return]
+    if isinstance(message, Chunk):
+        field = "tags" if protocol == "keyed-hash" else "blinded"
+        return cls(**{field: message.data})  # type: ignore[no-any-return]
+    return cls(end=pb.RequestEnd(chunks=message.chunks, items=message.items))  # type: ignore[no-any-return]
 
 
-def run_stream(
-    peer: str,
-    call: Any,
-    state: StreamState,
-    handlers: Mapping[str, Callable[[Any], None]],
-) -> pb.RoundDone:
-    """The one response loop of both protocols: dispatch, cancel on error, the done check.
-
-    ``accept`` is legal first and only once, each kind in ``handlers`` only after it,
-    and nothing after ``done``; anything else is ``unexpected``. The request side
-    (run by gRPC in its own thread) reports its error through ``state``.
+def from_response(peer: str, response: Response) -> ResponderMessage:
+    """The session message for a proto response of either stream.
 
     Raises:
-        PeerError: an unexpected message, or the stream ended before ``done``.
-        BaseException: whatever a handler or the request side raised.
+        PeerError: an empty or unknown message.
     """
-    done: pb.RoundDone | None = None
-    try:
-        for resp in call:
-            kind = resp.WhichOneof("msg")
-            if kind == "done" and done is None:
-                done = resp.done
+    kind = response.WhichOneof("msg")
+    if kind == "accept":
+        a = response.accept
+        return Accept(key_share=bytes(a.key_share), set_size=int(a.set_size))
+    if kind == "matches" and isinstance(response, pb.KeyedHashResponse):
+        entries = response.matches.payload
+        return Matches(
+            psi=bytes(response.matches.psi),
+            payload=[dict(p.fields) for p in entries],
+            tags=[p.tag for p in entries],
+        )
+    if isinstance(response, pb.EcdhResponse):
+        if kind == "reblinded":
+            return Points(stage="reblinded", data=bytes(response.reblinded))
+        if kind == "set_points":
+            return Points(stage="set", data=bytes(response.set_points))
+    if kind == "done":
+        d = response.done
+        return Done(
+            matches=int(d.matches),
+            transcript=bytes(d.transcript),
+            chunks=int(d.chunks),
+            set_size=int(d.set_size),
+            log_seq=int(d.log_seq),
+            log_head=str(d.log_head),
+        )
+    raise PeerError(peer, f"unexpected {kind or 'empty'} message")
+
+
+class _Run:
+    """The threads of one stream: the producer, the request generator, their stop flag."""
+
+    def __init__(self, session: RequesterSession, observe: Observer) -> None:
+        self.session = session
+        self.observe = observe
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.outbox: queue.Queue[Chunk | End] = queue.Queue(maxsize=READ_AHEAD)
+
+    def produce(self) -> None:
+        """Producer thread: the session's requests, made ahead of the wire."""
+        try:
+            while not self.stop.is_set():
+                message = self.session.next_request()
+                if message is None:  # nothing before the node's next message (accept)
+                    self.stop.wait(0.005)
+                    continue
+                if isinstance(message, Chunk):
+                    self.observe("chunk", self.session)
+                while not self.stop.is_set():
+                    try:
+                        self.outbox.put(message, timeout=_POLL_SECONDS)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(message, End):
+                    return
+        except BaseException as exc:  # surfaced by the response loop
+            self.error = exc
+            self.stop.set()
+
+    def requests(self, protocol: str, start: Start) -> Iterator[Request]:
+        """The request stream gRPC consumes: start, then (after accept) the producer's."""
+        yield to_request(protocol, start)
+        while not self.session.accepted:
+            if self.stop.wait(_POLL_SECONDS):
+                return
+        while not self.stop.is_set():
+            try:
+                message = self.outbox.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
                 continue
-            handler = handlers.get(kind) if kind and done is None else None
-            if handler is None or (kind == "accept") == state.accepted.is_set():
-                raise PeerError(peer, f"unexpected {kind or 'empty'} message")
-            handler(getattr(resp, kind))
+            yield to_request(protocol, message)
+            if isinstance(message, End):
+                return
+
+
+def run_session(
+    peer: str,
+    session: RequesterSession,
+    open_stream: Callable[[Iterator[Request]], Iterable[Response]],
+    *,
+    on_evidence: Callable[[Evidence], None] | None = None,
+    observe: Observer = lambda kind, session: None,
+) -> RequesterResult:
+    """Drive ``session`` over the stream ``open_stream(requests)`` returns; its result.
+
+    ``on_evidence`` gets each keyed-hash answer's evidence as soon as the session
+    has checked it (before the next message is read); ``observe`` is told of every
+    message made or received (for progress displays).
+
+    Raises:
+        PeerError: an unknown message, or the stream ended before ``done``.
+        XmatchError: the session refused a message (ProtocolError,
+            VerificationError), or what ``on_evidence`` raised.
+        grpc.RpcError: the call failed.
+    """
+    run = _Run(session, observe)
+    start = session.start()
+    producer = threading.Thread(target=run.produce, name=f"requests {peer}", daemon=True)
+    producer.start()
+    call: Any = open_stream(run.requests(session.protocol, start))
+    try:
+        for response in call:
+            message = from_response(peer, response)
+            evidence = session.receive(message)
+            if evidence is not None and on_evidence is not None:
+                on_evidence(evidence)
+            observe(_kind(message), session)
     except BaseException:
-        state.stop.set()
+        run.stop.set()
         call.cancel()
+        if run.error is not None:
+            raise run.error from None
         raise
     finally:
-        state.stop.set()
-    if state.error is not None:
-        raise state.error
-    if done is None:
+        run.stop.set()
+        producer.join(timeout=5)
+    if run.error is not None:
+        raise run.error
+    if not session.finished:
         raise PeerError(peer, "stream ended early")
-    return done
+    return session.result()
 
 
-def records(
-    peer: str, idx: npt.NDArray[np.int64], entries: Sequence[pb.Payload]
-) -> tuple[npt.NDArray[np.int64], list[dict[str, str]]]:
-    """One (identity index, payload) per matched record of a keyed-hash chunk.
-
-    Each payload entry names its tag in the psi chunk (``Payload.tag``); a
-    person with two records gives two entries for one tag.
-
-    Raises:
-        PeerError: a tag index out of range, or a matched tag without a record.
-    """
-    fields = [dict(p.fields) for p in entries]
-    tags = np.fromiter((p.tag for p in entries), dtype=np.int64, count=len(entries))
-    if len(tags) and int(tags.max()) >= len(idx):
-        raise PeerError(peer, "payload entry names no matched tag")
-    seen = np.zeros(len(idx), dtype=bool)
-    seen[tags] = True
-    if not seen.all():
-        raise PeerError(peer, "a matched tag has no payload entry")
-    return idx[tags], fields
+def _kind(message: ResponderMessage) -> str:
+    if isinstance(message, Points):
+        return message.stage
+    return type(message).__name__.lower()
 
 
-def log_anchor(peer: str, done: pb.RoundDone) -> tuple[int, str] | None:
-    """The node's log anchor from ``RoundDone``: ``(log_seq, log_head)``, or None if absent.
+def log_anchor(peer: str, done: pb.RoundDone | Done) -> tuple[int, str] | None:
+    """The node's log anchor from ``done``: ``(log_seq, log_head)``, or None if absent.
 
     Raises:
         PeerError: only one of the two is set, ``log_seq`` is out of range, or

@@ -11,6 +11,9 @@ overwritten):
 - ``NAME.audit.crt`` / ``NAME.audit.key``: the member's Ed25519 key for signing
   protocol-log checkpoints, certified by the CA so that a reviewer can check
   signatures against the CA alone.
+- ``NAME.seal.crt`` / ``NAME.seal.key``: the member's X25519 key that sealed
+  offline files are encrypted to (HPKE, keys/sealed.py), keyUsage keyAgreement
+  only: a key of its own, never the TLS or the audit key.
 
 Private keys are PKCS#8 PEM, encrypted with the passphrase when one is given.
 """
@@ -23,10 +26,17 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keys.certs import AUDIT_SIGNING_EKU, ROLES, check_ca_certificate, check_name, load_certificate
+from keys.certs import (
+    AUDIT_SIGNING_EKU,
+    ROLES,
+    SEALING_EKU,
+    check_ca_certificate,
+    check_name,
+    load_certificate,
+)
 from psi.errors import InputError, InvalidKey, VerificationError
 
 CA_VALIDITY = _dt.timedelta(days=3652)
@@ -68,7 +78,8 @@ def _refuse_existing(*paths: Path) -> None:
 
 
 def _key_pem(
-    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, passphrase: bytes | None
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey,
+    passphrase: bytes | None,
 ) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, _encryption(passphrase)
@@ -156,7 +167,7 @@ def _leaf(
     *,
     name: str,
     role: str,
-    public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+    public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | x25519.X25519PublicKey,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
     eku: list[x509.ObjectIdentifier],
@@ -191,13 +202,15 @@ def _leaf(
     )
 
 
-def _usage(*, digital_signature: bool, content_commitment: bool) -> x509.KeyUsage:
+def _usage(
+    *, digital_signature: bool, content_commitment: bool, key_agreement: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=content_commitment,
         key_encipherment=False,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=key_agreement,
         key_cert_sign=False,
         crl_sign=False,
         encipher_only=False,
@@ -216,7 +229,8 @@ def issue(
 ) -> None:
     """Issue a member's TLS and audit credentials, signed by the CA in ``directory``.
 
-    Writes ``NAME.crt``, ``NAME.key``, ``NAME.audit.crt`` and ``NAME.audit.key``.
+    Writes ``NAME.crt``, ``NAME.key``, ``NAME.audit.crt``, ``NAME.audit.key``,
+    ``NAME.seal.crt`` and ``NAME.seal.key``.
     ``passphrase`` decrypts the CA key; the new keys are encrypted with
     ``key_passphrase``, which by default is the same passphrase (``None`` leaves them
     unencrypted).
@@ -234,7 +248,8 @@ def issue(
     if isinstance(new_pass, str):
         raise InputError("key_passphrase must be bytes or None")
     outputs = [
-        directory / f"{name}{suffix}" for suffix in (".crt", ".key", ".audit.crt", ".audit.key")
+        directory / f"{name}{suffix}"
+        for suffix in (".crt", ".key", ".audit.crt", ".audit.key", ".seal.crt", ".seal.key")
     ]
     _refuse_existing(*outputs)
     ca_cert_path, ca_key_path = directory / "ca.crt", directory / "ca.key"
@@ -274,8 +289,33 @@ def issue(
         key_usage=_usage(digital_signature=True, content_commitment=True),
         start=start,
     )
-    crt, key, audit_crt, audit_key_path = outputs
+    seal_key = x25519.X25519PrivateKey.generate()
+    seal_cert = _seal_leaf(name, role, seal_key.public_key(), ca_cert, ca_key, start)
+    crt, key, audit_crt, audit_key_path, seal_crt, seal_key_path = outputs
     _write_new(key, _key_pem(tls_key, new_pass), mode=0o600)
     _write_new(audit_key_path, _key_pem(audit_key, new_pass), mode=0o600)
+    _write_new(seal_key_path, _key_pem(seal_key, new_pass), mode=0o600)
     _write_new(crt, tls_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     _write_new(audit_crt, audit_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    _write_new(seal_crt, seal_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def _seal_leaf(
+    name: str,
+    role: str,
+    public_key: x25519.X25519PublicKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    start: _dt.datetime,
+) -> x509.Certificate:
+    """The sealing certificate: X25519, keyAgreement only (RFC 8410), the sealing EKU."""
+    return _leaf(
+        name=name,
+        role=role,
+        public_key=public_key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        eku=[SEALING_EKU],
+        key_usage=_usage(digital_signature=False, content_commitment=False, key_agreement=True),
+        start=start,
+    )

@@ -10,9 +10,12 @@ as the subject OU. There are two kinds:
   exposes the CN to the server's interceptor.
 - **audit** (``usage="audit"``): Ed25519, EKU :data:`AUDIT_SIGNING_EKU` only,
   files ``NAME.audit.crt`` / ``NAME.audit.key``. Signs protocol-log checkpoints.
+- **seal** (``usage="seal"``): X25519, keyUsage keyAgreement only, EKU
+  :data:`SEALING_EKU` only, files ``NAME.seal.crt`` / ``NAME.seal.key``. The
+  HPKE recipient key of the member's sealed offline files (keys/sealed.py).
 
-A TLS key cannot pass as an audit key and vice versa: the key types and EKUs differ
-and :func:`inspect_member_certificate` checks both.
+No key can pass as another kind: the key types and EKUs differ and
+:func:`inspect_member_certificate` checks both.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from psi.errors import InputError, VerificationError
 
-Usage = Literal["tls", "audit"]
+Usage = Literal["tls", "audit", "seal"]
 Role = Literal["node", "coordinator"]
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -45,6 +48,12 @@ AUDIT_SIGNING_EKU = x509.ObjectIdentifier("2.25.20844693453286088318740955363726
 """Extended key usage "xmatch protocol-log checkpoint signing".
 
 A UUID-derived OID (ITU-T X.667, arc 2.25), so no private enterprise number is needed.
+"""
+
+SEALING_EKU = x509.ObjectIdentifier("2.25.93612457125186406339409290412780187262")
+"""Extended key usage "xmatch sealed offline file recipient" (HPKE key, keys/sealed.py).
+
+A UUID-derived OID like :data:`AUDIT_SIGNING_EKU`.
 """
 
 
@@ -72,7 +81,7 @@ class MemberCertificate:
     not_before: _dt.datetime
     not_after: _dt.datetime
     public_key_raw: bytes
-    """Ed25519: the 32 raw bytes; P-256: the uncompressed SEC1 point."""
+    """Ed25519 and X25519: the 32 raw bytes; P-256: the uncompressed SEC1 point."""
 
 
 def load_certificate(data: bytes, *, what: str) -> x509.Certificate:
@@ -198,6 +207,12 @@ def _inspect(
                 "not an audit-signing certificate (Ed25519 key and audit EKU required)"
             )
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    elif usage == "seal":
+        if not isinstance(key, x25519.X25519PublicKey) or eku != {SEALING_EKU}:
+            raise VerificationError(
+                "not a sealing certificate (X25519 key and the sealing EKU alone required)"
+            )
+        raw = key.public_bytes_raw()
     else:
         if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
             raise VerificationError("not a TLS certificate (ECDSA P-256 key required)")

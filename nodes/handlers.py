@@ -242,6 +242,7 @@ class Done:
     matches: int
     transcript: bytes
     chunks: int
+    set_size: int = 0
     log_seq: int = 0
     log_head: str = ""
 
@@ -769,9 +770,10 @@ class EcdhDriver(RoundDriver):
     def _finish(self) -> Done:
         assert self._responder is not None
         with self._lock:
+            total = self._responder.set_size
             transcript = self._responder.finish()
         self._responder = None
-        return Done(matches=0, transcript=transcript, chunks=self._set_chunks)
+        return Done(matches=0, transcript=transcript, chunks=self._set_chunks, set_size=total)
 
     def _cleanup(self) -> None:
         if self._producer is not None:

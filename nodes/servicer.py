@@ -144,6 +144,7 @@ def _round_done(done: Done) -> xmatch_pb2.RoundDone:
         matches=done.matches,
         transcript=done.transcript,
         chunks=done.chunks,
+        set_size=done.set_size,
         log_seq=done.log_seq,
         log_head=done.log_head,
     )

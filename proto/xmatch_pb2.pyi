@@ -423,6 +423,7 @@ class RoundDone(google.protobuf.message.Message):
     CHUNKS_FIELD_NUMBER: builtins.int
     LOG_SEQ_FIELD_NUMBER: builtins.int
     LOG_HEAD_FIELD_NUMBER: builtins.int
+    SET_SIZE_FIELD_NUMBER: builtins.int
     matches: builtins.int
     transcript: builtins.bytes
     """The node's transcript hash (SHA-256); the requester compares it with its own."""
@@ -433,6 +434,10 @@ class RoundDone(google.protobuf.message.Message):
     cut after its last signed checkpoint still shows up in reconcile.
     """
     log_head: builtins.str
+    set_size: builtins.int
+    """ecdh: the points of the set the node sent, which must equal the set_size it
+    announced in RoundAccept; 0 for keyed-hash.
+    """
     def __init__(
         self,
         *,
@@ -441,8 +446,9 @@ class RoundDone(google.protobuf.message.Message):
         chunks: builtins.int = ...,
         log_seq: builtins.int = ...,
         log_head: builtins.str = ...,
+        set_size: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["chunks", b"chunks", "log_head", b"log_head", "log_seq", b"log_seq", "matches", b"matches", "transcript", b"transcript"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["chunks", b"chunks", "log_head", b"log_head", "log_seq", b"log_seq", "matches", b"matches", "set_size", b"set_size", "transcript", b"transcript"]) -> None: ...
 
 global___RoundDone = RoundDone
 

@@ -109,7 +109,7 @@ def test_cli_writes_every_file_with_private_keys_0600(pki: Path) -> None:
         *(
             f"{n}{s}"
             for n in ("justice", "civil-affairs")
-            for s in (".crt", ".key", ".audit.crt", ".audit.key")
+            for s in (".crt", ".key", ".audit.crt", ".audit.key", ".seal.crt", ".seal.key")
         ),
     }
     assert {p.name for p in pki.iterdir()} == expected

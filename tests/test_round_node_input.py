@@ -170,7 +170,10 @@ class _FakeNode:
                     for chunk in responder.set_chunks(8):
                         yield pb.EcdhResponse(set_points=chunk.to_bytes())
                     seq, head = behaviour.anchor
-                    done = pb.RoundDone(transcript=responder.finish(), log_seq=seq, log_head=head)
+                    total = responder.set_size  # done declares the set total (RoundDone.set_size)
+                    done = pb.RoundDone(
+                        transcript=responder.finish(), log_seq=seq, log_head=head, set_size=total
+                    )
                     yield pb.EcdhResponse(done=done)
                     break
                 blinded = PointChunk.from_bytes(request.blinded, stage="blinded")

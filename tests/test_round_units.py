@@ -18,9 +18,9 @@ from coordinator.config import load_coordinator_config, parse_address
 from coordinator.records import Circumstance
 from coordinator.round import check_output_folder, evidence_rows
 from coordinator.state import RoundState
-from coordinator.streams import records as _records
+from coordinator.streams import from_response
 from proto import xmatch_pb2 as pb
-from psi.errors import ConfigError, InputError, PeerError, XmatchError
+from psi.errors import ConfigError, InputError, XmatchError
 
 GOOD = """\
 [coordinator]
@@ -214,19 +214,27 @@ def test_evidence_rows_reject_unknown_circumstance() -> None:
 
 
 def test_records_map_payload_entries_to_tags() -> None:
+    # The node's payload entries become a session Matches (coordinator.streams), whose
+    # tags psi.session.evidence_indices maps to identities, one per record.
+    from psi.errors import ProtocolError
+    from psi.session import Matches, evidence_indices
+
     idx = np.array([4, 9], dtype=np.int64)
     entries = [
         pb.Payload(tag=0, fields={"start_date": "2020-01-01"}),
         pb.Payload(tag=1, fields={"start_date": "2021-01-01"}),
         pb.Payload(tag=1, fields={"start_date": "2022-01-01"}),
     ]
-    rows, fields = _records("justice/custody", idx, entries)
+    response = pb.KeyedHashResponse(matches=pb.MatchChunk(psi=b"", payload=entries))
+    message = from_response("justice/custody", response)
+    assert isinstance(message, Matches)
+    rows, fields = evidence_indices(idx, message.tags), message.payload
     assert rows.tolist() == [4, 9, 9]
     assert [f["start_date"] for f in fields] == ["2020-01-01", "2021-01-01", "2022-01-01"]
-    with pytest.raises(PeerError, match="no matched tag"):
-        _records("justice/custody", idx, [pb.Payload(tag=7)])
-    with pytest.raises(PeerError, match="no payload entry"):
-        _records("justice/custody", idx, [pb.Payload(tag=0)])
+    with pytest.raises(ProtocolError, match="no matched tag"):
+        evidence_indices(idx, [7])
+    with pytest.raises(ProtocolError, match="no payload entry"):
+        evidence_indices(idx, [0])
 
 
 class _FakeCall(grpc.RpcError, grpc.Call):

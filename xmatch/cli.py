@@ -112,8 +112,13 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_round_run(args: argparse.Namespace) -> int:
+    from coordinator.offline import has_offline_nodes, run_offline_command
     from coordinator.round import run_round_command
 
+    if has_offline_nodes(args.config):  # sealed files for those (docs/offline.md)
+        return run_offline_command(
+            config=args.config, as_of=args.as_of, out=args.out, lang=args.lang
+        )
     return run_round_command(
         config=args.config, as_of=args.as_of, out=args.out, lang=args.lang, progress=not args.quiet
     )
@@ -332,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, required=True, help="node.toml")
     serve.set_defaults(func=_cmd_node_serve)
+    from xmatch.offline_cli import add_node_answer, add_round_offline
+
+    add_node_answer(node)
 
     round_ = sub.add_parser("round", help="match rounds (civil affairs)").add_subparsers(
         dest="round_command", required=True, metavar="ACTION"
@@ -367,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=_cmd_round_run)
+    add_round_offline(round_)
 
     rules = sub.add_parser("rules", help="eligibility rules").add_subparsers(
         dest="rules_command", required=True, metavar="ACTION"

@@ -1,0 +1,352 @@
+"""``xmatch node answer``: answer a sealed offline request inside the department.
+
+Steps (docs/offline.md); each refusal is one line, and the protocol log says why:
+
+1. read ``node.toml``; load our TLS key (it signs the response) and our sealing
+   key ``NAME.seal.key`` (beside the TLS key; it opens the request);
+2. open the request (:func:`keys.sealed.open_sealed`): layout, recipient,
+   sender certified by the federation CA, signature, expiry, HPKE;
+3. refuse a request answered before (replay: an ``offline_file`` entry
+   ``opened`` *and* a response ``written`` for its id in our log);
+4. rebuild budgets and replay memory from the log as ``node serve`` does
+   (an attempt at this same request that was killed before its response was
+   written does not count against it);
+5. run every sub-round through :class:`nodes.servicer.NodeServicer` itself, with
+   the request's messages as the stream: the same authorization (allow list,
+   purpose, sizes, budgets, suites), drivers, log entries and transcript as online;
+6. write the sealed response atomically (temporary file + rename) and log its digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import grpc
+
+from audit.format import SHUTDOWN
+from audit.log import AuditLog
+from keys.certs import inspect_member_certificate
+from keys.sealed import (
+    Opened,
+    SealedFileError,
+    load_sealing_key,
+    load_sender_key,
+    open_sealed,
+    peek_header,
+    seal,
+)
+from nodes.auth import Peer, peer_scope
+from nodes.authorization import capabilities
+from nodes.config import NodeConfig, load_node_config
+from nodes.handlers import NodeState
+from nodes.history import read_round_entries, restore_limits
+from nodes.limits import QueryBudget, ReplayGuard
+from nodes.matchsets import MatchSetStore
+from nodes.servicer import NodeServicer
+from proto import xmatch_pb2 as pb
+from psi.bundle import Bundle
+from psi.errors import InputError, ProtocolError, XmatchError
+
+__all__ = ["answer_command"]
+
+#: Refused and failed sub-rounds: the gRPC codes the servicer ends them with.
+_REFUSED_CODES = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _FileCall:
+    """The stand-in for a gRPC call context: the stream is a file, nothing to cancel."""
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Aborted(code, details)
+
+
+def _passphrase(config: NodeConfig) -> bytes | None:
+    env = config.node.passphrase_env
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise InputError(f"node.passphrase_env: {env} is not set")
+    return value.encode()
+
+
+def _seeded(draw: bytes) -> Callable[[int], bytes]:
+    """``os.urandom`` whose first bytes are the request's draw (the keyed-hash key share)."""
+    left = bytearray(draw)
+
+    def rng(n: int) -> bytes:
+        if left:
+            take = bytes(left[:n])
+            del left[:n]
+            return take + os.urandom(n - len(take))
+        return os.urandom(n)
+
+    return rng
+
+
+def _answered_before(path: Path, file_id: str) -> bool:
+    """Whether our log holds a response written for the request ``file_id``."""
+    if not path.exists():
+        return False
+    with path.open("rb") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(entry, dict)
+                and entry.get("event") == "offline_file"
+                and entry.get("kind") == "response"
+                and entry.get("action") == "written"
+                and entry.get("request_id") == file_id
+            ):
+                return True
+    return False
+
+
+def _state(config: NodeConfig, audit: AuditLog, round_id: str, draw: bytes) -> NodeState:
+    """A node state as ``node serve`` rebuilds it; this request's unfinished attempts left out."""
+    budget = QueryBudget()
+    replay = ReplayGuard(config.node.replay_memory)
+    entries = [e for e in read_round_entries(audit.path) if e.round_id != round_id]
+    restore_limits(config, entries, budget=budget, replay=replay, now=_dt.datetime.now(_dt.UTC))
+    return NodeState(
+        config=config,
+        store=MatchSetStore(config),
+        budget=budget,
+        replay=replay,
+        rng=_seeded(draw),
+    )
+
+
+def _run_sub_round(
+    servicer: NodeServicer, protocol: str, requests: list[bytes]
+) -> tuple[str, str, list[bytes]]:
+    """Drive the servicer with the request's messages; ``(status, reason, answers)``."""
+    out: list[bytes] = []
+    try:
+        if protocol == "keyed-hash":
+            kh = iter([pb.KeyedHashRequest.FromString(r) for r in requests])
+            for kh_resp in servicer.KeyedHash(kh, _FileCall()):  # type: ignore[arg-type]
+                out.append(kh_resp.SerializeToString())
+        else:
+            ec = iter([pb.EcdhRequest.FromString(r) for r in requests])
+            for ec_resp in servicer.Ecdh(ec, _FileCall()):  # type: ignore[arg-type]
+                out.append(ec_resp.SerializeToString())
+    except _Aborted as exc:
+        status = "refused" if exc.code in _REFUSED_CODES else "failed"
+        return status, exc.details, []
+    return "ok", "", out
+
+
+def _open(config: NodeConfig, data: bytes, passphrase: bytes | None) -> tuple[Opened, str]:
+    node = config.node
+    sealing = load_sealing_key(
+        node.key.with_name(f"{node.name}.seal.key"), name=node.name, passphrase=passphrase
+    )
+    ca_pem = node.ca.read_bytes()
+    opened = open_sealed(data, kind="request", recipient=sealing, ca_pem=ca_pem)
+    role = inspect_member_certificate(
+        opened.header["sender_cert"].encode(), ca_pem=ca_pem, usage="tls"
+    ).role
+    return opened, role
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _log_file(
+    audit: AuditLog,
+    opened_or_data: Opened | bytes,
+    action: str,
+    *,
+    kind: str = "request",
+    peer: str | None = None,
+    **extra: Any,
+) -> None:
+    """An ``offline_file`` entry: the file's digest and ids, never its content."""
+    if isinstance(opened_or_data, Opened):
+        header, digest = opened_or_data.header, opened_or_data.sha256
+    else:
+        digest = hashlib.sha256(opened_or_data).hexdigest()
+        try:
+            header = peek_header(opened_or_data)
+        except XmatchError:
+            header = {}
+    fields: dict[str, Any] = {
+        "kind": kind,
+        "action": action,
+        "peer": peer or header.get("sender", "-") or "-",
+        "file_sha256": digest,
+        **extra,
+    }
+    if len(header.get("file_id", "")) == 32:
+        fields["file_id"] = header["file_id"]
+    if len(header.get("round_id", "")) == 32:
+        fields["round_id"] = header["round_id"]
+    try:
+        audit.append("offline_file", **fields)
+    except XmatchError:
+        fields.pop("reason", None)
+        fields["peer"] = "-"
+        audit.append("offline_file", **fields, reason="withheld")
+
+
+def _answers(
+    config: NodeConfig,
+    audit: AuditLog,
+    opened: Opened,
+    role: str,
+    bundle: Bundle,
+) -> Bundle:
+    manifest = bundle.manifest
+    if (
+        manifest.get("node") != config.node.name
+        or manifest.get("round_id") != opened.header["round_id"]
+    ):
+        raise SealedFileError("altered: the request's content names another node or round")
+    views = {v.name: v for v in capabilities(config, opened.sender, role=role)}
+    subs_out: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for sub in manifest.get("sub_rounds", []):
+        lo, hi = sub["parts"]
+        draw = base64.b64decode(sub.get("responder_draw", ""), validate=True)
+        state = _state(config, audit, opened.header["round_id"], draw)
+        servicer = NodeServicer(state, audit)
+        with peer_scope(Peer(name=opened.sender, role=role)):
+            status, reason, answers = _run_sub_round(
+                servicer, str(manifest.get("protocol")), list(bundle.parts[lo:hi])
+            )
+        first = len(parts)
+        parts.extend(answers)
+        view = views.get(str(sub["match_set"]))
+        subs_out.append(
+            {
+                "match_set": sub["match_set"],
+                "status": status,
+                "reason": reason,
+                "parts": [first, len(parts)],
+                "circumstance": view.circumstance if view else "",
+                "service_report": view.service_report if view else "",
+                "display_name": view.display_name if view else "",
+            }
+        )
+    return Bundle(
+        {
+            "kind": "xmatch-offline-response",
+            "node": config.node.name,
+            "round_id": opened.header["round_id"],
+            "request_id": opened.file_id,
+            "request_sha256": opened.sha256,
+            "display_name": config.node.display_name or "",
+            "sub_rounds": subs_out,
+        },
+        tuple(parts),
+    )
+
+
+def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | None = None) -> int:
+    """``xmatch node answer`` (module docstring); returns 0 once the response is written.
+
+    Raises:
+        SealedFileError: the request is refused (one line).
+        XmatchError: configuration, keys, or the response cannot be written.
+    """
+    out_stream = stdout if stdout is not None else sys.stdout
+    cfg = load_node_config(config)
+    node = cfg.node
+    from nodes.server import _log_folder, _log_signer
+
+    passphrase = _passphrase(cfg)
+    sender = load_sender_key(
+        name=node.name,
+        key=node.key,
+        cert=node.cert,
+        seal_cert=node.key.with_name(f"{node.name}.seal.crt"),
+        passphrase=passphrase,
+    )
+    try:
+        data = request.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{request}: cannot read ({exc.strerror})") from None
+    if out.exists():
+        raise InputError(f"{out}: exists already; choose another --out")
+    _log_folder(config, cfg)
+    audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
+    try:
+        try:
+            opened, role = _open(cfg, data, passphrase)
+            if _answered_before(node.audit_log, opened.file_id):
+                raise SealedFileError(
+                    "answered before: carry back the response written then "
+                    "(or ask for a new request)"
+                )
+            bundle = Bundle.from_bytes(opened.payload)
+        except SealedFileError as exc:
+            _log_file(audit, data, "refused", reason=exc.diagnostics())
+            raise SealedFileError(f"{request}: refused: {exc.diagnostics()}") from None
+        except ProtocolError:
+            _log_file(audit, data, "refused", reason="unreadable content")
+            raise InputError(f"{request}: refused: unreadable content") from None
+        _log_file(audit, opened, "opened", file=request.name)
+        response = _answers(cfg, audit, opened, role, bundle)
+        expires = _dt.datetime.fromisoformat(opened.header["expires"])
+        sealed = seal(
+            response.to_bytes(),
+            kind="response",
+            sender=sender,
+            recipient=opened.sender,
+            recipient_seal_cert_pem=opened.sender_seal_cert_pem,
+            ca_pem=node.ca.read_bytes(),
+            round_id=opened.header["round_id"],
+            expires=expires,
+        )
+        _write_atomic(out, sealed)
+        _log_file(
+            audit,
+            sealed,
+            "written",
+            kind="response",
+            peer=opened.sender,
+            request_id=opened.file_id,
+            file=out.name,
+        )
+        for sub in response.manifest["sub_rounds"]:
+            line = f"{node.name}/{sub['match_set']}: {sub['status']}"
+            print(line + (f" ({sub['reason']})" if sub["reason"] else ""), file=out_stream)
+        print(f"written: {out} (carry it back to {opened.sender})", file=out_stream)
+        return 0
+    finally:
+        audit.append(SHUTDOWN, reason="done")
+        audit.close()

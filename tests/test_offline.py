@@ -1,0 +1,337 @@
+"""Offline rounds over sealed files (issue 14, docs/offline.md): real processes, real files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keys.ca import init_ca, issue
+from keys.sealed import SealedFileError, load_sealing_key, load_sender_key, open_sealed, seal
+from tests.federation import (
+    AS_OF,
+    Federation,
+    audit_entries,
+    build_federation,
+    coordinator_toml,
+    read_evidence_csv,
+    round_run,
+    start_nodes,
+    xmatch,
+)
+from xmatch.demo import stop_nodes
+
+OFFLINE = ("police", "justice")  # keyed-hash and ecdh
+
+
+def _offline_toml(fed: Federation, name: str, offline: tuple[str, ...]) -> Path:
+    path = coordinator_toml(fed, name)
+    blocks = path.read_text(encoding="utf-8").split("[[nodes]]\n")
+    for i, block in enumerate(blocks):
+        if any(block.startswith(f'name = "{n}"\n') for n in offline):
+            blocks[i] = re.sub(r'address = "[^"]*"', 'transport = "offline"', block)
+    path.write_text("[[nodes]]\n".join(blocks), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    fed = build_federation(tmp_path_factory.mktemp("offline"))
+    yield fed
+    stop_nodes(fed.nodes)
+
+
+@pytest.fixture(scope="module")
+def online(fed: Federation) -> Path:
+    """The online round on the same data, every node served over gRPC."""
+    start_nodes(fed)
+    out = fed.root / "online"
+    done = round_run(coordinator_toml(fed, "c-online.toml"), out, as_of=AS_OF)
+    assert done.returncode in (0, 3), done.stderr
+    # the offline departments have no network link from here on
+    stop_nodes([n for n in fed.nodes if n.name in OFFLINE])
+    return out
+
+
+def _answer(
+    fed: Federation, node: str, request: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
+    return xmatch(
+        "node",
+        "answer",
+        "--config",
+        str(fed.config(node)),
+        "--request",
+        str(request),
+        "--out",
+        str(out),
+    )
+
+
+def _import(config: Path, response: Path) -> subprocess.CompletedProcess[str]:
+    return xmatch("round", "import", "--config", str(config), "--response", str(response))
+
+
+def _decisions(out: Path) -> list[dict[str, object]]:
+    doc = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    return list(doc["decisions"])
+
+
+@pytest.fixture(scope="module")
+def mixed(fed: Federation, online: Path) -> dict[str, object]:
+    """A mixed round: police (keyed-hash) and justice (ecdh) offline, the rest online."""
+    config = _offline_toml(fed, "c-mixed.toml", OFFLINE)
+    out = fed.root / "mixed"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    rid = re.search(r"round ([0-9a-f]{32})", done.stdout)
+    assert rid is not None, done.stdout
+    requests = {n: out / "offline" / f"{n}.request" for n in OFFLINE}
+    assert all(p.is_file() for p in requests.values())
+    assert not (out / "decisions.json").exists()
+    return {"config": config, "out": out, "rid": rid.group(1), "requests": requests}
+
+
+def test_offline_equals_online_for_both_protocols(
+    fed: Federation, online: Path, mixed: dict[str, object]
+) -> None:
+    config, out = Path(str(mixed["config"])), Path(str(mixed["out"]))
+    requests: dict[str, Path] = mixed["requests"]  # type: ignore[assignment]
+    # the coordinator process is gone between run and import: state and pending file survive
+    responses = {n: fed.root / f"{n}.response" for n in OFFLINE}
+    for n in OFFLINE:
+        done = _answer(fed, n, requests[n], responses[n])
+        assert done.returncode == 0, done.stderr
+    first = _import(config, responses["police"])
+    assert first.returncode == 4, first.stderr
+    assert "still waits for: justice" in first.stdout
+    # a second import of the same response is refused, in one line
+    again = _import(config, responses["police"])
+    assert again.returncode == 1
+    assert "imported before" in again.stderr and again.stderr.count("\n") == 1
+    last = _import(config, responses["justice"])
+    assert last.returncode in (0, 3), last.stderr
+    assert read_evidence_csv(out / "evidence.csv") == read_evidence_csv(online / "evidence.csv")
+    assert _decisions(out) == _decisions(online)
+    assert (out / "decisions.xlsx").is_file() and (out / "report.html").is_file()
+    # the node logs hold the same round entries as online, plus the files' digests
+    reconcile = xmatch(
+        "audit",
+        "reconcile",
+        "--ca",
+        str(fed.root / "pki" / "ca.crt"),
+        "--allow-unsigned-tail",
+        str(fed.audit_log("civil-affairs")),
+        *(str(fed.audit_log(s.name)) for s in fed.specs),
+    )
+    assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+    events = [e["event"] for e in audit_entries(fed.audit_log("police"))]
+    assert "offline_file" in events
+
+
+def test_refusals_other_node_altered_truncated_replayed(
+    fed: Federation, mixed: dict[str, object]
+) -> None:
+    requests: dict[str, Path] = mixed["requests"]  # type: ignore[assignment]
+    police = requests["police"]
+    data = police.read_bytes()
+    cases = {
+        "meant for 'police'": police,
+    }
+    altered = fed.root / "altered.request"
+    flipped = bytearray(data)
+    flipped[-200] ^= 1
+    altered.write_bytes(bytes(flipped))
+    truncated = fed.root / "truncated.request"
+    truncated.write_bytes(data[: len(data) // 2])
+    for path, node, needle in (
+        (police, "justice", "meant for 'police'"),
+        (altered, "police", "altered"),
+        (truncated, "police", "truncated"),
+        (police, "police", "answered before"),
+    ):
+        done = _answer(fed, node, path, fed.root / f"never-{node}-{path.stem}.response")
+        assert done.returncode == 1, done.stdout
+        assert needle in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert cases
+
+
+def test_expired_and_unknown_sender(fed: Federation, tmp_path: Path) -> None:
+    pki = fed.root / "pki"
+    ca_pem = (pki / "ca.crt").read_bytes()
+    sender = load_sender_key(
+        name="civil-affairs",
+        key=pki / "civil-affairs.key",
+        cert=pki / "civil-affairs.crt",
+        seal_cert=pki / "civil-affairs.seal.crt",
+        passphrase=None,
+    )
+    police = load_sealing_key(pki / "police.seal.key", name="police", passphrase=None)
+    now = dt.datetime.now(dt.UTC)
+    data = seal(
+        b"x",
+        kind="request",
+        sender=sender,
+        recipient="police",
+        recipient_seal_cert_pem=(pki / "police.seal.crt").read_bytes(),
+        ca_pem=ca_pem,
+        round_id="0" * 31 + "1",
+        expires=now + dt.timedelta(days=1),
+        now=now,
+    )
+    assert open_sealed(data, kind="request", recipient=police, ca_pem=ca_pem).payload == b"x"
+    with pytest.raises(SealedFileError, match="expired"):
+        open_sealed(
+            data, kind="request", recipient=police, ca_pem=ca_pem, now=now + dt.timedelta(days=2)
+        )
+    # a member of another federation: its certificates are not from our CA
+    other = tmp_path / "other"
+    init_ca(other)
+    issue(other, name="civil-affairs", role="coordinator")
+    stranger = load_sender_key(
+        name="civil-affairs",
+        key=other / "civil-affairs.key",
+        cert=other / "civil-affairs.crt",
+        seal_cert=other / "civil-affairs.seal.crt",
+        passphrase=None,
+    )
+    forged = seal(
+        b"x",
+        kind="request",
+        sender=stranger,
+        recipient="police",
+        recipient_seal_cert_pem=(pki / "police.seal.crt").read_bytes(),
+        ca_pem=ca_pem,
+        round_id="0" * 31 + "1",
+        expires=now + dt.timedelta(days=1),
+        now=now,
+    )
+    with pytest.raises(SealedFileError, match="unknown sender"):
+        open_sealed(forged, kind="request", recipient=police, ca_pem=ca_pem)
+
+
+def test_close_gives_review_never_exit(fed: Federation, online: Path) -> None:
+    config = _offline_toml(fed, "c-close.toml", ("justice",))
+    out = fed.root / "closed"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    rid = re.search(r"round ([0-9a-f]{32})", done.stdout)
+    assert rid is not None
+    closed = xmatch("round", "close", "--config", str(config), "--round", rid.group(1))
+    assert closed.returncode == 3, closed.stderr
+    doc = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    assert "justice/custody" in doc["failed_sources"]
+    online_doc = json.loads((online / "decisions.json").read_text(encoding="utf-8"))
+    before = {d["child_id"]: d["decision"] for d in online_doc["decisions"]}
+    after = {d["child_id"]: d["decision"] for d in doc["decisions"]}
+    assert "EXIT" not in {after[c] for c in after if before.get(c) != "EXIT"}
+
+
+def test_privacy_no_identity_in_clear(fed: Federation, online: Path) -> None:
+    ids = {row[0] for row in read_evidence_csv(online / "evidence.csv")}
+    assert ids
+    files = [*(fed.root / "mixed" / "offline").glob("*.request"), *fed.root.glob("*.response")]
+    files += [fed.audit_log(n) for n in (*OFFLINE, "civil-affairs")]
+    files += [p for p in (fed.root / "state").rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        blob = path.read_bytes()
+        for person in ids:
+            assert person.encode() not in blob, path
+
+
+def _entries(log: Path) -> list[dict[str, object]]:
+    out = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):  # a line being written
+            out.append(json.loads(line))
+    return out
+
+
+def test_node_killed_during_answer_and_coordinator_restarts(fed: Federation, online: Path) -> None:
+    config = _offline_toml(fed, "c-kill.toml", ("police",))
+    out = fed.root / "killed"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    request = out / "offline" / "police.request"
+    # a coordinator killed while it runs another round, between our run and import
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xmatch",
+            "round",
+            "run",
+            "--config",
+            str(coordinator_toml(fed, "c-other.toml")),
+            "--out",
+            str(fed.root / "other"),
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    other.send_signal(signal.SIGKILL)
+    other.wait()
+    # the department's answer is killed after it opened the request
+    response = fed.root / "police-killed.response"
+    log = fed.audit_log("police")
+    opened_before = sum(
+        1 for e in _entries(log) if e.get("event") == "offline_file" and e.get("action") == "opened"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xmatch",
+            "node",
+            "answer",
+            "--config",
+            str(fed.config("police")),
+            "--request",
+            str(request),
+            "--out",
+            str(response),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        opened = sum(
+            1
+            for e in _entries(log)
+            if e.get("event") == "offline_file" and e.get("action") == "opened"
+        )
+        if opened > opened_before:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not response.exists(), "the answer finished before it could be killed"
+    # nothing half-written under the response's name; answering again works
+    again = _answer(fed, "police", request, response)
+    assert again.returncode == 0, again.stderr
+    # the import, in a new coordinator process, completes the waiting round
+    imported = _import(config, response)
+    assert imported.returncode in (0, 3), imported.stderr
+    assert (out / "decisions.json").is_file()
+    doc = json.loads((out / "decisions.json").read_text(encoding="utf-8"))
+    # justice is configured online here, and its node was stopped: it alone failed
+    assert doc["failed_sources"] == ["justice/custody"]
+
+    def police(folder: Path) -> list[tuple[str, ...]]:
+        return [r for r in read_evidence_csv(folder / "evidence.csv") if r[2].startswith("police/")]
+
+    assert police(out) == police(online) != []

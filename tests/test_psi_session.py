@@ -1,0 +1,344 @@
+"""Both roles of each session driven in memory, without gRPC (psi.session).
+
+The in-memory runner here is the whole transport: it moves each message from one
+session to the other. Both protocols, the X25519 and SM2 ecdh suites, the aes and
+sm4 keyed-hash PRFs; out-of-order and illegal messages raise ProtocolError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psi import ProtocolError, RoundContext, VerificationError, encode_identities, size_class
+from psi.messages import MatchChunk
+from psi.session import (
+    Accept,
+    Chunk,
+    Done,
+    EcdhRequesterSession,
+    EcdhResponderSession,
+    End,
+    KeyedHashRequesterSession,
+    KeyedHashResponderSession,
+    Matches,
+    Points,
+    RequesterResult,
+    Start,
+)
+from tests.test_psi_context import make_context
+from tests.test_psi_keyed_hash import ids_from_ints, rng_for
+
+SMALL = functools.partial(size_class, minimum=8)
+SM2_SUITE = "SM2_XMD:SM3_SSWU_RO_"
+ECDH_SUITES = ["x25519-sha256-u", SM2_SUITE]
+PRFS = ["aes128-ecb-v1", "aes256-ecb-v1", "sm4-ecb-v1"]
+
+
+def kh_context(prf: str, seed: int = 1) -> RoundContext:
+    return make_context(protocol="keyed-hash", params=[("prf", prf)], rng=rng_for(seed))
+
+
+def ecdh_context(suite: str, seed: int = 1) -> RoundContext:
+    return make_context(protocol="ecdh", params=[("suite", suite)], rng=rng_for(seed))
+
+
+def _payload(rows: npt.NDArray[np.int64]) -> list[dict[str, str]]:
+    return [{"row": str(int(r))} for r in rows]
+
+
+def keyed_hash_round(
+    ctx: RoundContext, roster: list[str], members: list[str], *, chunk: int = 3, streamed: bool
+) -> tuple[RequesterResult, Done]:
+    req = KeyedHashRequesterSession(
+        ctx, encode_identities(roster), chunk_items=chunk, rng=rng_for(2)
+    )
+    resp = KeyedHashResponderSession(rng=rng_for(3))
+    resp.receive_start(req.start())
+    assert req.next_request() is None  # keyed-hash sends no tag before accept
+    enc = encode_identities(members)
+    req.receive(resp.accept(None if streamed else enc, _payload))
+    for message in req.requests():
+        answer = resp.receive(message)
+        if answer is not None:
+            req.receive(answer)
+    if streamed:
+        for lo in range(0, len(enc), 4):
+            resp.match_batch(enc[lo : lo + 4])
+
+        def payload(result: MatchChunk) -> list[dict[str, str]]:
+            assert result.rows is not None
+            return _payload(result.rows)
+
+        for answer in resp.streamed_matches(payload):
+            req.receive(answer)
+    done = resp.done()
+    req.receive(done)
+    return req.result(), done
+
+
+def ecdh_round(
+    ctx: RoundContext, roster: list[str], members: list[str], *, chunk: int = 3
+) -> tuple[RequesterResult, Done]:
+    req = EcdhRequesterSession(ctx, encode_identities(roster), chunk_items=chunk, rng=rng_for(2))
+    resp = EcdhResponderSession(rng=rng_for(3), size_classes=SMALL)
+    resp.receive_start(req.start())
+    resp.open().load_set(encode_identities(members))
+    req.receive(resp.accept(4))
+    for message in req.requests():
+        answer = resp.receive(message)
+        if answer is not None:
+            req.receive(answer)
+        point = resp.next_set_chunk()  # the set interleaves with the answers
+        if point is not None:
+            req.receive(point)
+    while (point := resp.next_set_chunk()) is not None:
+        req.receive(point)
+    done = resp.done()
+    req.receive(done)
+    return req.result(), done
+
+
+def _found(result: RequesterResult, roster: list[str]) -> set[str]:
+    return {roster[i] for i in result.indices.tolist()}
+
+
+ROSTER = ids_from_ints(list(range(0, 20)))
+MEMBERS = ids_from_ints([*range(5, 12), 40, 41, 5])
+
+
+@pytest.mark.parametrize("prf", PRFS)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_keyed_hash_sessions_in_memory(prf: str, streamed: bool) -> None:
+    result, done = keyed_hash_round(kh_context(prf), ROSTER, MEMBERS, streamed=streamed)
+    assert _found(result, ROSTER) == set(ROSTER[5:12])
+    # ROSTER[5] has two records: two evidence rows, each with its row's payload
+    assert len(result.indices) == 8 and len(result.payloads) == 8
+    assert result.transcript == done.transcript and result.set_size == 0
+    assert done.matches == 7 and done.chunks == 7
+
+
+@pytest.mark.parametrize("suite", ECDH_SUITES)
+def test_ecdh_sessions_in_memory(suite: str) -> None:
+    result, done = ecdh_round(ecdh_context(suite), ROSTER, MEMBERS)
+    assert _found(result, ROSTER) == set(ROSTER[5:12])
+    assert result.set_size == done.set_size == 10  # 9 distinct: class 8, then ceil(8 * 1.25)
+    assert result.transcript == done.transcript
+    assert result.payloads == [{}] * len(result.indices)
+
+
+def test_streamed_and_in_memory_keyed_hash_send_the_same_messages() -> None:
+    ctx = kh_context("aes128-ecb-v1")
+    a, done_a = keyed_hash_round(ctx, ROSTER, MEMBERS, streamed=False)
+    b, done_b = keyed_hash_round(ctx, ROSTER, MEMBERS, streamed=True)
+    assert done_a == done_b and a.indices.tolist() == b.indices.tolist()
+
+
+# -- illegal and out-of-order messages
+
+
+def _kh_pair() -> tuple[KeyedHashRequesterSession, KeyedHashResponderSession, Start]:
+    ctx = kh_context("aes128-ecb-v1")
+    req = KeyedHashRequesterSession(ctx, encode_identities(ROSTER[:4]), chunk_items=2)
+    return req, KeyedHashResponderSession(), req.start()
+
+
+def test_requester_refuses_messages_out_of_order() -> None:
+    req, resp, start = _kh_pair()
+    with pytest.raises(ProtocolError, match="not legal"):
+        req.start()  # twice
+    with pytest.raises(ProtocolError, match="matches message not legal"):
+        req.receive(Matches(psi=b"", payload=[], tags=[]))  # before accept
+    resp.receive_start(start)
+    accept = resp.accept(encode_identities(ROSTER[:2]))
+    req.receive(accept)
+    with pytest.raises(ProtocolError, match="accept message not legal"):
+        req.receive(accept)  # a second accept
+    with pytest.raises(ProtocolError, match="reblinded message not legal"):
+        req.receive(Points(stage="reblinded", data=b""))  # the other protocol's message
+    with pytest.raises(ProtocolError, match="done before end"):
+        req.receive(Done(matches=0, transcript=b"", chunks=0))
+
+
+def test_requester_refuses_anything_after_done_and_sends_nothing_after_end() -> None:
+    req, resp, start = _kh_pair()
+    resp.receive_start(start)
+    req.receive(resp.accept(encode_identities(ROSTER[:2])))
+    messages = list(req.requests())
+    assert isinstance(messages[-1], End) and len(messages) == 3
+    with pytest.raises(ProtocolError, match="chunk message not legal after end"):
+        req.next_request()
+    for message in messages:
+        answer = resp.receive(message)
+        if answer is not None:
+            req.receive(answer)
+    req.receive(resp.done())
+    assert len(req.result().indices) == 2
+    with pytest.raises(ProtocolError, match="not legal after done"):
+        req.receive(Done(matches=0, transcript=b"", chunks=0))
+
+
+def test_responder_refuses_messages_out_of_order() -> None:
+    req, resp, start = _kh_pair()
+    with pytest.raises(ProtocolError, match="must begin with start"):
+        resp.receive_start(Chunk(b""))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="chunk message not legal before start"):
+        resp.receive(Chunk(b""))
+    resp.receive_start(start)
+    with pytest.raises(ProtocolError, match="second start"):
+        resp.receive(start)
+    with pytest.raises(ProtocolError, match="chunk message not legal after start"):
+        resp.receive(Chunk(b""))  # before accept
+    with pytest.raises(ProtocolError, match="done message not legal"):
+        resp.done()
+    req.receive(resp.accept(encode_identities(ROSTER[:2])))
+    with pytest.raises(ProtocolError, match="accept message not legal"):
+        resp.accept(encode_identities(ROSTER[:2]))
+    first = req.next_request()
+    assert isinstance(first, Chunk)
+    with pytest.raises(ProtocolError, match="end says 1 chunks and 2 identities, node received 0"):
+        resp.receive(End(chunks=1, items=2))
+    resp.receive(first)
+    with pytest.raises(ProtocolError, match="sequence number 0, expected 1"):
+        resp.receive(first)  # replayed chunk
+
+
+def test_responder_refuses_more_identities_than_announced_and_a_short_end() -> None:
+    req, resp, start = _kh_pair()
+    resp.receive_start(dataclasses.replace(start, query_size=3))
+    req.receive(resp.accept(encode_identities(ROSTER[:2])))
+    resp.receive(req.requests().__next__())
+    with pytest.raises(ProtocolError, match="more identities than announced"):
+        resp.receive(req.requests().__next__())
+
+
+def test_responder_end_must_deliver_the_announced_size() -> None:
+    req, resp, start = _kh_pair()
+    resp.receive_start(dataclasses.replace(start, query_size=6))
+    req.receive(resp.accept(encode_identities(ROSTER[:2])))
+    messages = list(req.requests())
+    for message in messages[:-1]:
+        resp.receive(message)
+    with pytest.raises(ProtocolError, match="4 identities sent, 6 announced"):
+        resp.receive(messages[-1])
+
+
+def test_responder_refuses_the_other_protocols_context() -> None:
+    ctx = ecdh_context(ECDH_SUITES[0])
+    start = Start(context=ctx.to_bytes(), query_size=1)
+    with pytest.raises(ProtocolError, match="ecdh round context on the keyed-hash stream"):
+        KeyedHashResponderSession().receive_start(start)
+
+
+def _ecdh_pair(
+    suite: str = ECDH_SUITES[0],
+) -> tuple[EcdhRequesterSession, EcdhResponderSession]:
+    ctx = ecdh_context(suite)
+    req = EcdhRequesterSession(ctx, encode_identities(ROSTER[:4]), chunk_items=2, max_set_size=64)
+    resp = EcdhResponderSession(size_classes=SMALL)
+    resp.receive_start(req.start())
+    resp.open().load_set(encode_identities(ROSTER[2:6]))
+    return req, resp
+
+
+def test_ecdh_requester_blinds_before_accept_but_takes_no_answer_before_it() -> None:
+    req, resp = _ecdh_pair()
+    first = req.next_request()  # blinded points do not depend on accept
+    assert isinstance(first, Chunk)
+    with pytest.raises(ProtocolError, match="set message not legal"):
+        req.receive(Points(stage="set", data=b""))
+    with pytest.raises(ProtocolError, match="set message not legal"):
+        resp.next_set_chunk()  # the responder sends no set before accept
+
+
+def test_ecdh_requester_refuses_a_set_above_the_announcement_and_a_wrong_done() -> None:
+    req, resp = _ecdh_pair()
+    with pytest.raises(ProtocolError, match="above max_set_size"):
+        req.receive(Accept(set_size=65))
+    req, resp = _ecdh_pair()
+    req.receive(resp.accept(4))
+    for message in req.requests():
+        answer = resp.receive(message)
+        if answer is not None:
+            req.receive(answer)
+    while (point := resp.next_set_chunk()) is not None:
+        req.receive(point)
+    done = resp.done()
+    with pytest.raises(ProtocolError, match="declared 9 set points, having announced 8"):
+        req.receive(dataclasses.replace(done, set_size=done.set_size + 1))
+
+
+@pytest.mark.parametrize("suite", ECDH_SUITES)
+def test_ecdh_done_with_another_transcript_fails_verification(suite: str) -> None:
+    req, resp = _ecdh_pair(suite)
+    req.receive(resp.accept(4))
+    for message in req.requests():
+        answer = resp.receive(message)
+        if answer is not None:
+            req.receive(answer)
+    while (point := resp.next_set_chunk()) is not None:
+        req.receive(point)
+    done = resp.done()
+    with pytest.raises(VerificationError, match="transcript mismatch"):
+        req.receive(dataclasses.replace(done, transcript=bytes(32)))
+
+
+def test_ecdh_responder_done_needs_the_whole_set_and_end() -> None:
+    req, resp = _ecdh_pair()
+    req.receive(resp.accept(4))
+    messages = list(req.requests())
+    for message in messages[:-1]:
+        resp.receive(message)
+    with pytest.raises(ProtocolError, match="done message not legal after accept"):
+        resp.done()
+    resp.receive(messages[-1])
+    with pytest.raises(ProtocolError, match="not been sent completely"):
+        resp.done()
+
+
+def test_keyed_hash_answer_with_a_payload_for_no_tag_is_refused() -> None:
+    req, resp, start = _kh_pair()
+    resp.receive_start(start)
+    req.receive(resp.accept(encode_identities(ROSTER[:2])))
+    answer = resp.receive(req.requests().__next__())
+    assert isinstance(answer, Matches) and len(answer.tags) == 2
+    with pytest.raises(ProtocolError, match="names no matched tag"):
+        req.receive(dataclasses.replace(answer, tags=[0, 5]))
+
+
+# -- hypothesis: session-driven PSI equals the plain intersection
+
+_ids = st.lists(st.integers(0, 300), max_size=30)
+RoundFn = Callable[[list[str], list[str]], RequesterResult]
+
+
+def _kh(prf: str, streamed: bool) -> RoundFn:
+    return lambda r, m: keyed_hash_round(kh_context(prf), r, m, streamed=streamed)[0]
+
+
+def _ec(suite: str) -> RoundFn:
+    return lambda r, m: ecdh_round(ecdh_context(suite), r, m, chunk=4)[0]
+
+
+@settings(max_examples=12, deadline=None)
+@given(roster=_ids, members=_ids, which=st.integers(0, 4))
+def test_session_psi_equals_the_plain_intersection(
+    roster: list[int], members: list[int], which: int
+) -> None:
+    run = [
+        _kh("aes128-ecb-v1", False),
+        _kh("sm4-ecb-v1", True),
+        _kh("aes256-ecb-v1", False),
+        _ec(ECDH_SUITES[0]),
+        _ec(SM2_SUITE),
+    ][which]
+    r_ids, m_ids = ids_from_ints(sorted(set(roster))), ids_from_ints(members)
+    result = run(r_ids, m_ids)
+    assert _found(result, r_ids) == set(r_ids) & set(m_ids)
