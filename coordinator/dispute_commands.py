@@ -18,8 +18,10 @@ from typing import TextIO
 from audit.format import looks_like_identity_number
 from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.dispute_offline import bundle_for, import_reply, write_inbox
 from coordinator.dispute_rule import conflicting_records
 from coordinator.disputes import (
+    AuditSink,
     CoordinatorDispute,
     DisputeBook,
     SyncResult,
@@ -38,6 +40,7 @@ from psi.identifiers import normalize_id
 __all__ = [
     "file_command",
     "file_conflicts_command",
+    "import_command",
     "list_command",
     "sync_command",
     "withdraw_command",
@@ -136,6 +139,11 @@ def _file(
     for dispute in disputes:
         if dispute.node in unreachable:
             continue
+        if node_entry(config, dispute.node).offline:
+            unreachable[dispute.node] = (
+                "an offline node: `xmatch dispute sync --offline-dir DIR` writes its sealed inbox"
+            )
+            continue
         try:
             deliver(node_entry(config, dispute.node), tls, dispute)
         except PeerError as exc:
@@ -144,6 +152,9 @@ def _file(
         book.set_delivered(dispute.dispute_id)
         sent += 1
     for node, why in unreachable.items():
+        if node_entry(config, node).offline:
+            print(f"note: {node}: {why}", file=err)
+            continue
         print(
             f"warning: {node}: not delivered now ({why}); `xmatch dispute sync` or the next "
             "round delivers it",
@@ -252,10 +263,39 @@ def _print_sync(result: SyncResult, out: TextIO, err: TextIO) -> None:
         print(f"  {item.dispute_id} {item.status}: {item.note}", file=out)
 
 
-def sync_command(
-    *, config: Path, stdout: TextIO | None = None, stderr: TextIO | None = None
+def _offline_inboxes(
+    cfg: CoordinatorConfig, audit: AuditSink, offline_dir: Path | None, out: TextIO
 ) -> int:
-    """``xmatch dispute sync``: deliver, withdraw and fetch answers with every node.
+    """Write a sealed inbox for each offline node with something pending; how many."""
+    written = 0
+    with DisputeBook.open(cfg) as book:
+        for entry in (e for e in cfg.nodes if e.offline):
+            bundle = bundle_for(book, entry.name)
+            if not bundle.disputes and not bundle.withdrawals:
+                continue
+            if offline_dir is None:
+                print(f"{entry.name}: offline, disputes waiting: give --offline-dir DIR", file=out)
+                continue
+            path = write_inbox(cfg, audit, entry, bundle, out_dir=offline_dir)
+            print(
+                f"{entry.name}: written {path} ({len(bundle.disputes)} dispute(s), "
+                f"{len(bundle.withdrawals)} withdrawal(s)); carry it to {entry.name}, "
+                "then `xmatch dispute import` its reply",
+                file=out,
+            )
+            written += 1
+    return written
+
+
+def sync_command(
+    *,
+    config: Path,
+    offline_dir: Path | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """``xmatch dispute sync [--offline-dir DIR]``: deliver, withdraw and fetch answers
+    with every online node; write a sealed inbox for each offline node with disputes.
 
     Returns 0, or 3 (:data:`coordinator.exit_codes.PARTIAL`) when a node could not
     be reached (its disputes wait for the next sync or round).
@@ -265,11 +305,25 @@ def sync_command(
     tls = coordinator_tls(cfg)
     with coordinator_log(cfg) as audit:
         results = sync_all(cfg, audit, tls, on_result=lambda r: _print_sync(r, out, err))
-    if not results:
+        written = _offline_inboxes(cfg, audit, offline_dir, out)
+    if not results and not written:
         print("nothing to sync", file=out)
     if any(r.error for r in results):
         return exit_codes.PARTIAL
     return exit_codes.COMPLETE
+
+
+def import_command(
+    *, config: Path, reply: Path, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """``xmatch dispute import --reply FILE``: an offline node's sealed inbox reply.
+
+    Raises:
+        SealedFileError: the reply is refused (one line).
+        InputError: unreadable, or from a node that is not an offline node of ours.
+    """
+    cfg = load_coordinator_config(config)
+    return import_reply(cfg, reply, out=stdout or sys.stdout, err=stderr or sys.stderr)
 
 
 def list_command(*, config: Path, status: str | None = None, stdout: TextIO | None = None) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "disputes_json",
     "hold_for_round",
     "open_disputes",
+    "record_answers",
     "sync_node",
     "withdraw",
 ]
@@ -322,7 +323,7 @@ class SyncResult:
     error: str | None = None
 
 
-def _answers(
+def record_answers(
     book: DisputeBook, audit: AuditSink, reply: pb.DisputeAnswerList, *, us: str, node: str
 ) -> list[CoordinatorDispute]:
     """Record and log each answer that is well formed; others are skipped."""
@@ -388,7 +389,7 @@ def sync_node(
             if ids:
                 request = pb.DisputeAnswersRequest(dispute_ids=ids)
                 reply = call(entry, lambda: node.DisputeAnswers(request, timeout=timeout))
-                result.answered = _answers(book, audit, reply, us=us, node=entry.name)
+                result.answered = record_answers(book, audit, reply, us=us, node=entry.name)
     except PeerError as exc:
         result.error = exc.reason
     return result
@@ -414,8 +415,8 @@ def sync_all(
     results: list[SyncResult] = []
     with DisputeBook.open(config) as book:
         for entry in config.nodes:
-            if wanted is not None and entry.name not in wanted:
-                continue
+            if entry.offline or (wanted is not None and entry.name not in wanted):
+                continue  # an offline node: sealed inbox files (coordinator.dispute_offline)
             result = sync_node(book, audit, entry, tls, us=config.coordinator.name, timeout=timeout)
             if result.delivered or result.withdrawn or result.answered or result.error:
                 results.append(result)

@@ -36,6 +36,7 @@ from typing import TextIO
 
 from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.dispute_offline import write_inbox
 from coordinator.node_link import call, coordinator_log, coordinator_tls, node_entry, stub
 from coordinator.records import read_roster_source
 from coordinator.share_config import SHARE_LISTS, ShareEntry
@@ -215,6 +216,7 @@ def share_command(
     round_id: str,
     department: str | None = None,
     lists: Sequence[str] = (),
+    offline_dir: Path | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
@@ -244,13 +246,33 @@ def share_command(
                 framed = parts(
                     data, share_id=share_id, round_id=rid, as_of=as_of, purpose=share.purpose
                 )
-                try:
-                    with stub(entry, tls) as node:
-                        receipt = call(entry, partial(node.ShareList, framed, timeout=60))
-                except PeerError as exc:
-                    failed += 1
-                    print(f"warning: {share.department} {data.name}: {exc.reason}", file=err)
-                    continue
+                extra: dict[str, object] = {"source": data.source} if data.source else {}
+                if entry.offline:  # one sealed inbox per list (coordinator.dispute_offline)
+                    if offline_dir is None:
+                        raise InputError(
+                            f"{entry.name} is an offline node: give --offline-dir DIR for its "
+                            "sealed work lists"
+                        )
+                    whole = pb.WorkList()
+                    for part in framed:  # the parts of the list, as one message
+                        if whole.share_id:
+                            whole.rows.extend(part.rows)
+                        else:
+                            whole.CopyFrom(part)
+                    bundle = pb.InboxBundle(work_lists=[whole])
+                    name = f"{entry.name}.{data.name}-{share_id[:8]}.inbox"
+                    path = write_inbox(cfg, audit, entry, bundle, out_dir=offline_dir, name=name)
+                    print(f"{entry.name}: written {path}; carry it to {entry.name}", file=out)
+                    receipt = pb.ShareReceipt(share_id=share_id, rows=len(data.rows))
+                    extra["transport"] = "offline"
+                else:
+                    try:
+                        with stub(entry, tls) as node:
+                            receipt = call(entry, partial(node.ShareList, framed, timeout=60))
+                    except PeerError as exc:
+                        failed += 1
+                        print(f"warning: {share.department} {data.name}: {exc.reason}", file=err)
+                        continue
                 audit.append(
                     "list_shared",
                     share_id=share_id,
@@ -261,7 +283,7 @@ def share_command(
                     purpose=share.purpose,
                     rows=int(receipt.rows),
                     columns=list(data.columns),
-                    **({"source": data.source} if data.source else {}),
+                    **extra,
                 )
                 what = f"{data.name} ({data.source})" if data.source else data.name
                 print(f"{share.department}: {what}: {receipt.rows} row(s) shared", file=out)

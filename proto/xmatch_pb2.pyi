@@ -623,3 +623,71 @@ class EcdhResponse(google.protobuf.message.Message):
     def WhichOneof(self, oneof_group: typing.Literal["msg", b"msg"]) -> typing.Literal["accept", "reblinded", "set_points", "done"] | None: ...
 
 global___EcdhResponse = EcdhResponse
+
+@typing.final
+class InboxBundle(google.protobuf.message.Message):
+    """An offline department's inbox (a sealed file of kind "inbox"; docs/formats.md):
+    what FileDispute, WithdrawDispute, DisputeAnswers and ShareList carry online.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTES_FIELD_NUMBER: builtins.int
+    WITHDRAWALS_FIELD_NUMBER: builtins.int
+    ANSWERS_REQUEST_FIELD_NUMBER: builtins.int
+    WORK_LISTS_FIELD_NUMBER: builtins.int
+    @property
+    def disputes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Dispute]: ...
+    @property
+    def withdrawals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DisputeWithdrawal]: ...
+    @property
+    def answers_request(self) -> global___DisputeAnswersRequest: ...
+    @property
+    def work_lists(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WorkList]:
+        """Each list whole, as one WorkList message with every row."""
+
+    def __init__(
+        self,
+        *,
+        disputes: collections.abc.Iterable[global___Dispute] | None = ...,
+        withdrawals: collections.abc.Iterable[global___DisputeWithdrawal] | None = ...,
+        answers_request: global___DisputeAnswersRequest | None = ...,
+        work_lists: collections.abc.Iterable[global___WorkList] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["answers_request", b"answers_request"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["answers_request", b"answers_request", "disputes", b"disputes", "withdrawals", b"withdrawals", "work_lists", b"work_lists"]) -> None: ...
+
+global___InboxBundle = InboxBundle
+
+@typing.final
+class InboxReply(google.protobuf.message.Message):
+    """The department's reply (a sealed file of kind "inbox-reply")."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RECEIPTS_FIELD_NUMBER: builtins.int
+    ANSWERS_FIELD_NUMBER: builtins.int
+    SHARES_FIELD_NUMBER: builtins.int
+    REFUSALS_FIELD_NUMBER: builtins.int
+    @property
+    def receipts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DisputeReceipt]: ...
+    @property
+    def answers(self) -> global___DisputeAnswerList: ...
+    @property
+    def shares(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ShareReceipt]: ...
+    @property
+    def refusals(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """One line per item the node refused, naming its id and the reason."""
+
+    def __init__(
+        self,
+        *,
+        receipts: collections.abc.Iterable[global___DisputeReceipt] | None = ...,
+        answers: global___DisputeAnswerList | None = ...,
+        shares: collections.abc.Iterable[global___ShareReceipt] | None = ...,
+        refusals: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["answers", b"answers"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["answers", b"answers", "receipts", b"receipts", "refusals", b"refusals", "shares", b"shares"]) -> None: ...
+
+global___InboxReply = InboxReply

@@ -53,7 +53,19 @@ def _cmd_dispute_file(args: argparse.Namespace) -> int:
 def _cmd_dispute_sync(args: argparse.Namespace) -> int:
     from coordinator.dispute_commands import sync_command
 
-    return sync_command(config=args.config)
+    return sync_command(config=args.config, offline_dir=args.offline_dir)
+
+
+def _cmd_dispute_import(args: argparse.Namespace) -> int:
+    from coordinator.dispute_commands import import_command
+
+    return import_command(config=args.config, reply=args.reply)
+
+
+def _cmd_node_inbox(args: argparse.Namespace) -> int:
+    from nodes.inbox_file import inbox_command
+
+    return inbox_command(config=args.config, file=args.file, out=args.out)
 
 
 def _cmd_dispute_list(args: argparse.Namespace) -> int:
@@ -92,7 +104,11 @@ def _cmd_round_share(args: argparse.Namespace) -> int:
     from coordinator.shares import share_command
 
     return share_command(
-        config=args.config, round_id=args.round, department=args.department, lists=args.list
+        config=args.config,
+        round_id=args.round,
+        department=args.department,
+        lists=args.list,
+        offline_dir=args.offline_dir,
     )
 
 
@@ -135,7 +151,24 @@ def _dispute_parsers(sub: Any) -> None:
         description="Exit 0, or 3 when a node could not be reached (its disputes wait).",
     )
     sync.add_argument("--config", type=Path, required=True)
+    sync.add_argument(
+        "--offline-dir",
+        type=Path,
+        metavar="DIR",
+        help="write a sealed inbox file here for each offline node with disputes",
+    )
     sync.set_defaults(func=_cmd_dispute_sync)
+    import_ = dispute.add_parser(
+        "import",
+        epilog=_examples(
+            "xmatch dispute import --config coordinator.toml --reply /media/usb/banner-court.reply"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="read an offline department's sealed reply: receipts and answers",
+    )
+    import_.add_argument("--config", type=Path, required=True)
+    import_.add_argument("--reply", type=Path, required=True, metavar="FILE")
+    import_.set_defaults(func=_cmd_dispute_import)
     list_ = dispute.add_parser(
         "list",
         epilog=_examples(
@@ -203,6 +236,24 @@ def _node_parsers(node: Any) -> None:
     )
     lists.add_argument("--config", type=Path, required=True)
     lists.set_defaults(func=_cmd_node_lists)
+    inbox = node.add_parser(
+        "inbox",
+        epilog=_examples(
+            "xmatch node inbox --config node.toml --file /media/usb/banner-court.inbox "
+            "--out /media/usb/banner-court.reply"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="offline: apply a sealed inbox (disputes, work lists) and write the sealed reply",
+        description=(
+            "For a department without a network link: opens the sealed inbox file civil "
+            "affairs wrote, stores its disputes and work lists as the online node does, and "
+            "writes a sealed reply with the receipts and your answers (xmatch node resolve)."
+        ),
+    )
+    inbox.add_argument("--config", type=Path, required=True)
+    inbox.add_argument("--file", type=Path, required=True, metavar="FILE")
+    inbox.add_argument("--out", type=Path, required=True, metavar="FILE")
+    inbox.set_defaults(func=_cmd_node_inbox)
 
 
 def _round_parsers(round_: Any) -> None:
@@ -231,6 +282,12 @@ def _round_parsers(round_: Any) -> None:
         default=[],
         choices=["enrolled", "gaps", "exits"],
         help="only this list (repeatable)",
+    )
+    share.add_argument(
+        "--offline-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the sealed work lists of offline departments are written",
     )
     share.set_defaults(func=_cmd_round_share)
 
