@@ -482,3 +482,15 @@ def disputes_json(disputes: Iterable[OpenDispute], as_of: _dt.date) -> dict[str,
         for d in disputes
     ]
     return {"open_disputes": items} if items else {}
+
+
+def hold_without_contact(
+    decisions: RoundDecisions, config: CoordinatorConfig
+) -> tuple[RoundDecisions, tuple[OpenDispute, ...]]:
+    """:func:`hold_for_round` for a round completed from sealed responses (``round
+    import``/``close``): the open disputes as the book has them, no network contact."""
+    disputes = tuple(open_disputes(config))
+    if not disputes:
+        return decisions, ()
+    held = hold_for_disputes(decisions.decisions, disputes)
+    return dataclasses.replace(decisions, decisions=held), disputes
