@@ -1,4 +1,4 @@
-"""``xmatch dispute file | sync | list | withdraw``: the caseworker's side of 疑义校核.
+"""``xmatch dispute file | sync | import | list | withdraw``: the caseworker's side of 疑义校核.
 
 See :mod:`coordinator.disputes` for the book and the rules of filing, and
 docs/coordinator.md ("Disputes") for the caseworker's steps. Nothing printed

@@ -18,8 +18,9 @@ list travels over the node's ``ShareList`` RPC in parts of at most
 a ``[[shares]]`` entry, or a list not configured for it, is refused before
 anything is sent.
 
-The :class:`proto.xmatch_pb2.WorkList` parts are the payload a sealed file for
-an offline department would carry (docs/coordinator.md: that transport is pending).
+An offline department (``transport = "offline"``) gets each list whole, as one
+:class:`proto.xmatch_pb2.WorkList` in a sealed inbox file (``--offline-dir``;
+:mod:`coordinator.dispute_offline`), and ``list_shared`` is logged when it is written.
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ def share_command(
 ) -> int:
     """``xmatch round share --round R [--department NODE] [--list NAME]…``.
 
-    Returns 0 when every list was delivered, 3 (PARTIAL) when a department
-    could not be reached (each is a ``warning:`` line).
+    Returns 0 when every list was delivered (or, for an offline department,
+    written into ``offline_dir``), 3 (PARTIAL) when a department could not be
+    reached (each is a ``warning:`` line).
 
     Raises:
         Refused: the department has no ``[[shares]]`` entry, or a list is not
