@@ -94,6 +94,22 @@ name), ``role``, ``responder``, ``match_sets`` (how many sets it was shown)."""
 ROSTER_COMMITTED: Final = "roster_committed"
 """The coordinator's roster for a round. Fields: ``round_id``, ``roster_size``
 (distinct identities queried), ``roster_sha256`` (:func:`roster_commitment`)."""
+DISPUTE_FILED: Final = "dispute_filed"
+"""A 疑义校核 dispute was filed (coordinator) or received (node). Fields: ``dispute_id``
+(32 hex), ``round_id``, ``requester``, ``responder``, ``match_set``, ``reason`` (the
+caseworker's words). Never the disputed person's identity."""
+DISPUTE_ANSWERED: Final = "dispute_answered"
+"""The department answered a dispute (node), or its answer arrived (coordinator). Fields:
+``dispute_id``, ``requester``, ``responder``, ``verdict`` (``confirmed``/``corrected``),
+``note``."""
+DISPUTE_WITHDRAWN: Final = "dispute_withdrawn"
+"""The coordinator withdrew a dispute. Fields: ``dispute_id``, ``requester``, ``responder``,
+``reason``."""
+LIST_SHARED: Final = "list_shared"
+"""A work list went to a service department (coordinator) or arrived (node). Fields:
+``share_id`` (32 hex), ``round_id``, ``requester``, ``responder``, ``list``
+(``enrolled``/``gaps``/``exits``), ``purpose``, ``rows`` (a count), ``columns`` (names).
+Never a cell of the list."""
 OFFLINE_FILE: Final = "offline_file"
 """A sealed offline file (docs/offline.md) was written, opened or refused. Fields:
 ``kind`` (``"request"``/``"response"``), ``action`` (``"written"``, ``"opened"``,
@@ -113,6 +129,10 @@ EVENTS: Final = frozenset(
         SHUTDOWN,
         CAPABILITIES_LISTED,
         ROSTER_COMMITTED,
+        DISPUTE_FILED,
+        DISPUTE_ANSWERED,
+        DISPUTE_WITHDRAWN,
+        LIST_SHARED,
         OFFLINE_FILE,
     }
 )
@@ -139,12 +159,22 @@ REQUIRED: Final[Mapping[str, frozenset[str]]] = {
     KEY_USED: frozenset({"key"}),
     CAPABILITIES_LISTED: frozenset({"requester", "role", "responder"}),
     ROSTER_COMMITTED: frozenset({"round_id", "roster_size", "roster_sha256"}),
+    DISPUTE_FILED: frozenset(
+        {"dispute_id", "round_id", "requester", "responder", "match_set", "reason"}
+    ),
+    DISPUTE_ANSWERED: frozenset({"dispute_id", "requester", "responder", "verdict"}),
+    DISPUTE_WITHDRAWN: frozenset({"dispute_id", "requester", "responder"}),
+    LIST_SHARED: frozenset(
+        {"share_id", "round_id", "requester", "responder", "list", "purpose", "rows"}
+    ),
     OFFLINE_FILE: frozenset({"kind", "action", "peer", "file_sha256"}),
 }
 """Fields that :meth:`audit.log.AuditLog.append` requires per event."""
 
 HEX_FIELDS: Final[Mapping[str, int]] = {
     "round_id": 32,
+    "dispute_id": 32,
+    "share_id": 32,
     "transcript": 64,
     "config_sha256": 64,
     "node_log_head": 64,

@@ -55,6 +55,7 @@ from pydantic import (
     model_validator,
 )
 
+from coordinator.share_config import ShareEntry
 from databases import DatabaseSource, source_from_toml
 from psi.contract import FileEncoding, ProtocolName
 from psi.errors import ConfigError
@@ -115,13 +116,17 @@ class CoordinatorSection(Strict):
     audit_profile: Literal["international", "gm"] = "international"
     #: X25519 for ecdh, as the node's key of the same name (XMATCH_X25519_BACKEND wins).
     x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
+    #: the 疑义校核 disputes (identity numbers: mode 0600); default disputes.sqlite beside state
+    disputes: Path | None = None
 
     @field_validator("roster", mode="before")
     @classmethod
     def _roster_table(cls, value: object, info: ValidationInfo) -> object:
         return source_from_toml(value, info.context)
 
-    @field_validator("ca", "cert", "key", "audit_log", "state", "roster", "audit_key", "audit_cert")
+    @field_validator(
+        "ca", "cert", "key", "audit_log", "state", "roster", "audit_key", "audit_cert", "disputes"
+    )
     @classmethod
     def _relative_to_config(
         cls, value: Path | DatabaseSource | None, info: ValidationInfo
@@ -227,6 +232,8 @@ class CoordinatorConfig(Strict):
 
     coordinator: CoordinatorSection
     nodes: list[NodeEntry] = Field(min_length=1)
+    #: work lists for the service departments (coordinator.share_config)
+    shares: list[ShareEntry] = Field(default_factory=list)
     path: Path | None = None
 
     @model_validator(mode="after")
@@ -235,6 +242,11 @@ class CoordinatorConfig(Strict):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"nodes[{i}].name: node {name!r} is configured twice")
+        for i, share in enumerate(self.shares):
+            if share.department not in names:
+                raise ValueError(f"shares[{i}].department: {share.department!r} is not a node")
+            if share.department in [s.department for s in self.shares[:i]]:
+                raise ValueError(f"shares[{i}].department: {share.department!r} is listed twice")
         return self
 
 

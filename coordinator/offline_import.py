@@ -5,6 +5,7 @@ See :mod:`coordinator.offline` (the round's offline side) and docs/offline.md.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import os
@@ -19,6 +20,7 @@ from audit.format import SHUTDOWN
 from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, load_coordinator_config
+from coordinator.disputes import hold_without_contact
 from coordinator.offline import OFFLINE_DIR, Keys, keys_of, load_pending, save_pending
 from coordinator.offline_runner import (
     PendingSubRound,
@@ -122,6 +124,8 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
         )
     lang: Lang = "en" if doc.get("lang") == "en" else "zh"
     decided = decide_round(roster, results, as_of=as_of, lang=lang)
+    held = hold_without_contact(decided.decisions, cfg)  # support continues (疑义校核)
+    decided = dataclasses.replace(decided, decisions=held[0], disputes=held[1])
     counts = decided.decisions.counts()
     session.state.record_decisions(opened.rid, {d.value: n for d, n in counts.items()})
     out = Path(doc["out"])

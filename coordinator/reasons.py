@@ -226,6 +226,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "evidence unavailable: these sources failed this round ({sources}); "
         "support continues meanwhile",
     ),
+    "dispute_open": (
+        "疑义校核中:{source}的记录已反馈数据提供部门核查(疑义编号 {dispute}),校核期间照常保障",
+        "疑义校核中 (under check): a record of {source} is disputed with its provider "
+        "(dispute {dispute}); support continues meanwhile",
+    ),
     "evidence_unavailable_candidate": (
         "证据不全:以下数据源本轮未能查询({sources})",
         "evidence unavailable: these sources failed this round ({sources})",

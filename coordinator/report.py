@@ -27,6 +27,7 @@ from html import escape
 from typing import Literal, NamedTuple
 
 from coordinator.decisions import RoundDecisions
+from coordinator.dispute_rule import OpenDispute
 from coordinator.eligibility import ChildDecision
 from coordinator.names import SourceNames
 from coordinator.reasons import category_name, decision_name, month_text, status_name
@@ -80,6 +81,8 @@ class Provenance:
     names: SourceNames = field(default_factory=SourceNames)
     #: decision counts of past rounds (and this one), oldest first, from the state database
     history: Sequence[RoundDecisionCounts] = ()
+    #: the open 疑义校核 disputes of the round (coordinator.disputes), oldest first
+    open_disputes: Sequence[OpenDispute] = ()
 
 
 def region_name(code: str | None) -> str:
@@ -528,6 +531,25 @@ def _county_table(decisions: RoundDecisions, tally: _Tally) -> str:
     return "".join(out)
 
 
+def _disputes(provenance: Provenance) -> str:
+    """The open disputes with their age (days since filing, on the generation date)."""
+    items = provenance.open_disputes
+    if not items:
+        return ""
+    today = provenance.generated_at.date()
+    rows = "".join(
+        f"<tr><td><code>{escape(d.dispute_id)}</code></td>"
+        f"<td>{escape(provenance.names.label(d.source))}</td><td>{d.filed_on.isoformat()}</td>"
+        f"<td class='n'>{d.age_days(today)}</td><td>{escape(d.reason)}</td></tr>"
+        for d in items
+    )
+    return (
+        f"<h2>{_t('疑义校核中', 'Open disputes')} ({len(items):,})</h2><table><thead><tr>"
+        "<th>疑义编号</th><th>数据来源</th><th>提出日期</th><th class='n'>已等待(天)</th>"
+        f"<th>疑义原因</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _provenance(provenance: Provenance) -> str:
     """Which sets were queried, how each ended, and the round's facts."""
     names = provenance.names
@@ -572,9 +594,9 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
     department (chart); decisions over past rounds (chart, from the state
     database); then for each county the children to enrol, to exit (with the
     month support stops), to reclassify and to review (conflicts first);
-    overdue checks (counts), coverage gaps and service needs (lists), the
-    counts by county (table) and the provenance. A filter at the top shows one
-    county or some decisions only.
+    the open disputes with their age; overdue checks (counts), coverage gaps
+    and service needs (lists), the counts by county (table) and the provenance.
+    A filter at the top shows one county or some decisions only.
     """
     tally = _tally(decisions)
     return "".join(
@@ -582,6 +604,7 @@ def render_report(decisions: RoundDecisions, *, provenance: Provenance) -> str:
             _head(decisions, provenance, tally),
             _summaries(provenance, tally),
             _work_lists(tally, decisions.reason_texts),
+            _disputes(provenance),
             _service_lists(decisions, provenance, tally),
             _county_table(decisions, tally),
             _provenance(provenance),

@@ -38,6 +38,7 @@ Nothing printed or logged holds an identity number or a payload value.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import multiprocessing.forkserver
@@ -61,7 +62,9 @@ from coordinator import exit_codes
 from coordinator.client import NodeClient
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.decisions import RoundDecisions, decide_all
+from coordinator.disputes import OpenDispute, disputes_json, hold_for_round
 from coordinator.names import SourceNames
+from coordinator.node_link import coordinator_signer
 from coordinator.output import (
     check_output_folder,
     people_outputs,
@@ -302,17 +305,7 @@ def prepare(
     section = config.coordinator
     check_output_folder(out)
     tls = load_tls_credentials(ca=section.ca, cert=section.cert, key=section.key, name=section.name)
-    signer = AuditSigner.load(
-        key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
-    )
-    log_signer: AuditSigner | GmAuditSigner = signer
-    if section.audit_profile == "gm":  # GM log profile: SM2 checkpoints, bound by the audit key
-        from audit.gm import gm_signer
-
-        try:
-            log_signer = gm_signer(signer, section.audit_sm2_key_path)
-        except OSError as exc:
-            raise InputError(f'audit_profile = "gm": {exc}') from None
+    log_signer = coordinator_signer(config)  # SM2 under the GM log profile
     roster = read_roster_source(
         section.roster,
         encoding=section.roster_encoding,
@@ -425,6 +418,7 @@ class Decided:
     evidence: list[EvidenceRow]
     failed: list[str]
     names: SourceNames
+    disputes: tuple[OpenDispute, ...] = ()  # open 疑义校核 disputes (coordinator.disputes)
 
 
 def decide_round(
@@ -489,6 +483,7 @@ def write_round(
         timings=(("round", seconds),),
         names=decided.names,
         history=tuple(state.decision_history(current=rid)),
+        open_disputes=decided.disputes,
     )
     display.phase("report")
     report = render_report(decisions, provenance=provenance)
@@ -496,7 +491,7 @@ def write_round(
         out,
         round_id=rid,
         evidence=decided.evidence,
-        document=decisions.to_json(round_id=rid),
+        document=decisions.to_json(round_id=rid) | disputes_json(decided.disputes, as_of),
         report=report,
         extra=lambda staging: people_outputs(staging, decisions, provenance, display),
     )
@@ -574,6 +569,8 @@ def _run_round(
         )
         display.phase("rules")
         decided = decide_round(prepared.roster, results, as_of=as_of, lang=lang)
+        held = hold_for_round(decided.decisions, config, audit, prepared.tls, results, err)
+        decided = dataclasses.replace(decided, decisions=held[0], disputes=held[1])
         counts = decided.decisions.counts()
         state.record_decisions(rid, {d.value: n for d, n in counts.items()})
         seconds = time.monotonic() - started

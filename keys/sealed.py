@@ -10,7 +10,8 @@ big-endian::
     signature  u16 length, then ECDSA P-256 / SHA-256 (DER) by the sender's TLS key
 
 and nothing after it. The header is in clear: ``format``, ``kind``
-(``request``/``response``), ``file_id`` (128 random bits), ``round_id``,
+(``request``/``response``, or ``inbox``/``inbox-reply``), ``file_id`` (128 random
+bits), ``round_id``,
 ``sender``, ``recipient``, ``created``, ``expires`` (ISO 8601 UTC),
 ``recipient_key`` (hex SHA-256 of the recipient's X25519 sealing key), and the
 sender's TLS and sealing certificates (PEM). It names members and a round, never
@@ -67,7 +68,9 @@ __all__ = [
     "seal",
 ]
 
-Kind = Literal["request", "response"]
+#: request/response: an offline round (docs/offline.md); inbox/inbox-reply: disputes and
+#: work lists for an offline department, and its answers (docs/coordinator.md, "Disputes")
+Kind = Literal["request", "response", "inbox", "inbox-reply"]
 FORMAT = "xmatch-sealed-v1"
 MAGIC = b"XMSEAL1\n"
 INFO_LABEL = b"xmatch sealed file v1 hpke info\x00"

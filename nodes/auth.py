@@ -220,6 +220,12 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:  # ShareList: the whole call runs on one thread
+            return grpc.stream_unary_rpc_method_handler(
+                _with_peer_unary(handler.stream_unary, authenticate),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 _with_peer_stream(handler.stream_stream, authenticate),

@@ -414,6 +414,7 @@ class NodeSection(Strict):
     stream_rows: int = Field(default=5_000_000, ge=0, le=10**12)
     bucket_rows: int = Field(default=1_000_000, ge=1, le=10**12)
     spill_dir: Path | None = None
+    inbox: Path | None = None  #: disputes and work lists (nodes.disputes); default: inbox/NAME
     #: the name people know the department by (司法局); shown in reasons and reports
     display_name: str | None = None
 
@@ -442,7 +443,9 @@ class NodeSection(Strict):
         parse_listen(value)
         return value
 
-    @field_validator("ca", "cert", "key", "audit_log", "audit_key", "audit_cert", "spill_dir")
+    @field_validator(
+        "ca", "cert", "key", "audit_log", "audit_key", "audit_cert", "spill_dir", "inbox"
+    )
     @classmethod
     def _paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else resolve_path(value, info)

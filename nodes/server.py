@@ -323,6 +323,9 @@ def serve_from_config(path: Path | str) -> int:
             role="node",
             match_sets=[ms.name for ms in config.match_sets],
         )
+        from nodes.disputes import log_answers_at_start
+
+        log_answers_at_start(config, audit)  # answers given while the node was stopped
         # EC work runs in worker processes, started by "spawn" (never fork a
         # process that runs gRPC threads).
         with sigint_blocked():

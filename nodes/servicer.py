@@ -36,6 +36,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from audit.format import UNKNOWN_ROUND_ID
+from nodes import disputes, shares
 from nodes.auth import current_peer
 from nodes.authorization import NOT_ALLOWED, NotAdmitted, admit, capabilities
 from nodes.drivers import EcdhDriver, KeyedHashDriver, RoundDriver
@@ -104,6 +105,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 class _NodeStopped(XmatchError):
     """The node stopped (SIGTERM/SIGINT) while the round was open."""
+
+
+_T = TypeVar("_T")
+
+
+def _unary(context: grpc.ServicerContext, call: Callable[[], _T]) -> _T:
+    """Run one handler of a unary RPC; an error aborts with its status (:func:`status_for`)."""
+    try:
+        return call()
+    except Exception as exc:
+        code, public, _ = status_for(exc)
+        context.abort(code, public)
+        raise  # abort raises; for the type checker
 
 
 _Req = TypeVar("_Req", xmatch_pb2.KeyedHashRequest, xmatch_pb2.EcdhRequest)
@@ -249,6 +263,36 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         peer = current_peer()
         driver = EcdhDriver(self._state, peer.name, role=peer.role)
         return self._round(driver, request_iterator, context, _ecdh_response)
+
+    # -- 疑义校核 disputes and work lists: thin calls into nodes.disputes / nodes.shares
+
+    def FileDispute(
+        self, request: xmatch_pb2.Dispute, context: grpc.ServicerContext
+    ) -> xmatch_pb2.DisputeReceipt:
+        config, peer = self._state.config, current_peer()
+        return _unary(context, lambda: disputes.file_dispute(config, self._audit, peer, request))
+
+    def WithdrawDispute(
+        self, request: xmatch_pb2.DisputeWithdrawal, context: grpc.ServicerContext
+    ) -> xmatch_pb2.DisputeReceipt:
+        config, peer = self._state.config, current_peer()
+        return _unary(
+            context, lambda: disputes.withdraw_dispute(config, self._audit, peer, request)
+        )
+
+    def DisputeAnswers(
+        self, request: xmatch_pb2.DisputeAnswersRequest, context: grpc.ServicerContext
+    ) -> xmatch_pb2.DisputeAnswerList:
+        config, peer = self._state.config, current_peer()
+        return _unary(context, lambda: disputes.dispute_answers(config, self._audit, peer, request))
+
+    def ShareList(
+        self, request_iterator: Iterator[xmatch_pb2.WorkList], context: grpc.ServicerContext
+    ) -> xmatch_pb2.ShareReceipt:
+        config, peer = self._state.config, current_peer()
+        return _unary(
+            context, lambda: shares.receive_work_list(config, self._audit, peer, request_iterator)
+        )
 
     # -- one round, either protocol
 

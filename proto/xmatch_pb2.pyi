@@ -25,6 +25,236 @@ import typing
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
 @typing.final
+class Dispute(google.protobuf.message.Message):
+    """One dispute, coordinator to node. Also the payload of a sealed dispute file."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: builtins.int
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    MATCH_SET_FIELD_NUMBER: builtins.int
+    PERSON_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    FILED_AT_FIELD_NUMBER: builtins.int
+    AS_OF_FIELD_NUMBER: builtins.int
+    PURPOSE_FIELD_NUMBER: builtins.int
+    dispute_id: builtins.str
+    """32 lower-case hex digits, drawn by the coordinator."""
+    round_id: builtins.str
+    """The round (32 hex digits) whose evidence holds the record."""
+    match_set: builtins.str
+    person_id: builtins.str
+    """The disputed person's identity number (GB 11643, canonical form)."""
+    reason: builtins.str
+    """The caseworker's reason, one line; never an identity number."""
+    filed_at: builtins.str
+    """RFC 3339 UTC time of filing."""
+    as_of: builtins.str
+    """The round's evaluation date, YYYY-MM-DD."""
+    purpose: builtins.str
+    def __init__(
+        self,
+        *,
+        dispute_id: builtins.str = ...,
+        round_id: builtins.str = ...,
+        match_set: builtins.str = ...,
+        person_id: builtins.str = ...,
+        reason: builtins.str = ...,
+        filed_at: builtins.str = ...,
+        as_of: builtins.str = ...,
+        purpose: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["as_of", b"as_of", "dispute_id", b"dispute_id", "filed_at", b"filed_at", "match_set", b"match_set", "person_id", b"person_id", "purpose", b"purpose", "reason", b"reason", "round_id", b"round_id"]) -> None: ...
+
+global___Dispute = Dispute
+
+@typing.final
+class DisputeWithdrawal(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    dispute_id: builtins.str
+    reason: builtins.str
+    def __init__(
+        self,
+        *,
+        dispute_id: builtins.str = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dispute_id", b"dispute_id", "reason", b"reason"]) -> None: ...
+
+global___DisputeWithdrawal = DisputeWithdrawal
+
+@typing.final
+class DisputeReceipt(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: builtins.int
+    STATUS_FIELD_NUMBER: builtins.int
+    dispute_id: builtins.str
+    status: builtins.str
+    """open, confirmed, corrected or withdrawn: the dispute's status on the node."""
+    def __init__(
+        self,
+        *,
+        dispute_id: builtins.str = ...,
+        status: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dispute_id", b"dispute_id", "status", b"status"]) -> None: ...
+
+global___DisputeReceipt = DisputeReceipt
+
+@typing.final
+class DisputeAnswersRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTE_IDS_FIELD_NUMBER: builtins.int
+    @property
+    def dispute_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dispute_ids: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dispute_ids", b"dispute_ids"]) -> None: ...
+
+global___DisputeAnswersRequest = DisputeAnswersRequest
+
+@typing.final
+class DisputeAnswer(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: builtins.int
+    VERDICT_FIELD_NUMBER: builtins.int
+    NOTE_FIELD_NUMBER: builtins.int
+    ANSWERED_AT_FIELD_NUMBER: builtins.int
+    dispute_id: builtins.str
+    verdict: builtins.str
+    """confirmed (the record stands) or corrected (the source was fixed)."""
+    note: builtins.str
+    """The operator's note, one line; never an identity number."""
+    answered_at: builtins.str
+    """RFC 3339 UTC time of the answer."""
+    def __init__(
+        self,
+        *,
+        dispute_id: builtins.str = ...,
+        verdict: builtins.str = ...,
+        note: builtins.str = ...,
+        answered_at: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["answered_at", b"answered_at", "dispute_id", b"dispute_id", "note", b"note", "verdict", b"verdict"]) -> None: ...
+
+global___DisputeAnswer = DisputeAnswer
+
+@typing.final
+class DisputeAnswerList(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: builtins.int
+    @property
+    def answers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DisputeAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: collections.abc.Iterable[global___DisputeAnswer] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["answers", b"answers"]) -> None: ...
+
+global___DisputeAnswerList = DisputeAnswerList
+
+@typing.final
+class WorkListRow(google.protobuf.message.Message):
+    """Cells of one row of a work list, in the order of WorkList.columns."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: builtins.int
+    @property
+    def values(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["values", b"values"]) -> None: ...
+
+global___WorkListRow = WorkListRow
+
+@typing.final
+class WorkList(google.protobuf.message.Message):
+    """One part of a work list, coordinator to node. Every part of a list repeats the
+    header fields (1-8); rows of all parts, in order, make the list. Also the
+    payload of a sealed work-list file.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SHARE_ID_FIELD_NUMBER: builtins.int
+    ROUND_ID_FIELD_NUMBER: builtins.int
+    LIST_FIELD_NUMBER: builtins.int
+    PURPOSE_FIELD_NUMBER: builtins.int
+    COLUMNS_FIELD_NUMBER: builtins.int
+    AS_OF_FIELD_NUMBER: builtins.int
+    SOURCE_FIELD_NUMBER: builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: builtins.int
+    ROWS_FIELD_NUMBER: builtins.int
+    share_id: builtins.str
+    """32 lower-case hex digits, drawn by the coordinator."""
+    round_id: builtins.str
+    list: builtins.str
+    """enrolled (newly enrolled children), gaps (covered children the department's
+    own set did not match) or exits (children whose support stops).
+    """
+    purpose: builtins.str
+    as_of: builtins.str
+    source: builtins.str
+    """gaps: the node/set whose gaps these are; empty otherwise."""
+    total_rows: builtins.int
+    """Rows in the whole list (every part says the same)."""
+    @property
+    def columns(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The columns configured for this department (coordinator.toml [[shares]])."""
+
+    @property
+    def rows(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WorkListRow]: ...
+    def __init__(
+        self,
+        *,
+        share_id: builtins.str = ...,
+        round_id: builtins.str = ...,
+        list: builtins.str = ...,
+        purpose: builtins.str = ...,
+        columns: collections.abc.Iterable[builtins.str] | None = ...,
+        as_of: builtins.str = ...,
+        source: builtins.str = ...,
+        total_rows: builtins.int = ...,
+        rows: collections.abc.Iterable[global___WorkListRow] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["as_of", b"as_of", "columns", b"columns", "list", b"list", "purpose", b"purpose", "round_id", b"round_id", "rows", b"rows", "share_id", b"share_id", "source", b"source", "total_rows", b"total_rows"]) -> None: ...
+
+global___WorkList = WorkList
+
+@typing.final
+class ShareReceipt(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SHARE_ID_FIELD_NUMBER: builtins.int
+    ROWS_FIELD_NUMBER: builtins.int
+    share_id: builtins.str
+    rows: builtins.int
+    def __init__(
+        self,
+        *,
+        share_id: builtins.str = ...,
+        rows: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["rows", b"rows", "share_id", b"share_id"]) -> None: ...
+
+global___ShareReceipt = ShareReceipt
+
+@typing.final
 class CapabilitiesRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -393,3 +623,71 @@ class EcdhResponse(google.protobuf.message.Message):
     def WhichOneof(self, oneof_group: typing.Literal["msg", b"msg"]) -> typing.Literal["accept", "reblinded", "set_points", "done"] | None: ...
 
 global___EcdhResponse = EcdhResponse
+
+@typing.final
+class InboxBundle(google.protobuf.message.Message):
+    """An offline department's inbox (a sealed file of kind "inbox"; docs/formats.md):
+    what FileDispute, WithdrawDispute, DisputeAnswers and ShareList carry online.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    DISPUTES_FIELD_NUMBER: builtins.int
+    WITHDRAWALS_FIELD_NUMBER: builtins.int
+    ANSWERS_REQUEST_FIELD_NUMBER: builtins.int
+    WORK_LISTS_FIELD_NUMBER: builtins.int
+    @property
+    def disputes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Dispute]: ...
+    @property
+    def withdrawals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DisputeWithdrawal]: ...
+    @property
+    def answers_request(self) -> global___DisputeAnswersRequest: ...
+    @property
+    def work_lists(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WorkList]:
+        """Each list whole, as one WorkList message with every row."""
+
+    def __init__(
+        self,
+        *,
+        disputes: collections.abc.Iterable[global___Dispute] | None = ...,
+        withdrawals: collections.abc.Iterable[global___DisputeWithdrawal] | None = ...,
+        answers_request: global___DisputeAnswersRequest | None = ...,
+        work_lists: collections.abc.Iterable[global___WorkList] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["answers_request", b"answers_request"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["answers_request", b"answers_request", "disputes", b"disputes", "withdrawals", b"withdrawals", "work_lists", b"work_lists"]) -> None: ...
+
+global___InboxBundle = InboxBundle
+
+@typing.final
+class InboxReply(google.protobuf.message.Message):
+    """The department's reply (a sealed file of kind "inbox-reply")."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RECEIPTS_FIELD_NUMBER: builtins.int
+    ANSWERS_FIELD_NUMBER: builtins.int
+    SHARES_FIELD_NUMBER: builtins.int
+    REFUSALS_FIELD_NUMBER: builtins.int
+    @property
+    def receipts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___DisputeReceipt]: ...
+    @property
+    def answers(self) -> global___DisputeAnswerList: ...
+    @property
+    def shares(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ShareReceipt]: ...
+    @property
+    def refusals(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """One line per item the node refused, naming its id and the reason."""
+
+    def __init__(
+        self,
+        *,
+        receipts: collections.abc.Iterable[global___DisputeReceipt] | None = ...,
+        answers: global___DisputeAnswerList | None = ...,
+        shares: collections.abc.Iterable[global___ShareReceipt] | None = ...,
+        refusals: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["answers", b"answers"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["answers", b"answers", "receipts", b"receipts", "refusals", b"refusals", "shares", b"shares"]) -> None: ...
+
+global___InboxReply = InboxReply

@@ -49,6 +49,26 @@ class NodeStub(object):
                 request_serializer=proto_dot_xmatch__pb2.EcdhRequest.SerializeToString,
                 response_deserializer=proto_dot_xmatch__pb2.EcdhResponse.FromString,
                 _registered_method=True)
+        self.FileDispute = channel.unary_unary(
+                '/xmatch.v1.Node/FileDispute',
+                request_serializer=proto_dot_xmatch__pb2.Dispute.SerializeToString,
+                response_deserializer=proto_dot_xmatch__pb2.DisputeReceipt.FromString,
+                _registered_method=True)
+        self.WithdrawDispute = channel.unary_unary(
+                '/xmatch.v1.Node/WithdrawDispute',
+                request_serializer=proto_dot_xmatch__pb2.DisputeWithdrawal.SerializeToString,
+                response_deserializer=proto_dot_xmatch__pb2.DisputeReceipt.FromString,
+                _registered_method=True)
+        self.DisputeAnswers = channel.unary_unary(
+                '/xmatch.v1.Node/DisputeAnswers',
+                request_serializer=proto_dot_xmatch__pb2.DisputeAnswersRequest.SerializeToString,
+                response_deserializer=proto_dot_xmatch__pb2.DisputeAnswerList.FromString,
+                _registered_method=True)
+        self.ShareList = channel.stream_unary(
+                '/xmatch.v1.Node/ShareList',
+                request_serializer=proto_dot_xmatch__pb2.WorkList.SerializeToString,
+                response_deserializer=proto_dot_xmatch__pb2.ShareReceipt.FromString,
+                _registered_method=True)
 
 
 class NodeServicer(object):
@@ -78,6 +98,40 @@ class NodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileDispute(self, request, context):
+        """疑义校核 (notice 四(五)): the coordinator reports one person's record in one of
+        this node's match sets as doubtful. The one identity number of the dispute is
+        the only identity revealed; the node keeps it for its operator. Filing the same
+        dispute id again returns its current status (a retry is harmless).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawDispute(self, request, context):
+        """The coordinator withdraws one of its open disputes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisputeAnswers(self, request, context):
+        """The operator's answers to the caller's disputes named in the request (those
+        still open are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareList(self, request_iterator, context):
+        """A work list for the department's operator (notice 四(一)): the coordinator
+        streams one list as WorkList messages of at most max_chunk_bytes, each
+        repeating the header fields; the node stores the list once the stream ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +149,26 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Ecdh,
                     request_deserializer=proto_dot_xmatch__pb2.EcdhRequest.FromString,
                     response_serializer=proto_dot_xmatch__pb2.EcdhResponse.SerializeToString,
+            ),
+            'FileDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileDispute,
+                    request_deserializer=proto_dot_xmatch__pb2.Dispute.FromString,
+                    response_serializer=proto_dot_xmatch__pb2.DisputeReceipt.SerializeToString,
+            ),
+            'WithdrawDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawDispute,
+                    request_deserializer=proto_dot_xmatch__pb2.DisputeWithdrawal.FromString,
+                    response_serializer=proto_dot_xmatch__pb2.DisputeReceipt.SerializeToString,
+            ),
+            'DisputeAnswers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisputeAnswers,
+                    request_deserializer=proto_dot_xmatch__pb2.DisputeAnswersRequest.FromString,
+                    response_serializer=proto_dot_xmatch__pb2.DisputeAnswerList.SerializeToString,
+            ),
+            'ShareList': grpc.stream_unary_rpc_method_handler(
+                    servicer.ShareList,
+                    request_deserializer=proto_dot_xmatch__pb2.WorkList.FromString,
+                    response_serializer=proto_dot_xmatch__pb2.ShareReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +252,114 @@ class Node(object):
             '/xmatch.v1.Node/Ecdh',
             proto_dot_xmatch__pb2.EcdhRequest.SerializeToString,
             proto_dot_xmatch__pb2.EcdhResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xmatch.v1.Node/FileDispute',
+            proto_dot_xmatch__pb2.Dispute.SerializeToString,
+            proto_dot_xmatch__pb2.DisputeReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xmatch.v1.Node/WithdrawDispute',
+            proto_dot_xmatch__pb2.DisputeWithdrawal.SerializeToString,
+            proto_dot_xmatch__pb2.DisputeReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisputeAnswers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xmatch.v1.Node/DisputeAnswers',
+            proto_dot_xmatch__pb2.DisputeAnswersRequest.SerializeToString,
+            proto_dot_xmatch__pb2.DisputeAnswerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareList(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/xmatch.v1.Node/ShareList',
+            proto_dot_xmatch__pb2.WorkList.SerializeToString,
+            proto_dot_xmatch__pb2.ShareReceipt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,39 @@ class NodeStub:
     order, then b·H(y) of its (padded, shuffled) match set.
     """
 
+    FileDispute: grpc.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.Dispute,
+        proto.xmatch_pb2.DisputeReceipt,
+    ]
+    """疑义校核 (notice 四(五)): the coordinator reports one person's record in one of
+    this node's match sets as doubtful. The one identity number of the dispute is
+    the only identity revealed; the node keeps it for its operator. Filing the same
+    dispute id again returns its current status (a retry is harmless).
+    """
+
+    WithdrawDispute: grpc.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.DisputeWithdrawal,
+        proto.xmatch_pb2.DisputeReceipt,
+    ]
+    """The coordinator withdraws one of its open disputes."""
+
+    DisputeAnswers: grpc.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.DisputeAnswersRequest,
+        proto.xmatch_pb2.DisputeAnswerList,
+    ]
+    """The operator's answers to the caller's disputes named in the request (those
+    still open are left out).
+    """
+
+    ShareList: grpc.StreamUnaryMultiCallable[
+        proto.xmatch_pb2.WorkList,
+        proto.xmatch_pb2.ShareReceipt,
+    ]
+    """A work list for the department's operator (notice 四(一)): the coordinator
+    streams one list as WorkList messages of at most max_chunk_bytes, each
+    repeating the header fields; the node stores the list once the stream ends.
+    """
+
 class NodeAsyncStub:
     GetCapabilities: grpc.aio.UnaryUnaryMultiCallable[
         proto.xmatch_pb2.CapabilitiesRequest,
@@ -78,6 +111,39 @@ class NodeAsyncStub:
     ]
     """ecdh: requester streams a·H(x); the node streams b·a·H(x) in the same
     order, then b·H(y) of its (padded, shuffled) match set.
+    """
+
+    FileDispute: grpc.aio.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.Dispute,
+        proto.xmatch_pb2.DisputeReceipt,
+    ]
+    """疑义校核 (notice 四(五)): the coordinator reports one person's record in one of
+    this node's match sets as doubtful. The one identity number of the dispute is
+    the only identity revealed; the node keeps it for its operator. Filing the same
+    dispute id again returns its current status (a retry is harmless).
+    """
+
+    WithdrawDispute: grpc.aio.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.DisputeWithdrawal,
+        proto.xmatch_pb2.DisputeReceipt,
+    ]
+    """The coordinator withdraws one of its open disputes."""
+
+    DisputeAnswers: grpc.aio.UnaryUnaryMultiCallable[
+        proto.xmatch_pb2.DisputeAnswersRequest,
+        proto.xmatch_pb2.DisputeAnswerList,
+    ]
+    """The operator's answers to the caller's disputes named in the request (those
+    still open are left out).
+    """
+
+    ShareList: grpc.aio.StreamUnaryMultiCallable[
+        proto.xmatch_pb2.WorkList,
+        proto.xmatch_pb2.ShareReceipt,
+    ]
+    """A work list for the department's operator (notice 四(一)): the coordinator
+    streams one list as WorkList messages of at most max_chunk_bytes, each
+    repeating the header fields; the node stores the list once the stream ends.
     """
 
 class NodeServicer(metaclass=abc.ABCMeta):
@@ -109,6 +175,47 @@ class NodeServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[collections.abc.Iterator[proto.xmatch_pb2.EcdhResponse], collections.abc.AsyncIterator[proto.xmatch_pb2.EcdhResponse]]:
         """ecdh: requester streams a·H(x); the node streams b·a·H(x) in the same
         order, then b·H(y) of its (padded, shuffled) match set.
+        """
+
+    @abc.abstractmethod
+    def FileDispute(
+        self,
+        request: proto.xmatch_pb2.Dispute,
+        context: _ServicerContext,
+    ) -> typing.Union[proto.xmatch_pb2.DisputeReceipt, collections.abc.Awaitable[proto.xmatch_pb2.DisputeReceipt]]:
+        """疑义校核 (notice 四(五)): the coordinator reports one person's record in one of
+        this node's match sets as doubtful. The one identity number of the dispute is
+        the only identity revealed; the node keeps it for its operator. Filing the same
+        dispute id again returns its current status (a retry is harmless).
+        """
+
+    @abc.abstractmethod
+    def WithdrawDispute(
+        self,
+        request: proto.xmatch_pb2.DisputeWithdrawal,
+        context: _ServicerContext,
+    ) -> typing.Union[proto.xmatch_pb2.DisputeReceipt, collections.abc.Awaitable[proto.xmatch_pb2.DisputeReceipt]]:
+        """The coordinator withdraws one of its open disputes."""
+
+    @abc.abstractmethod
+    def DisputeAnswers(
+        self,
+        request: proto.xmatch_pb2.DisputeAnswersRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[proto.xmatch_pb2.DisputeAnswerList, collections.abc.Awaitable[proto.xmatch_pb2.DisputeAnswerList]]:
+        """The operator's answers to the caller's disputes named in the request (those
+        still open are left out).
+        """
+
+    @abc.abstractmethod
+    def ShareList(
+        self,
+        request_iterator: _MaybeAsyncIterator[proto.xmatch_pb2.WorkList],
+        context: _ServicerContext,
+    ) -> typing.Union[proto.xmatch_pb2.ShareReceipt, collections.abc.Awaitable[proto.xmatch_pb2.ShareReceipt]]:
+        """A work list for the department's operator (notice 四(一)): the coordinator
+        streams one list as WorkList messages of at most max_chunk_bytes, each
+        repeating the header fields; the node stores the list once the stream ends.
         """
 
 def add_NodeServicer_to_server(servicer: NodeServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -601,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("bench-run"), help="output folder (default: bench-run)"
     )
     bench.set_defaults(func=_cmd_bench)
+    from xmatch.cli_disputes import register  # dispute …, node disputes|resolve|lists, round share
+
+    register(sub, node=node, round_=round_)
     return parser
 
 

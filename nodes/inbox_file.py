@@ -1,0 +1,197 @@
+"""``xmatch node inbox --file NODE.inbox --out NODE.reply``: an offline department's inbox.
+
+The sealed ``inbox`` file (:mod:`coordinator.dispute_offline`) carries what the
+online calls would: disputes, withdrawals, the request for answers, work lists.
+Steps:
+
+1. open the file (:func:`keys.sealed.open_sealed`: layout, recipient, the
+   sender's certificates against the CA, signature, expiry, decryption);
+2. the sender's role comes from its certificate, as the interceptor would say;
+3. each item goes through the same handler as online (:mod:`nodes.disputes`,
+   :mod:`nodes.shares`), with the same authorization and the same log entries;
+   an item refused is one line of the reply (its id and the reason);
+4. the reply (receipts, answers, work-list receipts) is sealed to the sender
+   and written atomically; ``offline_file`` entries record both files' digests.
+
+The node must not be serving (the command opens the node's protocol log).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from audit.format import SHUTDOWN
+from audit.log import AuditLog
+from keys.certs import inspect_member_certificate
+from keys.sealed import (
+    Opened,
+    SealedFileError,
+    load_sealing_key,
+    load_sender_key,
+    open_sealed,
+    seal,
+)
+from nodes.auth import Peer
+from nodes.config import NodeConfig, load_node_config
+from nodes.disputes import dispute_answers, file_dispute, withdraw_dispute
+from nodes.shares import receive_work_list
+from proto import xmatch_pb2 as pb
+from psi.errors import InputError, ProtocolError, Refused, XmatchError
+
+__all__ = ["apply_bundle", "inbox_command"]
+
+
+def _passphrase(config: NodeConfig) -> bytes | None:
+    env = config.node.passphrase_env
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise InputError(f"node.passphrase_env: {env} is not set")
+    return value.encode()
+
+
+def _why(exc: XmatchError) -> str:
+    return exc.reason if isinstance(exc, Refused) else exc.diagnostics()
+
+
+def apply_bundle(
+    config: NodeConfig, audit: AuditLog, peer: Peer, bundle: pb.InboxBundle
+) -> pb.InboxReply:
+    """(3) Every item through its online handler; refusals become lines of the reply."""
+    reply = pb.InboxReply()
+    for dispute in bundle.disputes:
+        try:
+            reply.receipts.append(file_dispute(config, audit, peer, dispute))
+        except (Refused, ProtocolError) as exc:
+            reply.refusals.append(f"dispute {dispute.dispute_id[:32]}: {_why(exc)}")
+    for withdrawal in bundle.withdrawals:
+        try:
+            reply.receipts.append(withdraw_dispute(config, audit, peer, withdrawal))
+        except (Refused, ProtocolError) as exc:
+            reply.refusals.append(f"withdrawal {withdrawal.dispute_id[:32]}: {_why(exc)}")
+    if bundle.answers_request.dispute_ids:
+        reply.answers.CopyFrom(dispute_answers(config, audit, peer, bundle.answers_request))
+    for work_list in bundle.work_lists:
+        try:
+            reply.shares.append(receive_work_list(config, audit, peer, iter([work_list])))
+        except (Refused, ProtocolError) as exc:
+            reply.refusals.append(f"work list {work_list.share_id[:32]}: {_why(exc)}")
+    return reply
+
+
+def _open(config: NodeConfig, data: bytes, passphrase: bytes | None) -> tuple[Opened, Peer]:
+    """(1)-(2) Raises SealedFileError."""
+    node = config.node
+    sealing = load_sealing_key(
+        node.key.with_name(f"{node.name}.seal.key"), name=node.name, passphrase=passphrase
+    )
+    ca_pem = node.ca.read_bytes()
+    opened = open_sealed(data, kind="inbox", recipient=sealing, ca_pem=ca_pem)
+    role = inspect_member_certificate(
+        opened.header["sender_cert"].encode(), ca_pem=ca_pem, usage="tls"
+    ).role
+    return opened, Peer(name=opened.sender, role=role)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _logged(
+    audit: AuditLog, data: bytes, action: str, kind: str, peer: str, **extra: object
+) -> None:
+    audit.append(
+        "offline_file",
+        kind=kind,
+        action=action,
+        peer=peer,
+        file_sha256=hashlib.sha256(data).hexdigest(),
+        **extra,
+    )
+
+
+def inbox_command(*, config: Path, file: Path, out: Path, stdout: TextIO | None = None) -> int:
+    """``xmatch node inbox``: apply a sealed inbox and write the sealed reply.
+
+    Raises:
+        SealedFileError: the file is refused (one line).
+        InputError: unreadable input, ``--out`` exists, the log is in use (the node
+            is serving), or keys are unusable.
+    """
+    out_stream = stdout or sys.stdout
+    cfg = load_node_config(config)
+    node = cfg.node
+    from nodes.server import _log_folder, _log_signer
+
+    passphrase = _passphrase(cfg)
+    sender = load_sender_key(
+        name=node.name,
+        key=node.key,
+        cert=node.cert,
+        seal_cert=node.key.with_name(f"{node.name}.seal.crt"),
+        passphrase=passphrase,
+    )
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{file}: cannot read ({exc.strerror})") from None
+    if out.exists():
+        raise InputError(f"{out}: exists already; choose another --out")
+    _log_folder(config, cfg)
+    audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
+    try:
+        try:
+            opened, peer = _open(cfg, data, passphrase)
+            bundle = pb.InboxBundle.FromString(opened.payload)
+        except SealedFileError as exc:
+            _logged(audit, data, "refused", "inbox", "-", reason=exc.diagnostics())
+            raise SealedFileError(f"{file}: refused: {exc.diagnostics()}") from None
+        except Exception as exc:  # protobuf's DecodeError: never quote the content
+            if isinstance(exc, XmatchError):
+                raise
+            _logged(audit, data, "refused", "inbox", "-", reason="unreadable content")
+            raise InputError(f"{file}: refused: unreadable content") from None
+        _logged(audit, data, "opened", "inbox", peer.name, file_id=opened.file_id)
+        reply = apply_bundle(cfg, audit, peer, bundle)
+        sealed = seal(
+            reply.SerializeToString(),
+            kind="inbox-reply",
+            sender=sender,
+            recipient=opened.sender,
+            recipient_seal_cert_pem=opened.sender_seal_cert_pem,
+            ca_pem=node.ca.read_bytes(),
+            round_id=opened.header["round_id"],
+            expires=_dt.datetime.fromisoformat(opened.header["expires"]),
+        )
+        _write_atomic(out, sealed)
+        _logged(audit, sealed, "written", "inbox-reply", opened.sender, request_id=opened.file_id)
+        print(
+            f"{len(bundle.disputes)} dispute(s), {len(bundle.withdrawals)} withdrawal(s), "
+            f"{len(bundle.work_lists)} work list(s) received; {len(reply.answers.answers)} "
+            f"answer(s) and {len(reply.refusals)} refusal(s) in the reply",
+            file=out_stream,
+        )
+        for line in reply.refusals:
+            print(f"refused: {line}", file=out_stream)
+        print(f"written: {out} (carry it back to {opened.sender})", file=out_stream)
+        return 0
+    finally:
+        audit.append(SHUTDOWN, reason="done")
+        audit.close()
