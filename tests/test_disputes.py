@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from psi.identifiers import identity_number
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     Federation,
@@ -39,13 +40,14 @@ CHILD = identity_number("150802", dt.date(2014, 6, 1), 901)
 FATHER = identity_number("150802", dt.date(1984, 3, 3), 911)
 MOTHER = identity_number("150802", dt.date(1986, 4, 4), 922)
 PEOPLE = (CHILD, FATHER, MOTHER)
-SHARES = """
-[[shares]]
-department = "medical-insurance"
-lists = ["enrolled", "gaps", "exits"]
-columns = ["child_id", "child_name", "decision"]
-purpose = "medical-insurance-follow-up"
-"""
+SHARES: list[dict[str, object]] = [
+    {
+        "department": "medical-insurance",
+        "lists": ["enrolled", "gaps", "exits"],
+        "columns": ["child_id", "child_name", "decision"],
+        "purpose": "medical-insurance-follow-up",
+    }
+]
 
 
 def _append(path: Path, line: str, encoding: str = "utf-8") -> None:
@@ -86,7 +88,7 @@ def _add_family(root: Path) -> None:
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     federation = build_federation(tmp_path_factory.mktemp("disputes"))
     _add_family(federation.root)
-    coordinator_toml(federation, "coordinator.toml", extra=SHARES)
+    coordinator_toml(federation, "coordinator.toml", edits=[put("shares", SHARES)])
     try:
         start_nodes(federation)
         yield federation

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import put
 from tests.federation import (
     AS_OF,
     Federation,
@@ -29,12 +30,13 @@ from tests.federation import (
 )
 from tests.test_disputes import CERTS, CHILD, DPF, MOTHER, PEOPLE, _add_family
 
-SHARES = """
-[[shares]]
-department = "disabled-persons-federation"
-lists = ["exits"]
-columns = ["child_id", "decision"]
-"""
+SHARES: list[dict[str, object]] = [
+    {
+        "department": "disabled-persons-federation",
+        "lists": ["exits"],
+        "columns": ["child_id", "decision"],
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     federation = build_federation(tmp_path_factory.mktemp("disputes-offline"))
     _add_family(federation.root)
     coordinator_toml(federation, "online.toml")
-    path = coordinator_toml(federation, "offline.toml", extra=SHARES)
+    path = coordinator_toml(federation, "offline.toml", edits=[put("shares", SHARES)])
     text = path.read_text(encoding="utf-8")
     head, sep, rest = text.partition(f'name = "{DPF}"\n')
     rest = re.sub(r"^address = .*\n", 'transport = "offline"\n', rest, count=1, flags=re.M)
