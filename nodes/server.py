@@ -270,6 +270,20 @@ def _log_folder(path: Path, config: NodeConfig) -> None:
         ) from None
 
 
+def _remove_stale_spill(config: NodeConfig) -> None:
+    """Spill folders of an earlier node process killed mid-round: unreadable
+    ciphertext (its key died with it), removed so they do not fill the disk."""
+    from nodes.buckets import remove_stale
+
+    stale = remove_stale(config.spill_dir)
+    if stale:
+        print(
+            f"{config.node.name}: removed {stale} spill folder(s) left by a stopped node process",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def serve_from_config(path: Path | str) -> int:
     """Run the node configured in ``path`` until SIGTERM/SIGINT; returns the exit code
     (:data:`EXIT_ON_SIGNAL`: 0 after SIGTERM, 130 after SIGINT).
@@ -298,17 +312,8 @@ def serve_from_config(path: Path | str) -> int:
         ca=node.ca, cert=node.cert, key=node.key, name=node.name, passphrase=passphrase
     )
     log_signer = _log_signer(config, passphrase)
-    # (3) spill folders of an earlier node process killed mid-round: unreadable
-    # ciphertext (its key died with it), removed so they do not fill the disk
-    from nodes.buckets import remove_stale
-
-    stale = remove_stale(config.spill_dir)
-    if stale:
-        print(
-            f"{node.name}: removed {stale} spill folder(s) left by a stopped node process",
-            file=sys.stderr,
-            flush=True,
-        )
+    # (3)
+    _remove_stale_spill(config)
     store = MatchSetStore(config)
     loaded = _validate_match_sets(config, store)
     # (4) the log's folder is created on first start (mode 0700: only the node's account)
