@@ -1031,6 +1031,9 @@ __all__ = [
 # --- evidence from a node's matches ------------------------------------------------------------
 
 
+_UNSEEN = object()
+
+
 def _payload_date(value: str, name: str) -> date | None:
     if not value:
         return None
@@ -1072,25 +1075,46 @@ def match_rows(
         code = Circumstance(circumstance)
     except ValueError:
         raise XmatchError("node announced an unknown circumstance code") from None
-    rows: list[EvidenceRow] = []
     allowed = set(EVIDENCE_OPTIONAL)
+    # a set sends few distinct dates and grades: each distinct cell is parsed once
+    dates: dict[tuple[str, str], date | None] = {}
+    numbers: dict[tuple[str, str], int | None] = {}
+
+    def day(payload: dict[str, str], name: str) -> date | None:
+        value = payload.get(name, "")
+        if not value:
+            return None
+        key = (name, value)
+        found = dates.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            found = dates[key] = _payload_date(value, name)
+        return found  # type: ignore[return-value]
+
+    def number(payload: dict[str, str], name: str, high: int) -> int | None:
+        value = payload.get(name, "")
+        if not value:
+            return None
+        key = (name, value)
+        found = numbers.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            found = numbers[key] = _payload_int(value, name, high)
+        return found  # type: ignore[return-value]
+
+    rows: list[EvidenceRow] = []
+    add = rows.append
     for index, payload in zip(indices.tolist(), payloads, strict=True):
-        if not set(payload) <= allowed:
+        if not payload.keys() <= allowed:
             # never quote the key: it is the node's text (it could be anything)
             raise XmatchError("an unknown payload field is not an evidence column")
-        rows.append(
+        add(
             EvidenceRow(
-                person_id=identities[index],
-                circumstance=code,
-                source=source,
-                start_date=_payload_date(payload.get("start_date", ""), "start_date"),
-                end_date=_payload_date(payload.get("end_date", ""), "end_date"),
-                disability_category=_payload_int(
-                    payload.get("disability_category", ""), "disability_category", 7
-                ),
-                disability_grade=_payload_int(
-                    payload.get("disability_grade", ""), "disability_grade", 4
-                ),
+                identities[index],
+                code,
+                source,
+                day(payload, "start_date"),
+                day(payload, "end_date"),
+                number(payload, "disability_category", 7),
+                number(payload, "disability_grade", 4),
             )
         )
     return tuple(rows)
