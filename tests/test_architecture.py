@@ -96,7 +96,6 @@ MAX_FUNCTION_LINES = 100
 MAX_MODULE_LINES = 700
 # What still exceeds a limit; the list may only shrink (each entry must still exceed it).
 OVER_LIMIT: set[str] = {
-    "coordinator/records.py",
     "nodes/handlers.py",
     "nodes/matchsets.py",
     "psi/ecdh.py",
