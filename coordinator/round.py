@@ -510,14 +510,15 @@ def write_round(
         history=tuple(state.decision_history(current=rid)),
     )
     display.phase("report")
-    report = render_report(decisions, provenance=provenance)
+    decisions.render_texts()  # once, before the spreadsheet's writer forks off
     write_output(
         out,
         round_id=rid,
         evidence=decided.evidence,
-        document=decisions.to_json(round_id=rid),
-        report=report,
-        extra=lambda staging: people_outputs(staging, decisions, provenance, display),
+        document=lambda: decisions.to_json(round_id=rid),
+        report=lambda: render_report(decisions, provenance=provenance),
+        extra=lambda staging: people_outputs(staging, decisions, provenance),
+        waiting=lambda: display.phase("spreadsheet"),
     )
 
 
