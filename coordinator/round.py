@@ -76,6 +76,7 @@ from coordinator.reasons import Lang
 from coordinator.records import (
     EvidenceRow,
     Roster,
+    gc_paused,
     match_rows,
     read_roster_source,
 )
@@ -471,6 +472,7 @@ def decide_round(
     return Decided(decisions, evidence, failed, names)
 
 
+@gc_paused()  # reasons, decisions.json and the report: millions of objects, no cycles
 def write_round(
     out: Path,
     decided: Decided,
