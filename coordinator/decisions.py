@@ -103,6 +103,12 @@ class RoundDecisions:
         self._texts[id(item)] = (item, texts)
         return texts
 
+    def render_texts(self) -> None:
+        """Render every decision's reasons now (decisions.json, the report and the
+        spreadsheet then find them ready)."""
+        for item in self.decisions:
+            self.reason_texts(item)
+
     @property
     def overdue_checks(self) -> list[str]:
         """Children whose periodic check is overdue (or never recorded), in roster order."""

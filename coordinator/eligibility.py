@@ -530,9 +530,12 @@ def decide(
         mother.status.basis if mother.status else frozenset()
     )
     decided = step_4_category(child, found, basis, as_of=as_of, failed_sources=failed_sources)
-    if decided is not None:
-        return decided
-    # (5) no category
-    return step_5_no_category(
-        child, found, father, mother, as_of=as_of, failed_sources=failed_sources
-    )
+    if decided is None:
+        # (5) no category
+        decided = step_5_no_category(
+            child, found, father, mother, as_of=as_of, failed_sources=failed_sources
+        )
+    # A rule that overrides what steps 4 and 5 decided goes here, as a function of
+    # (child, decided) returning the new decision or None: for example "while a dispute
+    # about a parent's record is open, an EXIT or a downgrade gets REVIEW (疑义校核中)".
+    return decided

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.decisions import RoundDecisions
 from coordinator.evaluate import decisions_text
-from coordinator.progress import Progress
 from coordinator.records import (
     EvidenceRow,
     write_evidence,
@@ -67,12 +68,73 @@ def remove_stale_staging(out_dir: Path, round_id: str) -> list[Path]:
     return removed
 
 
-def people_outputs(
-    staging: Path, decisions: RoundDecisions, provenance: Provenance, display: Progress
-) -> None:
-    """The spreadsheet and names.csv, in their own progress phase."""
-    display.phase("spreadsheet")
+def people_outputs(staging: Path, decisions: RoundDecisions, provenance: Provenance) -> None:
+    """The spreadsheet and names.csv (run beside the other files: :func:`write_output`)."""
     write_outputs_for_people(staging, decisions, provenance)
+
+
+class _Beside:
+    """``work`` in a forked child process while this one writes the other files.
+
+    A round's reasons are rendered before the fork, so the child finds them
+    ready; the two processes share nothing else. The child never returns: it
+    ends with ``os._exit`` (no buffer of the parent's, such as the protocol log,
+    is flushed twice) after writing one line about a failure into a pipe.
+    Without ``os.fork`` the work runs in this process, at :meth:`wait`.
+    """
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._work: Callable[[], None] | None = work
+        self._pid = 0
+        self._read = -1
+        if not hasattr(os, "fork"):
+            return
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                os.close(read)
+                work()
+            except BaseException as exc:  # one line for the parent, then out
+                code = 1
+                line = f"{type(exc).__name__}: {exc}"[:500]
+                os.write(write, line.encode("utf-8", "replace"))
+            finally:
+                os._exit(code)
+        os.close(write)
+        self._work, self._pid, self._read = None, pid, read
+
+    def wait(self) -> None:
+        """Wait for the work to end.
+
+        Raises:
+            OSError: it failed (the message is the child's line), or it was killed.
+        """
+        if self._work is not None:
+            work, self._work = self._work, None
+            work()
+            return
+        if not self._pid:
+            return
+        with os.fdopen(self._read, "rb") as pipe:
+            line = pipe.read().decode("utf-8", "replace")
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise OSError(f"decisions.xlsx not written: {line or f'writer ended with {code}'}")
+
+    def stop(self) -> None:
+        """End the work unfinished (this process failed): kill and reap the child."""
+        self._work = None
+        if self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            os.waitpid(self._pid, 0)
+            with contextlib.suppress(OSError):  # closed already if wait() was interrupted
+                os.close(self._read)
+            self._pid = 0
 
 
 def write_output(
@@ -80,25 +142,39 @@ def write_output(
     *,
     round_id: str,
     evidence: list[EvidenceRow],
-    document: dict[str, object],
-    report: str,
+    document: dict[str, object] | Callable[[], dict[str, object]],
+    report: str | Callable[[], str],
     extra: Callable[[Path], None] | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> None:
-    """Write the three files into a temporary sibling folder, then rename it to ``out``."""
+    """Write the three files into a temporary sibling folder, then rename it to ``out``.
+
+    ``extra`` (the spreadsheet and names.csv) runs in a forked child process
+    at the same time (:class:`_Beside`); ``waiting`` is called when only it is
+    left (the progress display's last phase). ``document`` and ``report`` may be
+    given as functions, to be built while the child writes.
+    """
     parent = out.parent
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
+    beside = None if extra is None else _Beside(lambda: extra(staging))
     try:
         write_evidence(staging / "evidence.csv", evidence)
         # both name children by identity number: mode 0600, as evidence.csv and the xlsx
-        for name, text in (("decisions.json", decisions_text(document)), ("report.html", report)):
+        if callable(document):
+            document = document()
+        pages = (("decisions.json", lambda: decisions_text(document)), ("report.html", report))
+        for name, made in pages:
+            text = made() if callable(made) else made
             fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)  # decisions.json as rules evaluate: one decision per line
                 fh.flush()
                 os.fsync(fh.fileno())
-        if extra is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
-            extra(staging)
+        if beside is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
+            if waiting is not None:
+                waiting()
+            beside.wait()
         check_output_folder(out)  # again: someone may have written there meanwhile
         if out.is_dir():
             out.rmdir()
@@ -109,5 +185,7 @@ def write_output(
         finally:
             os.close(fd)
     except BaseException:
+        if beside is not None:
+            beside.stop()
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -77,6 +77,7 @@ from coordinator.reasons import Lang
 from coordinator.records import (
     EvidenceRow,
     Roster,
+    gc_paused,
     match_rows,
     read_roster_source,
 )
@@ -446,6 +447,7 @@ def decide_round(
     return Decided(decisions, evidence, failed, names)
 
 
+@gc_paused()  # reasons, decisions.json and the report: millions of objects, no cycles
 def write_round(
     out: Path,
     decided: Decided,
@@ -486,14 +488,15 @@ def write_round(
         open_disputes=decided.disputes,
     )
     display.phase("report")
-    report = render_report(decisions, provenance=provenance)
+    decisions.render_texts()  # once, before the spreadsheet's writer forks off
     write_output(
         out,
         round_id=rid,
         evidence=decided.evidence,
-        document=decisions.to_json(round_id=rid) | disputes_json(decided.disputes, as_of),
-        report=report,
-        extra=lambda staging: people_outputs(staging, decisions, provenance, display),
+        document=lambda: decisions.to_json(round_id=rid) | disputes_json(decided.disputes, as_of),
+        report=lambda: render_report(decisions, provenance=provenance),
+        extra=lambda staging: people_outputs(staging, decisions, provenance),
+        waiting=lambda: display.phase("spreadsheet"),
     )
 
 

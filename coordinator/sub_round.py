@@ -224,7 +224,9 @@ def _exchange(
             match_set, context=context, identities=encoded, progress=progress, on_matches=keep
         )
         try:
-            rows = _ordered(evidence_rows(result, identities))
+            # keyed-hash: every chunk's matches were parsed as they came (keep)
+            whole = len(delivered) == len(result.indices)
+            rows = _ordered(delivered if whole else evidence_rows(result, identities))
         except XmatchError as exc:
             raise PeerError(result.source, out_of_protocol(exc)) from None
     except PeerError as exc:

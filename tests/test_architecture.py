@@ -118,9 +118,7 @@ SIZED = ("coordinator", "nodes", "psi")
 MAX_FUNCTION_LINES = 100
 MAX_MODULE_LINES = 700
 # What still exceeds a limit; the list may only shrink (each entry must still exceed it).
-OVER_LIMIT: set[str] = {
-    "coordinator/records.py",
-}
+OVER_LIMIT: set[str] = set()
 # psi/ is pure: no module of it starts processes (or imports what would)
 PROCESS_APIS = {"multiprocessing", "subprocess", "concurrent.futures.process"}
 STARTS_PROCESSES: set[str] = set()

@@ -8,13 +8,16 @@ demo's display names. Chromium renders the page and runs its filter.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import shutil
 import subprocess
+import zipfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import xlsxwriter
 from openpyxl import load_workbook
 
 from coordinator.decisions import RoundDecisions, decide_all
@@ -23,7 +26,14 @@ from coordinator.reasons import decision_name
 from coordinator.records import Decision, read_evidence, read_roster
 from coordinator.regions import county_name
 from coordinator.report import ACTION, Provenance, SourceRun, render_report
-from coordinator.spreadsheet import SHEET_ORDER, SUMMARY_SHEET, write_decisions_xlsx
+from coordinator.spreadsheet import (
+    COLUMNS,
+    SHEET_ORDER,
+    SUMMARY_SHEET,
+    TEXT_COLUMNS,
+    _row,
+    write_decisions_xlsx,
+)
 from coordinator.state import RoundState
 from tests.federation import AS_OF, NEEDS, SPECS, expected_evidence
 from xmatch import synth
@@ -192,6 +202,83 @@ def test_decisions_xlsx(tmp_path: Path, small: tuple[RoundDecisions, Provenance]
     summary = list(book[SUMMARY_SHEET].iter_rows(values_only=True))
     assert summary[-1][1] == "合计" and summary[-1][8] == len(decisions.decisions)
     assert sum(int(str(r[8])) for r in summary[1:-1]) == len(decisions.decisions)
+
+
+#: names that need each kind of escaping XlsxWriter does (none is a rich string "<r>...</r>")
+AWKWARD_NAMES = (
+    "李&王",
+    "<b>张</b>",
+    " 前导空格",
+    "尾随空格\t",
+    "控制\x01字符\x1f",
+    "_x0041_ 字面转义",
+    "\ufffe非字符\uffff",
+    "表情😀" * 3000,  # over 32,767 UTF-16 units: cut without splitting a character
+    "换行\n",
+    "",
+)
+
+
+def _reference_xlsx(path: Path, decisions: RoundDecisions) -> None:
+    """The decision sheets as XlsxWriter writes them one cell at a time (the writer before
+    coordinator.xlsx_rows), in the same frame."""
+    book = xlsxwriter.Workbook(
+        str(path),
+        {"constant_memory": True, "strings_to_numbers": False, "tmpdir": str(path.parent)},
+    )
+    text, head = book.add_format({"num_format": "@"}), book.add_format({"bold": True})
+    book.add_worksheet(SUMMARY_SHEET)
+    for decision in SHEET_ORDER:
+        rows = [d for d in decisions.decisions if d.decision is decision]
+        sheet = book.add_worksheet(decision_name(decision, "zh"))
+        for col, (_name, width) in enumerate(COLUMNS):
+            sheet.set_column(col, col, width, text if col in TEXT_COLUMNS else None)
+        sheet.write_row(0, 0, [name for name, _ in COLUMNS], head)
+        sheet.freeze_panes(1, 0)
+        sheet.autofilter(0, 0, max(len(rows), 1), len(COLUMNS) - 1)
+        for r, item in enumerate(rows, start=1):
+            for c, value in enumerate(_row(item, decisions.reason_texts(item))):
+                if value:
+                    sheet.write_string(r, c, value)
+    book.close()
+
+
+def _sheet_xml(path: Path, number: int) -> str:
+    with zipfile.ZipFile(path) as book:
+        return book.read(f"xl/worksheets/sheet{number}.xml").decode("utf-8")
+
+
+def test_xlsx_rows_as_xlsxwriter_writes_them(
+    tmp_path: Path, small: tuple[RoundDecisions, Provenance]
+) -> None:
+    """The decision sheets' XML is byte for byte what XlsxWriter's own cells give, awkward
+    names included, and openpyxl reads the same values from both."""
+    decisions, provenance = small
+    renamed = [
+        dataclasses.replace(
+            item,
+            child=dataclasses.replace(item.child, child_name=AWKWARD_NAMES[k % len(AWKWARD_NAMES)]),
+        )
+        for k, item in enumerate(decisions.decisions)
+    ]
+    awkward = dataclasses.replace(decisions, decisions=renamed)
+    ours, reference = tmp_path / "ours.xlsx", tmp_path / "reference.xlsx"
+    write_decisions_xlsx(ours, awkward, provenance)
+    _reference_xlsx(reference, awkward)
+    for number in range(2, 2 + len(SHEET_ORDER)):
+        assert _sheet_xml(ours, number) == _sheet_xml(reference, number)
+    mine, theirs = load_workbook(ours, read_only=True), load_workbook(reference, read_only=True)
+    for decision in SHEET_ORDER:
+        title = decision_name(decision, "zh")
+        got = list(mine[title].iter_rows(values_only=True))
+        assert got == list(theirs[title].iter_rows(values_only=True))
+        assert len(got) == 1 + sum(1 for d in renamed if d.decision is decision)
+    names = {
+        row[1]
+        for d in SHEET_ORDER
+        for row in mine[decision_name(d, "zh")].iter_rows(min_row=2, values_only=True)
+    }
+    assert "李&王" in names and "<b>张</b>" in names
 
 
 @pytest.mark.browser

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -321,3 +322,67 @@ def test_rpc_errors_become_one_safe_line(
     )
     assert got[0].startswith(reason)
     assert got[1:] == (refused, transient)
+
+
+def _output(out: Path, **kwargs: Any) -> None:
+    from coordinator.output import write_output
+
+    arguments: dict[str, Any] = {
+        "document": {"round_id": "0" * 32, "decisions": []},
+        "report": "<html></html>",
+        **kwargs,
+    }
+    write_output(out, round_id="0" * 32, evidence=[], **arguments)
+
+
+def test_people_outputs_are_written_beside_the_others(tmp_path: Path) -> None:
+    """The spreadsheet's writer runs in a forked child; what it writes lands in the folder,
+    and ``waiting`` is called once the parent's own files are written."""
+    out = tmp_path / "round"
+    seen: list[int] = []
+
+    def extra(staging: Path) -> None:
+        (staging / "decisions.xlsx").write_bytes(str(os.getpid()).encode())
+
+    _output(out, extra=extra, waiting=lambda: seen.append(1))
+    assert seen == [1]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decisions.json",
+        "decisions.xlsx",
+        "evidence.csv",
+        "report.html",
+    ]
+    assert int((out / "decisions.xlsx").read_bytes()) != os.getpid()  # another process wrote it
+
+
+def test_a_failed_spreadsheet_leaves_no_round_folder(tmp_path: Path) -> None:
+    """The child's failure comes back as one OSError line; nothing is left half-written."""
+    out = tmp_path / "round"
+
+    def extra(_staging: Path) -> None:
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match=r"decisions.xlsx not written: OSError: No space left"):
+        _output(out, extra=extra)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_of_the_parent_stops_the_spreadsheet(tmp_path: Path) -> None:
+    """When the parent's own writing fails, the child is killed and reaped, the staging
+    folder removed."""
+    out = tmp_path / "round"
+    marker = tmp_path.parent / f"{tmp_path.name}-late"
+
+    def extra(_staging: Path) -> None:
+        import time
+
+        time.sleep(5)
+        marker.write_text("still ran", encoding="utf-8")
+
+    def document() -> dict[str, object]:
+        raise ValueError("broken document")
+
+    with pytest.raises(ValueError, match="broken document"):
+        _output(out, extra=extra, document=document)
+    assert list(tmp_path.iterdir()) == []
+    assert not marker.exists()
