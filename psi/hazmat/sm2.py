@@ -5,7 +5,8 @@ Use :mod:`psi.ecdh` with the suite ``SM2_XMD:SM3_SSWU_RO_``; nothing here checks
 Hash to curve is RFC 9380's generic ``hash_to_curve`` (section 3) on the SM2
 curve y^2 = x^3 + a*x + b over GF(p) (a = -3, so the simplified SWU map of
 section 6.6.2 applies directly, without an isogeny): ``expand_message_xmd``
-over SM3 (``cryptography``'s ``hashes.SM3``; b_in_bytes 32, s_in_bytes 64),
+over SM3 (b_in_bytes 32, s_in_bytes 64; ``cryptography``'s ``hashes.SM3`` here, for
+one message, and OpenSSL's through hashlib over buffers, :mod:`psi.hazmat.sm2_field`),
 L = 48, two field elements, two maps, one point addition, cofactor 1. Z is
 :data:`Z` (-9), the value RFC 9380 appendix H.2's ``find_z_sswu`` selects
 for SM2 (tests/test_sm2.py runs that procedure). The DST is :data:`DST`.
@@ -32,9 +33,10 @@ Scalar multiplication, two backends with the same bytes:
     primitive, and it is only the FALLBACK for CPUs without AVX-512 IFMA
     (about 200 times slower); it is checked against the library in the tests.
 
-The field square roots (p = 3 mod 4: one ``gmpy2.powmod`` each, the SWU
-branch's root derived from the first, RFC 9380 appendix F.2.1.2) and
-inversions (Montgomery's trick, one per buffer) run over whole buffers. Not
+The field square roots (p = 3 mod 4: one exponentiation each, on libippcp or
+gmpy2, :mod:`psi.hazmat.sm2_field`; the SWU branch's root derived from the first,
+RFC 9380 appendix F.2.1.2) and inversions (Montgomery's trick, one per buffer:
+both maps of a buffer share one) run over whole buffers, in gmpy2 integers. Not
 constant time: the inputs are the party's own identities or the peer's
 blinded points, and the scalars stay in the library on the fast path.
 """
@@ -42,7 +44,6 @@ blinded points, and the scalars stay in the library on the fast path.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -98,7 +99,6 @@ _LANES: Final = 8
 _MP, _MA, _MB, _MZ = (gmpy2.mpz(v) for v in (P, A, B, Z))
 _M_MINUS_B_OVER_A, _M_B_OVER_ZA = gmpy2.mpz(_MINUS_B_OVER_A), gmpy2.mpz(_B_OVER_ZA)
 _M_C_ROOT = gmpy2.mpz(_C_ROOT)
-_from_bytes = gmpy2.mpz.from_bytes
 
 
 def expand_message_xmd_sm3(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
@@ -126,18 +126,6 @@ def _sm3(data: bytes) -> bytes:
     return h.finalize()
 
 
-def _openssl_sm3() -> hashlib._Hash | None:
-    """An empty SM3 context of hashlib (OpenSSL), whose copies hash far cheaper than
-    ``cryptography``'s ``Hash`` objects; ``None`` when this OpenSSL has no SM3."""
-    try:
-        return hashlib.new("sm3")
-    except ValueError:
-        return None
-
-
-_SM3_PROTO: Final = _openssl_sm3()
-
-
 def hash_to_field(msg: bytes, dst: bytes = DST, count: int = 2) -> list[int]:
     """RFC 9380 section 5.2 hash_to_field for GF(p) of SM2 (m = 1, L = 48)."""
     uniform = expand_message_xmd_sm3(msg, dst, count * _L)
@@ -145,41 +133,12 @@ def hash_to_field(msg: bytes, dst: bytes = DST, count: int = 2) -> list[int]:
 
 
 def _hash_to_field_batch(msgs: Sequence[bytes], dst: bytes) -> tuple[list[int], list[int]]:
-    """(u0, u1) of :func:`hash_to_field` for every message: expand_message_xmd's four SM3
-    calls as four passes over the buffer, the XORs and the packing in numpy."""
-    if _SM3_PROTO is None or len(dst) > 255:
-        fields = [hash_to_field(m, dst, 2) for m in msgs]
-        return [f[0] for f in fields], [f[1] for f in fields]
-    n = len(msgs)
-    dst_prime = dst + bytes([len(dst)])
-    first = _SM3_PROTO.copy()
-    first.update(bytes(64))  # Z_pad is one SM3 block: absorbed once
-    tail = (2 * _L).to_bytes(2, "big") + b"\x00" + dst_prime
-
-    def digests(proto: hashlib._Hash, datas: Sequence[bytes]) -> npt.NDArray[np.uint8]:
-        out = []
-        for data in datas:
-            h = proto.copy()
-            h.update(data)
-            out.append(h.digest())
-        return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(n, 32)
-
-    b0 = digests(first, [m + tail for m in msgs])
-    blocks = [digests(_SM3_PROTO, [row + b"\x01" + dst_prime for row in _rows(b0)])]
-    for i in (2, 3):
-        mixed = _rows(b0 ^ blocks[-1])
-        blocks.append(digests(_SM3_PROTO, [row + bytes([i]) + dst_prime for row in mixed]))
-    raw = np.hstack(blocks).tobytes()
-    step = 3 * 32
-    u0 = [_from_bytes(raw[at : at + _L], "big") % _MP for at in range(0, n * step, step)]
-    u1 = [_from_bytes(raw[at + _L : at + step], "big") % _MP for at in range(0, n * step, step)]
-    return u0, u1
-
-
-def _rows(array: npt.NDArray[np.uint8]) -> list[bytes]:
-    raw = np.ascontiguousarray(array).tobytes()
-    width = array.shape[1]
-    return [raw[at : at + width] for at in range(0, len(raw), width)]
+    """(u0, u1) of :func:`hash_to_field` for every message, in one batch when OpenSSL has SM3."""
+    batch = sm2_field.hash_to_field_batch(msgs, dst)
+    if batch is not None:
+        return batch
+    fields = [hash_to_field(m, dst, 2) for m in msgs]
+    return [gmpy2.mpz(f[0]) for f in fields], [gmpy2.mpz(f[1]) for f in fields]
 
 
 def _batch_inverse(values: Sequence[int]) -> list[int]:
@@ -276,7 +235,7 @@ def _parse(buf: bytes) -> tuple[npt.NDArray[np.uint8], list[int], int]:
     bad_prefix = np.flatnonzero((rows[:, 0] != 2) & (rows[:, 0] != 3))
     limit = int(bad_prefix[0]) if len(bad_prefix) else len(rows)
     raw = rows[:limit, 1:].tobytes()
-    xs = [_from_bytes(raw[at : at + 32], "big") for at in range(0, limit * 32, 32)]
+    xs = [gmpy2.mpz.from_bytes(raw[at : at + 32], "big") for at in range(0, limit * 32, 32)]
     too_big = next((i for i, x in enumerate(xs) if x >= P), limit)
     return rows, xs[:too_big], too_big
 

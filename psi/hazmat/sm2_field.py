@@ -1,7 +1,14 @@
-"""DANGER: v^((p+1)/4) in GF(p) of SM2 for whole lists of v, the square roots of the SM2 suite.
+"""DANGER: the SM2 suite's field work over whole buffers: hash_to_field and square roots.
 
-p = 3 mod 4, so r = v^((p+1)/4) is a square root of v when v is a square; the caller
-checks r^2 = v (:mod:`psi.hazmat.sm2` does). Two backends, the same values:
+:func:`hash_to_field_batch` is RFC 9380's hash_to_field (expand_message_xmd over SM3,
+L = 48, two elements) of :mod:`psi.hazmat.sm2` for a list of messages: OpenSSL's SM3
+through :mod:`hashlib` (a context copied per call, far cheaper than ``cryptography``'s
+``Hash`` objects; the 64-byte Z_pad, one SM3 block, absorbed once), the four SM3 calls as
+four passes over the list, the XORs and the packing in numpy.
+
+:func:`sqrt_candidates`: p = 3 mod 4, so r = v^((p+1)/4) is a square root of v when v
+is a square; the caller checks r^2 = v (:mod:`psi.hazmat.sm2` does). Two backends, the
+same values:
 
 ``ippcp``
     Intel IPP Cryptography's prime-field API (``libippcp`` of PyPI ``ipp-crypto``, the
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import sys
 from collections.abc import Sequence
@@ -28,8 +36,9 @@ from typing import Final
 
 import gmpy2
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["BACKENDS", "P", "backend", "sqrt_candidates"]
+__all__ = ["BACKENDS", "P", "backend", "hash_to_field_batch", "sqrt_candidates"]
 
 P: Final = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 SQRT_EXP: Final = (P + 1) // 4
@@ -38,6 +47,54 @@ BACKENDS: Final = ("ippcp", "gmpy2")
 _RUNTIME_LIBS: Final = ("libintlc.so.5", "libimf.so", "libirng.so", "libsvml.so")
 _IPP_BIG_NUM_POS: Final = 1
 _WORDS: Final = 8  # 32-bit words of a 256-bit element
+_L: Final = 48
+
+
+def _openssl_sm3() -> hashlib._Hash | None:
+    try:
+        return hashlib.new("sm3")
+    except ValueError:  # this OpenSSL has no SM3
+        return None
+
+
+_SM3: Final = _openssl_sm3()
+
+
+def hash_to_field_batch(msgs: Sequence[bytes], dst: bytes) -> tuple[list[int], list[int]] | None:
+    """(u0, u1) of hash_to_field(msg, dst, 2) for every message, as gmpy2 integers; ``None``
+    when hashlib has no SM3 or the DST is over 255 bytes (the caller hashes one by one)."""
+    if _SM3 is None or len(dst) > 255:
+        return None
+    n = len(msgs)
+    dst_prime = dst + bytes([len(dst)])
+    first = _SM3.copy()
+    first.update(bytes(64))
+    tail = (2 * _L).to_bytes(2, "big") + b"\x00" + dst_prime
+
+    def digests(proto: hashlib._Hash, datas: Sequence[bytes]) -> npt.NDArray[np.uint8]:
+        out = []
+        for data in datas:
+            h = proto.copy()
+            h.update(data)
+            out.append(h.digest())
+        return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(n, 32)
+
+    b0 = digests(first, [m + tail for m in msgs])
+    blocks = [digests(_SM3, [row + b"\x01" + dst_prime for row in _rows(b0)])]
+    for i in (2, 3):
+        mixed = _rows(b0 ^ blocks[-1])
+        blocks.append(digests(_SM3, [row + bytes([i]) + dst_prime for row in mixed]))
+    raw, step, p = np.hstack(blocks).tobytes(), 3 * 32, gmpy2.mpz(P)
+    from_bytes = gmpy2.mpz.from_bytes
+    u0 = [from_bytes(raw[at : at + _L], "big") % p for at in range(0, n * step, step)]
+    u1 = [from_bytes(raw[at + _L : at + step], "big") % p for at in range(0, n * step, step)]
+    return u0, u1
+
+
+def _rows(array: npt.NDArray[np.uint8]) -> list[bytes]:
+    raw = np.ascontiguousarray(array).tobytes()
+    width = array.shape[1]
+    return [raw[at : at + width] for at in range(0, len(raw), width)]
 
 
 class _Ipp:
