@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psi import ProtocolError
-from psi.hazmat import sm2, x25519
+from psi.hazmat import sm2, sm2_field, x25519
 from psi.identifiers import encode_identities
 from psi.messages import PointChunk
 from tests import sm2_reference as ref
@@ -168,6 +168,73 @@ def test_decompress_refuses_bad_points_by_position() -> None:
         assert sm2.mult_buffer(sm2.generate_scalar(), good + bad) == (b"", 1)
     points, bad_at = sm2.decompress(good + b"\x03" + good[1:])
     assert bad_at == -1 and points == [(sm2.GX, sm2.GY), (sm2.GX, sm2.P - sm2.GY)]
+
+
+def test_first_bad_point_is_the_smallest_position_of_any_kind() -> None:
+    """The checks run as separate passes (prefixes, x < p, roots): the lowest index wins."""
+    good = sm2.compress([sm2.GX])
+    not_on_curve = next(x for x in range(1, 50) if not ref.is_square(x**3 + ref.A * x + ref.B))
+    off = b"\x02" + not_on_curve.to_bytes(32, "big")
+    big = b"\x02" + sm2.P.to_bytes(32, "big")
+    prefix = b"\x05" + good[1:]
+    for buf, at in [
+        (good + off + big + prefix, 1),
+        (good + big + off + prefix, 1),
+        (good + good + prefix + off, 2),
+        (off + prefix, 0),
+        (good + big, 1),
+    ]:
+        assert sm2.decompress(buf) == ([], at)
+        assert sm2.first_bad_point(buf) == at
+        assert sm2.mult_buffer(sm2.generate_scalar(), buf) == (b"", at)
+
+
+_field_values = st.integers(min_value=0, max_value=sm2.P - 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(_field_values, min_size=0, max_size=20))
+def test_square_root_backends_give_the_same_values(values: list[int]) -> None:
+    """libippcp's ippsGFpExp and gmpy2.powmod: the same v^((p+1)/4), squares or not."""
+    expected = [pow(v, (sm2.P + 1) // 4, sm2.P) for v in values]
+    assert sm2_field.sqrt_candidates(values, backend="gmpy2") == expected
+    if sm2_field.backend() != "ippcp":
+        pytest.skip("libippcp cannot be loaded here: only gmpy2 is checked")
+    assert sm2_field.sqrt_candidates(values, backend="ippcp") == expected
+    squares = [v * v % sm2.P for v in values]
+    roots = sm2_field.sqrt_candidates(squares, backend="ippcp")
+    assert [r * r % sm2.P for r in roots] == squares
+
+
+def test_square_root_backend_names() -> None:
+    with pytest.raises(ValueError, match="unknown SM2 field backend"):
+        sm2_field.sqrt_candidates([4], backend="openssl")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=8), st.binary(max_size=64))
+def test_batched_hash_to_field_equals_one_by_one(msgs: list[bytes], dst: bytes) -> None:
+    """hashlib's SM3 over the buffer gives what cryptography's SM3 gives per message."""
+    batch = sm2_field.hash_to_field_batch(msgs, dst)
+    if batch is None:
+        pytest.skip("this OpenSSL has no SM3 in hashlib")
+    assert [list(pair) for pair in zip(*batch, strict=True)] == [
+        sm2.hash_to_field(m, dst) for m in msgs
+    ]
+
+
+def test_buffer_products_equal_the_point_products() -> None:
+    """mult_buffer and hash_mult_buffer (bytes straight to the library) against mult_points."""
+    k = sm2.generate_scalar()
+    msgs = [bytes([i, 7]) * 8 for i in range(19)]
+    points = [p for p in sm2.hash_to_curve_batch(msgs) if p is not None]
+    blinded, bad = sm2.hash_mult_buffer(k, b"".join(msgs))
+    assert bad == -1 and blinded == sm2.compress(sm2.mult_points(k, points))
+    odd = b"".join(b"\x03" + p[1:] for p in (blinded[i : i + 33] for i in range(0, 33 * 19, 33)))
+    again, bad = sm2.mult_buffer(k, odd)
+    decoded, _ = sm2.decompress(odd)
+    assert bad == -1 and again == sm2.compress(sm2.mult_points(k, decoded))
+    assert again == sm2.mult_buffer(k, blinded)[0]
 
 
 def test_scalar_range() -> None:

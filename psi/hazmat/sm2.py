@@ -5,7 +5,8 @@ Use :mod:`psi.ecdh` with the suite ``SM2_XMD:SM3_SSWU_RO_``; nothing here checks
 Hash to curve is RFC 9380's generic ``hash_to_curve`` (section 3) on the SM2
 curve y^2 = x^3 + a*x + b over GF(p) (a = -3, so the simplified SWU map of
 section 6.6.2 applies directly, without an isogeny): ``expand_message_xmd``
-over SM3 (``cryptography``'s ``hashes.SM3``; b_in_bytes 32, s_in_bytes 64),
+over SM3 (b_in_bytes 32, s_in_bytes 64; ``cryptography``'s ``hashes.SM3`` here, for
+one message, and OpenSSL's through hashlib over buffers, :mod:`psi.hazmat.sm2_field`),
 L = 48, two field elements, two maps, one point addition, cofactor 1. Z is
 :data:`Z` (-9), the value RFC 9380 appendix H.2's ``find_z_sswu`` selects
 for SM2 (tests/test_sm2.py runs that procedure). The DST is :data:`DST`.
@@ -32,9 +33,10 @@ Scalar multiplication, two backends with the same bytes:
     primitive, and it is only the FALLBACK for CPUs without AVX-512 IFMA
     (about 200 times slower); it is checked against the library in the tests.
 
-The field square roots (p = 3 mod 4: one ``gmpy2.powmod`` each, the SWU
-branch's root derived from the first, RFC 9380 appendix F.2.1.2) and
-inversions (Montgomery's trick, one per buffer) run over whole buffers. Not
+The field square roots (p = 3 mod 4: one exponentiation each, on libippcp or
+gmpy2, :mod:`psi.hazmat.sm2_field`; the SWU branch's root derived from the first,
+RFC 9380 appendix F.2.1.2) and inversions (Montgomery's trick, one per buffer:
+both maps of a buffer share one) run over whole buffers, in gmpy2 integers. Not
 constant time: the inputs are the party's own identities or the peer's
 blinded points, and the scalars stay in the library on the fast path.
 """
@@ -51,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives import hashes
 
-from psi.hazmat import x25519
+from psi.hazmat import sm2_field, x25519
 
 __all__ = [
     "DEFAULT_USER_ID",
@@ -93,6 +95,10 @@ _MINUS_B_OVER_A: Final = (-B * pow(A, P - 2, P)) % P
 _B_OVER_ZA: Final = B * pow(Z * A % P, P - 2, P) % P
 _C_ROOT: Final = Z * pow(-Z % P, _SQRT_EXP, P) % P
 _LANES: Final = 8
+# The same constants as gmpy2 integers: mpz * mpz % mpz is about twice as fast as int's.
+_MP, _MA, _MB, _MZ = (gmpy2.mpz(v) for v in (P, A, B, Z))
+_M_MINUS_B_OVER_A, _M_B_OVER_ZA = gmpy2.mpz(_MINUS_B_OVER_A), gmpy2.mpz(_B_OVER_ZA)
+_M_C_ROOT = gmpy2.mpz(_C_ROOT)
 
 
 def expand_message_xmd_sm3(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
@@ -126,6 +132,15 @@ def hash_to_field(msg: bytes, dst: bytes = DST, count: int = 2) -> list[int]:
     return [int.from_bytes(uniform[i * _L : (i + 1) * _L], "big") % P for i in range(count)]
 
 
+def _hash_to_field_batch(msgs: Sequence[bytes], dst: bytes) -> tuple[list[int], list[int]]:
+    """(u0, u1) of :func:`hash_to_field` for every message, in one batch when OpenSSL has SM3."""
+    batch = sm2_field.hash_to_field_batch(msgs, dst)
+    if batch is not None:
+        return batch
+    fields = [hash_to_field(m, dst, 2) for m in msgs]
+    return [gmpy2.mpz(f[0]) for f in fields], [gmpy2.mpz(f[1]) for f in fields]
+
+
 def _batch_inverse(values: Sequence[int]) -> list[int]:
     """1/v mod P for every v (0 maps to 0, as RFC 9380's inv0), with one inversion."""
     prefix: list[int] = []
@@ -133,33 +148,36 @@ def _batch_inverse(values: Sequence[int]) -> list[int]:
     for v in values:
         prefix.append(acc)
         if v:
-            acc = acc * v % P
-    inv = gmpy2.powmod(acc, P - 2, P)
+            acc = acc * v % _MP
+    inv = gmpy2.powmod(acc, P - 2, _MP)
     out = [0] * len(values)
     for i in range(len(values) - 1, -1, -1):
         v = values[i]
         if v:
-            out[i] = int(inv * prefix[i] % P)
-            inv = inv * v % P
+            out[i] = inv * prefix[i] % _MP
+            inv = inv * v % _MP
     return out
 
 
 def _sswu_batch(us: Sequence[int]) -> list[tuple[int, int]]:
     """RFC 9380 section 6.6.2 simplified SWU for every u, inversions shared, one root each."""
-    denominators = [(Z * Z % P * pow(u, 4, P) + Z * u * u) % P for u in us]
+    p, a, b = _MP, _MA, _MB
+    zu2 = [_MZ * u * u % p for u in us]
+    # Z^2 u^4 + Z u^2 = Z u^2 (Z u^2 + 1)
+    inverses = _batch_inverse([t * (t + 1) % p for t in zu2])
+    x1s = [_M_MINUS_B_OVER_A * (1 + t) % p if t else _M_B_OVER_ZA for t in inverses]
+    gx1s = [((x * x + a) * x + b) % p for x in x1s]
     out: list[tuple[int, int]] = []
-    for u, tv1 in zip(us, _batch_inverse(denominators), strict=True):
-        x1 = _MINUS_B_OVER_A * (1 + tv1) % P if tv1 else _B_OVER_ZA
-        gx1 = (x1 * x1 % P * x1 + A * x1 + B) % P
-        root = gmpy2.powmod(gx1, _SQRT_EXP, P)
-        if root * root % P == gx1:
-            x, y = x1, int(root)
+    roots = sm2_field.sqrt_candidates(gx1s)
+    for u, t, x1, gx1, root in zip(us, zu2, x1s, gx1s, roots, strict=True):
+        if root * root % p == gx1:
+            x, y = x1, root
         else:
             # g(x2) = Z^3 u^6 g(x1) and root^2 = -g(x1), so sqrt(g(x2)) = root * Z sqrt(-Z) u^3.
-            x = Z * u % P * u % P * x1 % P
-            y = int(root * _C_ROOT % P * pow(u, 3, P) % P)
-        if u % 2 != y % 2:
-            y = -y % P
+            x = t * x1 % p
+            y = root * _M_C_ROOT * u % p * u * u % p
+        if (u ^ y) & 1:
+            y = -y % p
         out.append((x, y))
     return out
 
@@ -175,25 +193,67 @@ def _add_batch(
             if (y1 + y2) % P == 0:
                 out.append(None)
                 continue
-            lam = (3 * x1 * x1 + A) * pow(2 * y1, P - 2, P) % P  # doubling: rare
+            lam = (3 * x1 * x1 + A) * pow(2 * y1, P - 2, P) % _MP  # doubling: rare
         else:
-            lam = (y2 - y1) * t % P
-        x3 = (lam * lam - x1 - x2) % P
-        out.append((x3, (lam * (x1 - x3) - y1) % P))
+            lam = (y2 - y1) * t % _MP
+        x3 = (lam * lam - x1 - x2) % _MP
+        out.append((x3, (lam * (x1 - x3) - y1) % _MP))
     return out
 
 
 def hash_to_curve_batch(msgs: Sequence[bytes], dst: bytes = DST) -> list[tuple[int, int] | None]:
     """RFC 9380 hash_to_curve (RO) of every message: affine points (``None`` is the identity)."""
-    fields = [hash_to_field(m, dst, 2) for m in msgs]
-    q0 = _sswu_batch([f[0] for f in fields])
-    q1 = _sswu_batch([f[1] for f in fields])
-    return _add_batch(q0, q1)  # cofactor 1: clear_cofactor is the identity map
+    return [None if q is None else (int(q[0]), int(q[1])) for q in _hash_to_curve(msgs, dst)]
+
+
+def _hash_to_curve(msgs: Sequence[bytes], dst: bytes) -> list[tuple[int, int] | None]:
+    """:func:`hash_to_curve_batch` with the coordinates left as gmpy2 integers."""
+    u0, u1 = _hash_to_field_batch(msgs, dst)
+    q = _sswu_batch(u0 + u1)  # both maps of every message: one shared inversion
+    return _add_batch(q[: len(msgs)], q[len(msgs) :])  # cofactor 1: clear_cofactor is identity
 
 
 def compress(xs: Sequence[int]) -> bytes:
     """x-coordinates as 33-byte compressed points with prefix 0x02 (see the module notes)."""
     return b"".join(b"\x02" + x.to_bytes(32, "big") for x in xs)
+
+
+def _compress_raw(raw: bytes) -> bytes:
+    """:func:`compress` of big-endian 32-byte x-coordinates, as numpy rows."""
+    n = len(raw) // 32
+    out = np.empty((n, POINT_SIZE), dtype=np.uint8)
+    out[:, 0] = 2
+    out[:, 1:] = np.frombuffer(raw, dtype=np.uint8).reshape(n, 32)
+    return out.tobytes()
+
+
+def _parse(buf: bytes) -> tuple[npt.NDArray[np.uint8], list[int], int]:
+    """(rows, x values, n) of the points before the first bad prefix or x >= p; n < len(rows)
+    names that bad point."""
+    rows = np.frombuffer(buf, dtype=np.uint8, count=len(buf) // POINT_SIZE * POINT_SIZE)
+    rows = rows.reshape(-1, POINT_SIZE)
+    bad_prefix = np.flatnonzero((rows[:, 0] != 2) & (rows[:, 0] != 3))
+    limit = int(bad_prefix[0]) if len(bad_prefix) else len(rows)
+    raw = rows[:limit, 1:].tobytes()
+    xs = [gmpy2.mpz.from_bytes(raw[at : at + 32], "big") for at in range(0, limit * 32, 32)]
+    too_big = next((i for i, x in enumerate(xs) if x >= P), limit)
+    return rows, xs[:too_big], too_big
+
+
+def _decode(buf: bytes) -> tuple[npt.NDArray[np.uint8], list[int], list[int], int]:
+    """(rows, xs, ys, bad) of :func:`decompress`: the square roots in one batch."""
+    rows, xs, limit = _parse(buf)
+    p, a, b = _MP, _MA, _MB
+    rhs = [((x * x + a) * x + b) % p for x in xs]
+    odd = (rows[: len(xs), 0] == 3).tolist()
+    ys: list[int] = []
+    for i, (r, root, want_odd) in enumerate(
+        zip(rhs, sm2_field.sqrt_candidates(rhs), odd, strict=True)
+    ):
+        if root * root % p != r:
+            return rows, [], [], i
+        ys.append(root if (root & 1) == want_odd else p - root)
+    return rows, xs, ys, (limit if limit < len(rows) else -1)
 
 
 def decompress(buf: bytes) -> tuple[list[tuple[int, int]], int]:
@@ -202,22 +262,10 @@ def decompress(buf: bytes) -> tuple[list[tuple[int, int]], int]:
     A point is bad when its prefix is not 0x02/0x03, its x is not below p, or
     x^3 + a*x + b is not a square (not on the curve).
     """
-    out: list[tuple[int, int]] = []
-    for i in range(len(buf) // POINT_SIZE):
-        start = i * POINT_SIZE
-        prefix = buf[start]
-        x = int.from_bytes(buf[start + 1 : start + POINT_SIZE], "big")
-        if prefix not in (2, 3) or x >= P:
-            return [], i
-        rhs = (x * x % P * x + A * x + B) % P
-        y = gmpy2.powmod(rhs, _SQRT_EXP, P)
-        if y * y % P != rhs:
-            return [], i
-        y = int(y)
-        if y % 2 != prefix - 2:
-            y = P - y
-        out.append((x, y))
-    return out, -1
+    _, xs, ys, bad = _decode(buf)
+    if bad >= 0:
+        return [], bad
+    return [(int(x), int(y)) for x, y in zip(xs, ys, strict=True)], -1
 
 
 def first_bad_point(buf: bytes) -> int:
@@ -226,15 +274,13 @@ def first_bad_point(buf: bytes) -> int:
     The check of :func:`decompress` without the square root (a Legendre symbol), for points
     that are compared but not multiplied.
     """
-    for i in range(len(buf) // POINT_SIZE):
-        start = i * POINT_SIZE
-        x = int.from_bytes(buf[start + 1 : start + POINT_SIZE], "big")
-        if buf[start] not in (2, 3) or x >= P:
+    rows, xs, limit = _parse(buf)
+    legendre, p, a, b = gmpy2.legendre, _MP, _MA, _MB
+    for i, x in enumerate(xs):
+        rhs = ((x * x + a) * x + b) % p
+        if rhs and legendre(rhs, p) != 1:
             return i
-        rhs = (x * x % P * x + A * x + B) % P
-        if rhs and gmpy2.legendre(rhs, P) != 1:
-            return i
-    return -1
+    return limit if limit < len(rows) else -1
 
 
 def generate_scalar(rng: Callable[[int], bytes] = os.urandom) -> bytes:
@@ -255,10 +301,6 @@ def generate_scalar(rng: Callable[[int], bytes] = os.urandom) -> bytes:
 # --- scalar multiplication ------------------------------------------------------------------
 
 
-def _le_words(values: Sequence[int]) -> npt.NDArray[np.uint8]:
-    return np.frombuffer(b"".join(v.to_bytes(32, "little") for v in values), dtype=np.uint8)
-
-
 class _CryptoMb:
     """``mbx_sm2_ecdh_mb8`` over whole buffers (BN format: four little-endian 64-bit words)."""
 
@@ -268,37 +310,46 @@ class _CryptoMb:
         self._ecdh.restype = ctypes.c_uint32
 
     def mult(self, scalar: bytes, points: Sequence[tuple[int, int]]) -> list[int]:
-        n = len(points)
+        raw = self.mult_raw(scalar, _le_bytes([p[0] for p in points]), [p[1] for p in points])
+        return [int.from_bytes(raw[at : at + 32], "big") for at in range(0, len(raw), 32)]
+
+    def mult_raw(self, scalar: bytes, x_le: bytes, ys: Sequence[int]) -> bytes:
+        """Big-endian x(k*P) of every point given as little-endian x words and y values."""
+        n = len(ys)
         if n == 0:
-            return []
+            return b""
         calls = -(-n // _LANES)
-        padded = list(points) + [(GX, GY)] * (calls * _LANES - n)  # spare lanes: the generator
-        xs = _le_words([p[0] for p in padded])
-        ys = _le_words([p[1] for p in padded])
-        out = np.empty(len(padded) * 32, dtype=np.uint8)
+        spare = calls * _LANES - n  # spare lanes: the generator
+        xs = np.frombuffer(x_le + _GX_LE * spare, dtype=np.uint8)
+        ys_words = np.frombuffer(_le_bytes(ys) + _GY_LE * spare, dtype=np.uint8)
+        out = np.empty(calls * _LANES * 32, dtype=np.uint8)
         key = ctypes.create_string_buffer(int.from_bytes(scalar, "big").to_bytes(32, "little"), 32)
-        stride = np.arange(len(padded), dtype=np.uint64) * np.uint64(32)
-        x_ptrs, y_ptrs = stride + np.uint64(xs.ctypes.data), stride + np.uint64(ys.ctypes.data)
+        stride = np.arange(calls * _LANES, dtype=np.uint64) * np.uint64(32)
+        x_ptrs, y_ptrs = (
+            stride + np.uint64(xs.ctypes.data),
+            stride + np.uint64(ys_words.ctypes.data),
+        )
         out_ptrs = stride + np.uint64(out.ctypes.data)
         keys = (ctypes.c_void_p * _LANES)(*([ctypes.addressof(key)] * _LANES))
         step = _LANES * 8
+        ecdh, out_at = self._ecdh, out_ptrs.ctypes.data
+        x_at, y_at = x_ptrs.ctypes.data, y_ptrs.ctypes.data
         try:
-            for call in range(calls):
-                at = call * step
-                status = self._ecdh(
-                    out_ptrs.ctypes.data + at,
-                    keys,
-                    x_ptrs.ctypes.data + at,
-                    y_ptrs.ctypes.data + at,
-                    None,
-                    None,
-                )
+            for at in range(0, calls * step, step):
+                status = ecdh(out_at + at, keys, x_at + at, y_at + at, None, None)
                 if status:
                     raise RuntimeError(f"mbx_sm2_ecdh_mb8 returned status {status:#x}")
         finally:
             ctypes.memset(key, 0, 32)
-        raw = out[: n * 32].tobytes()
-        return [int.from_bytes(raw[i * 32 : i * 32 + 32], "big") for i in range(n)]
+        return out[: n * 32].tobytes()
+
+
+def _le_bytes(values: Sequence[int]) -> bytes:
+    return b"".join(v.to_bytes(32, "little") for v in values)
+
+
+_GX_LE: Final = GX.to_bytes(32, "little")
+_GY_LE: Final = GY.to_bytes(32, "little")
 
 
 def _jacobian_double(x: int, y: int, z: int) -> tuple[int, int, int]:
@@ -405,20 +456,29 @@ def mult_buffer(scalar: bytes, buf: bytes) -> tuple[bytes, int]:
 
     Returns ``(products, -1)`` or ``(b"", i)`` when point ``i`` is bad. Top-level, picklable.
     """
-    points, bad = decompress(buf)
+    rows, xs, ys, bad = _decode(buf)
     if bad >= 0:
         return b"", bad
-    return compress(mult_points(scalar, points)), -1
+    mb = _crypto_mb()
+    if mb is None:
+        return compress(_gmpy2_mult(scalar, list(zip(xs, ys, strict=True)))), -1
+    # The library's x words are the received big-endian x bytes reversed: no integers.
+    return _compress_raw(mb.mult_raw(scalar, rows[:, :0:-1].tobytes(), ys)), -1
 
 
 def hash_mult_buffer(scalar: bytes, buf: bytes) -> tuple[bytes, int]:
     """k * H(x) for each 16-byte encoded identity in ``buf``, compressed. Top-level, picklable."""
     msgs = [buf[i : i + 16] for i in range(0, len(buf) - len(buf) % 16, 16)]
-    points = hash_to_curve_batch(msgs)
+    points = _hash_to_curve(msgs, DST)
     for i, point in enumerate(points):
         if point is None:  # H(x) = identity: probability about 2^-256
             return b"", i
-    return compress(mult_points(scalar, [p for p in points if p is not None])), -1
+    present = [p for p in points if p is not None]
+    mb = _crypto_mb()
+    if mb is None:
+        return compress(_gmpy2_mult(scalar, present)), -1
+    x_le = _le_bytes([p[0] for p in present])
+    return _compress_raw(mb.mult_raw(scalar, x_le, [p[1] for p in present])), -1
 
 
 class EphemeralKey:
