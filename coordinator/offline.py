@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from audit.format import SHUTDOWN
+from audit.format import ROSTER_COMMITTED, SHUTDOWN, roster_fields
 from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
@@ -394,6 +394,8 @@ def run_offline_command(
     started = time.monotonic()
     try:
         _open_round(cfg, audit, state, rid=rid, as_of=day, out=out)
+        # the roster's declaration, as online: reconcile checks each node's query size
+        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.identities))
         online = [n for n in cfg.nodes if not n.offline]
         results: list[SubRound] = []
         if online:

@@ -377,4 +377,8 @@ def serve_from_config(path: Path | str) -> int:
     finally:
         audit.close()
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            # wait for the pool's manager thread: with wait=False it closes its wakeup
+            # pipe while the interpreter's exit hook may still write to it (CPython
+            # 3.11 race), printing an "Exception ignored" traceback on Ctrl-C; queued
+            # work is cancelled, so this waits at most for the chunks being multiplied
+            executor.shutdown(wait=True, cancel_futures=True)

@@ -151,6 +151,11 @@ def test_offline_equals_online_for_both_protocols(
     assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
     events = [e["event"] for e in audit_entries(fed.audit_log("police"))]
     assert "offline_file" in events
+    # the offline round declares its roster like an online one (reconcile checks sizes)
+    declared = [
+        e for e in audit_entries(fed.audit_log("civil-affairs")) if e["event"] == "roster_committed"
+    ]
+    assert str(mixed["rid"]) in {e["round_id"] for e in declared}
 
 
 def test_refusals_other_node_altered_truncated_replayed(
