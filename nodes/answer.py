@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -38,6 +39,7 @@ from keys.certs import inspect_member_certificate
 from keys.sealed import (
     Opened,
     SealedFileError,
+    SenderKey,
     load_sealing_key,
     load_sender_key,
     open_sealed,
@@ -87,6 +89,48 @@ def _passphrase(config: NodeConfig) -> bytes | None:
     if value is None:
         raise InputError(f"node.passphrase_env: {env} is not set")
     return value.encode()
+
+
+@dataclass(frozen=True)
+class DepartmentFile:
+    """A sealed file read in the department, with what opening and answering it needs."""
+
+    cfg: NodeConfig
+    passphrase: bytes | None
+    sender: SenderKey
+    data: bytes
+    audit: AuditLog
+
+
+def read_department_file(config: Path, file: Path, out: Path) -> DepartmentFile:
+    """Load node.toml and our keys, read ``file``, check ``out`` is new, open the log
+    (``xmatch node answer`` and ``xmatch node inbox`` alike).
+
+    Raises:
+        InputError: unreadable file, ``out`` exists, keys or the log unusable.
+        ConfigError: bad node.toml.
+    """
+    cfg = load_node_config(config)
+    node = cfg.node
+    from nodes.server import _log_folder, _log_signer
+
+    passphrase = _passphrase(cfg)
+    sender = load_sender_key(
+        name=node.name,
+        key=node.key,
+        cert=node.cert,
+        seal_cert=node.key.with_name(f"{node.name}.seal.crt"),
+        passphrase=passphrase,
+    )
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{file}: cannot read ({exc.strerror})") from None
+    if out.exists():
+        raise InputError(f"{out}: exists already; choose another --out")
+    _log_folder(config, cfg)
+    audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
+    return DepartmentFile(cfg=cfg, passphrase=passphrase, sender=sender, data=data, audit=audit)
 
 
 def _seeded(draw: bytes) -> Callable[[int], bytes]:
@@ -284,26 +328,15 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
         XmatchError: configuration, keys, or the response cannot be written.
     """
     out_stream = stdout if stdout is not None else sys.stdout
-    cfg = load_node_config(config)
-    node = cfg.node
-    from nodes.server import _log_folder, _log_signer
-
-    passphrase = _passphrase(cfg)
-    sender = load_sender_key(
-        name=node.name,
-        key=node.key,
-        cert=node.cert,
-        seal_cert=node.key.with_name(f"{node.name}.seal.crt"),
-        passphrase=passphrase,
+    read = read_department_file(config, request, out)
+    cfg, passphrase, sender, data, audit = (
+        read.cfg,
+        read.passphrase,
+        read.sender,
+        read.data,
+        read.audit,
     )
-    try:
-        data = request.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{request}: cannot read ({exc.strerror})") from None
-    if out.exists():
-        raise InputError(f"{out}: exists already; choose another --out")
-    _log_folder(config, cfg)
-    audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
+    node = cfg.node
     try:
         try:
             opened, role = _open(cfg, data, passphrase)

@@ -33,28 +33,18 @@ from keys.sealed import (
     Opened,
     SealedFileError,
     load_sealing_key,
-    load_sender_key,
     open_sealed,
     seal,
 )
+from nodes.answer import read_department_file
 from nodes.auth import Peer
-from nodes.config import NodeConfig, load_node_config
+from nodes.config import NodeConfig
 from nodes.disputes import dispute_answers, file_dispute, withdraw_dispute
 from nodes.shares import receive_work_list
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused, XmatchError
 
 __all__ = ["apply_bundle", "inbox_command"]
-
-
-def _passphrase(config: NodeConfig) -> bytes | None:
-    env = config.node.passphrase_env
-    if env is None:
-        return None
-    value = os.environ.get(env)
-    if value is None:
-        raise InputError(f"node.passphrase_env: {env} is not set")
-    return value.encode()
 
 
 def _why(exc: XmatchError) -> str:
@@ -136,26 +126,15 @@ def inbox_command(*, config: Path, file: Path, out: Path, stdout: TextIO | None 
             is serving), or keys are unusable.
     """
     out_stream = stdout or sys.stdout
-    cfg = load_node_config(config)
-    node = cfg.node
-    from nodes.server import _log_folder, _log_signer
-
-    passphrase = _passphrase(cfg)
-    sender = load_sender_key(
-        name=node.name,
-        key=node.key,
-        cert=node.cert,
-        seal_cert=node.key.with_name(f"{node.name}.seal.crt"),
-        passphrase=passphrase,
+    read = read_department_file(config, file, out)
+    cfg, passphrase, sender, data, audit = (
+        read.cfg,
+        read.passphrase,
+        read.sender,
+        read.data,
+        read.audit,
     )
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{file}: cannot read ({exc.strerror})") from None
-    if out.exists():
-        raise InputError(f"{out}: exists already; choose another --out")
-    _log_folder(config, cfg)
-    audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
+    node = cfg.node
     try:
         try:
             opened, peer = _open(cfg, data, passphrase)
