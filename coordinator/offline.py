@@ -33,7 +33,6 @@ import datetime as _dt
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +73,7 @@ from keys.sealed import (
 )
 from psi.bundle import Bundle
 from psi.errors import InputError
+from runtime.files import write_atomic
 
 __all__ = [
     "OFFLINE_DIR",
@@ -92,21 +92,6 @@ OFFLINE_DIR = "offline"
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``path`` through a temporary sibling, fsynced, renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------

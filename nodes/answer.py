@@ -25,11 +25,10 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, Literal, NoReturn, TextIO
 
 import grpc
 
@@ -57,6 +56,7 @@ from nodes.servicer import NodeServicer
 from proto import xmatch_pb2 as pb
 from psi.bundle import Bundle
 from psi.errors import InputError, ProtocolError, XmatchError
+from runtime.files import write_atomic
 
 __all__ = ["answer_command"]
 
@@ -203,31 +203,28 @@ def _run_sub_round(
     return "ok", "", out
 
 
-def _open(config: NodeConfig, data: bytes, passphrase: bytes | None) -> tuple[Opened, str]:
+def open_for_node(
+    config: NodeConfig,
+    data: bytes,
+    passphrase: bytes | None,
+    *,
+    kind: Literal["request", "inbox"] = "request",
+) -> tuple[Opened, str]:
+    """Open a sealed file of ``kind`` sent to this node; (it, the sender's role).
+
+    Raises:
+        SealedFileError: refused (another recipient, altered, expired, unknown sender).
+    """
     node = config.node
     sealing = load_sealing_key(
         node.key.with_name(f"{node.name}.seal.key"), name=node.name, passphrase=passphrase
     )
     ca_pem = node.ca.read_bytes()
-    opened = open_sealed(data, kind="request", recipient=sealing, ca_pem=ca_pem)
+    opened = open_sealed(data, kind=kind, recipient=sealing, ca_pem=ca_pem)
     role = inspect_member_certificate(
         opened.header["sender_cert"].encode(), ca_pem=ca_pem, usage="tls"
     ).role
     return opened, role
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _log_file(
@@ -339,7 +336,7 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
     node = cfg.node
     try:
         try:
-            opened, role = _open(cfg, data, passphrase)
+            opened, role = open_for_node(cfg, data, passphrase)
             if _answered_before(node.audit_log, opened.file_id):
                 raise SealedFileError(
                     "answered before: carry back the response written then "
@@ -371,7 +368,7 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
             round_id=opened.header["round_id"],
             expires=expires,
         )
-        _write_atomic(out, sealed)
+        write_atomic(out, sealed, mode=0o644)
         _log_file(
             audit,
             sealed,

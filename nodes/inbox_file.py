@@ -20,29 +20,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TextIO
 
 from audit.format import SHUTDOWN
 from audit.log import AuditLog
-from keys.certs import inspect_member_certificate
 from keys.sealed import (
     Opened,
     SealedFileError,
-    load_sealing_key,
-    open_sealed,
     seal,
 )
-from nodes.answer import read_department_file
+from nodes.answer import open_for_node, read_department_file
 from nodes.auth import Peer
 from nodes.config import NodeConfig
 from nodes.disputes import dispute_answers, file_dispute, withdraw_dispute
 from nodes.shares import receive_work_list
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused, XmatchError
+from runtime.files import write_atomic
 
 __all__ = ["apply_bundle", "inbox_command"]
 
@@ -78,30 +74,8 @@ def apply_bundle(
 
 def _open(config: NodeConfig, data: bytes, passphrase: bytes | None) -> tuple[Opened, Peer]:
     """(1)-(2) Raises SealedFileError."""
-    node = config.node
-    sealing = load_sealing_key(
-        node.key.with_name(f"{node.name}.seal.key"), name=node.name, passphrase=passphrase
-    )
-    ca_pem = node.ca.read_bytes()
-    opened = open_sealed(data, kind="inbox", recipient=sealing, ca_pem=ca_pem)
-    role = inspect_member_certificate(
-        opened.header["sender_cert"].encode(), ca_pem=ca_pem, usage="tls"
-    ).role
+    opened, role = open_for_node(config, data, passphrase, kind="inbox")
     return opened, Peer(name=opened.sender, role=role)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _logged(
@@ -159,7 +133,7 @@ def inbox_command(*, config: Path, file: Path, out: Path, stdout: TextIO | None 
             round_id=opened.header["round_id"],
             expires=_dt.datetime.fromisoformat(opened.header["expires"]),
         )
-        _write_atomic(out, sealed)
+        write_atomic(out, sealed)
         _logged(audit, sealed, "written", "inbox-reply", opened.sender, request_id=opened.file_id)
         print(
             f"{len(bundle.disputes)} dispute(s), {len(bundle.withdrawals)} withdrawal(s), "

@@ -18,9 +18,7 @@ import csv
 import datetime as _dt
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from nodes.config import NodeConfig
 from nodes.disputes import check_text, inbox_dir
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused
+from runtime.files import write_atomic
 
 __all__ = ["LISTS", "MAX_ROWS", "ReceivedList", "read_lists", "receive_work_list"]
 
@@ -124,20 +123,6 @@ def _collect(parts: Iterable[pb.WorkList]) -> tuple[pb.WorkList, list[list[str]]
     return first, rows
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_bytes(columns: list[str], rows: list[list[str]]) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\r\n")
@@ -180,7 +165,7 @@ def receive_work_list(
     )
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_atomic(folder / meta.file, _csv_bytes(list(meta.columns), rows))
+        write_atomic(folder / meta.file, _csv_bytes(list(meta.columns), rows))
         audit.append(
             "list_shared",
             share_id=meta.share_id,
@@ -192,7 +177,7 @@ def receive_work_list(
             rows=meta.rows,
             columns=list(meta.columns),
         )
-        _write_atomic(described, json.dumps(asdict(meta), ensure_ascii=False).encode())
+        write_atomic(described, json.dumps(asdict(meta), ensure_ascii=False).encode())
     except OSError as exc:
         raise InputError(f"{folder}: cannot store the work list ({exc.strerror})") from None
     return pb.ShareReceipt(share_id=meta.share_id, rows=meta.rows)
