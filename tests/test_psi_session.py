@@ -27,11 +27,13 @@ from psi.session import (
     EcdhRequesterSession,
     EcdhResponderSession,
     End,
+    Evidence,
     KeyedHashRequesterSession,
     KeyedHashResponderSession,
     Matches,
     Points,
     RequesterResult,
+    ResponderMessage,
     Start,
 )
 from tests.test_psi_context import make_context
@@ -349,3 +351,23 @@ def test_session_psi_equals_the_plain_intersection(
     r_ids, m_ids = ids_from_ints(sorted(set(roster))), ids_from_ints(members)
     result = run(r_ids, m_ids)
     assert _found(result, r_ids) == set(r_ids) & set(m_ids)
+
+
+def test_keyed_hash_requester_makes_no_tag_between_accept_and_the_round_key() -> None:
+    """Regression (seen once in CI): the producer thread asked for a chunk after
+    ``accept`` had opened the state machine but before the round key was agreed,
+    and the sub-round failed with "no round key yet"."""
+    ctx = kh_context(PRFS[0])
+    asked: list[object] = []
+
+    class Probe(KeyedHashRequesterSession):
+        def _receive(self, message: ResponderMessage) -> Evidence | None:
+            asked.append(self.next_request())  # the producer's view at that moment
+            return super()._receive(message)
+
+    req = Probe(ctx, encode_identities(ids_from_ints([1, 2])), chunk_items=3, rng=rng_for(2))
+    resp = KeyedHashResponderSession(rng=rng_for(3))
+    resp.receive_start(req.start())
+    req.receive(resp.accept(None, _payload))
+    assert asked == [None]
+    assert req.next_request() is not None  # and once agreed, the tags follow

@@ -73,6 +73,10 @@ class KeyedHashRequesterSession(RequesterSession):
         )
         self._requester = KeyedHashRequester.generate(context, rng=rng)
         self._core = threading.Lock()  # the requester is used from two threads
+        # set once the round key is agreed: the state machine is OPEN a moment
+        # before (receive steps it, then agrees), and a producer thread asking
+        # for a chunk in between would find no key
+        self._agreed = False
         self._found: list[npt.NDArray[np.int64]] = []
         self._payloads: list[dict[str, str]] = []
         self._seq = 0
@@ -81,7 +85,7 @@ class KeyedHashRequesterSession(RequesterSession):
         return {"key_share": self._requester.key_share().to_bytes()}
 
     def _may_send(self) -> bool:
-        return self.accepted  # tags need the round key
+        return self._agreed  # tags need the round key
 
     def _make_chunk(self, seq: int, identities: npt.NDArray[np.uint8]) -> bytes:
         with self._core:
@@ -94,6 +98,7 @@ class KeyedHashRequesterSession(RequesterSession):
             share = KeyShare.from_bytes(message.key_share, round_id=round_id)
             with self._core:
                 self._requester.agree(share)
+            self._agreed = True
             return None
         assert isinstance(message, Matches)
         seq = self._seq
