@@ -211,3 +211,30 @@ def test_set_chunks_look_one_chunk_ahead_only_for_a_set_held_whole() -> None:
         bucketed.load_buckets([150, 150], lambda j: halves[j])
         next(bucketed.set_chunks(70))
         assert pool.submitted == 2  # one chunk at a time
+
+
+def _cpu_unsuitable_here() -> bool:
+    try:
+        x25519._crypto_mb()
+    except OSError as exc:
+        return "AVX-512 IFMA" in str(exc)
+    return False
+
+
+def test_cpu_without_ifma_is_silent_under_auto_and_warns_when_forced(
+    restore_backend: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a CPU without AVX-512 IFMA (an AMD EPYC, say) the real library refuses the CPU;
+    # elsewhere the same refusal is made to happen by replacing the loader.
+    if not _cpu_unsuitable_here():
+
+        def refuse(dirs: object) -> object:
+            raise x25519._CpuUnsuitable("mbx_is_crypto_mb_applicable: this CPU lacks AVX-512 IFMA")
+
+        monkeypatch.setattr(x25519, "_load_crypto_mb", refuse)
+    lines: list[str] = []
+    assert x25519.configure("auto", on_fallback=lines.append) == "openssl"
+    assert lines == []  # openssl is what auto means on this CPU: nothing to warn about
+    assert x25519.configure("crypto-mb", on_fallback=lines.append) == "openssl"
+    (line,) = lines  # asked for crypto-mb and not given it: the operator is told
+    assert "lacks AVX-512 IFMA" in line and line.endswith("; falling back to OpenSSL")

@@ -25,9 +25,11 @@ Two backends compute the same bytes:
 :func:`configure` picks one for the process: the environment variable
 :data:`ENV_VAR` if set, else the name passed (a node.toml or
 coordinator.toml key), else ``auto`` (crypto-mb where it loads and the CPU
-supports it). A library that is missing, does not load or does not suit the
-CPU gives one warning line (through the caller's ``on_fallback``, else
-:func:`warnings.warn`) and ``openssl``; nothing raises.
+supports it). A library that is missing or does not load gives one warning
+line (through the caller's ``on_fallback``, else :func:`warnings.warn`) and
+``openssl``; so does a CPU without AVX-512 IFMA when ``crypto-mb`` was asked
+for. Under ``auto`` such a CPU is no fault: ``openssl`` is the documented
+choice there, so nothing is said. Nothing raises.
 
 With an executor, a batch is split into slices and a top-level, picklable
 function is mapped over them; each worker gets the scalar bytes and a
@@ -193,6 +195,10 @@ def _library_dirs() -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
+class _CpuUnsuitable(OSError):
+    """libcrypto_mb loaded, but ``mbx_is_crypto_mb_applicable`` refuses this CPU."""
+
+
 def _load_crypto_mb(dirs: Sequence[str]) -> _CryptoMb:
     """Load libcrypto_mb (runtime first) and check the CPU, or raise OSError saying why."""
 
@@ -213,7 +219,7 @@ def _load_crypto_mb(dirs: Sequence[str]) -> _CryptoMb:
     lib.mbx_is_crypto_mb_applicable.restype = ctypes.c_int
     lib.mbx_is_crypto_mb_applicable.argtypes = [ctypes.c_uint64]
     if not lib.mbx_is_crypto_mb_applicable(lib.mbx_get_cpu_features()):
-        raise OSError("mbx_is_crypto_mb_applicable: this CPU lacks AVX-512 IFMA")
+        raise _CpuUnsuitable("mbx_is_crypto_mb_applicable: this CPU lacks AVX-512 IFMA")
     return _CryptoMb(lib)
 
 
@@ -235,7 +241,9 @@ def configure(
     for the libraries. When libcrypto_mb cannot be used, the one-line reason
     goes to ``on_fallback`` (a node prints it to its log), or to
     :func:`warnings.warn` without one; ``quiet`` drops it (for workers whose
-    owner already gave it).
+    owner already gave it). Under ``auto``, a CPU without AVX-512 IFMA is
+    not reported: OpenSSL is the expected backend there, and a warning on
+    every round would teach operators to ignore warnings.
 
     Raises:
         ValueError: the name (from the environment or ``requested``) is not
@@ -255,7 +263,8 @@ def configure(
         _backend = "crypto-mb"
     except (OSError, AttributeError) as exc:
         _backend, _mb = "openssl", None
-        if not quiet:
+        expected = name == "auto" and isinstance(exc, _CpuUnsuitable)
+        if not quiet and not expected:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             line = f"X25519: libcrypto_mb not used ({reason}); falling back to OpenSSL"
             if on_fallback is not None:
