@@ -380,7 +380,7 @@ def run_offline_command(
     try:
         _open_round(cfg, audit, state, rid=rid, as_of=day, out=out)
         # the roster's declaration, as online: reconcile checks each node's query size
-        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.identities))
+        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.ordered))
         online = [n for n in cfg.nodes if not n.offline]
         results: list[SubRound] = []
         if online:

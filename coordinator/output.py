@@ -83,7 +83,8 @@ class _Beside:
     Without ``os.fork`` the work runs in this process, at :meth:`wait`.
     """
 
-    def __init__(self, work: Callable[[], None]) -> None:
+    def __init__(self, work: Callable[[], None], what: str = "decisions.xlsx") -> None:
+        self._what = what
         self._work: Callable[[], None] | None = work
         self._pid = 0
         self._read = -1
@@ -123,7 +124,7 @@ class _Beside:
         self._pid = 0
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
-            raise OSError(f"decisions.xlsx not written: {line or f'writer ended with {code}'}")
+            raise OSError(f"{self._what} not written: {line or f'writer ended with {code}'}")
 
     def stop(self) -> None:
         """End the work unfinished (this process failed): kill and reap the child."""
@@ -135,6 +136,15 @@ class _Beside:
             with contextlib.suppress(OSError):  # closed already if wait() was interrupted
                 os.close(self._read)
             self._pid = 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    # names children by identity number: mode 0600, as evidence.csv and the xlsx
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_output(
@@ -149,32 +159,34 @@ def write_output(
 ) -> None:
     """Write the three files into a temporary sibling folder, then rename it to ``out``.
 
-    ``extra`` (the spreadsheet and names.csv) runs in a forked child process
-    at the same time (:class:`_Beside`); ``waiting`` is called when only it is
-    left (the progress display's last phase). ``document`` and ``report`` may be
-    given as functions, to be built while the child writes.
+    ``extra`` (the spreadsheet and names.csv) and a ``report`` given as a
+    function run in forked child processes at the same time (:class:`_Beside`),
+    while this process writes evidence.csv and decisions.json; ``waiting`` is
+    called when only the children are left (the progress display's last phase).
+    ``document`` may be given as a function, to be built while they work.
     """
     parent = out.parent
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
-    beside = None if extra is None else _Beside(lambda: extra(staging))
+    children: list[_Beside] = []
     try:
+        if callable(report):
+            made = report
+            children.append(
+                _Beside(lambda: _write_text(staging / "report.html", made()), "report.html")
+            )
+        else:
+            _write_text(staging / "report.html", report)
+        if extra is not None:
+            children.append(_Beside(lambda: extra(staging)))
         write_evidence(staging / "evidence.csv", evidence)
-        # both name children by identity number: mode 0600, as evidence.csv and the xlsx
         if callable(document):
             document = document()
-        pages = (("decisions.json", lambda: decisions_text(document)), ("report.html", report))
-        for name, made in pages:
-            text = made() if callable(made) else made
-            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)  # decisions.json as rules evaluate: one decision per line
-                fh.flush()
-                os.fsync(fh.fileno())
-        if beside is not None:  # decisions.xlsx and names.csv (coordinator.spreadsheet)
-            if waiting is not None:
-                waiting()
-            beside.wait()
+        _write_text(staging / "decisions.json", decisions_text(document))  # a decision a line
+        if children and waiting is not None:
+            waiting()
+        for child in children:  # decisions.xlsx, names.csv, report.html
+            child.wait()
         check_output_folder(out)  # again: someone may have written there meanwhile
         if out.is_dir():
             out.rmdir()
@@ -185,7 +197,7 @@ def write_output(
         finally:
             os.close(fd)
     except BaseException:
-        if beside is not None:
-            beside.stop()
+        for child in children:
+            child.stop()
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -149,12 +149,30 @@ def query_identities(roster: Roster) -> list[str]:
     Invalid numbers were already set aside by ``read_roster``; children
     without a number are not queried (departments match identity numbers).
     """
-    found: set[str] = set()
-    for row in roster.rows:
-        for value in (row.child_id, row.father_id, row.mother_id):
-            if value is not None:
-                found.add(value)
-    return sorted(found)
+    return distinct_identities(roster)[0]
+
+
+def distinct_identities(roster: Roster) -> tuple[list[str], npt.NDArray[np.uint8]]:
+    """:func:`query_identities` and their 16-byte encodings, row for row.
+
+    Sorted as whole columns: a canonical number's encoding holds its 17 leading
+    digits as a big-endian integer, and the check character follows from them,
+    so the integers sort as the numbers do.
+    """
+    found = [
+        value
+        for row in roster.rows
+        for value in (row.child_id, row.father_id, row.mother_id)
+        if value is not None
+    ]
+    encoded = encode_identities(found)
+    if len(found) == 0 or not bool((encoded[:, 0] == 1).all()):
+        ordered = sorted(set(found))  # not only canonical numbers: leave it to Python
+        return ordered, encode_identities(ordered)
+    digits = np.ascontiguousarray(encoded[:, 1:9]).view(">u8").reshape(-1)
+    _, first = np.unique(digits, return_index=True)
+    values = np.asarray(found, dtype=object)[first]
+    return values.tolist(), encoded[first]
 
 
 def query_permutation(n: int, *, rng: Callable[[int], bytes] = os.urandom) -> npt.NDArray[np.int64]:
@@ -284,6 +302,8 @@ class Prepared:
     #: the roster's identities in the random query order (match indices point into it)
     identities: list[str]
     encoded: npt.NDArray[np.uint8]
+    #: the same identities sorted (what the roster commitment hashes, in its order)
+    ordered: list[str]
 
 
 def prepare(
@@ -315,12 +335,13 @@ def prepare(
     )
     for problem in roster.problems:
         display.note(f"{problem_prefix}{problem}", err)
-    ordered = query_identities(roster)
+    ordered, encoded = distinct_identities(roster)
     if not ordered:
         raise InputError(f"{roster.path}: no valid identity number to query")
     # query in a random order; match indices point into this order
-    identities = [ordered[i] for i in query_permutation(len(ordered), rng=rng).tolist()]
-    return Prepared(tls, log_signer, roster, identities, encode_identities(identities))
+    order = query_permutation(len(ordered), rng=rng)
+    identities = np.asarray(ordered, dtype=object)[order].tolist()
+    return Prepared(tls, log_signer, roster, identities, encoded[order], ordered)
 
 
 def _recover(state: RoundState, display: Progress, err: TextIO) -> None:
@@ -560,7 +581,7 @@ def _run_round(
     outcome = "done"  # the shutdown reason in the log
     try:
         _open_round(config, audit, state, rid=rid, as_of=as_of, out=out)
-        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.identities))
+        audit.append(ROSTER_COMMITTED, **roster_fields(round_id, prepared.ordered))
         results = fan_out(
             config,
             prepared,
