@@ -8,6 +8,7 @@ re-exports the readers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -269,8 +270,29 @@ def _region(text: str) -> str | None:
     return region
 
 
-def _birth_from_id(number: str) -> date:
-    return date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+def _birth_from_id(number: str, seen: dict[str, date]) -> date:
+    # a roster has a few thousand distinct birth days: parse each once
+    digits = number[6:14]
+    found = seen.get(digits)
+    if found is None:
+        found = seen[digits] = date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    return found
+
+
+#: a cell that spacing normalization would change: doubled, leading or trailing
+#: space, or any other whitespace character (cells are joined with NUL to test a column)
+_UNTIDY = re.compile(r"\s\s|^\s|\s$|\s\x00|\x00\s|[^\S ]")
+
+
+def tidy_names(cells: Sequence[str]) -> list[str]:
+    """Each cell with runs of whitespace made one space and the ends trimmed.
+
+    A column without anything to change (the usual case) is tested in one
+    regex pass over the joined column instead of cell by cell.
+    """
+    if not _UNTIDY.search("\x00".join(cells)):
+        return list(cells)
+    return [" ".join(text.split()) for text in cells]
 
 
 def _roster_by_column(
@@ -303,11 +325,12 @@ def _roster_by_column(
     except InputError:
         return None
     child_ids, _, child_empty = id_columns["child_id"]
+    seen: dict[str, date] = {}
     for k, child_id in enumerate(child_ids):
         if statuses[k] is Status.SUPPORTED and categories[k] is None:
             return None
         if child_id is not None:
-            births[k] = _birth_from_id(child_id)
+            births[k] = _birth_from_id(child_id, seen)
             sexes[k] = "M" if int(child_id[16]) % 2 else "F"
         elif child_empty[k] and (births[k] is None or sexes[k] is None):
             return None
@@ -316,7 +339,7 @@ def _roster_by_column(
         problems[k] = found
 
     def names(column: str) -> list[str]:
-        return [" ".join(text.split()) for text in get[column]]
+        return tidy_names(get[column])
 
     return [
         RosterRow(*fields)

@@ -7,6 +7,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.records import (
     Category,
@@ -258,3 +260,10 @@ def test_gc_paused_nests_and_restores() -> None:
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab \t\u3000\xa0\x1f\n\x00"), max_size=6)))
+def test_tidy_names_equals_cell_by_cell_normalization(cells: list[str]) -> None:
+    from coordinator.roster_file import tidy_names
+
+    assert tidy_names(cells) == [" ".join(text.split()) for text in cells]
