@@ -386,3 +386,21 @@ def test_a_failure_of_the_parent_stops_the_spreadsheet(tmp_path: Path) -> None:
         _output(out, extra=extra, document=document)
     assert list(tmp_path.iterdir()) == []
     assert not marker.exists()
+
+
+def test_report_is_written_by_its_own_child_and_its_failure_names_it(tmp_path: Path) -> None:
+    """A report given as a function is rendered in a forked child; if that fails, the one
+    line names report.html and no round folder appears."""
+    out = tmp_path / "round"
+    _output(out, report=lambda: f"<html>{os.getpid()}</html>")
+    written = (out / "report.html").read_text(encoding="utf-8")
+    assert written != f"<html>{os.getpid()}</html>"  # another process rendered it
+    assert (out / "report.html").stat().st_mode & 0o777 == 0o600
+
+    def broken() -> str:
+        raise RuntimeError("template broke")
+
+    again = tmp_path / "again"
+    with pytest.raises(OSError, match=r"report.html not written: RuntimeError: template broke"):
+        _output(again, report=broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round"]
