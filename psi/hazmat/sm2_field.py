@@ -38,7 +38,7 @@ import gmpy2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BACKENDS", "P", "backend", "hash_to_field_batch", "sqrt_candidates"]
+__all__ = ["BACKENDS", "P", "backend", "hash_to_field_batch", "ippcp_library", "sqrt_candidates"]
 
 P: Final = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 SQRT_EXP: Final = (P + 1) // 4
@@ -101,6 +101,7 @@ class _Ipp:
     """One ``IppsGFpState`` for SM2's p, two elements and the exponent, reused for every call."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
         size = ctypes.c_int()
         lib.ippsGFpMethod_p256sm2.restype = ctypes.c_void_p
         _check(lib.ippsGFpGetSize(256, ctypes.byref(size)), "ippsGFpGetSize")
@@ -187,6 +188,15 @@ def _ippcp() -> _Ipp | None:
         except (OSError, AttributeError):
             _ipp_failed = True
     return _ipp
+
+
+def ippcp_library() -> ctypes.CDLL | None:
+    """The loaded libippcp (checked as above), or ``None`` when it cannot be loaded here.
+
+    For the SM2 signatures' fallback (:mod:`psi.hazmat.sm2_signatures`).
+    """
+    ipp = _ippcp()
+    return None if ipp is None else ipp.lib
 
 
 def backend() -> str:
