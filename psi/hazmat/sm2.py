@@ -39,6 +39,10 @@ RFC 9380 appendix F.2.1.2) and inversions (Montgomery's trick, one per buffer:
 both maps of a buffer share one) run over whole buffers, in gmpy2 integers. Not
 constant time: the inputs are the party's own identities or the peer's
 blinded points, and the scalars stay in the library on the fast path.
+
+SM2 signatures (:func:`sign`, :func:`verify`, GB/T 32918.2) always run in a library:
+libcrypto_mb where the CPU has AVX-512 IFMA, else libippcp
+(:mod:`psi.hazmat.sm2_signatures`), the same bytes for the same k.
 """
 
 from __future__ import annotations

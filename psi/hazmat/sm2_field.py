@@ -20,6 +20,9 @@ same values:
 ``gmpy2``
     ``gmpy2.powmod_base_list``: the fallback when libippcp cannot be loaded.
 
+The same loaded libippcp (:func:`ippcp_library`) also signs and verifies SM2 where
+libcrypto_mb refuses the CPU (:mod:`psi.hazmat.sm2_signatures`).
+
 The inputs are the party's own hashed identities or the peer's blinded points, never a
 secret, so neither needs to be constant time.
 """
