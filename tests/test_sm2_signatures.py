@@ -210,3 +210,21 @@ def test_fallback_verifies_from_many_threads() -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert all(pool.map(check, range(200)))
+
+
+def test_without_either_library_signing_and_verifying_raise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v = gb_example()
+    monkeypatch.setattr(sm2_signatures, "_sig_mb", None)
+    monkeypatch.setattr(sm2_signatures, "_sig_ipp", None)
+    monkeypatch.setattr(sm2_signatures, "_sig_tried", {"crypto-mb", "ippcp"})
+    with pytest.raises(OSError, match="need libcrypto_mb or libippcp"):
+        sm2.signature_backend()
+    assert sm2.public_point(v["d"]) == (v["x"], v["y"])  # the Jacobian arithmetic
+    key = sm2_signature.Sm2SigningKey(v["d"].to_bytes(32, "big"))
+    with pytest.raises(OSError, match="need libcrypto_mb or libippcp"):
+        key.sign(MSG)
+    with pytest.raises(OSError, match="backend ippcp cannot be used"):
+        sm2.verify((v["x"], v["y"]), MSG, bytes(64), backend="ippcp")
+    assert not sm2_signature.verify(key.public_bytes, MSG, bytes(63))  # malformed: no library

@@ -635,12 +635,12 @@ def verify(
         ValueError: user ID over 8191 bytes, unknown backend.
     """
     _check_user_id(user_id)
-    impl = signer(backend)
     x, y = public
     if len(signature) != 64 or not (0 <= x < P and 0 <= y < P):
         return False
     if (y * y - x * x * x - A * x - B) % P:
-        return False  # cofactor 1: on the curve is in the group (the libraries do not check)
+        return False  # cofactor 1: on the curve is in the group (ippsGFpECVerifySM2 never checks)
+    impl = signer(backend)
     r, s = signature[:32], signature[32:]
     if isinstance(impl, CryptoMbSignatures):
         return impl.verify(public, msg, user_id, r, s)
