@@ -198,7 +198,7 @@ def test_fallback_zeroes_its_copies_of_d_and_k(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_fallback_verifies_from_many_threads() -> None:
-    """The verifying context is shared under a lock: no answer changes under contention."""
+    """One verifying context per thread: no answer changes under contention."""
     d = int.from_bytes(os.urandom(31), "big") + 1
     public = sm2.public_point(d)
     sigs = [sm2.sign(d, bytes([i]), backend="ippcp") for i in range(16)]

@@ -18,7 +18,8 @@ Use :mod:`psi.sm2_signature`; nothing here checks key or nonce ranges (the calle
 Secrets: the copies of d and k handed to either library are zeroed after the call. On the
 ``ippcp`` path a signature gets a fresh field and curve context and scratch buffer, all
 zeroed afterwards too (the library keeps intermediate values of s in its contexts' pools);
-verifying (no secret) reuses one context under a lock, as the contexts are not thread-safe.
+verifying (no secret) reuses one context per thread, as the contexts are not thread-safe
+(no lock: a lock held by another thread at a fork would stay held in the child).
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ class IppcpSignatures:
         self._point_size = size.value
         _check(lib.ippsBigNumGetSize(_WORDS, ctypes.byref(size)), "ippsBigNumGetSize")
         self._bn_size = size.value
-        self._verifying = _Context(self)
-        self._lock = threading.Lock()
+        self._local = threading.local()
+        _Context(self)  # fails here, at load, when the library is unusable
 
     def _bn(self, value: bytes = bytes(32)) -> _Buffer:
         """An ``IppsBigNumState`` holding the big-endian ``value``."""
@@ -220,13 +221,14 @@ class IppcpSignatures:
         e, r_bn, s_bn = self._bn(digest), self._bn(r), self._bn(s)
         x, y = self._bn(_be(public[0])), self._bn(_be(public[1]))
         result = ctypes.c_int(-1)
-        with self._lock:
-            ctx = self._verifying
-            point = self._point(ctx)
-            _check(self.lib.ippsGFpECSetPointRegular(x, y, point, ctx.ec), "SetPointRegular")
-            status = self.lib.ippsGFpECVerifySM2(
-                e, point, r_bn, s_bn, ctypes.byref(result), ctx.ec, ctx.scratch
-            )
+        ctx: _Context | None = getattr(self._local, "verifying", None)
+        if ctx is None:
+            ctx = self._local.verifying = _Context(self)
+        point = self._point(ctx)
+        _check(self.lib.ippsGFpECSetPointRegular(x, y, point, ctx.ec), "SetPointRegular")
+        status = self.lib.ippsGFpECVerifySM2(
+            e, point, r_bn, s_bn, ctypes.byref(result), ctx.ec, ctx.scratch
+        )
         _check(status, "ippsGFpECVerifySM2", RuntimeError)
         return result.value == _IPP_EC_VALID
 
