@@ -8,8 +8,8 @@ Chosen per party (``audit_profile = "gm"`` in node.toml ``[node]`` or coordinato
   :data:`audit.format.GENESIS_GM`, which is also how a reader tells the profile.
 * A checkpoint's ``sig`` is the base64 SM2 signature (GB/T 32918.2, ``r || s``, 64
   bytes, default user ID ``1234567812345678``) of ``CHECKPOINT_DOMAIN || line without
-  sig``, made by ``mbx_sm2_ecdsa_sign_mb8`` (libcrypto_mb); ``key_id`` is the hex SM3
-  of the SM2 public key.
+  sig``, made by :mod:`psi.sm2_signature` (libcrypto_mb, or libippcp on CPUs without
+  AVX-512 IFMA: the same signatures); ``key_id`` is the hex SM3 of the SM2 public key.
 * A checkpoint also carries ``sm2_key`` (hex ``04 || x || y``) and ``sm2_binding``:
   the base64 Ed25519 signature, by the party's CA-certified audit key (the ``cert``
   of the checkpoint, as in the international profile), of
@@ -106,7 +106,7 @@ class GmAuditSigner:
         """The 64-byte SM2 signature r || s of ``data`` (default user ID).
 
         Raises:
-            OSError: libcrypto_mb cannot be used on this machine.
+            OSError: neither libcrypto_mb nor libippcp loads on this machine.
         """
         return self._sm2.sign(data)
 
@@ -127,6 +127,6 @@ def gm_signer(audit: AuditSigner, key_path: Path) -> GmAuditSigner:
 
     Raises:
         InputError: the key file cannot be read, written or parsed.
-        OSError: libcrypto_mb cannot be used here (SM2 signatures have no fallback).
+        OSError: neither libcrypto_mb nor libippcp loads here (no SM2 signatures).
     """
     return GmAuditSigner(audit, load_or_create_sm2_key(key_path))

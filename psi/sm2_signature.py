@@ -1,9 +1,13 @@
 """SM2 signatures (GB/T 32918.2) with the default user ID, for the GM profile of protocol logs.
 
-A thin, safe face on :mod:`psi.hazmat.sm2`: the library computes (``mbx_sm2_ecdsa_sign_mb8`` /
-``mbx_sm2_ecdsa_verify_mb8`` from libcrypto_mb, Z = SM3(ENTL || ID || a || b || G || P) and
-e = SM3(Z || M) inside), the per-signature secret k is drawn from ``os.urandom``. There is no
-fallback: where libcrypto_mb cannot be used, signing and verifying raise OSError.
+A thin, safe face on :mod:`psi.hazmat.sm2`, where one of two parts of Intel's library does
+the work (:mod:`psi.hazmat.sm2_signatures`): libcrypto_mb's ``mbx_sm2_ecdsa_sign_mb8`` /
+``mbx_sm2_ecdsa_verify_mb8`` on a CPU with AVX-512 IFMA, elsewhere (AMD, Hygon, older
+Intel) libippcp's ``ippsGFpECSignSM2`` / ``ippsGFpECVerifySM2`` from the same package. Both
+sign e = SM3(Z || M) with Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA), and give the
+same bytes for the same k, so a log signed on one kind of machine checks on the other. The
+per-signature secret k is drawn from ``os.urandom``. Only where neither library loads do
+signing and verifying raise OSError.
 
 Keys: a private key is a 32-byte big-endian integer d in [1, n - 2]; a public key travels as
 65 bytes ``04 || x || y`` (SEC 1 uncompressed); a signature is 64 bytes ``r || s``.
@@ -48,7 +52,7 @@ class Sm2SigningKey:
         raise TypeError("Sm2SigningKey holds a private key and cannot be pickled")
 
     def sign(self, message: bytes, user_id: bytes = DEFAULT_USER_ID) -> bytes:
-        """The 64-byte signature r || s. Raises: OSError: libcrypto_mb unusable here."""
+        """The 64-byte signature r || s. Raises: OSError: no SM2 library loads here."""
         return _sm2.sign(self._d, message, user_id)
 
 
@@ -56,7 +60,7 @@ def verify(
     public: bytes, message: bytes, signature: bytes, user_id: bytes = DEFAULT_USER_ID
 ) -> bool:
     """Whether ``signature`` is ``public``'s (65 bytes, ``04 || x || y``) signature of
-    ``message``. Raises: OSError: libcrypto_mb unusable here."""
+    ``message``. Raises: OSError: no SM2 library loads here."""
     if len(public) != 65 or public[0] != 4:
         return False
     point = (int.from_bytes(public[1:33], "big"), int.from_bytes(public[33:], "big"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,22 @@ def test_square_root_backends_give_the_same_values(values: list[int]) -> None:
     squares = [v * v % sm2.P for v in values]
     roots = sm2_field.sqrt_candidates(squares, backend="ippcp")
     assert [r * r % sm2.P for r in roots] == squares
+
+
+def test_square_roots_from_many_threads() -> None:
+    """libippcp's states are per thread: shared ones gave wrong roots under contention (about
+    one in six here), which refused valid key shares in concurrent sub-rounds."""
+    if sm2_field.backend() != "ippcp":
+        pytest.skip("libippcp cannot be loaded here: only gmpy2 is checked")
+    values = [int.from_bytes(os.urandom(32), "big") % sm2.P for _ in range(100)]
+    squares = [v * v % sm2.P for v in values]
+
+    def wrong(_: int) -> int:
+        roots = sm2_field.sqrt_candidates(squares, backend="ippcp")
+        return sum(r * r % sm2.P != s for r, s in zip(roots, squares, strict=True))
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        assert sum(pool.map(wrong, range(30))) == 0
 
 
 def test_square_root_backend_names() -> None:

@@ -39,6 +39,10 @@ RFC 9380 appendix F.2.1.2) and inversions (Montgomery's trick, one per buffer:
 both maps of a buffer share one) run over whole buffers, in gmpy2 integers. Not
 constant time: the inputs are the party's own identities or the peer's
 blinded points, and the scalars stay in the library on the fast path.
+
+SM2 signatures (:func:`sign`, :func:`verify`, GB/T 32918.2) always run in a library:
+libcrypto_mb where the CPU has AVX-512 IFMA, else libippcp
+(:mod:`psi.hazmat.sm2_signatures`), the same bytes for the same k.
 """
 
 from __future__ import annotations
@@ -54,11 +58,19 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives import hashes
 
 from psi.hazmat import sm2_field, x25519
+from psi.hazmat.sm2_signatures import (
+    SIGNATURE_BACKENDS,
+    CryptoMbSignatures,
+    public_key_library,
+    signature_backend,
+    signer,
+)
 
 __all__ = [
     "DEFAULT_USER_ID",
     "DST",
     "POINT_SIZE",
+    "SIGNATURE_BACKENDS",
     "SUITE",
     "EphemeralKey",
     "Z",
@@ -74,6 +86,8 @@ __all__ = [
     "mult_buffer",
     "public_point",
     "sign",
+    "signature_backend",
+    "signature_digest",
     "verify",
 ]
 
@@ -522,93 +536,37 @@ class EphemeralKey:
 
 #: The default user ID of GB/T 32918 / GM/T 0009 ("1234567812345678").
 DEFAULT_USER_ID: Final = b"1234567812345678"
+# ENTL, the user ID's length in bits, is two bytes.
+_MAX_USER_ID: Final = 0xFFFF // 8
 
 
-class _Signatures:
-    """``mbx_sm2_ecdsa_sign_mb8`` / ``verify_mb8`` for one signature (every lane the same)."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._sign = lib.mbx_sm2_ecdsa_sign_mb8
-        self._sign.argtypes = [ctypes.c_void_p] * 12
-        self._sign.restype = ctypes.c_uint32
-        self._verify = lib.mbx_sm2_ecdsa_verify_mb8
-        self._verify.argtypes = [ctypes.c_void_p] * 10
-        self._verify.restype = ctypes.c_uint32
-
-    @staticmethod
-    def _lanes(buf: ctypes.Array[ctypes.c_char]) -> ctypes.Array[ctypes.c_void_p]:
-        return (ctypes.c_void_p * _LANES)(*([ctypes.addressof(buf)] * _LANES))
-
-    @staticmethod
-    def _bn(value: int) -> ctypes.Array[ctypes.c_char]:
-        return ctypes.create_string_buffer(value.to_bytes(32, "little"), 32)
-
-    def sign(
-        self, d: int, public: tuple[int, int], msg: bytes, user_id: bytes, k: int
-    ) -> tuple[bytes, bytes]:
-        r_buf = ctypes.create_string_buffer(32)
-        s_buf = ctypes.create_string_buffer(32)
-        uid = ctypes.create_string_buffer(user_id, max(1, len(user_id)))
-        m = ctypes.create_string_buffer(msg, max(1, len(msg)))
-        lens = (ctypes.c_int * _LANES)(*([len(user_id)] * _LANES))
-        mlens = (ctypes.c_int * _LANES)(*([len(msg)] * _LANES))
-        eph, reg = self._bn(k), self._bn(d)
-        px, py = self._bn(public[0]), self._bn(public[1])
-        # Eight lanes, all the same signature: lane 0's result is taken.
-        outs_r = (ctypes.c_void_p * _LANES)(*([ctypes.addressof(r_buf)] * _LANES))
-        outs_s = (ctypes.c_void_p * _LANES)(*([ctypes.addressof(s_buf)] * _LANES))
-        try:
-            status = self._sign(
-                outs_r, outs_s, self._lanes(uid), lens, self._lanes(m), mlens,
-                self._lanes(eph), self._lanes(reg), self._lanes(px), self._lanes(py), None, None,
-            )  # fmt: skip
-        finally:
-            ctypes.memset(eph, 0, 32)
-            ctypes.memset(reg, 0, 32)
-        if status & 0xF:
-            raise RuntimeError(f"mbx_sm2_ecdsa_sign_mb8 returned status {status:#x}")
-        return r_buf.raw, s_buf.raw
-
-    def verify(
-        self, public: tuple[int, int], msg: bytes, user_id: bytes, r: bytes, s: bytes
-    ) -> bool:
-        r_buf = ctypes.create_string_buffer(r, 32)
-        s_buf = ctypes.create_string_buffer(s, 32)
-        uid = ctypes.create_string_buffer(user_id, max(1, len(user_id)))
-        m = ctypes.create_string_buffer(msg, max(1, len(msg)))
-        lens = (ctypes.c_int * _LANES)(*([len(user_id)] * _LANES))
-        mlens = (ctypes.c_int * _LANES)(*([len(msg)] * _LANES))
-        px, py = self._bn(public[0]), self._bn(public[1])
-        status = self._verify(
-            self._lanes(r_buf), self._lanes(s_buf), self._lanes(uid), lens, self._lanes(m), mlens,
-            self._lanes(px), self._lanes(py), None, None,
-        )  # fmt: skip
-        return bool(status & 0xF == 0)
+def _check_user_id(user_id: bytes) -> None:
+    if len(user_id) > _MAX_USER_ID:
+        raise ValueError(f"an SM2 user ID is at most {_MAX_USER_ID} bytes (ENTL is 16 bits)")
 
 
-_sig: _Signatures | None = None
+def signature_digest(
+    public: tuple[int, int], msg: bytes, user_id: bytes = DEFAULT_USER_ID
+) -> bytes:
+    """e = SM3(Z || M), Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA) (GB/T 32918.2
+    section 6.1): what the ``ippcp`` backend signs; libcrypto_mb forms the same inside.
 
-
-def _signatures() -> _Signatures:
-    """The library's SM2 signatures, or OSError: there is no fallback for signatures."""
-    global _sig
-    if _sig is None:
-        lib = x25519.crypto_mb_library()
-        if lib is None:
-            # Signatures are never rebuilt from field arithmetic: load the library for them
-            # alone (the process's X25519 backend choice stays as configured), or refuse.
-            try:
-                lib = x25519.load_crypto_mb_library()
-            except (OSError, AttributeError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise OSError(f"SM2 signatures need libcrypto_mb ({reason})") from None
-        _sig = _Signatures(lib)
-    return _sig
+    Raises:
+        ValueError: the user ID is over 8191 bytes.
+    """
+    _check_user_id(user_id)
+    fields = b"".join(v.to_bytes(32, "big") for v in (A, B, GX, GY, *public))
+    z = _sm3((8 * len(user_id)).to_bytes(2, "big") + user_id + fields)
+    return _sm3(z + msg)
 
 
 def public_point(d: int) -> tuple[int, int]:
-    """d * G in affine coordinates: the SM2 public key of private key ``d`` (one point, at
-    key load; the Jacobian arithmetic of the fallback, as the library returns x only)."""
+    """d * G in affine coordinates, d in [1, n - 1]: the SM2 public key of private key ``d``
+    (one point, at key load and per signature). libippcp's ``ippsGFpECPublicKey`` where it
+    loads, else the fallback's Jacobian arithmetic (libcrypto_mb returns x only)."""
+    ipp = public_key_library()
+    if ipp is not None:
+        return ipp.public_key(d)
     return _full_mult(d, (GX, GY))
 
 
@@ -629,36 +587,61 @@ def _full_mult(k: int, point: tuple[int, int]) -> tuple[int, int]:
     return x * zi * zi % P, y * zi * zi * zi % P
 
 
-def sign(d: int, msg: bytes, user_id: bytes = DEFAULT_USER_ID, *, k: int | None = None) -> bytes:
+def sign(
+    d: int,
+    msg: bytes,
+    user_id: bytes = DEFAULT_USER_ID,
+    *,
+    k: int | None = None,
+    backend: str | None = None,
+) -> bytes:
     """SM2 signature r || s (64 bytes, big-endian) of ``msg`` under private key ``d``.
 
     ``k`` (the per-signature secret) is drawn uniformly from [1, n - 1] unless given (the
-    tests give the published example's).
+    tests give the published example's). ``backend`` (one of :data:`SIGNATURE_BACKENDS`)
+    forces a library; by default :func:`signature_backend` picks.
 
     Raises:
-        OSError: libcrypto_mb cannot be used here.
-        ValueError: ``d`` or ``k`` out of range.
+        OSError: no SM2 signature library (or not the one named) can be used here.
+        ValueError: ``d`` or ``k`` out of range, user ID over 8191 bytes, unknown backend.
     """
     if not 1 <= d < N - 1:
         raise ValueError("SM2 private key out of range")
+    _check_user_id(user_id)
+    impl = signer(backend)
     nonce = int.from_bytes(generate_scalar(), "big") if k is None else k
     if not 1 <= nonce < N:
         raise ValueError("SM2 signature nonce out of range")
-    r, s = _signatures().sign(d, public_point(d), msg, user_id, nonce)
+    public = public_point(d)
+    if isinstance(impl, CryptoMbSignatures):
+        r, s = impl.sign(d, public, msg, user_id, nonce)
+    else:
+        r, s = impl.sign(signature_digest(public, msg, user_id), d, nonce)
     return r + s
 
 
 def verify(
-    public: tuple[int, int], msg: bytes, signature: bytes, user_id: bytes = DEFAULT_USER_ID
+    public: tuple[int, int],
+    msg: bytes,
+    signature: bytes,
+    user_id: bytes = DEFAULT_USER_ID,
+    *,
+    backend: str | None = None,
 ) -> bool:
     """Whether ``signature`` (r || s) is ``public``'s SM2 signature of ``msg``.
 
     Raises:
-        OSError: libcrypto_mb cannot be used here.
+        OSError: no SM2 signature library (or not the one named) can be used here.
+        ValueError: user ID over 8191 bytes, unknown backend.
     """
+    _check_user_id(user_id)
     x, y = public
     if len(signature) != 64 or not (0 <= x < P and 0 <= y < P):
         return False
     if (y * y - x * x * x - A * x - B) % P:
-        return False
-    return _signatures().verify(public, msg, user_id, signature[:32], signature[32:])
+        return False  # cofactor 1: on the curve is in the group (ippsGFpECVerifySM2 never checks)
+    impl = signer(backend)
+    r, s = signature[:32], signature[32:]
+    if isinstance(impl, CryptoMbSignatures):
+        return impl.verify(public, msg, user_id, r, s)
+    return impl.verify(signature_digest(public, msg, user_id), public, r, s)

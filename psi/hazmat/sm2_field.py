@@ -20,6 +20,9 @@ same values:
 ``gmpy2``
     ``gmpy2.powmod_base_list``: the fallback when libippcp cannot be loaded.
 
+The same loaded libippcp (:func:`ippcp_library`) also signs and verifies SM2 where
+libcrypto_mb refuses the CPU (:mod:`psi.hazmat.sm2_signatures`).
+
 The inputs are the party's own hashed identities or the peer's blinded points, never a
 secret, so neither needs to be constant time.
 """
@@ -31,6 +34,7 @@ import ctypes
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Final
 
@@ -38,7 +42,7 @@ import gmpy2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BACKENDS", "P", "backend", "hash_to_field_batch", "sqrt_candidates"]
+__all__ = ["BACKENDS", "P", "backend", "hash_to_field_batch", "ippcp_library", "sqrt_candidates"]
 
 P: Final = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 SQRT_EXP: Final = (P + 1) // 4
@@ -97,37 +101,54 @@ def _rows(array: npt.NDArray[np.uint8]) -> list[bytes]:
     return [raw[at : at + width] for at in range(0, len(raw), width)]
 
 
-class _Ipp:
-    """One ``IppsGFpState`` for SM2's p, two elements and the exponent, reused for every call."""
+class _GfpState:
+    """One ``IppsGFpState`` for SM2's p, two elements, the exponent and a scratch buffer."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, method: ctypes.c_void_p) -> None:
         size = ctypes.c_int()
-        lib.ippsGFpMethod_p256sm2.restype = ctypes.c_void_p
         _check(lib.ippsGFpGetSize(256, ctypes.byref(size)), "ippsGFpGetSize")
-        self._gf = ctypes.create_string_buffer(size.value)
-        method = ctypes.c_void_p(lib.ippsGFpMethod_p256sm2())
-        _check(lib.ippsGFpInitFixed(256, method, self._gf), "ippsGFpInitFixed")
-        _check(lib.ippsGFpElementGetSize(self._gf, ctypes.byref(size)), "ippsGFpElementGetSize")
-        self._a = ctypes.create_string_buffer(size.value)
-        self._r = ctypes.create_string_buffer(size.value)
-        for element in (self._a, self._r):
-            _check(lib.ippsGFpElementInit(None, 0, element, self._gf), "ippsGFpElementInit")
+        self.gf = ctypes.create_string_buffer(size.value)
+        _check(lib.ippsGFpInitFixed(256, method, self.gf), "ippsGFpInitFixed")
+        _check(lib.ippsGFpElementGetSize(self.gf, ctypes.byref(size)), "ippsGFpElementGetSize")
+        self.a = ctypes.create_string_buffer(size.value)
+        self.r = ctypes.create_string_buffer(size.value)
+        for element in (self.a, self.r):
+            _check(lib.ippsGFpElementInit(None, 0, element, self.gf), "ippsGFpElementInit")
         _check(lib.ippsBigNumGetSize(_WORDS, ctypes.byref(size)), "ippsBigNumGetSize")
-        self._exp = ctypes.create_string_buffer(size.value)
-        _check(lib.ippsBigNumInit(_WORDS, self._exp), "ippsBigNumInit")
+        self.exp = ctypes.create_string_buffer(size.value)
+        _check(lib.ippsBigNumInit(_WORDS, self.exp), "ippsBigNumInit")
         words = (ctypes.c_uint32 * _WORDS)(*(SQRT_EXP >> (32 * i) & 0xFFFFFFFF for i in range(8)))
-        _check(lib.ippsSet_BN(_IPP_BIG_NUM_POS, _WORDS, words, self._exp), "ippsSet_BN")
+        _check(lib.ippsSet_BN(_IPP_BIG_NUM_POS, _WORDS, words, self.exp), "ippsSet_BN")
         _check(
-            lib.ippsGFpScratchBufferSize(1, 256, self._gf, ctypes.byref(size)),
+            lib.ippsGFpScratchBufferSize(1, 256, self.gf, ctypes.byref(size)),
             "ippsGFpScratchBufferSize",
         )
-        self._scratch = ctypes.create_string_buffer(max(1, size.value))
+        self.scratch = ctypes.create_string_buffer(max(1, size.value))
+
+
+class _Ipp:
+    """``ippsGFpExp`` with one :class:`_GfpState` per thread: the elements are overwritten
+    on every call and the field state keeps temporaries in its pool, so threads sharing one
+    got wrong roots (seen: concurrent sub-rounds refusing valid SM2 key shares)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        lib.ippsGFpMethod_p256sm2.restype = ctypes.c_void_p
+        self._method = ctypes.c_void_p(lib.ippsGFpMethod_p256sm2())
+        self._local = threading.local()
+        self._state()  # fails here, in the loading thread, when the library is unusable
         self._set = lib.ippsGFpSetElement
         self._set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         self._pow = lib.ippsGFpExp
         self._pow.argtypes = [ctypes.c_void_p] * 5
         self._get = lib.ippsGFpGetElement
         self._get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+
+    def _state(self) -> _GfpState:
+        state: _GfpState | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _GfpState(self.lib, self._method)
+        return state
 
     def powers(self, values: Sequence[int]) -> list[int]:
         n = len(values)
@@ -136,7 +157,8 @@ class _Ipp:
         src = np.frombuffer(b"".join(v.to_bytes(32, "little") for v in values), dtype=np.uint8)
         dst = np.empty(n * 32, dtype=np.uint8)
         set_, pow_, get = self._set, self._pow, self._get
-        a, r, gf, exp, scratch = self._a, self._r, self._gf, self._exp, self._scratch
+        state = self._state()
+        a, r, gf, exp, scratch = state.a, state.r, state.gf, state.exp, state.scratch
         src_at, dst_at = src.ctypes.data, dst.ctypes.data
         for at in range(0, n * 32, 32):
             status = set_(src_at + at, _WORDS, a, gf)
@@ -187,6 +209,15 @@ def _ippcp() -> _Ipp | None:
         except (OSError, AttributeError):
             _ipp_failed = True
     return _ipp
+
+
+def ippcp_library() -> ctypes.CDLL | None:
+    """The loaded libippcp (checked as above), or ``None`` when it cannot be loaded here.
+
+    For the SM2 signatures' fallback (:mod:`psi.hazmat.sm2_signatures`).
+    """
+    ipp = _ippcp()
+    return None if ipp is None else ipp.lib
 
 
 def backend() -> str:
