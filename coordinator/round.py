@@ -153,12 +153,9 @@ def query_identities(roster: Roster) -> list[str]:
 
 
 def distinct_identities(roster: Roster) -> tuple[list[str], npt.NDArray[np.uint8]]:
-    """:func:`query_identities` and their 16-byte encodings, row for row.
-
-    Sorted as whole columns: a canonical number's encoding holds its 17 leading
-    digits as a big-endian integer, and the check character follows from them,
-    so the integers sort as the numbers do.
-    """
+    """:func:`query_identities` and their 16-byte encodings, row for row. Sorted as a
+    column: an encoding holds the 17 leading digits as a big-endian integer (the check
+    character follows from them), so the integers sort as the numbers do."""
     found = [
         value
         for row in roster.rows
