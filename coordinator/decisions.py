@@ -92,9 +92,7 @@ class RoundDecisions:
         default_factory=dict, init=False, repr=False, compare=False
     )
     #: renders each distinct reason of the round once
-    _renderer: list[Renderer] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _renderer: list[Renderer] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def reason_texts(self, item: ChildDecision) -> list[str]:
         """The written reasons of ``item`` in :attr:`lang`, rendered once for the round.
@@ -107,7 +105,7 @@ class RoundDecisions:
         if not self._renderer:
             self._renderer.append(Renderer(self.lang, self.source_names))
         # the same texts as item.reason_texts(self.lang, self.source_names)
-        texts = list(map(self._renderer[0], item.reasons))
+        texts = self._renderer[0].texts(item.reasons)
         self._texts[id(item)] = (item, texts)
         return texts
 

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date
+from operator import attrgetter
 
 from coordinator.circumstances import Ruling, is_current
 from coordinator.records import Circumstance, EvidenceRow
 
 _Key = tuple[Circumstance, str, date | None, date | None, int | None, int | None]
+
+#: what ``is_current`` reads of a record: all but whose it is
+_what = attrgetter(
+    "circumstance", "source", "start_date", "end_date", "disability_category", "disability_grade"
+)
 
 
 def judge_records(
@@ -24,19 +30,14 @@ def judge_records(
 ) -> dict[str, tuple[Ruling[bool], ...]]:
     """Person -> ``is_current`` of each of their records on ``on``, in the index's order."""
     seen: dict[_Key, Ruling[bool]] = {}
-
-    def judge(row: EvidenceRow) -> Ruling[bool]:
-        key = (
-            row.circumstance,
-            row.source,
-            row.start_date,
-            row.end_date,
-            row.disability_category,
-            row.disability_grade,
-        )
-        found = seen.get(key)
-        if found is None:
-            found = seen[key] = is_current(row, on)
-        return found
-
-    return {person: tuple(map(judge, rows)) for person, rows in evidence.items()}
+    judged: dict[str, tuple[Ruling[bool], ...]] = {}
+    for person, rows in evidence.items():
+        found: list[Ruling[bool]] = []
+        for row in rows:
+            key = _what(row)
+            ruling = seen.get(key)
+            if ruling is None:
+                ruling = seen[key] = is_current(row, on)
+            found.append(ruling)
+        judged[person] = tuple(found)
+    return judged

@@ -52,7 +52,7 @@ from coordinator.eligibility import (
 )
 from coordinator.eligibility_records import judge_records
 from coordinator.reasons import Reason, reason
-from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow
+from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow, Status
 
 _NONE: tuple[EvidenceRow, ...] = ()
 _FOUNDLING = Parent(_NONE, None)
@@ -101,8 +101,7 @@ class RoundJudge:
         #: person -> (is_current of each record, in the index's order)
         self.records = judge_records(evidence, as_of)
         self._parents: dict[tuple[str, Role], Parent] = {}
-        self._one: dict[tuple[Role, int], ParentStatus] = {}
-        self._decided: dict[tuple[object, ...], ChildDecision] = {}
+        self._one: dict[tuple[Role, int], Parent] = {}
         self._no_evidence = {
             role: Parent(
                 _NONE,
@@ -114,30 +113,35 @@ class RoundJudge:
         }
 
     def parent(self, role: Role, child: RosterRow) -> Parent:
-        """:func:`coordinator.eligibility.judge_parent`, once per person and role."""
+        """:func:`coordinator.eligibility.judge_parent`, once per person and role.
+
+        A parent with one record shares the judgement of every parent with an equal
+        record, ``rows`` included: the rules never read whose record it is.
+        """
         parent_id = child.father_id if role is Role.FATHER else child.mother_id
         if parent_id is None:
             return Parent(_NONE, None, (unknown_parent(role, child, _COLUMN[role]),))
-        rows = self.evidence.get(parent_id)
-        if rows is None:
+        rulings = self.records.get(parent_id)
+        if rulings is None:
             return self._no_evidence[role]
+        if len(rulings) == 1:  # most people: one record, which cannot conflict with itself
+            ruling = rulings[0]
+            one = (role, id(ruling))  # judge_records keeps every ruling alive
+            found = self._one.get(one)
+            if found is None:
+                rows = self.evidence[parent_id]
+                found = self._one[one] = Parent(rows, self._one_record(role, rows[0], ruling))
+            return found
         key = (parent_id, role)
         found = self._parents.get(key)
         if found is None:
-            found = self._parents[key] = self._judge_parent(role, rows, self.records[parent_id])
+            rows = self.evidence[parent_id]
+            found = self._parents[key] = self._judge_parent(role, rows, rulings)
         return found
 
     def _judge_parent(
         self, role: Role, rows: Sequence[EvidenceRow], rulings: Sequence[Ruling[bool]]
     ) -> Parent:
-        if len(rows) == 1:  # most people: one record, which cannot conflict with itself
-            # people with equal records (a shared Ruling) share the judgement and its reasons
-            ruling = rulings[0]
-            memo = (role, id(ruling))  # judge_records keeps every ruling alive
-            status = self._one.get(memo)
-            if status is None:
-                status = self._one[memo] = self._one_record(role, rows[0], ruling)
-            return Parent(rows, status)
         # parent_group, from the records' judgements
         gone: list[tuple[EvidenceRow, Reason, Reason]] = []
         qualifying: list[tuple[EvidenceRow, Reason, Reason]] = []
@@ -193,11 +197,12 @@ class RoundJudge:
         return status
 
     def decide(self, child: RosterRow, adult: bool) -> ChildDecision:
-        """:func:`coordinator.eligibility.decide` for one child; ``adult`` from :func:`adult_mask`."""
-        as_of, failed = self.as_of, self.failed_sources
-        decided = step_0_invalid_child_id(child, as_of=as_of)
-        if decided is not None:
-            return decided
+        """:func:`coordinator.eligibility.decide` for one child (``adult``: :func:`adult_mask`)."""
+        as_of = self.as_of
+        if child.problems or child.child_birth_date is None:  # else step 0 passes
+            decided = step_0_invalid_child_id(child, as_of=as_of)
+            if decided is not None:
+                return decided
         if adult:
             assert child.child_birth_date is not None
             decided = step_1_adult(child, child.child_birth_date, as_of=as_of)
@@ -207,32 +212,48 @@ class RoundJudge:
             decided = step_2_child_dead(child, self.evidence, as_of=as_of)
             if decided is not None:
                 return decided
-        foundling = is_foundling(child)
+        foundling = child.foundling and is_foundling(child)
         if foundling:
             father = mother = _FOUNDLING
         else:
             father = self.parent(Role.FATHER, child)
             mother = self.parent(Role.MOTHER, child)
-            decided = step_3_conflict_or_unknown(child, father, mother, as_of=as_of)
-            if decided is not None:
-                return decided
-        # steps 4 and 5 see the child's status, category and last check, and the parents'
-        # judgements, which are shared between people with equal records: children alike
-        # in all of these get the same decision, computed once
-        key = (
-            child.status,
-            child.category,
-            child.last_check_date,
-            foundling,
-            id(father.status),  # kept alive by this judge's memos
-            id(mother.status),
-        )
-        alike = self._decided.get(key)
-        if alike is not None:
-            return _same_as(alike, child)
-        decided = self._steps_4_and_5(child, father, mother, foundling=foundling)
-        self._decided[key] = decided
-        return decided
+        return self.decide_from(child, father, mother, foundling=foundling)
+
+    def decide_from(
+        self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool = False
+    ) -> ChildDecision:
+        """Steps 3 to 5 of :meth:`decide` for a child whose parents are judged."""
+        if father.doubts or mother.doubts:  # else step 3 passes
+            decided = step_3_conflict_or_unknown(child, father, mother, as_of=self.as_of)
+            assert decided is not None
+            return decided
+        return self._steps_4_and_5(child, father, mother, foundling=foundling)
+
+    def alike(
+        self, child: RosterRow, adult: bool
+    ) -> tuple[tuple[object, ...], Parent | None, Parent | None] | None:
+        """What :meth:`decide` reads of ``child``, when that is little: children with the
+        same key get the same decision, from the parents' judgements returned beside it
+        (none for an adult). ``None``: decide this child on its own.
+
+        An adult (with valid IDs): the status and the birth date. A child whose
+        three IDs are valid, with no record of its own: the status, the category,
+        the parents' judgements (shared between parents with equal records) and,
+        for a supported child, the last check.
+        """
+        if child.problems or child.child_birth_date is None:
+            return None
+        status = child.status
+        if adult:
+            return (status, child.child_birth_date), None, None
+        if child.father_id is None or child.mother_id is None or child.child_id in self.evidence:
+            return None
+        father = self.parent(Role.FATHER, child)
+        mother = self.parent(Role.MOTHER, child)
+        last = child.last_check_date if status is Status.SUPPORTED else None
+        # a Parent's id: every judgement is kept alive by this judge's memos
+        return (status, child.category, id(father), id(mother), last), father, mother
 
     def _steps_4_and_5(
         self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool
@@ -276,4 +297,22 @@ def decide_round(
     """Every child's decision, in roster order: the same as ``decide`` child by child."""
     judge = RoundJudge(evidence, as_of=as_of, failed_sources=failed_sources)
     adult = adult_mask(rows, as_of).tolist()
-    return [judge.decide(child, grown) for child, grown in zip(rows, adult, strict=True)]
+    decided: dict[tuple[object, ...], ChildDecision] = {}
+    out: list[ChildDecision] = []
+    for child, grown in zip(rows, adult, strict=True):
+        seen = judge.alike(child, grown)
+        if seen is None:
+            out.append(judge.decide(child, grown))
+            continue
+        key, father, mother = seen
+        alike = decided.get(key)
+        if alike is not None:
+            out.append(_same_as(alike, child))
+            continue
+        if father is None or mother is None:
+            alike = judge.decide(child, grown)
+        else:
+            alike = judge.decide_from(child, father, mother)
+        decided[key] = alike
+        out.append(alike)
+    return out

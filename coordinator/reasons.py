@@ -439,7 +439,6 @@ def render(item: Reason, lang: Lang = "zh", names: Mapping[str, str] | None = No
     return template.format_map(args)
 
 
-
 class Renderer:
     """:func:`render` in one language with one set of display names, each reason object once.
 
@@ -450,13 +449,15 @@ class Renderer:
     of dates) cost as much as rendering the ones that repeat.
     """
 
-    __slots__ = ("_lang", "_names", "_texts")
+    __slots__ = ("_lang", "_lists", "_names", "_texts")
 
     def __init__(self, lang: Lang = "zh", names: Mapping[str, str] | None = None) -> None:
         self._lang: Lang = lang
         self._names = names
         #: id of a reason -> (the reason, kept alive so that its id stays its own; its text)
         self._texts: dict[int, tuple[Reason, str]] = {}
+        #: the same for whole tuples of reasons (children alike share theirs)
+        self._lists: dict[int, tuple[tuple[Reason, ...], list[str]]] = {}
 
     def __call__(self, item: Reason) -> str:
         """The text of ``item``."""
@@ -466,3 +467,10 @@ class Renderer:
         text = render(item, self._lang, self._names)
         self._texts[id(item)] = (item, text)
         return text
+
+    def texts(self, items: tuple[Reason, ...]) -> list[str]:
+        """The texts of ``items``, a new list."""
+        found = self._lists.get(id(items))
+        if found is None:
+            found = self._lists[id(items)] = (items, list(map(self, items)))
+        return list(found[1])
