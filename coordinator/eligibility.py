@@ -72,7 +72,7 @@ CHECKED_YEARLY = frozenset({C.DEAD, C.GUARDIANSHIP_REVOKED, C.DEPORTED})
 COVERED = frozenset({Decision.CONTINUE, Decision.RECLASSIFY, Decision.REVIEW})
 
 
-@lru_cache(maxsize=1 << 12)
+@lru_cache(maxsize=1 << 12, typed=True)  # typed: a StrEnum equals its str
 def shared_reason(key: str, **args: Arg) -> Reason:
     """:func:`coordinator.reasons.reason` for a reason with few distinct values (a
     parent without records, the month support stops...): one object per value, so
