@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from coordinator.eligibility import COVERED, ChildDecision
-from coordinator.judgements import decide_round
+from coordinator.judgements import decide_children
 from coordinator.reasons import Lang, Renderer
 from coordinator.records import (
     Circumstance,
@@ -269,7 +269,7 @@ def decide_all(
     # (eligibility.md, "Service coverage checks"), so only failed evidence sets reach decide
     evidence_failed = evidence_failures(failed, services=(*all_services, *all_needs))
     # coordinator.judgements gives the decisions of eligibility.decide, child by child
-    decisions = decide_round(rows, index, as_of=as_of, failed_sources=evidence_failed)
+    decisions = decide_children(rows, index, as_of=as_of, failed_sources=evidence_failed)
     gaps = coverage_gaps(decisions, services, sources=all_services, failed_sources=failed)
     needs = service_needs(decisions, services, sources=all_needs, failed_sources=failed)
     return RoundDecisions(

@@ -6,8 +6,9 @@ module gives every child of a roster exactly the same :class:`ChildDecision`
 (tests/test_eligibility_columns.py checks it on random rosters and evidence)
 with less work per child:
 
-* every evidence record is judged once on the evaluation date, by column
-  (:func:`judge_records`);
+* every distinct evidence record is judged once on the evaluation date
+  (:class:`coordinator.eligibility_records.RecordJudge`), and only the
+  records of parents;
 * every parent is judged once from those judgements, and a parent with no
   record shares one judgement;
 * which children are 18 is one column operation over the birth dates
@@ -50,7 +51,7 @@ from coordinator.eligibility import (
     step_5_no_category,
     unknown_parent,
 )
-from coordinator.eligibility_records import judge_records
+from coordinator.eligibility_records import RecordJudge, what_is_judged
 from coordinator.reasons import Reason, reason
 from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow, Status
 
@@ -98,10 +99,11 @@ class RoundJudge:
         self.evidence = evidence
         self.as_of = as_of
         self.failed_sources = tuple(failed_sources)
-        #: person -> (is_current of each record, in the index's order)
-        self.records = judge_records(evidence, as_of)
+        self.judge_record = RecordJudge(as_of)
+        #: a parent with several records, by ID and role
         self._parents: dict[tuple[str, Role], Parent] = {}
-        self._one: dict[tuple[Role, int], Parent] = {}
+        #: a parent with one record, by role and the record (all but whose it is)
+        self._one: dict[Role, dict[object, Parent]] = {Role.FATHER: {}, Role.MOTHER: {}}
         self._no_evidence = {
             role: Parent(
                 _NONE,
@@ -121,21 +123,21 @@ class RoundJudge:
         parent_id = child.father_id if role is Role.FATHER else child.mother_id
         if parent_id is None:
             return Parent(_NONE, None, (unknown_parent(role, child, _COLUMN[role]),))
-        rulings = self.records.get(parent_id)
-        if rulings is None:
+        rows = self.evidence.get(parent_id)
+        if rows is None:
             return self._no_evidence[role]
-        if len(rulings) == 1:  # most people: one record, which cannot conflict with itself
-            ruling = rulings[0]
-            one = (role, id(ruling))  # judge_records keeps every ruling alive
-            found = self._one.get(one)
+        if len(rows) == 1:  # most people: one record, which cannot conflict with itself
+            record = what_is_judged(rows[0])
+            one = self._one[role]
+            found = one.get(record)
             if found is None:
-                rows = self.evidence[parent_id]
-                found = self._one[one] = Parent(rows, self._one_record(role, rows[0], ruling))
+                ruling = self.judge_record.judge(record, rows[0])
+                found = one[record] = Parent(rows, self._one_record(role, rows[0], ruling))
             return found
         key = (parent_id, role)
         found = self._parents.get(key)
         if found is None:
-            rows = self.evidence[parent_id]
+            rulings = tuple(map(self.judge_record, rows))
             found = self._parents[key] = self._judge_parent(role, rows, rulings)
         return found
 
@@ -287,7 +289,7 @@ def _same_as(alike: ChildDecision, child: RosterRow) -> ChildDecision:
     )
 
 
-def decide_round(
+def decide_children(
     rows: Sequence[RosterRow],
     evidence: Mapping[str, Sequence[EvidenceRow]],
     *,

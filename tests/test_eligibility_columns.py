@@ -1,7 +1,7 @@
 """The round engine (coordinator.judgements) decides exactly as the per-child reference.
 
 ``coordinator.eligibility.decide`` is the reference, one child at a time;
-``decide_all`` uses ``coordinator.judgements.decide_round``, which judges each
+``decide_all`` uses ``coordinator.judgements.decide_children``, which judges each
 distinct record and parent once and gives children alike one decision. Both
 must give equal :class:`ChildDecision` values and the same reason texts.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from coordinator.decisions import decide_all, index_evidence
 from coordinator.eligibility import decide
-from coordinator.judgements import adult_mask, decide_round
+from coordinator.judgements import adult_mask, decide_children
 from coordinator.reasons import Renderer, render
 from coordinator.records import Circumstance, EvidenceRow, RosterRow, RowProblem
 from tests.rules_helpers import child, ev, make_id
@@ -118,7 +118,7 @@ def test_the_round_engine_decides_as_the_reference(
 ) -> None:
     rows, evidence = case
     index, _ = index_evidence(evidence)
-    fast = decide_round(rows, index, as_of=D, failed_sources=failed)
+    fast = decide_children(rows, index, as_of=D, failed_sources=failed)
     reference = [decide(row, index, as_of=D, failed_sources=failed) for row in rows]
     assert fast == reference
     names = {"police/deaths": "公安死亡"}
