@@ -154,3 +154,21 @@ def test_adult_mask_is_the_age_rule(births: list[date | None], on: date) -> None
     rows = [replace(r, child_birth_date=b) for r, b in zip(rows, births, strict=True)]
     mask = adult_mask(rows, on).tolist()
     assert mask == [b is not None and is_adult(b, on).value for b in births]
+
+
+def test_a_shared_decision_copies_every_field() -> None:
+    """``judgements._same_as`` lists ChildDecision's fields: a new field must be added there."""
+    from dataclasses import fields
+
+    from coordinator.eligibility import ChildDecision
+    from coordinator.judgements import _same_as
+
+    row = child(born=date(2015, 1, 1), status="supported", category="orphan")
+    other = replace(row, line=3)
+    decided = decide(row, {}, as_of=D)
+    copied = _same_as(decided, other)
+    assert copied.child is other
+    for field in fields(ChildDecision):
+        if field.name != "child":
+            assert getattr(copied, field.name) is getattr(decided, field.name)
+    assert len(fields(ChildDecision)) == 9
