@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from coordinator.eligibility import COVERED, ChildDecision, decide
-from coordinator.reasons import Lang
+from coordinator.eligibility import COVERED, ChildDecision
+from coordinator.judgements import decide_children
+from coordinator.reasons import Lang, Renderer
 from coordinator.records import (
     Circumstance,
     Decision,
@@ -90,6 +91,8 @@ class RoundDecisions:
     _texts: dict[int, tuple[ChildDecision, list[str]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: renders each distinct reason of the round once
+    _renderer: list[Renderer] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def reason_texts(self, item: ChildDecision) -> list[str]:
         """The written reasons of ``item`` in :attr:`lang`, rendered once for the round.
@@ -99,7 +102,10 @@ class RoundDecisions:
         cached = self._texts.get(id(item))
         if cached is not None and cached[0] is item:
             return cached[1]
-        texts = item.reason_texts(self.lang, self.source_names)
+        if not self._renderer:
+            self._renderer.append(Renderer(self.lang, self.source_names))
+        # the same texts as item.reason_texts(self.lang, self.source_names)
+        texts = self._renderer[0].texts(item.reasons)
         self._texts[id(item)] = (item, texts)
         return texts
 
@@ -262,9 +268,8 @@ def decide_all(
     # a service dataset is not an evidence dataset: its failure removes only its own list
     # (eligibility.md, "Service coverage checks"), so only failed evidence sets reach decide
     evidence_failed = evidence_failures(failed, services=(*all_services, *all_needs))
-    decisions = [
-        decide(child, index, as_of=as_of, failed_sources=evidence_failed) for child in rows
-    ]
+    # coordinator.judgements gives the decisions of eligibility.decide, child by child
+    decisions = decide_children(rows, index, as_of=as_of, failed_sources=evidence_failed)
     gaps = coverage_gaps(decisions, services, sources=all_services, failed_sources=failed)
     needs = service_needs(decisions, services, sources=all_needs, failed_sources=failed)
     return RoundDecisions(

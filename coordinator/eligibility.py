@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import NamedTuple
 
 from coordinator.circumstances import (
@@ -40,6 +41,7 @@ from coordinator.circumstances import (
     is_current,
 )
 from coordinator.reasons import (
+    Arg,
     IdProblem,
     Lang,
     Month,
@@ -68,6 +70,14 @@ ONCE_A_YEAR = frozenset({C.SEVERE_ILLNESS, C.SEVERE_DISABILITY, C.MISSING})
 CHECKED_YEARLY = frozenset({C.DEAD, C.GUARDIANSHIP_REVOKED, C.DEPORTED})
 #: decisions under which a supported child is still covered (support continues while reviewed)
 COVERED = frozenset({Decision.CONTINUE, Decision.RECLASSIFY, Decision.REVIEW})
+
+
+@lru_cache(maxsize=1 << 12, typed=True)  # typed: a StrEnum equals its str
+def shared_reason(key: str, **args: Arg) -> Reason:
+    """:func:`coordinator.reasons.reason` for a reason with few distinct values (a
+    parent without records, the month support stops...): one object per value, so
+    that a round renders it once (:class:`coordinator.reasons.Renderer`)."""
+    return reason(key, **args)
 
 
 # --- a parent ----------------------------------------------------------------------------------
@@ -106,7 +116,7 @@ def parent_group(role: Role, rows: Iterable[EvidenceRow], on: date) -> ParentSta
         if found:
             codes, facts = zip(*found, strict=True)
             return ParentStatus(role, group, frozenset(codes), facts, tuple(lapsed))
-    none = tuple(lapsed) or (reason("parent_no_evidence", role=role),)
+    none = tuple(lapsed) or (shared_reason("parent_no_evidence", role=role),)
     return ParentStatus(role, None, frozenset(), none, tuple(lapsed))
 
 
@@ -140,7 +150,7 @@ def category(
     * otherwise none.
     """
     if foundling:
-        return Ruling(Category.ORPHAN, (reason("foundling"),))
+        return Ruling(Category.ORPHAN, (shared_reason("foundling"),))
     assert father is not None and mother is not None
     reasons = father.reasons + mother.reasons
     if father.group is Group.GONE and mother.group is Group.GONE:
@@ -164,6 +174,7 @@ def check_interval_months(basis: frozenset[Circumstance]) -> int:
     return 12
 
 
+@lru_cache(maxsize=1 << 14)  # few distinct bases and check dates: one Ruling for each
 def next_check_due(
     basis: frozenset[Circumstance],
     *,
@@ -180,11 +191,11 @@ def next_check_due(
     """
     months = check_interval_months(basis)
     codes = tuple(sorted(code.value for code in basis))
-    every = reason("check_every", months=months, codes=codes)
+    every = shared_reason("check_every", months=months, codes=codes)
     if enrolling:
-        return Ruling(add_months(as_of, months), (reason("check_new", as_of=as_of), every))
+        return Ruling(add_months(as_of, months), (shared_reason("check_new", as_of=as_of), every))
     if last_check is None:
-        return Ruling(as_of, (reason("check_none_recorded"),))
+        return Ruling(as_of, (shared_reason("check_none_recorded"),))
     return Ruling(add_months(last_check, months), (every,))
 
 
@@ -238,7 +249,7 @@ def _stop(
         child=child,
         decision=decision,
         category=None,
-        reasons=(*reasons, reason("stops_from", stop=month)),
+        reasons=(*reasons, shared_reason("stops_from", stop=month)),
         stops_from=month,
     )
 
@@ -262,9 +273,9 @@ def _review(
             conflict=conflict,
         )
     if child.last_check_date is None:
-        due, why = as_of, (reason("check_none_recorded"),)
+        due, why = as_of, (shared_reason("check_none_recorded"),)
     else:
-        due, why = add_months(child.last_check_date, TERM_MONTHS), (reason("check_review"),)
+        due, why = add_months(child.last_check_date, TERM_MONTHS), (shared_reason("check_review"),)
     return ChildDecision(
         child=child,
         decision=Decision.REVIEW,
@@ -277,16 +288,16 @@ def _review(
     )
 
 
-def _unknown_parent(role: Role, child: RosterRow, column: str) -> Reason:
+def unknown_parent(role: Role, child: RosterRow, column: str) -> Reason:
     problem = child.problem(column)
     if problem is not None:
-        return reason(
+        return shared_reason(
             "parent_invalid_id",
             role=role,
             column=RosterColumn(column),
             problem=IdProblem(problem.message),
         )
-    return reason("parent_unknown", role=role)
+    return shared_reason("parent_unknown", role=role)
 
 
 def is_foundling(child: RosterRow) -> bool:
@@ -326,7 +337,7 @@ def judge_parent(
     parent_id = child.father_id if role is Role.FATHER else child.mother_id
     if parent_id is None:
         # unknown: no ID number on the roster, or one that cannot be normalized
-        return Parent(_NONE, None, (_unknown_parent(role, child, column),))
+        return Parent(_NONE, None, (unknown_parent(role, child, column),))
     rows = evidence.get(parent_id, _NONE)
     status = parent_group(role, rows, on)
     if status.group is Group.GONE:  # a conflict needs a current G code
@@ -439,9 +450,9 @@ def step_4_category(
         # eligibility.md step 4, "One exception": orphan -> de facto rests on a death
         # record NOT found; the failed source may hold it, and a failure stops
         # conclusions drawn from the absence of a match
-        unavailable = reason("evidence_unavailable", sources=tuple(failed_sources))
+        unavailable = shared_reason("evidence_unavailable", sources=tuple(failed_sources))
         return _review(child, (unavailable, *found.reasons), as_of=as_of)
-    moved = reason("reclassified", old=child.category, new=new)
+    moved = shared_reason("reclassified", old=child.category, new=new)
     return ChildDecision(
         child=child,
         decision=Decision.RECLASSIFY,
@@ -471,16 +482,16 @@ def step_5_no_category(
     supported = child.status is Status.SUPPORTED
     if failed_sources:
         key = "evidence_unavailable" if supported else "evidence_unavailable_candidate"
-        unavailable = reason(key, sources=tuple(failed_sources))
+        unavailable = shared_reason(key, sources=tuple(failed_sources))
         return _review(child, (unavailable, *found.reasons), as_of=as_of)
     if not supported:
-        return _refuse(child, (reason("no_category"), *found.reasons))
+        return _refuse(child, (shared_reason("no_category"), *found.reasons))
     assert child.category is not None
     lost = basis_lost_on(father.rows, mother.rows, as_of)
     if lost is None:
-        summary = reason("no_longer_undated", old=child.category, as_of=as_of)
+        summary = shared_reason("no_longer_undated", old=child.category, as_of=as_of)
     else:
-        summary = reason("no_longer", old=child.category, since=lost)
+        summary = shared_reason("no_longer", old=child.category, since=lost)
     return _stop(child, Decision.EXIT, (*found.reasons, summary), lost or as_of)
 
 

@@ -437,3 +437,40 @@ def render(item: Reason, lang: Lang = "zh", names: Mapping[str, str] | None = No
         else:
             args[name] = str(value)
     return template.format_map(args)
+
+
+class Renderer:
+    """:func:`render` in one language with one set of display names, each reason object once.
+
+    A round repeats many reasons (父亲:无部门报告任何情形, the month support
+    stops...): the rules build those once and share the object
+    (``coordinator.eligibility.shared_reason``), so they are found here by
+    identity. Identity rather than value: hashing every reason (nested tuples
+    of dates) cost as much as rendering the ones that repeat.
+    """
+
+    __slots__ = ("_lang", "_lists", "_names", "_texts")
+
+    def __init__(self, lang: Lang = "zh", names: Mapping[str, str] | None = None) -> None:
+        self._lang: Lang = lang
+        self._names = names
+        #: id of a reason -> (the reason, kept alive so that its id stays its own; its text)
+        self._texts: dict[int, tuple[Reason, str]] = {}
+        #: the same for whole tuples of reasons (children alike share theirs)
+        self._lists: dict[int, tuple[tuple[Reason, ...], list[str]]] = {}
+
+    def __call__(self, item: Reason) -> str:
+        """The text of ``item``."""
+        found = self._texts.get(id(item))
+        if found is not None:
+            return found[1]
+        text = render(item, self._lang, self._names)
+        self._texts[id(item)] = (item, text)
+        return text
+
+    def texts(self, items: tuple[Reason, ...]) -> list[str]:
+        """The texts of ``items``, a new list."""
+        found = self._lists.get(id(items))
+        if found is None:
+            found = self._lists[id(items)] = (items, list(map(self, items)))
+        return list(found[1])

@@ -1,0 +1,320 @@
+"""The eligibility rules applied to a whole round at once (issue 10, item 4).
+
+:func:`coordinator.eligibility.decide` is the reference: one child, the steps
+of eligibility.md in order, every rule asked again for every child. This
+module gives every child of a roster exactly the same :class:`ChildDecision`
+(tests/test_eligibility_columns.py checks it on random rosters and evidence)
+with less work per child:
+
+* every distinct evidence record is judged once on the evaluation date
+  (:class:`coordinator.eligibility_records.RecordJudge`), and only the
+  records of parents;
+* every parent is judged once from those judgements, and a parent with no
+  record shares one judgement;
+* which children are 18 is one column operation over the birth dates
+  (:func:`adult_mask`);
+* the reasons that repeat (a parent without records, the month support stops,
+  the check interval...) are shared values, so that they are rendered once.
+
+The per-child steps that remain are the reference's own step functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.circumstances import (
+    ADULT_AGE,
+    GONE,
+    QUALIFYING,
+    Group,
+    Ruling,
+    describe,
+    in_force,
+)
+from coordinator.eligibility import (
+    ChildDecision,
+    Parent,
+    ParentStatus,
+    category,
+    is_foundling,
+    shared_reason,
+    step_0_invalid_child_id,
+    step_1_adult,
+    step_2_child_dead,
+    step_3_conflict_or_unknown,
+    step_4_category,
+    step_5_no_category,
+    unknown_parent,
+)
+from coordinator.eligibility_records import RecordJudge, what_is_judged
+from coordinator.reasons import Reason, reason
+from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow, Status
+
+_NONE: tuple[EvidenceRow, ...] = ()
+_FOUNDLING = Parent(_NONE, None)
+_BASIS = {code: frozenset({code}) for code in Circumstance}
+_COLUMN = {Role.FATHER: "father_id", Role.MOTHER: "mother_id"}
+
+
+def _birth_key(day: date | None) -> int:
+    """The 18th birthday as yyyymmdd, 29 February as 1 March of a common year; 0: none."""
+    if day is None:
+        return 0
+    year = day.year + ADULT_AGE
+    if day.month == 2 and day.day == 29 and not _leap(year):
+        return year * 10000 + 301
+    return year * 10000 + day.month * 100 + day.day
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def adult_mask(rows: Sequence[RosterRow], on: date) -> npt.NDArray[np.bool_]:
+    """Which children are 18 or older on ``on`` (adult from the day after the 18th birthday).
+
+    A child without a birth date is not (step 0 decides it first).
+    """
+    keys = np.fromiter((_birth_key(row.child_birth_date) for row in rows), np.int64, len(rows))
+    today = on.year * 10000 + on.month * 100 + on.day
+    adult: npt.NDArray[np.bool_] = (keys > 0) & (keys < today)
+    return adult
+
+
+class RoundJudge:
+    """Decides the children of one round on one evaluation date, judging each person once."""
+
+    def __init__(
+        self,
+        evidence: Mapping[str, Sequence[EvidenceRow]],
+        *,
+        as_of: date,
+        failed_sources: Sequence[str] = (),
+    ) -> None:
+        self.evidence = evidence
+        self.as_of = as_of
+        self.failed_sources = tuple(failed_sources)
+        self.judge_record = RecordJudge(as_of)
+        #: a parent with several records, by ID and role
+        self._parents: dict[tuple[str, Role], Parent] = {}
+        #: a parent with one record, by role and the record (all but whose it is)
+        self._one: dict[Role, dict[object, Parent]] = {Role.FATHER: {}, Role.MOTHER: {}}
+        self._no_evidence = {
+            role: Parent(
+                _NONE,
+                ParentStatus(
+                    role, None, frozenset(), (shared_reason("parent_no_evidence", role=role),), ()
+                ),
+            )
+            for role in (Role.FATHER, Role.MOTHER)
+        }
+
+    def parent(self, role: Role, child: RosterRow) -> Parent:
+        """:func:`coordinator.eligibility.judge_parent`, once per person and role.
+
+        A parent with one record shares the judgement of every parent with an equal
+        record, ``rows`` included: the rules never read whose record it is.
+        """
+        parent_id = child.father_id if role is Role.FATHER else child.mother_id
+        if parent_id is None:
+            return Parent(_NONE, None, (unknown_parent(role, child, _COLUMN[role]),))
+        rows = self.evidence.get(parent_id)
+        if rows is None:
+            return self._no_evidence[role]
+        if len(rows) == 1:  # most people: one record, which cannot conflict with itself
+            record = what_is_judged(rows[0])
+            one = self._one[role]
+            found = one.get(record)
+            if found is None:
+                ruling = self.judge_record.judge(record, rows[0])
+                found = one[record] = Parent(rows, self._one_record(role, rows[0], ruling))
+            return found
+        key = (parent_id, role)
+        found = self._parents.get(key)
+        if found is None:
+            rulings = tuple(map(self.judge_record, rows))
+            found = self._parents[key] = self._judge_parent(role, rows, rulings)
+        return found
+
+    def _judge_parent(
+        self, role: Role, rows: Sequence[EvidenceRow], rulings: Sequence[Ruling[bool]]
+    ) -> Parent:
+        # parent_group, from the records' judgements
+        gone: list[tuple[EvidenceRow, Reason, Reason]] = []
+        qualifying: list[tuple[EvidenceRow, Reason, Reason]] = []
+        lapsed: list[Reason] = []
+        for row, ruling in zip(rows, rulings, strict=True):
+            fact = ruling.reasons[0]
+            said = reason("parent_fact", role=role, fact=fact)
+            if not ruling.value:
+                lapsed.append(said)
+            elif row.circumstance in GONE:
+                gone.append((row, said, fact))
+            elif row.circumstance in QUALIFYING:
+                qualifying.append((row, said, fact))
+        for group, found in ((Group.GONE, gone), (Group.QUALIFYING, qualifying)):
+            if found:
+                basis = frozenset(row.circumstance for row, _, _ in found)
+                facts = tuple(said for _, said, _ in found)
+                status = ParentStatus(role, group, basis, facts, tuple(lapsed))
+                break
+        else:
+            none = tuple(lapsed) or (shared_reason("parent_no_evidence", role=role),)
+            status = ParentStatus(role, None, frozenset(), none, tuple(lapsed))
+        if gone:
+            # has_conflict: a current G record and a custody record in force
+            custody = [row for row in rows if in_force(row, self.as_of)]
+            if custody:
+                clash = tuple(
+                    reason(
+                        "conflict",
+                        role=role,
+                        gone=fact,  # describe(g): the fact of a current record
+                        custody=describe(c),
+                        as_of=self.as_of,
+                    )
+                    for _, _, fact in gone
+                    for c in custody
+                )
+                return Parent(rows, None, clash, conflict=True)
+        return Parent(rows, status)
+
+    def _one_record(self, role: Role, row: EvidenceRow, ruling: Ruling[bool]) -> ParentStatus:
+        """parent_group of a parent with one record."""
+        said = (reason("parent_fact", role=role, fact=ruling.reasons[0]),)
+        code = row.circumstance
+        if not ruling.value:
+            return ParentStatus(role, None, frozenset(), said, said)
+        if code in GONE:
+            return ParentStatus(role, Group.GONE, _BASIS[code], said, ())
+        if code in QUALIFYING:
+            return ParentStatus(role, Group.QUALIFYING, _BASIS[code], said, ())
+        status = self._no_evidence[role].status  # a code of neither group counts for nothing
+        assert status is not None
+        return status
+
+    def decide(self, child: RosterRow, adult: bool) -> ChildDecision:
+        """:func:`coordinator.eligibility.decide` for one child (``adult``: :func:`adult_mask`)."""
+        as_of = self.as_of
+        if child.problems or child.child_birth_date is None:  # else step 0 passes
+            decided = step_0_invalid_child_id(child, as_of=as_of)
+            if decided is not None:
+                return decided
+        if adult:
+            assert child.child_birth_date is not None
+            decided = step_1_adult(child, child.child_birth_date, as_of=as_of)
+            assert decided is not None
+            return decided
+        if child.child_id is not None and child.child_id in self.evidence:
+            decided = step_2_child_dead(child, self.evidence, as_of=as_of)
+            if decided is not None:
+                return decided
+        foundling = child.foundling and is_foundling(child)
+        if foundling:
+            father = mother = _FOUNDLING
+        else:
+            father = self.parent(Role.FATHER, child)
+            mother = self.parent(Role.MOTHER, child)
+        return self.decide_from(child, father, mother, foundling=foundling)
+
+    def decide_from(
+        self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool = False
+    ) -> ChildDecision:
+        """Steps 3 to 5 of :meth:`decide` for a child whose parents are judged."""
+        if father.doubts or mother.doubts:  # else step 3 passes
+            decided = step_3_conflict_or_unknown(child, father, mother, as_of=self.as_of)
+            assert decided is not None
+            return decided
+        return self._steps_4_and_5(child, father, mother, foundling=foundling)
+
+    def alike(
+        self, child: RosterRow, adult: bool
+    ) -> tuple[tuple[object, ...], Parent | None, Parent | None] | None:
+        """What :meth:`decide` reads of ``child``, when that is little: children with the
+        same key get the same decision, from the parents' judgements returned beside it
+        (none for an adult). ``None``: decide this child on its own.
+
+        An adult (with valid IDs): the status and the birth date. A child whose
+        three IDs are valid, with no record of its own: the status, the category,
+        the parents' judgements (shared between parents with equal records) and,
+        for a supported child, the last check.
+        """
+        if child.problems or child.child_birth_date is None:
+            return None
+        status = child.status
+        if adult:
+            return (status, child.child_birth_date), None, None
+        if child.father_id is None or child.mother_id is None or child.child_id in self.evidence:
+            return None
+        father = self.parent(Role.FATHER, child)
+        mother = self.parent(Role.MOTHER, child)
+        last = child.last_check_date if status is Status.SUPPORTED else None
+        # a Parent's id: every judgement is kept alive by this judge's memos
+        return (status, child.category, id(father), id(mother), last), father, mother
+
+    def _steps_4_and_5(
+        self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool
+    ) -> ChildDecision:
+        as_of, failed = self.as_of, self.failed_sources
+        found = category(father.status, mother.status, foundling=foundling)
+        basis = (father.status.basis if father.status else frozenset()) | (
+            mother.status.basis if mother.status else frozenset()
+        )
+        decided = step_4_category(child, found, basis, as_of=as_of, failed_sources=failed)
+        if decided is None:
+            # basis_lost_on reads the parents' records: equal for parents that share a judgement
+            decided = step_5_no_category(
+                child, found, father, mother, as_of=as_of, failed_sources=failed
+            )
+        return decided
+
+
+def _same_as(alike: ChildDecision, child: RosterRow) -> ChildDecision:
+    """``alike``'s decision for ``child``."""
+    return ChildDecision(
+        child,
+        alike.decision,
+        alike.category,
+        alike.reasons,
+        alike.next_check_due,
+        alike.check_reasons,
+        alike.overdue,
+        alike.conflict,
+        alike.stops_from,
+    )
+
+
+def decide_children(
+    rows: Sequence[RosterRow],
+    evidence: Mapping[str, Sequence[EvidenceRow]],
+    *,
+    as_of: date,
+    failed_sources: Sequence[str] = (),
+) -> list[ChildDecision]:
+    """Every child's decision, in roster order: the same as ``decide`` child by child."""
+    judge = RoundJudge(evidence, as_of=as_of, failed_sources=failed_sources)
+    adult = adult_mask(rows, as_of).tolist()
+    decided: dict[tuple[object, ...], ChildDecision] = {}
+    out: list[ChildDecision] = []
+    for child, grown in zip(rows, adult, strict=True):
+        seen = judge.alike(child, grown)
+        if seen is None:
+            out.append(judge.decide(child, grown))
+            continue
+        key, father, mother = seen
+        alike = decided.get(key)
+        if alike is not None:
+            out.append(_same_as(alike, child))
+            continue
+        if father is None or mother is None:
+            alike = judge.decide(child, grown)
+        else:
+            alike = judge.decide_from(child, father, mother)
+        decided[key] = alike
+        out.append(alike)
+    return out

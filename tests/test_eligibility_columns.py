@@ -1,0 +1,174 @@
+"""The round engine (coordinator.judgements) decides exactly as the per-child reference.
+
+``coordinator.eligibility.decide`` is the reference, one child at a time;
+``decide_all`` uses ``coordinator.judgements.decide_children``, which judges each
+distinct record and parent once and gives children alike one decision. Both
+must give equal :class:`ChildDecision` values and the same reason texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.decisions import decide_all, index_evidence
+from coordinator.eligibility import decide
+from coordinator.judgements import adult_mask, decide_children
+from coordinator.reasons import Renderer, render
+from coordinator.records import Circumstance, EvidenceRow, RosterRow, RowProblem
+from tests.rules_helpers import child, ev, make_id
+
+D = date(2026, 11, 29)
+CODES = [c.value for c in Circumstance if c is not Circumstance.SERVICE]
+SOURCES = ["police/deaths", "justice/custody", "court/declarations", "dpf/cert"]
+#: dates around the evaluation date, and far from it
+near = st.integers(-400, 400).map(lambda days: D + timedelta(days=days))
+dates = st.one_of(st.none(), near, st.dates(min_value=date(2010, 1, 1), max_value=date(2032, 1, 1)))
+PROBLEMS = [
+    "wrong length for an identity number",
+    "the check character does not match",
+    "empty identity number",
+]
+
+
+@st.composite
+def children(draw: st.DrawFn, line: int, parents: list[str]) -> RosterRow:
+    status = draw(st.sampled_from(["supported", "candidate"]))
+    # born around 18 years before D: the age rule's edges, 29 February included
+    born = draw(
+        st.one_of(
+            st.integers(-3, 3).map(lambda d: date(2008, 11, 29) + timedelta(days=d)),
+            st.sampled_from([date(2008, 2, 29), date(2012, 2, 29)]),
+            st.dates(min_value=date(2006, 1, 1), max_value=date(2026, 1, 1)),
+        )
+    )
+    parent = st.one_of(st.none(), st.sampled_from(parents))
+    row = child(
+        born=born,
+        status=status,
+        # the roster requires a category for a supported child
+        category=draw(st.sampled_from(["orphan", "de_facto"])) if status == "supported" else None,
+        father=draw(parent),
+        mother=draw(parent),
+        foundling=draw(st.booleans()),
+        last_check=draw(st.one_of(st.none(), near)),
+        line=line,
+    )
+    problems = draw(st.lists(st.sampled_from(["child_id", "father_id", "mother_id"]), max_size=2))
+    if not problems:
+        return row
+    found = tuple(
+        RowProblem("roster.csv", line, col, draw(st.sampled_from(PROBLEMS)))
+        for col in set(problems)
+    )
+    # an invalid ID is read as no ID (None), with its problem listed
+    columns = {p.column for p in found}
+    return replace(
+        row,
+        problems=found,
+        child_id=None if "child_id" in columns else row.child_id,
+        father_id=None if "father_id" in columns else row.father_id,
+        mother_id=None if "mother_id" in columns else row.mother_id,
+    )
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> tuple[list[RosterRow], list[EvidenceRow]]:
+    # few parents, shared between children: their judgements are shared too
+    parents = [
+        make_id(date(1980 + i, 1, 1), sex="MF"[i % 2]) for i in range(draw(st.integers(1, 6)))
+    ]
+    rows = [draw(children(i + 2, parents)) for i in range(draw(st.integers(1, 12)))]
+    # some children twice (the same ID on two lines)
+    rows += [
+        replace(r, line=100 + i)
+        for i, r in enumerate(draw(st.lists(st.sampled_from(rows), max_size=3)))
+    ]
+    people = parents + [r.child_id for r in rows if r.child_id]
+    record = st.builds(
+        lambda person, code, start, end, source, grade, kind: ev(
+            person, code, start, end, source=source, grade=grade, kind=kind
+        ),
+        st.sampled_from(people),
+        st.sampled_from(CODES),
+        dates,
+        dates,
+        st.sampled_from(SOURCES),
+        st.one_of(st.none(), st.integers(1, 4)),
+        st.one_of(st.none(), st.integers(1, 7)),
+    )
+    evidence = draw(st.lists(record, max_size=16))
+    # equal records of different people (one judgement shared between them)
+    copies = (
+        draw(st.lists(st.tuples(st.sampled_from(evidence), st.sampled_from(people)), max_size=4))
+        if evidence
+        else []
+    )
+    evidence += [replace(row, person_id=person) for row, person in copies]
+    return rows, evidence
+
+
+@settings(max_examples=400, deadline=None)
+@given(rounds(), st.sampled_from([(), ("police/deaths",), ("dpf/cert", "justice/custody")]))
+def test_the_round_engine_decides_as_the_reference(
+    case: tuple[list[RosterRow], list[EvidenceRow]], failed: tuple[str, ...]
+) -> None:
+    rows, evidence = case
+    index, _ = index_evidence(evidence)
+    fast = decide_children(rows, index, as_of=D, failed_sources=failed)
+    reference = [decide(row, index, as_of=D, failed_sources=failed) for row in rows]
+    assert fast == reference
+    names = {"police/deaths": "公安死亡"}
+    for lang in ("zh", "en"):
+        renderer = Renderer(lang, names)
+        for got, want in zip(fast, reference, strict=True):
+            assert got.child is want.child
+            assert renderer.texts(got.reasons) == [render(r, lang, names) for r in want.reasons]
+
+
+@settings(max_examples=100, deadline=None)
+@given(rounds(), st.sampled_from(["zh", "en"]))
+def test_decide_all_texts_are_the_reference_texts(
+    case: tuple[list[RosterRow], list[EvidenceRow]], lang: str
+) -> None:
+    rows, evidence = case
+    result = decide_all(rows, evidence, as_of=D, lang=lang)  # type: ignore[arg-type]
+    index, _ = index_evidence(evidence)
+    for item, row in zip(result.decisions, rows, strict=True):
+        want = decide(row, index, as_of=D)
+        assert item == want
+        assert result.reason_texts(item) == want.reason_texts(lang)  # type: ignore[arg-type]
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.dates(min_value=date(1990, 1, 1), max_value=D)), max_size=30),
+    near,
+)
+def test_adult_mask_is_the_age_rule(births: list[date | None], on: date) -> None:
+    from coordinator.circumstances import is_adult
+
+    rows = [child(born=b or D) for b in births]
+    rows = [replace(r, child_birth_date=b) for r, b in zip(rows, births, strict=True)]
+    mask = adult_mask(rows, on).tolist()
+    assert mask == [b is not None and is_adult(b, on).value for b in births]
+
+
+def test_a_shared_decision_copies_every_field() -> None:
+    """``judgements._same_as`` lists ChildDecision's fields: a new field must be added there."""
+    from dataclasses import fields
+
+    from coordinator.eligibility import ChildDecision
+    from coordinator.judgements import _same_as
+
+    row = child(born=date(2015, 1, 1), status="supported", category="orphan")
+    other = replace(row, line=3)
+    decided = decide(row, {}, as_of=D)
+    copied = _same_as(decided, other)
+    assert copied.child is other
+    for field in fields(ChildDecision):
+        if field.name != "child":
+            assert getattr(copied, field.name) is getattr(decided, field.name)
+    assert len(fields(ChildDecision)) == 9
