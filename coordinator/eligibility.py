@@ -498,6 +498,28 @@ def step_5_no_category(
 _FOUNDLING = Parent(_NONE, None)
 
 
+def steps_4_and_5(
+    child: RosterRow,
+    father: Parent,
+    mother: Parent,
+    *,
+    foundling: bool,
+    as_of: date,
+    failed_sources: Sequence[str],
+) -> ChildDecision:
+    """(4) a category from the parents' groups, else (5) what no category means."""
+    found = category(father.status, mother.status, foundling=foundling)
+    basis = (father.status.basis if father.status else frozenset()) | (
+        mother.status.basis if mother.status else frozenset()
+    )
+    decided = step_4_category(child, found, basis, as_of=as_of, failed_sources=failed_sources)
+    if decided is None:
+        decided = step_5_no_category(
+            child, found, father, mother, as_of=as_of, failed_sources=failed_sources
+        )
+    return decided
+
+
 def decide(
     child: RosterRow,
     evidence: Mapping[str, Sequence[EvidenceRow]],
@@ -535,17 +557,10 @@ def decide(
         decided = step_3_conflict_or_unknown(child, father, mother, as_of=as_of)
         if decided is not None:
             return decided
-    # (4) the category from the parents' current circumstances
-    found = category(father.status, mother.status, foundling=foundling)
-    basis = (father.status.basis if father.status else frozenset()) | (
-        mother.status.basis if mother.status else frozenset()
+    # (4) the category from the parents' current circumstances; (5) no category
+    decided = steps_4_and_5(
+        child, father, mother, foundling=foundling, as_of=as_of, failed_sources=failed_sources
     )
-    decided = step_4_category(child, found, basis, as_of=as_of, failed_sources=failed_sources)
-    if decided is None:
-        # (5) no category
-        decided = step_5_no_category(
-            child, found, father, mother, as_of=as_of, failed_sources=failed_sources
-        )
     # A rule that overrides what steps 4 and 5 decided goes here, as a function of
     # (child, decided) returning the new decision or None: for example "while a dispute
     # about a parent's record is open, an EXIT or a downgrade gets REVIEW (疑义校核中)".

@@ -40,15 +40,13 @@ from coordinator.eligibility import (
     ChildDecision,
     Parent,
     ParentStatus,
-    category,
     is_foundling,
     shared_reason,
     step_0_invalid_child_id,
     step_1_adult,
     step_2_child_dead,
     step_3_conflict_or_unknown,
-    step_4_category,
-    step_5_no_category,
+    steps_4_and_5,
     unknown_parent,
 )
 from coordinator.eligibility_records import RecordJudge, what_is_judged
@@ -260,18 +258,16 @@ class RoundJudge:
     def _steps_4_and_5(
         self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool
     ) -> ChildDecision:
-        as_of, failed = self.as_of, self.failed_sources
-        found = category(father.status, mother.status, foundling=foundling)
-        basis = (father.status.basis if father.status else frozenset()) | (
-            mother.status.basis if mother.status else frozenset()
+        # basis_lost_on (step 5) reads the parents' records: equal for parents that share
+        # a judgement
+        return steps_4_and_5(
+            child,
+            father,
+            mother,
+            foundling=foundling,
+            as_of=self.as_of,
+            failed_sources=self.failed_sources,
         )
-        decided = step_4_category(child, found, basis, as_of=as_of, failed_sources=failed)
-        if decided is None:
-            # basis_lost_on reads the parents' records: equal for parents that share a judgement
-            decided = step_5_no_category(
-                child, found, father, mother, as_of=as_of, failed_sources=failed
-            )
-        return decided
 
 
 def _same_as(alike: ChildDecision, child: RosterRow) -> ChildDecision:
