@@ -20,7 +20,7 @@ The decision for one child on the evaluation date D (:func:`decide`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -98,13 +98,22 @@ class ParentStatus:
     lapsed: tuple[Reason, ...]
 
 
-def parent_group(role: Role, rows: Iterable[EvidenceRow], on: date) -> ParentStatus:
-    """Judge a parent by the strongest current circumstance: G over Q over nothing."""
+#: how one record is judged on a date (:func:`is_current`, or a round's memo of it)
+RecordRuling = Callable[[EvidenceRow], Ruling[bool]]
+
+
+def parent_group(
+    role: Role, rows: Iterable[EvidenceRow], on: date, *, judge: RecordRuling | None = None
+) -> ParentStatus:
+    """Judge a parent by the strongest current circumstance: G over Q over nothing.
+
+    ``judge`` gives a record's :func:`is_current` on ``on`` (a round passes a memo).
+    """
     gone: list[tuple[Circumstance, Reason]] = []
     qualifying: list[tuple[Circumstance, Reason]] = []
     lapsed: list[Reason] = []
     for row in rows:
-        ruling = is_current(row, on)
+        ruling = judge(row) if judge is not None else is_current(row, on)
         said = reason("parent_fact", role=role, fact=ruling.reasons[0])
         if not ruling.value:
             lapsed.append(said)
@@ -120,13 +129,17 @@ def parent_group(role: Role, rows: Iterable[EvidenceRow], on: date) -> ParentSta
     return ParentStatus(role, None, frozenset(), none, tuple(lapsed))
 
 
-def has_conflict(role: Role, rows: Sequence[EvidenceRow], on: date) -> Ruling[bool]:
+def has_conflict(
+    role: Role, rows: Sequence[EvidenceRow], on: date, *, judge: RecordRuling | None = None
+) -> Ruling[bool]:
     """A current G code and a custody record in force for the same parent.
 
     A dead or missing person is not in custody: the datasets disagree.
     (``MISSING`` with ``LOST_CONTACT`` is no conflict: ``LOST_CONTACT`` is not custody.)
+    ``judge``: as for :func:`parent_group`.
     """
-    gone = [row for row in rows if row.circumstance in GONE and is_current(row, on).value]
+    current = judge or (lambda row: is_current(row, on))
+    gone = [row for row in rows if row.circumstance in GONE and current(row).value]
     custody = [row for row in rows if in_force(row, on)]
     found = tuple(
         reason("conflict", role=role, gone=describe(g), custody=describe(c), as_of=on)
@@ -338,10 +351,16 @@ def judge_parent(
     if parent_id is None:
         # unknown: no ID number on the roster, or one that cannot be normalized
         return Parent(_NONE, None, (unknown_parent(role, child, column),))
-    rows = evidence.get(parent_id, _NONE)
-    status = parent_group(role, rows, on)
+    return parent_of_records(role, evidence.get(parent_id, _NONE), on=on)
+
+
+def parent_of_records(
+    role: Role, rows: Sequence[EvidenceRow], *, on: date, judge: RecordRuling | None = None
+) -> Parent:
+    """A known parent judged from their records: group, or the conflict that stops step 3."""
+    status = parent_group(role, rows, on, judge=judge)
     if status.group is Group.GONE:  # a conflict needs a current G code
-        clash = has_conflict(role, rows, on)
+        clash = has_conflict(role, rows, on, judge=judge)
         if clash.value:
             return Parent(rows, None, clash.reasons, conflict=True)
     return Parent(rows, status)

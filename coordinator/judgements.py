@@ -11,8 +11,7 @@ with less work per child:
   records of parents;
 * every parent is judged once from those judgements, and a parent with no
   record shares one judgement;
-* which children are 18 is one column operation over the birth dates
-  (:func:`adult_mask`);
+* adults are decided once per status and birth date;
 * the reasons that repeat (a parent without records, the month support stops,
   the check interval...) are shared values, so that they are rendered once.
 
@@ -24,23 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date
 
-import numpy as np
-import numpy.typing as npt
-
-from coordinator.circumstances import (
-    ADULT_AGE,
-    GONE,
-    QUALIFYING,
-    Group,
-    Ruling,
-    describe,
-    in_force,
-)
+from coordinator.circumstances import is_adult
 from coordinator.eligibility import (
     ChildDecision,
     Parent,
     ParentStatus,
     is_foundling,
+    parent_of_records,
     shared_reason,
     step_0_invalid_child_id,
     step_1_adult,
@@ -50,38 +39,12 @@ from coordinator.eligibility import (
     unknown_parent,
 )
 from coordinator.eligibility_records import RecordJudge, what_is_judged
-from coordinator.reasons import Reason, reason
 from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow, Status
 
 _NONE: tuple[EvidenceRow, ...] = ()
 _FOUNDLING = Parent(_NONE, None)
 _BASIS = {code: frozenset({code}) for code in Circumstance}
 _COLUMN = {Role.FATHER: "father_id", Role.MOTHER: "mother_id"}
-
-
-def _birth_key(day: date | None) -> int:
-    """The 18th birthday as yyyymmdd, 29 February as 1 March of a common year; 0: none."""
-    if day is None:
-        return 0
-    year = day.year + ADULT_AGE
-    if day.month == 2 and day.day == 29 and not _leap(year):
-        return year * 10000 + 301
-    return year * 10000 + day.month * 100 + day.day
-
-
-def _leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-def adult_mask(rows: Sequence[RosterRow], on: date) -> npt.NDArray[np.bool_]:
-    """Which children are 18 or older on ``on`` (adult from the day after the 18th birthday).
-
-    A child without a birth date is not (step 0 decides it first).
-    """
-    keys = np.fromiter((_birth_key(row.child_birth_date) for row in rows), np.int64, len(rows))
-    today = on.year * 10000 + on.month * 100 + on.day
-    adult: npt.NDArray[np.bool_] = (keys > 0) & (keys < today)
-    return adult
 
 
 class RoundJudge:
@@ -124,80 +87,24 @@ class RoundJudge:
         rows = self.evidence.get(parent_id)
         if rows is None:
             return self._no_evidence[role]
-        if len(rows) == 1:  # most people: one record, which cannot conflict with itself
+        if len(rows) == 1:  # most people: one record, judged as every equal record is
             record = what_is_judged(rows[0])
             one = self._one[role]
             found = one.get(record)
             if found is None:
-                ruling = self.judge_record.judge(record, rows[0])
-                found = one[record] = Parent(rows, self._one_record(role, rows[0], ruling))
+                found = one[record] = self._parent_of(role, rows)
             return found
         key = (parent_id, role)
         found = self._parents.get(key)
         if found is None:
-            rulings = tuple(map(self.judge_record, rows))
-            found = self._parents[key] = self._judge_parent(role, rows, rulings)
+            found = self._parents[key] = self._parent_of(role, rows)
         return found
 
-    def _judge_parent(
-        self, role: Role, rows: Sequence[EvidenceRow], rulings: Sequence[Ruling[bool]]
-    ) -> Parent:
-        # parent_group, from the records' judgements
-        gone: list[tuple[EvidenceRow, Reason, Reason]] = []
-        qualifying: list[tuple[EvidenceRow, Reason, Reason]] = []
-        lapsed: list[Reason] = []
-        for row, ruling in zip(rows, rulings, strict=True):
-            fact = ruling.reasons[0]
-            said = reason("parent_fact", role=role, fact=fact)
-            if not ruling.value:
-                lapsed.append(said)
-            elif row.circumstance in GONE:
-                gone.append((row, said, fact))
-            elif row.circumstance in QUALIFYING:
-                qualifying.append((row, said, fact))
-        for group, found in ((Group.GONE, gone), (Group.QUALIFYING, qualifying)):
-            if found:
-                basis = frozenset(row.circumstance for row, _, _ in found)
-                facts = tuple(said for _, said, _ in found)
-                status = ParentStatus(role, group, basis, facts, tuple(lapsed))
-                break
-        else:
-            none = tuple(lapsed) or (shared_reason("parent_no_evidence", role=role),)
-            status = ParentStatus(role, None, frozenset(), none, tuple(lapsed))
-        if gone:
-            # has_conflict: a current G record and a custody record in force
-            custody = [row for row in rows if in_force(row, self.as_of)]
-            if custody:
-                clash = tuple(
-                    reason(
-                        "conflict",
-                        role=role,
-                        gone=fact,  # describe(g): the fact of a current record
-                        custody=describe(c),
-                        as_of=self.as_of,
-                    )
-                    for _, _, fact in gone
-                    for c in custody
-                )
-                return Parent(rows, None, clash, conflict=True)
-        return Parent(rows, status)
-
-    def _one_record(self, role: Role, row: EvidenceRow, ruling: Ruling[bool]) -> ParentStatus:
-        """parent_group of a parent with one record."""
-        said = (reason("parent_fact", role=role, fact=ruling.reasons[0]),)
-        code = row.circumstance
-        if not ruling.value:
-            return ParentStatus(role, None, frozenset(), said, said)
-        if code in GONE:
-            return ParentStatus(role, Group.GONE, _BASIS[code], said, ())
-        if code in QUALIFYING:
-            return ParentStatus(role, Group.QUALIFYING, _BASIS[code], said, ())
-        status = self._no_evidence[role].status  # a code of neither group counts for nothing
-        assert status is not None
-        return status
+    def _parent_of(self, role: Role, rows: Sequence[EvidenceRow]) -> Parent:
+        return parent_of_records(role, rows, on=self.as_of, judge=self.judge_record)
 
     def decide(self, child: RosterRow, adult: bool) -> ChildDecision:
-        """:func:`coordinator.eligibility.decide` for one child (``adult``: :func:`adult_mask`)."""
+        """:func:`coordinator.eligibility.decide` for one child (``adult``: 18 or older)."""
         as_of = self.as_of
         if child.problems or child.child_birth_date is None:  # else step 0 passes
             decided = step_0_invalid_child_id(child, as_of=as_of)
@@ -228,7 +135,16 @@ class RoundJudge:
             decided = step_3_conflict_or_unknown(child, father, mother, as_of=self.as_of)
             assert decided is not None
             return decided
-        return self._steps_4_and_5(child, father, mother, foundling=foundling)
+        # basis_lost_on (step 5) reads the parents' records: equal for parents that share
+        # a judgement
+        return steps_4_and_5(
+            child,
+            father,
+            mother,
+            foundling=foundling,
+            as_of=self.as_of,
+            failed_sources=self.failed_sources,
+        )
 
     def alike(
         self, child: RosterRow, adult: bool
@@ -255,20 +171,6 @@ class RoundJudge:
         # a Parent's id: every judgement is kept alive by this judge's memos
         return (status, child.category, id(father), id(mother), last), father, mother
 
-    def _steps_4_and_5(
-        self, child: RosterRow, father: Parent, mother: Parent, *, foundling: bool
-    ) -> ChildDecision:
-        # basis_lost_on (step 5) reads the parents' records: equal for parents that share
-        # a judgement
-        return steps_4_and_5(
-            child,
-            father,
-            mother,
-            foundling=foundling,
-            as_of=self.as_of,
-            failed_sources=self.failed_sources,
-        )
-
 
 def _same_as(alike: ChildDecision, child: RosterRow) -> ChildDecision:
     """``alike``'s decision for ``child``."""
@@ -294,7 +196,8 @@ def decide_children(
 ) -> list[ChildDecision]:
     """Every child's decision, in roster order: the same as ``decide`` child by child."""
     judge = RoundJudge(evidence, as_of=as_of, failed_sources=failed_sources)
-    adult = adult_mask(rows, as_of).tolist()
+    # is_adult is cached per birth date: a few thousand distinct days in a roster
+    adult = [b is not None and is_adult(b, as_of).value for b in (r.child_birth_date for r in rows)]
     decided: dict[tuple[object, ...], ChildDecision] = {}
     out: list[ChildDecision] = []
     for child, grown in zip(rows, adult, strict=True):

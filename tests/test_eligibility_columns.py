@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from coordinator.decisions import decide_all, index_evidence
 from coordinator.eligibility import decide
-from coordinator.judgements import adult_mask, decide_children
+from coordinator.judgements import decide_children
 from coordinator.reasons import Renderer, render
 from coordinator.records import Circumstance, EvidenceRow, RosterRow, RowProblem
 from tests.rules_helpers import child, ev, make_id
@@ -141,19 +141,6 @@ def test_decide_all_texts_are_the_reference_texts(
         want = decide(row, index, as_of=D)
         assert item == want
         assert result.reason_texts(item) == want.reason_texts(lang)  # type: ignore[arg-type]
-
-
-@given(
-    st.lists(st.one_of(st.none(), st.dates(min_value=date(1990, 1, 1), max_value=D)), max_size=30),
-    near,
-)
-def test_adult_mask_is_the_age_rule(births: list[date | None], on: date) -> None:
-    from coordinator.circumstances import is_adult
-
-    rows = [child(born=b or D) for b in births]
-    rows = [replace(r, child_birth_date=b) for r, b in zip(rows, births, strict=True)]
-    mask = adult_mask(rows, on).tolist()
-    assert mask == [b is not None and is_adult(b, on).value for b in births]
 
 
 def test_a_shared_decision_copies_every_field() -> None:
