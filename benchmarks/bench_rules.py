@@ -232,8 +232,8 @@ def phases(
     roster_path: Path, evidence_path: Path, *, report: bool, xlsx: bool, names: Path
 ) -> None:
     """Time read roster, read evidence, decide, decisions.json (report, xlsx) in-process."""
-    from coordinator.decisions import decide_all
-    from coordinator.evaluate import decisions_text, offline_provenance
+    from coordinator.decisions import decide_all, decisions_text
+    from coordinator.evaluate import offline_provenance
     from coordinator.names import read_names
     from coordinator.records import gc_paused, read_evidence, read_roster
     from coordinator.report import render_report
@@ -260,7 +260,7 @@ def phases(
         )
         times.append(("decide", time.perf_counter() - started))
         started = time.perf_counter()
-        decisions_text(decisions.to_json(round_id=None))
+        decisions_text(decisions.to_json(round_id=None, encoded=True))
         times.append(("render reasons + decisions.json text", time.perf_counter() - started))
         provenance = offline_provenance(
             evidence, as_of=as_of, failed_sources=[], service_sources=services, display=shown

@@ -7,8 +7,9 @@ Defaults are those of ``benchmarks/bench_round.py --data /tmp/bench-round``:
 its roster (100k children) and the evidence.csv of one of its rounds. Prints
 the seconds of each step: reading the roster and the evidence, deciding every
 child (``decide_all``), rendering the reasons, building and encoding
-decisions.json, rendering report.html. ``--profile`` runs the same under
-cProfile and prints the 35 functions with the most own time.
+decisions.json (as dicts, then as the round writes it: entries encoded
+directly), rendering report.html. ``--profile`` runs the same under cProfile
+and prints the 35 functions with the most own time.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pstats
 import time
 from pathlib import Path
 
-from coordinator.decisions import decide_all
-from coordinator.evaluate import decisions_text, offline_provenance
+from coordinator.decisions import decide_all, decisions_text
+from coordinator.evaluate import offline_provenance
 from coordinator.records import gc_paused, read_evidence, read_roster
 from coordinator.report import render_report
 
@@ -50,6 +51,9 @@ def steps(roster: Path, evidence: Path, as_of: dt.date) -> None:
     mark("to_json")
     text = decisions_text(document)
     mark("decisions text", f"({len(text):,} characters)")
+    encoded = decisions_text(decisions.to_json(encoded=True))
+    same = "same text" if encoded == text else "DIFFERENT TEXT"
+    mark("decisions.json", f"(encoded entries, as a round writes it; {same})")
     page = render_report(
         decisions, provenance=offline_provenance(rows, as_of=as_of, failed_sources=[])
     )

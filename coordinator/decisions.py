@@ -8,8 +8,9 @@ what a round reports beside the decisions: service coverage gaps and needs
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -27,6 +28,40 @@ from coordinator.records import (
 )
 
 C = Circumstance
+
+#: JSON text of a string, as ``json.dumps(value, ensure_ascii=False)`` writes it (C speed)
+_string: Callable[[str], str] = json.encoder.encode_basestring
+#: one encoder for every entry (``json.dumps`` with an option builds a new one per call)
+_ENTRY = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _nullable(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
+@dataclass(frozen=True)
+class EncodedEntries:
+    """decisions.json's ``decisions``, each entry already JSON text (one line each)."""
+
+    lines: list[str]
+
+
+def decisions_text(document: Mapping[str, object]) -> str:
+    """decisions.json as text: one decision per line (readable, and C-speed ``json.dumps``).
+
+    ``decisions`` may be a list of entries or :class:`EncodedEntries`; both give the
+    same text.
+    """
+    fields = []
+    for key, value in document.items():
+        if key == "decisions" and isinstance(value, list | EncodedEntries):
+            lines = value.lines if isinstance(value, EncodedEntries) else [_ENTRY(e) for e in value]
+            rows = ",\n  ".join(lines)
+            body = f"[\n  {rows}\n ]" if lines else "[]"
+        else:
+            body = json.dumps(value, ensure_ascii=False)
+        fields.append(f" {json.dumps(key)}: {body}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 def _order(row: EvidenceRow) -> tuple[str, date, date, str, int, int]:
@@ -124,8 +159,7 @@ class RoundDecisions:
         """How many children got each decision."""
         return Counter(d.decision for d in self.decisions)
 
-    def to_json(self, round_id: str | None = None) -> dict[str, object]:
-        """The decisions.json document (data-contracts.md), reasons in :attr:`lang`."""
+    def _entries(self) -> list[dict[str, object]]:
         entries: list[dict[str, object]] = []
         for item in self.decisions:
             child = item.child
@@ -139,6 +173,50 @@ class RoundDecisions:
             due = item.next_check_due
             entry["next_check_due"] = due.isoformat() if due else None
             entries.append(entry)
+        return entries
+
+    def _entry_lines(self) -> list[str]:
+        """The entries of :meth:`_entries`, each as the JSON text ``_ENTRY`` makes of it."""
+        #: id of a tuple of reasons -> (the tuple, kept alive; its texts as a JSON list)
+        lists: dict[int, tuple[object, str]] = {}
+        days: dict[date, str] = {}
+
+        def day(value: date | None) -> str:
+            if value is None:
+                return "null"
+            found = days.get(value)
+            if found is None:
+                found = days[value] = f'"{value.isoformat()}"'
+            return found
+
+        lines: list[str] = []
+        for item in self.decisions:
+            child = item.child
+            found = lists.get(id(item.reasons))
+            if found is None or found[0] is not item.reasons:
+                texts = ", ".join([_string(t) for t in self.reason_texts(item)])
+                found = lists[id(item.reasons)] = (item.reasons, f"[{texts}]")
+            birth = ""
+            if child.child_id is None:
+                birth = f'"child_birth_date": {day(child.child_birth_date)}, '
+            lines.append(
+                f'{{"child_id": {_nullable(child.child_id)}, '
+                f'"child_name": {_nullable(child.child_name)}, {birth}'
+                f'"decision": "{item.decision.value}", '
+                f'"category": {_nullable(item.category.value if item.category else None)}, '
+                f'"reasons": {found[1]}, "next_check_due": {day(item.next_check_due)}}}'
+            )
+        return lines
+
+    def to_json(self, round_id: str | None = None, *, encoded: bool = False) -> dict[str, object]:
+        """The decisions.json document (data-contracts.md), reasons in :attr:`lang`.
+
+        ``encoded``: the ``decisions`` entries come as :class:`EncodedEntries`, each
+        already JSON text (what :func:`decisions_text` would make of the dict), with
+        every distinct list of reasons encoded once: the round's fast path.
+        """
+        entries: list[dict[str, object]] | EncodedEntries
+        entries = EncodedEntries(self._entry_lines()) if encoded else self._entries()
         return {
             "as_of": self.as_of.isoformat(),
             "round_id": round_id,

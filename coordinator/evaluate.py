@@ -8,16 +8,15 @@ decisions.json atomically, plus report.html when asked.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TextIO
 
-from coordinator.decisions import decide_all
+from coordinator.decisions import decide_all, decisions_text
 from coordinator.names import SourceNames, read_names
 from coordinator.reasons import Lang
 from coordinator.records import (
@@ -90,23 +89,6 @@ def offline_provenance(
     )
 
 
-#: one encoder for every entry (``json.dumps`` with an option builds a new one per call)
-_ENTRY = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def decisions_text(document: Mapping[str, object]) -> str:
-    """decisions.json as text: one decision per line (readable, and C-speed ``json.dumps``)."""
-    fields = []
-    for key, value in document.items():
-        if key == "decisions" and isinstance(value, list):
-            rows = ",\n  ".join([_ENTRY(entry) for entry in value])
-            body = f"[\n  {rows}\n ]" if value else "[]"
-        else:
-            body = json.dumps(value, ensure_ascii=False)
-        fields.append(f" {json.dumps(key)}: {body}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 @gc_paused()
 def evaluate_command(
     *,
@@ -168,8 +150,7 @@ def evaluate_command(
         lang=lang,
         source_names=shown.labels({row.source for row in gathered} | {*failed, *services, *needs}),
     )
-    document = decisions.to_json(round_id=None)
-    text = decisions_text(document)
+    text = decisions_text(decisions.to_json(round_id=None, encoded=True))
     write_atomically(out, lambda f: f.write(text))
     if report is not None or xlsx is not None:
         provenance = offline_provenance(

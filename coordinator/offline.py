@@ -16,7 +16,7 @@ bytes as the request that was carried), and feeds the session the node's
 answers, converted as online (:func:`coordinator.streams.from_response`); the
 session checks order, payload tags and transcript. When the last sub-round is in, the
 round is decided and written exactly as an online round
-(:func:`coordinator.round.decide_round`, :func:`coordinator.round.write_round`).
+(:func:`coordinator.round_outputs.decide_round`, :func:`coordinator.round_outputs.write_round`).
 ``xmatch round close`` gives up waiting: what is missing is a failed source.
 
 keyed-hash in one message: the coordinator also draws the node's ephemeral key

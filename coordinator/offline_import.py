@@ -28,10 +28,12 @@ from coordinator.offline_runner import (
     sub_from_json,
     sub_to_json,
 )
+from coordinator.output import OutputFolder
 from coordinator.progress import Progress
 from coordinator.reasons import Lang
 from coordinator.records import read_roster_source
-from coordinator.round import decide_round, query_identities, write_round
+from coordinator.round import query_identities
+from coordinator.round_outputs import decide_round, write_round
 from coordinator.state import RoundState
 from coordinator.sub_round import SubRound, SubRoundStatus, record_sub_round
 from keys.handles import AuditSigner
@@ -134,16 +136,17 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
     if requests.is_dir():
         os.rename(requests, aside)  # the output folder is written whole, then put back
     try:
-        write_round(
-            out,
-            decided,
-            results,
-            rid=opened.rid,
-            as_of=as_of,
-            seconds=float(doc.get("seconds", 0.0)),
-            state=session.state,
-            display=Progress(False),
-        )
+        with OutputFolder(out, opened.rid) as folder:
+            write_round(
+                folder,
+                decided,
+                results,
+                rid=opened.rid,
+                as_of=as_of,
+                seconds=float(doc.get("seconds", 0.0)),
+                state=session.state,
+                display=Progress(False),
+            )
     except BaseException:
         if aside.is_dir() and not requests.exists():
             os.rename(aside, requests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -10,8 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.decisions import RoundDecisions
-from coordinator.evaluate import decisions_text
+from coordinator.decisions import RoundDecisions, decisions_text
 from coordinator.records import (
     EvidenceRow,
     write_evidence,
@@ -96,6 +96,9 @@ class _Beside:
             code = 0
             try:
                 os.close(read)
+                # a collection would walk (and so copy) every page shared with the parent;
+                # the child is short-lived and reference counting frees its garbage
+                gc.disable()
                 work()
             except BaseException as exc:  # one line for the parent, then out
                 code = 1
@@ -147,57 +150,119 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+class OutputFolder:
+    """A round's output folder in the making: a staging sibling of ``out``.
+
+    Files are written into it by this process (:meth:`write_text`) or by forked
+    children at the same time (:meth:`beside`); :meth:`commit` waits for the
+    children and renames the folder into place in one step. Leaving the
+    ``with`` block by an exception kills the children and removes the staging
+    folder, so that nothing half-written is ever found under ``out``.
+
+    The folder can be opened before the rules run, so that evidence.csv (which
+    does not depend on the decisions) is written on the other core meanwhile.
+    """
+
+    def __init__(self, out: Path, round_id: str) -> None:
+        self.out = out
+        parent = out.parent
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
+        self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
+        self._children: list[_Beside] = []
+        self._names: set[str] = set()
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abandon()
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is written or being written."""
+        return name in self._names
+
+    def beside(self, name: str, work: Callable[[Path], None]) -> None:
+        """``work(path of name)`` in a forked child; its failure is one line naming ``name``."""
+        self._names.add(name)
+        path = self.staging / name
+        self._children.append(_Beside(lambda: work(path), name))
+
+    def write_text(self, name: str, text: str) -> None:
+        """``name``, written by this process (mode 0600, synced)."""
+        self._names.add(name)
+        _write_text(self.staging / name, text)
+
+    def start_evidence(self, evidence: list[EvidenceRow]) -> None:
+        """evidence.csv, in a child, unless it was started already."""
+        if not self.has("evidence.csv"):
+            self.beside("evidence.csv", lambda path: write_evidence(path, evidence))
+
+    def commit(self, waiting: Callable[[], None] | None = None) -> None:
+        """Wait for the children (``waiting`` is called first, if any are left), then
+        rename the folder into place.
+
+        Raises:
+            OSError: a child failed (its line), or the folder cannot be renamed.
+            InputError: someone wrote into ``out`` meanwhile.
+        """
+        if self._children and waiting is not None:
+            waiting()
+        for child in self._children:
+            child.wait()
+        self._children = []
+        check_output_folder(self.out)  # again: someone may have written there meanwhile
+        if self.out.is_dir():
+            self.out.rmdir()
+        os.rename(self.staging, self.out)
+        fd = os.open(self.out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def abandon(self) -> None:
+        """Stop every child and remove the staging folder (this round failed)."""
+        for child in self._children:
+            child.stop()
+        self._children = []
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
 def write_output(
     out: Path,
     *,
     round_id: str,
     evidence: list[EvidenceRow],
-    document: dict[str, object] | Callable[[], dict[str, object]],
+    document: str | dict[str, object] | Callable[[], str | dict[str, object]],
     report: str | Callable[[], str],
     extra: Callable[[Path], None] | None = None,
     waiting: Callable[[], None] | None = None,
+    folder: OutputFolder | None = None,
 ) -> None:
-    """Write the three files into a temporary sibling folder, then rename it to ``out``.
+    """Write the three files into a staging folder (:class:`OutputFolder`), then rename it
+    to ``out``.
 
-    ``extra`` (the spreadsheet and names.csv) and a ``report`` given as a
-    function run in forked child processes at the same time (:class:`_Beside`),
-    while this process writes evidence.csv and decisions.json; ``waiting`` is
+    ``extra`` (the spreadsheet and names.csv), a ``report`` given as a function
+    and evidence.csv run in forked child processes at the same time
+    (:class:`_Beside`), while this process writes decisions.json; ``waiting`` is
     called when only the children are left (the progress display's last phase).
-    ``document`` may be given as a function, to be built while they work.
+    ``document`` (the decisions.json text, or its document) may be given as a
+    function, to be built while they work. ``folder``: one opened earlier (its
+    evidence.csv may be under way already); by default a new one.
     """
-    parent = out.parent
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
-    children: list[_Beside] = []
-    try:
+    with folder if folder is not None else OutputFolder(out, round_id) as opened:
+        opened.start_evidence(evidence)
         if callable(report):
             made = report
-            children.append(
-                _Beside(lambda: _write_text(staging / "report.html", made()), "report.html")
-            )
+            opened.beside("report.html", lambda path: _write_text(path, made()))
         else:
-            _write_text(staging / "report.html", report)
+            opened.write_text("report.html", report)
         if extra is not None:
-            children.append(_Beside(lambda: extra(staging)))
-        write_evidence(staging / "evidence.csv", evidence)
+            work = extra
+            opened.beside("decisions.xlsx", lambda path: work(path.parent))
         if callable(document):
             document = document()
-        _write_text(staging / "decisions.json", decisions_text(document))  # a decision a line
-        if children and waiting is not None:
-            waiting()
-        for child in children:  # decisions.xlsx, names.csv, report.html
-            child.wait()
-        check_output_folder(out)  # again: someone may have written there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.rename(staging, out)
-        fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        for child in children:
-            child.stop()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        text = document if isinstance(document, str) else decisions_text(document)
+        opened.write_text("decisions.json", text)  # a decision a line
+        opened.commit(waiting)

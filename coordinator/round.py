@@ -45,7 +45,7 @@ import multiprocessing.forkserver
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,27 +61,24 @@ from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.client import NodeClient
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
-from coordinator.decisions import RoundDecisions, decide_all
-from coordinator.disputes import OpenDispute, disputes_json, hold_for_round
-from coordinator.names import SourceNames
+from coordinator.decisions import RoundDecisions
+from coordinator.disputes import hold_for_round
 from coordinator.node_link import coordinator_signer
 from coordinator.output import (
+    OutputFolder,
     check_output_folder,
-    people_outputs,
     remove_stale_staging,
     staging_prefix,
-    write_output,
 )
 from coordinator.progress import PHASES, Progress
 from coordinator.reasons import Lang
 from coordinator.records import (
     EvidenceRow,
     Roster,
-    gc_paused,
     match_rows,
     read_roster_source,
 )
-from coordinator.report import Provenance, SourceRun, render_report
+from coordinator.round_outputs import decide_round, round_evidence, write_round
 from coordinator.state import RoundState
 from coordinator.sub_round import (
     STATE_STATUS,
@@ -429,95 +426,6 @@ def fan_out(
                 client.close()
 
 
-@dataclass(frozen=True)
-class Decided:
-    """Step 3 of a round: the decisions and what the outputs need beside them."""
-
-    decisions: RoundDecisions
-    evidence: list[EvidenceRow]
-    failed: list[str]
-    names: SourceNames
-    disputes: tuple[OpenDispute, ...] = ()  # open 疑义校核 disputes (coordinator.disputes)
-
-
-def decide_round(
-    roster: Roster, results: Sequence[SubRound], *, as_of: _dt.date, lang: Lang
-) -> Decided:
-    """(3) Decide: every child from the evidence of every sub-round, failures named."""
-    failed = [s.source for s in results if s.status is not SubRoundStatus.OK]
-    services = [s.source for s in results if s.service_report == "gaps"]
-    needs = [s.source for s in results if s.service_report == "needs"]
-    evidence = [row for s in results for row in s.rows]
-    names = SourceNames()
-    for s in results:
-        names.add_node(s.node, s.node_display_name)
-        names.add_set(s.source, s.display_name)
-    decisions = decide_all(
-        roster,
-        evidence,
-        as_of=as_of,
-        failed_sources=failed,
-        service_sources=services,
-        service_need_sources=needs,
-        lang=lang,
-        source_names=names.labels(s.source for s in results),
-    )
-    return Decided(decisions, evidence, failed, names)
-
-
-@gc_paused()  # reasons, decisions.json and the report: millions of objects, no cycles
-def write_round(
-    out: Path,
-    decided: Decided,
-    results: Sequence[SubRound],
-    *,
-    rid: str,
-    as_of: _dt.date,
-    seconds: float,
-    state: RoundState,
-    display: Progress,
-) -> None:
-    """(4) Write atomically: evidence, decisions.json, the report and the people's files.
-
-    Raises:
-        OSError: the output cannot be written (nothing is left half-written).
-    """
-    decisions = decided.decisions
-    provenance = Provenance(
-        round_id=rid,
-        as_of=as_of,
-        generated_at=_dt.datetime.now(_dt.UTC),
-        sources=tuple(
-            SourceRun(
-                node=s.node,
-                match_set=s.match_set,
-                protocol=s.protocol,
-                status=s.status.value,
-                matches=s.matches,
-                seconds=round(s.seconds, 3),
-                detail=s.detail,
-            )
-            for s in results
-        ),
-        failed_sources=tuple(decided.failed),
-        timings=(("round", seconds),),
-        names=decided.names,
-        history=tuple(state.decision_history(current=rid)),
-        open_disputes=decided.disputes,
-    )
-    display.phase("report")
-    decisions.render_texts()  # once, before the spreadsheet's writer forks off
-    write_output(
-        out,
-        round_id=rid,
-        evidence=decided.evidence,
-        document=lambda: decisions.to_json(round_id=rid) | disputes_json(decided.disputes, as_of),
-        report=lambda: render_report(decisions, provenance=provenance),
-        extra=lambda staging: people_outputs(staging, decisions, provenance),
-        waiting=lambda: display.phase("spreadsheet"),
-    )
-
-
 def _open_round(
     config: CoordinatorConfig,
     audit: AuditLog,
@@ -589,22 +497,24 @@ def _run_round(
             display=display,
         )
         display.phase("rules")
-        decided = decide_round(prepared.roster, results, as_of=as_of, lang=lang)
-        held = hold_for_round(decided.decisions, config, audit, prepared.tls, results, err)
-        decided = dataclasses.replace(decided, decisions=held[0], disputes=held[1])
-        counts = decided.decisions.counts()
-        state.record_decisions(rid, {d.value: n for d, n in counts.items()})
-        seconds = time.monotonic() - started
-        write_round(
-            out,
-            decided,
-            results,
-            rid=rid,
-            as_of=as_of,
-            seconds=seconds,
-            state=state,
-            display=display,
-        )
+        with OutputFolder(out, rid) as folder:
+            folder.start_evidence(round_evidence(results))  # on the other core, meanwhile
+            decided = decide_round(prepared.roster, results, as_of=as_of, lang=lang)
+            held = hold_for_round(decided.decisions, config, audit, prepared.tls, results, err)
+            decided = dataclasses.replace(decided, decisions=held[0], disputes=held[1])
+            counts = decided.decisions.counts()
+            state.record_decisions(rid, {d.value: n for d, n in counts.items()})
+            seconds = time.monotonic() - started
+            write_round(
+                folder,
+                decided,
+                results,
+                rid=rid,
+                as_of=as_of,
+                seconds=seconds,
+                state=state,
+                display=display,
+            )
         failed = decided.failed
         state.finish_round(
             rid,

@@ -8,13 +8,14 @@ must give equal :class:`ChildDecision` values and the same reason texts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import date, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.decisions import decide_all, index_evidence
+from coordinator.decisions import decide_all, decisions_text, index_evidence
 from coordinator.eligibility import decide
 from coordinator.judgements import decide_children
 from coordinator.reasons import Renderer, render
@@ -159,3 +160,24 @@ def test_a_shared_decision_copies_every_field() -> None:
         if field.name != "child":
             assert getattr(copied, field.name) is getattr(decided, field.name)
     assert len(fields(ChildDecision)) == 9
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rounds(),
+    st.lists(st.one_of(st.none(), st.text(max_size=6)), min_size=15, max_size=15),
+    st.sampled_from(["zh", "en"]),
+)
+def test_encoded_decisions_json_is_the_text_of_the_document(
+    case: tuple[list[RosterRow], list[EvidenceRow]], names: list[str | None], lang: str
+) -> None:
+    """The round's fast decisions.json (entries encoded directly, each distinct list of
+    reasons once) is character for character what the document of dicts encodes to,
+    for names with quotes, backslashes, control and non-BMP characters, or none."""
+    rows, evidence = case
+    rows = [replace(r, child_name=name) for r, name in zip(rows, names * 2, strict=False)]
+    result = decide_all(rows, evidence, as_of=D, lang=lang)  # type: ignore[arg-type]
+    extra = {"open_disputes": [{"reason": 'a "b" \\ \n'}]}
+    text = decisions_text(result.to_json("r-1") | extra)
+    assert decisions_text(result.to_json("r-1", encoded=True) | extra) == text
+    assert json.loads(text)["decisions"] == result.to_json("r-1")["decisions"]
