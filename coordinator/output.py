@@ -76,8 +76,9 @@ def people_outputs(staging: Path, decisions: RoundDecisions, provenance: Provena
 class _Beside:
     """``work`` in a forked child process while this one writes the other files.
 
-    A round's reasons are rendered before the fork, so the child finds them
-    ready; the two processes share nothing else. The child never returns: it
+    The child sees this process's memory as it was at the fork (the report's
+    and the spreadsheet's writers find the round's reasons rendered; the
+    evidence writer needs none); the processes share nothing else. The child never returns: it
     ends with ``os._exit`` (no buffer of the parent's, such as the protocol log,
     is flushed twice) after writing one line about a failure into a pipe.
     Without ``os.fork`` the work runs in this process, at :meth:`wait`.
