@@ -8,6 +8,12 @@ The sort is a plain ``np.sort`` of 64-bit words that carry the key's top
 bits above the row index (``argsort`` costs about seven times as much on 3M
 rows): the index comes back out of the low bits, and the truncated key
 only widens the candidate ranges, which the full-row comparison settles.
+
+Lookups go through a directory of the sorted keys' top bits (about one row
+per bucket): a query reads its bucket's bounds and the few keys in it, two
+cache misses, where a binary search into 3M keys costs about twenty. Keys
+that are not spread (a test's, an adversary's) would make buckets large; then
+the lookup falls back to ``searchsorted``, exact either way.
 """
 
 from __future__ import annotations
@@ -44,6 +50,16 @@ class SortedRows:
     def __init__(self, rows: npt.NDArray[np.uint8]) -> None:
         self.rows = rows
         self.order, self.sorted_keys, self._shift = _packed_order(_keys(rows))
+        # bucket b holds sorted_keys[directory[b]:directory[b + 1]]: those whose
+        # top ``bits`` bits are b; 2**bits <= rows, so at most 8 bytes a row
+        n = len(self.sorted_keys)
+        self._bits = min(max(0, n.bit_length() - 1), 64 - self._shift)
+        self._drop = np.uint64(64 - self._shift - self._bits)
+        self._directory = np.zeros((1 << self._bits) + 1, dtype=np.int64)
+        if n:
+            buckets = (self.sorted_keys >> self._drop).astype(np.int64)
+            counts = np.bincount(buckets, minlength=1 << self._bits)
+            np.cumsum(counts, out=self._directory[1:])
 
     def lookup(
         self, queries: npt.NDArray[np.uint8]
@@ -53,6 +69,54 @@ class SortedRows:
         Pairs come ordered by query index, then by row index within a query.
         """
         qkeys = _keys(queries) >> np.uint64(self._shift)
+        found = self._bucketed(qkeys)
+        if found is None:
+            found = self._searched(qkeys)
+        first, counts = found
+        total = int(counts.sum())
+        if total == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        q_idx = np.repeat(np.arange(len(queries), dtype=np.int64), counts)
+        starts = np.cumsum(counts) - counts
+        within = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+        src = self.order[np.repeat(first, counts) + within]
+        same = np.all(self.rows[src] == queries[q_idx], axis=1)
+        q_idx, src = q_idx[same], src[same]
+        # Candidates come by query, then row index (the words' low bits): sorted
+        # already when the top bits tie; the lexsort keeps that order documented.
+        ordering = np.lexsort((src, q_idx))
+        return q_idx[ordering], src[ordering]
+
+    def _bucketed(
+        self, qkeys: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """Per query: the first sorted position of its key and how many rows have it,
+        through the directory; None when the buckets are too full for that to pay."""
+        bucket = qkeys >> self._drop
+        low = self._directory[bucket]
+        sizes = self._directory[bucket + np.uint64(1)] - low
+        total = int(sizes.sum())
+        if total > 4 * len(qkeys) + 64:  # keys not spread: binary search instead
+            return None
+        # every key of each query's bucket; the equal ones are a contiguous run
+        owner = np.repeat(np.arange(len(qkeys), dtype=np.int64), sizes)
+        starts = np.cumsum(sizes) - sizes
+        slot = np.repeat(low - starts, sizes) + np.arange(total, dtype=np.int64)
+        equal = self.sorted_keys[slot] == qkeys[owner]
+        owner, slot = owner[equal], slot[equal]
+        counts = np.bincount(owner, minlength=len(qkeys)).astype(np.int64)
+        first = np.zeros(len(qkeys), dtype=np.int64)
+        # slots ascend within an owner: its first equal slot opens its run
+        opens = np.ones(len(owner), dtype=bool)
+        opens[1:] = owner[1:] != owner[:-1]
+        first[owner[opens]] = slot[opens]
+        return first, counts
+
+    def _searched(
+        self, qkeys: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """What :meth:`_bucketed` gives, by binary search (any key distribution)."""
         # Searching with sorted queries walks the table in order: several
         # times faster than random probes into a large array. (Sorted on their
         # top bits only: searchsorted is exact for needles in any order.)
@@ -69,17 +133,4 @@ class SortedRows:
         if len(present):
             right = np.searchsorted(self.sorted_keys, qkeys[present], side="right")
             counts[present] = right - left[present]
-        total = int(counts.sum())
-        if total == 0:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        q_idx = np.repeat(np.arange(len(queries), dtype=np.int64), counts)
-        first = np.cumsum(counts) - counts
-        within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-        src = self.order[np.repeat(left, counts) + within]
-        same = np.all(self.rows[src] == queries[q_idx], axis=1)
-        q_idx, src = q_idx[same], src[same]
-        # Candidates come by query, then row index (the words' low bits): sorted
-        # already when the top bits tie; the lexsort keeps that order documented.
-        ordering = np.lexsort((src, q_idx))
-        return q_idx[ordering], src[ordering]
+        return left, counts

@@ -7,7 +7,7 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from psi._match import SortedRows
+from psi._match import SortedRows, _keys
 
 
 def reference(
@@ -72,3 +72,42 @@ def test_lookup_equals_brute_force(table_keys: list[int], query_keys: list[int])
 
     table, queries = rows(table_keys), rows(query_keys)
     assert pairs(table, queries) == reference(table, queries)
+
+
+def by_bytes(table: npt.NDArray[np.uint8], queries: npt.NDArray[np.uint8]) -> list[tuple[int, int]]:
+    """The reference for large inputs: rows grouped by their bytes."""
+    where: dict[bytes, list[int]] = {}
+    for r, row in enumerate(table):
+        where.setdefault(row.tobytes(), []).append(r)
+    return [(q, r) for q, row in enumerate(queries) for r in where.get(row.tobytes(), [])]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 5000), st.integers(0, 3000), st.integers(0, 2**32 - 1))
+def test_random_tags_go_through_the_directory(n: int, m: int, seed: int) -> None:
+    """Spread keys (AES tags, X25519 outputs) take the bucket directory, and it is exact:
+    present and absent queries, duplicate rows, a row equal on its 8-byte head only."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    if n > 2:
+        table[1] = table[0]  # one person, two records
+        table[2, :8] = table[0, :8]  # same head, other tail
+    picked = table[rng.integers(0, n, size=m // 2)] if n else table[:0]
+    queries = np.concatenate(
+        [picked, rng.integers(0, 256, size=(m - len(picked), 16), dtype=np.uint8)]
+    )
+    sorted_rows = SortedRows(table)
+    assert sorted_rows._bucketed(_keys(queries) >> np.uint64(sorted_rows._shift)) is not None
+    assert pairs(table, queries) == by_bytes(table, queries)
+
+
+def test_keys_that_are_not_spread_fall_back_to_binary_search() -> None:
+    """Every row in one bucket (equal heads): the directory would compare every query with
+    every row, so the lookup searches instead, with the same exact answer."""
+    rng = np.random.default_rng(3)
+    table = np.zeros((4000, 16), dtype=np.uint8)
+    table[:, 8:] = rng.integers(0, 256, size=(4000, 8), dtype=np.uint8)
+    queries = np.concatenate([table[::7], np.zeros((50, 16), dtype=np.uint8)])
+    sorted_rows = SortedRows(table)
+    assert sorted_rows._bucketed(_keys(queries) >> np.uint64(sorted_rows._shift)) is None
+    assert pairs(table, queries) == by_bytes(table, queries)
