@@ -404,3 +404,35 @@ def test_report_is_written_by_its_own_child_and_its_failure_names_it(tmp_path: P
     with pytest.raises(OSError, match=r"report.html not written: RuntimeError: template broke"):
         _output(again, report=broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round"]
+
+
+def test_evidence_written_before_the_rules_end_lands_with_the_rest(tmp_path: Path) -> None:
+    """The round opens its output folder before deciding and writes evidence.csv in a
+    child meanwhile; the folder appears only at commit, and a failure of any writer
+    (named in one line) or of the parent leaves nothing behind."""
+    from coordinator.output import OutputFolder
+
+    out = tmp_path / "round"
+    with OutputFolder(out, "0" * 32) as folder:
+        folder.start_evidence([])
+        assert not out.exists() and folder.has("evidence.csv")
+        _output(out, folder=folder)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decisions.json",
+        "evidence.csv",
+        "report.html",
+    ]
+    assert (out / "evidence.csv").read_text(encoding="utf-8").startswith("person_id,")
+
+    def broken(_path: Path) -> None:
+        raise OSError("disk full")
+
+    late = tmp_path / "late"
+    failed = pytest.raises(OSError, match=r"^evidence.csv not written: OSError: disk full$")
+    with failed, OutputFolder(late, "1" * 32) as folder:
+        folder.beside("evidence.csv", broken)
+        _output(late, folder=folder)
+    with pytest.raises(KeyboardInterrupt), OutputFolder(late, "2" * 32) as folder:
+        folder.start_evidence([])
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round"]
