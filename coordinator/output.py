@@ -78,13 +78,14 @@ class _Beside:
 
     The child sees this process's memory as it was at the fork (the report's
     and the spreadsheet's writers find the round's reasons rendered; the
-    evidence writer needs none); the processes share nothing else. The child never returns: it
-    ends with ``os._exit`` (no buffer of the parent's, such as the protocol log,
-    is flushed twice) after writing one line about a failure into a pipe.
+    evidence writer needs none); the processes share nothing else. The child
+    never returns: it ends with ``os._exit`` (no buffer of the parent's, such
+    as the protocol log, is flushed twice) after writing one line about a
+    failure into a pipe. ``what`` names the file in that line.
     Without ``os.fork`` the work runs in this process, at :meth:`wait`.
     """
 
-    def __init__(self, work: Callable[[], None], what: str = "decisions.xlsx") -> None:
+    def __init__(self, work: Callable[[], None], what: str) -> None:
         self._what = what
         self._work: Callable[[], None] | None = work
         self._pid = 0

@@ -44,6 +44,16 @@ def _packed_order(
     return order, words >> np.uint64(shift), shift
 
 
+def _spans(
+    first: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Ranges ``first[i] .. first[i] + counts[i]`` laid end to end: (owner i, position)."""
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.repeat(first - starts, counts) + np.arange(total, dtype=np.int64)
+
+
 class SortedRows:
     """An (n, w) uint8 array prepared for repeated lookups."""
 
@@ -77,10 +87,8 @@ class SortedRows:
         if total == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
-        q_idx = np.repeat(np.arange(len(queries), dtype=np.int64), counts)
-        starts = np.cumsum(counts) - counts
-        within = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
-        src = self.order[np.repeat(first, counts) + within]
+        q_idx, position = _spans(first, counts)
+        src = self.order[position]
         same = np.all(self.rows[src] == queries[q_idx], axis=1)
         q_idx, src = q_idx[same], src[same]
         # Candidates come by query, then row index (the words' low bits): sorted
@@ -100,9 +108,7 @@ class SortedRows:
         if total > 4 * len(qkeys) + 64:  # keys not spread: binary search instead
             return None
         # every key of each query's bucket; the equal ones are a contiguous run
-        owner = np.repeat(np.arange(len(qkeys), dtype=np.int64), sizes)
-        starts = np.cumsum(sizes) - sizes
-        slot = np.repeat(low - starts, sizes) + np.arange(total, dtype=np.int64)
+        owner, slot = _spans(low, sizes)
         equal = self.sorted_keys[slot] == qkeys[owner]
         owner, slot = owner[equal], slot[equal]
         counts = np.bincount(owner, minlength=len(qkeys)).astype(np.int64)
