@@ -21,6 +21,8 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +77,13 @@ REASON_JOIN = ";"
 TEXT_COLUMNS = (0, 3)
 
 
+#: a few thousand distinct days in a round: each written out once
+_day = lru_cache(maxsize=1 << 14)(date.isoformat)
+
+
 def _row(item: ChildDecision, texts: list[str]) -> list[str]:
     child = item.child
-    birth = child.child_birth_date.isoformat() if child.child_birth_date else ""
+    birth = _day(child.child_birth_date) if child.child_birth_date else ""
     code = child.region_code or ""
     return [
         child.child_id or "",
@@ -89,7 +95,7 @@ def _row(item: ChildDecision, texts: list[str]) -> list[str]:
         category_name(child.category, "zh") if child.category else "",
         category_name(item.category, "zh") if item.category else "",
         month_text(item.stops_from, "zh") if item.stops_from else "",
-        item.next_check_due.isoformat() if item.next_check_due else "",
+        _day(item.next_check_due) if item.next_check_due else "",
         "是" if item.overdue else "",
         "是" if item.conflict else "",
         REASON_JOIN.join(texts),
@@ -126,12 +132,12 @@ def _fill_sheets(
 def _summary(book: Any, decisions: RoundDecisions, fmt: Any) -> None:
     text, head = fmt
     sheet = book.add_worksheet(SUMMARY_SHEET)
+    # counted in C (Counter over pairs): one Counter per child cost more than the sheet
+    pairs = Counter((item.child.region_code or "", item.decision) for item in decisions.decisions)
     regions: dict[str, Counter[Decision]] = {}
-    overdue: Counter[str] = Counter()
-    for item in decisions.decisions:
-        code = item.child.region_code or ""
-        regions.setdefault(code, Counter())[item.decision] += 1
-        overdue[code] += item.overdue
+    for (code, decision), count in pairs.items():
+        regions.setdefault(code, Counter())[decision] = count
+    overdue = Counter(item.child.region_code or "" for item in decisions.decisions if item.overdue)
     sheet.set_column(0, 0, 9, text)
     sheet.set_column(1, 1, 30)
     sheet.set_column(2, len(SUMMARY_COLUMNS) - 1, 10)

@@ -23,8 +23,6 @@ from pathlib import Path
 
 #: Excel's longest cell text (XlsxWriter cuts there too)
 MAX_TEXT = 32_767
-#: anything that needs more than copying: XML's specials, control characters, ``_xHHHH_``
-_SPECIAL = re.compile(r"[&<>\x00-\x08\x0b-\x1f\ufffe\uffff]|_x[0-9a-fA-F]{4}_")
 _LITERAL_ESCAPE = re.compile(r"(_x[0-9a-fA-F]{4}_)")
 _CONTROL = re.compile(r"([\x00-\x08\x0b-\x1f])")
 _COLUMN_STYLE = re.compile(r'<col min="(\d+)" max="(\d+)"[^>]*? style="(\d+)"')
@@ -75,34 +73,78 @@ def _cell_heads(head_xml: str, columns: int) -> list[str]:
     ]
 
 
-def _row_xml(
-    number: int, values: Sequence[str], letters: Sequence[str], heads: Sequence[str]
-) -> str:
+def _plain(values: Sequence[str]) -> bool:
+    """Whether the values are written as they are: nothing to escape or cut, no cell
+    starting or ending with white space.
+
+    Cheaper than a regular expression over the row: ``isprintable`` is false for every
+    control character, ``\\ufffe``, ``\\uffff`` and every white space but the ASCII
+    space, so only ``& < >``, ``_x`` and the ASCII space are left to look for.
+    """
     joined = "".join(values)
-    plain = _SPECIAL.search(joined) is None and len(joined) <= MAX_TEXT // 2
-    parts = [f'<row r="{number}">']
-    add = parts.append
-    for col, value in enumerate(values):
-        if not value:
-            continue
-        if not plain:
+    if not (
+        len(joined) <= MAX_TEXT // 2
+        and joined.isprintable()
+        and "&" not in joined
+        and "<" not in joined
+        and ">" not in joined
+        and "_x" not in joined
+    ):
+        return False
+    return " " not in joined or all(v == v.strip(" ") for v in values)
+
+
+class _Rows:
+    """One sheet's ``<row>`` elements, for its column letters and cell heads.
+
+    Most rows need no escaping, no cutting and no ``xml:space``: they are one
+    ``str.format`` of a template for the row's pattern of empty cells (a few
+    dozen patterns in a round). Any other row is written cell by cell.
+    """
+
+    def __init__(self, letters: Sequence[str], heads: Sequence[str]) -> None:
+        self.letters = letters
+        self.heads = heads
+        self._templates: dict[tuple[bool, ...], str] = {}
+
+    def _template(self, filled: tuple[bool, ...]) -> str:
+        cells = "".join(
+            f'<c r="{self.letters[col]}{{0}}{self.heads[col]}<t>{{{col + 1}}}</t></is></c>'
+            for col, present in enumerate(filled)
+            if present
+        )
+        template = self._templates[filled] = f'<row r="{{0}}">{cells}</row>'
+        return template
+
+    def xml(self, number: int, values: Sequence[str]) -> str:
+        if _plain(values):
+            filled = tuple(map(bool, values))
+            template = self._templates.get(filled) or self._template(filled)
+            return template.format(number, *values)
+        return self._cell_by_cell(number, values)
+
+    def _cell_by_cell(self, number: int, values: Sequence[str]) -> str:
+        parts = [f'<row r="{number}">']
+        add = parts.append
+        for col, value in enumerate(values):
+            if not value:
+                continue
             value = _escape(_cut(value))
-        space = ' xml:space="preserve"' if value[0].isspace() or value[-1].isspace() else ""
-        add(f'<c r="{letters[col]}{number}{heads[col]}<t{space}>{value}</t></is></c>')
-    add("</row>")
-    return "".join(parts)
+            space = ' xml:space="preserve"' if value[0].isspace() or value[-1].isspace() else ""
+            add(f'<c r="{self.letters[col]}{number}{self.heads[col]}<t{space}>{value}</t></is></c>')
+        add("</row>")
+        return "".join(parts)
 
 
 def _fill(xml: str, rows: Iterable[Sequence[str]], columns: int) -> Iterable[str]:
     """The sheet's XML with ``rows`` (from row 2) appended to its ``sheetData``."""
     cut = xml.index("</sheetData>")
     head, tail = xml[:cut], xml[cut:]
-    letters = [_letters(c) for c in range(columns)]
-    heads = _cell_heads(head, columns)
+    row_xml = _Rows([_letters(c) for c in range(columns)], _cell_heads(head, columns)).xml
     body: list[str] = []
     number = 1
     for number, values in enumerate(rows, start=2):
-        body.append(_row_xml(number, values, letters, heads))
+        body.append(row_xml(number, values))
     last = _letters(columns - 1)
     head = _DIMENSION.sub(f'<dimension ref="A1:{last}{max(number, 1)}"/>', head, count=1)
     yield head

@@ -215,6 +215,9 @@ AWKWARD_NAMES = (
     "\ufffe非字符\uffff",
     "表情😀" * 3000,  # over 32,767 UTF-16 units: cut without splitting a character
     "换行\n",
+    "\u3000全角空格",  # white space that is not ASCII
+    "中间 空格",  # a space inside only: no xml:space
+    "下划线_x",
     "",
 )
 
