@@ -64,6 +64,7 @@ from psi.session import (
     EcdhRequesterSession,
     Evidence,
     KeyedHashRequesterSession,
+    PayloadColumns,
     RequesterSession,
 )
 
@@ -198,7 +199,7 @@ class MatchSetResult:
 
     ``indices`` point into the identities queried, one entry per evidence
     row (a person with two records of the set appears twice in keyed-hash);
-    ``payloads`` is aligned with it (empty dicts for ecdh, membership only).
+    ``payload`` is aligned with it (no columns for ecdh, membership only).
     ``node_log_seq``/``node_log_head`` are the node's log anchor from
     ``RoundDone`` (checked: a seq from 1 and 64 lower-case hex digits), or
     ``0``/``""`` when the node sent none.
@@ -209,7 +210,7 @@ class MatchSetResult:
     protocol: str
     circumstance: str
     indices: npt.NDArray[np.int64]
-    payloads: list[dict[str, str]]
+    payload: PayloadColumns
     transcript: bytes
     query_size: int
     set_size: int
@@ -229,9 +230,9 @@ class MatchSetResult:
 
 
 ProgressFn = Callable[[int], None]
-#: Called with ``(indices, payloads)`` for each keyed-hash match chunk once it is
+#: Called with ``(indices, payload)`` for each keyed-hash match chunk once it is
 #: resolved: evidence delivered even if the stream fails later.
-MatchesFn = Callable[[npt.NDArray[np.int64], list[dict[str, str]]], None]
+MatchesFn = Callable[[npt.NDArray[np.int64], PayloadColumns], None]
 #: ``(node/match_set, phase, done, total)``: where a sub-round is, for a progress display.
 #: Phases: ``blind`` (ecdh: our roster raised to our key), ``exchange`` (identities
 #: sent and answered), ``intersect`` (ecdh: the node's set received and compared).
@@ -433,7 +434,7 @@ class NodeClient:
         ``identities`` are ``psi.identifiers.encode_identities`` blocks;
         ``progress`` is called with the number of identities answered so far.
         ``on_matches`` (keyed-hash only) is called with each match chunk's
-        ``(indices, payloads)`` as soon as it is resolved, before the next
+        ``(indices, payload)`` as soon as it is resolved, before the next
         message is read: what it received was delivered even when this method
         then raises. An exception it raises fails the sub-round (a
         :class:`psi.errors.XmatchError` becomes ``out of protocol: ...``).
@@ -449,7 +450,7 @@ class NodeClient:
 
         def delivered(evidence: Evidence) -> None:
             if on_matches is not None:
-                on_matches(evidence.indices, list(evidence.payloads))
+                on_matches(evidence.indices, evidence.payload)
 
         def observe(kind: str, session: RequesterSession) -> None:
             self._report(peer, kind, session, progress)
@@ -478,7 +479,7 @@ class NodeClient:
             protocol=self.entry.protocol,
             circumstance=info.circumstance,
             indices=result.indices,
-            payloads=result.payloads,
+            payload=result.payload,
             transcript=result.transcript,
             query_size=len(identities),
             set_size=result.set_size,

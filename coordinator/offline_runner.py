@@ -272,7 +272,7 @@ def _answered(
         protocol=pending.protocol,
         circumstance=circumstance,
         indices=done.indices,
-        payloads=done.payloads,
+        payload=done.payload,
         transcript=done.transcript,
         query_size=len(encoded),
         set_size=done.set_size,

@@ -20,8 +20,9 @@ No message ever quotes a value from the file: it names the place instead.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
+from itertools import repeat
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -55,6 +56,7 @@ from coordinator.record_types import (
 )
 from coordinator.roster_file import read_roster, read_roster_database, read_roster_source
 from psi.errors import InputError, XmatchError
+from psi.session import PayloadColumns
 
 # --- evidence --------------------------------------------------------------------------------
 
@@ -255,9 +257,6 @@ __all__ = [
 # --- evidence from a node's matches ------------------------------------------------------------
 
 
-_UNSEEN = object()
-
-
 def _payload_date(value: str, name: str) -> date | None:
     if not value:
         return None
@@ -283,7 +282,7 @@ def match_rows(
     source: str,
     circumstance: str,
     indices: npt.NDArray[np.int64],
-    payloads: Sequence[dict[str, str]],
+    payload: PayloadColumns,
     identities: Sequence[str],
 ) -> tuple[EvidenceRow, ...]:
     """Evidence rows for matches ``indices`` (into ``identities``) of ``source``.
@@ -299,46 +298,31 @@ def match_rows(
         code = Circumstance(circumstance)
     except ValueError:
         raise XmatchError("node announced an unknown circumstance code") from None
-    allowed = set(EVIDENCE_OPTIONAL)
-    # a set sends few distinct dates and grades: each distinct cell is parsed once
-    dates: dict[tuple[str, str], date | None] = {}
-    numbers: dict[tuple[str, str], int | None] = {}
+    if not payload.columns.keys() <= set(EVIDENCE_OPTIONAL):
+        # never quote the name: it is the node's text (it could be anything)
+        raise XmatchError("an unknown payload field is not an evidence column")
+    count = len(indices)
+    if len(payload) != count:
+        raise XmatchError("payload entries and their matches differ in number")
+    payload.check()  # every column as long as the matches (map would stop short)
 
-    def day(payload: dict[str, str], name: str) -> date | None:
-        value = payload.get(name, "")
-        if not value:
-            return None
-        key = (name, value)
-        found = dates.get(key, _UNSEEN)
-        if found is _UNSEEN:
-            found = dates[key] = _payload_date(value, name)
-        return found  # type: ignore[return-value]
+    def column(name: str, parse: Callable[[str], object]) -> Iterable[object]:
+        values = payload.columns.get(name)
+        if values is None:
+            return repeat(None, count)
+        # a set sends few distinct dates and grades: each distinct cell is parsed once
+        parsed = {value: parse(value) for value in set(values)}
+        return map(parsed.__getitem__, values)
 
-    def number(payload: dict[str, str], name: str, high: int) -> int | None:
-        value = payload.get(name, "")
-        if not value:
-            return None
-        key = (name, value)
-        found = numbers.get(key, _UNSEEN)
-        if found is _UNSEEN:
-            found = numbers[key] = _payload_int(value, name, high)
-        return found  # type: ignore[return-value]
-
-    rows: list[EvidenceRow] = []
-    add = rows.append
-    for index, payload in zip(indices.tolist(), payloads, strict=True):
-        if not payload.keys() <= allowed:
-            # never quote the key: it is the node's text (it could be anything)
-            raise XmatchError("an unknown payload field is not an evidence column")
-        add(
-            EvidenceRow(
-                identities[index],
-                code,
-                source,
-                day(payload, "start_date"),
-                day(payload, "end_date"),
-                number(payload, "disability_category", 7),
-                number(payload, "disability_grade", 4),
-            )
+    return tuple(
+        map(
+            EvidenceRow,
+            map(identities.__getitem__, indices.tolist()),
+            repeat(code, count),
+            repeat(source, count),
+            column("start_date", lambda v: _payload_date(v, "start_date")),
+            column("end_date", lambda v: _payload_date(v, "end_date")),
+            column("disability_category", lambda v: _payload_int(v, "disability_category", 7)),
+            column("disability_grade", lambda v: _payload_int(v, "disability_grade", 4)),
         )
-    return tuple(rows)
+    )

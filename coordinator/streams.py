@@ -32,6 +32,7 @@ from psi.session import (
     End,
     Evidence,
     Matches,
+    PayloadColumns,
     Points,
     RequesterMessage,
     RequesterResult,
@@ -81,12 +82,12 @@ def from_response(peer: str, response: Response) -> ResponderMessage:
         a = response.accept
         return Accept(key_share=bytes(a.key_share), set_size=int(a.set_size))
     if kind == "matches" and isinstance(response, pb.KeyedHashResponse):
-        entries = response.matches.payload
-        return Matches(
-            psi=bytes(response.matches.psi),
-            payload=[dict(p.fields) for p in entries],
-            tags=[p.tag for p in entries],
-        )
+        m = response.matches
+        tags = list(m.tags)
+        columns = {c.name: list(c.values) for c in m.columns}
+        if len(columns) != len(m.columns):
+            raise PeerError(peer, "a payload column sent twice")
+        return Matches(psi=bytes(m.psi), payload=PayloadColumns(len(tags), columns), tags=tags)
     if isinstance(response, pb.EcdhResponse):
         if kind == "reblinded":
             return Points(stage="reblinded", data=bytes(response.reblinded))

@@ -26,6 +26,7 @@ from coordinator.records import (
 from coordinator.state import RoundState
 from psi.context import RoundContext
 from psi.errors import PeerError, Refused, XmatchError
+from psi.session import PayloadColumns
 
 ProgressFn = Callable[[int], None]
 
@@ -102,7 +103,7 @@ def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[Ev
         source=result.source,
         circumstance=result.circumstance,
         indices=result.indices,
-        payloads=result.payloads,
+        payload=result.payload,
         identities=identities,
     )
 
@@ -209,13 +210,13 @@ def _exchange(
             service_report = info.service_report or "gaps"
         source = f"{entry.name}/{match_set}"
 
-        def keep(indices: npt.NDArray[np.int64], payloads: list[dict[str, str]]) -> None:
+        def keep(indices: npt.NDArray[np.int64], payload: PayloadColumns) -> None:
             delivered.extend(
                 match_rows(
                     source=source,
                     circumstance=info.circumstance,
                     indices=indices,
-                    payloads=payloads,
+                    payload=payload,
                     identities=identities,
                 )
             )

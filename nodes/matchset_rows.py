@@ -26,6 +26,7 @@ from databases import DatabaseError, DatabaseSource
 from nodes.config import MatchSetConfig, NodeConfig
 from psi.errors import ConfigError
 from psi.identifiers import encode_identities, normalize_id_column
+from psi.session import PayloadColumns
 
 __all__ = [
     "DATE_COLUMNS",
@@ -91,16 +92,9 @@ class LoadedMatchSet:
         """Rows dropped for an invalid identity number or payload value."""
         return sum(self.rejected.values())
 
-    def payload_rows(self, rows: npt.NDArray[np.int64]) -> list[dict[str, str]]:
-        """The payload of the given row indices, one dict per row (empty values omitted)."""
-        names = list(self.payload)
-        if not names:
-            return [{} for _ in range(len(rows))]
-        lists = [self.payload[k][rows].tolist() for k in names]
-        return [
-            {k: v for k, v in zip(names, row, strict=True) if v != ""}
-            for row in zip(*lists, strict=True)
-        ]
+    def payload_rows(self, rows: npt.NDArray[np.int64]) -> PayloadColumns:
+        """The payload of the given row indices, column by column ("" where empty)."""
+        return PayloadColumns(len(rows), {k: v[rows].tolist() for k, v in self.payload.items()})
 
 
 @dataclass(frozen=True, eq=False)

@@ -453,66 +453,58 @@ class RoundDone(google.protobuf.message.Message):
 global___RoundDone = RoundDone
 
 @typing.final
-class Payload(google.protobuf.message.Message):
+class PayloadColumn(google.protobuf.message.Message):
     """One matched record of a keyed-hash chunk."""
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @typing.final
-    class FieldsEntry(google.protobuf.message.Message):
-        DESCRIPTOR: google.protobuf.descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: builtins.int
-        VALUE_FIELD_NUMBER: builtins.int
-        key: builtins.str
-        value: builtins.str
-        def __init__(
-            self,
-            *,
-            key: builtins.str = ...,
-            value: builtins.str = ...,
-        ) -> None: ...
-        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
-
-    FIELDS_FIELD_NUMBER: builtins.int
-    TAG_FIELD_NUMBER: builtins.int
-    tag: builtins.int
-    """Index, in the psi MatchChunk, of the matched tag this record belongs to;
-    a person with two records gives two entries with the same tag.
-    """
+    NAME_FIELD_NUMBER: builtins.int
+    VALUES_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    """An allowed payload column of the match set."""
     @property
-    def fields(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
-        """The allowed payload columns that have a value."""
+    def values(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """One value per matched record, in the chunk's record order; "" where that
+        record has none.
+        """
 
     def __init__(
         self,
         *,
-        fields: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        tag: builtins.int = ...,
+        name: builtins.str = ...,
+        values: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["fields", b"fields", "tag", b"tag"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "values", b"values"]) -> None: ...
 
-global___Payload = Payload
+global___PayloadColumn = PayloadColumn
 
 @typing.final
 class MatchChunk(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PSI_FIELD_NUMBER: builtins.int
-    PAYLOAD_FIELD_NUMBER: builtins.int
+    TAGS_FIELD_NUMBER: builtins.int
+    COLUMNS_FIELD_NUMBER: builtins.int
     psi: builtins.bytes
     """psi keyed-hash MatchChunk bytes: the matched tags, node row indices stripped."""
     @property
-    def payload(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Payload]:
-        """One entry per matched record (each names its tag)."""
+    def tags(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """One entry per matched record: the index, in the psi MatchChunk, of the tag
+        it matched; a person with two records gives two entries with the same tag.
+        """
+
+    @property
+    def columns(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PayloadColumn]:
+        """The records' payload, one column per payload field sent, each as long as tags."""
 
     def __init__(
         self,
         *,
         psi: builtins.bytes = ...,
-        payload: collections.abc.Iterable[global___Payload] | None = ...,
+        tags: collections.abc.Iterable[builtins.int] | None = ...,
+        columns: collections.abc.Iterable[global___PayloadColumn] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["payload", b"payload", "psi", b"psi"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["columns", b"columns", "psi", b"psi", "tags", b"tags"]) -> None: ...
 
 global___MatchChunk = MatchChunk
 

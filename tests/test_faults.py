@@ -50,6 +50,7 @@ from psi.errors import InvalidIdentifier, PeerError
 from psi.identifiers import encode_identities, normalize_id
 from psi.keyed_hash import KeyedHashRequester, KeyedHashResponder
 from psi.messages import KeyShare, TagChunk
+from psi.session import PayloadColumns
 from tests import configs
 from tests import test_node_server as tns
 from tests.configs import put
@@ -116,15 +117,9 @@ class _FakeNode:
                 found = responder.match(TagChunk.from_bytes(request.tags))
                 assert found.row_offsets is not None
                 per_row = np.repeat(np.arange(len(found.tags)), np.diff(found.row_offsets))
-                yield pb.KeyedHashResponse(
-                    matches=pb.MatchChunk(
-                        psi=found.without_rows().to_bytes(),
-                        payload=[
-                            pb.Payload(fields={"start_date": "2020-02-02"}, tag=int(t))
-                            for t in per_row
-                        ],
-                    )
-                )
+                chunk = pb.MatchChunk(psi=found.without_rows().to_bytes(), tags=per_row.tolist())
+                chunk.columns.add(name="start_date", values=["2020-02-02"] * len(per_row))
+                yield pb.KeyedHashResponse(matches=chunk)
 
         self.call = _FakeCall(answers())
         return self.call
@@ -166,13 +161,13 @@ def test_client_hands_over_matches_before_the_stream_breaks(fail_after: int) -> 
     roster = _ids(40)
     node_ids = roster[::3] + _ids(10, region="150203")
     fake = _FakeNode(node_ids, fail_after)
-    delivered: list[tuple[npt.NDArray[np.int64], list[dict[str, str]]]] = []
+    delivered: list[tuple[npt.NDArray[np.int64], PayloadColumns]] = []
     with _fake_client(fake, chunk_items=8) as client, pytest.raises(PeerError) as info:
         client.query(
             "deaths",
             context=_context(),
             identities=encode_identities(roster),
-            on_matches=lambda idx, payloads: delivered.append((idx, payloads)),
+            on_matches=lambda idx, payload: delivered.append((idx, payload)),
         )
     assert info.value.peer == "police/deaths"
     assert fake.call is not None and fake.call.cancelled
@@ -181,7 +176,7 @@ def test_client_hands_over_matches_before_the_stream_breaks(fail_after: int) -> 
     got = sorted(i for idx, _ in delivered for i in idx.tolist())
     want = [i for i in range(8 * fail_after) if roster[i] in set(node_ids)]
     assert got == want
-    assert all(p == {"start_date": "2020-02-02"} for _, ps in delivered for p in ps)
+    assert all(p.columns == {"start_date": ["2020-02-02"] * len(idx)} for idx, p in delivered)
 
 
 class _Audit:

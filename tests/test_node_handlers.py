@@ -338,9 +338,9 @@ def test_keyed_hash_driver_full_round(cfg: NodeConfig) -> None:
         assert mc.seq == i
         found.update(roster[j] for j in req.resolve(mc).tolist())
         assert len(out.tags) == len(out.payload)
-        for p, t in zip(out.payload, out.tags, strict=True):
-            assert 0 <= t < len(mc.tags)
-            assert set(p) <= {"start_date", "end_date"}
+        out.payload.check()
+        assert all(0 <= t < len(mc.tags) for t in out.tags)
+        assert set(out.payload.columns) <= {"start_date", "end_date"}
         records += len(out.payload)
     inbox.append(End(chunks=3, items=len(roster)))
     inbox.append(None)  # type: ignore[arg-type]  # end of stream
@@ -636,7 +636,7 @@ def test_streamed_keyed_hash_without_payload_has_one_entry_per_record(cfg: NodeC
     matches = [o for o in outputs if isinstance(o, Matches)]
     assert sum(len(m.tags) for m in matches) == 13  # NODE_IDS[0] has two records
     for m in matches:
-        assert len(m.payload) == len(m.tags) and all(p == {} for p in m.payload)
+        assert len(m.payload) == len(m.tags) and m.payload.columns == {}
 
 
 # -- backpressure (review finding 5)

@@ -192,10 +192,12 @@ def keyed_hash_round(
         matched.update(roster[i] for i in idx.tolist())
         tag_index = {bytes(t): i for i, t in enumerate(mc.tags)}
         assert len(tag_index) == len(mc.tags)
-        for p in resp.matches.payload:
-            fields = dict(p.fields)
-            t = p.tag
+        tags = list(resp.matches.tags)
+        columns = {c.name: list(c.values) for c in resp.matches.columns}
+        assert all(len(values) == len(tags) for values in columns.values())
+        for i, t in enumerate(tags):
             assert 0 <= t < len(mc.tags)
+            fields = {name: values[i] for name, values in columns.items() if values[i]}
             payloads.setdefault(str(t), []).append(fields)
     done = next(responses).done
     if dones is not None:

@@ -31,6 +31,7 @@ from psi.session import (
     KeyedHashRequesterSession,
     KeyedHashResponderSession,
     Matches,
+    PayloadColumns,
     Points,
     RequesterResult,
     ResponderMessage,
@@ -53,8 +54,8 @@ def ecdh_context(suite: str, seed: int = 1) -> RoundContext:
     return make_context(protocol="ecdh", params=[("suite", suite)], rng=rng_for(seed))
 
 
-def _payload(rows: npt.NDArray[np.int64]) -> list[dict[str, str]]:
-    return [{"row": str(int(r))} for r in rows]
+def _payload(rows: npt.NDArray[np.int64]) -> PayloadColumns:
+    return PayloadColumns(len(rows), {"row": [str(int(r)) for r in rows]})
 
 
 def keyed_hash_round(
@@ -76,7 +77,7 @@ def keyed_hash_round(
         for lo in range(0, len(enc), 4):
             resp.match_batch(enc[lo : lo + 4])
 
-        def payload(result: MatchChunk) -> list[dict[str, str]]:
+        def payload(result: MatchChunk) -> PayloadColumns:
             assert result.rows is not None
             return _payload(result.rows)
 
@@ -129,7 +130,10 @@ def test_keyed_hash_sessions_in_memory(prf: str, streamed: bool) -> None:
     result, done = keyed_hash_round(kh_context(prf), ROSTER, MEMBERS, streamed=streamed)
     assert _found(result, ROSTER) == set(ROSTER[5:12])
     # ROSTER[5] has two records: two evidence rows, each with its row's payload
-    assert len(result.indices) == 8 and len(result.payloads) == 8
+    assert len(result.indices) == 8 and len(result.payload) == 8
+    # each evidence row carries the payload of the member row it matched
+    rows = [int(r) for r in result.payload.columns["row"]]
+    assert [MEMBERS[r] for r in rows] == [ROSTER[i] for i in result.indices.tolist()]
     assert result.transcript == done.transcript and result.set_size == 0
     assert done.matches == 7 and done.chunks == 7
 
@@ -140,7 +144,7 @@ def test_ecdh_sessions_in_memory(suite: str) -> None:
     assert _found(result, ROSTER) == set(ROSTER[5:12])
     assert result.set_size == done.set_size == 10  # 9 distinct: class 8, then ceil(8 * 1.25)
     assert result.transcript == done.transcript
-    assert result.payloads == [{}] * len(result.indices)
+    assert result.payload == PayloadColumns(len(result.indices))
 
 
 def test_streamed_and_in_memory_keyed_hash_send_the_same_messages() -> None:
@@ -164,7 +168,7 @@ def test_requester_refuses_messages_out_of_order() -> None:
     with pytest.raises(ProtocolError, match="not legal"):
         req.start()  # twice
     with pytest.raises(ProtocolError, match="matches message not legal"):
-        req.receive(Matches(psi=b"", payload=[], tags=[]))  # before accept
+        req.receive(Matches(psi=b"", payload=PayloadColumns(0), tags=[]))  # before accept
     resp.receive_start(start)
     accept = resp.accept(encode_identities(ROSTER[:2]))
     req.receive(accept)

@@ -114,15 +114,9 @@ def _tag_answer(
     found = responder.match(TagChunk.from_bytes(tags))
     assert found.row_offsets is not None
     per_row = np.repeat(np.arange(len(found.tags)), np.diff(found.row_offsets))
-    return pb.KeyedHashResponse(
-        matches=pb.MatchChunk(
-            psi=found.without_rows().to_bytes(),
-            payload=[
-                pb.Payload(fields={behaviour.payload_key: "2020-02-02"}, tag=int(t))
-                for t in per_row
-            ],
-        )
-    )
+    chunk = pb.MatchChunk(psi=found.without_rows().to_bytes(), tags=per_row.tolist())
+    chunk.columns.add(name=behaviour.payload_key, values=["2020-02-02"] * len(per_row))
+    return pb.KeyedHashResponse(matches=chunk)
 
 
 @dataclass

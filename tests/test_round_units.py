@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import sqlite3
@@ -21,7 +22,8 @@ from coordinator.round import check_output_folder, evidence_rows
 from coordinator.state import RoundState
 from coordinator.streams import from_response
 from proto import xmatch_pb2 as pb
-from psi.errors import ConfigError, InputError, XmatchError
+from psi.errors import ConfigError, InputError, PeerError, XmatchError
+from psi.session import PayloadColumns
 from tests import configs
 from tests.configs import Edit, Table, drop, put
 
@@ -170,13 +172,15 @@ def test_output_folder_is_never_overwritten(tmp_path: Path) -> None:
 
 
 def _result(payloads: list[dict[str, str]], circumstance: str = "IMPRISONED") -> MatchSetResult:
+    names = list(dict.fromkeys(name for record in payloads for name in record))
+    columns = {name: [record.get(name, "") for record in payloads] for name in names}
     return MatchSetResult(
         node="justice",
         match_set="custody",
         protocol="keyed-hash",
         circumstance=circumstance,
         indices=np.arange(len(payloads), dtype=np.int64),
-        payloads=payloads,
+        payload=PayloadColumns(len(payloads), columns),
         transcript=b"\0" * 32,
         query_size=3,
         set_size=0,
@@ -227,21 +231,41 @@ def test_records_map_payload_entries_to_tags() -> None:
     from psi.session import Matches, evidence_indices
 
     idx = np.array([4, 9], dtype=np.int64)
-    entries = [
-        pb.Payload(tag=0, fields={"start_date": "2020-01-01"}),
-        pb.Payload(tag=1, fields={"start_date": "2021-01-01"}),
-        pb.Payload(tag=1, fields={"start_date": "2022-01-01"}),
-    ]
-    response = pb.KeyedHashResponse(matches=pb.MatchChunk(psi=b"", payload=entries))
-    message = from_response("justice/custody", response)
+    days = ["2020-01-01", "2021-01-01", "2022-01-01"]
+    chunk = pb.MatchChunk(psi=b"", tags=[0, 1, 1])
+    chunk.columns.add(name="start_date", values=days)
+    message = from_response("justice/custody", pb.KeyedHashResponse(matches=chunk))
     assert isinstance(message, Matches)
-    rows, fields = evidence_indices(idx, message.tags), message.payload
+    rows, payload = evidence_indices(idx, message.tags), message.payload
     assert rows.tolist() == [4, 9, 9]
-    assert [f["start_date"] for f in fields] == ["2020-01-01", "2021-01-01", "2022-01-01"]
+    assert payload.columns == {"start_date": days} and len(payload) == 3
     with pytest.raises(ProtocolError, match="no matched tag"):
         evidence_indices(idx, [7])
     with pytest.raises(ProtocolError, match="no payload entry"):
         evidence_indices(idx, [0])
+
+
+def test_a_payload_column_sent_twice_or_of_another_length_is_out_of_protocol() -> None:
+    from psi.errors import ProtocolError
+    from psi.session import Matches
+
+    twice = pb.MatchChunk(psi=b"", tags=[0])
+    twice.columns.add(name="start_date", values=["2020-01-01"])
+    twice.columns.add(name="start_date", values=["2021-01-01"])
+    with pytest.raises(PeerError, match="payload column sent twice") as info:
+        from_response("justice/custody", pb.KeyedHashResponse(matches=twice))
+    assert info.value.peer == "justice/custody"
+    short = pb.MatchChunk(psi=b"", tags=[0, 0])
+    short.columns.add(name="start_date", values=["2020-01-01"])
+    message = from_response("justice/custody", pb.KeyedHashResponse(matches=short))
+    assert isinstance(message, Matches)
+    with pytest.raises(ProtocolError, match="payload column's length"):
+        message.payload.check()
+    result = dataclasses.replace(_result([{}, {}]), payload=message.payload)
+    with pytest.raises(XmatchError, match="payload column's length"):
+        evidence_rows(result, ["a", "b"])
+    with pytest.raises(XmatchError, match="differ in number"):
+        evidence_rows(dataclasses.replace(result, payload=PayloadColumns(3)), ["a", "b"])
 
 
 class _FakeCall(grpc.RpcError, grpc.Call):

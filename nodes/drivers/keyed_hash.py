@@ -25,7 +25,14 @@ from nodes.drivers.base import HeldSet, RoundDriver
 from nodes.matchsets import StreamSummary
 from psi.errors import ProtocolError
 from psi.messages import MatchChunk
-from psi.session import Chunk, Done, KeyedHashResponderSession, ResponderMessage, Start
+from psi.session import (
+    Chunk,
+    Done,
+    KeyedHashResponderSession,
+    PayloadColumns,
+    ResponderMessage,
+    Start,
+)
 
 __all__ = ["KeyedHashDriver"]
 
@@ -86,11 +93,11 @@ class KeyedHashDriver(RoundDriver):
         )
         self.set_size = summary.kept
 
-        def payload(result: MatchChunk) -> list[dict[str, str]]:
+        def payload(result: MatchChunk) -> PayloadColumns:
             assert result.rows is not None
             where = np.searchsorted(matched, result.rows)
-            return _payload_dicts(
-                {col: v[where] for col, v in columns.items()}, rows=len(result.rows)
+            return PayloadColumns(
+                len(result.rows), {col: v[where].tolist() for col, v in columns.items()}
             )
 
         for answer in self._session.streamed_matches(payload):
@@ -102,19 +109,3 @@ class KeyedHashDriver(RoundDriver):
 
     def _cleanup(self) -> None:
         self._session.close()
-
-
-def _payload_dicts(cols: dict[str, npt.NDArray[np.str_]], *, rows: int) -> list[dict[str, str]]:
-    """One dict per row of ``rows`` aligned payload columns, empty values left out.
-
-    ``rows`` is given explicitly: a set without payload columns still has one
-    (empty) entry per matched record.
-    """
-    names = list(cols)
-    if not names:
-        return [{} for _ in range(rows)]
-    lists = [cols[name].tolist() for name in names]
-    return [
-        {name: value for name, value in zip(names, row, strict=True) if value != ""}
-        for row in zip(*lists, strict=True)
-    ]

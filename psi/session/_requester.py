@@ -13,7 +13,15 @@ import numpy.typing as npt
 from psi.context import RoundContext
 from psi.errors import AlreadyUsed, ProtocolError, VerificationError
 from psi.session._state import REQUESTER_SENDS, Machine, State, Table
-from psi.session.messages import Chunk, Done, End, ResponderMessage, Start, kind_of
+from psi.session.messages import (
+    Chunk,
+    Done,
+    End,
+    PayloadColumns,
+    ResponderMessage,
+    Start,
+    kind_of,
+)
 
 __all__ = ["Evidence", "Progress", "RequesterResult"]
 
@@ -22,11 +30,11 @@ __all__ = ["Evidence", "Progress", "RequesterResult"]
 class Evidence:
     """What one answer delivered (keyed-hash ``matches``): one entry per matched record.
 
-    ``indices`` point into the requester's identities; ``payloads`` is aligned with them.
+    ``indices`` point into the requester's identities; ``payload`` is aligned with them.
     """
 
     indices: npt.NDArray[np.int64]
-    payloads: list[dict[str, str]]
+    payload: PayloadColumns
 
 
 @dataclass(frozen=True)
@@ -48,15 +56,15 @@ class Progress:
 class RequesterResult:
     """What a requester session returns once ``done`` was received and checked.
 
-    ``indices``/``payloads``: one entry per evidence row (keyed-hash: a person
-    with two records appears twice; ecdh: membership only, empty payloads).
+    ``indices``/``payload``: one entry per evidence row (keyed-hash: a person
+    with two records appears twice; ecdh: membership only, no payload columns).
     ``set_size``: ecdh, the responder's padded set size; 0 for keyed-hash.
     ``transcript``: the digest both sides computed (already compared).
     ``done``: the responder's last message as received (its log anchor).
     """
 
     indices: npt.NDArray[np.int64]
-    payloads: list[dict[str, str]]
+    payload: PayloadColumns
     transcript: bytes
     set_size: int
     done: Done

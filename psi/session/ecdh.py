@@ -26,7 +26,15 @@ from psi.messages import MAX_POINTS_PER_CHUNK, PointChunk
 from psi.session._requester import Evidence, Progress, RequesterResult, RequesterSession
 from psi.session._responder import ResponderSession
 from psi.session._state import ECDH_REQUESTER_RECEIVES, ECDH_RESPONDER
-from psi.session.messages import Accept, Chunk, Done, End, Points, ResponderMessage
+from psi.session.messages import (
+    Accept,
+    Chunk,
+    Done,
+    End,
+    PayloadColumns,
+    Points,
+    ResponderMessage,
+)
 
 __all__ = ["EcdhRequesterSession", "EcdhResponderSession"]
 
@@ -106,7 +114,7 @@ class EcdhRequesterSession(RequesterSession):
         self._check_transcript(done, result.transcript)
         return RequesterResult(
             indices=result.matched,
-            payloads=[{} for _ in range(len(result.matched))],
+            payload=PayloadColumns(len(result.matched)),
             transcript=result.transcript,
             set_size=result.responder_set_size,
             done=done,

@@ -23,12 +23,20 @@ from psi.messages import MAX_TAGS_PER_CHUNK, KeyShare, MatchChunk, TagChunk
 from psi.session._requester import Evidence, RequesterResult, RequesterSession
 from psi.session._responder import ResponderSession
 from psi.session._state import KEYED_HASH_REQUESTER_RECEIVES, KEYED_HASH_RESPONDER, State
-from psi.session.messages import Accept, Chunk, Done, End, Matches, ResponderMessage
+from psi.session.messages import (
+    Accept,
+    Chunk,
+    Done,
+    End,
+    Matches,
+    PayloadColumns,
+    ResponderMessage,
+)
 
 __all__ = ["KeyedHashRequesterSession", "KeyedHashResponderSession", "evidence_indices"]
 
-#: Payload of matched rows: the responder's row numbers -> one dict per row.
-PayloadFn = Callable[[npt.NDArray[np.int64]], list[dict[str, str]]]
+#: Payload of matched rows: the responder's row numbers -> their payload columns.
+PayloadFn = Callable[[npt.NDArray[np.int64]], PayloadColumns]
 
 
 def evidence_indices(indices: npt.NDArray[np.int64], tags: list[int]) -> npt.NDArray[np.int64]:
@@ -78,7 +86,7 @@ class KeyedHashRequesterSession(RequesterSession):
         # for a chunk in between would find no key
         self._agreed = False
         self._found: list[npt.NDArray[np.int64]] = []
-        self._payloads: list[dict[str, str]] = []
+        self._payloads: list[PayloadColumns] = []
         self._seq = 0
 
     def _share(self) -> dict[str, bytes]:
@@ -107,12 +115,13 @@ class KeyedHashRequesterSession(RequesterSession):
             idx = self._requester.resolve(chunk)
         if len(message.payload) != len(message.tags):
             raise ProtocolError("payload entries and their tags differ in number")
+        message.payload.check()
         rows = evidence_indices(idx, message.tags)
         self._found.append(rows)
-        self._payloads.extend(message.payload)
+        self._payloads.append(message.payload)
         self._seq += 1
         self._answered(seq)
-        return Evidence(indices=rows, payloads=list(message.payload))
+        return Evidence(indices=rows, payload=message.payload)
 
     def _finish(self, done: Done) -> RequesterResult:
         with self._core:
@@ -120,7 +129,11 @@ class KeyedHashRequesterSession(RequesterSession):
         self._check_transcript(done, transcript)
         indices = np.concatenate(self._found) if self._found else np.zeros(0, dtype=np.int64)
         return RequesterResult(
-            indices=indices, payloads=self._payloads, transcript=transcript, set_size=0, done=done
+            indices=indices,
+            payload=PayloadColumns.joined(self._payloads),
+            transcript=transcript,
+            set_size=0,
+            done=done,
         )
 
 
@@ -172,7 +185,7 @@ class KeyedHashResponderSession(ResponderSession):
         responder.agree(KeyShare.from_bytes(start.key_share, round_id=ctx.round_id))
         if identities is not None:
             responder.load_set(identities)
-            self._payload = payload or (lambda rows: [{} for _ in range(len(rows))])
+            self._payload = payload or (lambda rows: PayloadColumns(len(rows)))
         self._responder = responder
         return Accept(key_share=responder.key_share().to_bytes())
 
@@ -187,7 +200,7 @@ class KeyedHashResponderSession(ResponderSession):
         assert result.rows is not None
         return self._matches(result, self._payload(result.rows))
 
-    def _matches(self, result: MatchChunk, payload: list[dict[str, str]]) -> Matches:
+    def _matches(self, result: MatchChunk, payload: PayloadColumns) -> Matches:
         self._machine.step("matches")
         assert result.row_offsets is not None
         tag_of_row = np.repeat(
@@ -211,7 +224,7 @@ class KeyedHashResponderSession(ResponderSession):
         return self._responder.match_batch(identities)
 
     def streamed_matches(
-        self, payload: Callable[[MatchChunk], list[dict[str, str]]]
+        self, payload: Callable[[MatchChunk], PayloadColumns]
     ) -> Iterator[Matches]:
         """Streamed set: the answer to every chunk, in order, ``payload`` giving each
         one's records.

@@ -13,7 +13,8 @@ these fields; :mod:`proto` names the same fields one for one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from psi.errors import ProtocolError
@@ -24,6 +25,7 @@ __all__ = [
     "Done",
     "End",
     "Matches",
+    "PayloadColumns",
     "Points",
     "RequesterMessage",
     "ResponderMessage",
@@ -65,15 +67,60 @@ class Accept:
 
 
 @dataclass(frozen=True)
+class PayloadColumns:
+    """The payload of ``count`` matched records, column by column.
+
+    ``columns`` maps each payload field sent to one value per record, ``""``
+    where that record has none. Columns rather than one mapping per record: a
+    round moves hundreds of thousands of records, and a column is built,
+    framed and parsed as one list.
+    """
+
+    count: int
+    columns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def check(self) -> None:
+        """Raises: ProtocolError: a column with more or fewer values than records."""
+        if any(len(values) != self.count for values in self.columns.values()):
+            raise ProtocolError("a payload column's length differs from its records'")
+
+    @classmethod
+    def joined(cls, parts: Sequence[PayloadColumns]) -> PayloadColumns:
+        """``parts`` one after the other; a column missing from a part is empty there."""
+        names = list(dict.fromkeys(name for part in parts for name in part.columns))
+        columns: dict[str, list[str]] = {name: [] for name in names}
+        for part in parts:
+            for name, values in columns.items():
+                values.extend(part.columns.get(name, ("",) * part.count))
+        return cls(sum(part.count for part in parts), columns)
+
+    def records(self) -> list[dict[str, str]]:
+        """One mapping per record, empty values left out (for tests and small answers)."""
+        names = list(self.columns)
+        return (
+            [
+                {name: value for name, value in zip(names, row, strict=True) if value}
+                for row in zip(*self.columns.values(), strict=True)
+            ]
+            if names
+            else [{} for _ in range(self.count)]
+        )
+
+
+@dataclass(frozen=True)
 class Matches:
-    """keyed-hash answer to one tag chunk: psi MatchChunk bytes + one payload per record.
+    """keyed-hash answer to one tag chunk: psi MatchChunk bytes + the matched records.
 
     ``tags[i]`` is the index, in the psi chunk, of the tag that record ``i`` matched
-    (a person with two records gives two entries for one tag).
+    (a person with two records gives two entries for one tag); ``payload`` holds
+    the records' payload, one value per record in each column.
     """
 
     psi: bytes
-    payload: list[dict[str, str]]
+    payload: PayloadColumns
     tags: list[int]
 
 
