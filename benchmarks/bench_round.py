@@ -21,7 +21,8 @@ each node parse its CSV; later rounds find the prepared set in the node's
 cache (docs/node.md, "Caching"), so both are shown. ``--phases`` runs the
 round once more in-process with a progress display that notes the time of each
 phase (query = prepare, fan out = the PSI over both nodes, rules, report,
-spreadsheet). The machine is shared: repeat and take the best.
+spreadsheet), with the coordinator process's CPU seconds in each. The machine is
+shared: repeat and take the best.
 """
 
 from __future__ import annotations
@@ -208,17 +209,21 @@ def round_command(root: Path, out: Path) -> float:
     return seconds
 
 
-def round_phases(root: Path, out: Path) -> list[tuple[str, float]]:
-    """Run the round in-process with a display that notes when each phase starts."""
+def round_phases(root: Path, out: Path) -> list[tuple[str, float, float]]:
+    """Run the round in-process with a display that notes when each phase starts.
+
+    Each phase: its name, wall seconds, and this process's CPU seconds in it (all
+    threads; not the forked writers'), which shows whether the phase waited.
+    """
     from coordinator import round as round_module
     from coordinator.config import load_coordinator_config
     from coordinator.progress import Progress
 
-    marks: list[tuple[str, float]] = [("prepare", time.perf_counter())]
+    marks: list[tuple[str, float, float]] = [("prepare", time.perf_counter(), time.process_time())]
 
     class Timed(Progress):
         def phase(self, name: str) -> None:
-            marks.append((name, time.perf_counter()))
+            marks.append((name, time.perf_counter(), time.process_time()))
             super().phase(name)
 
     shutil.rmtree(out, ignore_errors=True)
@@ -230,8 +235,11 @@ def round_phases(root: Path, out: Path) -> list[tuple[str, float]]:
         round_module.run_round(config, as_of=AS_OF, out=out, stderr=sys.stderr)
     finally:
         names["Progress"] = saved
-    marks.append(("end", time.perf_counter()))
-    return [(name, after - at) for (name, at), (_, after) in itertools.pairwise(marks)]
+    marks.append(("end", time.perf_counter(), time.process_time()))
+    return [
+        (name, after - at, cpu_after - cpu)
+        for (name, at, cpu), (_, after, cpu_after) in itertools.pairwise(marks)
+    ]
 
 
 def main() -> int:
@@ -265,8 +273,9 @@ def main() -> int:
                 rate = records / seconds / 1e6
                 print(f"round {i + 1}: {seconds:.2f} s wall, {rate:.2f} M records/s")
             if args.phases:
-                for name, seconds in round_phases(root, root / "rounds" / "phases"):
-                    print(f"  {name:12s} {seconds:6.2f} s")
+                phases = round_phases(root, root / "rounds" / "phases")
+                for name, seconds, cpu in phases:
+                    print(f"  {name:12s} {seconds:6.2f} s   (cpu {cpu:5.2f} s)")
         out = root / "rounds" / "r0"
         for name in ("report.html", "decisions.json", "decisions.xlsx", "evidence.csv"):
             if (out / name).exists():
