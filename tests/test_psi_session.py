@@ -147,6 +147,20 @@ def test_ecdh_sessions_in_memory(suite: str) -> None:
     assert result.payload == PayloadColumns(len(result.indices))
 
 
+def test_payload_columns_join_in_order_and_check_their_lengths() -> None:
+    a = PayloadColumns(2, {"start_date": ["2020-01-01", ""]})
+    b = PayloadColumns(1, {"end_date": ["2021-01-01"]})
+    joined = PayloadColumns.joined([a, PayloadColumns(1), b])
+    assert len(joined) == 4
+    assert joined.columns == {
+        "start_date": ["2020-01-01", "", "", ""],
+        "end_date": ["", "", "", "2021-01-01"],
+    }
+    joined.check()
+    with pytest.raises(ProtocolError, match="length"):
+        PayloadColumns(2, {"start_date": ["2020-01-01"]}).check()
+
+
 def test_streamed_and_in_memory_keyed_hash_send_the_same_messages() -> None:
     ctx = kh_context("aes128-ecb-v1")
     a, done_a = keyed_hash_round(ctx, ROSTER, MEMBERS, streamed=False)

@@ -97,18 +97,6 @@ class PayloadColumns:
                 values.extend(part.columns.get(name, ("",) * part.count))
         return cls(sum(part.count for part in parts), columns)
 
-    def records(self) -> list[dict[str, str]]:
-        """One mapping per record, empty values left out (for tests and small answers)."""
-        names = list(self.columns)
-        return (
-            [
-                {name: value for name, value in zip(names, row, strict=True) if value}
-                for row in zip(*self.columns.values(), strict=True)
-            ]
-            if names
-            else [{} for _ in range(self.count)]
-        )
-
 
 @dataclass(frozen=True)
 class Matches:
