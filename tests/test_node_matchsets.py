@@ -100,13 +100,17 @@ def test_where_with_as_of_and_payload(tmp_path: Path) -> None:
     assert earlier.rejected == {}
 
 
-def test_gb18030_detected_and_transcoded(tmp_path: Path) -> None:
+def test_gb18030_detected_and_transcoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a temp folder of this test's own: another worker may be transcoding in /tmp now
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     write_csv(tmp_path / "custody.csv", CUSTODY, encoding="gb18030")
     assert detect_encoding(tmp_path / "custody.csv") == "gb18030"
     cfg = config(tmp_path, "custody.csv", where="name = '张三' OR name = '巴特尔'", payload=[])
     loaded = load_match_set(cfg, "custody", AS_OF)
     assert as_set(loaded.identities) == as_set(encode_identities([A, X_ID]))
-    assert not list(Path(tempfile.gettempdir()).glob("xmatch-node-*.csv"))
+    assert not list(private.iterdir())  # the transcoded copy is gone
 
 
 def test_utf8_with_bom(tmp_path: Path) -> None:
