@@ -161,6 +161,17 @@ def test_payload_columns_join_in_order_and_check_their_lengths() -> None:
         PayloadColumns(2, {"start_date": ["2020-01-01"]}).check()
 
 
+def test_requester_refuses_a_payload_column_shorter_than_its_records() -> None:
+    req, resp, start = _kh_pair()
+    resp.receive_start(start)
+    req.receive(resp.accept(encode_identities(ROSTER[:2]), _payload))
+    answer = resp.receive(next(req.requests()))
+    assert isinstance(answer, Matches) and len(answer.tags) == 2
+    short = PayloadColumns(2, {"row": list(answer.payload.columns["row"])[:1]})
+    with pytest.raises(ProtocolError, match="payload column's length"):
+        req.receive(dataclasses.replace(answer, payload=short))
+
+
 def test_streamed_and_in_memory_keyed_hash_send_the_same_messages() -> None:
     ctx = kh_context("aes128-ecb-v1")
     a, done_a = keyed_hash_round(ctx, ROSTER, MEMBERS, streamed=False)

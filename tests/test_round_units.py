@@ -243,6 +243,9 @@ def test_records_map_payload_entries_to_tags() -> None:
         evidence_indices(idx, [7])
     with pytest.raises(ProtocolError, match="no payload entry"):
         evidence_indices(idx, [0])
+    # a MatchChunk of the older wire format (records in field 2) reads as no tags at all
+    with pytest.raises(ProtocolError, match="no payload entry"):
+        evidence_indices(idx, [])
 
 
 def test_a_payload_column_sent_twice_or_of_another_length_is_out_of_protocol() -> None:
