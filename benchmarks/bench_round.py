@@ -28,6 +28,7 @@ shared: repeat and take the best.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import itertools
 import random
@@ -242,6 +243,33 @@ def round_phases(root: Path, out: Path) -> list[tuple[str, float, float]]:
     ]
 
 
+#: the project's packages (pyproject.toml), compiled as an installed package is
+PACKAGES = [
+    "psi",
+    "nodes",
+    "coordinator",
+    "keys",
+    "audit",
+    "proto",
+    "xmatch",
+    "databases",
+    "runtime",
+    "workers",
+]
+
+
+def compile_project() -> None:
+    """Byte-compile the project, as ``pip install`` does for an installed package.
+
+    A checkout installed in editable mode runs from its sources; with
+    ``PYTHONDONTWRITEBYTECODE`` set (as on this machine) Python would compile
+    every module again at each start (about 0.15 s of each ``xmatch`` run).
+    """
+    top = Path(__file__).resolve().parent.parent
+    for package in PACKAGES:
+        compileall.compile_dir(top / package, quiet=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -261,6 +289,7 @@ def main() -> int:
             generate(root, children=args.children, custody=args.custody, deaths=args.deaths)
             print(f"generated in {time.perf_counter() - started:.1f} s: {root}")
         configure(root)
+        compile_project()
         records = sum(
             sum(1 for _ in (root / "data" / name).open(encoding="utf-8")) - 1
             for name in ("custody.csv", "deaths.csv")

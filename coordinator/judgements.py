@@ -13,7 +13,12 @@ with less work per child:
   record shares one judgement;
 * adults are decided once per status and birth date;
 * the reasons that repeat (a parent without records, the month support stops,
-  the check interval...) are shared values, so that they are rendered once.
+  the check interval...) are shared values, so that they are rendered once;
+* steps 4 and 5 run once per *shape* of a child (status, recorded category,
+  last check, each parent's group and basis): every other child of that shape
+  gets the same decision with its own parents' reasons put in place of the
+  first child's (:class:`_Shape`). Only a step 5 ``EXIT`` is decided child by
+  child: its reason names the day the basis was lost, read from the records.
 
 The per-child steps that remain are the reference's own step functions.
 """
@@ -39,12 +44,57 @@ from coordinator.eligibility import (
     unknown_parent,
 )
 from coordinator.eligibility_records import RecordJudge, what_is_judged
-from coordinator.records import Circumstance, EvidenceRow, Role, RosterRow, Status
+from coordinator.records import Circumstance, Decision, EvidenceRow, Role, RosterRow, Status
 
 _NONE: tuple[EvidenceRow, ...] = ()
 _FOUNDLING = Parent(_NONE, None)
 _BASIS = {code: frozenset({code}) for code in Circumstance}
 _COLUMN = {Role.FATHER: "father_id", Role.MOTHER: "mother_id"}
+
+
+class _Shape:
+    """Steps 4 and 5 decided for one shape of child, to be given to the others.
+
+    For a known, undoubted pair of parents, ``category`` gives the father's
+    reasons then the mother's, and steps 4 and 5 put those between reasons that
+    depend on the shape only (``reclassified``, ``evidence_unavailable``,
+    ``no_category``...). So a child of the same shape gets ``decided`` with its
+    own parents' reasons in that place.
+    """
+
+    __slots__ = ("decided", "head", "tail")
+
+    def __init__(self, decided: ChildDecision, head: int, tail: int) -> None:
+        self.decided = decided
+        reasons = decided.reasons
+        self.head, self.tail = reasons[:head], reasons[len(reasons) - tail :]
+
+    @classmethod
+    def learn(
+        cls, decided: ChildDecision, father: ParentStatus, mother: ParentStatus
+    ) -> _Shape | None:
+        """The shape of ``decided``; ``None`` when its reasons do not hold the parents'
+        reasons as one run (then each child of the shape is decided on its own)."""
+        parents = (*father.reasons, *mother.reasons)
+        reasons = decided.reasons
+        for start in range(len(reasons) - len(parents) + 1):
+            if reasons[start : start + len(parents)] == parents:
+                return cls(decided, start, len(reasons) - start - len(parents))
+        return None
+
+    def give(self, child: RosterRow, father: ParentStatus, mother: ParentStatus) -> ChildDecision:
+        d = self.decided
+        return ChildDecision(
+            child,
+            d.decision,
+            d.category,
+            (*self.head, *father.reasons, *mother.reasons, *self.tail),
+            d.next_check_due,
+            d.check_reasons,
+            d.overdue,
+            d.conflict,
+            d.stops_from,
+        )
 
 
 class RoundJudge:
@@ -65,6 +115,8 @@ class RoundJudge:
         self._parents: dict[tuple[str, Role], Parent] = {}
         #: a parent with one record, by role and the record (all but whose it is)
         self._one: dict[Role, dict[object, Parent]] = {Role.FATHER: {}, Role.MOTHER: {}}
+        #: steps 4 and 5 by shape of child; ``None``: decide each child of it on its own
+        self._shapes: dict[tuple[object, ...], _Shape | None] = {}
         self._no_evidence = {
             role: Parent(
                 _NONE,
@@ -135,6 +187,34 @@ class RoundJudge:
             decided = step_3_conflict_or_unknown(child, father, mother, as_of=self.as_of)
             assert decided is not None
             return decided
+        f, m = father.status, mother.status
+        if foundling or f is None or m is None:
+            return self._steps_4_and_5(child, father, mother, foundling)
+        supported = child.status is Status.SUPPORTED
+        key = (
+            child.status,
+            child.category,
+            child.last_check_date if supported else None,
+            f.group,
+            f.basis,
+            m.group,
+            m.basis,
+        )
+        try:
+            shape = self._shapes[key]
+        except KeyError:  # the first child of this shape (a few hundred in a round)
+            decided = self._steps_4_and_5(child, father, mother, foundling)
+            # a step 5 EXIT names the day the basis was lost, read from these records
+            exit_ = decided.decision is Decision.EXIT
+            self._shapes[key] = None if exit_ else _Shape.learn(decided, f, m)
+            return decided
+        if shape is None:
+            return self._steps_4_and_5(child, father, mother, foundling)
+        return shape.give(child, f, m)
+
+    def _steps_4_and_5(
+        self, child: RosterRow, father: Parent, mother: Parent, foundling: bool
+    ) -> ChildDecision:
         # basis_lost_on (step 5) reads the parents' records: equal for parents that share
         # a judgement
         return steps_4_and_5(

@@ -181,3 +181,75 @@ def test_encoded_decisions_json_is_the_text_of_the_document(
     text = decisions_text(result.to_json("r-1") | extra)
     assert decisions_text(result.to_json("r-1", encoded=True) | extra) == text
     assert json.loads(text)["decisions"] == result.to_json("r-1")["decisions"]
+
+
+def _family(
+    family: int,
+    n: int,
+    *,
+    father: tuple[str, date | None, date | None],
+    mother: tuple[str, date, None],
+) -> tuple[str, str, list[EvidenceRow]]:
+    """Parents whose records are ``father`` / ``mother`` moved ``n`` days earlier: the
+    same group and basis for every small ``n``, with other dates (so other reasons)."""
+    born = date(1980, 1, 1) + timedelta(days=family)
+    f, m = make_id(born), make_id(born, sex="F")
+    shift = timedelta(days=-n)
+    code, start, end = father
+    rows = [
+        ev(f, code, start + shift if start else None, end + shift if end else None),
+        ev(m, mother[0], mother[1] + shift),
+    ]
+    return f, m, rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([(), ("police/deaths",)]), st.integers(1, 4))
+def test_children_of_one_shape_get_their_own_parents_reasons(
+    failed: tuple[str, ...], many: int
+) -> None:
+    """Steps 4 and 5 run once per shape of child (judgements._Shape); the others of the
+    shape get that decision with their own parents' reasons, and a step 5 EXIT is
+    decided child by child. Every shape that shares, each with children whose parents
+    have other dates: ENROL, CONTINUE, RECLASSIFY, the orphan-to-de-facto REVIEW when a
+    source failed, NOT_ELIGIBLE and EXIT (no category), REVIEW (no category, a source
+    failed)."""
+    last = D - timedelta(days=90)
+    jailed: tuple[str, date, date | None] = ("IMPRISONED", date(2025, 3, 1), date(2029, 3, 1))
+    dead: tuple[str, date, None] = ("DEAD", date(2019, 7, 4), None)
+    released = ("IMPRISONED", date(2024, 1, 10), date(2026, 10, 10))
+    ill: tuple[str, date, None] = ("SEVERE_ILLNESS", date(2020, 1, 1), None)
+    shapes: list[tuple[str, str | None, tuple[str, date, date | None], tuple[str, date, None]]]
+    shapes = [
+        ("candidate", None, jailed, dead),  # ENROL de facto
+        ("supported", "de_facto", jailed, dead),  # CONTINUE
+        ("supported", "de_facto", ("DEAD", date(2026, 8, 15), None), dead),  # RECLASSIFY
+        ("supported", "orphan", jailed, dead),  # REVIEW when a source failed, else RECLASSIFY
+        ("candidate", None, released, ill),  # NOT_ELIGIBLE; REVIEW when a source failed
+        ("supported", "de_facto", released, ill),  # EXIT since the release; or REVIEW
+    ]
+    rows: list[RosterRow] = []
+    evidence: list[EvidenceRow] = []
+    for s, (status, category, father, mother) in enumerate(shapes):
+        for n in range(many):
+            f, m, records = _family(s * 10 + n, n, father=father, mother=mother)
+            evidence += records
+            rows.append(
+                child(
+                    born=date(2015, 1, 1),
+                    status=status,
+                    category=category,
+                    father=f,
+                    mother=m,
+                    # two last checks: a shape holds one (the next check depends on it)
+                    last_check=last if n % 2 else last - timedelta(days=110),
+                    line=len(rows) + 2,
+                )
+            )
+    index, _ = index_evidence(evidence)
+    fast = decide_children(rows, index, as_of=D, failed_sources=failed)
+    reference = [decide(row, index, as_of=D, failed_sources=failed) for row in rows]
+    assert fast == reference
+    decisions = {d.decision.value for d in fast}
+    assert {"ENROL", "CONTINUE"} <= decisions
+    assert ("REVIEW" in decisions) if failed else ({"RECLASSIFY", "EXIT"} <= decisions)
