@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 from typing import Literal
 
 import numpy as np
@@ -83,9 +84,12 @@ class SubRound:
         return f"{self.node}/{self.match_set}"
 
 
+_PERSON = attrgetter("person_id")
+
+
 def _ordered(rows: Sequence[EvidenceRow]) -> tuple[EvidenceRow, ...]:
     """Rows sorted by identity; a person's records keep the node's order (stable)."""
-    return tuple(sorted(rows, key=lambda row: row.person_id))
+    return tuple(sorted(rows, key=_PERSON))
 
 
 def evidence_rows(result: MatchSetResult, identities: Sequence[str]) -> tuple[EvidenceRow, ...]:

@@ -7,6 +7,7 @@ Real processes throughout: node processes on loopback with mutual TLS, the
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import json
@@ -517,6 +518,30 @@ def test_subcommand_help_has_examples(command: list[str]) -> None:
     assert f"  xmatch {' '.join(command)}" in examples, done.stdout
     if command == ["bench"]:
         assert "(default: 1000 10000 100000)" in done.stdout
+
+
+def _leaf_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_commands(child, (*path, name))
+
+
+def test_every_command_in_the_parser_has_examples_once() -> None:
+    """Walks the whole parser, so that a command added later without examples fails here
+    (the lists above name commands by hand)."""
+    from xmatch.cli import build_parser
+
+    leaves = dict(_leaf_commands(build_parser()))
+    assert ("round", "import") in leaves and ("dispute", "sync") in leaves
+    for path, parser in leaves.items():
+        text = parser.format_help()
+        assert text.count("examples:") == 1, (path, text)
+        assert f"  xmatch {' '.join(path)}" in text.split("examples:\n", 1)[1], (path, text)
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from coordinator import exit_codes
 from psi.errors import ConfigError, XmatchError
+from xmatch.cli_text import examples
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -40,11 +41,6 @@ A round, end to end:
   xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl
 Or everything on loopback at once:  xmatch demo
 """
-
-
-def _examples(*lines: str) -> str:
-    """A subcommand's epilog: its examples, shown as written (RawDescriptionHelpFormatter)."""
-    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _date(text: str) -> _dt.date:
@@ -231,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        epilog=_examples(
+        epilog=examples(
             "xmatch demo",
             "xmatch demo --workdir /tmp/demo --children 12000 --seed 7",
         ),
@@ -264,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init_ca = keys.add_parser(
         "init-ca",
-        epilog=_examples(
+        epilog=examples(
             "xmatch keys init-ca --dir pki --name 'Inner Mongolia child support'",
             "CA_PASS=... xmatch keys init-ca --dir pki --passphrase-env CA_PASS",
         ),
@@ -289,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_ca.set_defaults(func=_cmd_keys_init_ca)
     issue = keys.add_parser(
         "issue",
-        epilog=_examples(
+        epilog=examples(
             "xmatch keys issue --dir pki --name justice --role node",
             "xmatch keys issue --dir pki --name civil-affairs --role coordinator",
             "# then give the department pki/ca.crt and pki/justice.{crt,key,audit.*,seal.*}",
@@ -333,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve = node.add_parser(
         "serve",
-        epilog=_examples(
+        epilog=examples(
             "xmatch node serve --config justice.node.toml",
             "# stop with Ctrl-C (exit 130) or SIGTERM (exit 0); docs/node.md has a full node.toml",
         ),
@@ -356,18 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = round_.add_parser(
         "run",
-        epilog=_examples(
+        epilog=examples(
             "xmatch round run --config coordinator.toml --out rounds/2026-11",
             "xmatch round run --config coordinator.toml --as-of 2026-11-29 --out rounds/b -q",
             "exit codes: 0 every match set answered, 3 some failed or were refused,",
-            "            4 waiting for offline answers, 2 usage or configuration error, 1 other",
+            "            4 waiting for offline answers, 2 usage or configuration error,",
+            "            130 interrupted (Ctrl-C; nothing is left half-written), 1 other",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run one match round against the configured nodes",
         description=(
             "Reads the roster, queries every configured match set on every node concurrently, "
-            "and writes DIR/evidence.csv, DIR/decisions.json and DIR/report.html. A node that "
-            "fails is listed in failed_sources; its children get REVIEW, never EXIT."
+            "and writes DIR/evidence.csv, DIR/decisions.json, DIR/report.html, "
+            "DIR/decisions.xlsx and DIR/names.csv. A node that fails is listed in "
+            "failed_sources; its children get REVIEW, never EXIT."
         ),
     )
     run.add_argument("--config", type=Path, required=True, help="coordinator.toml")
@@ -392,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate = rules.add_parser(
         "evaluate",
-        epilog=_examples(
+        epilog=examples(
             "xmatch rules evaluate --roster roster.csv --evidence evidence.csv \\",
             "    --as-of 2026-11-29 --out decisions.json --report report.html",
             "xmatch rules evaluate --roster roster.csv --evidence evidence.csv \\",
@@ -456,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE/SET",
         help=(
             "a service-coverage match set of this evidence (repeatable), e.g. "
-            "medical_insurance/enrolled: covered children it did not match are coverage gaps, "
+            "medical-insurance/enrolled: covered children it did not match are coverage gaps, "
             "even when it matched nobody"
         ),
     )
@@ -479,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify = audit.add_parser(
         "verify",
-        epilog=_examples("""examples:\n  xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl"""),
+        epilog=examples("xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="check hash chains, signatures and checkpoints; exit 0 only if every log is intact",
         description=(
@@ -498,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_cmd_audit_verify)
     reconcile = audit.add_parser(
         "reconcile",
-        epilog=_examples(
+        epilog=examples(
             "xmatch audit reconcile --ca pki/ca.crt logs/civil-affairs.audit.jsonl \\",
             "    logs/justice.audit.jsonl logs/police.audit.jsonl",
         ),
@@ -516,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(func=_cmd_audit_reconcile)
     report = audit.add_parser(
         "report",
-        epilog=_examples(
+        epilog=examples(
             "xmatch audit report --ca pki/ca.crt --json audit.json logs/*.audit.jsonl",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -534,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        epilog=_examples(
+        epilog=examples(
             "xmatch bench --sizes 1000 10000",
             "xmatch bench --sizes 3000000 --roster-size 300000 --protocol keyed-hash --no-baseline",
         ),

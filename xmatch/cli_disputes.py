@@ -11,9 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _examples(*lines: str) -> str:
-    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+from xmatch.cli_text import examples
 
 
 def _cmd_dispute_file(args: argparse.Namespace) -> int:
@@ -118,7 +116,7 @@ def _dispute_parsers(sub: Any) -> None:
     ).add_subparsers(dest="dispute_command", required=True, metavar="ACTION")
     file_ = dispute.add_parser(
         "file",
-        epilog=_examples(
+        epilog=examples(
             "xmatch dispute file --config coordinator.toml --round ROUND_ID "
             "--person 150802… --source justice/custody --reason '家属提供释放证明'",
             "xmatch dispute file --config coordinator.toml --from-round ROUND_ID --conflicts",
@@ -145,7 +143,7 @@ def _dispute_parsers(sub: Any) -> None:
     file_.set_defaults(func=_cmd_dispute_file, parser=file_)
     sync = dispute.add_parser(
         "sync",
-        epilog=_examples("xmatch dispute sync --config coordinator.toml"),
+        epilog=examples("xmatch dispute sync --config coordinator.toml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="deliver waiting disputes and withdrawals, fetch the departments' answers",
         description="Exit 0, or 3 when a node could not be reached (its disputes wait).",
@@ -160,7 +158,7 @@ def _dispute_parsers(sub: Any) -> None:
     sync.set_defaults(func=_cmd_dispute_sync)
     import_ = dispute.add_parser(
         "import",
-        epilog=_examples(
+        epilog=examples(
             "xmatch dispute import --config coordinator.toml --reply /media/usb/banner-court.reply"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,7 +169,7 @@ def _dispute_parsers(sub: Any) -> None:
     import_.set_defaults(func=_cmd_dispute_import)
     list_ = dispute.add_parser(
         "list",
-        epilog=_examples(
+        epilog=examples(
             "xmatch dispute list --config coordinator.toml",
             "xmatch dispute list --config coordinator.toml --status open",
         ),
@@ -184,7 +182,7 @@ def _dispute_parsers(sub: Any) -> None:
     list_.set_defaults(func=_cmd_dispute_list)
     withdraw = dispute.add_parser(
         "withdraw",
-        epilog=_examples(
+        epilog=examples(
             "xmatch dispute withdraw --config coordinator.toml --dispute ID --reason '家属撤回'"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,7 +197,7 @@ def _dispute_parsers(sub: Any) -> None:
 def _node_parsers(node: Any) -> None:
     disputes = node.add_parser(
         "disputes",
-        epilog=_examples(
+        epilog=examples(
             "xmatch node disputes --config justice.node.toml",
             "xmatch node disputes --config justice.node.toml --all",
         ),
@@ -215,7 +213,7 @@ def _node_parsers(node: Any) -> None:
     disputes.set_defaults(func=_cmd_node_disputes)
     resolve = node.add_parser(
         "resolve",
-        epilog=_examples(
+        epilog=examples(
             "xmatch node resolve --config justice.node.toml --dispute ID --verdict confirmed "
             "--note '经核实,刑期记录无误'",
         ),
@@ -229,7 +227,7 @@ def _node_parsers(node: Any) -> None:
     resolve.set_defaults(func=_cmd_node_resolve)
     lists = node.add_parser(
         "lists",
-        epilog=_examples("xmatch node lists --config medical-insurance.node.toml"),
+        epilog=examples("xmatch node lists --config medical-insurance.node.toml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="the work lists received from civil affairs",
         description="Tab-separated, oldest first, with the CSV file of each list.",
@@ -238,7 +236,7 @@ def _node_parsers(node: Any) -> None:
     lists.set_defaults(func=_cmd_node_lists)
     inbox = node.add_parser(
         "inbox",
-        epilog=_examples(
+        epilog=examples(
             "xmatch node inbox --config node.toml --file /media/usb/banner-court.inbox "
             "--out /media/usb/banner-court.reply"
         ),
@@ -259,7 +257,7 @@ def _node_parsers(node: Any) -> None:
 def _round_parsers(round_: Any) -> None:
     share = round_.add_parser(
         "share",
-        epilog=_examples(
+        epilog=examples(
             "xmatch round share --config coordinator.toml --round ROUND_ID",
             "xmatch round share --config coordinator.toml --round ROUND_ID "
             "--department medical-insurance --list gaps",

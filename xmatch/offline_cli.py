@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from psi.errors import XmatchError
+from xmatch.cli_text import examples
 
 __all__ = ["add_keys_issue_seal", "add_node_answer", "add_round_offline"]
 
@@ -58,6 +59,12 @@ def add_keys_issue_seal(keys: Any) -> None:
     """``xmatch keys issue-seal`` under the ``keys`` subparsers."""
     seal = keys.add_parser(
         "issue-seal",
+        epilog=examples(
+            "xmatch keys issue-seal --dir pki --name civil-affairs --role coordinator",
+            "xmatch keys issue-seal --dir pki --name justice --role node \\",
+            "    --passphrase-env CA_PASS --key-passphrase-env JUSTICE_KEY_PASS",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="issue only the sealing key (DIR/NAME.seal.crt, .key) of an existing member",
         description=(
             "For members issued before sealing keys existed: an X25519 key, certified by the "
@@ -78,6 +85,11 @@ def add_node_answer(node: Any) -> None:
     """``xmatch node answer`` under the ``node`` subparsers."""
     answer = node.add_parser(
         "answer",
+        epilog=examples(
+            "xmatch node answer --config node.toml --request /media/usb/banner-court.request \\",
+            "    --out /media/usb/banner-court.response",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="answer a sealed offline request inside the department (no network)",
         description=(
             "Opens a sealed request that 'xmatch round run' wrote for this node, checks its "
@@ -96,6 +108,11 @@ def add_round_offline(round_: Any) -> None:
     """``xmatch round import`` and ``xmatch round close`` under the ``round`` subparsers."""
     imp = round_.add_parser(
         "import",
+        epilog=examples(
+            "xmatch round import --config coordinator.toml \\",
+            "    --response /media/usb/banner-court.response",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="complete the offline sub-rounds that a sealed response answers",
         description=(
             "Verifies a sealed response and completes its sub-rounds; when the last one of "
@@ -108,6 +125,10 @@ def add_round_offline(round_: Any) -> None:
     imp.set_defaults(func=_cmd_round_import)
     close = round_.add_parser(
         "close",
+        epilog=examples(
+            "xmatch round close --config coordinator.toml --round 6f1c0a9e2b7d4c3f8a5e1d0b9c2a7f46",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="stop waiting for offline responses: missing ones count as failed sources",
         description=(
             "Gives up waiting: sub-rounds without a response count as failed sources "
