@@ -118,6 +118,24 @@ class CoordinatorSection(Strict):
     x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
     #: the 疑义校核 disputes (identity numbers: mode 0600); default disputes.sqlite beside state
     disputes: Path | None = None
+    #: the environment variable holding the passphrase of our keys (TLS, audit, sealing),
+    #: as ``keys issue --key-passphrase-env`` (or the CA's passphrase) encrypted them
+    passphrase_env: str | None = Field(default=None, min_length=1)
+
+    def key_passphrase(self) -> bytes | None:
+        """The passphrase of our keys, from :attr:`passphrase_env` (``None``: not encrypted).
+
+        Raises:
+            ConfigError: the variable is not set (any more).
+        """
+        if self.passphrase_env is None:
+            return None
+        value = os.environ.get(self.passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"coordinator.passphrase_env: environment variable {self.passphrase_env} is not set"
+            )
+        return value.encode()
 
     @field_validator("roster", mode="before")
     @classmethod
@@ -270,4 +288,8 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
         config = CoordinatorConfig.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {one_line(exc, COORDINATOR_WORDING)}") from None
+    try:
+        config.coordinator.key_passphrase()  # before anything runs: one line naming the key
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config.model_copy(update={"path": path})

@@ -49,7 +49,11 @@ def coordinator_tls(config: CoordinatorConfig) -> TlsMaterial:
     """
     section = config.coordinator
     return load_tls_credentials(
-        ca=section.ca, cert=section.cert, key=section.key, name=section.name
+        ca=section.ca,
+        cert=section.cert,
+        key=section.key,
+        name=section.name,
+        passphrase=section.key_passphrase(),
     )
 
 
@@ -61,7 +65,10 @@ def coordinator_signer(config: CoordinatorConfig) -> AuditSigner | GmAuditSigner
     """
     section = config.coordinator
     signer = AuditSigner.load(
-        key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
+        key=section.audit_key_path,
+        cert=section.audit_cert_path,
+        passphrase=section.key_passphrase(),
+        ca=section.ca,
     )
     if section.audit_profile != "gm":
         return signer

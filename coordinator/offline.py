@@ -119,15 +119,16 @@ def keys_of(config: CoordinatorConfig) -> Keys:
         ca_pem = section.ca.read_bytes()
     except OSError as exc:
         raise InputError(f"{section.ca}: cannot read ({exc.strerror})") from None
+    passphrase = section.key_passphrase()
     sender = load_sender_key(
         name=section.name,
         key=section.key,
         cert=section.cert,
         seal_cert=folder / f"{section.name}.seal.crt",
-        passphrase=None,
+        passphrase=passphrase,
     )
     sealing = load_sealing_key(
-        folder / f"{section.name}.seal.key", name=section.name, passphrase=None
+        folder / f"{section.name}.seal.key", name=section.name, passphrase=passphrase
     )
     return Keys(ca_pem, sender, sealing)
 

@@ -21,6 +21,7 @@ from audit.log import AuditLog
 from coordinator import exit_codes
 from coordinator.config import CoordinatorConfig, load_coordinator_config
 from coordinator.disputes import hold_without_contact
+from coordinator.node_link import coordinator_signer
 from coordinator.offline import OFFLINE_DIR, Keys, keys_of, load_pending, save_pending
 from coordinator.offline_runner import (
     PendingSubRound,
@@ -36,7 +37,6 @@ from coordinator.round import query_identities
 from coordinator.round_outputs import decide_round, write_round
 from coordinator.state import RoundState
 from coordinator.sub_round import SubRound, SubRoundStatus, record_sub_round
-from keys.handles import AuditSigner
 from keys.sealed import SealedFileError, open_sealed, peek_header
 from psi.bundle import Bundle
 from psi.errors import InputError, ProtocolError, XmatchError
@@ -70,14 +70,7 @@ def _session(config: Path) -> Iterator[_Session]:
     cfg = load_coordinator_config(config)
     keys = keys_of(cfg)
     section = cfg.coordinator
-    signer = AuditSigner.load(
-        key=section.audit_key_path, cert=section.audit_cert_path, ca=section.ca
-    )
-    log_signer: Any = signer
-    if section.audit_profile == "gm":
-        from audit.gm import gm_signer
-
-        log_signer = gm_signer(signer, section.audit_sm2_key_path)
+    log_signer = coordinator_signer(cfg)  # SM2 under the GM log profile
     section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
     state = RoundState.open(section.state)

@@ -63,7 +63,7 @@ from coordinator.client import NodeClient
 from coordinator.config import CoordinatorConfig, NodeEntry, load_coordinator_config
 from coordinator.decisions import RoundDecisions
 from coordinator.disputes import hold_for_round
-from coordinator.node_link import coordinator_signer
+from coordinator.node_link import coordinator_signer, coordinator_tls
 from coordinator.output import (
     OutputFolder,
     check_output_folder,
@@ -88,7 +88,7 @@ from coordinator.sub_round import (
     evidence_rows,
     record_sub_round,
 )
-from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
+from keys.handles import AuditSigner, TlsMaterial
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
@@ -319,7 +319,7 @@ def prepare(
     """
     section = config.coordinator
     check_output_folder(out)
-    tls = load_tls_credentials(ca=section.ca, cert=section.cert, key=section.key, name=section.name)
+    tls = coordinator_tls(config)
     log_signer = coordinator_signer(config)  # SM2 under the GM log profile
     roster = read_roster_source(
         section.roster,

@@ -101,7 +101,10 @@ def load_private_key(path: Path, *, passphrase: bytes | None, what: str) -> obje
         raise InputError(f"{what} {path}: cannot read ({exc.strerror})") from exc
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if encrypted and passphrase is None:
-        raise InvalidKey(f"{what} {path} is encrypted: give its passphrase (--passphrase-env VAR)")
+        raise InvalidKey(
+            f"{what} {path} is encrypted: give its passphrase (--passphrase-env VAR, or "
+            "passphrase_env in node.toml / coordinator.toml)"
+        )
     try:
         return serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
     except (ValueError, TypeError) as exc:

@@ -43,6 +43,7 @@ from tests.federation import (
 )
 from xmatch import synth
 from xmatch.demo import NodeProcess
+from xmatch.synth import COORDINATOR_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -275,6 +276,66 @@ def test_certificate_name_mismatch(federation: Federation, tmp_path: Path) -> No
     out = tmp_path / "round"
     done = round_run(config, out)
     _assert_fatal(done, out, "certificate names 'ghost'", exit_codes.USAGE)
+
+
+def _locked_copy(pki: Path, locked: Path, name: str, passphrase: bytes) -> None:
+    """The coordinator's certificates and keys in ``locked``, each key encrypted."""
+    from cryptography.hazmat.primitives import serialization
+
+    locked.mkdir()
+    for cert in (f"{name}.crt", f"{name}.audit.crt"):
+        (locked / cert).write_bytes((pki / cert).read_bytes())
+    for key in (f"{name}.key", f"{name}.audit.key"):
+        private = serialization.load_pem_private_key((pki / key).read_bytes(), password=None)
+        (locked / key).write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(passphrase),
+            )
+        )
+        (locked / key).chmod(0o600)
+
+
+def test_encrypted_coordinator_keys_need_passphrase_env(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys issued with a passphrase (``keys issue`` uses the CA's by default) work with
+    ``passphrase_env``; without it, or with the variable unset, one line says why."""
+    secret = "coordinator-key-passphrase-7"
+    _locked_copy(
+        federation.root / "pki", federation.root / "pki-locked", COORDINATOR_NAME, secret.encode()
+    )
+    keys = [
+        put("coordinator.cert", f"pki-locked/{COORDINATOR_NAME}.crt"),
+        put("coordinator.key", f"pki-locked/{COORDINATOR_NAME}.key"),
+    ]
+    plain = _coordinator_toml(federation, "coordinator-locked.toml", edits=keys)
+    done = round_run(plain, tmp_path / "no-passphrase")
+    _assert_fatal(done, tmp_path / "no-passphrase", "key", exit_codes.FAILURE)
+    assert "passphrase_env in node.toml / coordinator.toml" in done.stderr
+
+    with_env = _coordinator_toml(
+        federation,
+        "coordinator-locked-env.toml",
+        edits=[*keys, put("coordinator.passphrase_env", "XMATCH_TEST_COORDINATOR_PASS")],
+    )
+    monkeypatch.delenv("XMATCH_TEST_COORDINATOR_PASS", raising=False)
+    done = round_run(with_env, tmp_path / "unset")
+    _assert_fatal(
+        done,
+        tmp_path / "unset",
+        "coordinator.passphrase_env: environment variable XMATCH_TEST_COORDINATOR_PASS is not set",
+        exit_codes.USAGE,
+    )
+
+    monkeypatch.setenv("XMATCH_TEST_COORDINATOR_PASS", secret)
+    out = tmp_path / "round"
+    done = round_run(with_env, out, as_of=AS_OF)
+    assert done.returncode == exit_codes.COMPLETE, done.stderr
+    assert (out / "decisions.json").is_file()
+    logged = federation.audit_log(COORDINATOR_NAME).read_text(encoding="utf-8")
+    assert secret not in done.stdout + done.stderr + logged
 
 
 def test_existing_output_folder_is_refused(federation: Federation, tmp_path: Path) -> None:
