@@ -118,7 +118,8 @@ def evaluate_command(
     report and the spreadsheet (a round writes one into its output folder).
 
     Raises:
-        InputError: a bad roster, evidence or names file, a malformed
+        InputError: an output path that is a folder, a bad roster, evidence or
+            names file, a malformed
             ``--failed-source``/``--service-source``/``--service-need``, or a
             set named by both ``--service-source`` and ``--service-need``;
             nothing is written then.
@@ -126,6 +127,9 @@ def evaluate_command(
     """
     started = time.perf_counter()
     err = stderr if stderr is not None else sys.stderr
+    for option, path in (("--out", out), ("--report", report), ("--xlsx", xlsx)):
+        if path is not None and path.is_dir():  # before any work, and before any file
+            raise InputError(f"{option} {path}: is a folder; give the file to write")
     failed = [_check_source(s, "--failed-source") for s in failed_sources]
     services = [_check_source(s, "--service-source") for s in service_sources]
     needs = [_check_source(s, "--service-need") for s in service_need_sources]

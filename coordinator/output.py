@@ -10,6 +10,7 @@ import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from coordinator.decisions import RoundDecisions, decisions_text
 from coordinator.records import (
@@ -19,6 +20,7 @@ from coordinator.records import (
 from coordinator.report import Provenance
 from coordinator.spreadsheet import write_outputs_for_people
 from psi.errors import InputError
+from runtime.signals import sigint_blocked
 
 ProgressFn = Callable[[int], None]
 
@@ -93,21 +95,12 @@ class _Beside:
         if not hasattr(os, "fork"):
             return
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 0
-            try:
-                os.close(read)
-                # a collection would walk (and so copy) every page shared with the parent;
-                # the child is short-lived and reference counting frees its garbage
-                gc.disable()
-                work()
-            except BaseException as exc:  # one line for the parent, then out
-                code = 1
-                line = f"{type(exc).__name__}: {exc}"[:500]
-                os.write(write, line.encode("utf-8", "replace"))
-            finally:
-                os._exit(code)
+        # the child keeps SIGINT ignored (its parent stops it); a Ctrl-C during the fork
+        # reaches the parent after it, not an at-fork hook that would swallow it
+        with sigint_blocked():
+            pid = os.fork()
+            if pid == 0:
+                _child(work, read, write)  # never returns
         os.close(write)
         self._work, self._pid, self._read = None, pid, read
 
@@ -143,6 +136,23 @@ class _Beside:
             self._pid = 0
 
 
+def _child(work: Callable[[], None], read: int, write: int) -> NoReturn:
+    """A forked writer: ``work``, then out, with one line about a failure in ``write``."""
+    code = 0
+    try:
+        os.close(read)
+        # a collection would walk (and so copy) every page shared with the parent;
+        # the child is short-lived and reference counting frees its garbage
+        gc.disable()
+        work()
+    except BaseException as exc:  # one line for the parent, then out
+        code = 1
+        line = f"{type(exc).__name__}: {exc}"[:500]
+        os.write(write, line.encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
+
+
 def _write_text(path: Path, text: str) -> None:
     # names children by identity number: mode 0600, as evidence.csv and the xlsx
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -165,8 +175,12 @@ class OutputFolder:
     does not depend on the decisions) is written on the other core meanwhile.
     """
 
-    def __init__(self, out: Path, round_id: str) -> None:
+    def __init__(
+        self, out: Path, round_id: str, *, on_commit: Callable[[], None] | None = None
+    ) -> None:
         self.out = out
+        #: called once the children are done, just before the rename (a CommitGuard's hold)
+        self._on_commit = on_commit
         parent = out.parent
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
         self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
@@ -213,6 +227,8 @@ class OutputFolder:
         for child in self._children:
             child.wait()
         self._children = []
+        if self._on_commit is not None:
+            self._on_commit()
         check_output_folder(self.out)  # again: someone may have written there meanwhile
         if self.out.is_dir():
             self.out.rmdir()

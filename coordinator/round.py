@@ -92,7 +92,7 @@ from keys.handles import AuditSigner, TlsMaterial
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
-from runtime.signals import sigint_blocked
+from runtime.signals import CommitGuard, sigint_blocked
 from workers import prepare_executor, worker_pool
 
 __all__ = [
@@ -257,13 +257,16 @@ def run_round(
     stderr: TextIO | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     problem_prefix: str = "",
+    on_commit: Callable[[], None] | None = None,
 ) -> RoundOutcome:
     """Run one round as described in the module docstring.
 
     ``rng`` (a CSPRNG) draws the round id and the query order. ``progress``
     shows the display of :class:`Progress` on a terminal, from the roster's
     load to the last file written. ``problem_prefix`` starts each roster problem
-    line (the demo's ``warning: ``).
+    line (the demo's ``warning: ``). ``on_commit`` is called just before the
+    output folder is renamed into place (``xmatch round run`` holds Ctrl-C from
+    there on: :class:`runtime.signals.CommitGuard`).
 
     Raises:
         InputError: a bad roster, an output folder in use, unreadable keys.
@@ -282,6 +285,7 @@ def run_round(
             stderr=stderr,
             rng=rng,
             problem_prefix=problem_prefix,
+            on_commit=on_commit,
         )
 
 
@@ -463,6 +467,7 @@ def _run_round(
     stderr: TextIO | None,
     rng: Callable[[int], bytes],
     problem_prefix: str,
+    on_commit: Callable[[], None] | None = None,
 ) -> RoundOutcome:
     """The pipeline: prepare -> fan out -> decide -> write atomically (style.md item 17)."""
     err = stderr if stderr is not None else sys.stderr
@@ -497,7 +502,7 @@ def _run_round(
             display=display,
         )
         display.phase("rules")
-        with OutputFolder(out, rid) as folder:
+        with OutputFolder(out, rid, on_commit=on_commit) as folder:
             folder.start_evidence(round_evidence(results))  # on the other core, meanwhile
             decided = decide_round(prepared.roster, results, as_of=as_of, lang=lang)
             held = hold_for_round(decided.decisions, config, audit, prepared.tls, results, err)
@@ -579,9 +584,28 @@ def run_round_command(
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     cfg = load_coordinator_config(config)
-    outcome = run_round(
-        cfg, as_of=as_of or _dt.date.today(), out=out, lang=lang, progress=progress, stderr=err
-    )
+    with CommitGuard() as guard:  # a Ctrl-C once the folder is being renamed: noted only
+        outcome = run_round(
+            cfg,
+            as_of=as_of or _dt.date.today(),
+            out=out,
+            lang=lang,
+            progress=progress,
+            stderr=err,
+            on_commit=guard.hold,
+        )
+        return _summary(outcome, out, out_stream, err, interrupted=lambda: guard.interrupted)
+
+
+def _summary(
+    outcome: RoundOutcome,
+    out: Path,
+    out_stream: TextIO,
+    err: TextIO,
+    *,
+    interrupted: Callable[[], bool],
+) -> int:
+    """Print what the round found and wrote; its exit code."""
     for sub in outcome.sub_rounds:
         if sub.status != "ok":
             print(
@@ -599,10 +623,15 @@ def run_round_command(
         file=out_stream,
     )
     print(f"decisions: {summary}", file=out_stream)
-    print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
+    print(
+        f"written: {out}/evidence.csv, decisions.json, report.html, decisions.xlsx, names.csv",
+        file=out_stream,
+    )
     if ok == 0:
         print(
             "warning: no match set answered: every decision rests on the roster alone",
             file=err,
         )
+    if interrupted():
+        print("note: Ctrl-C came after the round was written; the round is complete", file=err)
     return exit_codes.round_status([s.status for s in outcome.sub_rounds])

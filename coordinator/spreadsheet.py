@@ -18,6 +18,7 @@ identity numbers is readable by its owner only.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -200,10 +201,13 @@ def write_decisions_xlsx(path: Path, decisions: RoundDecisions, provenance: Prov
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".xlsx", dir=path.parent)
     os.close(handle)
     temporary = Path(name)
+    # XlsxWriter's own temporary files: beside the output (never a shared /tmp), in a
+    # folder of their own that goes whatever happens (an interrupt left them behind)
+    parts = Path(tempfile.mkdtemp(prefix=f".{path.name}.parts-", dir=path.parent))
     try:
         book = xlsxwriter.Workbook(
             str(temporary),
-            {"constant_memory": True, "tmpdir": str(path.parent), "strings_to_numbers": False},
+            {"constant_memory": True, "tmpdir": str(parts), "strings_to_numbers": False},
         )
         fmt = (book.add_format({"num_format": "@"}), book.add_format({"bold": True}))
         by: dict[Decision, list[ChildDecision]] = {d: [] for d in SHEET_ORDER}
@@ -223,6 +227,8 @@ def write_decisions_xlsx(path: Path, decisions: RoundDecisions, provenance: Prov
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
 
 
 def write_outputs_for_people(

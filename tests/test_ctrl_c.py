@@ -231,3 +231,52 @@ def test_ctrl_c_on_round_run_leaves_no_sub_round_running(nodes: Federation, tmp_
     assert all(len(v) == 1 for v in ends.values()), ends
     shutdowns = [e for e in entries if e["event"] == "shutdown"]
     assert shutdowns[-1]["reason"] == "interrupted"
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130() -> None:
+    """Before ``main`` runs (its imports take a moment) a Ctrl-C once gave a traceback.
+    The import is made to raise KeyboardInterrupt exactly there, in a real process."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'xmatch.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['xmatch', '--help']\n"
+        "from xmatch.entry import run\n"
+        "run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == exit_codes.INTERRUPTED
+    assert done.stderr == "xmatch: interrupted\n"
+
+
+def test_a_ctrl_c_once_the_folder_is_renamed_is_remembered_not_raised(tmp_path: Path) -> None:
+    """``round run`` holds Ctrl-C from the output folder's rename on (CommitGuard): the
+    folder, the state and the exit code then agree that the round is complete."""
+    from coordinator.output import OutputFolder
+    from runtime.signals import CommitGuard
+
+    def ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, between two bytecodes
+
+    out = tmp_path / "round"
+    with CommitGuard() as guard:
+
+        def commit_begins() -> None:
+            guard.hold()
+            ctrl_c()
+
+        with OutputFolder(out, "ab" * 16, on_commit=commit_begins) as folder:
+            folder.write_text("decisions.json", "{}\n")
+            folder.commit()
+        ctrl_c()  # still held until the guard's block ends
+    assert guard.interrupted
+    assert (out / "decisions.json").read_text(encoding="utf-8") == "{}\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # without the guard, Ctrl-C raises again
+        ctrl_c()

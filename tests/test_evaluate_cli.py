@@ -331,3 +331,29 @@ def test_bad_service_need_exits_1_with_one_line(
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "decisions.json").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--report", "--xlsx"])
+def test_an_output_path_that_is_a_folder_is_one_line_and_nothing_written(
+    tmp_path: Path, option: str
+) -> None:
+    roster, evidence = _files(
+        tmp_path,
+        [f"{CHILD2},张晓红,,,{FATHER},{MOTHER},张三,李四,supported,orphan,,152502,2026-01-01"],
+        EVIDENCE,
+        "utf-8",
+    )
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    paths = {"--out": tmp_path / "decisions.json", "--report": None, "--xlsx": None}
+    paths[option] = folder
+    command = [str(XMATCH), "rules", "evaluate", "--roster", str(roster), "--evidence"]
+    command += [str(evidence), "--as-of", "2026-11-29"]
+    for name, path in paths.items():
+        if path is not None:
+            command += [name, str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr == f"xmatch: error: {option} {folder}: is a folder; give the file to write\n"
+    assert not (tmp_path / "decisions.json").exists()
+    assert list(folder.iterdir()) == []

@@ -344,3 +344,20 @@ def test_report_filters_in_chromium(
         check=False,
     )
     assert png.exists() and png.stat().st_size > 50_000, shot.stderr[-2000:]
+
+
+def test_an_interrupted_spreadsheet_leaves_nothing_behind(
+    tmp_path: Path, small: tuple[RoundDecisions, Provenance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while XlsxWriter holds its temporary sheet files (they are written beside
+    the output, never in a shared /tmp) leaves none of them, and no partial workbook."""
+    import coordinator.spreadsheet as spreadsheet
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spreadsheet, "_info", interrupted)  # the last sheet, before close
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        write_decisions_xlsx(out / "decisions.xlsx", *small)
+    assert list(out.iterdir()) == []

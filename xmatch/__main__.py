@@ -1,5 +1,3 @@
-import sys
+from xmatch.entry import run
 
-from xmatch.cli import main
-
-sys.exit(main())
+run()
