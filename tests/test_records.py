@@ -123,6 +123,19 @@ def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
         ([ROSTER_HEADER, ",甲,2020-01-01,,,,,,candidate,,,,"], 2, "column child_sex"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,maybe,,"], 2, "column foundling"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,1504,"], 2, "column region_code"),
+        # a quote never closed: the line where it opened, not the end of the file
+        (
+            [ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,", f'{CHILD},"乙,,,,,,,candidate,,,,']
+            + [f"{CHILD},丙,,,,,,,candidate,,,,"] * 3,
+            3,
+            "a quote opened in this row is never closed",
+        ),
+        (
+            [ROSTER_HEADER, f'{CHILD},"乙,,,,,,,candidate,,,,']
+            + [f"{CHILD},{'丙' * 200},,,,,,,candidate,,,,"] * 800,  # past csv's field limit
+            2,
+            "a quote opened in this row is never closed",
+        ),
     ],
 )
 def test_fatal_roster_errors_name_file_line_and_column(
