@@ -20,11 +20,13 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from psi.errors import ConfigError
 
@@ -66,9 +68,54 @@ def display_name_problem(text: str) -> str | None:
 
 
 class Strict(BaseModel):
-    """A config table: unknown keys are errors, values frozen, strings trimmed."""
+    """A config table: unknown keys are errors, values frozen, strings trimmed.
+
+    A number must be a TOML number and a flag a TOML boolean: pydantic would
+    take ``chunk_items = true`` as 1 and ``workers = "2"`` as 2, silently.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _toml_types(cls, value: object, info: ValidationInfo) -> object:
+        if info.field_name is None:
+            return value
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        if kinds is None:
+            return value
+        if isinstance(value, bool) and bool not in kinds:
+            raise ValueError(f"a {_KIND_NAMES[kinds]} is expected, not true or false")
+        if isinstance(value, str) and str not in kinds:
+            raise ValueError(f"a {_KIND_NAMES[kinds]} is expected, not a quoted string")
+        if not isinstance(value, bool) and isinstance(value, int | float) and bool in kinds:
+            raise ValueError("true or false is expected, not a number")
+        return value
+
+
+_KIND_NAMES: dict[frozenset[type], str] = {
+    frozenset({int}): "whole number",
+    frozenset({float}): "number",
+    frozenset({int, float}): "number",
+    frozenset({bool}): "boolean",
+}
+
+
+def _scalar_kinds(annotation: object) -> frozenset[type] | None:
+    """The TOML scalar a field takes (int, float or bool, ``None`` allowed beside it), or
+    ``None`` for any other field (strings, paths, choices, tables: left to pydantic)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in _UNIONS else ()
+    members = {a for a in args if a is not type(None)} if args else {annotation}
+    while any(typing.get_origin(m) is typing.Annotated for m in members):
+        members = {
+            typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m
+            for m in members
+        }
+    kinds = frozenset(members)
+    return kinds if kinds in _KIND_NAMES else None
+
+
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def resolve_path(value: Path, info: ValidationInfo) -> Path:

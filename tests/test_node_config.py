@@ -120,6 +120,11 @@ def test_suite_allow_list_names_every_suite_psi_offers() -> None:
         ),
         ((put("node.max_past_days", -1),), "node.max_past_days"),
         (
+            (put("node.max_concurrent_rounds", True),),
+            "node.max_concurrent_rounds: a whole number is expected, not true or false",
+        ),
+        ((put("node.workers", "2"),), "node.workers: a whole number is expected, not a quoted"),
+        (
             (put(f"{SET}.service_report", "needs"),),
             'match_sets[0].service_report: only for circumstance = "SERVICE"',
         ),

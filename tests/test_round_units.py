@@ -80,6 +80,20 @@ def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
         ((put("nodes[0].protocol", "rsa"),), "key nodes[0].protocol"),
         ((drop("coordinator.purpose"),), "missing key coordinator.purpose"),
         ((put("nodes[0].match_sets", []),), "key nodes[0].match_sets"),
+        # TOML types are kept: true is not 1, "2" is not 2 (pydantic would convert both)
+        (
+            (put("coordinator.chunk_items", True),),
+            "key coordinator.chunk_items: a whole number is expected, not true or false",
+        ),
+        (
+            (put("coordinator.workers", "2"),),
+            "key coordinator.workers: a whole number is expected, not a quoted string",
+        ),
+        (
+            (put("nodes[0].deadline_seconds", "600"),),
+            "key nodes[0].deadline_seconds: a number is expected, not a quoted string",
+        ),
+        ((put("nodes[0].deadline_seconds", 600),), None),  # an integer is a number
         ((), None),
     ],
 )
