@@ -30,6 +30,7 @@ from coordinator.offline import keys_of, seal_cert_of, write_atomic
 from keys.sealed import SealedFileError, open_sealed, seal
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError
+from runtime.files import private_folders
 
 __all__ = ["bundle_for", "import_reply", "write_inbox"]
 
@@ -86,7 +87,7 @@ def write_inbox(
     )
     path = out_dir / (name or f"{entry.name}.inbox")
     try:
-        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(out_dir)
         write_atomic(path, data)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror})") from None

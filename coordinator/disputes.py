@@ -37,6 +37,7 @@ from coordinator.sub_round import SubRound, SubRoundStatus
 from keys.handles import TlsMaterial
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, PeerError, XmatchError
+from runtime.files import private_folders
 
 __all__ = [
     "STATUSES",
@@ -173,7 +174,7 @@ class DisputeBook:
         """
         path = book_path(config)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_folders(path.parent)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(path, 0o600)
             conn = sqlite3.connect(path, timeout=30, isolation_level=None)

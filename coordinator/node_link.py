@@ -24,6 +24,7 @@ from coordinator.config import CoordinatorConfig, NodeEntry
 from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.errors import InputError, PeerError, Refused
+from runtime.files import private_folders
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -90,7 +91,7 @@ def coordinator_log(config: CoordinatorConfig) -> Iterator[AuditLog]:
     """
     section = config.coordinator
     log_signer = coordinator_signer(config)
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(section.audit_log.parent)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
     outcome = "done"
     try:

@@ -73,7 +73,7 @@ from keys.sealed import (
 )
 from psi.bundle import Bundle
 from psi.errors import InputError
-from runtime.files import write_atomic
+from runtime.files import private_folders, write_atomic
 
 __all__ = [
     "OFFLINE_DIR",
@@ -142,7 +142,7 @@ def _pending_path(config: CoordinatorConfig, rid: str) -> Path:
 
 
 def save_pending(keys: Keys, path: Path, doc: dict[str, Any], *, expires: _dt.datetime) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(path.parent)
     data = seal(
         Bundle(doc).to_bytes(),
         kind="request",
@@ -372,7 +372,7 @@ def run_offline_command(
         cfg, as_of=day, out=out, display=display, err=err, rng=rng, problem_prefix=""
     )
     section = cfg.coordinator
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(section.audit_log.parent)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=prepared.log_signer)
     state = RoundState.open(section.state)
     round_id = rng(16)
@@ -396,7 +396,7 @@ def run_offline_command(
                 display=display,
             )
         folder = out / OFFLINE_DIR
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(folder)
         now = _dt.datetime.now(_dt.UTC)
         waiting: list[dict[str, Any]] = []
         rows: list[tuple[str, str, str, str, str]] = []

@@ -41,6 +41,7 @@ from keys.sealed import SealedFileError, open_sealed, peek_header
 from psi.bundle import Bundle
 from psi.errors import InputError, ProtocolError, XmatchError
 from psi.identifiers import encode_identities
+from runtime.files import private_folders
 
 __all__ = ["close_command", "import_command"]
 
@@ -71,7 +72,7 @@ def _session(config: Path) -> Iterator[_Session]:
     keys = keys_of(cfg)
     section = cfg.coordinator
     log_signer = coordinator_signer(cfg)  # SM2 under the GM log profile
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(section.audit_log.parent)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=log_signer)
     state = RoundState.open(section.state)
     try:

@@ -20,6 +20,7 @@ from coordinator.records import (
 from coordinator.report import Provenance
 from coordinator.spreadsheet import write_outputs_for_people
 from psi.errors import InputError
+from runtime.files import private_folders
 from runtime.signals import sigint_blocked
 
 ProgressFn = Callable[[int], None]
@@ -182,7 +183,7 @@ class OutputFolder:
         #: called once the children are done, just before the rename (a CommitGuard's hold)
         self._on_commit = on_commit
         parent = out.parent
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # new folders: ours only
+        private_folders(parent)  # new folders: ours only
         self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out, round_id), dir=parent))
         self._children: list[_Beside] = []
         self._names: set[str] = set()

@@ -92,6 +92,7 @@ from keys.handles import AuditSigner, TlsMaterial
 from psi.context import DEFAULT_PARAMS, Protocol, RoundContext
 from psi.errors import InputError, XmatchError
 from psi.identifiers import encode_identities
+from runtime.files import private_folders
 from runtime.signals import CommitGuard, sigint_blocked
 from workers import prepare_executor, worker_pool
 
@@ -482,7 +483,7 @@ def _run_round(
         rng=rng,
         problem_prefix=problem_prefix,
     )
-    section.audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(section.audit_log.parent)
     audit = AuditLog.open(section.audit_log, party=section.name, signer=prepared.log_signer)
     state = RoundState.open(section.state)
     _recover(state, display, err)

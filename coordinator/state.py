@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from psi.errors import InputError
+from runtime.files import private_folders
 
 __all__ = [
     "RoundDecisionCounts",
@@ -178,7 +179,7 @@ class RoundState:
             InputError: the file cannot be created or is not a state database.
         """
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_folders(path.parent)
             # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             os.chmod(path, 0o600)

@@ -38,6 +38,7 @@ from nodes.config import NodeConfig
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, InvalidIdentifier, ProtocolError, Refused
 from psi.identifiers import normalize_id
+from runtime.files import private_folders
 
 __all__ = [
     "STATUSES",
@@ -76,7 +77,7 @@ def inbox_dir(config: NodeConfig) -> Path:
 
 def private_file(path: Path) -> None:
     """Create ``path`` (mode 0600) and its folder (0700) if missing; tighten an existing file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folders(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)

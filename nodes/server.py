@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from nodes.config import NodeConfig, load_node_config
 from psi.errors import ConfigError, XmatchError
+from runtime.files import private_folders
 from runtime.signals import sigint_blocked
 from workers import worker_pool
 
@@ -263,7 +264,7 @@ def _log_folder(path: Path, config: NodeConfig) -> None:
     """
     folder = config.node.audit_log.parent
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(folder)
     except OSError as exc:
         raise ConfigError(
             f"{path}: node.audit_log: cannot create the folder {folder} ({exc.strerror})"

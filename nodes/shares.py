@@ -30,7 +30,7 @@ from nodes.config import NodeConfig
 from nodes.disputes import check_text, inbox_dir
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused
-from runtime.files import write_atomic
+from runtime.files import private_folders, write_atomic
 
 __all__ = ["LISTS", "MAX_ROWS", "ReceivedList", "read_lists", "receive_work_list"]
 
@@ -164,7 +164,7 @@ def receive_work_list(
         file=f"{first.share_id}.csv",
     )
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(folder)
         write_atomic(folder / meta.file, _csv_bytes(list(meta.columns), rows))
         audit.append(
             "list_shared",
