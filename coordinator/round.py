@@ -538,27 +538,37 @@ def _run_round(
             seconds=seconds,
         )
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        outcome = "interrupted" if interrupted else "failed"
-        detail = exc.diagnostics() if isinstance(exc, XmatchError) else type(exc).__name__
-        if interrupted:
-            detail = "interrupted (SIGINT)"
-        # no sub-round stays pending or running once this process is gone
-        state.fail_open_sub_rounds(rid, detail=f"{outcome}: coordinator stopped")
-        state.finish_round(rid, status="interrupted" if interrupted else "failed", detail=detail)
+        outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _record_failure(state, rid, exc, outcome)
         raise
     finally:
-        # each step runs even if the one before fails: the log must get its closing
-        # checkpoint whatever happened to the state database
+        _close(state, audit, outcome)
+
+
+def _record_failure(state: RoundState, rid: str, exc: BaseException, outcome: str) -> None:
+    """The round and its open sub-rounds ended by ``exc`` (``outcome``), in the state."""
+    interrupted = outcome == "interrupted"
+    detail = exc.diagnostics() if isinstance(exc, XmatchError) else type(exc).__name__
+    if interrupted:
+        detail = "interrupted (SIGINT)"
+    # no sub-round stays pending or running once this process is gone
+    state.fail_open_sub_rounds(rid, detail=f"{outcome}: coordinator stopped")
+    state.finish_round(rid, status="interrupted" if interrupted else "failed", detail=detail)
+
+
+def _close(state: RoundState, audit: AuditLog, outcome: str) -> None:
+    """Close the state, then the log with its shutdown entry (``outcome``) and checkpoint."""
+    # each step runs even if the one before fails: the log must get its closing
+    # checkpoint whatever happened to the state database
+    try:
+        state.close()
+    finally:
         try:
-            state.close()
+            # a log that ends "shutdown, checkpoint" was closed cleanly; one cut after
+            # an earlier checkpoint then shows (audit verify), as a killed one's does
+            audit.append(SHUTDOWN, reason=outcome)
         finally:
-            try:
-                # a log that ends "shutdown, checkpoint" was closed cleanly; one cut after
-                # an earlier checkpoint then shows (audit verify), as a killed one's does
-                audit.append(SHUTDOWN, reason=outcome)
-            finally:
-                audit.close()
+            audit.close()
 
 
 def run_round_command(
