@@ -307,6 +307,19 @@ def build_query(
     )
 
 
+def _no_rows(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Whether the CSV at ``path`` has no data row (asked only after a failure)."""
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM read_csv($path, header = true, all_varchar = true)"
+            " LIMIT 1)",
+            {"path": str(path)},
+        ).fetchone()
+    except duckdb.Error:
+        return False
+    return found is not None and found[0] == 0
+
+
 def stream_file(
     ms: MatchSetConfig,
     rep: Reporter,
@@ -335,6 +348,10 @@ def stream_file(
                     f"payload column(s) {', '.join(map(repr, query.date_hints))}: a value is "
                     "not a date (YYYY-MM-DD) while reading them as DATE (value withheld)"
                 )
+            if not parquet and _no_rows(con, path):
+                # every column of a header-only CSV is text: `where` fails on its types,
+                # which says nothing about the real problem
+                return rep.error(f"{ms.source_file.name} has a header and no rows")
             return rep.duckdb_error(what, exc)
 
         try:

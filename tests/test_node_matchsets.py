@@ -243,6 +243,16 @@ def test_missing_id_column(tmp_path: Path) -> None:
         load_match_set(cfg, "custody", AS_OF)
 
 
+def test_a_header_only_csv_says_so(tmp_path: Path) -> None:
+    """Every column of a header-only CSV reads as text, so ``where`` failed on its types
+    ("Cannot compare values of type VARCHAR..."), which hid the real problem."""
+    write_csv(tmp_path / "custody.csv", CUSTODY[:1])
+    cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date", "end_date"])
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    assert info.value.diagnostics().endswith("custody.csv has a header and no rows")
+
+
 def test_conversion_errors_never_quote_values(tmp_path: Path) -> None:
     write_csv(tmp_path / "custody.csv", ["id_number,note", f"{A},{B}"])
     cfg = config(tmp_path, "custody.csv", where="CAST(note AS DATE) > $as_of", payload=[])
