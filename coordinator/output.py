@@ -98,12 +98,16 @@ class _Beside:
         read, write = os.pipe()
         # the child keeps SIGINT ignored (its parent stops it); a Ctrl-C during the fork
         # reaches the parent after it, not an at-fork hook that would swallow it
-        with sigint_blocked():
-            pid = os.fork()
-            if pid == 0:
-                _child(work, read, write)  # never returns
-        os.close(write)
-        self._work, self._pid, self._read = None, pid, read
+        try:
+            with sigint_blocked():
+                pid = os.fork()
+                if pid == 0:
+                    _child(work, read, write)  # never returns
+                os.close(write)
+                self._work, self._pid, self._read = None, pid, read
+        except BaseException:  # that Ctrl-C, as the block ends: no child left running
+            self.stop()
+            raise
 
     def wait(self) -> None:
         """Wait for the work to end.
