@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -243,21 +244,6 @@ def round_phases(root: Path, out: Path) -> list[tuple[str, float, float]]:
     ]
 
 
-#: the project's packages (pyproject.toml), compiled as an installed package is
-PACKAGES = [
-    "psi",
-    "nodes",
-    "coordinator",
-    "keys",
-    "audit",
-    "proto",
-    "xmatch",
-    "databases",
-    "runtime",
-    "workers",
-]
-
-
 def compile_project() -> None:
     """Byte-compile the project, as ``pip install`` does for an installed package.
 
@@ -266,8 +252,9 @@ def compile_project() -> None:
     every module again at each start (about 0.15 s of each ``xmatch`` run).
     """
     top = Path(__file__).resolve().parent.parent
-    for package in PACKAGES:
-        compileall.compile_dir(top / package, quiet=1)
+    found = tomllib.loads((top / "pyproject.toml").read_text(encoding="utf-8"))
+    for pattern in found["tool"]["setuptools"]["packages"]["find"]["include"]:
+        compileall.compile_dir(top / pattern.rstrip("*"), quiet=1)
 
 
 def main() -> int:
