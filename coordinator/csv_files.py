@@ -24,6 +24,7 @@ from typing import Literal, TextIO, TypeVar
 from coordinator.record_types import _ID_PROBLEMS
 from psi.errors import InputError
 from psi.identifiers import normalize_id_column
+from runtime.csv_faults import malformed
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
 
@@ -125,16 +126,6 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from exc
 
 
-def _malformed(path: str, start: int, end: int, exc: csv.Error) -> str:
-    """The line of a malformed record: a quote never closed swallows the rest of the file
-    (csv says "unexpected end of data", or "field larger than field limit" at 128 KiB),
-    so that record's first line is named, not where the reader gave up."""
-    text = str(exc)
-    if "unexpected end of data" in text or "field larger than field limit" in text:
-        return f"{path}:{start}: malformed CSV: a quote opened in this row is never closed"
-    return f"{path}:{end}: malformed CSV: {exc}"
-
-
 class _Table:
     """A decoded CSV file with a checked header, and its data rows as (line, fields).
 
@@ -200,7 +191,7 @@ class _Table:
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise InputError(_malformed(self.path, start, reader.line_num, exc)) from None
+                raise InputError(malformed(self.path, start, reader.line_num, exc)) from None
             yield reader.line_num, fields
 
     def rows(self) -> tuple[list[int], list[list[str]]]:

@@ -34,7 +34,7 @@ from coordinator.progress import Progress
 from coordinator.reasons import Lang
 from coordinator.records import read_roster_source
 from coordinator.round import query_identities
-from coordinator.round_outputs import decide_round, write_round
+from coordinator.round_outputs import Decided, decide_round, write_round
 from coordinator.state import RoundState
 from coordinator.sub_round import SubRound, SubRoundStatus, record_sub_round
 from keys.sealed import SealedFileError, open_sealed, peek_header
@@ -42,6 +42,7 @@ from psi.bundle import Bundle
 from psi.errors import InputError, ProtocolError, XmatchError
 from psi.identifiers import encode_identities
 from runtime.files import private_folders
+from runtime.signals import CommitGuard
 
 __all__ = ["close_command", "import_command"]
 
@@ -95,6 +96,51 @@ def _waiting_round(session: _Session, rid: str) -> _Opened:
     return _Opened(session, rid, pending, load_pending(session.keys, pending))
 
 
+def _commit(
+    opened: _Opened,
+    decided: Decided,
+    results: list[SubRound],
+    as_of: _dt.date,
+    guard: CommitGuard,
+    *,
+    closed: bool,
+) -> None:
+    """Write the output folder, then mark the round finished; ``guard`` holds from the rename."""
+    doc = opened.doc
+    session = opened.session
+    out = Path(doc["out"])
+    aside = out.parent / f".{out.name}.offline-{opened.rid}"
+    requests = out / OFFLINE_DIR
+    if requests.is_dir():
+        os.rename(requests, aside)  # the output folder is written whole, then put back
+    try:
+        with OutputFolder(out, opened.rid, on_commit=guard.hold) as folder:
+            write_round(
+                folder,
+                decided,
+                results,
+                rid=opened.rid,
+                as_of=as_of,
+                seconds=float(doc.get("seconds", 0.0)),
+                state=session.state,
+                display=Progress(False),
+            )
+    except BaseException:
+        if aside.is_dir() and not requests.exists():
+            os.rename(aside, requests)
+        raise
+    if aside.is_dir():
+        os.rename(aside, requests)
+    failed = decided.failed
+    session.state.finish_round(
+        opened.rid,
+        status="completed",
+        detail=f"{len(failed)} failed source(s)" if failed else None,
+    )
+    session.state.end_offline(opened.rid, "closed" if closed else "completed")
+    opened.pending.unlink(missing_ok=True)
+
+
 def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -> int:
     """Decide and write the round once nothing waits; the exit code of the round."""
     doc = opened.doc
@@ -124,37 +170,10 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
     decided = dataclasses.replace(decided, decisions=held[0], disputes=held[1])
     counts = decided.decisions.counts()
     session.state.record_decisions(opened.rid, {d.value: n for d, n in counts.items()})
-    out = Path(doc["out"])
-    aside = out.parent / f".{out.name}.offline-{opened.rid}"
-    requests = out / OFFLINE_DIR
-    if requests.is_dir():
-        os.rename(requests, aside)  # the output folder is written whole, then put back
-    try:
-        with OutputFolder(out, opened.rid) as folder:
-            write_round(
-                folder,
-                decided,
-                results,
-                rid=opened.rid,
-                as_of=as_of,
-                seconds=float(doc.get("seconds", 0.0)),
-                state=session.state,
-                display=Progress(False),
-            )
-    except BaseException:
-        if aside.is_dir() and not requests.exists():
-            os.rename(aside, requests)
-        raise
-    if aside.is_dir():
-        os.rename(aside, requests)
-    failed = decided.failed
-    session.state.finish_round(
-        opened.rid,
-        status="completed",
-        detail=f"{len(failed)} failed source(s)" if failed else None,
-    )
-    session.state.end_offline(opened.rid, "closed" if closed else "completed")
-    opened.pending.unlink(missing_ok=True)
+    # From the folder's rename on, a Ctrl-C is only noted: the folder, the state and
+    # the pending file must agree (a round written whole, or one still waiting).
+    with CommitGuard() as guard:
+        _commit(opened, decided, results, as_of, guard, closed=closed)
     for outcome in results:
         if outcome.status is not SubRoundStatus.OK:
             print(
@@ -162,9 +181,12 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
                 "(children without a category get REVIEW, not EXIT)",
                 file=err,
             )
+    out = Path(doc["out"])
     summary = ", ".join(f"{d.value} {n}" for d, n in sorted(counts.items()))
     print(f"round {opened.rid} complete: decisions: {summary}", file=out_stream)
     print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
+    if guard.interrupted:
+        print("note: Ctrl-C came after the round was written; the round is complete", file=err)
     return exit_codes.round_status([s.status.value for s in results])
 
 

@@ -52,7 +52,7 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
             a missing required column, a row with the wrong number of fields,
             a bad date, an unknown status, category, sex or foundling value, a
             supported child without category, a child without ID and without
-            birth date or sex, or a region code that is not 6 digits.
+            birth date or sex, a region code that is not 6 digits, or no rows.
     """
     table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED, known=ROSTER_OPTIONAL)
     lines, cells = table.columns(ROSTER_REQUIRED + ROSTER_OPTIONAL)
@@ -62,11 +62,37 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
 def _roster_of_cells(
     name: str, lines: list[int], cells: Mapping[str, Sequence[str]], *, as_of: date | None
 ) -> Roster:
+    if not lines:
+        # every command refuses it the same way: an empty export is a mistake
+        # (a wrong sheet or query), and a round over no children decides nothing
+        raise InputError(f"{name}: the roster has a header and no rows (no children)")
     ids = {c: _normalize_ids(cells[c], today=as_of) for c in ("child_id", "father_id", "mother_id")}
     rows = _roster_by_column(name, lines, cells, ids)
     if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
         rows = _roster_by_row(name, lines, cells, ids)
-    return Roster(path=name, rows=rows, problems=[p for row in rows for p in row.problems])
+    problems = [p for row in rows for p in row.problems]
+    return Roster(path=name, rows=rows, problems=problems + _repeated(name, rows))
+
+
+def _repeated(name: str, rows: Sequence[RosterRow]) -> list[RowProblem]:
+    """A note for each row whose child another row already holds (same ID, or name, birth
+    date and sex). Both rows are decided; the note tells the operator to keep one, since
+    a caseworker would otherwise get the child twice, perhaps with two decisions."""
+    first: dict[str, int] = {}
+    notes: list[RowProblem] = []
+    for row in rows:
+        key = row.child_key
+        if key is None:
+            continue
+        seen = first.setdefault(key, row.line)
+        if seen != row.line:
+            column = "child_id" if row.child_id is not None else "child_name"
+            notes.append(
+                RowProblem(
+                    name, row.line, column, f"the same child as line {seen}: keep one of the rows"
+                )
+            )
+    return notes
 
 
 def read_roster_source(

@@ -54,6 +54,7 @@ from nodes.matchset_rows import (
     convert,
 )
 from psi.errors import ConfigError
+from runtime.csv_faults import first_fault
 
 __all__ = [
     "DUCKDB_MEMORY_LIMIT",
@@ -72,6 +73,11 @@ _BLOCK = 1 << 20
 DUCKDB_MEMORY_LIMIT = "256MB"
 _PARQUET = frozenset({".parquet", ".pq"})
 _TEXT_TYPES = ("VARCHAR",)
+#: How a CSV is read: a header line, RFC 4180 quotes (what spreadsheet software
+#: writes); DuckDB detects the delimiter and the types. The quote is fixed, not
+#: detected: given a row whose quote does not close, DuckDB's sniffer chose "no
+#: quoting", and every quoted identity number was then dropped as invalid.
+_CSV = "header = true, quote = '\"', escape = '\"'"
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 
 
@@ -208,6 +214,29 @@ class Query:
     columns: tuple[str, ...] = ()
 
 
+def _csv_fault(ms: MatchSetConfig, rep: Reporter, path: Path) -> ConfigError | None:
+    """The first malformed record of the CSV at ``path`` (a UTF-8 copy of the source), if any."""
+    try:
+        fault = first_fault(path, ms.source_file.name)
+    except OSError:
+        return None
+    return None if fault is None else rep.error(fault)
+
+
+def _source_error(
+    ms: MatchSetConfig,
+    rep: Reporter,
+    path: Path,
+    what: str,
+    exc: duckdb.Error | OSError,
+    *,
+    parquet: bool,
+) -> ConfigError:
+    """DuckDB failing on the source; for a CSV, the line of its first malformed record."""
+    fault = None if parquet else _csv_fault(ms, rep, path)
+    return fault if fault is not None else rep.duckdb_error(what, exc)
+
+
 def _date_hints(
     con: duckdb.DuckDBPyConnection,
     ms: MatchSetConfig,
@@ -227,11 +256,11 @@ def _date_hints(
     types = {ms.id_column: "VARCHAR", **dict.fromkeys(candidates, "VARCHAR")}
     try:
         rows = con.execute(
-            f"SELECT {counts} FROM read_csv($path, header = true, types = $types)",
+            f"SELECT {counts} FROM read_csv($path, {_CSV}, types = $types)",
             {"path": str(path), "types": types},
         ).fetchall()  # fetch to the end: the connection runs the main query next
     except duckdb.Error as exc:
-        raise rep.duckdb_error("source", exc) from None
+        raise _source_error(ms, rep, path, "source", exc, parquet=False) from None
     bad = rows[0] if rows else [1] * len(candidates)
     return [c for c, n in zip(candidates, bad, strict=True) if n == 0]
 
@@ -251,17 +280,19 @@ def build_query(
         plain = reader = "read_parquet($path)"
         params: dict[str, Any] = {"path": str(path)}
     else:
-        plain = "read_csv($path, header = true)"
-        reader = "read_csv($path, header = true, types = $types)"
+        plain = f"read_csv($path, {_CSV})"
+        reader = f"read_csv($path, {_CSV}, types = $types)"
         params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
         columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
     except duckdb.Error as exc:
-        raise rep.duckdb_error("source", exc) from None
+        raise _source_error(ms, rep, path, "source", exc, parquet=parquet) from None
     # (2) required columns
     if ms.id_column not in columns:
-        raise rep.error(
+        # a row with more fields than the header makes DuckDB guess another delimiter
+        fault = None if parquet else _csv_fault(ms, rep, path)
+        raise fault or rep.error(
             f"id_column {ms.id_column!r} not found in {ms.source_file.name} "
             f"(columns: {', '.join(list(columns)[:20])})"
         )
@@ -311,7 +342,7 @@ def _no_rows(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """Whether the CSV at ``path`` has no data row (asked only after a failure)."""
     try:
         found = con.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM read_csv($path, header = true, all_varchar = true)"
+            f"SELECT count(*) FROM (SELECT 1 FROM read_csv($path, {_CSV}, all_varchar = true)"
             " LIMIT 1)",
             {"path": str(path)},
         ).fetchone()
@@ -341,7 +372,7 @@ def stream_file(
         query = build_query(con, ms, rep, path, as_of, parquet=parquet)
         what = "where" if ms.where else "source"
 
-        def failed(exc: duckdb.Error) -> ConfigError:
+        def failed(exc: duckdb.Error | OSError) -> ConfigError:
             if query.date_hints and isinstance(exc, duckdb.ConversionException):
                 # The file changed between the check and the read: name the columns only.
                 return rep.error(
@@ -352,7 +383,7 @@ def stream_file(
                 # every column of a header-only CSV is text: `where` fails on its types,
                 # which says nothing about the real problem
                 return rep.error(f"{ms.source_file.name} has a header and no rows")
-            return rep.duckdb_error(what, exc)
+            return _source_error(ms, rep, path, what, exc, parquet=parquet)
 
         try:
             reader = con.sql(query.sql, params=query.params).to_arrow_reader(batch_rows)
@@ -363,7 +394,8 @@ def stream_file(
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
-            except duckdb.Error as exc:
+            except (duckdb.Error, OSError) as exc:
+                # a failure inside the stream comes as OSError, with DuckDB's text
                 raise failed(exc) from None
             result: dict[str, Any] = {}
             for col_name in batch.schema.names:
@@ -384,9 +416,9 @@ def count_file_rows(ms: MatchSetConfig, rep: Reporter) -> int:
         ConfigError: the file cannot be read.
     """
     with readable_file(ms, rep) as (path, parquet), contextlib.closing(connect(path)) as con:
-        reader = "read_parquet($path)" if parquet else "read_csv($path, header = true)"
+        reader = "read_parquet($path)" if parquet else f"read_csv($path, {_CSV})"
         try:
             row = con.execute(f"SELECT count(*) FROM {reader}", {"path": str(path)}).fetchone()
         except duckdb.Error as exc:
-            raise rep.duckdb_error("source", exc) from None
+            raise _source_error(ms, rep, path, "source", exc, parquet=parquet) from None
     return int(row[0]) if row else 0

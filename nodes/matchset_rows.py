@@ -163,13 +163,17 @@ class Reporter:
             return DatabaseError(text, reason=exc.reason)
         return ConfigError(text)
 
-    def duckdb_error(self, what: str, exc: duckdb.Error) -> ConfigError:
-        """A DuckDB error as one line; withheld where DuckDB may quote a record value."""
+    def duckdb_error(self, what: str, exc: duckdb.Error | OSError) -> ConfigError:
+        """A DuckDB error as one line; withheld where DuckDB may quote a record value.
+
+        ``OSError``: DuckDB's error as its Arrow stream passes it on (same text).
+        """
         if isinstance(exc, _SAFE_ERRORS):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return ConfigError(f"{self.prefix}: {what}: {first}")
         # Conversion and CSV errors quote the offending row: never show them.
-        kind = type(exc).__name__.removesuffix("Exception")
+        name = type(exc).__name__.removesuffix("Exception")
+        kind = "stream" if isinstance(exc, OSError) else name
         return ConfigError(
             f"{self.prefix}: {what}: DuckDB {kind} error while reading the source "
             "(details withheld: they may quote record values; check the file's format "

@@ -2,6 +2,8 @@
 
 ``runtime.config``: the base of ``node.toml`` and ``coordinator.toml`` (TOML
 reading, strict models, path resolution, one-line errors). ``runtime.signals``:
-starting worker processes with Ctrl-C held back. Uses only :mod:`psi`, so both
-``nodes`` and ``coordinator`` may import it (tests/test_architecture.py).
+starting worker processes with Ctrl-C held back. ``runtime.csv_faults``: the
+line of a malformed CSV row, worded the same for rosters and match sets.
+Uses only :mod:`psi`, so both ``nodes`` and ``coordinator`` may import it
+(tests/test_architecture.py).
 """

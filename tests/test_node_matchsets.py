@@ -253,6 +253,76 @@ def test_a_header_only_csv_says_so(tmp_path: Path) -> None:
     assert info.value.diagnostics().endswith("custody.csv has a header and no rows")
 
 
+def _quoted(rows: list[str]) -> list[str]:
+    """``rows`` with every data cell quoted, as some exports write them (header plain)."""
+    return [rows[0], *(",".join(f'"{cell}"' for cell in row.split(",")) for row in rows[1:])]
+
+
+@pytest.mark.parametrize(
+    ("broken", "line", "message"),
+    [
+        # the quote of the second row's number never closes
+        (
+            lambda rows: [rows[0], rows[1], '"' + rows[2].replace('"', ""), *rows[3:]],
+            3,
+            "quote opened",
+        ),
+        # a stray quote inside a quoted field, not doubled
+        (lambda rows: [rows[0], rows[1].replace("张三", 'Zhang"san'), *rows[2:]], 2, "doubled"),
+        # one field too many
+        (lambda rows: [*rows[:3], rows[3] + ',"x"', *rows[4:]], 4, "expected 5 fields"),
+    ],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "gb18030"])
+@pytest.mark.parametrize("at_end", [False, True])
+@pytest.mark.parametrize("where", [WHERE, None])
+def test_a_broken_csv_row_is_named_by_line_and_loses_nothing(
+    tmp_path: Path,
+    broken: object,
+    line: int,
+    message: str,
+    encoding: str,
+    at_end: bool,
+    where: str | None,
+) -> None:
+    """A row whose quote does not close made DuckDB's sniffer choose "no quoting":
+    every quoted number then read with its quotes and *every* row was dropped as
+    invalid, a warning only. Now the file is refused, naming the line, and no value.
+    ``at_end``: the broken row comes after DuckDB's sniffing sample (20,480 rows).
+    Without ``where`` nothing else fails: this is the case that lost every row."""
+    assert callable(broken)
+    bad: list[str] = broken(_quoted(CUSTODY))
+    if at_end:  # 21,900 good rows after the header move the fault down
+        days = range(1, 366)
+        filler = _quoted(
+            [CUSTODY[0]]
+            + [
+                f"{ident(f'1508021980{d:03d}{n:04d}')},某,12,2025-02-01,"
+                for d in days
+                for n in range(60)
+            ]
+        )
+        bad = [*filler, *bad[1:]]
+        line += len(filler) - 1
+    write_csv(tmp_path / "custody.csv", bad, encoding)
+    payload = ["start_date", "end_date"] if where else []
+    cfg = config(tmp_path, "custody.csv", where=where, payload=payload)
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    text = info.value.diagnostics()
+    assert f"custody.csv:{line}: malformed CSV" in text and message in text, text
+    assert "\n" not in text and A not in text and B not in text and "张三" not in text
+
+
+def test_quoted_cells_read_as_plain_ones(tmp_path: Path) -> None:
+    """The fixed RFC 4180 quote reads a fully quoted export like the plain file."""
+    write_csv(tmp_path / "custody.csv", _quoted(CUSTODY))
+    cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date", "end_date"])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, X_ID]))
+    assert loaded.rejected == {}
+
+
 def test_conversion_errors_never_quote_values(tmp_path: Path) -> None:
     write_csv(tmp_path / "custody.csv", ["id_number,note", f"{A},{B}"])
     cfg = config(tmp_path, "custody.csv", where="CAST(note AS DATE) > $as_of", payload=[])

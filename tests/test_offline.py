@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import signal
 import subprocess
@@ -255,6 +256,42 @@ def test_close_gives_review_never_exit(fed: Federation, online: Path) -> None:
     before = {d["child_id"]: d["decision"] for d in online_doc["decisions"]}
     after = {d["child_id"]: d["decision"] for d in doc["decisions"]}
     assert "EXIT" not in {after[c] for c in after if before.get(c) != "EXIT"}
+
+
+def test_a_ctrl_c_after_close_writes_the_folder_leaves_the_round_complete(
+    fed: Federation, online: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C between the folder's rename and the state's update used to leave a
+    complete folder beside a round still waiting, its offline requests moved aside.
+    Now it is noted (CommitGuard, as in ``round run``): the round is complete."""
+    import io
+
+    from coordinator.offline_import import close_command
+    from coordinator.state import RoundState
+
+    config = _offline_toml(fed, "c-close-sigint.toml", ("justice",))
+    out = fed.root / "closed-sigint"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    rid = re.search(r"round ([0-9a-f]{32})", done.stdout)
+    assert rid is not None
+    finish = RoundState.finish_round
+
+    def ctrl_c_first(self: RoundState, *args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, at the worst moment
+        time.sleep(0.05)
+        finish(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RoundState, "finish_round", ctrl_c_first)
+    err = io.StringIO()
+    code = close_command(config=config, round_id=rid.group(1), stdout=io.StringIO(), stderr=err)
+    assert code == 3
+    assert "Ctrl-C came after the round was written; the round is complete" in err.getvalue()
+    assert (out / "decisions.json").is_file() and (out / "offline").is_dir()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    again = xmatch("round", "close", "--config", str(config), "--round", rid.group(1))
+    assert again.returncode == 1 and "waits for no response any more" in again.stderr, again.stderr
 
 
 def test_privacy_no_identity_in_clear(fed: Federation, online: Path) -> None:

@@ -242,6 +242,18 @@ def test_exit_code_2_for_a_date_that_does_not_exist(fed: Federation, tmp_path: P
     assert bad_form.returncode == 2 and "not a date in YYYY-MM-DD form" in bad_form.stderr
 
 
+@pytest.mark.parametrize("flag", ["--failed-source", "--service-source", "--service-need"])
+def test_exit_code_2_for_a_source_that_is_not_node_slash_set(flag: str, tmp_path: Path) -> None:
+    """A bad argument is a usage error for every command; this one used to exit 1."""
+    done = xmatch(
+        *("rules", "evaluate", "--roster", "r.csv", "--evidence", "e.csv"),
+        *("--as-of", "2026-11-29", "--out", str(tmp_path / "d.json"), flag, "nodeonly"),
+    )
+    assert done.returncode == exit_codes.USAGE, done.stderr
+    assert f"argument {flag}: 'nodeonly': expected NODE/SET" in done.stderr
+    assert not (tmp_path / "d.json").exists()
+
+
 def test_exit_code_4_is_reserved_in_one_place() -> None:
     assert exit_codes.WAITING == 4
     assert exit_codes.round_status(["ok", "waiting", "failed"]) == exit_codes.WAITING

@@ -100,6 +100,28 @@ def test_invalid_ids_are_problems_not_errors(tmp_path: Path) -> None:
         assert str(problem).startswith(f"{path}:2: column ")
 
 
+def test_a_repeated_child_is_noted_with_the_line_it_repeats(tmp_path: Path) -> None:
+    """Both rows are still decided (nothing is dropped); the note names lines, not the ID."""
+    path = _write(
+        tmp_path / "r.csv",
+        [
+            ROSTER_HEADER,
+            f"{CHILD},甲,,,{FATHER},,,,candidate,,,,",
+            ",未落户,2024-02-29,F,,,,,candidate,,yes,,",
+            f"{full_width(CHILD)},甲,,,,{MOTHER_X},,,candidate,,,,",  # the same number, written
+            ",未落户,2024-02-29,F,,,,,candidate,,yes,,",  # the same name, birth date and sex
+            ",未落户,2024-02-29,M,,,,,candidate,,yes,,",  # another child
+        ],
+    )
+    roster = read_roster(path)
+    assert len(roster.rows) == 5
+    assert [str(p) for p in roster.problems] == [
+        f"{path}:4: column child_id: the same child as line 2: keep one of the rows",
+        f"{path}:5: column child_name: the same child as line 3: keep one of the rows",
+    ]
+    assert all(not row.problems for row in roster.rows)  # no REVIEW for the note itself
+
+
 def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
     born = make_id(date(2026, 12, 1))
     path = _write(

@@ -59,6 +59,16 @@ def _date(text: str) -> _dt.date:
     return _dt.date(year, month, day)
 
 
+def _source(text: str) -> str:
+    """A ``NODE/SET`` argument: a bad one is a usage error (exit 2), like a bad date."""
+    node, slash, dataset = text.strip().partition("/")
+    if not (slash and node and dataset and "/" not in dataset):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NODE/SET, for example justice/custody"
+        )
+    return text.strip()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from xmatch.demo import run_demo
 
@@ -417,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--failed-source",
         action="append",
         default=[],
+        type=_source,
         metavar="NODE/SET",
         help="a match set that could not be queried (repeatable)",
     )
@@ -451,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-source",
         action="append",
         default=[],
+        type=_source,
         metavar="NODE/SET",
         help=(
             "a service-coverage match set of this evidence (repeatable), e.g. "
@@ -462,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-need",
         action="append",
         default=[],
+        type=_source,
         metavar="NODE/SET",
         help=(
             "a service-needs match set of this evidence (repeatable), e.g. "
