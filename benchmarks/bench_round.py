@@ -177,7 +177,9 @@ def configure(root: Path) -> tuple[Path, dict[str, int]]:
     ports = dict(zip([n.name for n in NODES], free_ports(len(NODES)), strict=True))
     (root / "logs").mkdir(exist_ok=True)
     for node in NODES:
-        synth.write_node_config(root, node, port=ports[node.name], max_query_size=20_000_000)
+        synth.write_node_config(
+            root, node, port=ports[node.name], max_query_size=20_000_000, budget_rounds=100_000
+        )
     config = synth.write_coordinator_config(root, NODES, ports=ports, deadline_seconds=600)
     return config, ports
 

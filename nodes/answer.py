@@ -81,16 +81,6 @@ class _FileCall:
         raise _Aborted(code, details)
 
 
-def _passphrase(config: NodeConfig) -> bytes | None:
-    env = config.node.passphrase_env
-    if env is None:
-        return None
-    value = os.environ.get(env)
-    if value is None:
-        raise InputError(f"node.passphrase_env: {env} is not set")
-    return value.encode()
-
-
 @dataclass(frozen=True)
 class DepartmentFile:
     """A sealed file read in the department, with what opening and answering it needs."""
@@ -114,7 +104,7 @@ def read_department_file(config: Path, file: Path, out: Path) -> DepartmentFile:
     node = cfg.node
     from nodes.server import _log_folder, _log_signer
 
-    passphrase = _passphrase(cfg)
+    passphrase = cfg.node.key_passphrase()
     sender = load_sender_key(
         name=node.name,
         key=node.key,

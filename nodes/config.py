@@ -427,6 +427,21 @@ class NodeSection(Strict):
     #: the XMATCH_X25519_BACKEND environment variable wins over this key.
     x25519_backend: Literal["auto", "crypto-mb", "openssl"] = "auto"
 
+    def key_passphrase(self) -> bytes | None:
+        """The passphrase of our keys, from :attr:`passphrase_env` (``None``: not encrypted).
+
+        Raises:
+            ConfigError: the variable is not set (any more).
+        """
+        if self.passphrase_env is None:
+            return None
+        value = os.environ.get(self.passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"node.passphrase_env: environment variable {self.passphrase_env} is not set"
+            )
+        return value.encode()
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

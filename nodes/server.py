@@ -24,7 +24,6 @@ import csv
 import datetime as _dt
 import errno
 import hashlib
-import os
 import signal
 import socket
 import sys
@@ -61,16 +60,6 @@ ENVELOPE_BYTES = 64 * 1024
 #: Send limit: gRPC's default 4 MiB, which the spec says no message may need.
 #: keyed-hash match chunks carry payload maps, so they may exceed max_chunk_bytes.
 SEND_LIMIT = 4 * 1024 * 1024
-
-
-def _passphrase(config: NodeConfig) -> bytes | None:
-    env = config.node.passphrase_env
-    if env is None:
-        return None
-    value = os.environ.get(env)
-    if value is None:
-        raise ConfigError(f"{config.path}: node.passphrase_env: {env} is not set")
-    return value.encode()
 
 
 def _address_in_use(listen: str) -> str | None:
@@ -308,7 +297,7 @@ def serve_from_config(path: Path | str) -> int:
     from nodes.state import NodeState
 
     # (2)
-    passphrase = _passphrase(config)
+    passphrase = config.node.key_passphrase()
     tls = load_tls_credentials(
         ca=node.ca, cert=node.cert, key=node.key, name=node.name, passphrase=passphrase
     )

@@ -250,7 +250,11 @@ def test_exit_code_2_for_a_source_that_is_not_node_slash_set(flag: str, tmp_path
         *("--as-of", "2026-11-29", "--out", str(tmp_path / "d.json"), flag, "nodeonly"),
     )
     assert done.returncode == exit_codes.USAGE, done.stderr
-    assert f"argument {flag}: 'nodeonly': expected NODE/SET" in done.stderr
+    # one line, like every other error (no usage block before it)
+    assert done.stderr == (
+        f"xmatch: error: argument {flag}: 'nodeonly': expected NODE/SET, for example "
+        "justice/custody (see `xmatch rules evaluate --help`)\n"
+    )
     assert not (tmp_path / "d.json").exists()
 
 

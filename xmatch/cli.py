@@ -24,6 +24,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from coordinator import exit_codes
 from psi.errors import ConfigError, XmatchError
@@ -218,8 +219,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line, like every other error (exit 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            exit_codes.USAGE,
+            f"xmatch: error: {message} (see `{self.prog} --help`)\n",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xmatch",
         description=(
             "Privacy-preserving matching for the orphan and de facto unsupported child "

@@ -1064,11 +1064,14 @@ def write_node_config(
     port: int,
     coordinator: str = COORDINATOR_NAME,
     max_query_size: int | None = None,
+    budget_rounds: int | None = None,
 ) -> Path:
     """Write ``root/NODE.node.toml`` as the department's operator would.
 
     ``max_query_size`` goes into each allow entry (default: the node's default,
-    100,000 identities); benchmarks with larger rosters set it.
+    100,000 identities); benchmarks with larger rosters set it. ``budget_rounds``:
+    rounds per day on each set (default: the node's, 50); a benchmark that reuses
+    its folder all day runs more than that.
     """
     limit = f", max_query_size = {max_query_size}" if max_query_size is not None else ""
     lines = [
@@ -1097,6 +1100,7 @@ def write_node_config(
         lines += [
             f"payload = {_toml_list(ms.payload)}",
             *([f"service_report = {_toml_str(ms.service_report)}"] if ms.service_report else []),
+            *([f'budget = {{ rounds = {budget_rounds}, period = "1d" }}'] if budget_rounds else []),
             'protocols = ["ecdh", "keyed-hash"]',
             f"allow = [{{ requester = {_toml_str(coordinator)}, "
             f"purposes = [{_toml_str(PURPOSE)}]{limit} }}]",
