@@ -10,7 +10,7 @@ import datetime as _dt
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +104,13 @@ def _commit(
     guard: CommitGuard,
     *,
     closed: bool,
+    imported: Callable[[], None] | None,
 ) -> None:
-    """Write the output folder, then mark the round finished; ``guard`` holds from the rename."""
+    """Write the output folder, then mark the round finished; ``guard`` holds from the rename.
+
+    ``imported`` records the last response as imported, once the folder is in place:
+    a round that fails before (a changed roster) can take the same response again.
+    """
     doc = opened.doc
     session = opened.session
     out = Path(doc["out"])
@@ -131,6 +136,8 @@ def _commit(
         raise
     if aside.is_dir():
         os.rename(aside, requests)
+    if imported is not None:
+        imported()
     failed = decided.failed
     session.state.finish_round(
         opened.rid,
@@ -141,8 +148,20 @@ def _commit(
     opened.pending.unlink(missing_ok=True)
 
 
-def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -> int:
-    """Decide and write the round once nothing waits; the exit code of the round."""
+def _finish(
+    opened: _Opened,
+    out_stream: TextIO,
+    err: TextIO,
+    guard: CommitGuard,
+    *,
+    closed: bool,
+    imported: Callable[[], None] | None = None,
+) -> int:
+    """Decide and write the round once nothing waits; the exit code of the round.
+
+    ``guard`` holds Ctrl-C from the folder's rename on; the caller's block around the
+    session keeps it held until the state and the log are closed too.
+    """
     doc = opened.doc
     session = opened.session
     cfg = session.config
@@ -172,8 +191,7 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
     session.state.record_decisions(opened.rid, {d.value: n for d, n in counts.items()})
     # From the folder's rename on, a Ctrl-C is only noted: the folder, the state and
     # the pending file must agree (a round written whole, or one still waiting).
-    with CommitGuard() as guard:
-        _commit(opened, decided, results, as_of, guard, closed=closed)
+    _commit(opened, decided, results, as_of, guard, closed=closed, imported=imported)
     for outcome in results:
         if outcome.status is not SubRoundStatus.OK:
             print(
@@ -185,8 +203,6 @@ def _finish(opened: _Opened, out_stream: TextIO, err: TextIO, *, closed: bool) -
     summary = ", ".join(f"{d.value} {n}" for d, n in sorted(counts.items()))
     print(f"round {opened.rid} complete: decisions: {summary}", file=out_stream)
     print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
-    if guard.interrupted:
-        print("note: Ctrl-C came after the round was written; the round is complete", file=err)
     return exit_codes.round_status([s.status.value for s in results])
 
 
@@ -253,79 +269,104 @@ def import_command(
         data = response.read_bytes()
     except OSError as exc:
         raise InputError(f"{response}: cannot read ({exc.strerror})") from None
-    with _session(config) as session:
-        try:
-            opened_file = open_sealed(
-                data, kind="response", recipient=session.keys.sealing, ca_pem=session.keys.ca_pem
-            )
-            entry = next(
-                (n for n in session.config.nodes if n.name == opened_file.sender and n.offline),
-                None,
-            )
-            if entry is None:
-                raise SealedFileError(
-                    f"{opened_file.sender!r} is not an offline node of this coordinator.toml"
-                )
-            earlier = session.state.response_imported(opened_file.file_id)
-            if earlier is not None:
-                raise SealedFileError(f"imported before (round {earlier}): nothing to do")
-            rid = opened_file.header["round_id"]
-            opened = _waiting_round(session, rid)
-            bundle = Bundle.from_bytes(opened_file.payload)
-            mine = [s for s in opened.doc["offline"] if s["node"] == entry.name]
-            if not mine or all("result" in s for s in mine):
-                raise SealedFileError(f"round {rid} waits for no response from {entry.name!r}")
-            if bundle.manifest.get("request_id") != mine[0]["request_id"]:
-                raise SealedFileError("answers another request of this round (an older copy?)")
-        except SealedFileError as exc:
-            _log_refusal(session, data, exc.diagnostics())
-            raise SealedFileError(f"{response}: refused: {exc.diagnostics()}") from None
-        except ProtocolError as exc:
-            _log_refusal(session, data, "unreadable content")
-            raise InputError(f"{response}: refused: unreadable content ({exc})") from None
-        session.audit.append(
-            "offline_file",
-            kind="response",
-            action="opened",
-            peer=entry.name,
-            file_sha256=opened_file.sha256,
-            file_id=opened_file.file_id,
-            round_id=rid,
+    with CommitGuard() as guard:
+        with _session(config) as session:
+            code = _import(session, data, response, out_stream, err, guard)
+        _note_late_interrupt(guard, err)
+        return code
+
+
+def _note_late_interrupt(guard: CommitGuard, err: TextIO) -> None:
+    if guard.interrupted:
+        print("note: Ctrl-C came after the round was written; the round is complete", file=err)
+
+
+def _import(
+    session: _Session,
+    data: bytes,
+    response: Path,
+    out_stream: TextIO,
+    err: TextIO,
+    guard: CommitGuard,
+) -> int:
+    """The body of :func:`import_command`, in an open session."""
+    try:
+        opened_file = open_sealed(
+            data, kind="response", recipient=session.keys.sealing, ca_pem=session.keys.ca_pem
         )
-        identities = list(opened.doc["identities"])
-        encoded = encode_identities(identities)
-        listed = bundle.manifest.get("sub_rounds")
-        subs = [s for s in listed if isinstance(s, dict)] if isinstance(listed, list) else []
-        answers = {str(s.get("match_set")): s for s in subs}
-        for sub in mine:
-            pending = PendingSubRound.from_json(sub)
-            outcome = import_sub_round(
-                pending,
-                entry,
-                answer=answers.get(pending.match_set),
-                parts=bundle.parts,
-                encoded=encoded,
-                identities=identities,
-                node_display_name=str(bundle.manifest.get("display_name", "")),
-                chunk_items=session.config.coordinator.chunk_items,
+        entry = next(
+            (n for n in session.config.nodes if n.name == opened_file.sender and n.offline),
+            None,
+        )
+        if entry is None:
+            raise SealedFileError(
+                f"{opened_file.sender!r} is not an offline node of this coordinator.toml"
             )
-            _imported(opened, sub, outcome)
-            print(f"{outcome.source}: {outcome.status.value}: {outcome.detail}", file=out_stream)
+        earlier = session.state.response_imported(opened_file.file_id)
+        if earlier is not None:
+            raise SealedFileError(f"imported before (round {earlier}): nothing to do")
+        rid = opened_file.header["round_id"]
+        opened = _waiting_round(session, rid)
+        bundle = Bundle.from_bytes(opened_file.payload)
+        mine = [s for s in opened.doc["offline"] if s["node"] == entry.name]
+        if not mine or all("result" in s for s in mine):
+            raise SealedFileError(f"round {rid} waits for no response from {entry.name!r}")
+        if bundle.manifest.get("request_id") != mine[0]["request_id"]:
+            raise SealedFileError("answers another request of this round (an older copy?)")
+    except SealedFileError as exc:
+        _log_refusal(session, data, exc.diagnostics())
+        raise SealedFileError(f"{response}: refused: {exc.diagnostics()}") from None
+    except ProtocolError as exc:
+        _log_refusal(session, data, "unreadable content")
+        raise InputError(f"{response}: refused: unreadable content ({exc})") from None
+    session.audit.append(
+        "offline_file",
+        kind="response",
+        action="opened",
+        peer=entry.name,
+        file_sha256=opened_file.sha256,
+        file_id=opened_file.file_id,
+        round_id=rid,
+    )
+    identities = list(opened.doc["identities"])
+    encoded = encode_identities(identities)
+    listed = bundle.manifest.get("sub_rounds")
+    subs = [s for s in listed if isinstance(s, dict)] if isinstance(listed, list) else []
+    answers = {str(s.get("match_set")): s for s in subs}
+    for sub in mine:
+        pending = PendingSubRound.from_json(sub)
+        outcome = import_sub_round(
+            pending,
+            entry,
+            answer=answers.get(pending.match_set),
+            parts=bundle.parts,
+            encoded=encoded,
+            identities=identities,
+            node_display_name=str(bundle.manifest.get("display_name", "")),
+            chunk_items=session.config.coordinator.chunk_items,
+        )
+        _imported(opened, sub, outcome)
+        print(f"{outcome.source}: {outcome.status.value}: {outcome.detail}", file=out_stream)
+
+    def imported() -> None:
         session.state.import_offline(
             rid, entry.name, response_id=opened_file.file_id, response_sha256=opened_file.sha256
         )
-        left = [s for s in opened.doc["offline"] if "result" not in s]
-        if left:
-            save_pending(
-                session.keys,
-                opened.pending,
-                opened.doc,
-                expires=_dt.datetime.now(_dt.UTC) + _dt.timedelta(days=366),
-            )
-            nodes = sorted({s["node"] for s in left})
-            print(f"round {rid} still waits for: {', '.join(nodes)}", file=out_stream)
-            return exit_codes.WAITING
-        return _finish(opened, out_stream, err, closed=False)
+
+    left = [s for s in opened.doc["offline"] if "result" not in s]
+    if left:
+        # the results first: a response marked imported must not lose them
+        save_pending(
+            session.keys,
+            opened.pending,
+            opened.doc,
+            expires=_dt.datetime.now(_dt.UTC) + _dt.timedelta(days=366),
+        )
+        imported()
+        nodes = sorted({s["node"] for s in left})
+        print(f"round {rid} still waits for: {', '.join(nodes)}", file=out_stream)
+        return exit_codes.WAITING
+    return _finish(opened, out_stream, err, guard, closed=False, imported=imported)
 
 
 def close_command(
@@ -340,23 +381,33 @@ def close_command(
     """
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    with _session(config) as session:
-        opened = _waiting_round(session, round_id)
-        for sub in opened.doc["offline"]:
-            if "result" in sub:
-                continue
-            pending = PendingSubRound.from_json(sub)
-            reason = "no offline response (round closed)"
-            outcome = SubRound(
-                node=pending.node,
-                match_set=pending.match_set,
-                protocol=pending.protocol,
-                circumstance=None,
-                status=SubRoundStatus.FAILED,
-                matches=0,
-                seconds=0.0,
-                detail=reason,
-                reason=reason,
-            )
-            _imported(opened, sub, outcome)
-        return _finish(opened, out_stream, err, closed=True)
+    with CommitGuard() as guard:
+        with _session(config) as session:
+            code = _close(session, round_id, out_stream, err, guard)
+        _note_late_interrupt(guard, err)
+        return code
+
+
+def _close(
+    session: _Session, round_id: str, out_stream: TextIO, err: TextIO, guard: CommitGuard
+) -> int:
+    """The body of :func:`close_command`, in an open session."""
+    opened = _waiting_round(session, round_id)
+    for sub in opened.doc["offline"]:
+        if "result" in sub:
+            continue
+        pending = PendingSubRound.from_json(sub)
+        reason = "no offline response (round closed)"
+        outcome = SubRound(
+            node=pending.node,
+            match_set=pending.match_set,
+            protocol=pending.protocol,
+            circumstance=None,
+            status=SubRoundStatus.FAILED,
+            matches=0,
+            seconds=0.0,
+            detail=reason,
+            reason=reason,
+        )
+        _imported(opened, sub, outcome)
+    return _finish(opened, out_stream, err, guard, closed=True)

@@ -65,7 +65,7 @@ def _roster_of_cells(
     if not lines:
         # every command refuses it the same way: an empty export is a mistake
         # (a wrong sheet or query), and a round over no children decides nothing
-        raise InputError(f"{name}: the roster has a header and no rows (no children)")
+        raise InputError(f"{name}: the roster has no rows (no children)")
     ids = {c: _normalize_ids(cells[c], today=as_of) for c in ("child_id", "father_id", "mother_id")}
     rows = _roster_by_column(name, lines, cells, ids)
     if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first

@@ -35,6 +35,7 @@ import codecs
 import contextlib
 import datetime as _dt
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from nodes.matchset_rows import (
     convert,
 )
 from psi.errors import ConfigError
-from runtime.csv_faults import first_fault
+from runtime.csv_faults import NOT_CLOSED, first_fault
 
 __all__ = [
     "DUCKDB_MEMORY_LIMIT",
@@ -62,9 +63,11 @@ __all__ = [
     "build_query",
     "connect",
     "count_file_rows",
+    "csv_options",
     "detect_encoding",
     "quote",
     "readable_file",
+    "source_error",
     "stream_file",
 ]
 
@@ -73,11 +76,13 @@ _BLOCK = 1 << 20
 DUCKDB_MEMORY_LIMIT = "256MB"
 _PARQUET = frozenset({".parquet", ".pq"})
 _TEXT_TYPES = ("VARCHAR",)
-#: How a CSV is read: a header line, RFC 4180 quotes (what spreadsheet software
-#: writes); DuckDB detects the delimiter and the types. The quote is fixed, not
-#: detected: given a row whose quote does not close, DuckDB's sniffer chose "no
-#: quoting", and every quoted identity number was then dropped as invalid.
-_CSV = "header = true, quote = '\"', escape = '\"'"
+#: the quote and escape characters a CSV may use, as SQL literals
+_CSV_CHARS = {'"': "'\"'", "'": "''''", "\\": "'\\'"}
+#: DuckDB's own words for a malformed CSV record (its message quotes the record: only
+#: the line number and one of these are ever shown)
+_CSV_KINDS = (("unterminated quote", NOT_CLOSED), ("unquoted", NOT_CLOSED))
+_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
+_CSV_COUNTS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 
 
@@ -172,6 +177,29 @@ def connect(source: Path | None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def csv_options(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """How the CSV at ``path`` is read: a header line, no row skipped, and its quotes.
+
+    DuckDB detects the delimiter and the types. The quote and escape are those its
+    sniffer finds (``"`` or ``'``; a backslash or the quote doubled), but ``"``
+    (RFC 4180, what spreadsheet software writes) where it finds none: given a row
+    whose quote does not close, the sniffer chose "no quoting", and every quoted
+    identity number was then dropped as invalid. ``skip = 0``: given a ragged
+    row, the sniffer chose to skip the rows before it.
+    """
+    try:
+        found = con.execute(
+            "SELECT Quote, Escape FROM sniff_csv($path, header = true, skip = 0)",
+            {"path": str(path)},
+        ).fetchone()
+    except duckdb.Error:
+        found = None  # the read itself names the problem
+    quote_char = found[0] if found is not None and found[0] in ('"', "'") else '"'
+    escape = found[1] if found is not None and found[1] in _CSV_CHARS else quote_char
+    chars = _CSV_CHARS
+    return f"header = true, skip = 0, quote = {chars[quote_char]}, escape = {chars[escape]}"
+
+
 def quote(name: str) -> str:
     """``name`` as an SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
@@ -223,7 +251,7 @@ def _csv_fault(ms: MatchSetConfig, rep: Reporter, path: Path) -> ConfigError | N
     return None if fault is None else rep.error(fault)
 
 
-def _source_error(
+def source_error(
     ms: MatchSetConfig,
     rep: Reporter,
     path: Path,
@@ -232,9 +260,28 @@ def _source_error(
     *,
     parquet: bool,
 ) -> ConfigError:
-    """DuckDB failing on the source; for a CSV, the line of its first malformed record."""
-    fault = None if parquet else _csv_fault(ms, rep, path)
-    return fault if fault is not None else rep.duckdb_error(what, exc)
+    """DuckDB failing on the source; for a malformed CSV, the line of the record.
+
+    DuckDB names the line when it meets the record while reading (it counts
+    records, the header as 1: the file's line unless a cell holds a line break).
+    When its sniffer gives up instead, the file is scanned here for the first
+    malformed record. Any other error (a ``where`` typo, a type) is DuckDB's.
+    """
+    text = str(exc)
+    if parquet or not (isinstance(exc, OSError) or "CSV" in text or "sniffing" in text):
+        return rep.duckdb_error(what, exc)
+    line = _CSV_LINE.search(text)
+    if line is None:
+        fault = _csv_fault(ms, rep, path)
+        return fault if fault is not None else rep.duckdb_error(what, exc)
+    counts = _CSV_COUNTS.search(text)
+    if counts is not None:
+        kind = f"expected {counts.group(1)} fields as in the header, found {counts.group(2)}"
+    else:
+        kind = next((words for key, words in _CSV_KINDS if key in text), "")
+    if not kind:
+        return rep.duckdb_error(what, exc)
+    return rep.error(f"{ms.source_file.name}:{line.group(1)}: malformed CSV: {kind}")
 
 
 def _date_hints(
@@ -243,6 +290,7 @@ def _date_hints(
     rep: Reporter,
     path: Path,
     columns: Mapping[str, str],
+    options: str,
 ) -> list[str]:
     """CSV payload date columns detected as text whose every non-empty cell is a date."""
     candidates = [c for c in ms.payload if c in DATE_COLUMNS and columns[c].upper() in _TEXT_TYPES]
@@ -256,11 +304,11 @@ def _date_hints(
     types = {ms.id_column: "VARCHAR", **dict.fromkeys(candidates, "VARCHAR")}
     try:
         rows = con.execute(
-            f"SELECT {counts} FROM read_csv($path, {_CSV}, types = $types)",
+            f"SELECT {counts} FROM read_csv($path, {options}, types = $types)",
             {"path": str(path), "types": types},
         ).fetchall()  # fetch to the end: the connection runs the main query next
     except duckdb.Error as exc:
-        raise _source_error(ms, rep, path, "source", exc, parquet=False) from None
+        raise source_error(ms, rep, path, "source", exc, parquet=False) from None
     bad = rows[0] if rows else [1] * len(candidates)
     return [c for c, n in zip(candidates, bad, strict=True) if n == 0]
 
@@ -280,18 +328,19 @@ def build_query(
         plain = reader = "read_parquet($path)"
         params: dict[str, Any] = {"path": str(path)}
     else:
-        plain = f"read_csv($path, {_CSV})"
-        reader = f"read_csv($path, {_CSV}, types = $types)"
+        options = csv_options(con, path)
+        plain = f"read_csv($path, {options})"
+        reader = f"read_csv($path, {options}, types = $types)"
         params = {"path": str(path), "types": {ms.id_column: "VARCHAR"}}
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {plain}", {"path": str(path)})
         columns = {str(r[0]): str(r[1]) for r in described.fetchall()}
     except duckdb.Error as exc:
-        raise _source_error(ms, rep, path, "source", exc, parquet=parquet) from None
+        raise source_error(ms, rep, path, "source", exc, parquet=parquet) from None
     # (2) required columns
     if ms.id_column not in columns:
-        # a row with more fields than the header makes DuckDB guess another delimiter
-        fault = None if parquet else _csv_fault(ms, rep, path)
+        # a ragged row makes DuckDB guess another delimiter: the header is one column
+        fault = None if parquet or len(columns) > 1 else _csv_fault(ms, rep, path)
         raise fault or rep.error(
             f"id_column {ms.id_column!r} not found in {ms.source_file.name} "
             f"(columns: {', '.join(list(columns)[:20])})"
@@ -309,7 +358,7 @@ def build_query(
         )
     hints: list[str] = []
     if not parquet:
-        hints = _date_hints(con, ms, rep, path, columns)
+        hints = _date_hints(con, ms, rep, path, columns, options)
         params["types"] = {**params["types"], **dict.fromkeys(hints, "DATE")}
         columns = {**columns, **dict.fromkeys(hints, "DATE")}
     # (3) the query; $as_of is always referenced (by the CTE), so binding it is valid
@@ -340,9 +389,10 @@ def build_query(
 
 def _no_rows(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """Whether the CSV at ``path`` has no data row (asked only after a failure)."""
+    options = csv_options(con, path)
     try:
         found = con.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM read_csv($path, {_CSV}, all_varchar = true)"
+            f"SELECT count(*) FROM (SELECT 1 FROM read_csv($path, {options}, all_varchar = true)"
             " LIMIT 1)",
             {"path": str(path)},
         ).fetchone()
@@ -383,7 +433,7 @@ def stream_file(
                 # every column of a header-only CSV is text: `where` fails on its types,
                 # which says nothing about the real problem
                 return rep.error(f"{ms.source_file.name} has a header and no rows")
-            return _source_error(ms, rep, path, what, exc, parquet=parquet)
+            return source_error(ms, rep, path, what, exc, parquet=parquet)
 
         try:
             reader = con.sql(query.sql, params=query.params).to_arrow_reader(batch_rows)
@@ -416,9 +466,9 @@ def count_file_rows(ms: MatchSetConfig, rep: Reporter) -> int:
         ConfigError: the file cannot be read.
     """
     with readable_file(ms, rep) as (path, parquet), contextlib.closing(connect(path)) as con:
-        reader = "read_parquet($path)" if parquet else f"read_csv($path, {_CSV})"
+        reader = "read_parquet($path)" if parquet else f"read_csv($path, {csv_options(con, path)})"
         try:
             row = con.execute(f"SELECT count(*) FROM {reader}", {"path": str(path)}).fetchone()
         except duckdb.Error as exc:
-            raise _source_error(ms, rep, path, "source", exc, parquet=parquet) from None
+            raise source_error(ms, rep, path, "source", exc, parquet=parquet) from None
     return int(row[0]) if row else 0

@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from nodes.config import NodeConfig
-from nodes.matchset_files import Query, build_query, connect, quote, readable_file
+from nodes.matchset_files import (
+    Query,
+    build_query,
+    connect,
+    quote,
+    readable_file,
+    source_error,
+)
 from nodes.matchset_rows import (
     STREAM_BATCH_ROWS,
     LoadedMatchSet,
@@ -101,8 +108,8 @@ def prepare_file(config: NodeConfig, name: str, version: tuple[int, int]) -> Pre
                 f"SELECT {', '.join(quote(c) for c in keep)} FROM {query.reader}",
                 params=query.reader_params,
             ).to_arrow_table()
-        except duckdb.Error as exc:
-            raise rep.duckdb_error("source", exc) from None
+        except (duckdb.Error, OSError) as exc:
+            raise source_error(ms, rep, path, "source", exc, parquet=parquet) from None
     return _normalized(version, rows, query, ms.id_column)
 
 

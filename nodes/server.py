@@ -20,7 +20,6 @@ reason ``startup failed`` before the log is closed.
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import datetime as _dt
 import errno
 import hashlib
@@ -88,39 +87,6 @@ def _address_in_use(listen: str) -> str | None:
     return None
 
 
-def _ragged_row(source: Path) -> tuple[int, int, int] | None:
-    """``(line, fields, header fields)`` of the first CSV row whose number of fields
-    differs from the header's, or ``None``. Reads field counts only, never values."""
-    delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
-    try:
-        with source.open(encoding="utf-8", errors="replace", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            header = next(reader, None)
-            if header is None:
-                return None
-            for fields in reader:
-                if fields and len(fields) != len(header):
-                    return reader.line_num, len(fields), len(header)
-    except (OSError, csv.Error):
-        return None
-    return None
-
-
-def _raise_ragged_row(config: NodeConfig) -> None:
-    """Raise a one-line ConfigError naming the file and line of a ragged CSV row, if any."""
-    for i, ms in enumerate(config.match_sets):
-        source = ms.source
-        if not isinstance(source, Path) or source.suffix.lower() not in (".csv", ".txt", ".tsv"):
-            continue
-        found = _ragged_row(source)
-        if found is not None:
-            line, fields, width = found
-            raise ConfigError(
-                f"{config.path}: match_sets[{i}] ({ms.name!r}): source {source.name}:{line}: "
-                f"expected {width} fields as in the header, found {fields}"
-            )
-
-
 def build_server(
     config: NodeConfig,
     state: NodeState,
@@ -176,16 +142,11 @@ def _validate_match_sets(config: NodeConfig, store: MatchSetStore) -> list[Loade
     """Load every match set once at startup; each dropped-rows count goes to stderr.
 
     Raises:
-        ConfigError: a set cannot be loaded (a ragged CSV row is found and named).
+        ConfigError: a set cannot be loaded (a malformed CSV row is named by its line).
     """
     node = config.node
-    try:
-        loaded = store.validate_all(_dt.date.today())
-    except ConfigError:
-        # DuckDB's message about a ragged CSV quotes rows (so it is withheld) and has
-        # no line number: find the row ourselves, only now that loading failed
-        _raise_ragged_row(config)
-        raise
+    # a malformed CSV row is named by the loader (nodes.matchset_files.source_error)
+    loaded = store.validate_all(_dt.date.today())
     for ms in loaded:
         if ms.rejected:
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(ms.rejected.items()))

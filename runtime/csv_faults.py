@@ -10,7 +10,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["first_fault", "malformed"]
+__all__ = ["NOT_CLOSED", "first_fault", "malformed"]
+
+#: a quoted field that ends badly, where the reader met it later (another row's
+#: quote closed it, or a quote inside it was not doubled)
+NOT_CLOSED = (
+    "a quoted field in this row is not closed properly: its closing quote is missing, "
+    'or a quote inside it is not doubled ("")'
+)
 
 #: the delimiters DuckDB's sniffer tries, in its order
 _DELIMITERS = (",", "|", ";", "\t")
@@ -28,10 +35,7 @@ def malformed(name: str, start: int, end: int, exc: csv.Error) -> str:
     if "unexpected end of data" in text or "field larger than field limit" in text:
         return f"{name}:{start}: malformed CSV: a quote opened in this row is never closed"
     if "expected after" in text:
-        return (
-            f"{name}:{start}: malformed CSV: a quote opened in this row does not close "
-            "where its field ends (a quote inside a quoted field must be doubled)"
-        )
+        return f"{name}:{start}: malformed CSV: {NOT_CLOSED}"
     return f"{name}:{end}: malformed CSV: {text}"
 
 
@@ -46,7 +50,7 @@ def first_fault(path: Path, name: str) -> str | None:
     """The first record of the UTF-8 CSV at ``path`` that breaks the format, or None.
 
     A fault is a quote that does not close properly, or a row whose number of
-    fields differs from the header's (blank lines are allowed). ``name`` is the
+    fields differs from the header's (empty lines are allowed). ``name`` is the
     file as the message should call it (a temporary UTF-8 copy is named as its
     original). Reads the whole file: call it only after a reader has failed.
 
@@ -66,7 +70,7 @@ def first_fault(path: Path, name: str) -> str | None:
                 return None
             except csv.Error as exc:
                 return malformed(name, start, reader.line_num, exc)
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
+            if not fields:  # an empty line; one of blanks is a row of one field, as DuckDB reads it
                 continue
             if width is None:
                 width = len(fields)

@@ -147,7 +147,7 @@ def test_invalid_ids_give_review_and_stderr_lines(tmp_path: Path) -> None:
     [
         ("roster", b"child_id,child_name\n1,2\n", ":1: missing required column status"),
         # a header and no rows: refused by every command alike (round run too)
-        ("roster", (ROSTER_HEADER + "\n").encode(), ": the roster has a header and no rows"),
+        ("roster", (ROSTER_HEADER + "\n").encode(), ": the roster has no rows (no children)"),
         (
             "roster",
             (ROSTER_HEADER + "\n" + f"{CHILD},a,,,,,,,candidate\n").encode(),

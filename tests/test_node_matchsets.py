@@ -16,6 +16,7 @@ from nodes.config import NodeConfig, load_node_config
 from nodes.matchsets import MatchSetStore, detect_encoding, load_match_set
 from psi.errors import ConfigError
 from psi.identifiers import check_character, encode_identities
+from runtime.csv_faults import NOT_CLOSED
 from tests import configs
 from tests.configs import put
 
@@ -265,12 +266,16 @@ def _quoted(rows: list[str]) -> list[str]:
         (
             lambda rows: [rows[0], rows[1], '"' + rows[2].replace('"', ""), *rows[3:]],
             3,
-            "quote opened",
+            NOT_CLOSED,
         ),
         # a stray quote inside a quoted field, not doubled
-        (lambda rows: [rows[0], rows[1].replace("张三", 'Zhang"san'), *rows[2:]], 2, "doubled"),
+        (lambda rows: [rows[0], rows[1].replace("张三", 'Zhang"san'), *rows[2:]], 2, NOT_CLOSED),
         # one field too many
-        (lambda rows: [*rows[:3], rows[3] + ',"x"', *rows[4:]], 4, "expected 5 fields"),
+        (
+            lambda rows: [*rows[:3], rows[3] + ',"x"', *rows[4:]],
+            4,
+            "expected 5 fields as in the header, found 6",
+        ),
     ],
 )
 @pytest.mark.parametrize("encoding", ["utf-8", "gb18030"])
@@ -310,7 +315,7 @@ def test_a_broken_csv_row_is_named_by_line_and_loses_nothing(
     with pytest.raises(ConfigError) as info:
         load_match_set(cfg, "custody", AS_OF)
     text = info.value.diagnostics()
-    assert f"custody.csv:{line}: malformed CSV" in text and message in text, text
+    assert text.endswith(f"custody.csv:{line}: malformed CSV: {message}"), text
     assert "\n" not in text and A not in text and B not in text and "张三" not in text
 
 
@@ -321,6 +326,59 @@ def test_quoted_cells_read_as_plain_ones(tmp_path: Path) -> None:
     loaded = load_match_set(cfg, "custody", AS_OF)
     assert as_set(loaded.identities) == as_set(encode_identities([A, X_ID]))
     assert loaded.rejected == {}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        # single quotes: DuckDB's sniffer finds them, and they are used
+        ["id_number,term_months", f"'{A}','8'", f"'{B}','12'", f"'{C}','7'"],
+        # a backslash escaping a quote (MySQL's export)
+        ["id_number,note,term_months", f'{A},"5\\" screen",8', f"{B},x,12", f"{C},y,7"],
+        # a trailing delimiter on every row
+        ["id_number,term_months", f"{A},8,", f"{B},12,", f"{C},7,"],
+    ],
+    ids=["single-quotes", "backslash-escape", "trailing-delimiter"],
+)
+def test_other_quotings_still_read_every_row(tmp_path: Path, rows: list[str]) -> None:
+    """What DuckDB read before the quote was fixed still reads: the quote is fixed to
+    ``"`` only where DuckDB's sniffer finds none (a file quoted with ``'`` would
+    otherwise keep its quotes, and every number would drop as invalid)."""
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where="term_months >= 6", payload=[])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    assert as_set(loaded.identities) == as_set(encode_identities([A, B, C]))
+    assert loaded.rejected == {}
+
+
+def test_a_where_typo_is_not_called_a_malformed_csv(tmp_path: Path) -> None:
+    """Only DuckDB's CSV errors are looked up in the file; a ``where`` mistake is
+    reported as DuckDB words it, even for a file our own scan would find fault with."""
+    write_csv(tmp_path / "custody.csv", ["id_number,term_months", f"{A},8,", f"{B},12,"])
+    cfg = config(tmp_path, "custody.csv", where="nosuchcol > 3", payload=[])
+    with pytest.raises(ConfigError, match=r"where: Binder Error: Referenced column"):
+        load_match_set(cfg, "custody", AS_OF)
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "message"),
+    [
+        # a ragged row in DuckDB's sample: its sniffer chose to skip the rows before it
+        (["id_number,note", f"{A},a", f"{B},b", f"{C},c,d"], 4, "expected 2 fields"),
+        # a line of blanks is a row of one field
+        (["id_number,note", f"{A},a", "   ", f"{B},b"], 3, "expected 2 fields"),
+    ],
+)
+def test_a_ragged_row_is_named_without_where(
+    tmp_path: Path, rows: list[str], line: int, message: str
+) -> None:
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    text = info.value.diagnostics()
+    assert f"custody.csv:{line}: malformed CSV: {message}" in text, text
+    assert A not in text and B not in text
 
 
 def test_conversion_errors_never_quote_values(tmp_path: Path) -> None:

@@ -258,31 +258,44 @@ def test_close_gives_review_never_exit(fed: Federation, online: Path) -> None:
     assert "EXIT" not in {after[c] for c in after if before.get(c) != "EXIT"}
 
 
+@pytest.mark.parametrize("moment", ["state", "log"])
 def test_a_ctrl_c_after_close_writes_the_folder_leaves_the_round_complete(
-    fed: Federation, online: Path, monkeypatch: pytest.MonkeyPatch
+    fed: Federation, online: Path, monkeypatch: pytest.MonkeyPatch, moment: str
 ) -> None:
     """A Ctrl-C between the folder's rename and the state's update used to leave a
     complete folder beside a round still waiting, its offline requests moved aside.
     Now it is noted (CommitGuard, as in ``round run``): the round is complete."""
     import io
 
+    from audit.log import AuditLog
     from coordinator.offline_import import close_command
     from coordinator.state import RoundState
 
-    config = _offline_toml(fed, "c-close-sigint.toml", ("justice",))
-    out = fed.root / "closed-sigint"
+    config = _offline_toml(fed, f"c-close-sigint-{moment}.toml", ("justice",))
+    out = fed.root / f"closed-sigint-{moment}"
     done = round_run(config, out, as_of=AS_OF)
     assert done.returncode == 4, done.stderr
     rid = re.search(r"round ([0-9a-f]{32})", done.stdout)
     assert rid is not None
-    finish = RoundState.finish_round
+    finish, append = RoundState.finish_round, AuditLog.append
 
-    def ctrl_c_first(self: RoundState, *args: object, **kwargs: object) -> None:
+    def ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, at the worst moment
         time.sleep(0.05)
+
+    def finish_after_ctrl_c(self: RoundState, *args: object, **kwargs: object) -> None:
+        ctrl_c()
         finish(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(RoundState, "finish_round", ctrl_c_first)
+    def shutdown_after_ctrl_c(self: AuditLog, event: str, **fields: object) -> int:
+        if event == "shutdown":
+            ctrl_c()
+        return append(self, event, **fields)
+
+    if moment == "state":  # between the folder's rename and the state's update
+        monkeypatch.setattr(RoundState, "finish_round", finish_after_ctrl_c)
+    else:  # while the log's shutdown entry is written
+        monkeypatch.setattr(AuditLog, "append", shutdown_after_ctrl_c)
     err = io.StringIO()
     code = close_command(config=config, round_id=rid.group(1), stdout=io.StringIO(), stderr=err)
     assert code == 3
@@ -292,6 +305,39 @@ def test_a_ctrl_c_after_close_writes_the_folder_leaves_the_round_complete(
     monkeypatch.undo()
     again = xmatch("round", "close", "--config", str(config), "--round", rid.group(1))
     assert again.returncode == 1 and "waits for no response any more" in again.stderr, again.stderr
+
+
+def test_a_last_response_refused_for_a_changed_roster_can_be_imported_again(
+    fed: Federation, online: Path
+) -> None:
+    """The response used to be marked imported before the round was written: once the
+    roster was restored, the same file was refused ("imported before"), and the
+    department's answer was lost. Now it counts as imported only with the folder."""
+    from coordinator.config import load_coordinator_config
+
+    config = _offline_toml(fed, "c-reimport.toml", ("justice",))
+    out = fed.root / "reimport"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    response = fed.root / "justice-reimport.response"
+    answered = _answer(fed, "justice", out / "offline" / "justice.request", response)
+    assert answered.returncode == 0, answered.stderr
+    roster = load_coordinator_config(config).coordinator.roster
+    assert isinstance(roster, Path)
+    saved = roster.read_bytes()
+    lines = saved.decode("utf-8").splitlines(keepends=True)
+    roster.write_text("".join(lines[:-1]), encoding="utf-8")  # one child less
+    try:
+        first = _import(config, response)
+    finally:
+        roster.write_bytes(saved)
+    assert first.returncode == 1 and "the roster changed since round" in first.stderr
+    assert not (out / "decisions.json").exists()
+    second = _import(config, response)
+    assert second.returncode in (0, 3), second.stderr
+    assert (out / "decisions.json").is_file()
+    third = _import(config, response)
+    assert third.returncode != 0 and "imported before" in third.stderr, third.stderr
 
 
 def test_privacy_no_identity_in_clear(fed: Federation, online: Path) -> None:

@@ -252,7 +252,7 @@ def test_exit_code_2_for_a_source_that_is_not_node_slash_set(flag: str, tmp_path
     assert done.returncode == exit_codes.USAGE, done.stderr
     # one line, like every other error (no usage block before it)
     assert done.stderr == (
-        f"xmatch: error: argument {flag}: 'nodeonly': expected NODE/SET, for example "
+        f"xmatch: error: argument {flag}: expected NODE/SET, for example "
         "justice/custody (see `xmatch rules evaluate --help`)\n"
     )
     assert not (tmp_path / "d.json").exists()
@@ -318,7 +318,8 @@ def test_short_csv_row_of_a_node_source_gives_its_line(fed: Federation) -> None:
     assert done.returncode == 1
     width = len(lines[0].split(","))
     assert (
-        f"('deaths'): source deaths-short.csv:5: expected {width} fields as in the header, found 1"
+        f"('deaths'): deaths-short.csv:5: malformed CSV: expected {width} fields as in the "
+        "header, found 1"
     ) in _one_error_line(done)
 
 

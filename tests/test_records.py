@@ -145,6 +145,16 @@ def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
         ([ROSTER_HEADER, ",甲,2020-01-01,,,,,,candidate,,,,"], 2, "column child_sex"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,maybe,,"], 2, "column foundling"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,1504,"], 2, "column region_code"),
+        # a quote inside a quoted field, not doubled: the line of the record
+        (
+            [
+                ROSTER_HEADER,
+                f'{CHILD},"甲"乙,,,,,,,candidate,,,,',
+                f"{CHILD},丙,,,,,,,candidate,,,,",
+            ],
+            2,
+            "a quoted field in this row is not closed properly",
+        ),
         # a quote never closed: the line where it opened, not the end of the file
         (
             [ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,", f'{CHILD},"乙,,,,,,,candidate,,,,']

@@ -64,9 +64,8 @@ def _source(text: str) -> str:
     """A ``NODE/SET`` argument: a bad one is a usage error (exit 2), like a bad date."""
     node, slash, dataset = text.strip().partition("/")
     if not (slash and node and dataset and "/" not in dataset):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected NODE/SET, for example justice/custody"
-        )
+        # the value is not echoed: it could be anything, an identity number too
+        raise argparse.ArgumentTypeError("expected NODE/SET, for example justice/custody")
     return text.strip()
 
 
