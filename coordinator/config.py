@@ -59,7 +59,14 @@ from coordinator.share_config import ShareEntry
 from databases import DatabaseSource, source_from_toml
 from psi.contract import FileEncoding, ProtocolName
 from psi.errors import ConfigError
-from runtime.config import COORDINATOR_WORDING, Strict, one_line, read_toml, resolve_path
+from runtime.config import (
+    COORDINATOR_WORDING,
+    Strict,
+    env_passphrase,
+    one_line,
+    read_toml,
+    resolve_path,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_ITEMS",
@@ -128,14 +135,7 @@ class CoordinatorSection(Strict):
         Raises:
             ConfigError: the variable is not set (any more).
         """
-        if self.passphrase_env is None:
-            return None
-        value = os.environ.get(self.passphrase_env)
-        if value is None:
-            raise ConfigError(
-                f"coordinator.passphrase_env: environment variable {self.passphrase_env} is not set"
-            )
-        return value.encode()
+        return env_passphrase(self.passphrase_env, "coordinator.passphrase_env")
 
     @field_validator("roster", mode="before")
     @classmethod

@@ -99,6 +99,7 @@ from runtime.config import (
     NODE_WORDING,
     Strict,
     display_name_problem,
+    env_passphrase,
     one_line,
     read_toml,
     resolve_path,
@@ -433,14 +434,7 @@ class NodeSection(Strict):
         Raises:
             ConfigError: the variable is not set (any more).
         """
-        if self.passphrase_env is None:
-            return None
-        value = os.environ.get(self.passphrase_env)
-        if value is None:
-            raise ConfigError(
-                f"node.passphrase_env: environment variable {self.passphrase_env} is not set"
-            )
-        return value.encode()
+        return env_passphrase(self.passphrase_env, "node.passphrase_env")
 
     @field_validator("name")
     @classmethod

@@ -18,6 +18,7 @@ mechanism is written once and every message stays as documented.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 import types
@@ -37,6 +38,7 @@ __all__ = [
     "Strict",
     "Wording",
     "display_name_problem",
+    "env_passphrase",
     "key_path",
     "one_line",
     "read_toml",
@@ -47,6 +49,20 @@ __all__ = [
 #: the longest display name (a department's full name fits easily)
 DISPLAY_NAME_MAX = 40
 _DIGIT_RUN = re.compile(r"\d{6}")
+
+
+def env_passphrase(variable: str | None, key: str) -> bytes | None:
+    """The keys' passphrase from environment variable ``variable`` (``None``: not encrypted).
+
+    Raises:
+        ConfigError: the variable is not set (any more); ``key`` names the setting.
+    """
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(f"{key}: environment variable {variable} is not set")
+    return value.encode()
 
 
 def display_name_problem(text: str) -> str | None:
