@@ -78,9 +78,9 @@ _PARQUET = frozenset({".parquet", ".pq"})
 _TEXT_TYPES = ("VARCHAR",)
 #: the quote and escape characters a CSV may use, as SQL literals
 _CSV_CHARS = {'"': "'\"'", "'": "''''", "\\": "'\\'"}
-#: DuckDB's own words for a malformed CSV record (its message quotes the record: only
-#: the line number and one of these are ever shown)
-_CSV_KINDS = (("unterminated quote", NOT_CLOSED), ("unquoted", NOT_CLOSED))
+#: DuckDB's words for a quote that does not close (its message quotes the record:
+#: only the line number and our own words are ever shown)
+_CSV_QUOTE_ERRORS = ("unterminated quote", "unquoted")
 _CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 _CSV_COUNTS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
@@ -277,9 +277,9 @@ def source_error(
     counts = _CSV_COUNTS.search(text)
     if counts is not None:
         kind = f"expected {counts.group(1)} fields as in the header, found {counts.group(2)}"
+    elif any(words in text for words in _CSV_QUOTE_ERRORS):
+        kind = NOT_CLOSED
     else:
-        kind = next((words for key, words in _CSV_KINDS if key in text), "")
-    if not kind:
         return rep.duckdb_error(what, exc)
     return rep.error(f"{ms.source_file.name}:{line.group(1)}: malformed CSV: {kind}")
 
