@@ -42,8 +42,10 @@ def _near(name: str, header: Sequence[str]) -> str:
     return f" ({hint})" if hint else ""
 
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits only
 _REGION = re.compile(r"\d{6}\Z")
+#: a line of empty cells only (``,,,,``: what a spreadsheet writes for a row it kept)
+_EMPTY_ROW = re.compile(r"[\s,]*")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -150,6 +152,8 @@ class _Table:
         lines = _plain_lines(text)
         #: the fields of every line, from line 2, when the file is plain
         self._plain: list[list[str]] | None = None
+        #: whether a plain file has a line of empty cells only
+        self._empty_rows = False
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         try:
             if lines is None:
@@ -157,6 +161,7 @@ class _Table:
             else:
                 header = lines[0].split(",") if lines[0] else []  # csv.reader: [] for ""
                 self._plain = [line.split(",") for line in lines[1:]]
+                self._empty_rows = any(map(_EMPTY_ROW.fullmatch, lines[1:]))
         except StopIteration:
             raise InputError(f"{self.path}:1: the file is empty (no header row)") from None
         except csv.Error as exc:
@@ -197,18 +202,26 @@ class _Table:
     def rows(self) -> tuple[list[int], list[list[str]]]:
         """The line number and the fields of every data row, blank lines skipped.
 
+        A row whose every cell is empty is skipped as a blank line is: a
+        spreadsheet writes such rows (``,,,,``) below the data, and they hold no one.
+
         Raises:
             InputError: malformed CSV, or a row whose number of fields differs from the header.
         """
         width = self.width
         plain = self._plain
-        if plain is not None and width > 1 and all(len(fields) == width for fields in plain):
+        if (
+            plain is not None
+            and width > 1
+            and not self._empty_rows
+            and all(len(fields) == width for fields in plain)
+        ):
             return list(range(2, len(plain) + 2)), plain  # no blank line, no short row
         numbers: list[int] = []
         rows: list[list[str]] = []
         for line, fields in self._records():
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # a blank line
+            if not any(field.strip() for field in fields):
+                continue  # a blank line, or a row of empty cells
             if len(fields) != width:
                 raise InputError(
                     f"{self.path}:{line}: expected {width} fields as in the "
@@ -327,7 +340,33 @@ def _normalize_ids(
                 empty[i] = True
             else:
                 problems[i] = _id_problem(reason)
+        _cut_digits(values, ids, problems)
     return ids, problems, empty
+
+
+def _cut_digits(values: Sequence[str], ids: list[str | None], problems: list[str | None]) -> None:
+    """Set aside the numbers of a column that a spreadsheet stored as numbers.
+
+    A spreadsheet keeps 15 digits of a number, so an 18-digit identity number typed
+    or imported as one ends in ``000`` (身份证号后三位变0). Ten in eleven then fail
+    their check character; the eleventh passes and names someone else. When a column
+    shows that sign (an invalid 18-digit number ending in ``000``), each of its
+    numbers ending in ``000`` is a problem, the valid-looking ones too: a wrong number
+    finds no record, and a parent without a record could make a child exit.
+    """
+    cut = [
+        i
+        for i in [i for i, problem in enumerate(problems) if problem is not None]
+        if len(digits := values[i].strip()) == 18 and digits.isdigit() and digits.endswith("000")
+    ]
+    if not cut:
+        return
+    for i in cut:
+        problems[i] = _id_problem("cut_digits")
+    for i, canonical in enumerate(ids):
+        if canonical is not None and canonical.endswith("000"):
+            ids[i] = None
+            problems[i] = _id_problem("cut_digits")
 
 
 _V = TypeVar("_V")

@@ -309,6 +309,10 @@ ID_PROBLEMS_ZH = {
         "含有数字和末位X以外的字符"
     ),
     "empty identity number": "为空",
+    (
+        "ends in 000, as the numbers of this column that a spreadsheet cut to 15 digits do "
+        "(store identity numbers as text and export again)"
+    ): "末三位为000,与本列中被电子表格截成15位的号码相同(请以文本格式存储号码后重新导出)",
 }
 #: roster columns that hold identity numbers, as a Chinese reason names them
 ID_COLUMNS_ZH = {

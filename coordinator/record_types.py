@@ -175,4 +175,8 @@ _ID_PROBLEMS = {
     "scientific_notation": "identity number in scientific notation (a spreadsheet lost its digits)",
     "characters": "characters other than digits and a final X in the identity number",
     "empty": "empty identity number",
+    "cut_digits": (
+        "ends in 000, as the numbers of this column that a spreadsheet cut to 15 digits do "
+        "(store identity numbers as text and export again)"
+    ),
 }

@@ -98,8 +98,9 @@ def read_evidence(path: Path, *, encoding: Encoding = "auto") -> list[EvidenceRo
         InputError: one line naming file, line and column: undecodable bytes,
             a missing required column, a row with the wrong number of fields,
             an unknown circumstance, a source not in ``node/dataset`` form, a
-            bad date, a disability category or grade out of range, or a
-            ``person_id`` that is empty or not a valid identity number.
+            bad date, a disability category or grade out of range, a
+            ``person_id`` that is empty or not a valid identity number, or a
+            source with both ``SERVICE`` rows and other circumstances.
     """
     table = _Table(path, encoding=encoding, required=EVIDENCE_REQUIRED)
     lines, cells = table.columns(EVIDENCE_COLUMNS)
@@ -107,7 +108,31 @@ def read_evidence(path: Path, *, encoding: Encoding = "auto") -> list[EvidenceRo
     rows = _evidence_by_column(table.path, cells, ids)
     if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
         rows = _evidence_by_row(table.path, lines, cells, ids)
+    _one_kind_per_source(table.path, lines, rows)
     return rows
+
+
+def _one_kind_per_source(name: str, lines: Sequence[int], rows: Sequence[EvidenceRow]) -> None:
+    """Refuse a source with both ``SERVICE`` rows and other circumstances.
+
+    A source with a ``SERVICE`` row is read as a service set, and a failed service set
+    changes no decision: mixed in, one such row would have let a failed evidence set
+    give ``EXIT``. A round's set announces one circumstance, so only a file put
+    together by hand can mix them.
+
+    Raises:
+        InputError: the first row whose kind differs from its source's first row.
+    """
+    first: dict[str, tuple[bool, int]] = {}
+    for line, row in zip(lines, rows, strict=True):
+        service = row.circumstance is Circumstance.SERVICE
+        kind, at = first.setdefault(row.source, (service, line))
+        if kind != service:
+            raise InputError(
+                f"{name}:{line}: column circumstance: {row.source} has SERVICE rows and "
+                f"other circumstances (line {at}); a set reports services or circumstances, "
+                "not both"
+            )
 
 
 def _evidence_by_column(

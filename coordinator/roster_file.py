@@ -9,6 +9,7 @@ re-exports the readers.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -251,9 +252,12 @@ def _roster_by_row(
         foundling_text = get["foundling"][k].strip().lower()
         if foundling_text not in ("", "yes", "no"):
             raise InputError(f"{name}:{line}: column foundling: unknown value (expected yes or no)")
-        region = get["region_code"][k].strip() or None
-        if region is not None and not _REGION.match(region):
-            raise InputError(f"{name}:{line}: column region_code: not a 6-digit address code")
+        try:
+            region = _region(get["region_code"][k])
+        except InputError:
+            raise InputError(
+                f"{name}:{line}: column region_code: not a 6-digit address code"
+            ) from None
         row = RosterRow(
             line=line,
             child_id=child_id,
@@ -290,8 +294,9 @@ def _foundling(text: str) -> bool:
 
 
 def _region(text: str) -> str | None:
-    region = text.strip() or None
-    if region is not None and not _REGION.match(region):
+    """A 6-digit address code in ASCII digits (full-width ones converted, as in IDs)."""
+    region = unicodedata.normalize("NFKC", text).strip() or None
+    if region is not None and not (_REGION.match(region) and region.isascii()):
         raise InputError("region_code")
     return region
 

@@ -122,6 +122,72 @@ def test_a_repeated_child_is_noted_with_the_line_it_repeats(tmp_path: Path) -> N
     assert all(not row.problems for row in roster.rows)  # no REVIEW for the note itself
 
 
+def _cut_to_15_digits(birth: date) -> tuple[str, str]:
+    """Two real numbers whose first 15 digits, with ``000`` after them as a spreadsheet
+    keeps them, give a number that passes its check and one that does not."""
+    from psi.identifiers import check_character
+
+    passing = failing = ""
+    for seq in range(1, 999):
+        real = make_id(birth, seq=seq)
+        cut = real[:15] + "000"
+        if check_character(cut[:17]) == "0":
+            passing = passing or real
+        else:
+            failing = failing or real
+        if passing and failing:
+            break
+    return passing, failing
+
+
+def test_numbers_a_spreadsheet_cut_to_15_digits_are_set_aside(tmp_path: Path) -> None:
+    """身份证号后三位变0: one cut number in eleven passes its check and names someone
+    else; a parent without a record could then make a supported child exit. Once the
+    column shows the sign, every number of it ending in 000 is a problem (REVIEW)."""
+    passing, failing = _cut_to_15_digits(date(1979, 6, 6))
+    rows = [
+        f"{CHILD},甲,,,{passing[:15]}000,{MOTHER_X},,,supported,de_facto,,,",
+        f"{make_id(date(2016, 1, 1))},乙,,,{failing[:15]}000,,,,candidate,,,,",
+        f"{make_id(date(2017, 1, 1))},丙,,,{FATHER},,,,candidate,,,,",
+    ]
+    roster = read_roster(_write(tmp_path / "r.csv", [ROSTER_HEADER, *rows]))
+    first, second, third = roster.rows
+    assert first.father_id is None and second.father_id is None and third.father_id == FATHER
+    assert [(p.line, p.column) for p in roster.problems] == [(2, "father_id"), (3, "father_id")]
+    assert all("a spreadsheet cut to 15 digits" in p.message for p in roster.problems)
+    from coordinator.reasons import ID_PROBLEMS_ZH
+
+    assert "截成15位" in ID_PROBLEMS_ZH[roster.problems[0].message]  # the Chinese reason
+    # alone, a number ending in 000 that passes its check is a number like any other
+    alone = read_roster(_write(tmp_path / "a.csv", [ROSTER_HEADER, rows[0], rows[2]]))
+    assert alone.rows[0].father_id == passing[:15] + "000" and not alone.problems
+
+
+def test_a_full_width_region_code_is_read_as_ascii(tmp_path: Path) -> None:
+    """It used to pass as it was, and the spreadsheet grouped its child under a county
+    of its own, without a name."""
+    rows = [f"{CHILD},甲,,,,,,,candidate,,,{full_width('150402')},"]
+    roster = read_roster(_write(tmp_path / "r.csv", [ROSTER_HEADER, *rows]))
+    assert roster.rows[0].region_code == "150402"
+    # so is a roster with another, bad cell (read row by row)
+    rows.append(f"{CHILD},乙,,,,,,,candidate,,maybe,,")
+    with pytest.raises(InputError, match=r":3: column foundling"):
+        read_roster(_write(tmp_path / "s.csv", [ROSTER_HEADER, *rows]))
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_rows_of_empty_cells_are_skipped_like_blank_lines(tmp_path: Path, quoted: bool) -> None:
+    """Spreadsheets write ``,,,,`` for rows they kept below the data; they were refused
+    as "column status: unknown value", and in evidence as "person_id: empty"."""
+    name = '"甲"' if quoted else "甲"  # a quote: the csv module's path, not the plain split
+    empty = "," * 12
+    rows = [f"{CHILD},{name},,,,,,,candidate,,,,", empty, f"{FATHER},乙,,,,,,,candidate,,,,"]
+    roster = read_roster(_write(tmp_path / "r.csv", [ROSTER_HEADER, *rows, empty, " ,\u3000,"]))
+    assert [(r.line, r.child_name) for r in roster.rows] == [(2, "甲"), (4, "乙")]
+    evidence = [f"{FATHER},DEAD,police/deaths,,,,", ",,,,,,"]
+    assert len(read_evidence(_write(tmp_path / "e.csv", [EVIDENCE_HEADER, *evidence]))) == 1
+
+
 def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
     born = make_id(date(2026, 12, 1))
     path = _write(
@@ -225,6 +291,26 @@ def test_evidence_reads_and_round_trips(tmp_path: Path) -> None:
     write_evidence(out, rows)
     assert read_evidence(out) == rows
     assert [p.name for p in out.parent.iterdir()] == ["copy.csv"]  # no temporary file left
+
+
+@pytest.mark.parametrize("service_first", [True, False])
+def test_a_source_with_service_rows_and_circumstances_is_refused(
+    tmp_path: Path, service_first: bool
+) -> None:
+    """One SERVICE row made its source a service set, whose failure changes no
+    decision: with ``--failed-source`` on that source a child got EXIT."""
+    service = f"{CHILD},SERVICE,justice/custody,,,,"
+    custody = f"{FATHER},IMPRISONED,justice/custody,2025-01-01,,,"
+    first, second = (service, custody) if service_first else (custody, service)
+    path = _write(
+        tmp_path / "e.csv", [EVIDENCE_HEADER, first, f"{FATHER},DEAD,police/deaths,,,,", second]
+    )
+    with pytest.raises(InputError) as info:
+        read_evidence(path)
+    assert str(info.value) == (
+        f"{path}:4: column circumstance: justice/custody has SERVICE rows and other "
+        "circumstances (line 2); a set reports services or circumstances, not both"
+    )
 
 
 def test_evidence_needs_only_the_key_columns(tmp_path: Path) -> None:
