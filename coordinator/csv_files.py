@@ -45,7 +45,7 @@ def _near(name: str, header: Sequence[str]) -> str:
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits only
 _REGION = re.compile(r"\d{6}\Z")
 #: a line of empty cells only (``,,,,``: what a spreadsheet writes for a row it kept)
-_EMPTY_ROW = re.compile(r"[\s,]*")
+_EMPTY_ROW = re.compile(r"^[^\S\n]*(?:,[^\S\n]*)*$", re.MULTILINE)
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -161,7 +161,8 @@ class _Table:
             else:
                 header = lines[0].split(",") if lines[0] else []  # csv.reader: [] for ""
                 self._plain = [line.split(",") for line in lines[1:]]
-                self._empty_rows = any(map(_EMPTY_ROW.fullmatch, lines[1:]))
+                # one search over the data lines (a line end after the last is not one)
+                self._empty_rows = _EMPTY_ROW.search("\n".join(lines[1:])) is not None
         except StopIteration:
             raise InputError(f"{self.path}:1: the file is empty (no header row)") from None
         except csv.Error as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -72,13 +73,26 @@ def _roster_of_cells(
     if rows is None:  # a bad cell somewhere: the row-by-row reading finds and names the first
         rows = _roster_by_row(name, lines, cells, ids)
     problems = [p for row in rows for p in row.problems]
-    return Roster(path=name, rows=rows, problems=problems + _repeated(name, rows))
+    return Roster(
+        path=name, rows=rows, problems=problems + _repeated(name, rows, ids["child_id"][0])
+    )
 
 
-def _repeated(name: str, rows: Sequence[RosterRow]) -> list[RowProblem]:
+def _repeated(
+    name: str, rows: Sequence[RosterRow], child_ids: Sequence[str | None]
+) -> list[RowProblem]:
     """A note for each row whose child another row already holds (same ID, or name, birth
     date and sex). Both rows are decided; the note tells the operator to keep one, since
-    a caseworker would otherwise get the child twice, perhaps with two decisions."""
+    a caseworker would otherwise get the child twice, perhaps with two decisions.
+
+    ``child_ids``: the rows' ``child_id`` column; only the rows without a number, and
+    those whose number is repeated (counted in one pass), are looked at.
+    """
+    counts = Counter(value for value in child_ids if value is not None)
+    twice = {value for value, n in counts.items() if n > 1}
+    rows = [
+        row for row, value in zip(rows, child_ids, strict=True) if value is None or value in twice
+    ]
     first: dict[str, int] = {}
     notes: list[RowProblem] = []
     for row in rows:
