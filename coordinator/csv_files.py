@@ -168,11 +168,17 @@ class _Table:
         except csv.Error as exc:
             raise InputError(f"{self.path}:1: malformed CSV header: {exc}") from None
         self._reader = reader
-        names = [name.strip().lstrip("\ufeff") for name in header]
+        # header names as the database reader takes them: case and surrounding blanks aside
+        names = [name.strip().lstrip("\ufeff").strip().lower() for name in header]
         self.width = len(names)
         self.index: dict[str, int] = {}
         for position, name in enumerate(names):
             if name in self.index:
+                if not name:
+                    raise InputError(
+                        f"{self.path}:1: two columns of the header have no name "
+                        "(a delimiter after the last column?)"
+                    )
                 raise InputError(f"{self.path}:1: column {name} appears twice in the header")
             self.index[name] = position
         for name in required:

@@ -225,6 +225,9 @@ def test_exit_code_2_for_a_configuration_error(fed: Federation, tmp_path: Path) 
     ), line
 
 
+ID_LIKE = "150402198501010017"
+
+
 def test_exit_code_2_for_a_date_that_does_not_exist(fed: Federation, tmp_path: Path) -> None:
     config = coordinator_toml(fed, "c-date.toml", specs=POLICE)
     done = xmatch(
@@ -240,6 +243,10 @@ def test_exit_code_2_for_a_date_that_does_not_exist(fed: Federation, tmp_path: P
         "round", "run", "--config", str(config), "--as-of", "29.11.2026", "--out", "."
     )
     assert bad_form.returncode == 2 and "not a date in YYYY-MM-DD form" in bad_form.stderr
+    # an identity number pasted as the date is not echoed (a date has 10 characters)
+    pasted = xmatch("round", "run", "--config", str(config), "--as-of", ID_LIKE, "--out", ".")
+    assert pasted.returncode == 2 and ID_LIKE not in pasted.stderr
+    assert "argument --as-of: not a date in YYYY-MM-DD form (see" in pasted.stderr
 
 
 @pytest.mark.parametrize("flag", ["--failed-source", "--service-source", "--service-need"])

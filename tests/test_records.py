@@ -188,6 +188,22 @@ def test_rows_of_empty_cells_are_skipped_like_blank_lines(tmp_path: Path, quoted
     assert len(read_evidence(_write(tmp_path / "e.csv", [EVIDENCE_HEADER, *evidence]))) == 1
 
 
+def test_header_names_are_read_whatever_their_case(tmp_path: Path) -> None:
+    """As the database roster reader reads them; ``CHILD_ID`` used to be "missing"."""
+    header = ROSTER_HEADER.upper().replace("CHILD_NAME", " Child_Name ")
+    roster = read_roster(_write(tmp_path / "r.csv", [header, f"{CHILD},甲,,,,,,,candidate,,,,"]))
+    assert roster.rows[0].child_id == CHILD and roster.rows[0].child_name == "甲"
+
+
+def test_two_unnamed_columns_say_so(tmp_path: Path) -> None:
+    path = _write(tmp_path / "r.csv", [ROSTER_HEADER + ",,", f"{CHILD},甲,,,,,,,candidate,,,,,,"])
+    with pytest.raises(InputError) as info:
+        read_roster(path)
+    assert str(info.value) == (
+        f"{path}:1: two columns of the header have no name (a delimiter after the last column?)"
+    )
+
+
 def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
     born = make_id(date(2026, 12, 1))
     path = _write(

@@ -47,7 +47,10 @@ Or everything on loopback at once:  xmatch demo
 def _date(text: str) -> _dt.date:
     form = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
     if form is None:
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}")
+        # a date has at most 10 characters: a longer value (an identity number pasted
+        # in the wrong place) is not echoed
+        shown = f": {text!r}" if len(text) <= 10 else ""
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form{shown}")
     year, month, day = (int(part) for part in form.groups())
     if not 1 <= month <= 12:
         raise argparse.ArgumentTypeError(f"{text}: there is no month {month}")
