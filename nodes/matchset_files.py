@@ -240,6 +240,8 @@ class Query:
     reader_params: dict[str, Any] = field(default_factory=dict)
     selects: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
+    #: how a CSV source is read (:func:`csv_options`; empty for Parquet)
+    options: str = ""
 
 
 def _csv_fault(ms: MatchSetConfig, rep: Reporter, path: Path) -> ConfigError | None:
@@ -324,6 +326,7 @@ def build_query(
 ) -> Query:
     """Check the source's columns and build the SELECT of one match set (steps 1-3)."""
     # (1) the source's columns and types
+    options = ""
     if parquet:
         plain = reader = "read_parquet($path)"
         params: dict[str, Any] = {"path": str(path)}
@@ -384,12 +387,13 @@ def build_query(
         reader_params=params,
         selects=tuple(selects),
         columns=tuple(columns),
+        options=options,
     )
 
 
-def _no_rows(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
-    """Whether the CSV at ``path`` has no data row (asked only after a failure)."""
-    options = csv_options(con, path)
+def _no_rows(con: duckdb.DuckDBPyConnection, path: Path, options: str) -> bool:
+    """Whether the CSV at ``path`` (read with ``options``) has no data row (asked only
+    after a failure)."""
     try:
         found = con.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM read_csv($path, {options}, all_varchar = true)"
@@ -429,7 +433,7 @@ def stream_file(
                     f"payload column(s) {', '.join(map(repr, query.date_hints))}: a value is "
                     "not a date (YYYY-MM-DD) while reading them as DATE (value withheld)"
                 )
-            if not parquet and _no_rows(con, path):
+            if not parquet and _no_rows(con, path, query.options):
                 # every column of a header-only CSV is text: `where` fails on its types,
                 # which says nothing about the real problem
                 return rep.error(f"{ms.source_file.name} has a header and no rows")

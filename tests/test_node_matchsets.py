@@ -320,7 +320,8 @@ def test_a_broken_csv_row_is_named_by_line_and_loses_nothing(
 
 
 def test_quoted_cells_read_as_plain_ones(tmp_path: Path) -> None:
-    """The fixed RFC 4180 quote reads a fully quoted export like the plain file."""
+    """A fully quoted export reads like the plain file (a guard: the quote DuckDB
+    finds, or ``"`` where it finds none, must not change what a valid file gives)."""
     write_csv(tmp_path / "custody.csv", _quoted(CUSTODY))
     cfg = config(tmp_path, "custody.csv", where=WHERE, payload=["start_date", "end_date"])
     loaded = load_match_set(cfg, "custody", AS_OF)
