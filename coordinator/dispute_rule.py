@@ -27,7 +27,6 @@ no support, and ``CONTINUE``, ``ENROL`` and ``REVIEW`` stand.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -88,8 +87,8 @@ def _held(item: ChildDecision, dispute: OpenDispute) -> ChildDecision:
     """``item`` as ``REVIEW`` "疑义校核中": support continues, its own reasons kept."""
     kept = tuple(r for r in item.reasons if r.key != "stops_from")
     why = reason("dispute_open", dispute=dispute.dispute_id, source=dispute.source)
-    return dataclasses.replace(
-        item, decision=Decision.REVIEW, category=None, reasons=(why, *kept), stops_from=None
+    return item._replace(
+        decision=Decision.REVIEW, category=None, reasons=(why, *kept), stops_from=None
     )
 
 

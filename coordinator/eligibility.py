@@ -21,7 +21,6 @@ The decision for one child on the evaluation date D (:func:`decide`):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import NamedTuple
@@ -83,9 +82,8 @@ def shared_reason(key: str, **args: Arg) -> Reason:
 # --- a parent ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ParentStatus:
-    """How one parent is judged on the evaluation date."""
+class ParentStatus(NamedTuple):
+    """How one parent is judged on the evaluation date (a named tuple: one per parent)."""
 
     role: Role
     #: G, Q, or None when no circumstance counts
@@ -234,9 +232,11 @@ def basis_lost_on(
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class ChildDecision:
-    """The decision for one roster row, with its written reasons."""
+class ChildDecision(NamedTuple):
+    """The decision for one roster row, with its written reasons.
+
+    A named tuple, as :class:`~coordinator.records.RosterRow`: one per child.
+    """
 
     child: RosterRow
     decision: Decision

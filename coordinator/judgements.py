@@ -50,6 +50,8 @@ _NONE: tuple[EvidenceRow, ...] = ()
 _FOUNDLING = Parent(_NONE, None)
 _BASIS = {code: frozenset({code}) for code in Circumstance}
 _COLUMN = {Role.FATHER: "father_id", Role.MOTHER: "mother_id"}
+#: a named tuple from a tuple of its fields, without its Python ``__new__``
+_new = tuple.__new__
 
 
 class _Shape:
@@ -83,19 +85,11 @@ class _Shape:
         return None
 
     def give(self, child: RosterRow, father: ParentStatus, mother: ParentStatus) -> ChildDecision:
-        # every field, as _same_as (tests/test_eligibility_columns.py counts them)
+        # the learned decision with this child and its parents' reasons: a copy of the
+        # tuple in C (ChildDecision's own __new__ is a Python call per child)
         d = self.decided
-        return ChildDecision(
-            child,
-            d.decision,
-            d.category,
-            (*self.head, *father.reasons, *mother.reasons, *self.tail),
-            d.next_check_due,
-            d.check_reasons,
-            d.overdue,
-            d.conflict,
-            d.stops_from,
-        )
+        reasons = (*self.head, *father.reasons, *mother.reasons, *self.tail)
+        return _new(ChildDecision, (child, d[1], d[2], reasons, *d[4:]))
 
 
 class RoundJudge:
@@ -254,18 +248,8 @@ class RoundJudge:
 
 
 def _same_as(alike: ChildDecision, child: RosterRow) -> ChildDecision:
-    """``alike``'s decision for ``child``."""
-    return ChildDecision(
-        child,
-        alike.decision,
-        alike.category,
-        alike.reasons,
-        alike.next_check_due,
-        alike.check_reasons,
-        alike.overdue,
-        alike.conflict,
-        alike.stops_from,
-    )
+    """``alike``'s decision for ``child``: every field but the child, copied in C."""
+    return _new(ChildDecision, (child, *alike[1:]))
 
 
 def decide_children(

@@ -53,6 +53,7 @@ from coordinator.record_types import (
     RosterRow,
     RowProblem,
     Status,
+    rows_from_columns,
 )
 from coordinator.roster_file import read_roster, read_roster_database, read_roster_source
 from psi.errors import InputError, XmatchError
@@ -339,15 +340,13 @@ def match_rows(
         parsed = {value: parse(value) for value in set(values)}
         return map(parsed.__getitem__, values)
 
-    return tuple(
-        map(
-            EvidenceRow,
-            map(identities.__getitem__, indices.tolist()),
-            repeat(code, count),
-            repeat(source, count),
-            column("start_date", lambda v: _payload_date(v, "start_date")),
-            column("end_date", lambda v: _payload_date(v, "end_date")),
-            column("disability_category", lambda v: _payload_int(v, "disability_category", 7)),
-            column("disability_grade", lambda v: _payload_int(v, "disability_grade", 4)),
-        )
+    columns = (
+        map(identities.__getitem__, indices.tolist()),
+        repeat(code, count),
+        repeat(source, count),
+        column("start_date", lambda v: _payload_date(v, "start_date")),
+        column("end_date", lambda v: _payload_date(v, "end_date")),
+        column("disability_category", lambda v: _payload_int(v, "disability_category", 7)),
+        column("disability_grade", lambda v: _payload_int(v, "disability_grade", 4)),
     )
+    return tuple(rows_from_columns(EvidenceRow, columns))

@@ -34,6 +34,7 @@ from coordinator.record_types import (
     RosterRow,
     RowProblem,
     Status,
+    rows_from_columns,
 )
 from databases import DatabaseError, DatabaseSource, open_session
 from psi.errors import ConfigError, InputError
@@ -386,9 +387,9 @@ def _roster_by_column(
     def names(column: str) -> list[str]:
         return tidy_names(get[column])
 
-    return [
-        RosterRow(*fields)
-        for fields in zip(
+    return rows_from_columns(
+        RosterRow,
+        (
             lines,
             child_ids,
             names("child_name"),
@@ -404,6 +405,5 @@ def _roster_by_column(
             regions,
             checks,
             problems,
-            strict=True,
-        )
-    ]
+        ),
+    )

@@ -6,7 +6,6 @@ one-line errors are roster.csv's, with the row number in place of the line.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 from pathlib import Path
 
@@ -59,9 +58,7 @@ def test_the_database_roster_equals_roster_csv(
     assert from_db.problems  # the synthetic roster has invalid numbers; both see them
     for a, b in zip(from_db.rows, from_csv.rows, strict=True):
         assert a.line == b.line - 1  # row 1 is the file's line 2
-        assert dataclasses.replace(a, line=0, problems=()) == dataclasses.replace(
-            b, line=0, problems=()
-        )
+        assert a._replace(line=0, problems=()) == b._replace(line=0, problems=())
         assert [(p.column, p.message) for p in a.problems] == [
             (p.column, p.message) for p in b.problems
         ]

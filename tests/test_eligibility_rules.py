@@ -393,9 +393,7 @@ def test_not_a_foundling_without_the_mark() -> None:
 def test_invalid_parent_id_is_an_unknown_parent_even_for_a_foundling() -> None:
     base = child(born=date(2024, 1, 1), father=None, mother=None, foundling=True)
     problem = RowProblem("roster.csv", 2, "father_id", "the check character does not match")
-    c = base.__class__(
-        **{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "problems": (problem,)}
-    )
+    c = base._replace(problems=(problem,))
     [d] = decide_all([c], [], as_of=D, lang="en").decisions
     assert d.decision is Decision.REVIEW
     assert d.reason_texts("en")[0].startswith(
@@ -406,9 +404,7 @@ def test_invalid_parent_id_is_an_unknown_parent_even_for_a_foundling() -> None:
 def test_invalid_child_id_gives_review_naming_column_and_problem() -> None:
     base = child(born=date(2015, 1, 1), child_id=None)
     problem = RowProblem("roster.csv", 2, "child_id", "wrong length for an identity number")
-    c = base.__class__(
-        **{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "problems": (problem,)}
-    )
+    c = base._replace(problems=(problem,))
     [d] = decide_all([c], [], as_of=D, lang="en").decisions
     assert d.decision is Decision.REVIEW
     assert d.reason_texts("en") == [

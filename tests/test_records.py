@@ -414,3 +414,28 @@ def test_tidy_names_equals_cell_by_cell_normalization(cells: list[str]) -> None:
     from coordinator.roster_file import tidy_names
 
     assert tidy_names(cells) == [" ".join(text.split()) for text in cells]
+
+
+def test_rows_from_columns_are_the_rows_the_constructor_builds() -> None:
+    """The column builder (tuple.__new__ in C) checks what the constructor would: one
+    column per field, all of one length; its rows equal the constructor's, field by field."""
+    from coordinator.record_types import EvidenceRow, rows_from_columns
+
+    people = ["110101201501010011", "110101201501010038"]
+    columns = (
+        people,
+        [Circumstance.DEAD, Circumstance.IMPRISONED],
+        ["police/deaths", "justice/custody"],
+        [date(2020, 1, 1), None],
+        [None, date(2030, 1, 1)],
+        [None, None],
+        [None, 2],
+    )
+    rows = rows_from_columns(EvidenceRow, columns)
+    assert rows == [EvidenceRow(*fields) for fields in zip(*columns, strict=True)]
+    assert all(type(row) is EvidenceRow for row in rows)
+    assert rows[1].end_date == date(2030, 1, 1) and rows[1].disability_grade == 2
+    with pytest.raises(ValueError, match="6 columns for 7 fields"):
+        rows_from_columns(EvidenceRow, columns[:6])
+    with pytest.raises(ValueError):  # a column shorter than the others
+        rows_from_columns(EvidenceRow, (*columns[:6], [None]))

@@ -25,20 +25,9 @@ def _round() -> tuple[RoundDecisions, Provenance]:
     moved = child(born=date(2010, 1, 1), status="supported", category="de_facto")
     review = child(born=date(2011, 1, 1), status="supported", category="orphan")
     evil = child(born=date(2013, 1, 1))
-    evil = evil.__class__(
-        **{
-            **{f: getattr(evil, f) for f in evil.__dataclass_fields__},
-            "child_name": "<script>alert(1)</script>",
-            "region_code": "150102",
-        }
-    )
+    evil = evil._replace(child_name="<script>alert(1)</script>", region_code="150102")
     quoted = child(born=date(2014, 1, 1))
-    quoted = quoted.__class__(
-        **{
-            **{f: getattr(quoted, f) for f in quoted.__dataclass_fields__},
-            "child_name": 'O\'Brien & "Co"',
-        }
-    )
+    quoted = quoted._replace(child_name='O\'Brien & "Co"')
     rows = [enrol, leaving, moved, review, evil, quoted]
     evidence = [
         ev(

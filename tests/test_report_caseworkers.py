@@ -258,10 +258,7 @@ def test_xlsx_rows_as_xlsxwriter_writes_them(
     names included, and openpyxl reads the same values from both."""
     decisions, provenance = small
     renamed = [
-        dataclasses.replace(
-            item,
-            child=dataclasses.replace(item.child, child_name=AWKWARD_NAMES[k % len(AWKWARD_NAMES)]),
-        )
+        item._replace(child=item.child._replace(child_name=AWKWARD_NAMES[k % len(AWKWARD_NAMES)]))
         for k, item in enumerate(decisions.decisions)
     ]
     awkward = dataclasses.replace(decisions, decisions=renamed)
