@@ -42,6 +42,32 @@ def _near(name: str, header: Sequence[str]) -> str:
     return f" ({hint})" if hint else ""
 
 
+#: what a one-column header holds between its names when the file is not comma-separated
+_OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _not_commas(header: Sequence[str]) -> str:
+    """``" (...)"`` when the header shows that the file is not comma-separated: a
+    spreadsheet's ``sep=`` line above it, or one column with another delimiter in it.
+
+    Names only the delimiter, never a cell (a file without a header has data in line 1).
+    """
+    first = header[0].lstrip("\ufeff").strip().lower() if header else ""
+    if first.startswith("sep="):
+        return (
+            " (line 1 is a spreadsheet's sep= line: delete that line, so that the header "
+            "is the first line)"
+        )
+    if len(header) == 1:
+        for delimiter, name in _OTHER_DELIMITERS.items():
+            if delimiter in header[0]:
+                return (
+                    f" (the header is one column with {name} between its names: the file "
+                    "is not comma-separated; save it again as CSV, comma-delimited)"
+                )
+    return ""
+
+
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits only
 _REGION = re.compile(r"\d{6}\Z")
 #: a line of empty cells only (``,,,,``: what a spreadsheet writes for a row it kept)
@@ -183,10 +209,10 @@ class _Table:
             self.index[name] = position
         for name in required:
             if name not in self.index:
-                raise InputError(
-                    f"{self.path}:1: missing required column {name}"
-                    f"{_near(name, [n for n in names if n not in (*required, *known)])}"
+                hint = _not_commas(header) or _near(
+                    name, [n for n in names if n not in (*required, *known)]
                 )
+                raise InputError(f"{self.path}:1: missing required column {name}{hint}")
 
     def column(self, name: str) -> int | None:
         return self.index.get(name)

@@ -35,6 +35,7 @@ from nodes.matchset_rows import (
     arrow_strings,
     configured,
     drop_malformed,
+    drop_reason,
 )
 from psi.identifiers import encode_identities, normalize_id_column
 
@@ -129,14 +130,15 @@ def _normalized(version: tuple[int, int], rows: Any, query: Query, id_column: st
     # in slices: normalization's transient arrays cover one slice, not the file
     for lo in range(0, n, STREAM_BATCH_ROWS):
         part = ids.slice(lo, STREAM_BATCH_ROWS).fill_null("")
-        column = normalize_id_column(arrow_strings(part), today=None)
+        raw = arrow_strings(part)
+        column = normalize_id_column(raw, today=None)
         valid = column.valid
         hi = lo + len(valid)
         position[lo:hi][valid] = kept + np.arange(int(valid.sum()), dtype=np.int32)
         kept += int(valid.sum())
         birth[lo:hi] = _birth_days(column.ids)
         for i in np.flatnonzero(~valid).tolist():
-            reason = column.reasons[i] or "invalid"
+            reason = drop_reason(column.reasons[i], str(raw[i]))
             reasons[lo + i] = names.setdefault(reason, min(len(names), 255))
         encoded.append(encode_identities(column.ids[valid]))
     return PreparedFile(

@@ -156,6 +156,15 @@ def _validate_match_sets(config: NodeConfig, store: MatchSetStore) -> list[Loade
                 file=sys.stderr,
                 flush=True,
             )
+        if ms.rejected.get("cut_digits"):
+            print(
+                f"{node.name}: warning: match set {ms.name!r}: identity numbers ending in 000 "
+                "fail their check: a spreadsheet stored them as numbers and cut them to 15 "
+                "digits. About 1 in 11 such numbers passes its check and is kept, naming "
+                "another person: store the numbers as text and export the file again",
+                file=sys.stderr,
+                flush=True,
+            )
     return loaded
 
 

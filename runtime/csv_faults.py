@@ -8,6 +8,7 @@ never shown. Both name a fault the same way, through this module.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 __all__ = ["NOT_CLOSED", "first_fault", "malformed"]
@@ -18,6 +19,9 @@ NOT_CLOSED = (
     "a quoted field in this row is not closed properly: its closing quote is missing, "
     'or a quote inside it is not doubled ("")'
 )
+
+#: a double-quoted field, its doubled quotes included (RFC 4180)
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
 
 #: the delimiters DuckDB's sniffer tries, in its order
 _DELIMITERS = (",", "|", ";", "\t")
@@ -40,8 +44,10 @@ def malformed(name: str, start: int, end: int, exc: csv.Error) -> str:
 
 
 def _delimiter(header: str) -> str:
-    """The delimiter of a header line: the candidate it holds most often (``,`` if none)."""
-    counts = {d: header.count(d) for d in _DELIMITERS}
+    """The delimiter of a header line: the candidate it holds most often (``,`` if none),
+    outside quoted names (a name ``"a,b"`` in a semicolon file holds a comma)."""
+    bare = _QUOTED.sub("", header)
+    counts = {d: bare.count(d) for d in _DELIMITERS}
     best = max(_DELIMITERS, key=lambda d: counts[d])
     return best if counts[best] else ","
 

@@ -142,6 +142,34 @@ def test_ids_normalized_and_invalid_rows_counted(tmp_path: Path) -> None:
     assert loaded.rejected == {"check": 1, "scientific_notation": 1, "length": 1, "empty": 1}
 
 
+def test_numbers_a_spreadsheet_cut_to_15_digits_are_counted_and_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ID column stored as numbers in a spreadsheet keeps 15 digits (…000). The numbers
+    whose check fails are counted as cut_digits, not as typos, and the node says what
+    happened at startup: the few cut numbers that pass their check name someone else."""
+    from nodes.server import _validate_match_sets
+
+    real = [ident(f"150201197505{day:02d}{day:03d}") for day in range(1, 29)]
+    cut = [r[:15] + "000" for r in real]
+    kept = [c for c in cut if c == ident(c[:17])]  # passes its check (about 1 in 11)
+    typo = C[:-1] + ("0" if C[-1] != "0" else "1")
+    write_csv(
+        tmp_path / "custody.csv", ["id_number,term_months", *(f"{c},12" for c in cut), f"{typo},12"]
+    )
+    cfg = config(tmp_path, "custody.csv", where=None, payload=[])
+    loaded = load_match_set(cfg, "custody", AS_OF)
+    failed = len(cut) - len(kept)
+    assert failed > 0 and kept  # both kinds in these 28
+    assert loaded.rejected == {"cut_digits": failed, "check": 1}
+    assert len(loaded) == len(kept)
+    _validate_match_sets(cfg, MatchSetStore(cfg))
+    err = capsys.readouterr().err
+    assert f"{failed + 1} row(s) dropped (check: 1, cut_digits: {failed})" in err
+    assert "cut them to 15 digits" in err and "store the numbers as text" in err
+    assert not any(c in err for c in cut)
+
+
 def test_leading_zero_and_x_survive_type_detection(tmp_path: Path) -> None:
     # A column of digits would be sniffed as BIGINT; the id column is forced to text.
     rows = ["id_number,term_months", f"{A},12", f"{B},12", f"{X_ID},12"]

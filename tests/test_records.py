@@ -217,6 +217,18 @@ def test_future_birth_date_is_judged_against_as_of(tmp_path: Path) -> None:
     ("lines", "line", "needle"),
     [
         (["child_id,child_name", f"{CHILD},甲"], 1, "missing required column status"),
+        # a spreadsheet's delimiter line, or a file that is not comma-separated: said so
+        (["sep=,", ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,"], 1, "delete that line"),
+        (
+            [ROSTER_HEADER.replace(",", ";"), f"{CHILD};甲;;;;;;;candidate;;;;"],
+            1,
+            "missing required column child_id (the header is one column with semicolons",
+        ),
+        (
+            [ROSTER_HEADER.replace(",", "\t"), f"{CHILD}\t甲\t\t\t\t\t\t\tcandidate\t\t\t\t"],
+            1,
+            "one column with tabs between its names: the file is not comma-separated",
+        ),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,"], 2, "expected 13 fields"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,2026-13-01"], 2, "column last_check_date"),
         ([ROSTER_HEADER, f"{CHILD},甲,,,,,,,candidate,,,,2026/01/01"], 2, "column last_check_date"),
