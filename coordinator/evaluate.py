@@ -89,6 +89,38 @@ def offline_provenance(
     )
 
 
+def _same_spelling(
+    evidence: Path,
+    present: set[str],
+    *,
+    failed: Sequence[str],
+    services: Sequence[str],
+    needs: Sequence[str],
+) -> None:
+    """Refuse a set named on the command line in another case than in the evidence file.
+
+    Set names are compared exactly, so ``--service-source police/Insurance`` beside
+    evidence of ``police/insurance`` would make a second, empty coverage list (every
+    covered child a gap) beside the real one.
+
+    Raises:
+        InputError: an option names a set that the evidence spells otherwise.
+    """
+    folded = {name.casefold(): name for name in present}
+    for option, names in (
+        ("--failed-source", failed),
+        ("--service-source", services),
+        ("--service-need", needs),
+    ):
+        for name in names:
+            spelled = folded.get(name.casefold())
+            if name not in present and spelled is not None:
+                raise InputError(
+                    f"{option} {name}: {evidence.name} spells this set {spelled} "
+                    "(set names are compared exactly, case included)"
+                )
+
+
 @gc_paused()
 def evaluate_command(
     *,
@@ -142,6 +174,9 @@ def evaluate_command(
     shown = read_names(names) if names is not None else SourceNames()
     table = read_roster(roster, encoding=encoding, as_of=as_of)
     gathered = read_evidence(evidence, encoding=encoding)
+    _same_spelling(
+        evidence, {row.source for row in gathered}, failed=failed, services=services, needs=needs
+    )
     for problem in table.problems:
         print(problem, file=err)
     decisions = decide_all(

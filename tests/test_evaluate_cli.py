@@ -320,6 +320,16 @@ def test_service_need_lists_matched_covered_children(tmp_path: Path) -> None:
             ("--service-need", "dpf/rehab", "--service-source", "dpf/rehab"),
             "--service-source and --service-need both name dpf/rehab",
         ),
+        # a set named in another case than the evidence's: a second, empty list otherwise
+        (
+            ("--service-source", "Police/Deaths"),
+            "--service-source Police/Deaths: evidence.csv spells this set police/deaths",
+        ),
+        (
+            ("--failed-source", "JUSTICE/custody"),
+            "--failed-source JUSTICE/custody: evidence.csv spells this set justice/custody",
+        ),
+        (("--service-need", "police/DEATHS"), "(set names are compared exactly, case included)"),
     ],
 )
 def test_bad_service_need_exits_1_with_one_line(
