@@ -170,8 +170,8 @@ def _evidence_by_column(
         )
     except InputError:
         return None
-    return list(
-        map(EvidenceRow, cast(list[str], people), codes, sources, starts, ends, categories, grades)
+    return rows_from_columns(
+        EvidenceRow, (cast(list[str], people), codes, sources, starts, ends, categories, grades)
     )
 
 
