@@ -42,6 +42,8 @@ def _near(name: str, header: Sequence[str]) -> str:
     return f" ({hint})" if hint else ""
 
 
+#: a spreadsheet's delimiter line (``sep=,`` splits into ``sep=`` and an empty name)
+_SEP_LINE = re.compile(r"sep=.?")
 #: what a one-column header holds between its names when the file is not comma-separated
 _OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
@@ -53,7 +55,7 @@ def _not_commas(header: Sequence[str]) -> str:
     Names only the delimiter, never a cell (a file without a header has data in line 1).
     """
     first = header[0].lstrip("\ufeff").strip().lower() if header else ""
-    if first.startswith("sep="):
+    if len(header) <= 2 and _SEP_LINE.fullmatch(first):
         return (
             " (line 1 is a spreadsheet's sep= line: delete that line, so that the header "
             "is the first line)"

@@ -52,6 +52,9 @@ _BASIS = {code: frozenset({code}) for code in Circumstance}
 _COLUMN = {Role.FATHER: "father_id", Role.MOTHER: "mother_id"}
 #: a named tuple from a tuple of its fields, without its Python ``__new__``
 _new = tuple.__new__
+#: where ChildDecision keeps its reasons; the child is its first field
+_REASONS = ChildDecision._fields.index("reasons")
+assert ChildDecision._fields[0] == "child"
 
 
 class _Shape:
@@ -89,7 +92,7 @@ class _Shape:
         # tuple in C (ChildDecision's own __new__ is a Python call per child)
         d = self.decided
         reasons = (*self.head, *father.reasons, *mother.reasons, *self.tail)
-        return _new(ChildDecision, (child, d[1], d[2], reasons, *d[4:]))
+        return _new(ChildDecision, (child, *d[1:_REASONS], reasons, *d[_REASONS + 1 :]))
 
 
 class RoundJudge:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.decisions import decide_all, decisions_text, index_evidence
-from coordinator.eligibility import decide
+from coordinator.eligibility import ChildDecision, decide
 from coordinator.judgements import decide_children
 from coordinator.reasons import Renderer, render
 from coordinator.records import Circumstance, EvidenceRow, RosterRow, RowProblem
@@ -120,6 +120,8 @@ def test_the_round_engine_decides_as_the_reference(
     fast = decide_children(rows, index, as_of=D, failed_sources=failed)
     reference = [decide(row, index, as_of=D, failed_sources=failed) for row in rows]
     assert fast == reference
+    # named tuples equal any tuple of their values: the type is checked too
+    assert all(type(d) is ChildDecision for d in fast)
     names = {"police/deaths": "公安死亡"}
     for lang in ("zh", "en"):
         renderer = Renderer(lang, names)
@@ -247,6 +249,8 @@ def test_children_of_one_shape_get_their_own_parents_reasons(
     fast = decide_children(rows, index, as_of=D, failed_sources=failed)
     reference = [decide(row, index, as_of=D, failed_sources=failed) for row in rows]
     assert fast == reference
+    # named tuples equal any tuple of their values: the type is checked too
+    assert all(type(d) is ChildDecision for d in fast)
     decisions = {d.decision.value for d in fast}
     assert {"ENROL", "CONTINUE"} <= decisions
     assert ("REVIEW" in decisions) if failed else ({"RECLASSIFY", "EXIT"} <= decisions)
