@@ -208,9 +208,13 @@ def report_command(
     """``xmatch audit report``: 0 nothing flagged, 1 flags, 2 a log failed verification.
 
     Raises:
-        InputError: a log or the CA file cannot be read, or ``json_out`` cannot be written.
+        InputError: a log or the CA file cannot be read, or ``json_out`` exists already
+            or cannot be written.
     """
     stream = out or sys.stdout
+    if json_out is not None and (json_out.exists() or json_out.is_symlink()):
+        # never over a log given by mistake (``--json a.jsonl a.jsonl``) or an earlier report
+        raise InputError(f"--json {json_out}: exists already; give the name of a new file")
     results, ok = _check(logs, ca, allow_unsigned_tail=allow_unsigned_tail, out=stream)
     if not ok:
         print("FAIL: not reporting on logs that failed verification", file=stream)
@@ -221,10 +225,22 @@ def report_command(
     else:
         _print_plain(report, stream, _ok(ca))
     if json_out is not None:
+        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
         try:
-            Path(json_out).write_text(
-                json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
-            )
+            # "x": never over a file; closed below, where a failed write is undone
+            target = Path(json_out).open("x", encoding="utf-8")  # noqa: SIM115
+        except FileExistsError:
+            raise InputError(
+                f"--json {json_out}: exists already; give the name of a new file"
+            ) from None
         except OSError as exc:
             raise InputError(f"{json_out}: cannot write ({exc.strerror})") from exc
+        try:
+            with target:
+                target.write(text)
+        except BaseException as exc:
+            Path(json_out).unlink(missing_ok=True)  # no half report (a full disk, a Ctrl-C)
+            if isinstance(exc, OSError):
+                raise InputError(f"{json_out}: cannot write ({exc.strerror})") from exc
+            raise
     return 1 if report.flags else 0

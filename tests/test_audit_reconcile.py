@@ -584,3 +584,22 @@ def test_placeholder_round_id_outside_a_refusal_is_a_finding(
     ]
     code, text = run_reconcile(coord, node)
     assert code == 1 and "FINDING: round 000000000000: justice's log has a" in text
+
+
+def test_report_never_writes_its_json_over_an_existing_file(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    """``--json`` naming the log itself (a typo in a reviewer's command) or an earlier
+    report is refused before any work: the evidence is never overwritten."""
+    from psi.errors import InputError
+
+    path = history(tmp_path, signers, [], _dt.timedelta(minutes=1))
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="exists already; give the name of a new file"):
+        report(path, json_out=path)
+    assert path.read_bytes() == before
+    earlier = tmp_path / "report.json"
+    earlier.write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match="exists already"):
+        report(path, json_out=earlier)
+    assert earlier.read_text(encoding="utf-8") == "{}"
