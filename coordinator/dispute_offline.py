@@ -27,7 +27,7 @@ from coordinator.config import CoordinatorConfig, NodeEntry
 from coordinator.disputes import AuditSink, DisputeBook, record_answers
 from coordinator.node_link import coordinator_log, node_entry
 from coordinator.offline import keys_of, seal_cert_of, write_atomic
-from keys.sealed import SealedFileError, open_sealed, seal
+from keys.sealed import SealedFileError, open_sealed, read_sealed, seal
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError
 from runtime.files import private_folders
@@ -113,7 +113,7 @@ def import_reply(config: CoordinatorConfig, reply: Path, *, out: TextIO, err: Te
     """
     keys = keys_of(config)
     try:
-        data = reply.read_bytes()
+        data = read_sealed(reply)
     except OSError as exc:
         raise InputError(f"{reply}: cannot read ({exc.strerror})") from None
     try:

@@ -37,7 +37,7 @@ from coordinator.round import query_identities
 from coordinator.round_outputs import Decided, decide_round, write_round
 from coordinator.state import RoundState
 from coordinator.sub_round import SubRound, SubRoundStatus, record_sub_round
-from keys.sealed import SealedFileError, open_sealed, peek_header
+from keys.sealed import SealedFileError, open_sealed, peek_header, read_sealed
 from psi.bundle import Bundle
 from psi.errors import InputError, ProtocolError, XmatchError
 from psi.identifiers import encode_identities
@@ -266,7 +266,7 @@ def import_command(
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     try:
-        data = response.read_bytes()
+        data = read_sealed(response)
     except OSError as exc:
         raise InputError(f"{response}: cannot read ({exc.strerror})") from None
     with CommitGuard() as guard:

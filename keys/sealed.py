@@ -65,6 +65,7 @@ __all__ = [
     "load_sender_key",
     "open_sealed",
     "peek_header",
+    "read_sealed",
     "seal",
 ]
 
@@ -242,6 +243,39 @@ def _split(data: bytes) -> _Parts:
     if len(data) != at + sig_len:
         raise broken
     return _Parts(head, body, signed, data[at:])
+
+
+def read_sealed(path: Path) -> bytes:
+    """The bytes of a sealed file at ``path``, read no further than its layout announces.
+
+    A file that does not start like a sealed file gives its first bytes only, which
+    :func:`open_sealed` refuses as "truncated or not a sealed xmatch file": a device
+    such as ``/dev/zero`` given by mistake, or a large file of anything else, is never
+    read into memory. One byte past the signature is read, so that a file with bytes
+    appended is still refused as such.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    with path.open("rb") as f:
+        data = f.read(len(MAGIC) + 4)
+        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+            return data
+        (head_len,) = struct.unpack_from(">I", data, len(MAGIC))
+        if head_len > MAX_HEADER:
+            return data
+        data += f.read(head_len + 8)
+        if len(data) < len(MAGIC) + 4 + head_len + 8:
+            return data
+        (body_len,) = struct.unpack_from(">Q", data, len(data) - 8)
+        if body_len > MAX_BODY:
+            return data
+        announced = len(data) + body_len + 2
+        data += f.read(body_len + 2)
+        if len(data) < announced:
+            return data
+        (sig_len,) = struct.unpack_from(">H", data, len(data) - 2)
+        return data + f.read(sig_len + 1)
 
 
 _HEADER_KEYS = frozenset(

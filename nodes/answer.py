@@ -43,6 +43,7 @@ from keys.sealed import (
     load_sender_key,
     open_sealed,
     peek_header,
+    read_sealed,
     seal,
 )
 from nodes.auth import Peer, peer_scope
@@ -113,11 +114,18 @@ def read_department_file(config: Path, file: Path, out: Path) -> DepartmentFile:
         passphrase=passphrase,
     )
     try:
-        data = file.read_bytes()
+        data = read_sealed(file)
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({exc.strerror})") from None
     if out.exists():
         raise InputError(f"{out}: exists already; choose another --out")
+    # before the request is answered: a response that cannot be written would leave the
+    # request used up in the log, with nothing to carry back
+    folder = out.parent
+    if not folder.is_dir():
+        raise InputError(f"{out}: its folder {folder} does not exist; choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: its folder {folder} is not writable; choose another --out")
     _log_folder(config, cfg)
     audit = AuditLog.open(node.audit_log, party=node.name, signer=_log_signer(cfg, passphrase))
     return DepartmentFile(cfg=cfg, passphrase=passphrase, sender=sender, data=data, audit=audit)
@@ -358,7 +366,10 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
             round_id=opened.header["round_id"],
             expires=expires,
         )
-        write_atomic(out, sealed, mode=0o644)
+        try:
+            write_atomic(out, sealed, mode=0o644)
+        except OSError as exc:  # a full medium, a stick pulled out
+            raise InputError(f"{out}: cannot write ({exc.strerror})") from None
         _log_file(
             audit,
             sealed,

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from keys.ca import init_ca, issue
-from keys.sealed import SealedFileError, load_sealing_key, load_sender_key, open_sealed, seal
+from keys.sealed import (
+    SealedFileError,
+    load_sealing_key,
+    load_sender_key,
+    open_sealed,
+    read_sealed,
+    seal,
+)
 from tests.federation import (
     AS_OF,
     Federation,
@@ -179,11 +186,18 @@ def test_refusals_other_node_altered_truncated_replayed(
         (altered, "police", "altered"),
         (truncated, "police", "truncated"),
         (police, "police", "answered before"),
+        # a device given by mistake: refused at once, never read into memory
+        (Path("/dev/zero"), "police", "not a sealed xmatch file"),
     ):
         done = _answer(fed, node, path, fed.root / f"never-{node}-{path.stem}.response")
         assert done.returncode == 1, done.stdout
         assert needle in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
+    # an --out whose folder is missing: one line before the request is opened
+    nowhere = fed.root / "no-such-folder" / "x.response"
+    done = _answer(fed, "justice", requests["justice"], nowhere)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "no-such-folder does not exist; choose another --out" in done.stderr
     assert cases
 
 
@@ -475,6 +489,20 @@ def test_issue_seal_for_a_member_issued_before(tmp_path: Path) -> None:
         "keys", "issue-seal", "--dir", str(tmp_path), "--name", "court", "--role", "node"
     )
     assert again.returncode == 1 and "already exists" in again.stderr
+    # read_sealed reads what the layout announces, and one byte more
+    whole = tmp_path / "court.response"
+    whole.write_bytes(data)
+    assert read_sealed(whole) == data
+    whole.write_bytes(data + b"appended")
+    assert read_sealed(whole) == data + b"a"
+    with pytest.raises(SealedFileError, match="truncated or not a sealed"):
+        open_sealed(read_sealed(whole), kind="response", recipient=key, ca_pem=ca_pem)
+    assert len(read_sealed(Path("/dev/zero"))) == 12
+    huge = tmp_path / "huge.response"
+    with huge.open("wb") as f:
+        f.write(data[:8] + b"\xff\xff\xff\xff")  # a header longer than any
+        f.truncate(1 << 30)  # sparse: 1 GiB that is never read
+    assert len(read_sealed(huge)) == 12
 
 
 def test_gm_suites_offline_equal_online(fed: Federation, online: Path) -> None:
