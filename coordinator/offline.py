@@ -29,12 +29,13 @@ key agreement). The node still never sends a tag of its own
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -378,6 +379,10 @@ def run_offline_command(
     round_id = rng(16)
     rid = round_id.hex()
     started = time.monotonic()
+    #: what this command wrote, removed again if it does not complete (a Ctrl-C, a full disk)
+    written_files: list[Path] = []
+    made = [path for path in (out, out / OFFLINE_DIR) if not path.exists()]
+    lines: list[str] = []
     try:
         _open_round(cfg, audit, state, rid=rid, as_of=day, out=out)
         # the roster's declaration, as online: reconcile checks each node's query size
@@ -418,20 +423,23 @@ def run_offline_command(
                 now=now,
                 expires=expires,
             )
+            written_files.append(folder / f"{entry.name}.request")
             waiting.extend(written[0])
             rows.extend(written[1])
-            print(written[2], file=out_stream)
+            lines.append(written[2])
         online_done = [sub_to_json(s) for s in results]
         doc: dict[str, Any] = {"round_id": rid, "as_of": day.isoformat(), "lang": lang}
         doc["out"] = str(out.resolve())
         doc |= {"identities": prepared.identities, "online": online_done, "offline": waiting}
         doc["seconds"] = time.monotonic() - started
         pending = _pending_path(cfg, rid)
+        written_files.append(pending)
         save_pending(keys, pending, doc, expires=latest)
         state.wait_offline(rid, pending=pending, requests=rows)
     except BaseException:
         state.fail_open_sub_rounds(rid, detail="failed: coordinator stopped")
         state.finish_round(rid, status="failed", detail="offline requests not written")
+        _remove(written_files, made)
         raise
     finally:
         try:
@@ -439,7 +447,19 @@ def run_offline_command(
         finally:
             audit.append(SHUTDOWN, reason="waiting")
             audit.close()
+    for line in lines:  # only once the round waits: each file named is there to carry
+        print(line, file=out_stream)
     _print_waiting(
         results, rid=rid, day=day, waiting=len(rows), config=config, out=out_stream, err=err
     )
     return exit_codes.WAITING
+
+
+def _remove(files: Sequence[Path], folders: Sequence[Path]) -> None:
+    """Undo a ``round run`` that did not complete: its requests and pending state, and the
+    output folders it created (only when empty: nothing else is ever removed)."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):  # not empty, or never made
+            folder.rmdir()

@@ -564,3 +564,47 @@ def test_a_set_the_node_refuses_is_a_failed_source(fed: Federation, online: Path
     assert doc["failed_sources"] == ["police/deaths", "police/lost_contact"]
     refusals = [e for e in audit_entries(fed.audit_log("police")) if e["event"] == "round_refused"]
     assert refusals and refusals[-1]["reason"] == "keyed-hash prf not allowed for this match set"
+
+
+def test_a_ctrl_c_while_requests_are_written_leaves_nothing(
+    fed: Federation, online: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after the first request was written (of two) used to leave that request in
+    the output folder of a failed round, and a retry with the same --out was refused."""
+    import io
+
+    from coordinator import offline
+    from coordinator.config import load_coordinator_config
+    from coordinator.state import RoundState
+
+    config = _offline_toml(fed, "c-sigint-requests.toml", OFFLINE)
+    out = fed.root / "sigint-requests"
+    write = offline._write_request
+    calls: list[str] = []
+
+    def interrupted_second(*args: object, **kwargs: object) -> object:
+        calls.append("x")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(offline, "_write_request", interrupted_second)
+    printed = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        offline.run_offline_command(
+            config=config, as_of=AS_OF, out=out, stdout=printed, stderr=io.StringIO()
+        )
+    monkeypatch.undo()
+    assert calls == ["x", "x"]
+    assert not out.exists()  # the request written first is gone, and the folders made
+    assert "carry" not in printed.getvalue()  # no file was named to carry
+    state = RoundState.open(load_coordinator_config(config).coordinator.state)
+    try:
+        assert state.rounds()[-1].status == "failed"
+    finally:
+        state.close()
+    done = round_run(config, out, as_of=AS_OF)  # the same --out, again
+    assert done.returncode == 4, done.stderr
+    assert sorted(p.name for p in (out / "offline").iterdir()) == sorted(
+        f"{name}.request" for name in OFFLINE
+    )
