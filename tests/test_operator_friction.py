@@ -746,3 +746,20 @@ def test_progress_by_phase_keeps_moving_on_a_terminal(fed: Federation, tmp_path:
     stall = [c for t, c in chunks if chunks[0][0] + 0.5 < t < chunks[0][0] + 2.5]
     assert len(stall) >= 5, len(stall)
     assert len({re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", c) for c in stall}) >= 3
+
+
+@pytest.mark.parametrize(
+    ("command", "value"),
+    [(("round", "close"), "xyz"), (("round", "share"), ID_LIKE), (("round", "close"), "0" * 31)],
+)
+def test_a_round_id_that_is_not_32_hex_digits_is_a_usage_error(
+    command: tuple[str, ...], value: str
+) -> None:
+    """It used to reach the state database ("round xyz has no offline sub-rounds", exit 1);
+    the value is never echoed (an identity number pasted there)."""
+    done = xmatch(*command, "--config", "coordinator.toml", "--round", value)
+    assert done.returncode == exit_codes.USAGE, done.stderr
+    assert done.stderr == (
+        "xmatch: error: argument --round: expected a round id of 32 hex digits, as round run "
+        f"prints it (see `xmatch {' '.join(command)} --help`)\n"
+    )

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from xmatch.cli_text import examples
+from xmatch.cli_text import examples, round_id
 
 
 def _cmd_dispute_file(args: argparse.Namespace) -> int:
@@ -272,7 +272,7 @@ def _round_parsers(round_: Any) -> None:
         ),
     )
     share.add_argument("--config", type=Path, required=True)
-    share.add_argument("--round", required=True, metavar="ROUND_ID")
+    share.add_argument("--round", required=True, metavar="ROUND_ID", type=round_id)
     share.add_argument("--department", metavar="NODE", help="only this department")
     share.add_argument(
         "--list",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from psi.errors import XmatchError
-from xmatch.cli_text import examples
+from xmatch.cli_text import examples, round_id
 
 __all__ = ["add_keys_issue_seal", "add_node_answer", "add_round_offline"]
 
@@ -136,5 +136,5 @@ def add_round_offline(round_: Any) -> None:
         ),
     )
     close.add_argument("--config", type=Path, required=True, help="coordinator.toml")
-    close.add_argument("--round", required=True, help="the round id (32 hex digits)")
+    close.add_argument("--round", required=True, type=round_id, help="the round id (32 hex digits)")
     close.set_defaults(func=_cmd_round_close)
