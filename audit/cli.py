@@ -50,14 +50,22 @@ def _check(
     """Verify each log, print OK/FAIL/WARNING/NOTE lines; return results and whether all passed.
 
     The OK line says ``closed cleanly`` when the log ends with ``shutdown`` and its
-    checkpoint; otherwise a NOTE says how it ends.
+    checkpoint; otherwise a NOTE says how it ends. A log that cannot be read is a
+    FAIL line (and no result): the others are still checked.
     """
     ca_pem = _read(ca, "CA certificate") if ca is not None else None
     results: list[LogVerification] = []
     all_ok = True
     for path in logs:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            # a FAIL like any other, and the next logs are still checked
+            all_ok = False
+            print(f"FAIL: {path}: cannot read ({exc.strerror})", file=out)
+            continue
         result = check_log(
-            _read(path, "protocol log"),
+            data,
             name=str(path),
             ca_pem=ca_pem,
             allow_unsigned_tail=allow_unsigned_tail,

@@ -698,3 +698,24 @@ def test_clock_must_be_aware(tmp_path: Path, signer: AuditSigner) -> None:
         pytest.raises(XmatchError, match="aware"),
     ):
         log.append(fmt.SHUTDOWN, reason="done")
+
+
+def test_verify_goes_on_past_a_log_it_cannot_read(
+    tmp_path: Path, signer: AuditSigner, pki: Path
+) -> None:
+    """``audit verify A DIR B``: the folder is a FAIL line, and B is still checked (the
+    command used to stop at the folder with an error, B never checked)."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_log(first, signer)
+    write_log(second, signer)
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    done = xmatch(
+        "audit", "verify", "--ca", str(pki / "ca.crt"), str(first), str(folder), str(second)
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"OK: {first} (")
+    assert f"FAIL: {folder}: cannot read (Is a directory)" in lines
+    assert any(line.startswith(f"OK: {second} (") for line in lines)
+    assert "Traceback" not in done.stderr
