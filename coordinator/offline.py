@@ -55,6 +55,7 @@ from coordinator.offline_runner import (
 from coordinator.progress import Progress
 from coordinator.reasons import Lang
 from coordinator.round import (
+    Prepared,
     _context,
     _open_round,
     entry_params,
@@ -346,6 +347,51 @@ def has_offline_nodes(config: Path) -> bool:
     return any(n.offline for n in load_coordinator_config(config).nodes)
 
 
+def _write_requests(
+    cfg: CoordinatorConfig,
+    keys: Keys,
+    audit: AuditLog,
+    state: RoundState,
+    prepared: Prepared,
+    *,
+    round_id: bytes,
+    as_of: _dt.date,
+    folder: Path,
+    written: list[Path],
+    lines: list[str],
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str, str]], _dt.datetime]:
+    """Every offline node's request, into ``folder``: the sub-rounds that wait, the rows
+    the state records, and the latest expiry. Each file is added to ``written`` before
+    it is written, and its "carry" line to ``lines``."""
+    private_folders(folder)
+    now = _dt.datetime.now(_dt.UTC)
+    waiting: list[dict[str, Any]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
+    latest = now
+    for entry in (n for n in cfg.nodes if n.offline):
+        expires = now + _dt.timedelta(days=entry.offline_days)
+        latest = max(latest, expires)
+        written.append(folder / f"{entry.name}.request")
+        kept, recorded, line = _write_request(
+            cfg,
+            entry,
+            keys,
+            audit,
+            state,
+            prepared.encoded,
+            len(prepared.identities),
+            round_id=round_id,
+            as_of=as_of,
+            folder=folder,
+            now=now,
+            expires=expires,
+        )
+        waiting.extend(kept)
+        rows.extend(recorded)
+        lines.append(line)
+    return waiting, rows, latest
+
+
 def run_offline_command(
     *,
     config: Path,
@@ -400,33 +446,18 @@ def run_offline_command(
                 state=state,
                 display=display,
             )
-        folder = out / OFFLINE_DIR
-        private_folders(folder)
-        now = _dt.datetime.now(_dt.UTC)
-        waiting: list[dict[str, Any]] = []
-        rows: list[tuple[str, str, str, str, str]] = []
-        latest = now
-        for entry in (n for n in cfg.nodes if n.offline):
-            expires = now + _dt.timedelta(days=entry.offline_days)
-            latest = max(latest, expires)
-            written = _write_request(
-                cfg,
-                entry,
-                keys,
-                audit,
-                state,
-                prepared.encoded,
-                len(prepared.identities),
-                round_id=round_id,
-                as_of=day,
-                folder=folder,
-                now=now,
-                expires=expires,
-            )
-            written_files.append(folder / f"{entry.name}.request")
-            waiting.extend(written[0])
-            rows.extend(written[1])
-            lines.append(written[2])
+        waiting, rows, latest = _write_requests(
+            cfg,
+            keys,
+            audit,
+            state,
+            prepared,
+            round_id=round_id,
+            as_of=day,
+            folder=out / OFFLINE_DIR,
+            written=written_files,
+            lines=lines,
+        )
         online_done = [sub_to_json(s) for s in results]
         doc: dict[str, Any] = {"round_id": rid, "as_of": day.isoformat(), "lang": lang}
         doc["out"] = str(out.resolve())
