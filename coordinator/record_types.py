@@ -119,12 +119,15 @@ class RosterRow(NamedTuple):
 
     @property
     def child_key(self) -> str | None:
-        """The child's matching key: the ID, else name + birth date + sex (未落户)."""
+        """The child's matching key: the ID, else name + birth date + sex (未落户), else None."""
         if self.child_id is not None:
             return self.child_id
         if self.child_birth_date is None or self.child_sex is None:
             return None
-        return composite_key(self.child_name, self.child_birth_date, self.child_sex)
+        try:
+            return composite_key(self.child_name, self.child_birth_date, self.child_sex)
+        except ValueError:  # a name empty once normalized: nothing to tell the child by
+            return None
 
     def problem(self, column: str) -> RowProblem | None:
         """The problem recorded for ``column``, if its identity number was invalid."""

@@ -451,3 +451,19 @@ def test_rows_from_columns_are_the_rows_the_constructor_builds() -> None:
         rows_from_columns(EvidenceRow, columns[:6])
     with pytest.raises(ValueError):  # a column shorter than the others
         rows_from_columns(EvidenceRow, (*columns[:6], [None]))
+
+
+def test_a_child_without_id_or_name_has_no_key_and_is_decided(tmp_path: Path) -> None:
+    """Found by the fuzz test: an empty child_name beside an empty child_id made the
+    repeated-child check raise ValueError("empty name") out of read_roster."""
+    path = _write(
+        tmp_path / "r.csv",
+        [
+            ROSTER_HEADER,
+            ",,2019-02-03,F,,,,,candidate,,yes,,",
+            ",,2019-02-03,F,,,,,candidate,,yes,,",
+        ],
+    )
+    roster = read_roster(path, as_of=date(2026, 11, 29))
+    assert [row.child_key for row in roster.rows] == [None, None]
+    assert len(roster.rows) == 2
