@@ -30,7 +30,8 @@ def check_output_folder(out: Path) -> None:
     """Refuse an output folder that exists and is not empty (never overwritten).
 
     Raises:
-        InputError: ``out`` is a file, or a folder with something in it.
+        InputError: ``out`` is a file, or a folder with something in it, or it lies
+            under a file or a folder we cannot write in.
     """
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
@@ -40,6 +41,16 @@ def check_output_folder(out: Path) -> None:
                 f"{out}: folder exists and is not empty; choose a new --out "
                 "(a round never overwrites an earlier round's output)"
             )
+        return
+    # the folder is made when the round is written: its nearest existing parent must be
+    # a folder we can write in, or the round would run and then fail (node budgets spent)
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{out}: {parent} is not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: {parent} is not writable; choose another --out")
 
 
 def staging_prefix(out: Path, round_id: str) -> str:

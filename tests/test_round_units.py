@@ -183,6 +183,10 @@ def test_output_folder_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         check_output_folder(tmp_path / "file")
+    # under a file: refused before any traffic (it failed after the round, budgets spent)
+    check_output_folder(tmp_path / "new" / "deeper" / "out")
+    with pytest.raises(InputError, match=r"file is not a folder; choose another --out"):
+        check_output_folder(tmp_path / "file" / "sub" / "out")
 
 
 def _result(payloads: list[dict[str, str]], circumstance: str = "IMPRISONED") -> MatchSetResult:
