@@ -23,7 +23,7 @@ from typing import Literal, TextIO, TypeVar
 
 from coordinator.record_types import _ID_PROBLEMS
 from psi.errors import InputError
-from psi.identifiers import normalize_id_column
+from psi.identifiers import looks_cut_to_15_digits, normalize_id_column
 from runtime.csv_faults import malformed
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
@@ -391,8 +391,8 @@ def _cut_digits(values: Sequence[str], ids: list[str | None], problems: list[str
     """
     cut = [
         i
-        for i in [i for i, problem in enumerate(problems) if problem is not None]
-        if len(digits := values[i].strip()) == 18 and digits.isdigit() and digits.endswith("000")
+        for i, problem in enumerate(problems)
+        if problem is not None and looks_cut_to_15_digits(values[i])
     ]
     if not cut:
         return

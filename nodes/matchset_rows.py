@@ -25,7 +25,7 @@ import numpy.typing as npt
 from databases import DatabaseError, DatabaseSource
 from nodes.config import MatchSetConfig, NodeConfig
 from psi.errors import ConfigError
-from psi.identifiers import encode_identities, normalize_id_column
+from psi.identifiers import encode_identities, looks_cut_to_15_digits, normalize_id_column
 from psi.session import PayloadColumns
 
 __all__ = [
@@ -265,10 +265,8 @@ def drop_reason(reason: str | None, raw: str) -> str:
     significant digits); about 1 in 11 of the cut numbers passes its check instead and
     names another person, so the node warns at startup (nodes.server).
     """
-    if reason == "check":
-        value = raw.strip()
-        if len(value) == 18 and value.isascii() and value.isdigit() and value.endswith("000"):
-            return "cut_digits"
+    if reason == "check" and looks_cut_to_15_digits(raw):
+        return "cut_digits"
     return reason or "invalid"
 
 

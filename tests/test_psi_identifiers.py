@@ -17,6 +17,7 @@ from psi.identifiers import (
     check_character,
     composite_key,
     encode_identities,
+    looks_cut_to_15_digits,
     normalize_id,
     normalize_id_column,
     normalize_name,
@@ -276,3 +277,19 @@ def test_identity_number_is_the_one_generator() -> None:
     assert normalize_id(identity_number("150402", dt.date(2015, 2, 28), 1234)) is not None
     with pytest.raises(ValueError, match="6 ASCII digits"):
         identity_number("15040", dt.date(2015, 2, 28), 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "cut"),
+    [
+        ("150102200001011000", True),
+        (" 150102200001011000 ", True),  # blanks around it, as a cell holds them
+        ("150102200001011001", False),
+        ("15010220000101100X", False),
+        ("15010220000101000", False),  # 17 digits
+        ("１５０１０２２０００１０１１000", False),  # full-width digits: typed, not cut
+        ("1.50102200001011E+17", False),  # scientific notation has its own reason
+    ],
+)
+def test_looks_cut_to_15_digits(raw: str, cut: bool) -> None:
+    assert looks_cut_to_15_digits(raw) is cut
