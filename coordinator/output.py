@@ -21,7 +21,7 @@ from coordinator.report import Provenance
 from coordinator.spreadsheet import write_outputs_for_people
 from psi.errors import InputError
 from runtime.files import private_folders
-from runtime.signals import sigint_blocked
+from runtime.signals import ignore_sigint, sigint_blocked
 
 ProgressFn = Callable[[int], None]
 
@@ -107,8 +107,8 @@ class _Beside:
         if not hasattr(os, "fork"):
             return
         read, write = os.pipe()
-        # the child keeps SIGINT ignored (its parent stops it); a Ctrl-C during the fork
-        # reaches the parent after it, not an at-fork hook that would swallow it
+        # the child starts with SIGINT blocked and ignores it (its parent stops it); a
+        # Ctrl-C during the fork reaches the parent after it, once the child is recorded
         try:
             with sigint_blocked():
                 pid = os.fork()
@@ -156,6 +156,7 @@ def _child(work: Callable[[], None], read: int, write: int) -> NoReturn:
     """A forked writer: ``work``, then out, with one line about a failure in ``write``."""
     code = 0
     try:
+        ignore_sigint()  # forked in sigint_blocked: the parent stops us
         os.close(read)
         # a collection would walk (and so copy) every page shared with the parent;
         # the child is short-lived and reference counting frees its garbage

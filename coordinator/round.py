@@ -231,11 +231,10 @@ def _ec_pool(config: CoordinatorConfig) -> Iterator[Executor | None]:
     )
     try:
         # Start every worker now: started on demand, the second one would import
-        # numpy and cryptography inside the first ecdh sub-round. SIGINT is ignored
-        # while the fork server starts: it, and every worker it forks, keep SIGINT
-        # ignored, so Ctrl-C (sent to the whole process group) reaches only us and no
-        # worker prints a traceback. Only that long (milliseconds): a SIGINT that
-        # another thread of ours receives while it is ignored is lost.
+        # numpy and cryptography inside the first ecdh sub-round. SIGINT is blocked
+        # while the fork server starts: it, and every worker it forks, start with
+        # SIGINT blocked and the workers ignore it, so Ctrl-C (sent to the whole
+        # process group) reaches only us and no worker prints a traceback.
         with sigint_blocked():
             multiprocessing.forkserver.ensure_running()
         prepare_executor(pool, config.coordinator.ec_workers)

@@ -291,18 +291,19 @@ def serve_from_config(path: Path | str) -> int:
         from nodes.disputes import log_answers_at_start
 
         log_answers_at_start(config, audit)  # answers given while the node was stopped
+        keep_distinct(config, loaded)  # the first ecdh round need not deduplicate
         # EC work runs in worker processes, started by "spawn" (never fork a
-        # process that runs gRPC threads).
+        # process that runs gRPC threads). They start with SIGINT blocked and
+        # ignore it; a Ctrl-C meanwhile is held until they have started.
+        executor = worker_pool(
+            node.ec_workers,
+            start_method="spawn",
+            x25519_backend=node.x25519_backend,
+            on_fallback=lambda line: print(
+                f"{node.name}: warning: {line}", file=sys.stderr, flush=True
+            ),
+        )
         with sigint_blocked():
-            executor = worker_pool(
-                node.ec_workers,
-                start_method="spawn",
-                x25519_backend=node.x25519_backend,
-                on_fallback=lambda line: print(
-                    f"{node.name}: warning: {line}", file=sys.stderr, flush=True
-                ),
-            )
-            keep_distinct(config, loaded)  # the first ecdh round need not deduplicate
             state = NodeState.create(config, store=store, executor=executor)
         # (5)
         restore_limits(

@@ -9,32 +9,55 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["CommitGuard", "sigint_blocked"]
+__all__ = ["CommitGuard", "CtrlC", "ignore_sigint", "sigint_blocked"]
 
 
 @contextmanager
 def sigint_blocked() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored (and a SIGINT meanwhile held for us).
+    """Start child processes that keep SIGINT blocked; a SIGINT meanwhile is held for us.
 
-    Ctrl-C in a terminal goes to the whole process group: workers that inherit
-    the ignored SIGINT never print a KeyboardInterrupt traceback each; the
-    parent stops them itself. A SIGINT that arrives meanwhile reaches the
-    parent after. Outside the main thread (where signals cannot be set) this
-    does nothing.
+    Ctrl-C in a terminal goes to the whole process group. A worker or writer
+    started in this block inherits SIGINT *blocked* (a signal mask survives
+    fork and exec) and ignores it as the first thing it does
+    (:func:`ignore_sigint`), so no child prints a KeyboardInterrupt traceback
+    and the parent stops them itself.
+
+    The parent's SIGINT is never ignored here: the kernel gives a process-wide
+    signal to any thread that does not block it, and threads of libraries
+    (OpenBLAS, DuckDB, gRPC) do not. While SIGINT was ignored, a Ctrl-C that
+    reached such a thread was dropped, and the node went on serving. Now a
+    SIGINT meanwhile is remembered and sent again to us when the block ends,
+    to the handler that was in place before; the block itself is never broken
+    off half way (a child forked but not yet recorded). Outside the main
+    thread (where signals cannot be set) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # Ignored, for the children: a spawned process starts with an empty signal mask
-    # but keeps an ignored signal ignored. Blocked, for us: Linux keeps a blocked
-    # signal pending even while it is ignored, so it reaches our handler afterwards.
+    held: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # a SIGINT pending for this thread is handled (by hold) as it is unblocked
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
+def ignore_sigint() -> None:
+    """In a child started in :func:`sigint_blocked`: ignore SIGINT, then unblock it.
+
+    Setting it ignored first discards a Ctrl-C that came while the child started.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class CommitGuard:
@@ -73,3 +96,39 @@ class CommitGuard:
 
     def _remember(self, _signum: int, _frame: FrameType | None) -> None:
         self.interrupted = True
+
+
+class CtrlC:
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered.
+
+    Some libraries catch the KeyboardInterrupt raised inside them and raise
+    something else: DuckDB, reading a match set at node startup, raises
+    ``RuntimeError``, which then read as an internal error. Whatever a command
+    raises after a Ctrl-C is the Ctrl-C's doing: :attr:`seen` lets the command
+    line say "interrupted" (exit 130) instead. Handlers installed inside the
+    block (a node serving, :class:`CommitGuard`) take over until they restore
+    this one. Outside the main thread this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
+        self._installed = False
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._raise)
+            self._installed = True
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._installed:
+            previous = self._previous
+            signal.signal(
+                signal.SIGINT, signal.default_int_handler if previous is None else previous
+            )
+            self._installed = False
+
+    def _raise(self, _signum: int, _frame: FrameType | None) -> None:
+        self.seen = True
+        raise KeyboardInterrupt

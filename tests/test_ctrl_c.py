@@ -280,3 +280,92 @@ def test_a_ctrl_c_once_the_folder_is_renamed_is_remembered_not_raised(tmp_path: 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt):  # without the guard, Ctrl-C raises again
         ctrl_c()
+
+
+_WORKERS_START_SCRIPT = """
+import os, signal, sys, threading, time
+from runtime.signals import sigint_blocked
+from workers import worker_pool
+
+def report():
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+if __name__ == "__main__":
+    # a library's thread that does not block SIGINT (OpenBLAS, DuckDB and gRPC start
+    # such threads before a node's workers): the kernel may give it the SIGINT
+    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+    pool = worker_pool(1, start_method="spawn")
+    try:
+        with sigint_blocked():
+            started = pool.submit(report)
+            # as a terminal does: the whole group, the worker that is starting included
+            os.killpg(0, signal.SIGINT)
+            time.sleep(0.2)
+            print("worker-ignores-sigint" if started.result(timeout=60) else "worker-takes-it")
+        time.sleep(1)
+        print("lost")
+    except KeyboardInterrupt:
+        print("delivered")
+    finally:
+        pool.shutdown()
+"""
+
+
+def test_ctrl_c_while_node_workers_start_is_held_not_lost(tmp_path: Path) -> None:
+    """Finding: a Ctrl-C about a second into `xmatch node serve` (its EC workers starting)
+    was dropped and the node went on serving. SIGINT was ignored meanwhile, and the kernel
+    gave it to a library thread that does not block it. Now SIGINT is only blocked: it is
+    delivered when the block ends, and the worker that was starting, which got the same
+    SIGINT, survives it without a traceback."""
+    script = tmp_path / "start.py"  # spawn re-imports the main module: a file, not -c
+    script.write_text(_WORKERS_START_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=False,
+    )
+    assert done.stdout.split() == ["worker-ignores-sigint", "delivered"], done.stderr
+    for word in NOISE:
+        assert word not in done.stderr, done.stderr
+
+
+_LIBRARY_SCRIPT = """
+import os, signal, sys, time
+from psi.errors import ConfigError
+from xmatch import cli
+
+def reading(args):
+    # as DuckDB does when a Ctrl-C comes while it reads a match set at node startup:
+    # it catches the KeyboardInterrupt raised inside it and raises its own error
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        if sys.argv[1] == "config":  # what the node makes of a failed read
+            raise ConfigError("match set custody: cannot read data/custody.csv") from None
+        raise RuntimeError("INTERRUPT Error: Interrupted!") from None
+    return 0
+
+cli._cmd_bench = reading  # the parser is built after this: `bench` runs it
+sys.exit(cli.main(["bench"]))
+"""
+
+
+def test_ctrl_c_that_a_library_turns_into_its_own_error_is_an_interrupt() -> None:
+    """Finding: a Ctrl-C while a node read its match set with DuckDB gave `xmatch: internal
+    error: RuntimeError at matchset_files.py:191`. Whatever a command raises after a Ctrl-C
+    is the Ctrl-C's doing."""
+    for mode in ("internal", "config"):
+        done = subprocess.run(
+            [sys.executable, "-c", _LIBRARY_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == exit_codes.INTERRUPTED, done.stderr
+        assert done.stderr == "xmatch: interrupted\n"

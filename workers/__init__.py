@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.resource_tracker
 import os
+import signal
 import threading
 from collections.abc import Callable
 from typing import Literal
@@ -47,7 +49,13 @@ def worker_pool(
     they wait on a queue nobody writes to again, for ever. Each worker here checks
     every :data:`OWNER_CHECK_SECONDS` that its owner is alive and exits once it is
     gone. Use ``spawn`` or ``forkserver``, never ``fork``: the owner runs gRPC threads.
+
+    Call it before ``runtime.signals.sigint_blocked``, and start the workers inside
+    that block: this starts multiprocessing's resource tracker, whose start unblocks
+    SIGINT in the calling thread (and so would end the block early, for the workers
+    started after it).
     """
+    multiprocessing.resource_tracker.ensure_running()
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(start_method),
@@ -57,7 +65,11 @@ def worker_pool(
 
 
 def _start_worker(owner: int, backend: str) -> None:
-    """Runs in a worker: use the owner's X25519 backend; exit when the owner is gone."""
+    """Runs in a worker: ignore SIGINT, use the owner's X25519 backend, exit with the owner."""
+    # Started with SIGINT blocked (runtime.signals.sigint_blocked): ignored first, so that
+    # a Ctrl-C during the start is discarded, then unblocked. The owner stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # The owner named the backend it resolved; the environment must not override it here.
     os.environ.pop(X25519_BACKEND_ENV, None)
     use_x25519_backend(backend, quiet=True)

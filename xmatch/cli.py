@@ -28,6 +28,7 @@ from typing import NoReturn
 
 from coordinator import exit_codes
 from psi.errors import ConfigError, XmatchError
+from runtime.signals import CtrlC
 from xmatch.cli_text import examples
 
 Handler = Callable[[argparse.Namespace], int]
@@ -631,22 +632,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted() -> int:
+    print("xmatch: interrupted", file=sys.stderr)
+    return exit_codes.INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Handler = args.func
+    ctrl_c = CtrlC()
     try:
-        return func(args)
+        with ctrl_c:
+            return func(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except XmatchError as exc:
+        if ctrl_c.seen:  # e.g. a match set "unreadable" because its read was interrupted
+            return _interrupted()
         print(f"xmatch: error: {exc.diagnostics()}", file=sys.stderr)
         # round run / import: a configuration error is a usage error (coordinator/exit_codes.py)
         if isinstance(exc, ConfigError) and args.command == "round":
             return exit_codes.USAGE
         return exit_codes.FAILURE
-    except KeyboardInterrupt:
-        print("xmatch: interrupted", file=sys.stderr)
-        return exit_codes.INTERRUPTED
     except Exception as exc:  # a bug: say where, never echo the message (it may quote data)
+        if ctrl_c.seen:  # a library that turned the KeyboardInterrupt into its own error
+            return _interrupted()
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
         print(
