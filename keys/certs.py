@@ -27,7 +27,7 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -157,6 +157,45 @@ def inspect_member_certificate(
         raise VerificationError(f"certificate is malformed ({type(exc).__name__})") from exc
 
 
+def _authority_key_id(cert: x509.Certificate) -> str | None:
+    """The hex key identifier of the CA that ``cert`` names as its issuer, if it says."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    return aki.key_identifier.hex() if aki.key_identifier else None
+
+
+def _subject_key_id(cert: x509.Certificate) -> str | None:
+    """The hex key identifier of ``cert``'s own key, if it carries one."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def _issuers(cert: x509.Certificate, ca: x509.Certificate) -> str:
+    """What differs between the certificate's issuer and our CA, in public terms.
+
+    Two federations' CAs often carry the same default name, so the names alone can
+    read "issuer X, CA X"; the key identifiers (and our CA's fingerprint) tell them apart.
+    """
+    issuer, ours = cert.issuer.rfc4514_string(), ca.subject.rfc4514_string()
+    theirs_id, ours_id = _authority_key_id(cert), _subject_key_id(ca)
+    fingerprint = ca.fingerprint(hashes.SHA256()).hex()[:16]
+    if issuer != ours:
+        return f"issuer {issuer!r}, this federation's CA {ours!r}"
+    if theirs_id is not None and ours_id is not None and theirs_id != ours_id:
+        return (
+            f"issuer {issuer!r} with key id {theirs_id[:16]}…, this federation's CA of the "
+            f"same name has key id {ours_id[:16]}… (SHA-256 fingerprint {fingerprint}…)"
+        )
+    return (
+        f"issuer {issuer!r}: its signature does not verify with the key of this federation's "
+        f"CA of the same name (SHA-256 fingerprint {fingerprint}…)"
+    )
+
+
 def _inspect(
     cert_data: bytes, *, ca_pem: bytes | None, usage: Usage, at: _dt.datetime | None
 ) -> MemberCertificate:
@@ -170,8 +209,7 @@ def _inspect(
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise VerificationError(
-                f"certificate was not issued by this federation CA "
-                f"(issuer {cert.issuer.rfc4514_string()!r}, CA {ca.subject.rfc4514_string()!r})"
+                f"certificate was not issued by this federation CA ({_issuers(cert, ca)})"
             ) from exc
     # (3)
     when = at if at is not None else _dt.datetime.now(_dt.UTC)

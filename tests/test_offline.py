@@ -253,6 +253,15 @@ def test_expired_and_unknown_sender(fed: Federation, tmp_path: Path) -> None:
     )
     with pytest.raises(SealedFileError, match="unknown sender"):
         open_sealed(forged, kind="request", recipient=police, ca_pem=ca_pem)
+    # both CAs have the default name: the line used to read "issuer X, CA X"; now it
+    # names what differs, the CAs' key ids (public), in the department's one line
+    forged_file = tmp_path / "forged.request"
+    forged_file.write_bytes(forged)
+    done = _answer(fed, "police", forged_file, tmp_path / "forged.response")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "not issued by this federation CA" in done.stderr, done.stderr
+    ids = re.findall(r"key id ([0-9a-f]{16})…", done.stderr)
+    assert len(ids) == 2 and ids[0] != ids[1], done.stderr
 
 
 def test_close_gives_review_never_exit(fed: Federation, online: Path) -> None:
