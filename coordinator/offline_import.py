@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from audit.format import SHUTDOWN
 from audit.log import AuditLog
@@ -67,9 +67,27 @@ class _Opened:
     doc: dict[str, Any]
 
 
+class _NotWaiting(InputError):
+    """The round of a response or a ``--round`` waits for nothing in this state database."""
+
+
+def _no_state(cfg: CoordinatorConfig, rid: str) -> _NotWaiting | None:
+    """The refusal for a state database that does not exist (None if it does).
+
+    Opening it would create an empty one (and a log) as a side effect of a
+    configuration that names another state: say so, and create nothing.
+    """
+    state = cfg.coordinator.state
+    if state.exists():
+        return None
+    return _NotWaiting(
+        f"round {rid} has no offline sub-rounds: the state database {state} does not exist "
+        "(use the coordinator.toml that ran the round)"
+    )
+
+
 @contextmanager
-def _session(config: Path) -> Iterator[_Session]:
-    cfg = load_coordinator_config(config)
+def _session(cfg: CoordinatorConfig) -> Iterator[_Session]:
     keys = keys_of(cfg)
     section = cfg.coordinator
     log_signer = coordinator_signer(cfg)  # SM2 under the GM log profile
@@ -89,10 +107,13 @@ def _session(config: Path) -> Iterator[_Session]:
 def _waiting_round(session: _Session, rid: str) -> _Opened:
     found = session.state.offline_round(rid)
     if found is None:
-        raise InputError(f"round {rid} has no offline sub-rounds (see xmatch round run)")
+        raise _NotWaiting(
+            f"round {rid} has no offline sub-rounds in {session.config.coordinator.state} "
+            "(use the coordinator.toml that ran the round)"
+        )
     status, pending = found
     if status != "waiting":
-        raise InputError(f"round {rid} is {status}: it waits for no response any more")
+        raise _NotWaiting(f"round {rid} is {status}: it waits for no response any more")
     return _Opened(session, rid, pending, load_pending(session.keys, pending))
 
 
@@ -206,7 +227,7 @@ def _finish(
     return exit_codes.round_status([s.status.value for s in results])
 
 
-def _log_refusal(session: _Session, data: bytes, reason: str) -> None:
+def _log_refusal(audit: AuditLog, data: bytes, reason: str) -> None:
     try:
         header = peek_header(data)
         peer, file_id = header["sender"], header["file_id"]
@@ -222,9 +243,9 @@ def _log_refusal(session: _Session, data: bytes, reason: str) -> None:
     if file_id is not None and len(file_id) == 32:
         fields["file_id"] = file_id
     try:
-        session.audit.append("offline_file", **fields)
+        audit.append("offline_file", **fields)
     except XmatchError:
-        session.audit.append("offline_file", **{**fields, "reason": "withheld"})
+        audit.append("offline_file", **{**fields, "reason": "withheld"})
 
 
 def _imported(opened: _Opened, sub: dict[str, Any], outcome: SubRound) -> None:
@@ -269,11 +290,41 @@ def import_command(
         data = read_sealed(response)
     except OSError as exc:
         raise InputError(f"{response}: cannot read ({exc.strerror})") from None
+    cfg = load_coordinator_config(config)
+    if not cfg.coordinator.state.exists():
+        _refuse_without_state(cfg, data, response)
     with CommitGuard() as guard:
-        with _session(config) as session:
+        with _session(cfg) as session:
             code = _import(session, data, response, out_stream, err, guard)
         _note_late_interrupt(guard, err)
         return code
+
+
+def _refuse_without_state(cfg: CoordinatorConfig, data: bytes, response: Path) -> NoReturn:
+    """Refuse ``response`` when the configuration's state database does not exist.
+
+    The file is still opened first (an altered or foreign file says so); the refusal
+    goes into the protocol log only if that log exists already: nothing is created.
+    """
+    reason = "unreadable content"
+    try:
+        keys = keys_of(cfg)
+        opened = open_sealed(data, kind="response", recipient=keys.sealing, ca_pem=keys.ca_pem)
+        refusal = _no_state(cfg, opened.header["round_id"])
+        reason = refusal.diagnostics() if refusal is not None else reason
+    except SealedFileError as exc:
+        reason = exc.diagnostics()
+    except ProtocolError:
+        pass
+    section = cfg.coordinator
+    if section.audit_log.exists():
+        audit = AuditLog.open(section.audit_log, party=section.name, signer=coordinator_signer(cfg))
+        try:
+            _log_refusal(audit, data, reason)
+        finally:
+            audit.append(SHUTDOWN, reason="done")
+            audit.close()
+    raise SealedFileError(f"{response}: refused: {reason}")
 
 
 def _note_late_interrupt(guard: CommitGuard, err: TextIO) -> None:
@@ -306,7 +357,10 @@ def _import(
         if earlier is not None:
             raise SealedFileError(f"imported before (round {earlier}): nothing to do")
         rid = opened_file.header["round_id"]
-        opened = _waiting_round(session, rid)
+        try:
+            opened = _waiting_round(session, rid)
+        except _NotWaiting as exc:  # closed, completed, or a round of another state database
+            raise SealedFileError(exc.diagnostics()) from None
         bundle = Bundle.from_bytes(opened_file.payload)
         mine = [s for s in opened.doc["offline"] if s["node"] == entry.name]
         if not mine or all("result" in s for s in mine):
@@ -314,10 +368,10 @@ def _import(
         if bundle.manifest.get("request_id") != mine[0]["request_id"]:
             raise SealedFileError("answers another request of this round (an older copy?)")
     except SealedFileError as exc:
-        _log_refusal(session, data, exc.diagnostics())
+        _log_refusal(session.audit, data, exc.diagnostics())
         raise SealedFileError(f"{response}: refused: {exc.diagnostics()}") from None
     except ProtocolError as exc:
-        _log_refusal(session, data, "unreadable content")
+        _log_refusal(session.audit, data, "unreadable content")
         raise InputError(f"{response}: refused: unreadable content ({exc})") from None
     session.audit.append(
         "offline_file",
@@ -381,8 +435,12 @@ def close_command(
     """
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
+    cfg = load_coordinator_config(config)
+    missing = _no_state(cfg, round_id)
+    if missing is not None:  # nothing to close, and nothing to create
+        raise missing
     with CommitGuard() as guard:
-        with _session(config) as session:
+        with _session(cfg) as session:
             code = _close(session, round_id, out_stream, err, guard)
         _note_late_interrupt(guard, err)
         return code

@@ -279,6 +279,41 @@ def test_close_gives_review_never_exit(fed: Federation, online: Path) -> None:
     before = {d["child_id"]: d["decision"] for d in online_doc["decisions"]}
     after = {d["child_id"]: d["decision"] for d in doc["decisions"]}
     assert "EXIT" not in {after[c] for c in after if before.get(c) != "EXIT"}
+    # a response that comes after the close is refused like any refused file: one
+    # "FILE: refused: reason" line and an offline_file entry (it used to be a bare
+    # "round R is closed" line, and nothing in the log)
+    response = fed.root / "closed-justice.response"
+    answered = _answer(fed, "justice", out / "offline" / "justice.request", response)
+    assert answered.returncode == 0, answered.stderr
+    late = _import(config, response)
+    assert late.returncode == 1 and late.stderr.count("\n") == 1, late.stderr
+    assert f"{response}: refused: round {rid.group(1)} is closed" in late.stderr, late.stderr
+    refused = audit_entries(fed.audit_log("civil-affairs"))[-3]
+    assert (refused["event"], refused["action"]) == ("offline_file", "refused"), refused
+    assert "is closed" in str(refused["reason"])
+    # a coordinator.toml naming another state database (and log) creates neither
+    text = config.read_text(encoding="utf-8")
+    elsewhere = fed.root / "c-elsewhere.toml"
+    moved = re.sub(r'^state = ".*"$', 'state = "state-elsewhere/c.sqlite"', text, flags=re.M)
+    moved = re.sub(r'^audit_log = ".*"$', 'audit_log = "logs-else/c.jsonl"', moved, flags=re.M)
+    assert "state-elsewhere" in moved and "logs-else" in moved
+    elsewhere.write_text(moved, encoding="utf-8")
+    wrong = _import(elsewhere, response)
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert f"{response}: refused: round {rid.group(1)} has no offline sub-rounds" in wrong.stderr
+    assert not (fed.root / "state-elsewhere").exists() and not (fed.root / "logs-else").exists()
+    # the same log and another state: the refusal is logged, no state is created
+    same_log = fed.root / "c-same-log.toml"
+    same_log.write_text(
+        re.sub(r'^state = ".*"$', 'state = "state-other/c.sqlite"', text, flags=re.M),
+        encoding="utf-8",
+    )
+    wrong = _import(same_log, response)
+    assert wrong.returncode == 1 and "refused: round" in wrong.stderr, wrong.stderr
+    assert not (fed.root / "state-other").exists()
+    refused = audit_entries(fed.audit_log("civil-affairs"))[-3]
+    assert (refused["event"], refused["action"]) == ("offline_file", "refused"), refused
+    assert "does not exist" in str(refused["reason"])
 
 
 @pytest.mark.parametrize("moment", ["state", "log"])
