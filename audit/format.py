@@ -113,11 +113,12 @@ LIST_SHARED: Final = "list_shared"
 (``enrolled``/``gaps``/``exits``), ``purpose``, ``rows`` (a count), ``columns`` (names).
 Never a cell of the list."""
 OFFLINE_FILE: Final = "offline_file"
-"""A sealed offline file (docs/offline.md) was written, opened or refused. Fields:
-``kind`` (``"request"``/``"response"``), ``action`` (``"written"``, ``"opened"``,
-``"refused"``), ``peer`` (the other member), ``file_sha256`` (hex SHA-256 of the
-whole file), ``file_id`` (its random id) and ``round_id`` when known, ``reason``
-for a refusal."""
+"""A sealed offline file (docs/offline.md) was written, opened or refused, or a request's
+answer failed. Fields: ``kind`` (``"request"``/``"response"``), ``action``
+(``"written"``, ``"opened"``, ``"refused"``, ``"failed"``: no response written),
+``peer`` (the other member), ``file_sha256`` (hex SHA-256 of the whole file),
+``file_id`` (its random id) and ``round_id`` when known, ``reason`` for a refusal
+or a failure."""
 
 EVENTS: Final = frozenset(
     {

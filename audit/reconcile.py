@@ -88,8 +88,35 @@ def _outcome(entry: Entry) -> str:
     return {fmt.ROUND_FAILED: "failed", fmt.ROUND_REFUSED: "refused"}.get(entry.event, "incomplete")
 
 
+@dataclass
+class _Attempt:
+    """One ``node answer`` of a sealed request: from its ``offline_file`` ``opened``
+    entry to the process's end (``shutdown``, or the next process's first entry)."""
+
+    round_id: str
+    request: str
+    answered: bool = False
+
+
+def _retried(earlier: _Attempt | None, now: _Attempt | None) -> bool:
+    """Whether a round ended in ``earlier`` may end again in ``now``: a retry of the
+    same request after an attempt that wrote no response (failed or interrupted)."""
+    return (
+        earlier is not None
+        and now is not None
+        and earlier is not now
+        and earlier.request == now.request
+        and not earlier.answered
+    )
+
+
 def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list[ReconcileFinding]]:
     """Each round's final state in one log, plus findings for round ids used twice.
+
+    A node may end the rounds of one offline request again when it answers the
+    request again after an attempt that wrote no response (docs/offline.md): that is
+    no reuse, and the answered attempt's entries are the round's state. A request
+    answered twice (two responses written for it) is a finding.
 
     The placeholder round id (:data:`audit.format.UNKNOWN_ROUND_ID`) is skipped in a
     ``round_refused`` entry with match set ``-`` (a call refused before it had a
@@ -97,9 +124,32 @@ def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list
     that id (:class:`psi.context.RoundContext` refuses it).
     """
     states: dict[RoundKey, RoundState] = {}
-    terminal_at: dict[RoundKey, int] = {}
+    terminal_at: dict[RoundKey, tuple[int, _Attempt | None]] = {}
     findings: list[ReconcileFinding] = []
+    attempt: _Attempt | None = None
+    answered_at: dict[str, int] = {}  # request file id -> its written response's entry
     for entry in log.entries:
+        if entry.event == fmt.OFFLINE_FILE:
+            kind, action = _str(entry, "kind"), _str(entry, "action")
+            if kind == "request" and action == "opened":
+                attempt = _Attempt(_str(entry, "round_id"), _str(entry, "file_id"))
+            elif kind == "response" and action == "written":
+                request = _str(entry, "request_id")
+                if attempt is not None and attempt.request == request:
+                    attempt.answered = True
+                if request in answered_at:
+                    findings.append(
+                        ReconcileFinding(
+                            _str(entry, "round_id"),
+                            f"{log.party}'s log answers the offline request {request[:12]} "
+                            f"twice (entries {answered_at[request]} and {entry.line})",
+                        )
+                    )
+                answered_at[request] = entry.line
+            continue
+        if entry.event in (fmt.SHUTDOWN, fmt.CONFIG_LOADED):
+            attempt = None  # the process that answered a request ended (or another began)
+            continue
         if entry.event not in fmt.ROUND_EVENTS:
             continue
         key = (_str(entry, "round_id"), _str(entry, "responder"), _str(entry, "match_set"))
@@ -116,15 +166,16 @@ def round_states(log: LogVerification) -> tuple[dict[RoundKey, RoundState], list
             )
             continue
         if entry.event in fmt.TERMINAL_EVENTS:
-            if key in terminal_at:
+            mine = attempt if attempt is not None and attempt.round_id == key[0] else None
+            if key in terminal_at and not _retried(terminal_at[key][1], mine):
                 findings.append(
                     ReconcileFinding(
                         key[0],
-                        f"{log.party}'s log ends this round twice (entries {terminal_at[key]} and "
-                        f"{entry.line}): a round id was reused",
+                        f"{log.party}'s log ends this round twice (entries "
+                        f"{terminal_at[key][0]} and {entry.line}): a round id was reused",
                     )
                 )
-            terminal_at[key] = entry.line
+            terminal_at[key] = (entry.line, mine)
         elif key in states:
             continue  # a started event after a terminal one is covered by the reuse check
         states[key] = RoundState(

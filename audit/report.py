@@ -170,7 +170,9 @@ def collect_queries(logs: Sequence[LogVerification]) -> list[Query]:
             if query.without_round:  # each such refusal is its own event
                 key = (f"{entry.party}:{entry.line}", query.responder, query.match_set)
             own = entry.party == query.responder
-            if key not in chosen or (own and not chosen[key][0]):
+            # the responder's own entry wins, and its last one: an offline request
+            # answered again after a failed attempt ends its rounds twice (docs/offline.md)
+            if key not in chosen or own:
                 chosen[key] = (own, query)
     return sorted((q for _, q in chosen.values()), key=lambda q: q.ts)
 

@@ -15,17 +15,23 @@ Steps (docs/offline.md); each refusal is one line, and the protocol log says why
    the request's messages as the stream: the same authorization (allow list,
    purpose, sizes, budgets, suites), drivers, log entries and transcript as online;
 6. write the sealed response atomically (temporary file + rename) and log its digest.
+
+A match set whose source failed (its database unreachable) writes no response: the
+request stays unused, for a retry once the source is back. An attempt that ends
+without a response (that, a Ctrl-C, a response that cannot be written) is logged as
+``offline_file`` ``failed`` with its reason; ``audit reconcile`` then accepts the retry.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
@@ -70,6 +76,38 @@ class _Aborted(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+class _NotAnswered(Exception):
+    """A match set this node could not read (its database or file failed): no response.
+
+    A response with that set failed would use the request up for a failure that a
+    retry, once the source is back, does not have (docs/offline.md).
+    """
+
+    def __init__(self, failed: list[tuple[str, str]]) -> None:
+        super().__init__("source failed")
+        self.failed = failed
+
+
+class _Reasons:
+    """The protocol log as the servicer sees it, keeping the last ``round_failed`` reason.
+
+    The requester is told only that the node failed; the node's own operator, who runs
+    ``node answer``, is shown why (the same reason as in the log).
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+        self.last_failure = ""
+
+    def append(self, event: str, **fields: object) -> int:
+        if event == "round_failed":
+            self.last_failure = str(fields.get("reason", ""))
+        return self._audit.append(event, **fields)
+
+    def append_anchored(self, event: str, **fields: object) -> tuple[int, str]:
+        return self._audit.append_anchored(event, **fields)
 
 
 class _FileCall:
@@ -184,20 +222,35 @@ def _state(config: NodeConfig, audit: AuditLog, round_id: str, draw: bytes) -> N
 def _run_sub_round(
     servicer: NodeServicer, protocol: str, requests: list[bytes]
 ) -> tuple[str, str, list[bytes]]:
-    """Drive the servicer with the request's messages; ``(status, reason, answers)``."""
+    """Drive the servicer with the request's messages; ``(status, reason, answers)``.
+
+    ``status`` is ``ok``, ``refused``, ``failed`` (the request's fault: the same answer
+    on a retry) or ``source failed`` (the node's own: its database or file).
+    """
     out: list[bytes] = []
+    responses: Iterator[Any]
+    if protocol == "keyed-hash":
+        kh = iter([pb.KeyedHashRequest.FromString(r) for r in requests])
+        responses = servicer.KeyedHash(kh, _FileCall())  # type: ignore[arg-type]
+    else:
+        ec = iter([pb.EcdhRequest.FromString(r) for r in requests])
+        responses = servicer.Ecdh(ec, _FileCall())  # type: ignore[arg-type]
     try:
-        if protocol == "keyed-hash":
-            kh = iter([pb.KeyedHashRequest.FromString(r) for r in requests])
-            for kh_resp in servicer.KeyedHash(kh, _FileCall()):  # type: ignore[arg-type]
-                out.append(kh_resp.SerializeToString())
-        else:
-            ec = iter([pb.EcdhRequest.FromString(r) for r in requests])
-            for ec_resp in servicer.Ecdh(ec, _FileCall()):  # type: ignore[arg-type]
-                out.append(ec_resp.SerializeToString())
+        for response in responses:
+            out.append(response.SerializeToString())
     except _Aborted as exc:
+        if exc.code == grpc.StatusCode.INTERNAL:
+            return "source failed", exc.details, []
         status = "refused" if exc.code in _REFUSED_CODES else "failed"
         return status, exc.details, []
+    except KeyboardInterrupt:
+        # A Ctrl-C between two messages lands here, outside the servicer: hand it in,
+        # so that its end entry says "interrupted", not "cancelled by the requester"
+        # (as a plain close of the generator would)
+        if isinstance(responses, Generator):
+            with contextlib.suppress(KeyboardInterrupt, StopIteration):
+                responses.throw(KeyboardInterrupt())
+        raise
     return "ok", "", out
 
 
@@ -278,15 +331,20 @@ def _answers(
     views = {v.name: v for v in capabilities(config, opened.sender, role=role)}
     subs_out: list[dict[str, Any]] = []
     parts: list[bytes] = []
+    log = _Reasons(audit)
+    unread: list[tuple[str, str]] = []
     for sub in manifest.get("sub_rounds", []):
         lo, hi = sub["parts"]
         draw = base64.b64decode(sub.get("responder_draw", ""), validate=True)
         state = _state(config, audit, opened.header["round_id"], draw)
-        servicer = NodeServicer(state, audit)
+        servicer = NodeServicer(state, log)
         with peer_scope(Peer(name=opened.sender, role=role)):
             status, reason, answers = _run_sub_round(
                 servicer, str(manifest.get("protocol")), list(bundle.parts[lo:hi])
             )
+        if status == "source failed":
+            unread.append((str(sub["match_set"]), log.last_failure or reason))
+            continue
         first = len(parts)
         parts.extend(answers)
         view = views.get(str(sub["match_set"]))
@@ -301,6 +359,8 @@ def _answers(
                 "display_name": view.display_name if view else "",
             }
         )
+    if unread:
+        raise _NotAnswered(unread)
     return Bundle(
         {
             "kind": "xmatch-offline-response",
@@ -348,28 +408,49 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
             _log_file(audit, data, "refused", reason="unreadable content")
             raise InputError(f"{request}: refused: unreadable content") from None
         _log_file(audit, opened, "opened", file=request.name)
+        # From here until the response is logged as written, an attempt that ends
+        # otherwise is logged as failed, with why: a retry of the same request is
+        # then legitimate (and audit reconcile reads it so), not a round id reused.
         try:
-            response = _answers(cfg, audit, opened, role, bundle)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            # signed by a coordinator of the federation, and still malformed: refuse it
-            reason = f"malformed request content ({type(exc).__name__})"
-            _log_file(audit, opened, "refused", reason=reason)
-            raise SealedFileError(f"{request}: refused: {reason}") from None
-        expires = _dt.datetime.fromisoformat(opened.header["expires"])
-        sealed = seal(
-            response.to_bytes(),
-            kind="response",
-            sender=sender,
-            recipient=opened.sender,
-            recipient_seal_cert_pem=opened.sender_seal_cert_pem,
-            ca_pem=node.ca.read_bytes(),
-            round_id=opened.header["round_id"],
-            expires=expires,
-        )
-        try:
-            write_atomic(out, sealed, mode=0o644)
-        except OSError as exc:  # a full medium, a stick pulled out
-            raise InputError(f"{out}: cannot write ({exc.strerror})") from None
+            try:
+                response = _answers(cfg, audit, opened, role, bundle)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                # signed by a coordinator of the federation, and still malformed: refuse it
+                reason = f"malformed request content ({type(exc).__name__})"
+                _log_file(audit, opened, "refused", reason=reason)
+                raise SealedFileError(f"{request}: refused: {reason}") from None
+            expires = _dt.datetime.fromisoformat(opened.header["expires"])
+            sealed = seal(
+                response.to_bytes(),
+                kind="response",
+                sender=sender,
+                recipient=opened.sender,
+                recipient_seal_cert_pem=opened.sender_seal_cert_pem,
+                ca_pem=node.ca.read_bytes(),
+                round_id=opened.header["round_id"],
+                expires=expires,
+            )
+            try:
+                write_atomic(out, sealed, mode=0o644)
+            except OSError as exc:  # a full medium, a stick pulled out
+                _log_file(audit, opened, "failed", reason="response not written", file=request.name)
+                raise InputError(
+                    f"{out}: cannot write ({exc.strerror}); the request is not used up: "
+                    "answer it again with another --out"
+                ) from None
+        except _NotAnswered as exc:
+            _log_file(audit, opened, "failed", reason="source failed", file=request.name)
+            for match_set, why in exc.failed:
+                print(f"{node.name}/{match_set}: failed ({why})", file=out_stream)
+            names = ", ".join(f"{node.name}/{m}" for m, _ in exc.failed)
+            raise InputError(
+                f"{request}: not answered: {names} could not be read (see above); nothing "
+                "was written and the request is not used up: answer it again once the "
+                "source is back"
+            ) from None
+        except KeyboardInterrupt:
+            _log_file(audit, opened, "failed", reason="interrupted", file=request.name)
+            raise
         _log_file(
             audit,
             sealed,

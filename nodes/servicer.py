@@ -107,6 +107,13 @@ class _NodeStopped(XmatchError):
     """The node stopped (SIGTERM/SIGINT) while the round was open."""
 
 
+def _ended(interrupted: bool) -> XmatchError:
+    """Why a round without an error of its own ended unfinished (its end entry's reason)."""
+    if interrupted:
+        return _NodeStopped("interrupted on the node (Ctrl-C)")
+    return ProtocolError("cancelled by the requester")
+
+
 _T = TypeVar("_T")
 
 
@@ -387,6 +394,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         error: BaseException | None = None
         finished = False
         claimed = False  # this call took the right to write the end entry
+        interrupted = False
         with self._open_lock:
             self._open[id(driver)] = driver
         try:
@@ -410,6 +418,11 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
                         yield to_proto(out)
                 finally:
                     outputs.close()
+        except KeyboardInterrupt:
+            # Ctrl-C in this process (``node answer`` runs rounds in its main thread):
+            # the requester cancelled nothing, so the end entry must not say it did
+            interrupted = True
+            raise
         except Exception as exc:
             error = exc
         finally:
@@ -418,7 +431,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
             if not finished:
                 try:
                     if mine:
-                        self._log_end(driver, error or ProtocolError("cancelled by the requester"))
+                        self._log_end(driver, error or _ended(interrupted))
                 finally:
                     if error is not None:
                         code, public, _ = status_for(error)

@@ -603,3 +603,51 @@ def test_report_never_writes_its_json_over_an_existing_file(
     with pytest.raises(InputError, match="exists already"):
         report(path, json_out=earlier)
     assert earlier.read_text(encoding="utf-8") == "{}"
+
+
+def _answer_attempt(
+    log: AuditLog, i: int, *, request: str, answered: bool, event: str = fmt.ROUND_FINISHED
+) -> None:
+    """One ``node answer`` of the offline request ``request`` for round ``i``."""
+    offline = {"peer": COORD, "file_sha256": "ab" * 32, "round_id": rid(i)}
+    log.append(fmt.OFFLINE_FILE, kind="request", action="opened", file_id=request, **offline)
+    fields = round_event(i)
+    log.append(fmt.ROUND_STARTED, **{k: v for k, v in fields.items() if k in fmt.ROUND_FIELDS})
+    if event == fmt.ROUND_FAILED:
+        fields = {**fields, "outcome": "failed", "reason": "interrupted on the node (Ctrl-C)"}
+        del fields["transcript"]
+    log.append(event, **fields)
+    if answered:
+        log.append(fmt.OFFLINE_FILE, kind="response", action="written", request_id=request,
+                   file_id="cd" * 16, **offline)  # fmt: skip
+    else:
+        log.append(fmt.OFFLINE_FILE, kind="request", action="failed", file_id=request,
+                   reason="interrupted", **offline)  # fmt: skip
+    log.append(fmt.SHUTDOWN, reason="done")
+
+
+@pytest.mark.parametrize("first", [fmt.ROUND_FAILED, fmt.ROUND_FINISHED])
+def test_an_offline_retry_after_a_failed_attempt_is_no_reuse(
+    tmp_path: Path, signers: dict[str, AuditSigner], first: str
+) -> None:
+    """A node answers an offline request again after an attempt that wrote no response
+    (interrupted, or its response could not be written, so even after round_finished):
+    that used to be "a round id was reused". A request answered twice still is a finding."""
+    coord, node = pair(tmp_path, signers, [round_event(i) for i in range(5)])
+    request = "ef" * 16
+    with AuditLog.open(node, party=NODE, signer=signers[NODE]) as log:
+        _answer_attempt(log, 5, request=request, answered=False, event=first)
+        _answer_attempt(log, 5, request=request, answered=False, event=fmt.ROUND_FAILED)
+        _answer_attempt(log, 5, request=request, answered=True)
+    code, text = run_reconcile(coord, node)
+    assert code == 0, text
+    assert "OK: 6 rounds reconciled across 2 logs" in text
+    # the usage report counts the round once, as answered (it took the first attempt)
+    usage = build_report([check_log(node.read_bytes(), name="n")])
+    assert (usage.queries, sum(r.failures for r in usage.rows)) == (6, 0)
+    with AuditLog.open(node, party=NODE, signer=signers[NODE]) as log:
+        _answer_attempt(log, 5, request=request, answered=True)
+    code, text = run_reconcile(coord, node)
+    assert code == 1, text
+    assert f"justice's log answers the offline request {request[:12]} twice" in text
+    assert "a round id was reused" in text

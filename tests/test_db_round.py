@@ -25,8 +25,10 @@ from tests import configs
 from tests.configs import put
 from tests.federation import (
     AS_OF,
+    audit_entries,
     build_federation,
     coordinator_toml,
+    free_ports,
     round_run,
     start_nodes,
     stop_nodes,
@@ -286,5 +288,77 @@ def test_the_server_dying_mid_stream_is_a_failed_source(tmp_path: Path) -> None:
         assert server.password not in out + err
     finally:
         stop_nodes(fed.nodes)
+        server.stop()
+    assert server.password.encode() not in everything_written(root)
+
+
+def test_an_offline_answer_while_the_database_is_down_does_not_use_up_the_request(
+    tmp_path: Path,
+) -> None:
+    """``node answer`` with the department's database unreachable used to write a
+    response with the set failed, and log it written: the request was used up ("answered
+    before") although nothing was answered. Now nothing is written, the attempt is logged
+    as failed, and a retry once the database is back answers it (and only once)."""
+    from tests.test_offline import _offline_toml
+
+    custody = SPECS[1].match_sets[0]
+    server = start_postgresql()
+    fed = build_federation(tmp_path / "fed", specs=SPECS, children=60)
+    root = fed.root
+    try:
+        load_csv(server, root / custody.source, "justice_custody", text_columns=["id_number"])
+        dsn_file = root / "justice.dsn"
+        down = server.dsn().replace(f":{server.port}/", f":{free_ports(1)[0]}/")
+        dsn_file.write_text(down + "\n")
+        dsn_file.chmod(0o600)
+        to_database(root, dsn_file)
+        config = _offline_toml(fed, "offline.toml", ("justice",), specs=(SPECS[1],))
+        run = round_run(config, root / "out", as_of=AS_OF)
+        assert run.returncode == 4, run.stderr
+        request = root / "out" / "offline" / "justice.request"
+        response = root / "justice.response"
+
+        def answer() -> subprocess.CompletedProcess[str]:
+            return xmatch(
+                "node", "answer", "--config", str(fed.config("justice")),
+                "--request", str(request), "--out", str(response),
+            )  # fmt: skip
+
+        first = answer()
+        assert first.returncode == 1, first.stdout + first.stderr
+        assert first.stderr.count("\n") == 1 and "not answered: justice/custody" in first.stderr
+        assert "the request is not used up" in first.stderr
+        assert "cannot connect" in first.stdout, first.stdout  # the operator sees why
+        assert not response.exists()
+        failed = [
+            e for e in audit_entries(fed.audit_log("justice")) if e["event"] == "offline_file"
+        ][-1]
+        assert (failed["kind"], failed["action"], failed["reason"]) == (
+            "request",
+            "failed",
+            "source failed",
+        )
+        # the database is back: the same request is answered
+        dsn_file.write_text(server.dsn() + "\n")
+        again = answer()
+        assert again.returncode == 0, again.stderr
+        assert "justice/custody: ok" in again.stdout and response.is_file()
+        # and only once: the replay protection holds for an answered request
+        third = xmatch(
+            "node", "answer", "--config", str(fed.config("justice")),
+            "--request", str(request), "--out", str(root / "third.response"),
+        )  # fmt: skip
+        assert third.returncode == 1 and "answered before" in third.stderr, third.stderr
+        imported = xmatch("round", "import", "--config", str(config), "--response", str(response))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        # the failed attempt and the answered one reconcile: no "round id reused"
+        reconcile = xmatch(
+            "audit", "reconcile", "--allow-unsigned-tail", "--ca", str(root / "pki" / "ca.crt"),
+            str(fed.audit_log("civil-affairs")), str(fed.audit_log("justice")),
+        )  # fmt: skip
+        assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+        outputs = first.stdout + first.stderr + again.stdout + again.stderr
+        assert server.password not in outputs
+    finally:
         server.stop()
     assert server.password.encode() not in everything_written(root)

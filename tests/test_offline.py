@@ -25,6 +25,7 @@ from keys.sealed import (
     read_sealed,
     seal,
 )
+from psi.errors import InputError
 from tests.federation import (
     AS_OF,
     Federation,
@@ -652,3 +653,79 @@ def test_a_ctrl_c_while_requests_are_written_leaves_nothing(
     assert sorted(p.name for p in (out / "offline").iterdir()) == sorted(
         f"{name}.request" for name in OFFLINE
     )
+
+
+@pytest.mark.parametrize("fault", ["ctrl-c", "unwritable"])
+def test_a_retry_after_a_failed_answer_reconciles(
+    fed: Federation, online: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A first ``node answer`` stopped by Ctrl-C (or whose response could not be written)
+    was logged "cancelled by the requester", and the retry made audit reconcile report
+    "a round id was reused". Now the attempt is logged as failed, with why, and a failed
+    attempt followed by the answered one reconciles."""
+    import errno
+    import io
+
+    from nodes import answer, servicer
+
+    config = _offline_toml(fed, f"c-retry-{fault}.toml", ("police",))
+    out = fed.root / f"retry-{fault}"
+    done = round_run(config, out, as_of=AS_OF)
+    assert done.returncode == 4, done.stderr
+    rid = re.search(r"round ([0-9a-f]{32})", done.stdout)
+    assert rid is not None
+    request = out / "offline" / "police.request"
+    response = fed.root / f"retry-{fault}.response"
+    if fault == "ctrl-c":
+        started = servicer.NodeServicer._started
+
+        def ctrl_c_once_started(self: servicer.NodeServicer, driver: object) -> None:
+            started(self, driver)  # type: ignore[arg-type]
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the first sub-round
+            time.sleep(0.05)
+
+        monkeypatch.setattr(servicer.NodeServicer, "_started", ctrl_c_once_started)
+        with pytest.raises(KeyboardInterrupt):
+            answer.answer_command(
+                config=fed.config("police"), request=request, out=response, stdout=io.StringIO()
+            )
+        why = "interrupted"
+    else:
+
+        def full_medium(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(answer, "write_atomic", full_medium)
+        with pytest.raises(InputError, match="the request is not used up"):
+            answer.answer_command(
+                config=fed.config("police"), request=request, out=response, stdout=io.StringIO()
+            )
+        why = "response not written"
+    monkeypatch.undo()
+    assert not response.exists()
+    mine = [e for e in audit_entries(fed.audit_log("police")) if e.get("round_id") == rid.group(1)]
+    assert [e["reason"] for e in mine if e.get("action") == "failed"] == [why], mine
+    assert "cancelled by the requester" not in {e.get("reason") for e in mine}
+    if fault == "ctrl-c":
+        assert [e["reason"] for e in mine if e["event"] == "round_failed"] == [
+            "interrupted on the node (Ctrl-C)"
+        ]
+    again = _answer(fed, "police", request, response)
+    assert again.returncode == 0, again.stderr
+    imported = _import(config, response)
+    assert imported.returncode in (0, 3), imported.stderr
+    reconcile = xmatch(
+        "audit",
+        "reconcile",
+        "--ca",
+        str(fed.root / "pki" / "ca.crt"),
+        "--allow-unsigned-tail",
+        str(fed.audit_log("civil-affairs")),
+        str(fed.audit_log("police")),
+    )
+    findings = [
+        line
+        for line in reconcile.stdout.splitlines()
+        if line.startswith("FINDING") and rid.group(1)[:12] in line
+    ]
+    assert findings == [], reconcile.stdout
