@@ -21,7 +21,7 @@ from audit.gm import GmAuditSigner
 from audit.log import AuditLog
 from coordinator.client import MAX_MESSAGE_BYTES, describe_rpc_error
 from coordinator.config import CoordinatorConfig, NodeEntry
-from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials
+from keys.handles import AuditSigner, TlsMaterial, load_tls_credentials, own_credentials
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.errors import InputError, PeerError, Refused
 from runtime.files import private_folders
@@ -45,40 +45,42 @@ def coordinator_tls(config: CoordinatorConfig) -> TlsMaterial:
     """Our TLS identity (``[coordinator]`` ca, cert, key).
 
     Raises:
-        InputError, VerificationError, InvalidKey, ConfigError: as
-            :func:`keys.handles.load_tls_credentials`.
+        ConfigError: a file is unusable (any failure of
+            :func:`keys.handles.load_tls_credentials`: our own files).
     """
     section = config.coordinator
-    return load_tls_credentials(
-        ca=section.ca,
-        cert=section.cert,
-        key=section.key,
-        name=section.name,
-        passphrase=section.key_passphrase(),
-    )
+    with own_credentials():
+        return load_tls_credentials(
+            ca=section.ca,
+            cert=section.cert,
+            key=section.key,
+            name=section.name,
+            passphrase=section.key_passphrase(),
+        )
 
 
 def coordinator_signer(config: CoordinatorConfig) -> AuditSigner | GmAuditSigner:
     """The signer of our protocol log's checkpoints: the audit key, or SM2 (GM profile).
 
     Raises:
-        InputError, VerificationError, InvalidKey: the audit key (or the SM2 key) is unusable.
+        ConfigError: the audit key, its certificate or the SM2 key is unusable (our own files).
     """
     section = config.coordinator
-    signer = AuditSigner.load(
-        key=section.audit_key_path,
-        cert=section.audit_cert_path,
-        passphrase=section.key_passphrase(),
-        ca=section.ca,
-    )
-    if section.audit_profile != "gm":
-        return signer
-    from audit.gm import gm_signer  # GM log profile: SM2 checkpoints, bound by the audit key
+    with own_credentials():
+        signer = AuditSigner.load(
+            key=section.audit_key_path,
+            cert=section.audit_cert_path,
+            passphrase=section.key_passphrase(),
+            ca=section.ca,
+        )
+        if section.audit_profile != "gm":
+            return signer
+        from audit.gm import gm_signer  # GM log profile: SM2 checkpoints, bound by the audit key
 
-    try:
-        return gm_signer(signer, section.audit_sm2_key_path)
-    except OSError as exc:
-        raise InputError(f'audit_profile = "gm": {exc}') from None
+        try:
+            return gm_signer(signer, section.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
 
 
 @contextmanager

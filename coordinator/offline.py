@@ -64,6 +64,7 @@ from coordinator.round import (
 )
 from coordinator.state import RoundState
 from coordinator.sub_round import SubRound, SubRoundStatus
+from keys.handles import own_credentials
 from keys.sealed import (
     SealingKey,
     SenderKey,
@@ -115,23 +116,29 @@ class Keys:
 
 
 def keys_of(config: CoordinatorConfig) -> Keys:
+    """Our keys for sealed files, from ``[coordinator]`` ca, cert, key and NAME.seal.*.
+
+    Raises:
+        ConfigError: one of these files is unusable (our own files: exit 2).
+    """
     section = config.coordinator
     folder = section.key.parent
-    try:
-        ca_pem = section.ca.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{section.ca}: cannot read ({exc.strerror})") from None
-    passphrase = section.key_passphrase()
-    sender = load_sender_key(
-        name=section.name,
-        key=section.key,
-        cert=section.cert,
-        seal_cert=folder / f"{section.name}.seal.crt",
-        passphrase=passphrase,
-    )
-    sealing = load_sealing_key(
-        folder / f"{section.name}.seal.key", name=section.name, passphrase=passphrase
-    )
+    with own_credentials():
+        try:
+            ca_pem = section.ca.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{section.ca}: cannot read ({exc.strerror})") from None
+        passphrase = section.key_passphrase()
+        sender = load_sender_key(
+            name=section.name,
+            key=section.key,
+            cert=section.cert,
+            seal_cert=folder / f"{section.name}.seal.crt",
+            passphrase=passphrase,
+        )
+        sealing = load_sealing_key(
+            folder / f"{section.name}.seal.key", name=section.name, passphrase=passphrase
+        )
     return Keys(ca_pem, sender, sealing)
 
 

@@ -95,7 +95,9 @@ def load_certificate(data: bytes, *, what: str) -> x509.Certificate:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        raise VerificationError(f"{what} is not an X.509 certificate") from exc
+        # a key given where a certificate belongs (ca.key as ca or cert) is a common slip
+        hint = ": it holds a private key" if b"PRIVATE KEY-----" in data[:200] else ""
+        raise VerificationError(f"{what} is not an X.509 certificate{hint}") from exc
 
 
 def check_ca_certificate(ca: x509.Certificate, *, what: str = "CA certificate") -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -68,6 +70,24 @@ def _check_name_matches(cert_path: Path, cert_pem: bytes, name: str) -> None:
     if cns != [name]:
         shown = cns[0] if len(cns) == 1 else cns
         raise ConfigError(f"{cert_path}: certificate names {shown!r}, config says {name!r}")
+
+
+@contextmanager
+def own_credentials() -> Iterator[None]:
+    """Loading our own CA, certificate or key files, as our config names them.
+
+    Any problem with them (unreadable, not a certificate, expired, a key that
+    does not belong) is a configuration error: re-raised as
+    :class:`psi.errors.ConfigError` with the same line, so ``round`` and
+    ``node serve`` exit 2, as for the config file itself (docs/coordinator.md,
+    "Exit codes"; docs/node.md). Peers' certificates are not loaded through here.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (InputError, VerificationError, InvalidKey) as exc:
+        raise ConfigError(exc.diagnostics()) from exc
 
 
 class SecretKeyAccess:

@@ -195,24 +195,25 @@ def _log_signer(config: NodeConfig, passphrase: bytes | None) -> AuditSigner | G
     """The signer of the protocol log's checkpoints: the audit key, or SM2 (GM profile).
 
     Raises:
-        InputError, VerificationError, InvalidKey: the audit key (or the SM2 key) is unusable.
+        ConfigError: the audit key, its certificate or the SM2 key is unusable (our own files).
     """
-    from keys.handles import AuditSigner
+    from keys.handles import AuditSigner, own_credentials
 
     node = config.node
-    signer = AuditSigner.load(
-        key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
-    )
-    if node.audit_profile != "gm":
-        return signer
-    # GM log profile: SM2 checkpoints, bound by the audit key
-    from audit.gm import gm_signer
-    from psi.errors import InputError
+    with own_credentials():
+        signer = AuditSigner.load(
+            key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
+        )
+        if node.audit_profile != "gm":
+            return signer
+        # GM log profile: SM2 checkpoints, bound by the audit key
+        from audit.gm import gm_signer
+        from psi.errors import InputError
 
-    try:
-        return gm_signer(signer, node.audit_sm2_key_path)
-    except OSError as exc:
-        raise InputError(f'audit_profile = "gm": {exc}') from None
+        try:
+            return gm_signer(signer, node.audit_sm2_key_path)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
 
 
 def _log_folder(path: Path, config: NodeConfig) -> None:
@@ -250,8 +251,7 @@ def serve_from_config(path: Path | str) -> int:
 
     Raises:
         ConfigError: bad configuration, unreadable or misconfigured match set,
-            or the address cannot be bound.
-        InputError, VerificationError, InvalidKey: TLS or audit key problems.
+            our own certificate, key or CA unusable, or the address cannot be bound.
         ProtocolError: a round entry of the protocol log is malformed (startup
             refuses to run with budgets it cannot rebuild).
     """
@@ -260,7 +260,7 @@ def serve_from_config(path: Path | str) -> int:
     config = load_node_config(path)
     node = config.node
     from audit.log import AuditLog
-    from keys.handles import load_tls_credentials
+    from keys.handles import load_tls_credentials, own_credentials
     from nodes.drivers import keep_distinct
     from nodes.history import read_round_entries, restore_limits
     from nodes.matchsets import MatchSetStore
@@ -268,9 +268,10 @@ def serve_from_config(path: Path | str) -> int:
 
     # (2)
     passphrase = config.node.key_passphrase()
-    tls = load_tls_credentials(
-        ca=node.ca, cert=node.cert, key=node.key, name=node.name, passphrase=passphrase
-    )
+    with own_credentials():  # our own certificate, key or CA: a configuration error (exit 2)
+        tls = load_tls_credentials(
+            ca=node.ca, cert=node.cert, key=node.key, name=node.name, passphrase=passphrase
+        )
     log_signer = _log_signer(config, passphrase)
     # (3)
     _remove_stale_spill(config)

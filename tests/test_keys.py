@@ -239,11 +239,20 @@ def test_invalid_member_names_are_refused(tmp_path: Path, name: str) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
 
 
-def test_cli_rejects_a_bad_name_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["Bad Name", "../evil", "a/b", "..", "/etc/x"])
+@pytest.mark.parametrize("action", ["issue", "issue-seal"])
+def test_cli_rejects_a_bad_name_with_one_line(tmp_path: Path, action: str, name: str) -> None:
+    """A usage error (exit 2) at parse time: the name becomes file names (DIR/NAME.crt)."""
     init_ca(tmp_path)
-    done = xmatch("keys", "issue", "--dir", str(tmp_path), "--name", "Bad Name", "--role", "node")
-    assert done.returncode == 1
-    assert done.stderr.count("\n") == 1 and "member name" in done.stderr
+    done = xmatch("keys", action, "--dir", str(tmp_path), "--name", name, "--role", "node")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "xmatch: error: argument --name: expected a member name: 1-63 lower-case letters, "
+        "digits or '-', starting with a letter (for example justice or civil-affairs); it "
+        f"becomes a file name (see `xmatch keys {action} --help`)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
+    assert not (tmp_path.parent / "evil.crt").exists()
 
 
 def test_separate_key_passphrase(tmp_path: Path) -> None:

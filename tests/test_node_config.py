@@ -208,7 +208,7 @@ def test_cli_prints_one_line(folder: Path, edit: Edit, message: str) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error (docs/node.md)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -223,7 +223,7 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == f"xmatch: error: {tmp_path / 'nope.toml'}: file not found"
 
 

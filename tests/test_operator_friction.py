@@ -322,7 +322,7 @@ def test_short_csv_row_of_a_node_source_gives_its_line(fed: Federation) -> None:
         fed, "police-short.node.toml", put(f"{deaths}.source", "data/police/deaths-short.csv")
     )
     done = xmatch("node", "serve", "--config", str(config), cwd=fed.root, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == exit_codes.USAGE  # a configuration problem
     width = len(lines[0].split(","))
     assert (
         f"('deaths'): deaths-short.csv:5: malformed CSV: expected {width} fields as in the "
@@ -457,7 +457,7 @@ def test_busy_port_prints_only_the_good_line(fed: Federation) -> None:
             put("node.listen", f"127.0.0.1:{port}"),
         )
         done = xmatch("node", "serve", "--config", str(config), timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == exit_codes.USAGE  # a configuration problem
     line = _one_error_line(done)  # exactly one line: no raw gRPC C-core line before it
     assert f"node.listen: cannot listen on 127.0.0.1:{port} (Address already in use)" in line
 

@@ -7,19 +7,16 @@ broken optional piece cannot break unrelated commands.
 
 Errors: every expected failure is an :class:`psi.errors.XmatchError`; it is
 printed as one line on stderr and the exit code is 1 (2 for usage errors,
-from argparse, and for a configuration error of ``round``). Anything else is a
-bug: we print its type and where it was raised, never its message (which could
-quote a value), exit 1, and show the traceback only with ``-v``. The codes live
+from argparse, and for a configuration error of ``round`` and ``node serve``).
+Anything else is a bug: we print its type and where it was raised, never its
+message (which could quote a value), exit 1, and show the traceback only with ``-v``. The codes live
 in :mod:`coordinator.exit_codes`.
 """
 
 from __future__ import annotations
 
 import argparse
-import calendar
-import datetime as _dt
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,7 +26,7 @@ from typing import NoReturn
 from coordinator import exit_codes
 from psi.errors import ConfigError, XmatchError
 from runtime.signals import CtrlC
-from xmatch.cli_text import examples
+from xmatch.cli_text import as_of, count, examples, member_name, seconds, source
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -43,34 +40,6 @@ A round, end to end:
   xmatch audit verify --ca pki/ca.crt logs/*.audit.jsonl
 Or everything on loopback at once:  xmatch demo
 """
-
-
-def _date(text: str) -> _dt.date:
-    form = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
-    if form is None:
-        # a date has at most 10 characters: a longer value (an identity number pasted
-        # in the wrong place) is not echoed
-        shown = f": {text!r}" if len(text) <= 10 else ""
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form{shown}")
-    year, month, day = (int(part) for part in form.groups())
-    if not 1 <= month <= 12:
-        raise argparse.ArgumentTypeError(f"{text}: there is no month {month}")
-    days = calendar.monthrange(year, month)[1]
-    if not 1 <= day <= days:
-        raise argparse.ArgumentTypeError(
-            f"{text}: this date does not exist ({calendar.month_name[month]} {year} "
-            f"has {days} days)"
-        )
-    return _dt.date(year, month, day)
-
-
-def _source(text: str) -> str:
-    """A ``NODE/SET`` argument: a bad one is a usage error (exit 2), like a bad date."""
-    node, slash, dataset = text.strip().partition("/")
-    if not (slash and node and dataset and "/" not in dataset):
-        # the value is not echoed: it could be anything, an identity number too
-        raise argparse.ArgumentTypeError("expected NODE/SET, for example justice/custody")
-    return text.strip()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -272,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where everything is written (default: demo-run)",
     )
     demo.add_argument(
-        "--children", type=int, default=2000, help="roster size in children (default: 2000)"
+        "--children", type=count(1), default=2000, help="roster size in children (default: 2000)"
     )
     demo.add_argument(
         "--seed", type=int, default=2023, help="random seed of the synthetic data (default: 2023)"
@@ -330,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument(
         "--name",
         required=True,
+        type=member_name,
         help="the member's identity, as node.toml / coordinator.toml name it",
     )
     issue.add_argument("--role", required=True, choices=["node", "coordinator"])
@@ -394,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, required=True, help="coordinator.toml")
     run.add_argument(
-        "--as-of", type=_date, default=None, help="evaluation date YYYY-MM-DD (default: today)"
+        "--as-of", type=as_of, default=None, help="evaluation date YYYY-MM-DD (default: today)"
     )
     run.add_argument(
         "--out", type=Path, required=True, help="output folder (created; written atomically)"
@@ -436,12 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--evidence", type=Path, required=True, help="evidence.csv (UTF-8 or GB18030)"
     )
-    evaluate.add_argument("--as-of", type=_date, required=True, help="evaluation date YYYY-MM-DD")
+    evaluate.add_argument("--as-of", type=as_of, required=True, help="evaluation date YYYY-MM-DD")
     evaluate.add_argument(
         "--failed-source",
         action="append",
         default=[],
-        type=_source,
+        type=source,
         metavar="NODE/SET",
         help="a match set that could not be queried (repeatable)",
     )
@@ -476,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-source",
         action="append",
         default=[],
-        type=_source,
+        type=source,
         metavar="NODE/SET",
         help=(
             "a service-coverage match set of this evidence (repeatable), e.g. "
@@ -488,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-need",
         action="append",
         default=[],
-        type=_source,
+        type=source,
         metavar="NODE/SET",
         help=(
             "a service-needs match set of this evidence (repeatable), e.g. "
@@ -573,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--sizes",
-        type=int,
+        type=count(1, 50_000_000),
         nargs="+",
         default=[1_000, 10_000, 100_000],
         help="set sizes per side (default: 1000 10000 100000)",
@@ -582,11 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", nargs="+", choices=["ecdh", "keyed-hash"], default=["ecdh", "keyed-hash"]
     )
     bench.add_argument(
-        "--roster-size", type=int, default=None, help="roster size (default: equal to each size)"
+        "--roster-size",
+        type=count(100, 20_000_000),
+        default=None,
+        help="roster size (default: equal to each size)",
     )
     bench.add_argument(
         "--workers",
-        type=int,
+        type=count(1, 256),  # as node.toml's workers
         default=None,
         help="EC worker processes per party (default: all cores)",
     )
@@ -603,19 +576,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--baseline-limit",
-        type=float,
+        type=seconds,
         default=60.0,
         help="run openmined-psi at a size only if the previous one predicts at most this (s)",
     )
     bench.add_argument(
         "--stream-rows",
-        type=int,
+        type=count(0, 10**12),  # the limits of node.toml's stream_rows (0: never stream)
         default=None,
         help="stream_rows of the bench node's node.toml (default: the node's default)",
     )
     bench.add_argument(
         "--bucket-rows",
-        type=int,
+        type=count(1, 10**12),  # the limits of node.toml's bucket_rows
         default=None,
         help=(
             "bucket_rows of the bench node's node.toml: an ecdh set above stream_rows is split "
@@ -637,6 +610,14 @@ def _interrupted() -> int:
     return exit_codes.INTERRUPTED
 
 
+def _config_is_usage(args: argparse.Namespace) -> bool:
+    """Whether this command exits 2 (not 1) for a configuration error (docs/coordinator.md,
+    docs/node.md: every ``round`` subcommand and ``node serve``)."""
+    if args.command == "round":
+        return True
+    return args.command == "node" and getattr(args, "node_command", None) == "serve"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -651,8 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctrl_c.seen:  # e.g. a match set "unreadable" because its read was interrupted
             return _interrupted()
         print(f"xmatch: error: {exc.diagnostics()}", file=sys.stderr)
-        # round run / import: a configuration error is a usage error (coordinator/exit_codes.py)
-        if isinstance(exc, ConfigError) and args.command == "round":
+        # every round command and node serve: a configuration error (the config file, our
+        # own certificate, key or CA) is a usage error (coordinator/exit_codes.py)
+        if isinstance(exc, ConfigError) and _config_is_usage(args):
             return exit_codes.USAGE
         return exit_codes.FAILURE
     except Exception as exc:  # a bug: say where, never echo the message (it may quote data)

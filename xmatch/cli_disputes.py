@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from xmatch.cli_text import examples, round_id
+from xmatch.cli_text import examples, member_name, round_id, source
 
 
 def _cmd_dispute_file(args: argparse.Namespace) -> int:
@@ -132,11 +132,17 @@ def _dispute_parsers(sub: Any) -> None:
         ),
     )
     file_.add_argument("--config", type=Path, required=True)
-    file_.add_argument("--round", metavar="ROUND_ID", help="the round whose record is disputed")
+    file_.add_argument(
+        "--round", metavar="ROUND_ID", type=round_id, help="the round whose record is disputed"
+    )
     file_.add_argument("--person", metavar="ID", help="the identity number of the person")
-    file_.add_argument("--source", metavar="NODE/SET", help="the match set, e.g. justice/custody")
+    file_.add_argument(
+        "--source", metavar="NODE/SET", type=source, help="the match set, e.g. justice/custody"
+    )
     file_.add_argument("--reason", metavar="TEXT", help="what is doubtful (no identity numbers)")
-    file_.add_argument("--from-round", metavar="ROUND_ID", help="file in bulk from this round")
+    file_.add_argument(
+        "--from-round", metavar="ROUND_ID", type=round_id, help="file in bulk from this round"
+    )
     file_.add_argument(
         "--conflicts", action="store_true", help="with --from-round: every conflicting record"
     )
@@ -273,7 +279,9 @@ def _round_parsers(round_: Any) -> None:
     )
     share.add_argument("--config", type=Path, required=True)
     share.add_argument("--round", required=True, metavar="ROUND_ID", type=round_id)
-    share.add_argument("--department", metavar="NODE", help="only this department")
+    share.add_argument(
+        "--department", metavar="NODE", type=member_name, help="only this department"
+    )
     share.add_argument(
         "--list",
         action="append",

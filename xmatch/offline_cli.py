@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from psi.errors import XmatchError
-from xmatch.cli_text import examples, round_id
+from xmatch.cli_text import examples, member_name, round_id
 
 __all__ = ["add_keys_issue_seal", "add_node_answer", "add_round_offline"]
 
@@ -72,7 +72,7 @@ def add_keys_issue_seal(keys: Any) -> None:
         ),
     )
     seal.add_argument("--dir", type=Path, required=True, help="folder holding the CA")
-    seal.add_argument("--name", required=True, help="the member's identity")
+    seal.add_argument("--name", required=True, type=member_name, help="the member's identity")
     seal.add_argument("--role", required=True, choices=["node", "coordinator"])
     seal.add_argument("--passphrase-env", metavar="VAR", help="passphrase of the CA key")
     seal.add_argument(
