@@ -38,7 +38,8 @@ offline_days = 14                 # ours: a request (and its response) expires a
 
 Unknown keys are an error naming the key; relative paths resolve against the
 folder of the config file. Every failure is one :class:`psi.errors.ConfigError`
-line that names the file and the key.
+line that names the file and the key, never the value typed there
+(:mod:`runtime.config`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -62,8 +64,11 @@ from psi.errors import ConfigError
 from runtime.config import (
     COORDINATOR_WORDING,
     Strict,
+    check_context_name,
+    config_folder,
     env_passphrase,
     one_line,
+    parse_host_port,
     read_toml,
     resolve_path,
 )
@@ -91,15 +96,13 @@ MAX_CHUNK_ITEMS = 32768
 def parse_address(text: str) -> tuple[str, int]:
     """Split ``host:port`` (IPv6 as ``[::1]:port``).
 
+    The same rules as a node's ``listen`` (:func:`runtime.config.parse_host_port`):
+    a bare IPv6 address (``::1:47101``) is refused here, not by gRPC later.
+
     Raises:
-        ValueError: not ``host:port`` with a port in 1..65535.
+        ValueError: not ``host:port`` with a valid host and a port in 1..65535.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected host:port with a port in 1..65535")
-    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
-        raise ValueError("expected host:port with a port in 1..65535")
-    return host, int(port)
+    return parse_host_port(text)
 
 
 class CoordinatorSection(Strict):
@@ -136,6 +139,12 @@ class CoordinatorSection(Strict):
             ConfigError: the variable is not set (any more).
         """
         return env_passphrase(self.passphrase_env, "coordinator.passphrase_env")
+
+    @field_validator("name", "purpose")
+    @classmethod
+    def _context_names(cls, value: str) -> str:
+        # both go into every round context: checked now, not when the round starts
+        return check_context_name(value)
 
     @field_validator("roster", mode="before")
     @classmethod
@@ -203,6 +212,11 @@ class NodeEntry(Strict):
     ] = "x25519-sha256-u"
     prf: Literal["aes128-ecb-v1", "aes256-ecb-v1", "sm4-ecb-v1"] = "aes128-ecb-v1"
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_context_name(value)  # the responder of its round contexts
+
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -240,6 +254,8 @@ class NodeEntry(Strict):
     def _unique_sets(cls, value: list[str]) -> list[str]:
         if any(not s.strip() for s in value):
             raise ValueError("empty match set name")
+        for name in value:
+            check_context_name(name)  # the match set of a round context
         if len(set(value)) != len(value):
             raise ValueError("a match set is listed twice")
         return value
@@ -253,18 +269,33 @@ class CoordinatorConfig(Strict):
     #: work lists for the service departments (coordinator.share_config)
     shares: list[ShareEntry] = Field(default_factory=list)
     path: Path | None = None
+    _sha256: str | None = PrivateAttr(default=None)
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 (hex) of the bytes this configuration was parsed from (None: not
+        loaded from a file). Not read again: the file may be a pipe or ``/dev/stdin``."""
+        return self._sha256
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> CoordinatorConfig:
+        # the names are not repeated: the key paths say where to look
         names = [n.name for n in self.nodes]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise ValueError(f"nodes[{i}].name: node {name!r} is configured twice")
+                raise ValueError(
+                    f"nodes[{i}].name: the name of nodes[{names.index(name)}] again; "
+                    "each node is configured once"
+                )
         for i, share in enumerate(self.shares):
             if share.department not in names:
-                raise ValueError(f"shares[{i}].department: {share.department!r} is not a node")
-            if share.department in [s.department for s in self.shares[:i]]:
-                raise ValueError(f"shares[{i}].department: {share.department!r} is listed twice")
+                raise ValueError(f"shares[{i}].department: not the name of a [[nodes]] entry")
+            earlier = [s.department for s in self.shares[:i]]
+            if share.department in earlier:
+                raise ValueError(
+                    f"shares[{i}].department: the department of "
+                    f"shares[{earlier.index(share.department)}] again"
+                )
         return self
 
 
@@ -281,15 +312,17 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
             and the key, never a secret.
     """
     path = Path(path)
-    data = read_toml(path, COORDINATOR_WORDING)
-    if "path" in data:
+    toml = read_toml(path, COORDINATOR_WORDING)
+    if "path" in toml.data:
         raise ConfigError(f"{path}: unknown key path")
     try:
-        config = CoordinatorConfig.model_validate(data, context={"base": path.resolve().parent})
+        config = CoordinatorConfig.model_validate(toml.data, context={"base": config_folder(path)})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {one_line(exc, COORDINATOR_WORDING)}") from None
     try:
         config.coordinator.key_passphrase()  # before anything runs: one line naming the key
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return config.model_copy(update={"path": path})
+    config = config.model_copy(update={"path": path})
+    config._sha256 = toml.sha256
+    return config

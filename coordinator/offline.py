@@ -401,7 +401,7 @@ def _write_requests(
 
 def run_offline_command(
     *,
-    config: Path,
+    config: Path | CoordinatorConfig,
     as_of: _dt.date | None,
     out: Path,
     lang: Lang = "zh",
@@ -411,12 +411,16 @@ def run_offline_command(
 ) -> int:
     """``xmatch round run`` for a configuration with offline nodes (module docstring).
 
+    ``config`` is the file, or the configuration the caller already loaded from it
+    (read once: it may be ``/dev/stdin``).
+
     Returns :data:`~coordinator.exit_codes.WAITING`.
 
     Raises:
         XmatchError: a fatal input problem; nothing is written then.
     """
-    cfg = load_coordinator_config(config)
+    cfg = config if isinstance(config, CoordinatorConfig) else load_coordinator_config(config)
+    config_path = cfg.path or Path("coordinator.toml")
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     day = as_of or _dt.date.today()
@@ -488,7 +492,7 @@ def run_offline_command(
     for line in lines:  # only once the round waits: each file named is there to carry
         print(line, file=out_stream)
     _print_waiting(
-        results, rid=rid, day=day, waiting=len(rows), config=config, out=out_stream, err=err
+        results, rid=rid, day=day, waiting=len(rows), config=config_path, out=out_stream, err=err
     )
     return exit_codes.WAITING
 

@@ -441,11 +441,12 @@ def _open_round(
 ) -> None:
     """Log the config this round runs with and record the round and its sub-rounds."""
     if config.path is not None:
-        raw = config.path.read_bytes()
+        # the bytes that were parsed: the file is not read again (it may be /dev/stdin)
+        digest = config.sha256 or hashlib.sha256(config.path.read_bytes()).hexdigest()
         audit.append(
             "config_loaded",
             config=config.path.name,
-            config_sha256=hashlib.sha256(raw).hexdigest(),
+            config_sha256=digest,
             role="coordinator",
             nodes=[n.name for n in config.nodes],
         )
@@ -572,7 +573,7 @@ def _close(state: RoundState, audit: AuditLog, outcome: str) -> None:
 
 def run_round_command(
     *,
-    config: Path,
+    config: Path | CoordinatorConfig,
     as_of: _dt.date | None,
     out: Path,
     lang: Lang = "zh",
@@ -593,7 +594,8 @@ def run_round_command(
     """
     out_stream = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    cfg = load_coordinator_config(config)
+    # a configuration the caller loaded already: the file is read once (it may be a pipe)
+    cfg = config if isinstance(config, CoordinatorConfig) else load_coordinator_config(config)
     with CommitGuard() as guard:  # a Ctrl-C once the folder is being renamed: noted only
         outcome = run_round(
             cfg,

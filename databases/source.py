@@ -79,7 +79,8 @@ class DatabaseSource(BaseModel):
     @classmethod
     def _env(cls, value: str | None) -> str | None:
         if value is not None and _ENV.fullmatch(value) is None:
-            raise ValueError(f"{value!r} is not an environment variable name")
+            # not the value: a DSN with its password is the likely mistake here
+            raise ValueError("not an environment variable name (letters, digits, '_')")
         return value
 
     @field_validator("dsn_file")
@@ -98,7 +99,7 @@ class DatabaseSource(BaseModel):
     def _table(cls, value: str | None) -> str | None:
         if value is not None and _TABLE.fullmatch(value) is None:
             raise ValueError(
-                f"{value!r} is not a table name (schema.table, letters, digits and '_'); "
+                "not a table name (schema.table, letters, digits and '_'); "
                 "use `query` for anything else"
             )
         return value
@@ -121,7 +122,7 @@ class DatabaseSource(BaseModel):
     @classmethod
     def _change(cls, value: str | None) -> str | None:
         if value is not None and not is_identifier(value):
-            raise ValueError(f"{value!r} is not a column name")
+            raise ValueError("not a column name")
         return value
 
     @model_validator(mode="after")
@@ -163,10 +164,12 @@ class DatabaseSource(BaseModel):
         if self.dsn_env is not None:
             text = os.environ.get(self.dsn_env)
             if text is None or not text.strip():
-                raise ConfigError(f"dsn_env: environment variable {self.dsn_env} is not set")
+                # not the name: a password typed here by mistake would be printed
+                raise ConfigError("dsn_env: the environment variable it names is not set")
             try:
                 return Dsn.parse(text.strip(), engine=self.database)
             except ConfigError as exc:
+                # the name of a variable that is set: a name, safe to show
                 raise ConfigError(f"dsn_env: {self.dsn_env}: {exc}") from None
         assert self.dsn_file is not None
         path = self.dsn_file

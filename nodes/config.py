@@ -59,13 +59,13 @@ budget = { rounds = 50, period = "1d" }  # ours: rounds per requester+purpose pe
 Unknown keys are an error naming the key; relative paths resolve against the
 folder of the config file. Every failure is one :class:`psi.errors.ConfigError`
 line that names the file and the key path (``node.toml: match_sets[0].protocols:
-unknown protocol 'foo'``).
+unknown protocol 'foo'``), never the value typed there, except a misspelt choice
+of a closed set and file paths (:mod:`runtime.config`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -82,6 +82,7 @@ from pydantic import (
 
 from databases import DatabaseSource, is_identifier, source_from_toml
 from nodes.allow import DEFAULT_ALLOW_MAX_QUERY_SIZE, check_sizes
+from psi.context import context_name_problem
 from psi.contract import (
     CIRCUMSTANCES,
     ECDH_SUITES,
@@ -98,11 +99,16 @@ from psi.errors import ConfigError
 from runtime.config import (
     NODE_WORDING,
     Strict,
+    check_context_name,
+    config_folder,
     display_name_problem,
     env_passphrase,
     one_line,
+    parse_host_port,
     read_toml,
     resolve_path,
+    shown_choice,
+    shown_path,
 )
 
 __all__ = [
@@ -129,7 +135,6 @@ DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _PERIOD = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
 _PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -140,24 +145,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not ``host:port`` with a valid host and a port in 1..65535.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a host:port address with a port in 1..65535: {text!r}")
-    if host.startswith("["):
-        try:
-            if not host.endswith("]"):
-                raise ValueError(host)
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"not a valid IPv6 address in brackets: {text!r}") from None
-    elif _HOST.fullmatch(host) is None:
-        raise ValueError(f"not a valid host name or IPv4 address: {text!r}")
-    elif host.replace(".", "").isdigit():
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"not a valid IPv4 address: {text!r}") from None
-    return host, int(port)
+    return parse_host_port(text)
 
 
 def check_display_name(value: str | None) -> str | None:
@@ -188,7 +176,7 @@ class Budget(Strict):
     @classmethod
     def _period(cls, value: str) -> str:
         if _PERIOD.fullmatch(value) is None:
-            raise ValueError(f"period {value!r}: use a number and m, h, d or w (e.g. '1d')")
+            raise ValueError("use a number and m, h, d or w (e.g. '1d')")
         return value
 
     @property
@@ -210,14 +198,16 @@ class AllowEntry(Strict):
     @classmethod
     def _requester(cls, value: str) -> str:
         if _NAME.fullmatch(value) is None:
-            raise ValueError(f"{value!r} is not a member name (lower-case letters, digits, '-')")
-        return value
+            raise ValueError("not a member name (lower-case letters, digits, '-')")
+        return check_context_name(value)
 
     @field_validator("purposes")
     @classmethod
     def _purposes(cls, value: list[str]) -> list[str]:
         if any(not p.strip() for p in value):
             raise ValueError("empty purpose")
+        for purpose in value:
+            check_context_name(purpose)  # a round's purpose: the coordinator checks the same
         if len(set(value)) != len(value):
             raise ValueError("a purpose is listed twice")
         return value
@@ -226,7 +216,7 @@ class AllowEntry(Strict):
 def _known(value: list[str], known: tuple[str, ...], what: str) -> list[str]:
     for item in value:
         if item not in known:
-            raise ValueError(f"unknown {what} {item!r}; use any of {', '.join(known)}")
+            raise ValueError(f"unknown {what} {shown_choice(item)}; use any of {', '.join(known)}")
     if len(set(value)) != len(value):
         raise ValueError(f"a {what} is listed twice")
     return value
@@ -262,7 +252,11 @@ class MatchSetConfig(Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if _SET_NAME.fullmatch(value) is None:
-            raise ValueError(f"{value!r}: use letters, digits, '_', '.', '-' (at most 63)")
+            raise ValueError("use letters, digits, '_', '.', '-' (at most 63)")
+        # a round's rules for a match set name (lower-cased: upper case is allowed here),
+        # so an identity number as a name is refused now, not when a round logs it
+        if problem := context_name_problem(value.lower()):
+            raise ValueError(problem)
         return value
 
     @field_validator("circumstance")
@@ -270,7 +264,8 @@ class MatchSetConfig(Strict):
     def _circumstance(cls, value: str) -> str:
         if value not in CIRCUMSTANCES:
             raise ValueError(
-                f"unknown circumstance {value!r}; use one of {', '.join(sorted(CIRCUMSTANCES))}"
+                f"unknown circumstance {shown_choice(value)}; "
+                f"use one of {', '.join(sorted(CIRCUMSTANCES))}"
             )
         return value
 
@@ -310,7 +305,7 @@ class MatchSetConfig(Strict):
     def _database_columns(self) -> MatchSetConfig:
         if isinstance(self.source, DatabaseSource) and not is_identifier(self.id_column):
             raise ValueError(
-                f"id_column: {self.id_column!r} is not a plain column name; with a database "
+                "id_column: not a plain column name; with a database "
                 "source, rename it in `query` (SELECT … AS id_number)"
             )
         return self
@@ -350,7 +345,7 @@ class MatchSetConfig(Strict):
     def _protocols(cls, value: list[str]) -> list[str]:
         for p in value:
             if p not in PROTOCOLS:
-                raise ValueError(f"unknown protocol {p!r}; use ecdh or keyed-hash")
+                raise ValueError(f"unknown protocol {shown_choice(p)}; use ecdh or keyed-hash")
         if len(set(value)) != len(value):
             raise ValueError("a protocol is listed twice")
         return value
@@ -441,10 +436,9 @@ class NodeSection(Strict):
     def _name(cls, value: str) -> str:
         if _NAME.fullmatch(value) is None:
             raise ValueError(
-                f"{value!r} is not a member name: 1-63 lower-case letters, digits or '-', "
-                "starting with a letter"
+                "not a member name: 1-63 lower-case letters, digits or '-', starting with a letter"
             )
-        return value
+        return check_context_name(value)
 
     @field_validator("listen")
     @classmethod
@@ -519,11 +513,18 @@ class NodeConfig(Strict):
     node: NodeSection
     match_sets: list[MatchSetConfig] = Field(min_length=1)
     _path: Path = PrivateAttr(default=Path("node.toml"))
+    _sha256: str | None = PrivateAttr(default=None)
 
     @property
     def path(self) -> Path:
         """The file this configuration was read from (as given)."""
         return self._path
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 (hex) of the bytes this configuration was parsed from (None: not read
+        from a file). The file is not read again for it: it may be a pipe."""
+        return self._sha256
 
     @property
     def spill_dir(self) -> Path:
@@ -536,11 +537,14 @@ class NodeConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_sets(self) -> NodeConfig:
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for i, ms in enumerate(self.match_sets):
             if ms.name in seen:
-                raise ValueError(f"match_sets[{i}].name: match set {ms.name!r} is defined twice")
-            seen.add(ms.name)
+                raise ValueError(
+                    f"match_sets[{i}].name: the name of match_sets[{seen[ms.name]}] again; "
+                    "each match set needs its own"
+                )
+            seen[ms.name] = i
             if ms.min_query_size > self.node.max_query_size:
                 raise ValueError(
                     f"match_sets[{i}].min_query_size: {ms.min_query_size} is above "
@@ -566,9 +570,9 @@ class NodeConfig(Strict):
 
 def _shown(path: Path, base: Path) -> str:
     try:
-        return str(path.relative_to(base))
+        return shown_path(str(path.relative_to(base)))
     except ValueError:
-        return str(path)
+        return shown_path(str(path))
 
 
 def _check_files(cfg: NodeConfig, label: str, base: Path) -> None:
@@ -586,8 +590,9 @@ def _check_files(cfg: NodeConfig, label: str, base: Path) -> None:
     if node.audit_log.exists() and not node.audit_log.is_file():
         raise ConfigError(f"{label}: node.audit_log: not a file: {_shown(node.audit_log, base)}")
     if node.passphrase_env is not None and node.passphrase_env not in os.environ:
+        # not the name: a passphrase typed here by mistake would be printed
         raise ConfigError(
-            f"{label}: node.passphrase_env: environment variable {node.passphrase_env} is not set"
+            f"{label}: node.passphrase_env: the environment variable it names is not set"
         )
     for i, ms in enumerate(cfg.match_sets):
         if isinstance(ms.source, DatabaseSource):
@@ -603,7 +608,7 @@ def _check_files(cfg: NodeConfig, label: str, base: Path) -> None:
         if ms.source.suffix.lower() not in (".csv", ".parquet", ".pq", ".txt", ".tsv"):
             raise ConfigError(
                 f"{label}: match_sets[{i}].source: unsupported file type "
-                f"{ms.source.suffix!r}; use .csv or .parquet"
+                f"{shown_choice(ms.source.suffix)}; use .csv or .parquet"
             )
 
 
@@ -621,12 +626,13 @@ def load_node_config(path: Path | str) -> NodeConfig:
     """
     path = Path(path)
     label = str(path)
-    data = read_toml(path, NODE_WORDING)
-    base = path.resolve().parent
+    toml = read_toml(path, NODE_WORDING)
+    base = config_folder(path)
     try:
-        cfg = NodeConfig.model_validate(data, context={"base": base})
+        cfg = NodeConfig.model_validate(toml.data, context={"base": base})
     except ValidationError as exc:
         raise ConfigError(f"{label}: {one_line(exc, NODE_WORDING)}") from None
     cfg._path = path
+    cfg._sha256 = toml.sha256
     _check_files(cfg, label, base)
     return cfg

@@ -285,7 +285,8 @@ def serve_from_config(path: Path | str) -> int:
         audit.append(
             "config_loaded",
             config=path.name,
-            config_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            # the bytes that were parsed: the file is not read again (it may be a pipe)
+            config_sha256=config.sha256 or hashlib.sha256(path.read_bytes()).hexdigest(),
             role="node",
             match_sets=[ms.name for ms in config.match_sets],
         )

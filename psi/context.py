@@ -33,7 +33,7 @@ from typing import Literal, get_args
 
 from psi.errors import ProtocolError
 
-__all__ = ["DEFAULT_PARAMS", "PROTOCOLS", "Protocol", "RoundContext"]
+__all__ = ["DEFAULT_PARAMS", "PROTOCOLS", "Protocol", "RoundContext", "context_name_problem"]
 
 Protocol = Literal["ecdh", "keyed-hash"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
@@ -56,6 +56,25 @@ _TEXT_FIELDS = ("purpose", "requester", "responder", "match_set", "protocol")
 _MAGIC = b"XMCTX"
 _VERSION = 1
 _U16 = struct.Struct(">H")
+
+
+#: the rules of a purpose, party or match set name, as :func:`context_name_problem` words them
+_NAME_RULE = "must be 1-64 characters of [a-z0-9_.-]"
+_ID_RULE = "must not hold 15 or more digits in a row"
+
+
+def context_name_problem(value: object) -> str | None:
+    """The rule ``value`` breaks as a purpose, party or match set name, or None.
+
+    The rule text never holds the value: a name that breaks the digit rule may be
+    an identity number. Config loaders check their names with it, so a bad name
+    is a configuration error when the file is read, not when a round starts.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        return _NAME_RULE
+    if _ID_RUN.search(_NAME_SEPARATORS.sub("", value)):
+        return _ID_RULE
+    return None
 
 
 class _FieldError(ValueError):
@@ -94,11 +113,9 @@ class RoundContext:
         if not isinstance(self.as_of, datetime.date) or isinstance(self.as_of, datetime.datetime):
             raise _FieldError("as_of", "must be a datetime.date")
         for field in ("purpose", "requester", "responder", "match_set"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not _NAME.fullmatch(value):
-                raise _FieldError(field, "must be 1-64 characters of [a-z0-9_.-]")
-            if _ID_RUN.search(_NAME_SEPARATORS.sub("", value)):
-                raise _FieldError(field, "must not hold 15 or more digits in a row")
+            problem = context_name_problem(getattr(self, field))
+            if problem is not None:
+                raise _FieldError(field, problem)
         if self.protocol not in PROTOCOLS:
             raise _FieldError("protocol", f"must be one of {', '.join(PROTOCOLS)}")
         if not isinstance(self.params, tuple):

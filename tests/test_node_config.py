@@ -173,7 +173,7 @@ def test_service_report_of_service_sets(folder: Path) -> None:
 def test_duplicate_match_set(folder: Path) -> None:
     doc = configs.apply(GOOD, put("match_sets", GOOD["match_sets"] * 2))
     with pytest.raises(
-        ConfigError, match=r"match_sets\[1\]\.name: match set 'custody' is defined twice"
+        ConfigError, match=r"match_sets\[1\]\.name: the name of match_sets\[0\] again"
     ):
         load_node_config(write(folder, doc))
 

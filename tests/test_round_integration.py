@@ -325,7 +325,7 @@ def test_encrypted_coordinator_keys_need_passphrase_env(
     _assert_fatal(
         done,
         tmp_path / "unset",
-        "coordinator.passphrase_env: environment variable XMATCH_TEST_COORDINATOR_PASS is not set",
+        "coordinator.passphrase_env: the environment variable it names is not set",
         exit_codes.USAGE,
     )
 

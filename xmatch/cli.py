@@ -91,15 +91,16 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_round_run(args: argparse.Namespace) -> int:
-    from coordinator.offline import has_offline_nodes, run_offline_command
+    from coordinator.config import load_coordinator_config
+    from coordinator.offline import run_offline_command
     from coordinator.round import run_round_command
 
-    if has_offline_nodes(args.config):  # sealed files for those (docs/offline.md)
-        return run_offline_command(
-            config=args.config, as_of=args.as_of, out=args.out, lang=args.lang
-        )
+    # loaded once and passed on: --config /dev/stdin or a FIFO can be read only once
+    config = load_coordinator_config(args.config)
+    if any(n.offline for n in config.nodes):  # sealed files for those (docs/offline.md)
+        return run_offline_command(config=config, as_of=args.as_of, out=args.out, lang=args.lang)
     return run_round_command(
-        config=args.config, as_of=args.as_of, out=args.out, lang=args.lang, progress=not args.quiet
+        config=config, as_of=args.as_of, out=args.out, lang=args.lang, progress=not args.quiet
     )
 
 
