@@ -89,7 +89,7 @@ def test_round_run_refuses_identity_like_names(tmp_path: Path, edit: Edit, messa
 def test_node_serve_refuses_identity_like_names(folder: Path, edit: Edit, message: str) -> None:
     path = write(folder, configs.apply(NODE, edit))
     result = _run("node", "serve", "--config", str(path))
-    assert result.returncode == 1, result.stderr  # node serve: every failure is 1
+    assert result.returncode == 2, result.stderr  # node serve: a configuration error is 2
     line = _one_line(result, str(path), message)
     assert PERSON.lower() not in line.lower()
 
@@ -127,7 +127,7 @@ def test_good_addresses(address: str) -> None:
 def test_node_listen_without_brackets(folder: Path) -> None:
     path = write(folder, configs.apply(NODE, put("node.listen", "::1:47101")))
     result = _run("node", "serve", "--config", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error
     _one_line(result, str(path), "node.listen: an IPv6 address needs brackets")
 
 
