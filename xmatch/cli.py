@@ -533,13 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=examples(
             "xmatch bench --sizes 1000 10000",
             "xmatch bench --sizes 3000000 --roster-size 300000 --protocol keyed-hash --no-baseline",
+            "make bench-peers && xmatch bench --sizes 100000 1000000 --baseline secretflow",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="end-to-end throughput against openmined-psi",
+        help="end-to-end throughput against openmined-psi and SecretFlow",
         description=(
             "Builds a federation of real processes on loopback with mutual TLS, runs rounds at "
-            "each size for each protocol, runs openmined-psi on the same sets in the same run, "
-            "and writes a table, JSON and a PNG plot to --out."
+            "each size for each protocol, runs openmined-psi (and with --baseline secretflow, "
+            "SecretFlow's ECDH-25519 and RR22) on the same sets in the same run, and writes a "
+            "table, JSON and a PNG plot to --out."
         ),
     )
     bench.add_argument(
