@@ -312,7 +312,9 @@ def test_encrypted_coordinator_keys_need_passphrase_env(
     ]
     plain = _coordinator_toml(federation, "coordinator-locked.toml", edits=keys)
     done = round_run(plain, tmp_path / "no-passphrase")
-    _assert_fatal(done, tmp_path / "no-passphrase", "key", exit_codes.FAILURE)
+    _assert_fatal(
+        done, tmp_path / "no-passphrase", "key", exit_codes.USAGE
+    )  # our own key: configuration
     assert "passphrase_env in node.toml / coordinator.toml" in done.stderr
 
     with_env = _coordinator_toml(
