@@ -32,8 +32,12 @@ Per engine (driver; batches; read-only; statement timeout):
 Every driver error becomes one :class:`DatabaseError` line with a ``reason``
 code. Only errors that name SQL objects (a missing table or column, a syntax
 error) keep the driver's first line; errors about values (conversions) are
-withheld, since they may quote a record. Every message passes through
-:meth:`databases.source.Dsn.redact`, and driver exceptions are never chained.
+withheld, since they may quote a record. An error no rule knows shows the
+engine's code, and the driver's text only where it quotes nothing (never a Python
+exception type). Every message passes through :meth:`databases.source.Dsn.redact`,
+:class:`DatabaseError` masks any digit run that could be an identity number (the
+operator's own ``where`` may hold one, and syntax errors quote it), and driver
+exceptions are never chained.
 """
 
 from __future__ import annotations
@@ -64,21 +68,52 @@ __all__ = [
 
 Kind = Literal["text", "integer", "decimal", "float", "date", "timestamp", "other"]
 Reason = Literal[
-    "connect", "auth", "missing", "type", "read_only", "timeout", "lost", "data", "sql", "driver"
+    "connect",
+    "auth",
+    "dsn",
+    "missing",
+    "type",
+    "read_only",
+    "timeout",
+    "lost",
+    "data",
+    "sql",
+    "driver",
 ]
 
 _AS_OF = re.compile(r"\$as_of\b")
 _TextArray = npt.NDArray[np.str_]
 
 
+#: What could be an identity number: 15 or more digits in a row, also split by spaces,
+#: hyphens, dots, slashes or underscores, with a check character X. ``\d`` also matches
+#: full-width digits.
+_ID_LIKE = re.compile(r"\d(?:[\s./_-]*\d){14,}(?:[\s-]*[Xx](?![A-Za-z0-9]))?")
+_ID_MASK = "<number withheld>"
+#: a driver text with one of these may quote a value (PostgreSQL quotes with "…",
+#: MySQL with '…'); without one it names no value and can be shown
+_QUOTES = re.compile("[\"'`\u2018\u2019\u201c\u201d]")
+
+
+def mask_identity_numbers(text: str) -> str:
+    """``text`` with every run of digits that could be an identity number masked.
+
+    Driver texts quote the SQL they refuse (``near '… <> '1522…'``) and the
+    identifiers they miss (``column "1522…" does not exist``); the operator's own
+    ``where`` may hold an identity number, and no message may show one.
+    """
+    return _ID_LIKE.sub(_ID_MASK, text)
+
+
 class DatabaseError(ConfigError):
     """A database source failed; ``reason`` says why (``connect``, ``auth``, ``missing``, …).
 
-    The message is one line without credentials or record values.
+    The message is one line without credentials, record values or identity numbers
+    (masked here, so that every message of every engine passes the same filter).
     """
 
     def __init__(self, message: str, *, reason: Reason) -> None:
-        super().__init__(message)
+        super().__init__(mask_identity_numbers(message))
         self.reason = reason
 
 
@@ -181,6 +216,18 @@ class Session(ABC):
     def classify(self, exc: BaseException) -> tuple[Reason, str]:
         """(reason, driver detail safe to show or ``""``) for a driver exception."""
 
+    def unknown(self, code: str, message: str) -> str:
+        """The detail of an error no rule knows: its code, and its text if it quotes nothing.
+
+        A text that quotes something may quote a record value, so it is withheld.
+        """
+        name = f"{self.engine} error" + (f" {code}" if code else "")
+        if message and _QUOTES.search(message) is None:
+            return f"{name}: {message}"
+        if not message:
+            return name
+        return f"{name} (its text is withheld: it may quote record values)"
+
     def error(self, exc: BaseException, what: str) -> DatabaseError:
         """The one-line :class:`DatabaseError` for a driver exception during ``what``."""
         reason, detail = self.classify(exc)
@@ -191,6 +238,8 @@ class Session(ABC):
             + "; is the server running and reachable from this machine?",
             "auth": f"authentication failed on {where} (check the user and password in "
             f"{self.source.credentials_origin()})",
+            "dsn": f"{what}: {detail} (check the DSN in {self.source.credentials_origin()}; "
+            "its text is withheld)",
             "missing": f"{what}: {detail or 'a table or column does not exist'}",
             "type": f"{what}: {detail}",
             "read_only": f"{what}: the statement tried to write, and the node's connection "
@@ -199,10 +248,12 @@ class Session(ABC):
             f"({self.source.timeout_seconds:g} s, `timeout_seconds`)",
             "lost": f"{what}: the connection to {where} was lost"
             + (f" ({detail})" if detail else ""),
-            "data": f"{what}: the database could not convert a value (details withheld: they "
+            "data": f"{what}: {detail} (check your `where` and `query`)"
+            if detail
+            else f"{what}: the database could not convert a value (details withheld: they "
             "may quote record values; check the column types your `where` compares)",
             "sql": f"{what}: {detail}",
-            "driver": f"{what}: {self.engine} driver error {detail}".rstrip(),
+            "driver": f"{what}: {detail}",
         }[reason]
         return DatabaseError(" ".join(self.dsn.redact(text).split()), reason=reason)
 
@@ -296,7 +347,20 @@ _PG_KINDS: dict[str, Kind] = {
     "timestamptz": "timestamp",
 }
 # SQLSTATE classes (PostgreSQL appendix A)
-_PG_MISSING = {"42P01", "42703", "3F000", "42883"}
+_PG_MISSING = {"42P01", "42703", "3F000", "42883", "3D000"}
+#: the server's message in libpq's text (after "ERROR:" or, while connecting, "FATAL:")
+_PG_SERVER_LINE = re.compile(r"\b(?:ERROR|FATAL):\s+(.*)")
+_PG_MISSING_TEXT = re.compile(
+    r'\b(?:ERROR|FATAL):\s+((?:relation|column|function|schema|database) "[^"]*" does not exist)'
+)
+#: libpq refusing the URL before it connects: 'invalid sslmode value: "bogus"',
+#: 'invalid URI query parameter: "x"', 'invalid integer value "x" for connection option "port"'
+_PG_DSN_OPTION = re.compile(
+    r'invalid (\w+) value:|invalid URI query parameter: "(\w+)"|'
+    r'for connection option "(\w+)"|invalid connection option "(\w+)"'
+)
+#: libpq's own reason, after "[libpq] Failed to connect: … failed: " or the error kind
+_PG_LIBPQ_LINE = re.compile(r"(?:failed|\]):\s+(?!connection to server)(.*)", re.IGNORECASE)
 _PG_AUTH = ("28",)
 _PG_CONNECT = ("08",)
 
@@ -428,11 +492,18 @@ class PostgresSession(Session):
         details = dict(getattr(exc, "details", None) or ())
         primary = details.get(b"PG_DIAG_MESSAGE_PRIMARY", b"")
         message = _first_line(primary.decode("utf-8", errors="replace"))
+        if not message:
+            # errors while connecting or reading the COPY stream come as libpq's text,
+            # without a SQLSTATE: "... failed: FATAL:  database "x" does not exist"
+            found = _PG_SERVER_LINE.search(text)
+            message = _first_line(found.group(1)) if found else ""
+        low, said = text.lower(), message.lower()  # said: the server's words, not our SQL
         if state in _PG_MISSING:
             return "missing", message
         if state.startswith(_PG_AUTH):
             return "auth", ""
-        if state == "25006":
+        if state == "25006" or "data-modifying statement" in said:
+            # a data-modifying WITH inside the node's SELECT … FROM (query): 0A000
             return "read_only", ""
         if state == "57014":
             return "timeout", ""
@@ -440,23 +511,26 @@ class PostgresSession(Session):
             return "lost", ""
         if state.startswith("42"):
             return "sql", message
+        if state == "22012" or said == "division by zero":
+            return "data", "division by zero"
         if state.startswith("22"):
             return "data", ""
-        low = text.lower()
-        # errors while reading the COPY stream arrive as Arrow errors, without a SQLSTATE
         if "read-only transaction" in low:
             return "read_only", ""
         if "statement timeout" in low:
             return "timeout", ""
-        if "does not exist" in low and "error:" in low:
-            found = re.search(
-                r'ERROR:\s+((?:relation|column|function|schema) "[^"]*" does not exist)', text
-            )
-            return "missing", found.group(1) if found else ""
+        found = _PG_MISSING_TEXT.search(text)
+        if found is not None:
+            return "missing", found.group(1)
         if "invalid input syntax" in low or "out of range" in low:
             return "data", ""
         if "password authentication failed" in low or "no pg_hba.conf entry" in low:
             return "auth", ""
+        option = _PG_DSN_OPTION.search(text)
+        if option is not None:
+            # libpq names the option and quotes its value: only the name is shown
+            name = next(g for g in option.groups() if g)
+            return "dsn", f"invalid DSN option {name}"
         if "connection refused" in low or "could not connect" in low or "timeout expired" in low:
             return "connect", "connection refused" if "refused" in low else "no answer"
         if "could not translate host name" in low:
@@ -465,7 +539,10 @@ class PostgresSession(Session):
             return "lost", ""
         if "no connection to the server" in low or ("connection" in low and "lost" in low):
             return "lost", ""
-        return "driver", f"({type(exc).__name__}{', SQLSTATE ' + state if state else ''})"
+        if not message:
+            found = _PG_LIBPQ_LINE.search(text)
+            message = _first_line(found.group(1)) if found else ""
+        return "driver", self.unknown(f"SQLSTATE {state}" if state else "", message)
 
 
 # --- MySQL / MariaDB (mysql-connector-python) -------------------------------------------------
@@ -477,7 +554,13 @@ _MY_FLOAT = {4, 5}
 _MY_DATE = {10, 14}
 _MY_TS = {7, 12}
 _MY_CONNECT = {2002, 2003, 2005}
-_MY_AUTH = {1044, 1045, 1698, 1251}
+_MY_AUTH = {1045, 1698, 1251}
+#: access denied to a database (1044), a table (1142) or a column (1143): what the
+#: server also says for one that does not exist, to an account without rights on it
+_MY_DENIED = {1044, 1142, 1143}
+_MY_DENIED_OBJECT = re.compile(
+    r"(?:for column (\S+) in table (\S+)|for table (\S+)|to database (\S+))\s*$"
+)
 _MY_MISSING = {1146, 1054, 1049, 1305}
 _MY_LOST = {2006, 2013, 2055, 1053, 1927, 4031}
 _MY_TIMEOUT = {1969, 3024, 1317}
@@ -659,6 +742,8 @@ class MysqlSession(_DbApiSession):
             return "connect", "no server answered" if errno != 2005 else "unknown host"
         if errno in _MY_AUTH:
             return "auth", ""
+        if errno in _MY_DENIED:
+            return "missing", self._denied(errno, message)
         if errno in _MY_MISSING:
             return "missing", message
         if errno == 1792:
@@ -671,7 +756,25 @@ class MysqlSession(_DbApiSession):
             return "sql", message
         if 1264 <= errno <= 1366 or errno in (1292, 1411, 3156):  # conversions: quote values
             return "data", ""
-        return "driver", f"({type(exc).__name__}{f' {errno}' if errno else ''})"
+        return "driver", self.unknown(str(errno) if errno else "", message)
+
+    def _denied(self, errno: int, message: str) -> str:
+        """What error 1044, 1142 or 1143 refused, without the account ("user"@"host")."""
+        found = _MY_DENIED_OBJECT.search(message)
+        column, table, table_only, database = found.groups() if found else (None,) * 4
+        if errno == 1044:
+            name = (database or "").strip("'`") or self.dsn.database
+            return (
+                f"no access to database {name}: it does not exist or is not granted to this account"
+            )
+        if errno == 1143 and column and table:
+            return (
+                f"column {column} of table {table} does not exist or is not granted to this account"
+            )
+        name = table_only or table
+        return (f"table {name}" if name else "a table") + (
+            " does not exist or is not granted to this account"
+        )
 
 
 # --- Oracle (python-oracledb, thin mode) ------------------------------------------------------
@@ -767,7 +870,7 @@ class OracleSession(_DbApiSession):
             return "sql", message
         if code in _ORA_DATA:
             return "data", ""
-        return "driver", f"({code or type(exc).__name__})"
+        return "driver", self.unknown(code, re.sub(r"^[A-Z]{3}-\d+:\s*", "", message))
 
 
 # --- 达梦 DM8 (dmPython) ------------------------------------------------------------------------
@@ -853,7 +956,7 @@ class DmSession(_DbApiSession):
             return "lost", ""
         if code in _DM_DATA:
             return "data", ""
-        return "driver", f"({type(exc).__name__} {code})" if code else f"({type(exc).__name__})"
+        return "driver", self.unknown(str(code) if code else "", message)
 
 
 _SESSIONS: dict[str, type[Session]] = {

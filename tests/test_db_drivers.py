@@ -12,6 +12,7 @@ server-side codes. What does not run: a query against an Oracle or DM server
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import socket
 
 import dmPython
@@ -20,7 +21,7 @@ import pytest
 from oracledb.errors import _Error as OracleErrorInfo
 
 from databases import DatabaseError, DatabaseSource, Dsn
-from databases.engines import DmSession, OracleSession, Session
+from databases.engines import DmSession, OracleSession, Session, mask_identity_numbers
 
 AS_OF = _dt.date(2026, 11, 29)
 SECRET = "Pa55-w0rd-never-shown"
@@ -144,6 +145,69 @@ def test_dm_errors(code: int, reason: str, monkeypatch: pytest.MonkeyPatch) -> N
     exc = dmPython.DatabaseError(_DmError(code, f"[CODE:{code}]message"))
     err = session.error(exc, "source")
     assert err.reason == reason and "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("engine", "error", "shown"),
+    [
+        (
+            "oracle",
+            oracledb.DatabaseError(OracleErrorInfo("ORA-01476: divisor is equal to zero")),
+            "where: oracle error ORA-01476: divisor is equal to zero",
+        ),
+        # quotes a value (a record's, maybe): only the code is shown
+        (
+            "oracle",
+            oracledb.DatabaseError(
+                OracleErrorInfo(
+                    'ORA-12899: value too large for column "P"."C"."NAME" (actual: 40, maximum: 30)'
+                )
+            ),
+            "where: oracle error ORA-12899 (its text is withheld: it may quote record values)",
+        ),
+        (
+            "dm",
+            dmPython.DatabaseError(_DmError(-6103, "[CODE:-6103]除0错误")),
+            "where: dm error -6103: 除0错误",
+        ),
+        (
+            "dm",
+            dmPython.DatabaseError(_DmError(-6120, "[CODE:-6120]'张三' 无效")),
+            "where: dm error -6120 (its text is withheld",
+        ),
+    ],
+    ids=["oracle-plain", "oracle-quotes", "dm-plain", "dm-quotes"],
+)
+def test_an_unknown_error_shows_its_code_never_a_python_type(
+    engine: str, error: Exception, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    err = offline(engine, monkeypatch).error(error, "where")
+    assert err.reason == "driver"
+    assert shown in str(err), str(err)
+    assert "DatabaseError" not in str(err) and "张三" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "near '= ? AND id_number <> '152201193206264462')' at line 1",
+        'column "15080219800101008X" does not exist',
+        "Unknown column '15080219800101008x' in 'WHERE'",
+        "Unknown column '150802800101011' in 'WHERE'",  # 15 digits
+        "near '150802 1980 0101 0012'",
+        "near '150802-19800101-0012'",
+        "near '１５０８０２１９８００１０１００１２'",  # full-width digits
+    ],
+)
+def test_an_identity_number_in_any_message_is_masked(text: str) -> None:
+    err = DatabaseError(f"where: {text}", reason="sql")
+    assert "<number withheld>" in str(err)
+    assert not re.search(r"\d{6}", re.sub(r"[\s-]", "", str(err))), str(err)
+
+
+def test_other_numbers_are_kept() -> None:
+    text = "the mysql server at 127.0.0.1:3306/prison, error 1064 at line 1 on 2026-11-29"
+    assert mask_identity_numbers(text) == text
 
 
 def test_dsn_parse_for_each_engine() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -153,6 +154,11 @@ def server(request: pytest.FixtureRequest) -> LocalServer:
 @pytest.fixture
 def custody(tmp_path: Path, server: LocalServer) -> str:
     """The CUSTODY rows as a table of ``server``."""
+    return custody_table(tmp_path, server)
+
+
+def custody_table(tmp_path: Path, server: LocalServer) -> str:
+    """The CUSTODY rows as a new table of ``server``."""
     csv = tmp_path / "load.csv"
     csv.write_text("\n".join(CUSTODY) + "\n", encoding="utf-8")
     table = table_name("custody")
@@ -356,6 +362,173 @@ def test_server_dies_in_the_middle_of_a_stream(
         expect_one_line(info.value, doomed.password, "connection", "lost")
     finally:
         doomed.stop()
+
+
+# --- driver errors: a plain reason a DBA understands ------------------------------------------
+
+#: a Python exception type name (OperationalError, OSError, NotSupportedError, …)
+PY_TYPE = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b")
+
+
+def config_with_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str, source: str, where: str | None
+) -> NodeConfig:
+    """A node.toml whose match set reads ``source`` (``table = …`` or ``query = …``)."""
+    monkeypatch.setenv("JUSTICE_DB_DSN", dsn)
+    engine = "postgresql" if dsn.startswith("postgresql") else "mysql"
+    inline = f'{{ database = "{engine}", dsn_env = "JUSTICE_DB_DSN", {source} }}'
+    return load_node_config(write_node_toml(tmp_path, inline, where=where))
+
+
+def expect_plain(exc: BaseException, password: str, *needles: str) -> None:
+    expect_one_line(exc, password, *needles)
+    assert PY_TYPE.search(str(exc)) is None, str(exc)
+
+
+@pytest.mark.parametrize(
+    ("dsn_change", "source", "where", "reason", "needle"),
+    [
+        ("/nosuchdb", "table = '{t}'", WHERE, "missing", 'database "nosuchdb" does not exist'),
+        ("?sslmode=bogus", "table = '{t}'", WHERE, "dsn", "invalid DSN option sslmode"),
+        (
+            "",
+            "query = 'WITH d AS (DELETE FROM {t} RETURNING *) SELECT * FROM d'",
+            None,
+            "read_only",
+            "the statement tried to write, and the node's connection is read-only",
+        ),
+        (
+            "",
+            "table = '{t}'",
+            "1 / (extract(day FROM start_date)::int - 1) > 0",
+            "data",
+            "where: division by zero",
+        ),
+    ],
+    ids=["no-such-database", "bad-dsn-option", "data-modifying-with", "division-by-zero"],
+)
+def test_postgresql_errors_are_plain(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgresql_server: LocalServer,
+    dsn_change: str,
+    source: str,
+    where: str | None,
+    reason: str,
+    needle: str,
+) -> None:
+    table = custody_table(tmp_path, postgresql_server)
+    dsn = postgresql_server.dsn()
+    if dsn_change.startswith("/"):
+        dsn = dsn.rsplit("/", 1)[0] + dsn_change
+    else:
+        dsn += dsn_change
+    cfg = config_with_source(tmp_path, monkeypatch, dsn, source.format(t=table), where)
+    with pytest.raises(DatabaseError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    assert info.value.reason == reason, str(info.value)
+    expect_plain(info.value, postgresql_server.password, needle)
+    assert "bogus" not in str(info.value)  # a DSN option's value is never echoed
+    # the data-modifying WITH deleted nothing
+    monkeypatch.setenv("JUSTICE_DB_DSN", postgresql_server.dsn())
+    with open_session(
+        DatabaseSource(database="postgresql", dsn_env="JUSTICE_DB_DSN", table=table)
+    ) as session:
+        assert session.fetch_row(f"SELECT count(*) FROM {table}")[0] == len(CUSTODY) - 1
+
+
+@pytest.fixture
+def granted_account(tmp_path: Path, mariadb_server: LocalServer) -> tuple[str, str, str]:
+    """(user, password, table): a MariaDB account that may SELECT one table only."""
+    table = custody_table(tmp_path, mariadb_server)
+    user, password = f"ro_{table}"[:32], "Ro-" + mariadb_server.password[::-1]
+    my_execute(
+        mariadb_server,
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+        f"GRANT SELECT ON xmatch.{table} TO '{user}'@'%'",
+    )
+    return user, password, table
+
+
+@pytest.mark.parametrize(
+    ("database", "table", "needle"),
+    [
+        (
+            "xmatch",
+            "custody_nosuch",
+            "table `xmatch`.`custody_nosuch` does not exist or is not granted to this account",
+        ),
+        ("xmatch", "mysql.user", "table `mysql`.`user` does not exist or is not granted"),
+        (
+            "nosuchdb",
+            None,
+            "connect: no access to database nosuchdb: it does not exist or is "
+            "not granted to this account",
+        ),
+    ],
+    ids=["table-typo", "table-not-granted", "database-not-granted"],
+)
+def test_mariadb_refusals_name_what_is_not_granted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mariadb_server: LocalServer,
+    granted_account: tuple[str, str, str],
+    database: str,
+    table: str | None,
+    needle: str,
+) -> None:
+    user, password, granted = granted_account
+    dsn = mariadb_server.dsn(user=user, password=password).rsplit("/", 1)[0] + f"/{database}"
+    cfg = config_with_source(
+        tmp_path, monkeypatch, dsn, f"table = '{table or granted}'", where=WHERE
+    )
+    with pytest.raises(DatabaseError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    assert info.value.reason == "missing", str(info.value)
+    expect_plain(info.value, password, needle)
+    assert "authentication" not in str(info.value) and user not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("engine", "where", "needle"),
+    [
+        # a quoted identifier: PostgreSQL names the column it does not know
+        (
+            "postgresql",
+            f'start_date <= $as_of AND id_number <> "{A}"',
+            'column "<number withheld>"',
+        ),
+        # a syntax error: PostgreSQL quotes the token, MariaDB the rest of the statement
+        (
+            "postgresql",
+            f"start_date <= $as_of AND id_number <> '{A}' '{X_ID}'",
+            "<number withheld>",
+        ),
+        ("mariadb", f"start_date <== $as_of AND id_number <> '{A}'", "syntax"),
+        ("mariadb", f"start_date <= $as_of AND `{X_ID}` = 1", "Unknown column '<number withheld>'"),
+        ("mariadb", f"start_date <= $as_of AND `{A[:6]} {A[6:]}` = 1", "<number withheld>"),
+    ],
+    ids=["pg-column", "pg-syntax", "my-syntax", "my-column", "my-spaced-column"],
+)
+def test_an_identity_number_in_a_driver_message_is_masked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    engine: str,
+    where: str,
+    needle: str,
+) -> None:
+    server: LocalServer = request.getfixturevalue(f"{engine}_server")
+    table = custody_table(tmp_path, server)
+    cfg = db_config(tmp_path, monkeypatch, server, table, where=where)
+    with pytest.raises(DatabaseError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    expect_plain(info.value, server.password, needle)
+    text = str(info.value)
+    digits = re.sub(r"\D", "", text)
+    for number in (A, X_ID):
+        assert number[:15] not in digits, text
+    assert "<number withheld>" in text, text
 
 
 # --- credentials -----------------------------------------------------------------------------
