@@ -184,7 +184,9 @@ class DisputeBook:
             conn.executescript(_SCHEMA)
             yield cls(conn, path)
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"{path}: not a dispute book ({type(exc).__name__})") from None
+            # SQLite's own reason ("file is not a database"): it names no value
+            reason = " ".join(str(exc).split()) or "unreadable"
+            raise InputError(f"{path}: not a dispute book (SQLite says: {reason})") from None
         finally:
             conn.close()
 

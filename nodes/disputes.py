@@ -180,7 +180,9 @@ class DisputeStore:
             conn.executescript(_SCHEMA)
             yield cls(conn, path)
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"{path}: not a dispute store ({type(exc).__name__})") from None
+            # SQLite's own reason ("file is not a database"): it names no value
+            reason = " ".join(str(exc).split()) or "unreadable"
+            raise InputError(f"{path}: not a dispute store (SQLite says: {reason})") from None
         finally:
             conn.close()
 

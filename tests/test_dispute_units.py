@@ -319,3 +319,49 @@ def test_subcommand_help_has_examples(command: list[str]) -> None:
     )
     assert done.returncode == 0
     assert f"  xmatch {' '.join(command)}" in done.stdout.split("examples:\n", 1)[1]
+
+
+_COORDINATOR_TOML = """
+[coordinator]
+name = "civil-affairs"
+ca = "pki/ca.crt"
+cert = "pki/c.crt"
+key = "pki/c.key"
+audit_log = "logs/c.jsonl"
+state = "state/c.sqlite"
+roster = "roster.csv"
+purpose = "eligibility-review"
+
+[[nodes]]
+name = "justice"
+address = "127.0.0.1:50061"
+match_sets = ["custody"]
+protocol = "ecdh"
+"""
+
+
+@pytest.mark.parametrize("side", ["node", "coordinator"])
+def test_a_damaged_dispute_store_is_one_plain_line(node_config: NodeConfig, side: str) -> None:
+    folder = node_config.path.parent
+    if side == "node":
+        store, command = folder / "inbox" / "justice" / "disputes.sqlite", ["node", "disputes"]
+        config = node_config.path
+    else:
+        store, command = folder / "state" / "disputes.sqlite", ["dispute", "list"]
+        config = folder / "coordinator.toml"
+        config.write_text(_COORDINATOR_TOML, encoding="utf-8")
+    store.parent.mkdir(parents=True, mode=0o700)
+    store.write_bytes(bytes(range(256)) * 16)  # not an SQLite file
+    store.chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-m", "xmatch", *command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    what = "store" if side == "node" else "book"
+    assert done.stderr == (
+        f"xmatch: error: {store}: not a dispute {what} (SQLite says: file is not a database)\n"
+    )
