@@ -31,7 +31,7 @@ from typing import Final, NoReturn
 
 from cryptography.hazmat.primitives import hashes
 
-from keys.handles import AuditSigner
+from keys.handles import AuditSigner, own_credentials
 from psi.errors import InputError
 from psi.sm2_signature import Sm2SigningKey, generate_private_key
 
@@ -120,6 +120,32 @@ class GmAuditSigner:
 
     def __repr__(self) -> str:
         return f"GmAuditSigner(name={self.name!r}, key_id={self.key_id[:16]}…)"
+
+
+def log_signer(
+    *,
+    key: Path,
+    cert: Path,
+    passphrase: bytes | None,
+    ca: Path,
+    profile: str,
+    sm2_key: Path,
+) -> AuditSigner | GmAuditSigner:
+    """The signer of a party's protocol log checkpoints: its audit key, or SM2 bound by
+    it (``profile = "gm"``). The node and the coordinator load theirs here.
+
+    Raises:
+        ConfigError: the audit key, its certificate or the SM2 key is unusable (our own
+            files: :func:`keys.handles.own_credentials`).
+    """
+    with own_credentials():
+        signer = AuditSigner.load(key=key, cert=cert, passphrase=passphrase, ca=ca)
+        if profile != "gm":
+            return signer
+        try:
+            return gm_signer(signer, sm2_key)
+        except OSError as exc:
+            raise InputError(f'audit_profile = "gm": {exc}') from None
 
 
 def gm_signer(audit: AuditSigner, key_path: Path) -> GmAuditSigner:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 
 from audit.format import SHUTDOWN
-from audit.gm import GmAuditSigner
+from audit.gm import GmAuditSigner, log_signer
 from audit.log import AuditLog
 from coordinator.client import MAX_MESSAGE_BYTES, describe_rpc_error
 from coordinator.config import CoordinatorConfig, NodeEntry
@@ -66,21 +66,14 @@ def coordinator_signer(config: CoordinatorConfig) -> AuditSigner | GmAuditSigner
         ConfigError: the audit key, its certificate or the SM2 key is unusable (our own files).
     """
     section = config.coordinator
-    with own_credentials():
-        signer = AuditSigner.load(
-            key=section.audit_key_path,
-            cert=section.audit_cert_path,
-            passphrase=section.key_passphrase(),
-            ca=section.ca,
-        )
-        if section.audit_profile != "gm":
-            return signer
-        from audit.gm import gm_signer  # GM log profile: SM2 checkpoints, bound by the audit key
-
-        try:
-            return gm_signer(signer, section.audit_sm2_key_path)
-        except OSError as exc:
-            raise InputError(f'audit_profile = "gm": {exc}') from None
+    return log_signer(
+        key=section.audit_key_path,
+        cert=section.audit_cert_path,
+        passphrase=section.key_passphrase(),
+        ca=section.ca,
+        profile=section.audit_profile,
+        sm2_key=section.audit_sm2_key_path,
+    )
 
 
 @contextmanager

@@ -20,6 +20,7 @@ No message ever quotes a value from the file: it names the place instead.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from itertools import repeat
@@ -283,13 +284,26 @@ __all__ = [
 # --- evidence from a node's matches ------------------------------------------------------------
 
 
+#: a payload date: YYYY-MM-DD, perhaps with a time of day after it (a text column that
+#: holds timestamps); nothing else, so that a number or trailing text is out of protocol
+_PAYLOAD_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?")
+#: the years a record's date may name: a date before 1900 or after 2199 is no record's
+PAYLOAD_YEARS = range(1900, 2200)
+
+
 def _payload_date(value: str, name: str) -> date | None:
     if not value:
         return None
+    found = _PAYLOAD_DATE.fullmatch(value)
     try:
-        return date.fromisoformat(value[:10])
+        if found is None or int(found[1]) not in PAYLOAD_YEARS:
+            raise ValueError(name)
+        return date(int(found[1]), int(found[2]), int(found[3]))
     except ValueError:
-        raise XmatchError(f"payload field {name} is not a YYYY-MM-DD date") from None
+        raise XmatchError(
+            f"payload field {name} is not a YYYY-MM-DD date from {PAYLOAD_YEARS[0]} to "
+            f"{PAYLOAD_YEARS[-1]}"
+        ) from None
 
 
 def _payload_int(value: str, name: str, high: int) -> int | None:

@@ -197,23 +197,17 @@ def _log_signer(config: NodeConfig, passphrase: bytes | None) -> AuditSigner | G
     Raises:
         ConfigError: the audit key, its certificate or the SM2 key is unusable (our own files).
     """
-    from keys.handles import AuditSigner, own_credentials
+    from audit.gm import log_signer
 
     node = config.node
-    with own_credentials():
-        signer = AuditSigner.load(
-            key=node.audit_key_path, cert=node.audit_cert_path, passphrase=passphrase, ca=node.ca
-        )
-        if node.audit_profile != "gm":
-            return signer
-        # GM log profile: SM2 checkpoints, bound by the audit key
-        from audit.gm import gm_signer
-        from psi.errors import InputError
-
-        try:
-            return gm_signer(signer, node.audit_sm2_key_path)
-        except OSError as exc:
-            raise InputError(f'audit_profile = "gm": {exc}') from None
+    return log_signer(
+        key=node.audit_key_path,
+        cert=node.audit_cert_path,
+        passphrase=passphrase,
+        ca=node.ca,
+        profile=node.audit_profile,
+        sm2_key=node.audit_sm2_key_path,
+    )
 
 
 def _log_folder(path: Path, config: NodeConfig) -> None:

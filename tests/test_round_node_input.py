@@ -649,3 +649,46 @@ def test_log_gets_its_shutdown_and_checkpoint_even_if_the_state_fails_to_close(
     text = (tmp_path / "logs" / "civil-affairs.audit.jsonl").read_text(encoding="utf-8")
     events = [json.loads(line)["event"] for line in text.splitlines()]
     assert events[-2:] == ["shutdown", "checkpoint"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "110105199003072316",  # an identity number: it once read as 1101-05-19
+        "2020-01-01xyz",  # a date and trailing text
+        "2020-01-01" + "x" * 1000,
+        "20200101",  # the basic ISO form: not what the contract says
+        "1101-05-19",  # no record's date
+        "2020-02-30",
+    ],
+)
+def test_a_payload_date_is_exactly_a_date(value: str) -> None:
+    """Finding (a probe with a fake node): ``date.fromisoformat(value[:10])`` took any text
+    that starts like a date, and a reason then quoted "1101年5月19日"."""
+    from coordinator.records import match_rows
+    from psi.errors import XmatchError
+    from psi.session.messages import PayloadColumns
+
+    with pytest.raises(XmatchError, match="start_date is not a YYYY-MM-DD date") as info:
+        match_rows(
+            source="police/deaths",
+            circumstance="DEAD",
+            indices=np.array([0], dtype=np.int64),
+            payload=PayloadColumns(1, {"start_date": [value]}),
+            identities=["150422198501304280"],
+        )
+    assert value not in str(info.value)
+
+
+def test_a_payload_date_may_carry_a_time_of_day() -> None:
+    from coordinator.records import match_rows
+    from psi.session.messages import PayloadColumns
+
+    rows = match_rows(
+        source="police/deaths",
+        circumstance="DEAD",
+        indices=np.array([0, 1], dtype=np.int64),
+        payload=PayloadColumns(2, {"start_date": ["2020-01-01 08:30:00", "2021-03-04"]}),
+        identities=["150422198501304280", "150422198501304281"],
+    )
+    assert [r.start_date for r in rows] == [dt.date(2020, 1, 1), dt.date(2021, 3, 4)]
