@@ -400,3 +400,17 @@ def test_keyed_hash_requester_makes_no_tag_between_accept_and_the_round_key() ->
     req.receive(resp.accept(None, _payload))
     assert asked == [None]
     assert req.next_request() is not None  # and once agreed, the tags follow
+
+
+def test_an_empty_chunk_is_out_of_protocol() -> None:
+    """Finding (a probe): a coordinator sending empty chunks held a node's round slot for
+    ever, each message restarting the idle timer. No requester needs an empty chunk."""
+    ctx = kh_context("aes128-ecb-v1")
+    people = encode_identities(ids_from_ints([1, 2]))
+    req = KeyedHashRequesterSession(ctx, people, chunk_items=3, rng=rng_for(2))
+    resp = KeyedHashResponderSession(rng=rng_for(3))
+    resp.receive_start(req.start())
+    req.receive(resp.accept(people, _payload))
+    empty = req._make_chunk(0, encode_identities([]))  # what no honest requester sends
+    with pytest.raises(ProtocolError, match="an empty chunk"):
+        resp.receive(Chunk(empty))

@@ -109,7 +109,14 @@ class ResponderSession:
             )
 
     def _count(self, rows: npt.NDArray[np.uint8]) -> None:
-        """Count one chunk's rows: no more than announced; ``on_rows`` sees them."""
+        """Count one chunk's rows: no more than announced; ``on_rows`` sees them.
+
+        An empty chunk is out of protocol: a requester never needs one, and each
+        message restarts the node's idle timer, so empty chunks could hold a
+        round slot for ever without sending anything.
+        """
+        if rows.shape[0] == 0:
+            raise ProtocolError("an empty chunk")
         self.chunks += 1
         self.items += int(rows.shape[0])
         if self.items > self.query_size:
