@@ -67,6 +67,7 @@ from psi.session import (
     PayloadColumns,
     RequesterSession,
 )
+from runtime.text import printable
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -142,13 +143,14 @@ def presented_name(address: str, ca_pem: bytes, *, timeout: float = 5.0) -> str 
 
 
 def _safe_detail(text: str | None, *, fallback: str = "no reason given") -> str:
-    """Text that came from a node, made fit for our logs: one line, short, no ID.
+    """Text that came from a node, made fit for our logs and terminal: one line, short,
+    no ID, no control or format character (:func:`runtime.text.printable`).
 
     ``fallback`` replaces text that is empty or looks like an identity number.
     """
     from audit.format import looks_like_identity_number
 
-    line = " ".join((text or "").split())[:160]
+    line = printable(" ".join((text or "").split()))[:160]
     if not line or looks_like_identity_number(line):
         return fallback
     return line

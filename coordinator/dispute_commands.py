@@ -28,14 +28,18 @@ from coordinator.disputes import (
     deliver,
     log_filed,
     now_rfc3339,
+    refusal_line,
+    refusal_lines,
+    refusal_reason,
     sync_all,
     withdraw,
 )
 from coordinator.node_link import coordinator_log, coordinator_tls, node_entry
 from coordinator.records import EvidenceRow, read_evidence, read_roster_source
 from coordinator.state import RoundState
-from psi.errors import InputError, InvalidIdentifier, PeerError
+from psi.errors import InputError, InvalidIdentifier, PeerError, Refused
 from psi.identifiers import normalize_id
+from runtime.text import control_character, printable
 
 __all__ = [
     "file_command",
@@ -79,13 +83,17 @@ def _reason(text: str, option: str) -> str:
     """The caseworker's reason, checked: one line, no identity number.
 
     Raises:
-        InputError: empty, too long, or it looks like an identity number.
+        InputError: empty, too long, a control or format character, or it looks
+            like an identity number.
     """
     line = " ".join(text.split())
     if not line:
         raise InputError(f"{option}: empty; say what is doubtful about the record")
     if len(line) > 500:
         raise InputError(f"{option}: longer than 500 characters")
+    bad = control_character(line)
+    if bad is not None:  # the department's terminal prints it
+        raise InputError(f"{option}: holds the control or format character {bad}; plain text only")
     if looks_like_identity_number(line):
         raise InputError(
             f"{option}: looks like it holds an identity number; describe the doubt without it "
@@ -136,6 +144,7 @@ def _file(
             book.add(dispute)
     sent = 0
     unreachable: dict[str, str] = {}
+    refused: dict[str, str] = {}  # dispute id -> the node's reason
     for dispute in disputes:
         if dispute.node in unreachable:
             continue
@@ -146,6 +155,10 @@ def _file(
             continue
         try:
             deliver(node_entry(config, dispute.node), tls, dispute)
+        except Refused as exc:  # this dispute only: the node is there, the others go on
+            refused[dispute.dispute_id] = refusal_reason(exc)
+            book.set_refused(dispute.dispute_id, refused[dispute.dispute_id])
+            continue
         except PeerError as exc:
             unreachable[dispute.node] = exc.reason
             continue
@@ -156,13 +169,21 @@ def _file(
             print(f"note: {node}: {why}", file=err)
             continue
         print(
-            f"warning: {node}: not delivered now ({why}); `xmatch dispute sync` or the next "
-            "round delivers it",
+            f"warning: {node}: not delivered now ({printable(why)}); `xmatch dispute sync` or "
+            "the next round delivers it",
             file=err,
         )
     for dispute in disputes:
-        delivered = dispute.node not in unreachable
-        state = "delivered" if delivered else "waiting for delivery"
+        if dispute.dispute_id in refused:
+            line = refusal_line(dispute.node, dispute.dispute_id, refused[dispute.dispute_id])
+            print(f"warning: {line}", file=err)
+    for dispute in disputes:
+        if dispute.dispute_id in refused:
+            state = "refused by the node"
+        elif dispute.node in unreachable:
+            state = "waiting for delivery"
+        else:
+            state = "delivered"
         print(f"{dispute.source}: {state}: dispute {dispute.dispute_id}", file=out)
     return sent
 
@@ -252,7 +273,9 @@ def file_conflicts_command(
 
 def _print_sync(result: SyncResult, out: TextIO, err: TextIO) -> None:
     if result.error:
-        print(f"warning: {result.node}: {result.error}", file=err)
+        print(f"warning: {result.node}: {printable(result.error)}", file=err)
+    for line in refusal_lines(result):
+        print(f"warning: {line}", file=err)
     answered = result.answered or []
     print(
         f"{result.node}: {result.delivered} delivered, {result.withdrawn} withdrawn, "
@@ -260,21 +283,31 @@ def _print_sync(result: SyncResult, out: TextIO, err: TextIO) -> None:
         file=out,
     )
     for item in answered:
-        print(f"  {item.dispute_id} {item.status}: {item.note}", file=out)
+        print(f"  {item.dispute_id} {item.status}: {printable(item.note)}", file=out)
 
 
 def _offline_inboxes(
-    cfg: CoordinatorConfig, audit: AuditSink, offline_dir: Path | None, out: TextIO
-) -> int:
-    """Write a sealed inbox for each offline node with something pending; how many."""
-    written = 0
+    cfg: CoordinatorConfig,
+    audit: AuditSink,
+    offline_dir: Path | None,
+    out: TextIO,
+    err: TextIO,
+) -> tuple[int, int]:
+    """Write a sealed inbox for each offline node with something pending:
+    (how many written, how many nodes wait for ``--offline-dir``)."""
+    written = waiting = 0
     with DisputeBook.open(cfg) as book:
         for entry in (e for e in cfg.nodes if e.offline):
             bundle = bundle_for(book, entry.name)
             if not bundle.disputes and not bundle.withdrawals:
                 continue
             if offline_dir is None:
-                print(f"{entry.name}: offline, disputes waiting: give --offline-dir DIR", file=out)
+                print(
+                    f"warning: {entry.name}: an offline node with disputes waiting: "
+                    "give --offline-dir DIR to write its sealed inbox",
+                    file=err,
+                )
+                waiting += 1
                 continue
             path = write_inbox(cfg, audit, entry, bundle, out_dir=offline_dir)
             print(
@@ -284,7 +317,7 @@ def _offline_inboxes(
                 file=out,
             )
             written += 1
-    return written
+    return written, waiting
 
 
 def sync_command(
@@ -297,18 +330,20 @@ def sync_command(
     """``xmatch dispute sync [--offline-dir DIR]``: deliver, withdraw and fetch answers
     with every online node; write a sealed inbox for each offline node with disputes.
 
-    Returns 0, or 3 (:data:`coordinator.exit_codes.PARTIAL`) when a node could not
-    be reached (its disputes wait for the next sync or round).
+    Returns 0, or 3 (:data:`coordinator.exit_codes.PARTIAL`) when something was
+    left undone: a node could not be reached (its disputes wait for the next sync
+    or round), refused a dispute or withdrawal, or is offline with disputes waiting
+    and no ``--offline-dir`` was given.
     """
     out, err = stdout or sys.stdout, stderr or sys.stderr
     cfg = load_coordinator_config(config)
     tls = coordinator_tls(cfg)
     with coordinator_log(cfg) as audit:
         results = sync_all(cfg, audit, tls, on_result=lambda r: _print_sync(r, out, err))
-        written = _offline_inboxes(cfg, audit, offline_dir, out)
-    if not results and not written:
+        written, waiting = _offline_inboxes(cfg, audit, offline_dir, out, err)
+    if not results and not written and not waiting:
         print("nothing to sync", file=out)
-    if any(r.error for r in results):
+    if waiting or any(r.error or r.refused for r in results):
         return exit_codes.PARTIAL
     return exit_codes.COMPLETE
 
@@ -335,12 +370,17 @@ def list_command(*, config: Path, status: str | None = None, stdout: TextIO | No
         items = book.listing(status=status)
     print("dispute_id\tstatus\tfiled\tage_days\tround\tsource\tperson_id\treason\tanswer", file=out)
     for d in items:
-        shown = d.status if d.status != "open" or d.delivered else "open (not delivered)"
+        shown = d.status
+        if d.status == "open" and not d.delivered:
+            refused = printable(d.refused)
+            shown = f"open (refused: {refused})" if d.refused else "open (not delivered)"
         age = d.as_open().age_days(today)
-        answer = f"{d.answered_at[:10]} {d.note}".strip()
+        # the note is the department's words; a book written before control
+        # characters were refused may hold them in a reason too
+        answer = printable(f"{d.answered_at[:10]} {d.note}".strip())
         print(
             f"{d.dispute_id}\t{shown}\t{d.filed_at[:10]}\t{age}\t{d.round_id}\t{d.source}\t"
-            f"{d.person_id}\t{d.reason}\t{answer}",
+            f"{d.person_id}\t{printable(d.reason)}\t{answer}",
             file=out,
         )
     return exit_codes.COMPLETE
@@ -357,8 +397,11 @@ def withdraw_command(
     """``xmatch dispute withdraw --dispute ID --reason TEXT``: withdraw an open dispute,
     and tell its node now if it can be reached (else at the next sync or round).
 
+    A delivered dispute's node is asked for its answer first: one it has answered
+    is not withdrawn (the answer stands on both sides).
+
     Raises:
-        InputError: no such dispute, or it is not open.
+        InputError: no such dispute, or it is not open (answered, perhaps just now).
     """
     out, err = stdout or sys.stdout, stderr or sys.stderr
     cfg = load_coordinator_config(config)
@@ -367,12 +410,39 @@ def withdraw_command(
         known = book.get(dispute_id.strip().lower())
         if known is None:
             raise InputError(f"dispute {dispute_id}: not in {book.path}")
+        online = known.delivered and not node_entry(cfg, known.node).offline
         with coordinator_log(cfg) as audit:
+            reached = True
+            if known.status == "open" and online:
+                # the node may have answered already: fetch that first, so that a
+                # withdrawal never hides an answer and both sides keep the same one
+                reached = _sync_one(cfg, audit, known.node, err)
+                known = book.get(known.dispute_id) or known
+                _refuse_answered(known)
             withdraw(book, audit, known, text, us=cfg.coordinator.name)
-            if known.delivered:
-                result = sync_all(cfg, audit, coordinator_tls(cfg), nodes=[known.node])
-                for item in result:
-                    if item.error:
-                        print(f"warning: {item.node}: not told now ({item.error})", file=err)
+            if online and reached:
+                _sync_one(cfg, audit, known.node, err)
+                # the answer and the withdrawal crossed on the way: the answer stands
+                _refuse_answered(book.get(known.dispute_id) or known)
     print(f"withdrawn: dispute {known.dispute_id}", file=out)
     return exit_codes.COMPLETE
+
+
+def _sync_one(cfg: CoordinatorConfig, audit: AuditSink, node: str, err: TextIO) -> bool:
+    """Sync with ``node`` for a withdrawal; ``False`` (and a warning) if it was not reached."""
+    for item in sync_all(cfg, audit, coordinator_tls(cfg), nodes=[node]):
+        for line in refusal_lines(item):
+            print(f"warning: {line}", file=err)
+        if item.error:
+            print(f"warning: {item.node}: not told now ({printable(item.error)})", file=err)
+            return False
+    return True
+
+
+def _refuse_answered(dispute: CoordinatorDispute) -> None:
+    """Raises InputError if the node has answered ``dispute``: it cannot be withdrawn."""
+    if dispute.status in ("confirmed", "corrected"):
+        raise InputError(
+            f"dispute {dispute.dispute_id} is {dispute.status}, not withdrawn: the department "
+            f"had answered it ({printable(dispute.note)})"
+        )

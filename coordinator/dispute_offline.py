@@ -31,13 +31,14 @@ from keys.sealed import SealedFileError, open_sealed, read_sealed, seal
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError
 from runtime.files import private_folders
+from runtime.text import printable
 
 __all__ = ["bundle_for", "import_reply", "write_inbox"]
 
 
 def bundle_for(book: DisputeBook, node: str) -> pb.InboxBundle:
     """Every open dispute of ``node`` (delivered or not: the node ignores a repeat), the
-    withdrawals it has not heard of, and the request for the answers."""
+    withdrawals it has not heard of, and the request for the answers (to both)."""
     bundle = pb.InboxBundle()
     pending = book.of_node(node)
     for item in pending:
@@ -47,7 +48,10 @@ def bundle_for(book: DisputeBook, node: str) -> pb.InboxBundle:
             bundle.withdrawals.append(
                 pb.DisputeWithdrawal(dispute_id=item.dispute_id, reason=item.withdraw_reason)
             )
-    bundle.answers_request.dispute_ids.extend(d.dispute_id for d in pending if d.status == "open")
+    # a withdrawal's id too: if the node answered before it, the answer comes home
+    bundle.answers_request.dispute_ids.extend(
+        d.dispute_id for d in pending if d.status == "open" or d.withdraw_reason
+    )
     return bundle
 
 
@@ -148,11 +152,11 @@ def import_reply(config: CoordinatorConfig, reply: Path, *, out: TextIO, err: Te
                 if known.withdraw_reason and receipt.status == "withdrawn":
                     book.withdrawal_sent(known.dispute_id)
         answered = record_answers(book, audit, message.answers, us=us, node=entry.name)
-    for line in message.refusals:
-        print(f"warning: {entry.name}: refused {' '.join(line.split())[:200]}", file=err)
+    for line in message.refusals:  # the node's words: never trusted to be printable
+        print(f"warning: {entry.name}: refused {printable(' '.join(line.split()))[:200]}", file=err)
     print(f"{entry.name}: {delivered} delivered, {len(answered)} answered", file=out)
     for item in answered:
-        print(f"  {item.dispute_id} {item.status}: {item.note}", file=out)
+        print(f"  {item.dispute_id} {item.status}: {printable(item.note)}", file=out)
     for share in message.shares:
         print(f"{entry.name}: work list {share.share_id}: {share.rows} row(s) received", file=out)
     return 0

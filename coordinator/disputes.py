@@ -9,8 +9,9 @@ reached, otherwise at the next ``xmatch dispute sync`` or round.
 
 The book is one SQLite file (``[coordinator] disputes``, default
 ``disputes.sqlite`` beside the state; mode 0600: it holds identity numbers).
-Statuses: ``open`` (``delivered`` says whether the node has it),
-``confirmed``, ``corrected``, ``withdrawn``. The protocol log gets
+Statuses: ``open`` (``delivered`` says whether the node has it; ``refused``
+holds the node's reason when it refused the filing), ``confirmed``,
+``corrected``, ``withdrawn``. The protocol log gets
 ``dispute_filed``, ``dispute_answered`` and ``dispute_withdrawn`` with ids and
 reasons, never the identity.
 """
@@ -36,8 +37,9 @@ from coordinator.node_link import call, stub
 from coordinator.sub_round import SubRound, SubRoundStatus
 from keys.handles import TlsMaterial
 from proto import xmatch_pb2 as pb
-from psi.errors import InputError, PeerError, XmatchError
+from psi.errors import InputError, PeerError, Refused, XmatchError
 from runtime.files import private_folders
+from runtime.text import printable
 
 __all__ = [
     "STATUSES",
@@ -51,6 +53,9 @@ __all__ = [
     "hold_for_round",
     "open_disputes",
     "record_answers",
+    "refusal_line",
+    "refusal_lines",
+    "refusal_reason",
     "sync_node",
     "withdraw",
 ]
@@ -76,9 +81,10 @@ def now_rfc3339() -> str:
 
 
 def safe_line(text: str, *, fallback: str) -> str:
-    """Text a node sent, fit for our log and book: one line, at most 500 characters, and
+    """Text a node sent, fit for our log and book: one line, at most 500 characters,
+    control and format characters replaced (:func:`runtime.text.printable`), and
     ``fallback`` instead if it looks like an identity number."""
-    line = " ".join(text.split())[:500]
+    line = printable(" ".join(text.split()))[:500]
     return fallback if looks_like_identity_number(line) else line
 
 
@@ -100,6 +106,7 @@ class CoordinatorDispute:
     withdraw_reason: str = ""
     note: str = ""
     answered_at: str = ""
+    refused: str = ""
 
     @property
     def source(self) -> str:
@@ -147,14 +154,18 @@ CREATE TABLE IF NOT EXISTS disputes (
     -- a withdrawal the node has not heard of yet
     withdraw_reason TEXT NOT NULL DEFAULT '',
     note            TEXT NOT NULL DEFAULT '',
-    answered_at     TEXT NOT NULL DEFAULT ''
+    answered_at     TEXT NOT NULL DEFAULT '',
+    -- why the node refused to take the dispute (it is offered again at each sync)
+    refused         TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS disputes_status ON disputes(status, node);
 """
 _COLUMNS = (
     "dispute_id, round_id, node, match_set, person_id, reason, filed_at, as_of, purpose, "
-    "status, delivered, withdraw_reason, note, answered_at"
+    "status, delivered, withdraw_reason, note, answered_at, refused"
 )
+#: columns added after the first release, for a book created before them
+_ADDED_COLUMNS = (("refused", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class DisputeBook:
@@ -182,6 +193,10 @@ class DisputeBook:
             raise InputError(f"{path}: cannot open the dispute book ({exc})") from None
         try:
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(disputes)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE disputes ADD COLUMN {name} {kind}")
             yield cls(conn, path)
         except sqlite3.DatabaseError as exc:
             # SQLite's own reason ("file is not a database"): it names no value
@@ -231,13 +246,27 @@ class DisputeBook:
 
     def set_delivered(self, dispute_id: str) -> None:
         """The node has the dispute."""
-        self._conn.execute("UPDATE disputes SET delivered = 1 WHERE dispute_id = ?", (dispute_id,))
+        self._conn.execute(
+            "UPDATE disputes SET delivered = 1, refused = '' WHERE dispute_id = ?", (dispute_id,)
+        )
+
+    def set_refused(self, dispute_id: str, reason: str) -> None:
+        """The node refused to take the dispute; it stays open (and undelivered)."""
+        self._conn.execute(
+            "UPDATE disputes SET refused = ? WHERE dispute_id = ? AND delivered = 0",
+            (reason or "refused", dispute_id),
+        )
 
     def answer(self, dispute_id: str, verdict: str, note: str, answered_at: str) -> bool:
-        """Record the node's answer to an open dispute; ``False`` if it was not open."""
+        """Record the node's answer; ``False`` if the dispute is answered already.
+
+        A dispute withdrawn here takes the answer too: the node answered before the
+        withdrawal reached it, so the answer stands on both sides (and nothing is
+        left to tell the node).
+        """
         cur = self._conn.execute(
-            "UPDATE disputes SET status = ?, note = ?, answered_at = ? "
-            "WHERE dispute_id = ? AND status = 'open'",
+            "UPDATE disputes SET status = ?, note = ?, answered_at = ?, withdraw_reason = '' "
+            "WHERE dispute_id = ? AND status IN ('open', 'withdrawn')",
             (verdict, note, answered_at, dispute_id),
         )
         return cur.rowcount == 1
@@ -323,7 +352,10 @@ class SyncResult:
     delivered: int = 0
     withdrawn: int = 0
     answered: list[CoordinatorDispute] | None = None
+    #: the node could not be reached or failed: the rest waits for the next contact
     error: str | None = None
+    #: (dispute, the node's reason) for each filing or withdrawal the node refused
+    refused: list[tuple[CoordinatorDispute, str]] = dataclasses.field(default_factory=list)
 
 
 def record_answers(
@@ -368,27 +400,43 @@ def sync_node(
 
     Undelivered disputes are filed, withdrawals the node has not heard of are
     sent, then the answers to every delivered open dispute are fetched,
-    recorded and logged (``dispute_answered``).
+    recorded and logged (``dispute_answered``). A filing or withdrawal the node
+    refuses is recorded (:meth:`DisputeBook.set_refused`) and the rest goes on:
+    the node answered, so it is reachable. A withdrawal the node could not apply
+    because it had answered already brings that answer home.
     """
     result = SyncResult(entry.name, answered=[])
     pending = book.of_node(entry.name)
     if not pending:
         return result
+    crossed: list[str] = []  # withdrawals that met an answer on the node
     try:
         with stub(entry, tls) as node:
             for item in pending:
-                if item.status == "open" and not item.delivered:
-                    call(entry, partial(node.FileDispute, item.to_proto(), timeout=timeout))
-                    book.set_delivered(item.dispute_id)
-                    result.delivered += 1
-                elif item.withdraw_reason:
-                    message = pb.DisputeWithdrawal(
-                        dispute_id=item.dispute_id, reason=item.withdraw_reason
-                    )
-                    call(entry, partial(node.WithdrawDispute, message, timeout=timeout))
-                    book.withdrawal_sent(item.dispute_id)
-                    result.withdrawn += 1
+                try:
+                    if item.status == "open" and not item.delivered:
+                        call(entry, partial(node.FileDispute, item.to_proto(), timeout=timeout))
+                        book.set_delivered(item.dispute_id)
+                        result.delivered += 1
+                    elif item.withdraw_reason:
+                        message = pb.DisputeWithdrawal(
+                            dispute_id=item.dispute_id, reason=item.withdraw_reason
+                        )
+                        receipt: pb.DisputeReceipt = call(
+                            entry, partial(node.WithdrawDispute, message, timeout=timeout)
+                        )
+                        book.withdrawal_sent(item.dispute_id)
+                        if receipt.status == "withdrawn":
+                            result.withdrawn += 1
+                        else:
+                            crossed.append(item.dispute_id)
+                except Refused as exc:  # this item only
+                    why = refusal_reason(exc)
+                    if item.status == "open":
+                        book.set_refused(item.dispute_id, why)
+                    result.refused.append((item, why))
             ids = [d.dispute_id for d in book.of_node(entry.name) if d.status == "open"]
+            ids += crossed
             if ids:
                 request = pb.DisputeAnswersRequest(dispute_ids=ids)
                 reply = call(entry, lambda: node.DisputeAnswers(request, timeout=timeout))
@@ -396,6 +444,35 @@ def sync_node(
     except PeerError as exc:
         result.error = exc.reason
     return result
+
+
+def refusal_reason(exc: Refused) -> str:
+    """The node's reason for a refusal, without the ``refused:`` that
+    :func:`coordinator.node_link.call` puts before it."""
+    return exc.reason.removeprefix("refused: ") or "no reason given"
+
+
+def refusal_line(node: str, dispute_id: str, reason: str, *, withdrawal: bool = False) -> str:
+    """What the caseworker reads of one refusal (after ``warning: ``): the node's
+    reason, what became of the dispute, what to do. Never promises a delivery."""
+    if withdrawal:
+        return (
+            f"{node}: withdrawal of dispute {dispute_id} refused ({printable(reason)}); "
+            "the node was not told; it is sent again at each sync"
+        )
+    return (
+        f"{node}: dispute {dispute_id} refused ({printable(reason)}); it stays open here "
+        "(its exits held) and is offered again at each sync: ask the department, or "
+        "withdraw it (`xmatch dispute withdraw`)"
+    )
+
+
+def refusal_lines(result: SyncResult) -> list[str]:
+    """:func:`refusal_line` for each refusal of ``result``."""
+    return [
+        refusal_line(result.node, item.dispute_id, why, withdrawal=item.status == "withdrawn")
+        for item, why in result.refused
+    ]
 
 
 def sync_all(
@@ -421,7 +498,13 @@ def sync_all(
             if entry.offline or (wanted is not None and entry.name not in wanted):
                 continue  # an offline node: sealed inbox files (coordinator.dispute_offline)
             result = sync_node(book, audit, entry, tls, us=config.coordinator.name, timeout=timeout)
-            if result.delivered or result.withdrawn or result.answered or result.error:
+            if (
+                result.delivered
+                or result.withdrawn
+                or result.answered
+                or result.error
+                or result.refused
+            ):
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -443,7 +526,9 @@ def sync_at_round(
     try:
         for result in sync_all(config, audit, tls, nodes=reachable, timeout=10.0):
             if result.error:
-                print(f"warning: disputes: {result.node}: {result.error}", file=err)
+                print(f"warning: disputes: {result.node}: {printable(result.error)}", file=err)
+            for line in refusal_lines(result):
+                print(f"warning: disputes: {line}", file=err)
         return open_disputes(config)
     except XmatchError as exc:
         print(f"warning: disputes: {exc.diagnostics()}", file=err)

@@ -25,20 +25,22 @@ import datetime as _dt
 import os
 import re
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from audit.format import looks_like_identity_number
+from audit.format import check_fields, looks_like_identity_number
 from nodes.auth import Peer
 from nodes.authorization import REQUESTER_ROLE
 from nodes.config import NodeConfig
 from proto import xmatch_pb2 as pb
-from psi.errors import InputError, InvalidIdentifier, ProtocolError, Refused
+from psi.errors import InputError, InvalidIdentifier, ProtocolError, Refused, XmatchError
 from psi.identifiers import normalize_id
 from runtime.files import private_folders
+from runtime.text import control_character
 
 __all__ = [
     "STATUSES",
@@ -87,14 +89,18 @@ def check_text(value: str, what: str) -> str:
     """``value`` as one trimmed line fit for a protocol log.
 
     Raises:
-        ProtocolError: empty, longer than :data:`MAX_TEXT`, or it looks like it
-            holds an identity number (the message never quotes it).
+        ProtocolError: empty, longer than :data:`MAX_TEXT`, a control or format
+            character, or it looks like it holds an identity number (the message
+            never quotes it).
     """
     line = " ".join(value.split())
     if not line:
         raise ProtocolError(f"{what} is empty")
     if len(line) > MAX_TEXT:
         raise ProtocolError(f"{what} is longer than {MAX_TEXT} characters")
+    bad = control_character(line)
+    if bad is not None:  # the other member's terminal prints it
+        raise ProtocolError(f"{what} holds the control or format character {bad}; plain text only")
     if looks_like_identity_number(line):
         raise ProtocolError(f"{what} looks like it holds an identity number; leave it out")
     return line
@@ -252,21 +258,40 @@ class DisputeStore:
         self._conn.execute("UPDATE disputes SET logged = 1 WHERE dispute_id = ?", (dispute_id,))
 
 
-def log_pending_answers(store: DisputeStore, audit: AuditSink, *, node: str) -> int:
-    """Write ``dispute_answered`` for each answer not yet logged; returns how many."""
-    pending = store.unlogged_answers()
-    for item in pending:
-        audit.append(
-            "dispute_answered",
-            dispute_id=item.dispute_id,
-            requester=item.requester,
-            responder=node,
-            match_set=item.match_set,
-            verdict=item.status,
-            note=item.note,
-        )
+def log_pending_answers(store: DisputeStore, audit: AuditSink, *, node: str) -> set[str]:
+    """Write ``dispute_answered`` for each answer not yet logged.
+
+    An answer whose entry the log refuses (a row changed outside ``xmatch node
+    resolve``, say a note holding an identity number) is skipped with one line on
+    stderr, so that it blocks none of the others; it stays unlogged and is never
+    handed over. Returns the ids of the skipped ones.
+    """
+    skipped: set[str] = set()
+    for item in store.unlogged_answers():
+        fields: dict[str, object] = {
+            "dispute_id": item.dispute_id,
+            "requester": item.requester,
+            "responder": node,
+            "match_set": item.match_set,
+            "verdict": item.status,
+            "note": item.note,
+        }
+        try:
+            check_fields("dispute_answered", fields)  # the log's own check, before writing
+        except XmatchError as exc:  # its message names the field, never the value
+            skipped.add(item.dispute_id)
+            shown = item.dispute_id if _HEX32.fullmatch(item.dispute_id) else "(malformed id)"
+            print(
+                f"{node}: warning: dispute {shown}: the answer is not "
+                f"handed over: {exc.diagnostics()} (the row in {store.path} was changed "
+                "outside `xmatch node resolve`)",
+                file=sys.stderr,
+                flush=True,
+            )
+            continue
+        audit.append("dispute_answered", **fields)
         store.mark_logged(item.dispute_id)
-    return len(pending)
+    return skipped
 
 
 def _coordinator(peer: Peer) -> None:
@@ -390,10 +415,12 @@ def dispute_answers(
         _hex32(value, "dispute_ids")
     answers: list[pb.DisputeAnswer] = []
     with DisputeStore.open(config) as store:
-        log_pending_answers(store, audit, node=config.node.name)
+        unlogged = log_pending_answers(store, audit, node=config.node.name)
         for value in ids:
             known = store.get(value)
             if known is None or known.requester != peer.name or known.status not in VERDICTS:
+                continue
+            if value in unlogged:  # never hand over an answer the log does not have
                 continue
             answers.append(
                 pb.DisputeAnswer(
@@ -406,9 +433,9 @@ def dispute_answers(
     return pb.DisputeAnswerList(answers=answers)
 
 
-def log_answers_at_start(config: NodeConfig, audit: AuditSink) -> int:
+def log_answers_at_start(config: NodeConfig, audit: AuditSink) -> None:
     """At node startup: log the answers given while the node was stopped (if any store)."""
     if not (inbox_dir(config) / "disputes.sqlite").exists():
-        return 0
+        return
     with DisputeStore.open(config) as store:
-        return log_pending_answers(store, audit, node=config.node.name)
+        log_pending_answers(store, audit, node=config.node.name)

@@ -18,6 +18,7 @@ from nodes.config import load_node_config
 from nodes.disputes import VERDICTS, DisputeStore, Verdict, check_text
 from nodes.shares import read_lists
 from psi.errors import InputError, ProtocolError
+from runtime.text import printable
 
 __all__ = ["disputes_command", "lists_command", "resolve_command"]
 
@@ -33,9 +34,12 @@ def disputes_command(*, config: Path, every: bool = False, stdout: TextIO | None
         file=out,
     )
     for d in items:
+        # the reason is civil affairs' words (and a store from before control
+        # characters were refused may hold them): never printed raw
         print(
             f"{d.dispute_id}\t{d.status}\t{d.received_at[:10]}\t{d.requester}\t{d.round_id}\t"
-            f"{d.match_set}\t{d.as_of}\t{d.person_id}\t{d.reason}\t{d.note}",
+            f"{d.match_set}\t{d.as_of}\t{d.person_id}\t{printable(d.reason)}\t"
+            f"{printable(d.note)}",
             file=out,
         )
     if not items:

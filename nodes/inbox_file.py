@@ -39,6 +39,7 @@ from nodes.shares import receive_work_list
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused, XmatchError
 from runtime.files import write_atomic
+from runtime.text import printable
 
 __all__ = ["apply_bundle", "inbox_command"]
 
@@ -142,7 +143,7 @@ def inbox_command(*, config: Path, file: Path, out: Path, stdout: TextIO | None 
             file=out_stream,
         )
         for line in reply.refusals:
-            print(f"refused: {line}", file=out_stream)
+            print(f"refused: {printable(line)}", file=out_stream)  # may quote a bad id
         print(f"written: {out} (carry it back to {opened.sender})", file=out_stream)
         return 0
     finally:

@@ -28,6 +28,7 @@ every slot, and a round gets ``start_timeout_seconds`` to send its start.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +36,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from audit.format import UNKNOWN_ROUND_ID
+from audit.format import UNKNOWN_ROUND_ID, looks_like_identity_number
 from nodes import disputes, shares
 from nodes.auth import current_peer
 from nodes.authorization import NOT_ALLOWED, NotAdmitted, admit, capabilities
@@ -117,12 +118,26 @@ def _ended(interrupted: bool) -> XmatchError:
 _T = TypeVar("_T")
 
 
-def _unary(context: grpc.ServicerContext, call: Callable[[], _T]) -> _T:
-    """Run one handler of a unary RPC; an error aborts with its status (:func:`status_for`)."""
+_INTERNAL_CALL = "internal error on the node; the node's operator can see the cause on its stderr"
+
+
+def _unary(context: grpc.ServicerContext, where: str, call: Callable[[], _T]) -> _T:
+    """Run one handler of a unary RPC; an error aborts with its status (:func:`status_for`).
+
+    These calls have no round entry to carry the cause of an internal error, so it
+    goes to our stderr (the peer only learns that there is one): the operator's
+    one place to look. ``where`` starts that line (``justice: warning:
+    DisputeAnswers from civil-affairs``).
+    """
     try:
         return call()
     except Exception as exc:
-        code, public, _ = status_for(exc)
+        code, public, reason = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            if looks_like_identity_number(reason):
+                reason = "details withheld (they look like an identity number)"
+            print(f"{where}: internal error: {reason}", file=sys.stderr, flush=True)
+            public = _INTERNAL_CALL
         context.abort(code, public)
         raise  # abort raises; for the type checker
 
@@ -278,28 +293,40 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         self, request: xmatch_pb2.Dispute, context: grpc.ServicerContext
     ) -> xmatch_pb2.DisputeReceipt:
         config, peer = self._state.config, current_peer()
-        return _unary(context, lambda: disputes.file_dispute(config, self._audit, peer, request))
+        return _unary(
+            context,
+            f"{config.node.name}: warning: FileDispute from {peer.name}",
+            lambda: disputes.file_dispute(config, self._audit, peer, request),
+        )
 
     def WithdrawDispute(
         self, request: xmatch_pb2.DisputeWithdrawal, context: grpc.ServicerContext
     ) -> xmatch_pb2.DisputeReceipt:
         config, peer = self._state.config, current_peer()
         return _unary(
-            context, lambda: disputes.withdraw_dispute(config, self._audit, peer, request)
+            context,
+            f"{config.node.name}: warning: WithdrawDispute from {peer.name}",
+            lambda: disputes.withdraw_dispute(config, self._audit, peer, request),
         )
 
     def DisputeAnswers(
         self, request: xmatch_pb2.DisputeAnswersRequest, context: grpc.ServicerContext
     ) -> xmatch_pb2.DisputeAnswerList:
         config, peer = self._state.config, current_peer()
-        return _unary(context, lambda: disputes.dispute_answers(config, self._audit, peer, request))
+        return _unary(
+            context,
+            f"{config.node.name}: warning: DisputeAnswers from {peer.name}",
+            lambda: disputes.dispute_answers(config, self._audit, peer, request),
+        )
 
     def ShareList(
         self, request_iterator: Iterator[xmatch_pb2.WorkList], context: grpc.ServicerContext
     ) -> xmatch_pb2.ShareReceipt:
         config, peer = self._state.config, current_peer()
         return _unary(
-            context, lambda: shares.receive_work_list(config, self._audit, peer, request_iterator)
+            context,
+            f"{config.node.name}: warning: ShareList from {peer.name}",
+            lambda: shares.receive_work_list(config, self._audit, peer, request_iterator),
         )
 
     # -- one round, either protocol

@@ -5,6 +5,7 @@ The whole life cycle over real nodes is in tests/test_disputes.py.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from datetime import date
@@ -21,6 +22,7 @@ from nodes.disputes import DisputeStore, dispute_answers, file_dispute, withdraw
 from nodes.shares import receive_work_list
 from proto import xmatch_pb2 as pb
 from psi.errors import InputError, ProtocolError, Refused
+from runtime.text import control_character, printable
 from tests.rules_helpers import child, ev, make_id
 
 D = date(2026, 11, 29)
@@ -227,6 +229,10 @@ def test_a_dispute_is_stored_logged_once_and_answered(node_config: NodeConfig) -
         (COORD, {"person_id": PERSON[:-1] + "0"}, ProtocolError, "not a valid identity"),
         (COORD, {"reason": f"见 {PERSON}"}, ProtocolError, "looks like it holds an identity"),
         (COORD, {"reason": "  "}, ProtocolError, "reason is empty"),
+        # what another member's terminal would obey: escapes, bells, bidi overrides
+        (COORD, {"reason": "esc\x1b]0;TITLE\x07"}, ProtocolError, "character U\\+001B"),
+        (COORD, {"reason": "称\u202e已释放"}, ProtocolError, "character U\\+202E"),
+        (COORD, {"filed_at": "2026\x1b[2J"}, ProtocolError, "filed_at holds the control"),
     ],
 )
 def test_a_bad_filing_is_refused_without_quoting_the_identity(
@@ -241,6 +247,49 @@ def test_a_bad_filing_is_refused_without_quoting_the_identity(
         file_dispute(node_config, log, peer, _filing(**changes))
     assert PERSON[:12] not in str(caught.value)
     assert log.entries == []
+
+
+def test_control_and_format_characters_are_named_on_input_and_replaced_on_output() -> None:
+    assert control_character("家属称 已释放, 见附件(2)") is None
+    for char, name in [("\x1b", "U+001B"), ("\x07", "U+0007"), ("\u202e", "U+202E")]:
+        assert control_character(f"ab{char}cd") == name
+    assert control_character("a\u2028b") == "U+2028"  # a line separator
+    assert control_character("a\ud800b") == "U+D800"  # an undecodable byte of argv
+    assert printable("ok 经核实") == "ok 经核实"
+    assert printable("l1\nl2\x1b[31mRED\x07\u202e") == "l1\ufffdl2\ufffd[31mRED\ufffd\ufffd"
+
+
+def test_an_answer_the_log_refuses_is_skipped_and_blocks_no_other(
+    node_config: NodeConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row changed outside ``node resolve`` (a note holding an identity number): the
+    other answers still go, the bad one never does, and stderr says why (no number)."""
+    log = Log()
+    good, bad = "12" * 16, "ab" * 16
+    file_dispute(node_config, log, COORD, _filing(dispute_id=good))
+    file_dispute(node_config, log, COORD, _filing(dispute_id=bad))
+    with DisputeStore.open(node_config) as store:
+        store.resolve(good, "confirmed", "记录无误")
+        store.resolve(bad, "confirmed", "记录无误")
+    conn = sqlite3.connect(node_config.path.parent / "inbox" / "justice" / "disputes.sqlite")
+    with conn:
+        conn.execute(
+            "UPDATE disputes SET note = ? WHERE dispute_id = ?", (f"person {PERSON} checked", bad)
+        )
+    conn.close()
+    request = pb.DisputeAnswersRequest(dispute_ids=[good, bad])
+    (answer,) = dispute_answers(node_config, log, COORD, request).answers
+    assert answer.dispute_id == good
+    answered = [f["dispute_id"] for e, f in log.entries if e == "dispute_answered"]
+    assert answered == [good]
+    err = capsys.readouterr().err
+    assert f"justice: warning: dispute {bad}: the answer is not handed over" in err
+    assert "looks like it holds an identity number" in err and PERSON not in err
+    # asked again: still skipped, still said
+    assert [a.dispute_id for a in dispute_answers(node_config, log, COORD, request).answers] == [
+        good
+    ]
+    assert bad in capsys.readouterr().err
 
 
 def _parts(rows: list[list[str]], *, total: int | None = None, split: int = 2) -> list[pb.WorkList]:

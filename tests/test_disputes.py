@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from psi.identifiers import identity_number
+from tests import configs
 from tests.configs import put
 from tests.federation import (
     AS_OF,
@@ -30,6 +32,7 @@ from tests.federation import (
     coordinator_toml,
     round_run,
     start_nodes,
+    state_rows,
     stop_nodes,
     xmatch,
 )
@@ -40,6 +43,8 @@ CHILD = identity_number("150802", dt.date(2014, 6, 1), 901)
 FATHER = identity_number("150802", dt.date(1984, 3, 3), 911)
 MOTHER = identity_number("150802", dt.date(1986, 4, 4), 922)
 PEOPLE = (CHILD, FATHER, MOTHER)
+#: what a terminal obeys: set the title, ring, clear the screen, reverse the text
+ESCAPES = "\x1b]0;TITLE\x07\x1b[2J\u202eevil"
 SHARES: list[dict[str, object]] = [
     {
         "department": "medical-insurance",
@@ -308,11 +313,22 @@ def test_bad_filings_fail_with_one_line_that_quotes_no_identity(
             ("--round", r3, "--person", MOTHER, "--source", f"{DPF}/nothing", "--reason", "x"),
             "no match set",
         ),
+        # given, but empty: said so (not "required")
+        (
+            ("--round", r3, "--person", MOTHER, "--source", CERTS, "--reason", ""),
+            "--reason: empty; say what is doubtful",
+        ),
+        # terminal escapes and a bidi override would reach the department's terminal
+        (
+            ("--round", r3, "--person", MOTHER, "--source", CERTS, "--reason", f"esc{ESCAPES}"),
+            "--reason: holds the control or format character U+001B",
+        ),
     ]
     for args, expected in cases:
         out, err, code = _cli(fed, *_coordinator("dispute", "file"), *args)
         assert code == 1, (args, out, err)
         assert expected in err and len(err.strip().split("\n")) == 1, err
+        assert "\x1b" not in err
         _no_people(err, "an error")
         assert MOTHER[:-1] not in err
 
@@ -422,3 +438,227 @@ def test_a_dispute_for_an_unreachable_node_waits_and_goes_at_the_next_round(
     assert f"{waiting}\topen\t" in node_side and person in node_side
     listing, _, _ = _cli(fed, *_coordinator("dispute", "list"), "--status", "open")
     assert f"{waiting}\topen\t" in listing
+
+
+# -- the dispute channel under trouble: refusals, hostile text, crossed messages, node faults
+
+
+def _police_people(fed: Federation, lifecycle: dict[str, object], n: int) -> list[str]:
+    """``n`` people with a police/deaths record in round 3 and no open dispute about it."""
+    evidence = (fed.root / "round-3" / "evidence.csv").read_text(encoding="utf-8-sig")
+    listing, _, _ = _cli(fed, *_coordinator("dispute", "list"), "--status", "open")
+    busy = {c[6] for c in (ln.split("\t") for ln in listing.splitlines()[1:]) if len(c) > 6}
+    found: list[str] = []
+    for line in evidence.splitlines():
+        person = line.split(",")[0]
+        if ",police/deaths," in line and person not in busy and person not in found:
+            found.append(person)
+    assert len(found) >= n, "the synthetic data hold too few police/deaths records"
+    return found[:n]
+
+
+def _file_police(fed: Federation, lifecycle: dict[str, object], person: str, *conf: str) -> str:
+    """File a dispute about ``person``'s police/deaths record of round 3; its id."""
+    out, err, code = _cli(
+        fed,
+        *("dispute", "file", *(conf or ("--config", "coordinator.toml"))),
+        *("--round", str(lifecycle["round3"]), "--person", person, "--source", "police/deaths"),
+        *("--reason", "家属称本人健在"),
+    )
+    assert code == 0, out + err
+    _no_people(err, "stderr")
+    assert person not in err
+    return out.strip().split()[-1]
+
+
+def _resolve_police(fed: Federation, dispute: str, note: str = "经核实,死亡记录无误") -> None:
+    out, err, code = _cli(
+        fed,
+        *("node", "resolve", "--config", "police.node.toml", "--dispute", dispute),
+        *("--verdict", "confirmed", "--note", note),
+    )
+    assert code == 0, out + err
+
+
+def _listed(fed: Federation) -> dict[str, list[str]]:
+    listing, _, _ = _cli(fed, *_coordinator("dispute", "list"))
+    return {c[0]: c for c in (ln.split("\t") for ln in listing.splitlines()[1:])}
+
+
+def _events(fed: Federation, party: str, dispute: str) -> list[object]:
+    entries = audit_entries(fed.audit_log(party))
+    return [e["event"] for e in entries if e.get("dispute_id") == dispute]
+
+
+def test_a_refused_dispute_blocks_neither_the_others_nor_the_answers(
+    fed: Federation, lifecycle: dict[str, object]
+) -> None:
+    """The node refuses one dispute (a purpose it does not allow): recorded as refused,
+    never promised for later; the answer to another dispute still comes home."""
+    answered_person, refused_person = _police_people(fed, lifecycle, 2)
+    answered = _file_police(fed, lifecycle, answered_person)
+    _resolve_police(fed, answered)
+    # the same state, book and log, filing for a purpose police does not allow
+    doc = configs.read(fed.root / "coordinator.toml")
+    configs.write(fed.root / "curious.toml", configs.apply(doc, put("coordinator.purpose", "x")))
+    out, err, code = _cli(
+        fed,
+        *("dispute", "file", "--config", "curious.toml"),
+        *("--round", str(lifecycle["round3"]), "--person", refused_person),
+        *("--source", "police/deaths", "--reason", "家属称本人健在"),
+    )
+    assert code == 0, out + err
+    refused = out.strip().split()[-1]
+    assert f"police/deaths: refused by the node: dispute {refused}" in out
+    assert f"warning: police: dispute {refused} refused (purpose not allowed); it stays open" in err
+    assert "delivers it" not in err and refused_person not in err
+    out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+    assert code == 3, out + err
+    assert "police: 0 delivered, 0 withdrawn, 1 answered" in out
+    assert f"  {answered} confirmed: 经核实,死亡记录无误" in out
+    assert f"warning: police: dispute {refused} refused (purpose not allowed)" in err
+    assert "delivers it" not in err
+    rows = _listed(fed)
+    assert rows[answered][1] == "confirmed"
+    assert rows[refused][1] == "open (refused: purpose not allowed)"
+    # the caseworker gives up on it: it never reached the node, so only we log it
+    out, err, code = _cli(
+        fed, *_coordinator("dispute", "withdraw"), "--dispute", refused, "--reason", "误报"
+    )
+    assert code == 0 and f"withdrawn: dispute {refused}" in out, out + err
+    assert _events(fed, "police", refused) == []
+    out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+    assert code == 0 and "refused" not in err, out + err
+
+
+def test_control_characters_from_the_other_side_are_never_printed_raw(
+    fed: Federation, lifecycle: dict[str, object]
+) -> None:
+    """Refused on input at both ends; what arrives anyway (a store or a peer that does
+    not check) is printed with U+FFFD in place of each such character."""
+    (person,) = _police_people(fed, lifecycle, 1)
+    dispute = _file_police(fed, lifecycle, person)
+    out, err, code = _cli(
+        fed,
+        *("node", "resolve", "--config", "police.node.toml", "--dispute", dispute),
+        *("--verdict", "confirmed", "--note", "line1\nline2\x1b[31mRED\x07"),
+    )
+    assert code == 1 and "--note holds the control or format character U+001B" in err, out + err
+    assert len(err.strip().split("\n")) == 1 and "\x1b" not in err
+    # a reason as an unchecking coordinator (or an older store) would leave it
+    store = fed.root / "inbox" / "police" / "disputes.sqlite"
+    with sqlite3.connect(store) as conn:
+        conn.execute(
+            "UPDATE disputes SET reason = ? WHERE dispute_id = ?", (f"esc{ESCAPES}", dispute)
+        )
+    conn.close()
+    listing, _, _ = _cli(fed, "node", "disputes", "--config", "police.node.toml")
+    (line,) = [ln for ln in listing.splitlines() if ln.startswith(dispute)]
+    assert "esc\ufffd]0;TITLE\ufffd\ufffd[2J\ufffdevil" in line
+    # the department's note, as an unchecking node would send it
+    _resolve_police(fed, dispute)
+    with sqlite3.connect(store) as conn:
+        conn.execute(
+            "UPDATE disputes SET note = ? WHERE dispute_id = ?",
+            ("line1\x1b[31mRED\x07\u202e", dispute),
+        )
+    conn.close()
+    out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+    assert code == 0, out + err
+    assert f"  {dispute} confirmed: line1\ufffd[31mRED\ufffd\ufffd" in out
+    listing, _, _ = _cli(fed, *_coordinator("dispute", "list"))
+    (note,) = state_rows(
+        fed.root / "state" / "disputes.sqlite",
+        "SELECT note FROM disputes WHERE dispute_id = ?",
+        (dispute,),
+    )[0]
+    log = fed.audit_log("civil-affairs").read_text(encoding="utf-8")
+    for text in (out, err, listing, log, str(note)):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+
+
+def test_a_withdrawal_never_hides_an_answer(fed: Federation, lifecycle: dict[str, object]) -> None:
+    """Answered before the withdrawal: refused, the answer kept; a withdrawal that crosses
+    the answer (the node was down): the answer comes home; both sides agree."""
+    first, second = _police_people(fed, lifecycle, 2)
+    answered = _file_police(fed, lifecycle, first)
+    _resolve_police(fed, answered)
+    out, err, code = _cli(
+        fed, *_coordinator("dispute", "withdraw"), "--dispute", answered, "--reason", "家属撤回"
+    )
+    assert code == 1, out + err
+    assert f"dispute {answered} is confirmed, not withdrawn: the department had answered" in err
+    assert _listed(fed)[answered][1] == "confirmed"
+    assert _events(fed, "civil-affairs", answered) == ["dispute_filed", "dispute_answered"]
+    assert _events(fed, "police", answered) == ["dispute_filed", "dispute_answered"]
+    # crossed: withdrawn here while the node is down, answered there meanwhile
+    crossed = _file_police(fed, lifecycle, second)
+    (police,) = [n for n in fed.nodes if n.name == "police" and n.process.poll() is None]
+    stop_nodes([police])
+    try:
+        out, err, code = _cli(
+            fed, *_coordinator("dispute", "withdraw"), "--dispute", crossed, "--reason", "家属撤回"
+        )
+        assert code == 0 and "warning: police: not told now" in err, out + err
+        _resolve_police(fed, crossed)
+    finally:
+        start_nodes(fed, ["police"])
+    out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+    assert code == 0, out + err
+    assert "police: 0 delivered, 0 withdrawn, 1 answered" in out
+    assert f"  {crossed} confirmed: " in out
+    assert _listed(fed)[crossed][1] == "confirmed"
+    node_side, _, _ = _cli(fed, "node", "disputes", "--config", "police.node.toml", "--all")
+    assert f"{crossed}\tconfirmed\t" in node_side
+    assert _events(fed, "civil-affairs", crossed) == [
+        "dispute_filed",
+        "dispute_withdrawn",
+        "dispute_answered",
+    ]
+    assert _events(fed, "police", crossed) == ["dispute_filed", "dispute_answered"]
+    out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+    assert code == 0 and "nothing to sync" in out, out + err
+
+
+def test_an_internal_error_on_the_node_is_explained_on_its_stderr(
+    fed: Federation, lifecycle: dict[str, object]
+) -> None:
+    """The peer is told to look at the node's output; the cause is there."""
+    (person,) = _police_people(fed, lifecycle, 1)
+    dispute = _file_police(fed, lifecycle, person)
+    store = fed.root / "inbox" / "police" / "disputes.sqlite"
+    kept = store.with_name("kept.sqlite")
+    store.rename(kept)
+    try:
+        store.write_bytes(b"this is not a database, " * 64)
+        out, err, code = _cli(fed, *_coordinator("dispute", "sync"))
+        node_err = (fed.root / "logs" / "police.stderr.log").read_text(encoding="utf-8")
+    finally:
+        kept.replace(store)
+    assert code == 3, out + err
+    assert "warning: police: internal: internal error on the node; the node's operator can " in err
+    assert "see the cause on its stderr" in err
+    assert "police: warning: DisputeAnswers from civil-affairs: internal error: " in node_err
+    assert "not a dispute store" in node_err and person not in node_err
+    out, err, code = _cli(
+        fed, *_coordinator("dispute", "withdraw"), "--dispute", dispute, "--reason", "测试结束"
+    )
+    assert code == 0, out + err
+
+
+def test_a_book_from_before_refusals_were_recorded_still_opens(
+    fed: Federation, lifecycle: dict[str, object]
+) -> None:
+    """The ``refused`` column is added to an older book in place."""
+    old = fed.root / "old-book" / "disputes.sqlite"
+    old.parent.mkdir(mode=0o700)
+    old.write_bytes((fed.root / "state" / "disputes.sqlite").read_bytes())
+    old.chmod(0o600)
+    with sqlite3.connect(old) as conn:
+        conn.execute("ALTER TABLE disputes DROP COLUMN refused")
+    conn.close()
+    doc = configs.read(fed.root / "coordinator.toml")
+    configs.write(fed.root / "old.toml", configs.apply(doc, put("coordinator.disputes", str(old))))
+    out, err, code = _cli(fed, "dispute", "list", "--config", "old.toml")
+    assert code == 0, out + err
+    assert f"{lifecycle['dispute']}\tconfirmed\t" in out

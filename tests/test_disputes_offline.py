@@ -81,6 +81,13 @@ def test_the_dispute_life_cycle_over_sealed_files(fed: Federation) -> None:
     )
     dispute = out.strip().split()[-1]
     assert "waiting for delivery" in out and f"note: {DPF}: an offline node" in err
+    # sync without --offline-dir: the dispute waits, and that is said (exit 3)
+    done = xmatch("dispute", "sync", *offline, cwd=fed.root)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"warning: {DPF}: an offline node with disputes waiting: give --offline-dir" in (
+        done.stderr
+    )
+    assert "nothing to sync" not in done.stdout
     out, _ = _run(fed, "dispute", "sync", *offline, "--offline-dir", str(usb))
     inbox = usb / f"{DPF}.inbox"
     assert f"written {inbox} (1 dispute(s), 0 withdrawal(s))" in out
@@ -146,3 +153,47 @@ def test_the_dispute_life_cycle_over_sealed_files(fed: Federation) -> None:
     assert done.returncode == 1 and "refused" in done.stderr
     assert len(done.stderr.strip().split("\n")) == 1 and not (usb / "r4").exists()
     assert dt.date.today() >= AS_OF
+
+
+def test_a_withdrawal_that_crosses_an_answer_over_sealed_files(fed: Federation) -> None:
+    """Withdrawn here after the department answered it: the next exchange brings the
+    answer, which stands on both sides."""
+    decisions = (fed.root / "round-1" / "decisions.json").read_text(encoding="utf-8")
+    rid = re.search(r'"round_id": "([0-9a-f]{32})"', decisions).group(1)  # type: ignore[union-attr]
+    usb = fed.root / "usb-crossed"
+    offline = ("--config", "offline.toml")
+    node_toml = f"{DPF}.node.toml"
+    out, _ = _run(
+        fed,
+        *("dispute", "file", *offline, "--round", rid, "--person", MOTHER, "--source", CERTS),
+        *("--reason", "家属再次提供证件"),
+    )
+    dispute = out.strip().split()[-1]
+    _run(fed, "dispute", "sync", *offline, "--offline-dir", str(usb))
+    inbox = usb / f"{DPF}.inbox"
+    _run(
+        fed, "node", "inbox", "--config", node_toml, "--file", str(inbox), "--out", str(usb / "r1")
+    )
+    _run(fed, "dispute", "import", *offline, "--reply", str(usb / "r1"))  # delivered
+    _run(
+        fed,
+        *("node", "resolve", "--config", node_toml, "--dispute", dispute),
+        *("--verdict", "corrected", "--note", "有效期已更正"),
+    )
+    out, _ = _run(fed, "dispute", "withdraw", *offline, "--dispute", dispute, "--reason", "撤回")
+    assert f"withdrawn: dispute {dispute}" in out
+    inbox.unlink()
+    out, _ = _run(fed, "dispute", "sync", *offline, "--offline-dir", str(usb))
+    assert "(0 dispute(s), 1 withdrawal(s))" in out
+    _run(
+        fed, "node", "inbox", "--config", node_toml, "--file", str(inbox), "--out", str(usb / "r2")
+    )
+    out, _ = _run(fed, "dispute", "import", *offline, "--reply", str(usb / "r2"))
+    assert f"{DPF}: 0 delivered, 1 answered" in out and f"{dispute} corrected: 有效期已更正" in out
+    listing, _ = _run(fed, "dispute", "list", *offline, "--status", "corrected")
+    assert f"{dispute}\tcorrected\t" in listing
+    node_side, _ = _run(fed, "node", "disputes", "--config", node_toml, "--all")
+    assert f"{dispute}\tcorrected\t" in node_side
+    # nothing is left to send: the answer closed the withdrawal too
+    out, _ = _run(fed, "dispute", "sync", *offline)
+    assert "nothing to sync" in out

@@ -29,14 +29,11 @@ def _cmd_dispute_file(args: argparse.Namespace) -> int:
         )
     missing = [
         o
-        for o, v in (
-            ("--round", args.round),
-            ("--person", args.person),
-            ("--source", args.source),
-            ("--reason", args.reason),
-        )
+        for o, v in (("--round", args.round), ("--person", args.person), ("--source", args.source))
         if not v
     ]
+    if args.reason is None:  # an empty one was given: file_command says what it lacks
+        missing.append("--reason")
     if missing:
         args.parser.error(f"the following arguments are required: {', '.join(missing)}")
     return file_command(
@@ -152,7 +149,11 @@ def _dispute_parsers(sub: Any) -> None:
         epilog=examples("xmatch dispute sync --config coordinator.toml"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="deliver waiting disputes and withdrawals, fetch the departments' answers",
-        description="Exit 0, or 3 when a node could not be reached (its disputes wait).",
+        description=(
+            "Exit 0, or 3 when something was left undone: a node could not be reached (its "
+            "disputes wait), refused a dispute or withdrawal, or is offline with disputes "
+            "waiting and no --offline-dir."
+        ),
     )
     sync.add_argument("--config", type=Path, required=True)
     sync.add_argument(
