@@ -8,6 +8,8 @@ import numpy.typing as npt
 from psi.errors import ProtocolError
 
 _U64Pair = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
+#: where a row's key starts, by row width: after the prefix byte of an SM2 point
+_KEY_FROM = {33: 1}
 
 
 def _overlap(level: _U64Pair, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> bool:
@@ -46,7 +48,9 @@ class DistinctRows:
     Each row is keyed by its first 16 bytes as two uint64 columns: the whole
     tag in keyed-hash (AES is a permutation, so distinct identities give
     distinct tags), and 128 bits of a blinded point in ecdh, which also
-    catches the same point sent with its unused top bit flipped. Rows are
+    catches the same point sent with its unused top bit flipped; an SM2 point
+    is keyed by its x (after the prefix byte), so that a point and its
+    negation, the same element under the x-only suite, count as one. Rows are
     kept in sorted levels that merge as they grow (a log-structured merge),
     and each chunk is looked up in every level by binary search on both
     words (:func:`_overlap`). A round of n rows therefore costs O(n log² n)
@@ -68,7 +72,10 @@ class DistinctRows:
         n = int(rows.shape[0])
         if n == 0:
             return
-        key = np.ascontiguousarray(rows[:, :16]).view(np.uint64)
+        # an SM2 point (33 bytes, compressed) by its x alone: under the x-only SM2
+        # suite P and -P (prefix 02 and 03) are the same element, so one person
+        key = np.ascontiguousarray(rows[:, _KEY_FROM.get(rows.shape[1], 0) :][:, :16])
+        key = key.view(np.uint64)
         order = np.lexsort((key[:, 1], key[:, 0]))
         hi, lo = key[order, 0], key[order, 1]
         if n > 1 and bool(np.any((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1]))):

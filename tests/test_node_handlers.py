@@ -626,6 +626,30 @@ def test_distinct_rows_levels_and_near_collisions() -> None:
         DistinctRows().add(np.concatenate([rows[:3], rows[1:2]]))
 
 
+def test_distinct_rows_take_an_sm2_point_and_its_negation_as_one() -> None:
+    """Finding (a probe): prefix 02 and 03 with the same x, P and -P, are one element under
+    the x-only SM2 suite, and the repeat check keyed them by their first 16 bytes, prefix
+    included."""
+    import numpy as np
+
+    from nodes.handlers import DistinctRows
+
+    rng = np.random.default_rng(4)
+    points = rng.integers(0, 256, size=(4, 33), dtype=np.uint8)
+    points[:, 0] = 2
+    negated = points[1:2].copy()
+    negated[0, 0] = 3
+    with pytest.raises(ProtocolError, match="within one chunk"):
+        DistinctRows().add(np.concatenate([points, negated]))
+    guard = DistinctRows()
+    guard.add(points)
+    with pytest.raises(ProtocolError, match="earlier chunk"):
+        guard.add(negated)
+    other = points[2:3].copy()
+    other[0, 16] ^= 1  # x differs in byte 16 (the 16th byte of x): distinct
+    guard.add(other)
+
+
 # -- streamed keyed-hash without payload columns (review finding 3)
 
 
