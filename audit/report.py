@@ -76,6 +76,20 @@ class Query:
     reason: str | None
     #: the certificate's role where the node logged it (refusals); "" otherwise
     role: str = ""
+    #: identities the requester sent, where the node logged them (a round that ended
+    #: early); ``None`` otherwise
+    sent: int | None = None
+
+    @property
+    def smallest_size(self) -> int | None:
+        """The size the node saw: the announced one, or fewer if fewer were sent.
+
+        A node answers the first chunks before the round ends, so a round announced
+        at 100 that sends one identity and cancels was a query of one.
+        """
+        if self.sent is not None and self.query_size is not None:
+            return min(self.sent, self.query_size)
+        return self.query_size
 
     @property
     def without_round(self) -> bool:
@@ -150,6 +164,7 @@ def collect_queries(logs: Sequence[LogVerification]) -> list[Query]:
             if entry.event not in fmt.TERMINAL_EVENTS:
                 continue
             size = entry.fields.get("query_size")
+            sent = entry.fields.get("items")
             outcome = {fmt.ROUND_FAILED: "failed", fmt.ROUND_REFUSED: "refused"}.get(
                 entry.event, "ok"
             )
@@ -165,6 +180,7 @@ def collect_queries(logs: Sequence[LogVerification]) -> list[Query]:
                 outcome=outcome,
                 reason=_text(entry, "reason") or None,
                 role=_text(entry, "role"),
+                sent=sent if isinstance(sent, int) and not isinstance(sent, bool) else None,
             )
             key = (query.round_id, query.responder, query.match_set)
             if query.without_round:  # each such refusal is its own event
@@ -203,7 +219,8 @@ def tiny_queries(queries: Sequence[Query], *, min_query_size: int = MIN_QUERY_SI
     for q in queries:
         if q.without_round:
             continue  # no query was made: refused_without_round lists these
-        if q.query_size is not None and q.query_size < min_query_size:
+        size = q.smallest_size
+        if size is not None and size < min_query_size:
             groups[(q.requester, q.purpose, f"{q.responder}/{q.match_set}")].append(q)
     return [
         Flag(
@@ -213,7 +230,7 @@ def tiny_queries(queries: Sequence[Query], *, min_query_size: int = MIN_QUERY_SI
             match_set=match_set,
             message=(
                 f"{len(qs)} quer{'y' if len(qs) == 1 else 'ies'} below {min_query_size} identities "
-                f"(smallest {min(q.query_size or 0 for q in qs)})"
+                f"(smallest {min(q.smallest_size or 0 for q in qs)})"
             ),
             round_ids=tuple(q.round_id for q in qs),
         )

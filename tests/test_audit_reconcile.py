@@ -320,6 +320,27 @@ def test_tiny_queries_are_flagged(tmp_path: Path, signers: dict[str, AuditSigner
     )
 
 
+def test_a_round_cancelled_after_one_identity_is_a_tiny_query(
+    tmp_path: Path, signers: dict[str, AuditSigner]
+) -> None:
+    """Finding (a probe): a coordinator announced 100, sent one identity, read its answer
+    (a node answers the first chunks at once) and cancelled. The flag read the announced
+    size only, never the identities the node logged as sent."""
+    probe = [
+        {
+            **round_event(900),
+            "_event": fmt.ROUND_FAILED,
+            "query_size": 100,
+            "items": 1,
+            "reason": "cancelled by the requester",
+        }
+    ]
+    code, text = report(history(tmp_path, signers, probe, _dt.timedelta(hours=5)))
+    assert code == 1
+    assert "FLAG: tiny: civil-affairs / eligibility-review / justice/custody: 1 query" in text
+    assert "(smallest 1)" in text
+
+
 def test_repeated_near_identical_queries_are_flagged(
     tmp_path: Path, signers: dict[str, AuditSigner]
 ) -> None:
