@@ -214,6 +214,8 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         #: rounds whose end entry is not written yet, by id(driver); see :meth:`end_open_rounds`
         self._open: dict[int, RoundDriver] = {}
         self._open_lock = threading.Lock()
+        #: set by end_open_rounds: the log is about to close, so no round may begin
+        self._stopped = False
         self._gate = RequesterGate.for_node(state.config.node.max_concurrent_rounds)
 
     def end_open_rounds(self, reason: str) -> int:
@@ -227,6 +229,7 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         with self._open_lock:
             drivers = list(self._open.values())
             self._open.clear()
+            self._stopped = True
         for driver in drivers:
             driver.cancel()
             self._log_end(driver, _NodeStopped(reason))
@@ -423,7 +426,14 @@ class NodeServicer(xmatch_pb2_grpc.NodeServicer):
         claimed = False  # this call took the right to write the end entry
         interrupted = False
         with self._open_lock:
-            self._open[id(driver)] = driver
+            stopped = self._stopped
+            if not stopped:
+                self._open[id(driver)] = driver
+        if stopped:
+            # a call gRPC accepted just before the stop, whose handler runs only now:
+            # its end entry could no longer be written (the log closes), so it never
+            # begins (found when CI ran a SIGINT during a round)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the node is stopping")
         try:
             # Before a slot is taken: only a listed coordinator may hold one, and no
             # requester more than the gate grants it.

@@ -394,3 +394,24 @@ def test_a_round_without_a_start_gives_its_slot_back(tmp_path: Path) -> None:
     [(event, fields)] = sink.entries
     assert event == "round_refused" and fields["reason"] == "no start message within 0.3 s"
     assert fields["round_id"] == "0" * 32 and fields["match_set"] == "-"
+
+
+def test_a_round_whose_handler_runs_after_the_stop_never_begins(tmp_path: Path) -> None:
+    """Found when CI sent SIGINT to a node during a round: a call gRPC had accepted just
+    before the stop began once end_open_rounds had run and the log was closed; its end
+    entry then failed ("protocol log ... is closed") as an "Exception ignored" traceback."""
+    cfg = make_cfg(tmp_path)
+    sink = Sink()
+    servicer = NodeServicer(NodeState.create(cfg, today=lambda: TODAY), sink)
+    assert servicer.end_open_rounds("node stopped (SIGINT) during the round") == 0
+    c = ctx()
+    req = KeyedHashRequester.generate(c)
+    start = pb.KeyedHashRequest(
+        start=pb.RoundStart(
+            context=c.to_bytes(), query_size=12, key_share=req.key_share().to_bytes()
+        )
+    )
+    with peer_scope(COORDINATOR), pytest.raises(Aborted) as info:
+        next(iter(servicer.KeyedHash(iter([start]), _call_ctx())))
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert sink.entries == []  # nothing for a log that is closing
