@@ -22,7 +22,7 @@ from keys.ca import issue
 from tests import configs
 from tests.configs import put
 from tests.federation import SPECS, Federation, build_federation, coordinator_toml, xmatch
-from xmatch.cli_text import AS_OF_DAYS_AHEAD
+from xmatch.cli_text import AS_OF_DAYS_AHEAD, AS_OF_EARLIEST
 
 POLICE = tuple(s for s in SPECS if s.name == "police")
 ROUND_ID = "0123456789abcdef0123456789abcdef"
@@ -166,6 +166,26 @@ def test_as_of_far_ahead_is_a_usage_error(tmp_path: Path, command: str, text: st
         "the evaluation date may lie at most one year ahead",
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["round run", "rules evaluate"])
+def test_as_of_before_2000_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    """Found: `--as-of 0001-01-01` put every child's birth in the future, one roster
+    problem printed per row, then exit 1."""
+    argv = command.split()
+    if command == "round run":
+        argv += ["--config", "c.toml", "--out", str(tmp_path / "round")]
+    else:
+        argv += ["--roster", "r.csv", "--evidence", "e.csv", "--out", str(tmp_path / "d.json")]
+    done = xmatch(*argv, "--as-of", "0001-01-01")
+    _usage_line(
+        done,
+        "--as-of",
+        command,
+        "0001-01-01: before 2000-01-01; the evaluation date is the day the decisions hold for",
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert _evaluate(tmp_path, AS_OF_EARLIEST).returncode == exit_codes.FAILURE  # the roster
 
 
 def test_as_of_a_year_ahead_is_accepted(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ _ROUND_ID = re.compile(r"[0-9a-f]{32}")
 
 #: ``--as-of`` lies at most this many days after today (docs/coordinator.md, "Exit codes")
 AS_OF_DAYS_AHEAD = 366
+#: the earliest evaluation date: the 18-digit identity numbers of GB 11643-1999 date from then
+AS_OF_EARLIEST = _dt.date(2000, 1, 1)
 
 
 def examples(*lines: str) -> str:
@@ -112,13 +114,21 @@ def date(text: str) -> _dt.date:
 
 
 def as_of(text: str) -> _dt.date:
-    """An evaluation date (``--as-of``): a :func:`date` at most a year after today.
+    """An evaluation date (``--as-of``): a :func:`date` from :data:`AS_OF_EARLIEST` to a
+    year after today.
 
     Further ahead, every child has turned 18 and would get EXIT from the roster
     alone, while every node refuses the date (``max_future_days``, at most ten
     years): such a date is a typo, refused before anything is read or written.
+    Before 2000 no roster's identity numbers existed: ``0001-01-01`` put every
+    child's birth in the future, one roster problem per row.
     """
     value = date(text)
+    if value < AS_OF_EARLIEST:
+        raise argparse.ArgumentTypeError(
+            f"{text}: before {AS_OF_EARLIEST.isoformat()}; the evaluation date is the day "
+            "the decisions hold for"
+        )
     today = _dt.date.today()
     if value > today + _dt.timedelta(days=AS_OF_DAYS_AHEAD):
         raise argparse.ArgumentTypeError(
