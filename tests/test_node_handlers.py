@@ -944,3 +944,31 @@ def test_bucketed_round_with_unusable_spill_dir_fails_in_one_line(
         "streaming.node.toml: node.spill_dir: cannot create the bucket folder ("
     )
     assert "\n" not in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+@pytest.mark.parametrize("sent", [9, 10])
+def test_nothing_is_answered_before_min_query_size_identities(cfg: NodeConfig, sent: int) -> None:
+    """Finding (a probe): a coordinator announced the minimum, sent one identity, read
+    its answer (each chunk was answered at once) and cancelled: a membership test with no
+    filler. Chunk answers are now held until min_query_size (10 here) identities are in."""
+    roster = NODE_IDS[:10] + OTHERS[:5]
+    c = ctx()
+    req = KeyedHashRequester.generate(c)
+    driver = KeyedHashDriver(NodeState.create(cfg, today=lambda: TODAY), "civil-affairs")
+    inbox: list[Event] = [
+        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
+    ]
+    gen = driver.run(_feed(inbox))
+    accept = next(gen)
+    assert isinstance(accept, Accept)
+    req.agree(KeyShare.from_bytes(accept.key_share))
+    enc = encode_identities(roster)
+    for s in range(sent):  # one identity per chunk, then the requester hangs up
+        inbox.append(Chunk(req.tag(enc[s : s + 1]).to_bytes()))
+    inbox.append(None)  # type: ignore[arg-type]  # end of stream, no End
+    answered: list[Output] = []
+    with pytest.raises(ProtocolError):
+        for out in gen:
+            answered.append(out)
+    matches = [out for out in answered if isinstance(out, Matches)]
+    assert len(matches) == (0 if sent < 10 else sent)

@@ -117,6 +117,8 @@ class RoundDriver:
         self._events: queue.Queue[DriverEvent] = queue.Queue(maxsize=READ_AHEAD)
         self._lock = threading.Lock()  # serializes session calls + outbox appends
         self._outbox: collections.deque[ResponderMessage] = collections.deque()
+        #: chunk answers held until min_query_size identities have arrived (:meth:`_answer`)
+        self._held: list[ResponderMessage] = []
 
     # -- what the servicer reads
 
@@ -194,6 +196,21 @@ class RoundDriver:
 
     def _emit(self, out: ResponderMessage) -> None:
         self._outbox.append(out)
+
+    def _answer(self, answer: ResponderMessage) -> None:
+        """Emit the answer to a chunk once the round has sent ``min_query_size`` identities.
+
+        The announced size is checked only at the end. A requester that announced
+        100, sent one identity, read its answer and cancelled tested one person
+        with no filler at all; now nothing is answered before the first
+        ``min_query_size`` identities are in (a real roster's first chunk holds them).
+        """
+        self._held.append(answer)
+        assert self.match_set is not None  # a chunk comes after an authorized start
+        if self._session.items >= self.match_set.min_query_size:
+            for held in self._held:
+                self._emit(held)
+            self._held.clear()
 
     def _flush(self) -> Iterator[ResponderMessage]:
         while True:

@@ -167,7 +167,7 @@ class EcdhDriver(RoundDriver):
         with self._lock:
             answer = self._session.receive(Chunk(data))
             assert answer is not None
-            self._emit(answer)
+            self._answer(answer)
 
     def _before_end(self) -> Iterator[ResponderMessage]:
         if self._producer is None:  # bucketed: the set goes after the whole roster

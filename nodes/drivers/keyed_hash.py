@@ -64,7 +64,7 @@ class KeyedHashDriver(RoundDriver):
     def _chunk(self, data: bytes) -> None:
         answer = self._session.receive(Chunk(data))
         if answer is not None:
-            self._emit(answer)
+            self._answer(answer)
 
     def _before_end(self) -> Iterator[ResponderMessage]:
         if not self._session.streamed:
