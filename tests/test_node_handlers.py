@@ -972,3 +972,18 @@ def test_nothing_is_answered_before_min_query_size_identities(cfg: NodeConfig, s
             answered.append(out)
     matches = [out for out in answered if isinstance(out, Matches)]
     assert len(matches) == (0 if sent < 10 else sent)
+
+
+def test_ecdh_reblinds_nothing_before_min_query_size_identities(cfg: NodeConfig) -> None:
+    """The same hold in ecdh: blinded chunks of 1, the requester hangs up after 9 (the
+    minimum is 10); the node's set may have gone out, its own points never came back."""
+    c = ctx(protocol="ecdh")
+    session = EcdhRequesterSession(c, encode_identities(ECDH_ROSTER), chunk_items=1)
+    start = session.start()
+    events: list[Event] = [start, *list(session.requests())[:9]]  # no End: it breaks off
+    driver = EcdhDriver(NodeState.create(cfg, today=lambda: TODAY), "civil-affairs")
+    answered: list[Output] = []
+    with pytest.raises(ProtocolError):
+        for out in driver.run(iter(events)):
+            answered.append(out)
+    assert [o for o in answered if isinstance(o, Points) and o.stage == "reblinded"] == []
