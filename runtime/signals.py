@@ -12,6 +12,15 @@ from typing import Any
 __all__ = ["CommitGuard", "CtrlC", "ignore_sigint", "sigint_blocked"]
 
 
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _restore(previous: _Handler) -> None:
+    """Put back the SIGINT handler ``previous`` (``None``: one not set from Python, so
+    Python's own, which raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
 @contextmanager
 def sigint_blocked() -> Iterator[None]:
     """Start child processes that keep SIGINT blocked; a SIGINT meanwhile is held for us.
@@ -46,7 +55,7 @@ def sigint_blocked() -> Iterator[None]:
     finally:
         # a SIGINT pending for this thread is handled (by hold) as it is unblocked
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        _restore(previous)
         if held:
             signal.raise_signal(signal.SIGINT)
 
@@ -73,7 +82,7 @@ class CommitGuard:
 
     def __init__(self) -> None:
         self.interrupted = False
-        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
+        self._previous: _Handler = None
         self._holding = False
 
     def __enter__(self) -> CommitGuard:
@@ -81,10 +90,7 @@ class CommitGuard:
 
     def __exit__(self, *_: object) -> None:
         if self._holding:
-            previous = self._previous
-            signal.signal(
-                signal.SIGINT, signal.default_int_handler if previous is None else previous
-            )
+            _restore(self._previous)
             self._holding = False
 
     def hold(self) -> None:
@@ -112,7 +118,7 @@ class CtrlC:
 
     def __init__(self) -> None:
         self.seen = False
-        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
+        self._previous: _Handler = None
         self._installed = False
 
     def __enter__(self) -> CtrlC:
@@ -123,10 +129,7 @@ class CtrlC:
 
     def __exit__(self, *_: object) -> None:
         if self._installed:
-            previous = self._previous
-            signal.signal(
-                signal.SIGINT, signal.default_int_handler if previous is None else previous
-            )
+            _restore(self._previous)
             self._installed = False
 
     def _raise(self, _signum: int, _frame: FrameType | None) -> None:

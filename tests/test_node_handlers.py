@@ -320,13 +320,7 @@ def test_keyed_hash_driver_full_round(cfg: NodeConfig) -> None:
     req = KeyedHashRequester.generate(c)
     state = NodeState.create(cfg, today=lambda: TODAY)
     driver = KeyedHashDriver(state, "civil-affairs")
-    inbox: list[Event] = [
-        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
-    ]
-    gen = driver.run(_feed(inbox))
-    accept = next(gen)
-    assert isinstance(accept, Accept)
-    req.agree(KeyShare.from_bytes(accept.key_share))
+    _, gen, inbox = _agreed(driver, req, c, len(roster))
     enc = encode_identities(roster)
     found: set[str] = set()
     records = 0
@@ -365,6 +359,21 @@ def _feed(inbox: list[Event]) -> Iterator[Event]:
         if item is None:
             return
         yield item
+
+
+def _agreed(
+    driver: KeyedHashDriver, req: KeyedHashRequester, c: RoundContext, query_size: int
+) -> tuple[Accept, Iterator[Output], list[Event]]:
+    """A keyed-hash round started on ``driver`` with its key agreed: the node's accept, its
+    further outputs and the inbox the test appends events to (None ends the stream)."""
+    inbox: list[Event] = [
+        Start(context=c.to_bytes(), query_size=query_size, key_share=req.key_share().to_bytes())
+    ]
+    gen = driver.run(_feed(inbox))
+    accept = next(gen)
+    assert isinstance(accept, Accept)
+    req.agree(KeyShare.from_bytes(accept.key_share))
+    return accept, gen, inbox
 
 
 def _start(protocol: str = "keyed-hash", size: int = 10) -> tuple[RoundContext, Start]:
@@ -488,13 +497,7 @@ def _keyed_hash_outputs(cfg: NodeConfig, c: RoundContext, roster: list[str]) -> 
     state = NodeState.create(cfg, today=lambda: TODAY, rng=random.Random(6).randbytes)
     driver = KeyedHashDriver(state, "civil-affairs")
     enc = encode_identities(roster)
-    inbox: list[Event] = [
-        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
-    ]
-    gen = driver.run(_feed(inbox))
-    accept = next(gen)
-    assert isinstance(accept, Accept)
-    req.agree(KeyShare.from_bytes(accept.key_share))
+    accept, gen, inbox = _agreed(driver, req, c, len(roster))
     chunks = [req.tag(enc[s : s + 10]) for s in range(0, len(roster), 10)]
     inbox += [Chunk(ch.to_bytes()) for ch in chunks]
     inbox += [End(chunks=len(chunks), items=len(roster)), None]  # type: ignore[list-item]
@@ -955,13 +958,7 @@ def test_nothing_is_answered_before_min_query_size_identities(cfg: NodeConfig, s
     c = ctx()
     req = KeyedHashRequester.generate(c)
     driver = KeyedHashDriver(NodeState.create(cfg, today=lambda: TODAY), "civil-affairs")
-    inbox: list[Event] = [
-        Start(context=c.to_bytes(), query_size=len(roster), key_share=req.key_share().to_bytes())
-    ]
-    gen = driver.run(_feed(inbox))
-    accept = next(gen)
-    assert isinstance(accept, Accept)
-    req.agree(KeyShare.from_bytes(accept.key_share))
+    _, gen, inbox = _agreed(driver, req, c, len(roster))
     enc = encode_identities(roster)
     for s in range(sent):  # one identity per chunk, then the requester hangs up
         inbox.append(Chunk(req.tag(enc[s : s + 1]).to_bytes()))
