@@ -324,12 +324,15 @@ def match_rows(
     indices: npt.NDArray[np.int64],
     payload: PayloadColumns,
     identities: Sequence[str],
+    parsed: dict[str, dict[str, object]] | None = None,
 ) -> tuple[EvidenceRow, ...]:
     """Evidence rows for matches ``indices`` (into ``identities``) of ``source``.
 
     Used for a whole sub-round (:func:`evidence_rows`) and for each keyed-hash
     match chunk as it arrives, so that matches delivered before a failure
-    still count.
+    still count. ``parsed``: the payload values parsed so far, by field, kept by
+    the caller from chunk to chunk (a chunk's dates are mostly new to it, not
+    to its sub-round: 140k custody matches hold a few thousand distinct days).
 
     Raises:
         XmatchError: as :func:`evidence_rows`.
@@ -345,14 +348,17 @@ def match_rows(
     if len(payload) != count:
         raise XmatchError("payload entries and their matches differ in number")
     payload.check()  # every column as long as the matches (map would stop short)
+    memo = {} if parsed is None else parsed
 
     def column(name: str, parse: Callable[[str], object]) -> Iterable[object]:
         values = payload.columns.get(name)
         if values is None:
             return repeat(None, count)
         # a set sends few distinct dates and grades: each distinct cell is parsed once
-        parsed = {value: parse(value) for value in set(values)}
-        return map(parsed.__getitem__, values)
+        known = memo.setdefault(name, {})
+        for value in set(values).difference(known):
+            known[value] = parse(value)
+        return map(known.__getitem__, values)
 
     columns = (
         map(identities.__getitem__, indices.tolist()),

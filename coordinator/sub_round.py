@@ -213,6 +213,7 @@ def _exchange(
         if circumstance == Circumstance.SERVICE.value:  # checked by match_set_info
             service_report = info.service_report or "gaps"
         source = f"{entry.name}/{match_set}"
+        parsed: dict[str, dict[str, object]] = {}  # payload values, from chunk to chunk
 
         def keep(indices: npt.NDArray[np.int64], payload: PayloadColumns) -> None:
             delivered.extend(
@@ -222,6 +223,7 @@ def _exchange(
                     indices=indices,
                     payload=payload,
                     identities=identities,
+                    parsed=parsed,
                 )
             )
 

@@ -692,3 +692,49 @@ def test_a_payload_date_may_carry_a_time_of_day() -> None:
         identities=["150422198501304280", "150422198501304281"],
     )
     assert [r.start_date for r in rows] == [dt.date(2020, 1, 1), dt.date(2021, 3, 4)]
+
+
+def test_payload_values_parsed_once_per_sub_round_give_the_same_rows() -> None:
+    """A sub-round keeps its parsed payload values from chunk to chunk (``parsed``): the
+    rows are those of chunks parsed on their own, and a bad value in a later chunk
+    is still refused, whatever the earlier chunks held."""
+    from coordinator.records import match_rows
+    from psi.errors import XmatchError
+    from psi.session.messages import PayloadColumns
+
+    people = ["150422198501304280", "150422198501304281", "150422198501304282"]
+    chunks = [
+        {"start_date": ["2020-01-01", "2021-03-04"], "end_date": ["", "2024-05-06"]},
+        {"start_date": ["2021-03-04", "2019-12-31"], "end_date": ["2024-05-06", ""]},
+    ]
+    parsed: dict[str, dict[str, object]] = {}
+    kept, alone = [], []
+    for columns in chunks:
+        for memo, out in ((parsed, kept), (None, alone)):
+            out.extend(
+                match_rows(
+                    source="justice/custody",
+                    circumstance="IMPRISONED",
+                    indices=np.array([0, 2], dtype=np.int64),
+                    payload=PayloadColumns(2, columns),
+                    identities=people,
+                    parsed=memo,
+                )
+            )
+    assert kept == alone
+    assert [r.start_date for r in kept] == [
+        dt.date(2020, 1, 1),
+        dt.date(2021, 3, 4),
+        dt.date(2021, 3, 4),
+        dt.date(2019, 12, 31),
+    ]
+    assert set(parsed["start_date"]) == {"2020-01-01", "2021-03-04", "2019-12-31"}
+    with pytest.raises(XmatchError, match="end_date is not a YYYY-MM-DD date"):
+        match_rows(
+            source="justice/custody",
+            circumstance="IMPRISONED",
+            indices=np.array([1], dtype=np.int64),
+            payload=PayloadColumns(1, {"start_date": ["2020-01-01"], "end_date": ["2024-13-01"]}),
+            identities=people,
+            parsed=parsed,
+        )
