@@ -22,6 +22,10 @@ reaches a reason only through :func:`_safe_detail` (one line, at most 160
 characters, dropped if it looks like an identity number). Retries happen only
 for transient errors before any data was exchanged; a refusal is never retried.
 
+keyed-hash: a match chunk in which one matched identity carries more records
+than the node entry's ``max_records_per_identity`` is out of protocol, refused
+from its tags before any payload value is copied.
+
 ecdh: the set size the node announces in ``RoundAccept`` bounds its set
 (:meth:`psi.ecdh.EcdhRequester.expect_responder_set`): a node that sends more
 points is out of protocol before we multiply them, and ``RoundDone.set_size``
@@ -495,7 +499,12 @@ class NodeClient:
     ) -> RequesterSession:
         """The requester session of this node's protocol for one sub-round."""
         if self.entry.protocol == "keyed-hash":
-            return KeyedHashRequesterSession(context, identities, chunk_items=self._chunk_size(16))
+            return KeyedHashRequesterSession(
+                context,
+                identities,
+                chunk_items=self._chunk_size(16),
+                max_records_per_identity=self.entry.max_records_per_identity,
+            )
         return EcdhRequesterSession(
             context,
             identities,

@@ -26,6 +26,7 @@ match_sets = ["custody"]
 protocol = "ecdh"                 # or "keyed-hash"
 deadline_seconds = 600            # ours: whole-node deadline for every sub-round
 retries = 3                       # ours: reconnect attempts before any data was exchanged
+max_records_per_identity = 1000   # ours, keyed-hash: records per matched identity per answer
 
 [[nodes]]
 name = "banner-court"
@@ -61,6 +62,7 @@ from coordinator.share_config import ShareEntry
 from databases import DatabaseSource, source_from_toml
 from psi.contract import FileEncoding, ProtocolName
 from psi.errors import ConfigError
+from psi.session import DEFAULT_MAX_RECORDS_PER_IDENTITY
 from runtime.config import (
     COORDINATOR_WORDING,
     Strict,
@@ -76,6 +78,7 @@ from runtime.config import (
 __all__ = [
     "DEFAULT_CHUNK_ITEMS",
     "MAX_CHUNK_ITEMS",
+    "MAX_RECORDS_PER_IDENTITY",
     "CoordinatorConfig",
     "CoordinatorSection",
     "NodeEntry",
@@ -91,6 +94,8 @@ Protocol = ProtocolName
 DEFAULT_CHUNK_ITEMS = 16384
 #: 32768 x 32 bytes = 1 MiB, the largest chunk a node accepts (max_chunk_bytes).
 MAX_CHUNK_ITEMS = 32768
+#: The highest ``max_records_per_identity`` a ``[[nodes]]`` entry may set.
+MAX_RECORDS_PER_IDENTITY = 1_000_000
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -202,6 +207,11 @@ class NodeEntry(Strict):
     #: ecdh: the largest (padded) set we will receive and raise to our key; the node
     #: announces its size, but a hostile node could announce anything
     max_set_size: int = Field(default=50_000_000, ge=1, le=10**10)
+    #: keyed-hash: the most records one matched identity may carry in one answer;
+    #: honest sets hold a few per person, a hostile node could send a million
+    max_records_per_identity: int = Field(
+        default=DEFAULT_MAX_RECORDS_PER_IDENTITY, ge=1, le=MAX_RECORDS_PER_IDENTITY
+    )
     #: The ecdh suite / keyed-hash PRF proposed to this node (a round parameter); it must
     #: be in the node's ``suites`` / ``prfs``. GM: "SM2_XMD:SM3_SSWU_RO_" / "sm4-ecb-v1".
     suite: Literal[

@@ -6,7 +6,8 @@ its ``end`` and keeps its requests as serialized proto messages, converted by
 :func:`import_sub_round` rebuilds the same session from the draws, replays the
 requests (they must give the same bytes), and feeds it the node's answers,
 converted by :func:`coordinator.streams.from_response`; the session checks the
-order, the payload tags and the transcript, as online.
+order, the payload tags (at most the node entry's ``max_records_per_identity``
+records per matched identity) and the transcript, as online.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from psi.errors import PeerError, ProtocolError, Refused, XmatchError
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import MAX_MESSAGE_BYTES
 from psi.session import (
+    DEFAULT_MAX_RECORDS_PER_IDENTITY,
     Accept,
     EcdhRequesterSession,
     End,
@@ -164,11 +166,16 @@ def _session(
     *,
     chunk_items: int,
     max_set_size: int,
+    max_records_per_identity: int = DEFAULT_MAX_RECORDS_PER_IDENTITY,
 ) -> RequesterSession:
     """The requester session of the sub-round, its key drawn from ``rng``."""
     if context.protocol == "keyed-hash":
         return KeyedHashRequesterSession(
-            context, encoded, chunk_items=_step(chunk_items, 16), rng=rng
+            context,
+            encoded,
+            chunk_items=_step(chunk_items, 16),
+            rng=rng,
+            max_records_per_identity=max_records_per_identity,
         )
     return EcdhRequesterSession(
         context, encoded, chunk_items=_step(chunk_items, 32), rng=rng, max_set_size=max_set_size
@@ -322,6 +329,7 @@ def import_sub_round(
         _Replay(pending.draws),
         chunk_items=chunk_items,
         max_set_size=entry.max_set_size,
+        max_records_per_identity=entry.max_records_per_identity,
     )
     replayed = _requests(session, pending.share)
     if hashlib.sha256(b"".join(replayed)).hexdigest() != pending.request_sha256:

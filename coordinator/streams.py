@@ -83,11 +83,12 @@ def from_response(peer: str, response: Response) -> ResponderMessage:
         return Accept(key_share=bytes(a.key_share), set_size=int(a.set_size))
     if kind == "matches" and isinstance(response, pb.KeyedHashResponse):
         m = response.matches
-        tags = list(m.tags)
-        columns = {c.name: list(c.values) for c in m.columns}
+        # the message's own containers, not lists: the session counts the records
+        # per identity from the tags before any payload value becomes a str
+        columns = {c.name: c.values for c in m.columns}
         if len(columns) != len(m.columns):
             raise PeerError(peer, "a payload column sent twice")
-        return Matches(psi=bytes(m.psi), payload=PayloadColumns(len(tags), columns), tags=tags)
+        return Matches(psi=bytes(m.psi), payload=PayloadColumns(len(m.tags), columns), tags=m.tags)
     if isinstance(response, pb.EcdhResponse):
         if kind == "reblinded":
             return Points(stage="reblinded", data=bytes(response.reblinded))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -170,6 +171,86 @@ def test_requester_refuses_a_payload_column_shorter_than_its_records() -> None:
     short = PayloadColumns(2, {"row": list(answer.payload.columns["row"])[:1]})
     with pytest.raises(ProtocolError, match="payload column's length"):
         req.receive(dataclasses.replace(answer, payload=short))
+
+
+class _Unread(Sequence[str]):
+    """A payload column that fails the test if anything reads it, its length included."""
+
+    def __len__(self) -> int:
+        raise AssertionError("a payload column was read")
+
+    def __getitem__(self, index: int | slice) -> Any:
+        raise AssertionError("a payload column was read")
+
+
+def _answer_with_records(records: int, *, limit: int) -> tuple[KeyedHashRequesterSession, Matches]:
+    """A requester bounded to ``limit`` records per identity and the honest answer to its
+    first chunk: ROSTER[0] holds ``records`` records, ROSTER[1] one."""
+    ctx = kh_context("aes128-ecb-v1")
+    req = KeyedHashRequesterSession(
+        ctx, encode_identities(ROSTER[:2]), chunk_items=2, max_records_per_identity=limit
+    )
+    resp = KeyedHashResponderSession()
+    resp.receive_start(req.start())
+    req.receive(resp.accept(encode_identities([ROSTER[0]] * records + [ROSTER[1]]), _payload))
+    answer = resp.receive(next(req.requests()))
+    assert isinstance(answer, Matches) and len(answer.tags) == records + 1
+    return req, answer
+
+
+def test_requester_takes_exactly_max_records_per_identity() -> None:
+    req, answer = _answer_with_records(5, limit=5)
+    evidence = req.receive(answer)
+    assert evidence is not None
+    assert sorted(evidence.indices.tolist()) == [0, 0, 0, 0, 0, 1]
+    assert len(evidence.payload.columns["row"]) == 6
+
+
+def test_requester_refuses_one_record_more_than_max_records_per_identity() -> None:
+    req, answer = _answer_with_records(6, limit=5)
+    with pytest.raises(ProtocolError) as info:
+        req.receive(answer)
+    assert info.value.diagnostics() == (
+        "the responder sent more than 5 records for one identity (max_records_per_identity)"
+    )
+
+
+def test_a_flood_of_records_is_refused_before_any_payload_column_is_read() -> None:
+    req, answer = _answer_with_records(6, limit=5)
+    unread = dataclasses.replace(
+        answer, payload=PayloadColumns(len(answer.tags), {"row": _Unread()})
+    )
+    with pytest.raises(ProtocolError, match="max_records_per_identity"):
+        req.receive(unread)
+    # within the bound, the same column is read (the probe works)
+    req, answer = _answer_with_records(5, limit=5)
+    unread = dataclasses.replace(
+        answer, payload=PayloadColumns(len(answer.tags), {"row": _Unread()})
+    )
+    with pytest.raises(AssertionError, match="payload column was read"):
+        req.receive(unread)
+
+
+def test_requester_copies_a_runners_payload_sequences_into_lists() -> None:
+    req, answer = _answer_with_records(2, limit=5)
+    as_tuple = {"row": tuple(answer.payload.columns["row"])}
+    evidence = req.receive(
+        dataclasses.replace(answer, payload=PayloadColumns(len(answer.tags), as_tuple))
+    )
+    assert evidence is not None
+    assert evidence.payload.columns == {"row": list(as_tuple["row"])}
+    assert type(evidence.payload.columns["row"]) is list
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_max_records_per_identity_is_at_least_one(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_records_per_identity must be at least 1"):
+        KeyedHashRequesterSession(
+            kh_context("aes128-ecb-v1"),
+            encode_identities(ROSTER[:2]),
+            chunk_items=2,
+            max_records_per_identity=limit,
+        )
 
 
 def test_streamed_and_in_memory_keyed_hash_send_the_same_messages() -> None:

@@ -11,7 +11,9 @@ responders. They cover the coordinator's side of the security review:
    log, the state or the outputs;
 2. the roster is sent in a random order, not sorted, and the results do not
    depend on it (``evidence.csv`` stays sorted);
-3. an ecdh node cannot make us multiply more set points than it announced;
+3. an ecdh node cannot make us multiply more set points than it announced, nor
+   a keyed-hash node make us hold more records per matched identity than
+   ``max_records_per_identity``;
 4. the node's log anchor (``RoundDone.log_seq``/``log_head``) is logged in our
    ``round_finished`` entry and stored in the sub-round's row, and nothing is
    logged when a node sends none.
@@ -22,8 +24,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ import coordinator.round as round_module
 from coordinator.client import MatchesFn, MatchSetResult, NodeClient, ProgressFn
 from coordinator.config import NodeEntry, load_coordinator_config
 from coordinator.round import RoundOutcome, run_round
+from coordinator.sub_round import SubRound
 from proto import xmatch_pb2 as pb
 from proto import xmatch_pb2_grpc as pb_grpc
 from psi.context import RoundContext
@@ -59,6 +64,8 @@ BROKEN_TEXT = f"internal error for {ID_KEY}"
 #: A log head whose hex happens to hold a 16-digit decimal run (a real hash can).
 HEAD = "1234567890123456" + "ab" * 24
 NEEDLES = (ID_KEY, TEXT_KEY, "张三", "13800138000", BROKEN_TEXT)
+#: police's max_records_per_identity in the round's coordinator.toml
+FLOOD_BOUND = 3
 
 
 def _people(n: int) -> list[tuple[str, str, str]]:
@@ -106,6 +113,8 @@ class _Behaviour:
     payload_key: str = "start_date"
     raise_after_accept: BaseException | None = None
     anchor: tuple[int, str] = (0, "")
+    #: records sent for each matched identity (a flood when above the bound)
+    records: int = 1
 
 
 def _tag_answer(
@@ -113,7 +122,7 @@ def _tag_answer(
 ) -> pb.KeyedHashResponse:
     found = responder.match(TagChunk.from_bytes(tags))
     assert found.row_offsets is not None
-    per_row = np.repeat(np.arange(len(found.tags)), np.diff(found.row_offsets))
+    per_row = np.repeat(np.arange(len(found.tags)), np.diff(found.row_offsets) * behaviour.records)
     chunk = pb.MatchChunk(psi=found.without_rows().to_bytes(), tags=per_row.tolist())
     chunk.columns.add(name=behaviour.payload_key, values=["2020-02-02"] * len(per_row))
     return pb.KeyedHashResponse(matches=chunk)
@@ -187,6 +196,8 @@ FAKES: dict[str, _FakeNode] = {
             "notes": _Behaviour(ROGUE, payload_key=ID_KEY),
             "remarks": _Behaviour(ROGUE, payload_key=TEXT_KEY),
             "broken": _Behaviour(ROGUE, raise_after_accept=ValueError(BROKEN_TEXT)),
+            # one record more per person than police's max_records_per_identity
+            "flood": _Behaviour(ROGUE, records=FLOOD_BOUND + 1),
         }
     ),
     "justice": _FakeNode({"custody": _Behaviour(CUSTODY, circumstance="IMPRISONED")}),
@@ -268,9 +279,10 @@ chunk_items = 16
 [[nodes]]
 name = "police"
 address = "127.0.0.1:9"
-match_sets = ["deaths", "notes", "remarks", "broken"]
+match_sets = ["deaths", "notes", "remarks", "broken", "flood"]
 protocol = "keyed-hash"
 retries = 0
+max_records_per_identity = {FLOOD_BOUND}
 
 [[nodes]]
 name = "justice"
@@ -345,24 +357,38 @@ def test_hostile_payload_keys_fail_only_their_source(hostile_round: _Run) -> Non
         "police/notes": "failed",
         "police/remarks": "failed",
         "police/broken": "failed",
+        "police/flood": "failed",
         "justice/custody": "ok",
     }
-    assert outcome.failed_sources == ["police/notes", "police/remarks", "police/broken"]
+    hostile = ["police/notes", "police/remarks", "police/broken", "police/flood"]
+    assert outcome.failed_sources == hostile
     details = {s.source: s.detail for s in outcome.sub_rounds if s.status != "ok"}
     for source in ("police/notes", "police/remarks"):
         assert details[source].startswith(
             "out of protocol: an unknown payload field is not an evidence column"
         )
     assert details["police/broken"] == "out of protocol: unreadable answer (ValueError)"
+    # refused at its first answer: nothing delivered, nothing kept
+    assert details["police/flood"] == (
+        f"out of protocol: the responder sent more than {FLOOD_BOUND} records for one "
+        "identity (max_records_per_identity)"
+    )
+    # the decisions know the sources they could not use
+    assert set(hostile) <= set(outcome.decisions.failed_sources)
     # the round completed and says so in the state
     assert hostile_round.state("SELECT status FROM rounds") == [("completed",)]
     failed = hostile_round.state(
         "SELECT match_set, status FROM sub_rounds WHERE status = 'failed' ORDER BY match_set"
     )
-    assert failed == [("broken", "failed"), ("notes", "failed"), ("remarks", "failed")]
+    assert failed == [
+        ("broken", "failed"),
+        ("flood", "failed"),
+        ("notes", "failed"),
+        ("remarks", "failed"),
+    ]
     # and in the protocol log, one round_failed per hostile source
     ends = {e["match_set"]: e for e in hostile_round.log if e["event"] in ("round_failed",)}
-    assert sorted(ends) == ["broken", "notes", "remarks"]
+    assert sorted(ends) == ["broken", "flood", "notes", "remarks"]
     assert all(e["outcome"] == "failed" for e in ends.values())
 
 
@@ -397,7 +423,7 @@ def test_nothing_node_supplied_is_written(hostile_round: _Run) -> None:
 
 def test_roster_is_sent_in_a_random_order(hostile_round: _Run) -> None:
     given = hostile_round.given
-    assert len(given) == 5
+    assert len(given) == 6
     in_order = encode_identities(ALL_IDS)
     for sent in given:
         assert sent.shape == in_order.shape
@@ -555,6 +581,182 @@ def test_ecdh_set_beyond_the_announced_size_is_refused_early(declared: int) -> N
         # multiplied, and the failure quotes none of the node's numbers
         assert reason == "out of protocol: announced set size above max_set_size (50000000)"
         assert flood.sent == 0
+
+
+class _RecordFlood:
+    """A keyed-hash node whose first answer gives its one matched identity ``records``
+    records, each with a payload date; the real responder makes the psi part."""
+
+    def __init__(self, member: str, records: int) -> None:
+        self.member = member
+        # built before the round: the flood's own making is not the coordinator's memory
+        self.flood = pb.MatchChunk(tags=[0] * records)
+        self.flood.columns.add(name="start_date", values=["2020-02-02"] * records)
+        self.sent = 0
+        self.call: _Call | None = None
+
+    def KeyedHash(self, requests: Iterator[pb.KeyedHashRequest], timeout: float) -> _Call:
+        def answers() -> Iterator[pb.KeyedHashResponse]:
+            start = next(requests).start
+            ctx = RoundContext.from_bytes(start.context)
+            responder = KeyedHashResponder.generate(ctx)
+            responder.agree(KeyShare.from_bytes(start.key_share, round_id=ctx.round_id))
+            responder.load_set(encode_identities([self.member]))
+            yield pb.KeyedHashResponse(
+                accept=pb.RoundAccept(key_share=responder.key_share().to_bytes())
+            )
+            for request in requests:
+                if request.WhichOneof("msg") == "end":
+                    return  # no done: the round cannot succeed
+                found = responder.match(TagChunk.from_bytes(request.tags))
+                chunk = pb.MatchChunk(psi=found.without_rows().to_bytes())
+                if len(found.tags):
+                    chunk.MergeFrom(self.flood)
+                self.sent += 1
+                yield pb.KeyedHashResponse(matches=chunk)
+
+        self.call = _Call(answers())
+        return self.call
+
+
+def _keyed_hash_client(stub: object, **keys: Any) -> NodeClient:
+    entry = NodeEntry(
+        name="police", address="127.0.0.1:9", match_sets=["deaths"], protocol="keyed-hash", **keys
+    )
+    client = NodeClient(entry, credentials=grpc.ssl_channel_credentials(), chunk_items=16)
+    client._stub = cast(pb_grpc.NodeStub, stub)
+    client._caps = pb.Capabilities(
+        node="police",
+        match_sets=[pb.MatchSetInfo(name="deaths", circumstance="DEAD", protocols=["keyed-hash"])],
+        max_chunk_bytes=1 << 20,
+    )
+    return client
+
+
+def _police_context() -> RoundContext:
+    return RoundContext.new(
+        as_of=AS_OF,
+        purpose="eligibility-review",
+        requester="civil-affairs",
+        responder="police",
+        match_set="deaths",
+        protocol="keyed-hash",
+    )
+
+
+@pytest.mark.parametrize(("records", "refused"), [(1000, False), (1001, True)])
+def test_keyed_hash_records_per_identity_default_bound(records: int, refused: bool) -> None:
+    flood = _RecordFlood(ALL_IDS[0], records)
+    delivered: list[int] = []
+    with _keyed_hash_client(flood) as client:
+        assert client.entry.max_records_per_identity == 1000  # the default
+        try:
+            client.query(
+                "deaths",
+                context=_police_context(),
+                identities=encode_identities(ALL_IDS),
+                on_matches=lambda indices, payload: delivered.append(len(indices)),
+            )
+        except PeerError as exc:
+            reason = exc.reason
+        else:  # pragma: no cover - this node never sends done
+            pytest.fail("a round without done succeeded")
+    assert flood.call is not None
+    if refused:  # at the first answer, the stream cancelled
+        assert reason == (
+            "out of protocol: the responder sent more than 1000 records for one identity "
+            "(max_records_per_identity)"
+        )
+        assert delivered == [] and flood.sent == 1 and flood.call.cancelled
+    else:  # within the bound: delivered, then the stream ends without done
+        assert delivered[0] == sum(delivered) == 1000 and reason == "stream ended early"
+
+
+def test_a_flood_of_records_is_refused_before_its_payload_becomes_python_objects() -> None:
+    """Measured once: 1.3M records on one tag took the coordinator to 1.6 GB. The refusal
+    reads the tags only; the flood's 400k payload values never become str objects."""
+    records = 400_000
+    flood = _RecordFlood(ALL_IDS[0], records)
+    with _keyed_hash_client(flood, max_records_per_identity=5) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(PeerError, match=r"more than 5 records .*max_records_per_identity"):
+                client.query(
+                    "deaths", context=_police_context(), identities=encode_identities(ALL_IDS)
+                )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # the tags as one int64 array (3.2 MB) and change; a list of the column's values
+    # alone would be 400k str objects (over 20 MB)
+    assert peak < 8 * 2**20, peak
+
+
+def _offline_import(records: int, *, bound: int) -> SubRound:
+    """An offline keyed-hash sub-round whose node sent ``records`` records per matched
+    identity, imported with ``max_records_per_identity = bound`` in its node entry."""
+    from coordinator.offline_runner import (
+        PendingSubRound,
+        import_sub_round,
+        outgoing,
+        responder_share,
+    )
+
+    ctx = _police_context()
+    encoded = encode_identities(ALL_IDS)
+    share, node_draw = responder_share(ctx)
+    requests, draws = outgoing(ctx, encoded, share, chunk_items=16)
+    pending = PendingSubRound(
+        node="police",
+        match_set="deaths",
+        protocol="keyed-hash",
+        context=ctx.to_bytes(),
+        draws=draws,
+        share=share,
+        request_sha256=hashlib.sha256(b"".join(requests)).hexdigest(),
+    )
+    # the node: its responder from the draw the request carried, as nodes/answer.py
+    responder = KeyedHashResponder.generate(ctx, rng=io.BytesIO(node_draw).read)
+    assert responder.key_share().to_bytes() == share
+    parsed = [pb.KeyedHashRequest.FromString(raw) for raw in requests]
+    responder.agree(KeyShare.from_bytes(parsed[0].start.key_share, round_id=ctx.round_id))
+    responder.load_set(encode_identities(ROGUE))
+    behaviour = _Behaviour(ROGUE, records=records)
+    answers = [pb.KeyedHashResponse(accept=pb.RoundAccept(key_share=share))]
+    answers += [_tag_answer(responder, r.tags, behaviour) for r in parsed if r.HasField("tags")]
+    answers.append(pb.KeyedHashResponse(done=pb.RoundDone(transcript=responder.finish())))
+    parts = [a.SerializeToString() for a in answers]
+    entry = NodeEntry.model_validate(
+        {
+            "name": "police",
+            "transport": "offline",
+            "match_sets": ["deaths"],
+            "protocol": "keyed-hash",
+            "max_records_per_identity": bound,
+        }
+    )
+    return import_sub_round(
+        pending,
+        entry,
+        answer={"status": "ok", "parts": [0, len(parts)], "circumstance": "DEAD"},
+        parts=parts,
+        encoded=encoded,
+        identities=ALL_IDS,
+        node_display_name="",
+        chunk_items=16,
+    )
+
+
+def test_offline_import_bounds_records_per_identity_as_online() -> None:
+    within = _offline_import(2, bound=2)
+    assert within.status == "ok", within.detail
+    assert len(within.rows) == 2 * len(ROGUE)  # two records for each father matched
+    over = _offline_import(3, bound=2)
+    assert over.status == "failed" and over.rows == ()
+    assert over.detail == (
+        "out of protocol: the responder sent more than 2 records for one identity "
+        "(max_records_per_identity)"
+    )
 
 
 def test_state_database_gains_the_anchor_columns(tmp_path: Path) -> None:

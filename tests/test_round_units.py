@@ -64,6 +64,7 @@ def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
     assert cfg.coordinator.audit_key_path == tmp_path / "pki" / "civil-affairs.audit.key"
     node = cfg.nodes[0]
     assert (node.deadline_seconds, node.retries) == (600.0, 3)
+    assert node.max_records_per_identity == 1000
     assert cfg.coordinator.chunk_items == 16384
 
 
@@ -94,6 +95,25 @@ def test_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
             "key nodes[0].deadline_seconds: a number is expected, not a quoted string",
         ),
         ((put("nodes[0].deadline_seconds", 600),), None),  # an integer is a number
+        # records per matched identity in one keyed-hash answer: 1..1_000_000, per node
+        ((put("nodes[0].max_records_per_identity", 1),), None),
+        ((put("nodes[0].max_records_per_identity", 1_000_000),), None),
+        (
+            (put("nodes[0].max_records_per_identity", 0),),
+            "key nodes[0].max_records_per_identity: Input should be greater than or equal to 1",
+        ),
+        (
+            (put("nodes[0].max_records_per_identity", 1_000_001),),
+            "key nodes[0].max_records_per_identity: Input should be less than or equal to 1000000",
+        ),
+        (
+            (put("nodes[0].max_records_per_identity", "50"),),
+            "key nodes[0].max_records_per_identity: a whole number is expected, not a quoted",
+        ),
+        (
+            (put("coordinator.max_records_per_identity", 50),),
+            "unknown key coordinator.max_records_per_identity",
+        ),
         ((), None),
     ],
 )

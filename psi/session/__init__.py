@@ -13,6 +13,7 @@ from psi.session._requester import Evidence, Progress, RequesterResult, Requeste
 from psi.session._responder import ResponderSession
 from psi.session.ecdh import EcdhRequesterSession, EcdhResponderSession
 from psi.session.keyed_hash import (
+    DEFAULT_MAX_RECORDS_PER_IDENTITY,
     KeyedHashRequesterSession,
     KeyedHashResponderSession,
     evidence_indices,
@@ -31,6 +32,7 @@ from psi.session.messages import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_RECORDS_PER_IDENTITY",
     "Accept",
     "Chunk",
     "Done",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -33,33 +33,64 @@ from psi.session.messages import (
     ResponderMessage,
 )
 
-__all__ = ["KeyedHashRequesterSession", "KeyedHashResponderSession", "evidence_indices"]
+__all__ = [
+    "DEFAULT_MAX_RECORDS_PER_IDENTITY",
+    "KeyedHashRequesterSession",
+    "KeyedHashResponderSession",
+    "evidence_indices",
+]
 
 #: Payload of matched rows: the responder's row numbers -> their payload columns.
 PayloadFn = Callable[[npt.NDArray[np.int64]], PayloadColumns]
 
+#: Records one matched identity may carry in one match chunk, unless the requester
+#: says otherwise: generous for honest sets (a custody history, service records),
+#: yet a bound on what a node can make the requester hold per tag.
+DEFAULT_MAX_RECORDS_PER_IDENTITY = 1000
 
-def evidence_indices(indices: npt.NDArray[np.int64], tags: list[int]) -> npt.NDArray[np.int64]:
+
+def evidence_indices(
+    indices: npt.NDArray[np.int64],
+    tags: Sequence[int],
+    *,
+    max_records_per_identity: int | None = None,
+) -> npt.NDArray[np.int64]:
     """One identity index per matched record: ``indices[tags]``, checked.
 
     ``indices`` are a match chunk's resolved identities (one per matched tag),
     ``tags`` name a matched tag for each record (:class:`Matches`).
+    ``max_records_per_identity`` bounds the records of one matched tag (``None``:
+    no bound); it reads only the tags, so a flood is refused before its payload
+    is looked at.
 
     Raises:
-        ProtocolError: a tag index out of range, or a matched tag without a record.
+        ProtocolError: a tag index out of range, a matched tag with more records
+            than the bound, or a matched tag without a record.
     """
     at = np.fromiter(tags, dtype=np.int64, count=len(tags))
     if len(at) and (int(at.max()) >= len(indices) or int(at.min()) < 0):
         raise ProtocolError("payload entry names no matched tag")
-    seen = np.zeros(len(indices), dtype=bool)
-    seen[at] = True
-    if not seen.all():
+    per_tag = np.bincount(at, minlength=len(indices))
+    if (
+        max_records_per_identity is not None
+        and len(per_tag)
+        and int(per_tag.max()) > max_records_per_identity
+    ):
+        raise ProtocolError(
+            f"the responder sent more than {max_records_per_identity} records for one "
+            "identity (max_records_per_identity)"
+        )
+    if not per_tag.all():
         raise ProtocolError("a matched tag has no payload entry")
     return indices[at]
 
 
 class KeyedHashRequesterSession(RequesterSession):
-    """The requester's side of a keyed-hash round over ``identities`` (encoded, in query order)."""
+    """The requester's side of a keyed-hash round over ``identities`` (encoded, in query order).
+
+    ``max_records_per_identity`` refuses a match chunk in which one matched tag
+    carries more records (see :func:`evidence_indices`).
+    """
 
     protocol = "keyed-hash"
 
@@ -70,8 +101,11 @@ class KeyedHashRequesterSession(RequesterSession):
         *,
         chunk_items: int,
         rng: Callable[[int], bytes] = os.urandom,
+        max_records_per_identity: int = DEFAULT_MAX_RECORDS_PER_IDENTITY,
     ) -> None:
         """Raises: ProtocolError (not a keyed-hash context, unknown prf), ValueError."""
+        if max_records_per_identity < 1:
+            raise ValueError("max_records_per_identity must be at least 1")
         super().__init__(
             context,
             identities,
@@ -80,6 +114,7 @@ class KeyedHashRequesterSession(RequesterSession):
             max_items=MAX_TAGS_PER_CHUNK,
         )
         self._requester = KeyedHashRequester.generate(context, rng=rng)
+        self._max_records = max_records_per_identity
         self._core = threading.Lock()  # the requester is used from two threads
         # set once the round key is agreed: the state machine is OPEN a moment
         # before (receive steps it, then agrees), and a producer thread asking
@@ -113,15 +148,18 @@ class KeyedHashRequesterSession(RequesterSession):
         chunk = MatchChunk.from_bytes(message.psi, round_id=round_id, seq=seq)
         with self._core:
             idx = self._requester.resolve(chunk)
+        # the tags first: a runner may hand the columns over unread (a wire
+        # container), and a flood must be refused before they are copied
+        rows = evidence_indices(idx, message.tags, max_records_per_identity=self._max_records)
         if len(message.payload) != len(message.tags):
             raise ProtocolError("payload entries and their tags differ in number")
         message.payload.check()
-        rows = evidence_indices(idx, message.tags)
+        payload = message.payload.as_lists()
         self._found.append(rows)
-        self._payloads.append(message.payload)
+        self._payloads.append(payload)
         self._seq += 1
         self._answered(seq)
-        return Evidence(indices=rows, payload=message.payload)
+        return Evidence(indices=rows, payload=payload)
 
     def _finish(self, done: Done) -> RequesterResult:
         with self._core:

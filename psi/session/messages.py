@@ -87,6 +87,14 @@ class PayloadColumns:
         if any(len(values) != self.count for values in self.columns.values()):
             raise ProtocolError("a payload column's length differs from its records'")
 
+    def as_lists(self) -> PayloadColumns:
+        """The same columns as lists (``self`` when they are lists already): a runner
+        may give any sequence, e.g. the received message's own container, and the
+        requester keeps none of those."""
+        if all(type(values) is list for values in self.columns.values()):
+            return self
+        return PayloadColumns(self.count, {k: list(v) for k, v in self.columns.items()})
+
     @classmethod
     def joined(cls, parts: Sequence[PayloadColumns]) -> PayloadColumns:
         """``parts`` one after the other; a column missing from a part is empty there."""
@@ -104,12 +112,14 @@ class Matches:
 
     ``tags[i]`` is the index, in the psi chunk, of the tag that record ``i`` matched
     (a person with two records gives two entries for one tag); ``payload`` holds
-    the records' payload, one value per record in each column.
+    the records' payload, one value per record in each column. A runner may give
+    the received message's own sequences: the requester checks the tags (how many
+    records each matched identity carries) before it copies any payload column.
     """
 
     psi: bytes
     payload: PayloadColumns
-    tags: list[int]
+    tags: Sequence[int]
 
 
 @dataclass(frozen=True)
