@@ -134,7 +134,7 @@ __all__ = [
 DEFAULT_MAX_CHUNK_BYTES = 1 << 20
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
-_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_SET_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _PERIOD = re.compile(r"([1-9][0-9]{0,5})([mhdw])")
 _PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -252,10 +252,12 @@ class MatchSetConfig(Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if _SET_NAME.fullmatch(value) is None:
-            raise ValueError("use letters, digits, '_', '.', '-' (at most 63)")
-        # a round's rules for a match set name (lower-cased: upper case is allowed here),
-        # so an identity number as a name is refused now, not when a round logs it
-        if problem := context_name_problem(value.lower()):
+            # a round context names its match set in lower case: a set named in upper
+            # case could never be queried, so it is refused here, not found unreachable
+            raise ValueError("use lower-case letters, digits, '_', '.', '-' (at most 63)")
+        # a round's rules for a match set name, so an identity number as a name is
+        # refused now, not when a round logs it
+        if problem := context_name_problem(value):
             raise ValueError(problem)
         return value
 

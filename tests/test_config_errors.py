@@ -80,7 +80,9 @@ def test_round_run_refuses_identity_like_names(tmp_path: Path, edit: Edit, messa
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (put(f"{SET}.name", PERSON), "match_sets[0].name: must not hold 15 or more digits"),
+        (put(f"{SET}.name", PERSON.lower()), "match_sets[0].name: must not hold 15 or more"),
+        # a round names its match set in lower case: this set could never be queried
+        (put(f"{SET}.name", "Custody"), "match_sets[0].name: use lower-case letters, digits"),
         (put("node.name", f"j{PERSON.lower()}"), "node.name: must not hold 15 or more digits"),
         (put(f"{SET}.allow[0].purposes", [PERSON.lower()]), "allow[0].purposes: must not hold"),
         (put(f"{SET}.allow[0].requester", f"c{PERSON.lower()}"), "allow[0].requester: must not"),
