@@ -81,7 +81,6 @@ from runtime.files import private_folders, write_atomic
 __all__ = [
     "OFFLINE_DIR",
     "Keys",
-    "has_offline_nodes",
     "keys_of",
     "load_pending",
     "run_offline_command",
@@ -343,15 +342,6 @@ def _print_waiting(
         f"(or: xmatch round close --config {config} --round {rid})",
         file=out_stream,
     )
-
-
-def has_offline_nodes(config: Path) -> bool:
-    """Whether ``coordinator.toml`` names a ``transport = "offline"`` node.
-
-    Raises:
-        ConfigError: the file is not a valid coordinator.toml.
-    """
-    return any(n.offline for n in load_coordinator_config(config).nodes)
 
 
 def _write_requests(
