@@ -37,8 +37,6 @@ import numpy.typing as npt
 import pytest
 
 from coordinator import exit_codes
-from coordinator.client import NodeClient
-from coordinator.config import NodeEntry
 from coordinator.records import Circumstance
 from coordinator.round import SubRound, remove_stale_staging, staging_prefix
 from coordinator.state import RoundState
@@ -72,6 +70,7 @@ from tests.federation import (
     wait_for,
     xmatch,
 )
+from tests.stub_client import stub_client, stub_context
 
 # ---------------------------------------------------------------------------
 # Without a network: matches delivered before a failure are kept
@@ -131,41 +130,16 @@ def _ids(n: int, region: str = "150102") -> list[str]:
     return sorted(make_id(region, dt.date(2012, 1, 1) + dt.timedelta(days=i), 1) for i in range(n))
 
 
-def _fake_client(fake: _FakeNode, chunk_items: int) -> NodeClient:
-    entry = NodeEntry(
-        name="police", address="127.0.0.1:9", match_sets=["deaths"], protocol="keyed-hash"
-    )
-    client = NodeClient(entry, credentials=grpc.ssl_channel_credentials(), chunk_items=chunk_items)
-    client._stub = cast(pb_grpc.NodeStub, fake)
-    client._caps = pb.Capabilities(
-        node="police",
-        match_sets=[pb.MatchSetInfo(name="deaths", circumstance="DEAD", protocols=["keyed-hash"])],
-        max_chunk_bytes=1 << 20,
-    )
-    return client
-
-
-def _context() -> RoundContext:
-    return RoundContext.new(
-        as_of=AS_OF,
-        purpose="eligibility-review",
-        requester="civil-affairs",
-        responder="police",
-        match_set="deaths",
-        protocol="keyed-hash",
-    )
-
-
 @pytest.mark.parametrize("fail_after", [0, 1, 3])
 def test_client_hands_over_matches_before_the_stream_breaks(fail_after: int) -> None:
     roster = _ids(40)
     node_ids = roster[::3] + _ids(10, region="150203")
     fake = _FakeNode(node_ids, fail_after)
     delivered: list[tuple[npt.NDArray[np.int64], PayloadColumns]] = []
-    with _fake_client(fake, chunk_items=8) as client, pytest.raises(PeerError) as info:
+    with stub_client(fake, chunk_items=8) as client, pytest.raises(PeerError) as info:
         client.query(
             "deaths",
-            context=_context(),
+            context=stub_context(),
             identities=encode_identities(roster),
             on_matches=lambda idx, payload: delivered.append((idx, payload)),
         )
@@ -194,14 +168,14 @@ def test_failed_sub_round_keeps_delivered_matches_as_evidence(tmp_path: Path) ->
     fake = _FakeNode(node_ids, fail_after=2)
     state = RoundState.open(tmp_path / "state.sqlite")
     audit = _Audit()
-    ctx = _context()
+    ctx = stub_context()
     state.start_round(
         ctx.round_id_hex,
         as_of=AS_OF,
         out_dir=tmp_path / "out",
         sub_rounds=[("police", "deaths", "keyed-hash")],
     )
-    with _fake_client(fake, chunk_items=8) as client:
+    with stub_client(fake, chunk_items=8) as client:
         sub: SubRound = _sub_round(
             client,
             "deaths",

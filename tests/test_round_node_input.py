@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -52,6 +51,7 @@ from psi.identifiers import encode_identities
 from psi.keyed_hash import KeyedHashResponder
 from psi.messages import KeyShare, PointChunk, TagChunk
 from tests.conftest import Pki
+from tests.stub_client import stub_client, stub_context
 from xmatch.synth import make_id
 
 AS_OF = dt.date(2026, 11, 29)
@@ -539,32 +539,11 @@ class _Flood:
         return self.call
 
 
-def _ecdh_client(stub: object) -> NodeClient:
-    entry = NodeEntry(
-        name="justice", address="127.0.0.1:9", match_sets=["custody"], protocol="ecdh"
-    )
-    client = NodeClient(entry, credentials=grpc.ssl_channel_credentials(), chunk_items=16)
-    client._stub = cast(pb_grpc.NodeStub, stub)
-    client._caps = pb.Capabilities(
-        node="justice",
-        match_sets=[pb.MatchSetInfo(name="custody", circumstance="IMPRISONED", protocols=["ecdh"])],
-        max_chunk_bytes=1 << 20,
-    )
-    return client
-
-
 @pytest.mark.parametrize("declared", [0, 10, 150102201001011234])
 def test_ecdh_set_beyond_the_announced_size_is_refused_early(declared: int) -> None:
     flood = _Flood(declared=declared, chunks=200, per_chunk=4)
-    ctx = RoundContext.new(
-        as_of=AS_OF,
-        purpose="eligibility-review",
-        requester="civil-affairs",
-        responder="justice",
-        match_set="custody",
-        protocol="ecdh",
-    )
-    with _ecdh_client(flood) as client, pytest.raises(PeerError) as info:
+    ctx = stub_context("ecdh", as_of=AS_OF)
+    with stub_client(flood, "ecdh") as client, pytest.raises(PeerError) as info:
         client.query("custody", context=ctx, identities=encode_identities(ALL_IDS))
     reason = info.value.reason
     assert flood.call is not None
@@ -619,41 +598,16 @@ class _RecordFlood:
         return self.call
 
 
-def _keyed_hash_client(stub: object, **keys: Any) -> NodeClient:
-    entry = NodeEntry(
-        name="police", address="127.0.0.1:9", match_sets=["deaths"], protocol="keyed-hash", **keys
-    )
-    client = NodeClient(entry, credentials=grpc.ssl_channel_credentials(), chunk_items=16)
-    client._stub = cast(pb_grpc.NodeStub, stub)
-    client._caps = pb.Capabilities(
-        node="police",
-        match_sets=[pb.MatchSetInfo(name="deaths", circumstance="DEAD", protocols=["keyed-hash"])],
-        max_chunk_bytes=1 << 20,
-    )
-    return client
-
-
-def _police_context() -> RoundContext:
-    return RoundContext.new(
-        as_of=AS_OF,
-        purpose="eligibility-review",
-        requester="civil-affairs",
-        responder="police",
-        match_set="deaths",
-        protocol="keyed-hash",
-    )
-
-
 @pytest.mark.parametrize(("records", "refused"), [(1000, False), (1001, True)])
 def test_keyed_hash_records_per_identity_default_bound(records: int, refused: bool) -> None:
     flood = _RecordFlood(ALL_IDS[0], records)
     delivered: list[int] = []
-    with _keyed_hash_client(flood) as client:
+    with stub_client(flood) as client:
         assert client.entry.max_records_per_identity == 1000  # the default
         try:
             client.query(
                 "deaths",
-                context=_police_context(),
+                context=stub_context(as_of=AS_OF),
                 identities=encode_identities(ALL_IDS),
                 on_matches=lambda indices, payload: delivered.append(len(indices)),
             )
@@ -677,12 +631,14 @@ def test_a_flood_of_records_is_refused_before_its_payload_becomes_python_objects
     reads the tags only; the flood's 400k payload values never become str objects."""
     records = 400_000
     flood = _RecordFlood(ALL_IDS[0], records)
-    with _keyed_hash_client(flood, max_records_per_identity=5) as client:
+    with stub_client(flood, max_records_per_identity=5) as client:
         tracemalloc.start()
         try:
             with pytest.raises(PeerError, match=r"more than 5 records .*max_records_per_identity"):
                 client.query(
-                    "deaths", context=_police_context(), identities=encode_identities(ALL_IDS)
+                    "deaths",
+                    context=stub_context(as_of=AS_OF),
+                    identities=encode_identities(ALL_IDS),
                 )
             _, peak = tracemalloc.get_traced_memory()
         finally:
@@ -702,7 +658,7 @@ def _offline_import(records: int, *, bound: int) -> SubRound:
         responder_share,
     )
 
-    ctx = _police_context()
+    ctx = stub_context(as_of=AS_OF)
     encoded = encode_identities(ALL_IDS)
     share, node_draw = responder_share(ctx)
     requests, draws = outgoing(ctx, encoded, share, chunk_items=16)
@@ -808,7 +764,7 @@ def test_state_database_gains_the_anchor_columns(tmp_path: Path) -> None:
 def test_unknown_service_report_is_out_of_protocol(
     circumstance: str, announced: str, ok: bool
 ) -> None:
-    client = _ecdh_client(object())
+    client = stub_client(object(), "ecdh")
     client._caps = pb.Capabilities(
         node="justice",
         match_sets=[
@@ -900,7 +856,7 @@ def test_payload_values_parsed_once_per_sub_round_give_the_same_rows() -> None:
     """A sub-round keeps its parsed payload values from chunk to chunk (``parsed``): the
     rows are those of chunks parsed on their own, and a bad value in a later chunk
     is still refused, whatever the earlier chunks held."""
-    from coordinator.records import match_rows
+    from coordinator.records import EvidenceRow, match_rows
     from psi.errors import XmatchError
     from psi.session.messages import PayloadColumns
 
@@ -910,7 +866,8 @@ def test_payload_values_parsed_once_per_sub_round_give_the_same_rows() -> None:
         {"start_date": ["2021-03-04", "2019-12-31"], "end_date": ["2024-05-06", ""]},
     ]
     parsed: dict[str, dict[str, object]] = {}
-    kept, alone = [], []
+    kept: list[EvidenceRow] = []
+    alone: list[EvidenceRow] = []
     for columns in chunks:
         for memo, out in ((parsed, kept), (None, alone)):
             out.extend(
