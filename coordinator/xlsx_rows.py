@@ -120,7 +120,8 @@ class _Rows:
         self._templates: dict[tuple[bool, ...], str] = {}
         #: the columns of a row's shared part (:meth:`split_xml`), and the others
         self.shared = shared or range(0)
-        assert self.shared.step == 1  # one run of columns
+        if self.shared.step != 1 or not set(self.shared) <= set(range(len(letters))):
+            raise ValueError("the shared columns must be one run of the sheet's columns")
         self._own = [c for c in range(len(letters)) if c not in self.shared]
         #: id of a shared part (with which own cells are filled, unless all are) -> (the
         #: part, kept alive; its template)
@@ -167,7 +168,7 @@ class _Rows:
     def _from_template(self, number: int, own: Sequence[str], part: tuple[str, ...]) -> str:
         key = id(part) if all(own) else (id(part), *map(bool, own))
         found = self._split.get(key)
-        if found is None or found[0] is not part:
+        if found is None:  # kept with its part: while it is here, no other part has its id
             found = self._split[key] = (part, self._split_template(tuple(map(bool, own)), part))
         return found[1].format(number, *own)
 
@@ -179,6 +180,8 @@ class _Rows:
         return values
 
     def _split_template(self, filled: tuple[bool, ...], shared: tuple[str, ...]) -> str:
+        if len(shared) != len(self.shared) or len(filled) != len(self._own):
+            raise ValueError("a row's own cells and shared part do not fit the sheet's columns")
         own = iter(enumerate(filled, start=1))
         cells = []
         for col in range(len(self.letters)):

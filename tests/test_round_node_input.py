@@ -897,3 +897,22 @@ def test_payload_values_parsed_once_per_sub_round_give_the_same_rows() -> None:
             identities=people,
             parsed=parsed,
         )
+    # each field keeps its own parsed values: a grade "2" is no start date "2"
+    graded = {"disability_grade": ["2"], "disability_category": ["1"]}
+    match_rows(
+        source="dpf/disability",
+        circumstance="SEVERE_DISABILITY",
+        indices=np.array([0], dtype=np.int64),
+        payload=PayloadColumns(1, graded),
+        identities=people,
+        parsed=parsed,
+    )
+    with pytest.raises(XmatchError, match="start_date is not a YYYY-MM-DD date"):
+        match_rows(
+            source="dpf/disability",
+            circumstance="SEVERE_DISABILITY",
+            indices=np.array([0], dtype=np.int64),
+            payload=PayloadColumns(1, {"start_date": ["2"]}),
+            identities=people,
+            parsed=parsed,
+        )

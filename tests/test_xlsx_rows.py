@@ -3,6 +3,7 @@ the same XML as the whole row, whatever the values hold."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,4 +49,13 @@ def test_each_shared_part_has_its_own_template() -> None:
     writer = _writer()
     first = writer.split_xml(2, [(["a", "b", "c"], ("x", "y", "z"))])
     second = writer.split_xml(2, [(["a", "b", "c"], ("p", "q", "r"))])
-    assert "x" in first[0] and "p" in second[0] and "x" not in second[0]
+    assert "<t>x</t>" in first[0] and "<t>p</t>" in second[0]
+    assert "<t>x</t>" not in second[0]
+
+
+def test_a_shared_part_of_the_wrong_length_is_refused() -> None:
+    writer = _writer()
+    with pytest.raises(ValueError, match="do not fit"):
+        writer.split_xml(2, [(["a", "b", "c"], ("x", "y"))])
+    with pytest.raises(ValueError, match="one run"):
+        _Rows([_letters(c) for c in range(COLUMNS)], HEADS, range(2, 9))
