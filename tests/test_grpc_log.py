@@ -158,10 +158,10 @@ def _stopped_stderr(node: NodeProcess) -> str:
     return node.stderr_path.read_text(encoding="utf-8")
 
 
-def test_refused_handshakes_print_no_grpc_line_and_the_node_keeps_serving(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+def _probed(setup: Setup) -> tuple[str, int, str]:
+    """A node through the refused handshakes and a round by a coordinator of another CA,
+    still answering a member afterwards: the node's stderr, the round's exit code and
+    the coordinator's stderr."""
     node = _start(setup)
     try:
         _refused_handshakes(setup)
@@ -169,6 +169,14 @@ def test_refused_handshakes_print_no_grpc_line_and_the_node_keeps_serving(
         assert _capabilities(setup, _member_creds(setup)) == ["custody"]
     finally:
         err = _stopped_stderr(node)
+    return err, code, coordinator_err
+
+
+def test_refused_handshakes_print_no_grpc_line_and_the_node_keeps_serving(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    err, code, coordinator_err = _probed(setup)
     assert RAW_GRPC_LINE.findall(err) == [], err
     assert code == exit_codes.PARTIAL, coordinator_err
     assert f"TLS handshake with {setup.address} failed (certificate not accepted)" in (
@@ -183,13 +191,7 @@ def test_a_grpc_verbosity_the_user_set_is_kept(
     """The same connections with GRPC_VERBOSITY=INFO: gRPC's lines are back, on both
     sides (which also shows that the test above would see them)."""
     monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
-    node = _start(setup)
-    try:
-        _refused_handshakes(setup)
-        _, coordinator_err = _foreign_round(setup)
-        assert _capabilities(setup, _member_creds(setup)) == ["custody"]
-    finally:
-        err = _stopped_stderr(node)
+    err, _, coordinator_err = _probed(setup)
     refusals = [line for line in err.splitlines() if _handshake_line(line)]
     # garbage, plain text, no certificate, another CA; the coordinator of another CA
     # refuses the node's certificate first, so only its own side has a line for that
