@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +36,7 @@ from coordinator.reasons import category_name, decision_name, month_text, status
 from coordinator.records import Decision
 from coordinator.regions import county_name
 from coordinator.report import Provenance
-from coordinator.xlsx_rows import SplitRow, fill_sheets
+from coordinator.xlsx_rows import fill_sheets
 
 #: sheet order: the decisions someone must act on first
 SHEET_ORDER = (
@@ -118,50 +118,15 @@ def _sheet(book: Any, title: str, rows: int, fmt: Any) -> None:
     sheet.autofilter(0, 0, max(rows, 1), len(COLUMNS) - 1)
 
 
-#: the columns of a row that follow from a few of the decision's fields: the status
-#: to 数据矛盾, shared by many children (:func:`_split_rows`)
-SHARED_COLUMNS = range(5, 12)
-
-
-def _split_rows(items: Sequence[ChildDecision], decisions: RoundDecisions) -> Iterable[SplitRow]:
-    """The rows of :func:`_row`, each as its own cells and a shared part (the
-    :data:`SHARED_COLUMNS`, one tuple for every child with the same values), so that
-    :mod:`coordinator.xlsx_rows` escapes that part once."""
-    texts = decisions.reason_texts
-    shared: dict[tuple[object, ...], tuple[str, ...]] = {}
-    counties: dict[str, str] = {}
-    for item in items:
-        child = item.child
-        key = (
-            child.status,
-            child.category,
-            item.category,
-            item.stops_from,
-            item.next_check_due,
-            item.overdue,
-            item.conflict,
-        )
-        part = shared.get(key)
-        if part is None:
-            part = shared[key] = tuple(_row(item, [])[SHARED_COLUMNS.start : SHARED_COLUMNS.stop])
-        code = child.region_code or ""
-        county = counties.get(code)
-        if county is None:
-            county = counties[code] = county_name(code)
-        birth = _day(child.child_birth_date) if child.child_birth_date else ""
-        own = (child.child_id or "", child.child_name, birth, code, county)
-        yield (*own, REASON_JOIN.join(texts(item))), part
-
-
 def _fill_sheets(
     path: Path, sheets: Sequence[tuple[int, Sequence[ChildDecision]]], decisions: RoundDecisions
 ) -> None:
     """The decision sheets' rows, written as sheet XML (:mod:`coordinator.xlsx_rows`)."""
+    texts = decisions.reason_texts
     fill_sheets(
         path,
-        {number: _split_rows(rows, decisions) for number, rows in sheets},
+        {number: (_row(item, texts(item)) for item in rows) for number, rows in sheets},
         columns=len(COLUMNS),
-        shared=SHARED_COLUMNS,
     )
 
 

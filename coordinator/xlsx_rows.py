@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain, islice
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import cast
 
 #: Excel's longest cell text (XlsxWriter cuts there too)
 MAX_TEXT = 32_767
@@ -31,10 +29,6 @@ _COLUMN_STYLE = re.compile(r'<col min="(\d+)" max="(\d+)"[^>]*? style="(\d+)"')
 _DIMENSION = re.compile(r'<dimension ref="[^"]*"/>')
 #: rows per write into the zip member
 _BATCH = 4096
-#: a row as its own values and a shared part (:meth:`_Rows.split_xml`)
-SplitRow = tuple[Sequence[str], tuple[str, ...]]
-#: one sheet's rows: each row's values, or (with ``shared``) :data:`SplitRow` s
-Rows = Iterable[Sequence[str]] | Iterable[SplitRow]
 
 
 def _escape(text: str) -> str:
@@ -88,20 +82,16 @@ def _plain(values: Sequence[str]) -> bool:
     space, so only ``& < >``, ``_x`` and the ASCII space are left to look for.
     """
     joined = "".join(values)
-    if not (len(joined) <= MAX_TEXT // 2 and _clean(joined)):
-        return False
-    return " " not in joined or all(v == v.strip(" ") for v in values)
-
-
-def _clean(joined: str) -> bool:
-    """Nothing in ``joined`` to escape (see :func:`_plain`)."""
-    return (
-        joined.isprintable()
+    if not (
+        len(joined) <= MAX_TEXT // 2
+        and joined.isprintable()
         and "&" not in joined
         and "<" not in joined
         and ">" not in joined
         and "_x" not in joined
-    )
+    ):
+        return False
+    return " " not in joined or all(v == v.strip(" ") for v in values)
 
 
 class _Rows:
@@ -112,20 +102,10 @@ class _Rows:
     dozen patterns in a round). Any other row is written cell by cell.
     """
 
-    def __init__(
-        self, letters: Sequence[str], heads: Sequence[str], shared: range | None = None
-    ) -> None:
+    def __init__(self, letters: Sequence[str], heads: Sequence[str]) -> None:
         self.letters = letters
         self.heads = heads
         self._templates: dict[tuple[bool, ...], str] = {}
-        #: the columns of a row's shared part (:meth:`split_xml`), and the others
-        self.shared = shared or range(0)
-        if self.shared.step != 1 or not set(self.shared) <= set(range(len(letters))):
-            raise ValueError("the shared columns must be one run of the sheet's columns")
-        self._own = [c for c in range(len(letters)) if c not in self.shared]
-        #: id of a shared part (with which own cells are filled, unless all are) -> (the
-        #: part, kept alive; its template)
-        self._split: dict[object, tuple[tuple[str, ...], str]] = {}
 
     def _template(self, filled: tuple[bool, ...]) -> str:
         cells = "".join(
@@ -143,93 +123,28 @@ class _Rows:
             return template.format(number, *values)
         return self._cell_by_cell(number, values)
 
-    def split_xml(self, first: int, rows: Sequence[SplitRow]) -> list[str]:
-        """:meth:`xml` of rows numbered from ``first``, each given as its own values and
-        a shared part: the values of the :attr:`shared` columns, one tuple object for
-        every row with those values.
-
-        The shared part is escaped once, into a template kept for that object. The own
-        values of all ``rows`` are checked at once; when none needs escaping (the
-        common case), a row costs a template lookup and one ``str.format``.
-        """
-        flat = list(chain.from_iterable(own for own, _ in rows))
-        joined = "".join(flat)
-        if not (_clean(joined) and " " not in joined) or max(map(len, flat), default=0) > (
-            MAX_TEXT // 2
-        ):  # some row needs more: each is checked on its own
-            return [self._split_row(n, own, part) for n, (own, part) in enumerate(rows, first)]
-        return [self._from_template(n, own, part) for n, (own, part) in enumerate(rows, first)]
-
-    def _split_row(self, number: int, own: Sequence[str], shared: tuple[str, ...]) -> str:
-        if not _plain(own):
-            return self._cell_by_cell(number, self._merged(own, shared))
-        return self._from_template(number, own, shared)
-
-    def _from_template(self, number: int, own: Sequence[str], part: tuple[str, ...]) -> str:
-        key = id(part) if all(own) else (id(part), *map(bool, own))
-        found = self._split.get(key)
-        if found is None:  # kept with its part: while it is here, no other part has its id
-            found = self._split[key] = (part, self._split_template(tuple(map(bool, own)), part))
-        return found[1].format(number, *own)
-
-    def _merged(self, own: Sequence[str], shared: tuple[str, ...]) -> list[str]:
-        values = [""] * len(self.letters)
-        for col, value in zip(self._own, own, strict=True):
-            values[col] = value
-        values[self.shared.start : self.shared.stop] = shared
-        return values
-
-    def _split_template(self, filled: tuple[bool, ...], shared: tuple[str, ...]) -> str:
-        if len(shared) != len(self.shared) or len(filled) != len(self._own):
-            raise ValueError("a row's own cells and shared part do not fit the sheet's columns")
-        own = iter(enumerate(filled, start=1))
-        cells = []
-        for col in range(len(self.letters)):
-            if col in self.shared:
-                value = shared[col - self.shared.start]
-                if value:  # as _cell_by_cell writes it; braces kept from str.format
-                    cell = self._cell(col, "\x00", value)  # escaped text holds no NUL
-                    cells.append(
-                        cell.replace("{", "{{").replace("}", "}}").replace("\x00", "{0}", 1)
-                    )
-                continue
-            place, present = next(own)
-            if present:
-                letter, head = self.letters[col], self.heads[col]
-                cells.append(f'<c r="{letter}{{0}}{head}<t>{{{place}}}</t></is></c>')
-        return f'<row r="{{0}}">{"".join(cells)}</row>'
-
-    def _cell(self, col: int, number: object, value: str) -> str:
-        value = _escape(_cut(value))
-        space = ' xml:space="preserve"' if value[0].isspace() or value[-1].isspace() else ""
-        return f'<c r="{self.letters[col]}{number}{self.heads[col]}<t{space}>{value}</t></is></c>'
-
     def _cell_by_cell(self, number: int, values: Sequence[str]) -> str:
         parts = [f'<row r="{number}">']
         add = parts.append
         for col, value in enumerate(values):
-            if value:
-                add(self._cell(col, number, value))
+            if not value:
+                continue
+            value = _escape(_cut(value))
+            space = ' xml:space="preserve"' if value[0].isspace() or value[-1].isspace() else ""
+            add(f'<c r="{self.letters[col]}{number}{self.heads[col]}<t{space}>{value}</t></is></c>')
         add("</row>")
         return "".join(parts)
 
 
-def _fill(xml: str, rows: Rows, columns: int, shared: range | None) -> Iterable[str]:
+def _fill(xml: str, rows: Iterable[Sequence[str]], columns: int) -> Iterable[str]:
     """The sheet's XML with ``rows`` (from row 2) appended to its ``sheetData``."""
     cut = xml.index("</sheetData>")
     head, tail = xml[:cut], xml[cut:]
-    writer = _Rows([_letters(c) for c in range(columns)], _cell_heads(head, columns), shared)
+    row_xml = _Rows([_letters(c) for c in range(columns)], _cell_heads(head, columns)).xml
     body: list[str] = []
     number = 1
-    if shared is None:
-        row_xml = writer.xml
-        for number, values in enumerate(cast("Iterable[Sequence[str]]", rows), start=2):
-            body.append(row_xml(number, values))
-    else:
-        split = iter(cast("Iterable[SplitRow]", rows))
-        while batch := list(islice(split, _BATCH)):
-            body += writer.split_xml(number + 1, batch)
-            number += len(batch)
+    for number, values in enumerate(rows, start=2):
+        body.append(row_xml(number, values))
     last = _letters(columns - 1)
     head = _DIMENSION.sub(f'<dimension ref="A1:{last}{max(number, 1)}"/>', head, count=1)
     yield head
@@ -239,19 +154,12 @@ def _fill(xml: str, rows: Rows, columns: int, shared: range | None) -> Iterable[
 
 
 def fill_sheets(
-    path: Path,
-    sheets: Mapping[int, Rows],
-    *,
-    columns: int,
-    level: int = 1,
-    shared: range | None = None,
+    path: Path, sheets: dict[int, Iterable[Sequence[str]]], *, columns: int, level: int = 1
 ) -> None:
     """Rewrite the xlsx at ``path``: worksheet N (1-based) of ``sheets`` gets those text rows.
 
     Each sheet must hold its header row only (row 1, ``columns`` wide); every
     other part of the workbook is copied unchanged. ``level``: zlib level.
-    ``shared``: each row is a :data:`SplitRow`, whose shared part holds these
-    columns' values (the same tuple object for rows with the same values).
 
     Raises:
         OSError: the file cannot be read or written.
@@ -267,12 +175,11 @@ def fill_sheets(
             for info in source.infolist():
                 data = source.read(info)
                 number = _sheet_number(info.filename)
-                rows = None if number is None else sheets.get(number)
-                if rows is None:
+                if number not in sheets:
                     target.writestr(info, data)
                     continue
                 with target.open(info.filename, "w") as out:
-                    for piece in _fill(data.decode("utf-8"), rows, columns, shared):
+                    for piece in _fill(data.decode("utf-8"), sheets[number], columns):
                         out.write(piece.encode("utf-8"))
         rewritten.replace(path)
     except BaseException:
@@ -287,4 +194,4 @@ def _sheet_number(name: str) -> int | None:
     return None
 
 
-__all__ = ["MAX_TEXT", "SplitRow", "fill_sheets"]
+__all__ = ["MAX_TEXT", "fill_sheets"]
