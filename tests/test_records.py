@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from coordinator.records import (
@@ -421,7 +421,18 @@ def test_gc_paused_nests_and_restores() -> None:
     assert gc.isenabled()
 
 
-@given(st.lists(st.text(alphabet=st.sampled_from("ab \t\u3000\xa0\x1f\n\x00"), max_size=6)))
+_SPACED = st.text(alphabet=st.sampled_from("ab \t\u3000\xa0\x1f\n\x00"), max_size=6)
+#: mostly tidy cells, so that one untidy cell (one space too many) decides the column
+_NEARLY_TIDY = st.text(alphabet=st.sampled_from("ab \x00"), max_size=6)
+
+
+@given(st.lists(_SPACED) | st.lists(_NEARLY_TIDY))
+@example(["a ", "b"])  # a trailing space before the next cell
+@example(["a", " b"])
+@example([" a"])
+@example(["a "])
+@example(["a", "b  c"])
+@example(["a", "b\u3000c"])
 def test_tidy_names_equals_cell_by_cell_normalization(cells: list[str]) -> None:
     from coordinator.roster_file import tidy_names
 
