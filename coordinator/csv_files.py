@@ -25,6 +25,7 @@ from coordinator.record_types import _ID_PROBLEMS
 from psi.errors import InputError
 from psi.identifiers import looks_cut_to_15_digits, normalize_id_column
 from runtime.csv_faults import malformed
+from runtime.files import check_replaceable
 
 Encoding = Literal["auto", "utf-8", "gb18030"]
 
@@ -421,6 +422,7 @@ def write_atomically(path: Path, fill: Callable[[TextIO], object]) -> None:
     Raises:
         OSError: the folder is not writable.
     """
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -223,7 +223,10 @@ def _finish(
     out = Path(doc["out"])
     summary = ", ".join(f"{d.value} {n}" for d, n in sorted(counts.items()))
     print(f"round {opened.rid} complete: decisions: {summary}", file=out_stream)
-    print(f"written: {out}/evidence.csv, decisions.json, report.html", file=out_stream)
+    print(
+        f"written: {out}/evidence.csv, decisions.json, report.html, decisions.xlsx, names.csv",
+        file=out_stream,
+    )
     return exit_codes.round_status([s.status.value for s in results])
 
 

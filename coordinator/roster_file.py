@@ -273,10 +273,13 @@ def _roster_by_row(
             raise InputError(
                 f"{name}:{line}: column region_code: not a 6-digit address code"
             ) from None
+        child_name = " ".join(get["child_name"][k].split())
+        if not child_name:  # required: reasons, lists and the spreadsheet name the child
+            raise InputError(f"{name}:{line}: column child_name: required (the child's name)")
         row = RosterRow(
             line=line,
             child_id=child_id,
-            child_name=" ".join(get["child_name"][k].split()),
+            child_name=child_name,
             child_birth_date=birth,
             child_sex=sex,
             father_id=id_columns["father_id"][0][k],
@@ -397,12 +400,15 @@ def _roster_by_column(
     def names(column: str) -> list[str]:
         return tidy_names(get[column])
 
+    child_names = names("child_name")
+    if "" in child_names:  # required: the row-by-row reading names the first without one
+        return None
     return rows_from_columns(
         RosterRow,
         (
             lines,
             child_ids,
-            names("child_name"),
+            child_names,
             births,
             sexes,
             id_columns["father_id"][0],

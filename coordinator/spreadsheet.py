@@ -37,6 +37,7 @@ from coordinator.records import Decision
 from coordinator.regions import county_name
 from coordinator.report import Provenance
 from coordinator.xlsx_rows import fill_sheets
+from runtime.files import check_replaceable
 
 #: sheet order: the decisions someone must act on first
 SHEET_ORDER = (
@@ -197,6 +198,7 @@ def write_decisions_xlsx(path: Path, decisions: RoundDecisions, provenance: Prov
     Raises:
         OSError: the folder is not writable.
     """
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".xlsx", dir=path.parent)
     os.close(handle)

@@ -30,12 +30,14 @@ from nodes.matchset_files import (
     source_error,
 )
 from nodes.matchset_rows import (
+    FIRST_ROWS,
     STREAM_BATCH_ROWS,
     LoadedMatchSet,
     arrow_strings,
     configured,
     drop_malformed,
     drop_reason,
+    note_dropped,
 )
 from psi.identifiers import encode_identities, normalize_id_column
 
@@ -184,13 +186,20 @@ def load_prepared(
     position = prepared.position[selected]
     keep = position >= 0
     rejected: Counter[str] = Counter()
-    codes = np.bincount(prepared.reasons[selected[~keep]], minlength=len(prepared.reason_names))
+    dropped: dict[str, list[int]] = {}
+    numbers = selected.astype(np.int64) + 1  # the file's data rows, 1-based, in file order
+    invalid = np.flatnonzero(~keep)
+    reasons = prepared.reasons[selected[invalid]]
+    codes = np.bincount(reasons, minlength=len(prepared.reason_names))
     for code, count in enumerate(codes.tolist()):
         if code and count:
             rejected[prepared.reason_names[code]] += count
+            first = invalid[reasons == code][:FIRST_ROWS]
+            note_dropped(dropped, prepared.reason_names[code], numbers[first])
     future = keep & (prepared.birth[selected] > int(as_of.strftime("%Y%m%d")))
     if future.any():
         rejected["future_birth_date"] += int(future.sum())
+        note_dropped(dropped, "future_birth_date", numbers[np.flatnonzero(future)[:FIRST_ROWS]])
         keep &= ~future
     columns: dict[str, tuple[npt.NDArray[np.str_], npt.NDArray[np.bool_] | None]] = {}
     for i, col in enumerate(ms.payload):
@@ -198,7 +207,7 @@ def load_prepared(
         if col in q.bad_flags:
             bad = result.column(f"_bad{i}").to_numpy(zero_copy_only=False).astype(bool)
         columns[col] = (arrow_strings(result.column(f"_p{i}")), bad)
-    payload = drop_malformed(columns, keep, rejected)
+    payload = drop_malformed(columns, keep, rejected, (dropped, numbers))
     return LoadedMatchSet(
         name=ms.name,
         as_of=as_of,
@@ -207,4 +216,6 @@ def load_prepared(
         rows_selected=n,
         rejected=dict(rejected),
         seconds=time.perf_counter() - started,
+        dropped_rows={k: tuple(v) for k, v in dropped.items()},
+        rows_of="file",
     )

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -27,6 +27,7 @@ from nodes.config import MatchSetConfig, NodeConfig
 from psi.errors import ConfigError
 from psi.identifiers import encode_identities, looks_cut_to_15_digits, normalize_id_column
 from psi.session import PayloadColumns
+from runtime.config import withhold_numbers
 
 __all__ = [
     "DATE_COLUMNS",
@@ -83,6 +84,10 @@ class LoadedMatchSet:
     seconds: float = 0.0
     streamed: bool = False
     streamed_rows: int = 0
+    #: the first few dropped rows of each reason, 1-based: data rows of the file for a
+    #: file read whole (``rows_of = "file"``), else rows of the source's query result
+    dropped_rows: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    rows_of: Literal["file", "result"] = "result"
 
     def __len__(self) -> int:
         return self.streamed_rows if self.streamed else int(self.identities.shape[0])
@@ -122,6 +127,7 @@ class StreamSummary:
     rows_selected: int = 0
     kept: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
 
     def as_loaded(self, name: str, as_of: _dt.date, seconds: float) -> LoadedMatchSet:
         """A :class:`LoadedMatchSet` with the counts and no rows (``streamed=True``)."""
@@ -135,10 +141,14 @@ class StreamSummary:
             seconds=seconds,
             streamed=True,
             streamed_rows=self.kept,
+            dropped_rows={k: tuple(v) for k, v in self.dropped_rows.items()},
         )
 
     def add(self, block: Converted) -> MatchSetBatch:
         """Count one converted block and return it as the set's next batch."""
+        for reason, rows in block.dropped_rows.items():
+            first = self.dropped_rows.setdefault(reason, [])
+            first.extend(self.rows_selected + r for r in rows[: FIRST_ROWS - len(first)])
         self.rows_selected += block.rows
         self.rejected.update(block.rejected)
         batch = MatchSetBatch(identities=block.identities, payload=block.payload, offset=self.kept)
@@ -170,7 +180,8 @@ class Reporter:
         """
         if isinstance(exc, _SAFE_ERRORS):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return ConfigError(f"{self.prefix}: {what}: {first}")
+            # a syntax error quotes the `where` near it, which may hold an ID literal
+            return ConfigError(f"{self.prefix}: {what}: {withhold_numbers(first)}")
         # Conversion and CSV errors quote the offending row: never show them.
         name = type(exc).__name__.removesuffix("Exception")
         kind = "stream" if isinstance(exc, OSError) else name
@@ -229,12 +240,28 @@ class Converted:
     payload: dict[str, npt.NDArray[np.str_]]
     rows: int
     rejected: Counter[str]
+    #: the block's first few dropped rows by reason (1-based within the block)
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
+
+
+#: dropped rows named per reason (a count says how many there are in all)
+FIRST_ROWS = 3
+
+
+def note_dropped(
+    dropped: dict[str, list[int]], reason: str, rows: npt.NDArray[np.int64] | list[int]
+) -> None:
+    """Keep the first :data:`FIRST_ROWS` of ``rows`` (1-based, ascending) under ``reason``."""
+    first = dropped.setdefault(reason, [])
+    if len(first) < FIRST_ROWS:
+        first.extend(int(r) for r in rows[: FIRST_ROWS - len(first)])
 
 
 def drop_malformed(
     columns: Mapping[str, tuple[npt.NDArray[np.str_], npt.NDArray[np.bool_] | None]],
     keep: npt.NDArray[np.bool_],
     rejected: Counter[str],
+    dropped: tuple[dict[str, list[int]], npt.NDArray[np.int64]] | None = None,
 ) -> dict[str, npt.NDArray[np.str_]]:
     """The payload values by column; rows with a malformed value leave ``keep``.
 
@@ -242,6 +269,7 @@ def drop_malformed(
     flagged them, which are malformed (a text cell that is not a date); a code
     column also refuses a value outside its codes. A dropped row is counted
     once, under ``payload_<column>`` of its first malformed column.
+    ``dropped``: where to note the first rows dropped, and each row's 1-based number.
     """
     n = len(keep)
     payload: dict[str, npt.NDArray[np.str_]] = {}
@@ -252,6 +280,9 @@ def drop_malformed(
         newly = malformed & keep
         if newly.any():
             rejected[f"payload_{col}"] += int(newly.sum())
+            if dropped is not None:
+                notes, numbers = dropped
+                note_dropped(notes, f"payload_{col}", numbers[np.flatnonzero(newly)[:FIRST_ROWS]])
             keep &= ~malformed
         payload[col] = values
     return payload
@@ -279,21 +310,26 @@ def convert(
     column = normalize_id_column(raw_ids, today=as_of)
     keep = column.valid.copy()
     rejected: Counter[str] = Counter()
+    dropped: dict[str, list[int]] = {}
     for row in np.flatnonzero(~column.valid).tolist():
-        rejected[drop_reason(column.reasons[row], str(raw_ids[row]))] += 1
+        reason = drop_reason(column.reasons[row], str(raw_ids[row]))
+        rejected[reason] += 1
+        note_dropped(dropped, reason, [row + 1])
     columns: dict[str, tuple[npt.NDArray[np.str_], npt.NDArray[np.bool_] | None]] = {}
     for i, col in enumerate(ms.payload):
         bad = None
         if col in bad_flags:
             bad = np.asarray(np.ma.filled(result[f"_bad{i}"], False), dtype=bool)
         columns[col] = (as_str(result[f"_p{i}"]), bad)
-    payload = drop_malformed(columns, keep, rejected)
+    numbers = np.arange(1, n + 1, dtype=np.int64)
+    payload = drop_malformed(columns, keep, rejected, (dropped, numbers))
     ids = column.ids[keep]
     return Converted(
         identities=encode_identities(ids),
         payload={k: v[keep] for k, v in payload.items()},
         rows=n,
         rejected=rejected,
+        dropped_rows=dropped,
     )
 
 
@@ -325,4 +361,5 @@ def collect(
         rows_selected=summary.rows_selected,
         rejected=dict(summary.rejected),
         seconds=time.perf_counter() - started,
+        dropped_rows={k: tuple(v) for k, v in summary.dropped_rows.items()},
     )

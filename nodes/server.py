@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from nodes.config import NodeConfig, load_node_config
+from nodes.config import MatchSetConfig, NodeConfig, load_node_config
 from psi.errors import ConfigError, XmatchError
 from runtime.files import private_folders
 from runtime.signals import sigint_blocked
@@ -138,6 +138,37 @@ def build_server(
     return server
 
 
+def dropped_where(ms: MatchSetConfig, loaded: LoadedMatchSet) -> str:
+    """Where the first dropped rows of each reason are, for the DBA to look (never a value).
+
+    A CSV read whole: its lines (a header line, then one line per row; a cell
+    holding a line break would shift them). A Parquet file: its rows. A
+    database, or a set too large to hold (streamed): rows of what the query or
+    ``where`` returned, in the order the source gives them.
+    """
+    rows = loaded.dropped_rows
+    database = ms.database
+    if loaded.rows_of == "file" and database is None:
+        source = ms.source_file
+        if source.suffix.lower() in (".parquet", ".pq"):
+            unit, shift = f"rows of {source.name}", 0
+        else:
+            unit, shift = f"lines of {source.name}", 1
+    elif database is not None:
+        unit, shift = "rows of the query's result", 0
+    else:
+        unit, shift = f"rows of {ms.source_file.name} that `where` selected", 0
+    parts = [
+        f"{reason} {', '.join(str(r + shift) for r in rows[reason])}"
+        for reason in sorted(rows)
+        if rows[reason]
+    ]
+    if not parts:
+        return "no row numbers kept"
+    more = " and more" if loaded.rejected_total > sum(len(r) for r in rows.values()) else ""
+    return f"first {unit}: {'; '.join(parts)}{more}"
+
+
 def _validate_match_sets(config: NodeConfig, store: MatchSetStore) -> list[LoadedMatchSet]:
     """Load every match set once at startup; each dropped-rows count goes to stderr.
 
@@ -147,12 +178,13 @@ def _validate_match_sets(config: NodeConfig, store: MatchSetStore) -> list[Loade
     node = config.node
     # a malformed CSV row is named by the loader (nodes.matchset_files.source_error)
     loaded = store.validate_all(_dt.date.today())
+    sets = {ms.name: ms for ms in config.match_sets}
     for ms in loaded:
         if ms.rejected:
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(ms.rejected.items()))
             print(
                 f"{node.name}: warning: match set {ms.name!r}: {ms.rejected_total} row(s) "
-                f"dropped ({detail})",
+                f"dropped ({detail}); {dropped_where(sets[ms.name], ms)}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -61,6 +61,7 @@ __all__ = [
     "resolve_path",
     "shown_choice",
     "shown_path",
+    "withhold_numbers",
 ]
 
 
@@ -115,6 +116,26 @@ def shown_choice(value: str) -> str:
     if _TOKEN.fullmatch(value) and not _LONG_DIGITS.search(value):
         return repr(value)
     return "(value not shown)"
+
+
+#: a token of a message: quoted ('...' or "..."), or a run without white space
+_MESSAGE_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|[^\s'\"]+")
+
+
+def withhold_numbers(message: str) -> str:
+    """``message`` with every token that holds 6 digits in a row withheld.
+
+    For text that quotes what a user typed or stored (argparse's ``invalid choice:
+    '…'``, a database's syntax error quoting a literal): such a token could be an
+    identity number, so it becomes ``(value not shown)``; the rest of the message
+    (the option, the reason) stays.
+    """
+
+    def shown(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return "(value not shown)" if _LONG_DIGITS.search(token) else token
+
+    return _MESSAGE_TOKEN.sub(shown, message)
 
 
 def shown_path(text: str) -> str:

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["private_folders", "write_atomic"]
+__all__ = ["check_replaceable", "private_folders", "write_atomic"]
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to write over ``path`` unless it is absent or a regular file.
+
+    An atomic write renames its temporary file onto ``path``: over a device
+    (``--out /dev/full``, run as root) or a symbolic link that would replace the
+    device or the link itself, not write to them. Checked before anything is written.
+
+    Raises:
+        OSError: ``path`` is a folder, a link, a device or another special file.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a link"
+            if stat.S_ISLNK(mode)
+            else "not a regular file"
+        )
+        raise OSError(errno.EEXIST, f"exists and is {kind}; not replaced", str(path))
 
 
 def private_folders(path: Path) -> None:
@@ -39,6 +66,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     Raises:
         OSError: the folder is not writable (the temporary file is removed).
     """
+    check_replaceable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)

@@ -536,3 +536,63 @@ def test_duckdb_never_spills_source_rows_to_disk(tmp_path: Path) -> None:
     finally:
         con.close()
     assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / ".tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        f"id_number = '{A}' '{B}'",  # a syntax error quoting the literal after the first
+        f"x{A} > 1",  # a Binder error quoting the column it could not find
+    ],
+)
+def test_sql_errors_withhold_identity_literals(tmp_path: Path, where: str) -> None:
+    # DuckDB quotes the `where` near its error: a DBA's test literal must not reach stderr
+    write_csv(tmp_path / "custody.csv", CUSTODY)
+    cfg = config(tmp_path, "custody.csv", where=where, payload=[])
+    with pytest.raises(ConfigError) as info:
+        load_match_set(cfg, "custody", AS_OF)
+    line = info.value.diagnostics()
+    assert "where: " in line and "Error" in line, line
+    assert A not in line and B not in line and A[:12] not in line and B[:12] not in line, line
+    assert "(value not shown)" in line, line
+
+
+def test_dropped_rows_are_named_by_line_never_by_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data contract: a rejected number is named by file, line and column. The node
+    names the first lines of each reason (a count gives the rest), read whole or streamed."""
+    from nodes.server import _validate_match_sets
+
+    bad_check = C[:-1] + ("0" if C[-1] != "0" else "1")
+    rows = [
+        "id_number,term_months,end_date",
+        f"{A},12,2029-02-01",  # line 2
+        f"{bad_check},12,2029-02-01",  # line 3: check
+        f"{B},3,2029-02-01",  # line 4 (not selected by the `where` below)
+        "12345,12,2029-02-01",  # line 5: length
+        f"{C},12,someday",  # line 6: payload_end_date
+        *(f"{n},12,2029-02-01" for n in ("1", "22", "333", "4444")),  # lines 7-10: length
+    ]
+    write_csv(tmp_path / "custody.csv", rows)
+    cfg = config(tmp_path, "custody.csv", where=None, payload=["end_date"])
+    streamed = load_match_set(cfg, "custody", AS_OF)  # the streamed reading: rows of the result
+    assert streamed.rows_of == "result"
+    assert dict(streamed.dropped_rows) == {
+        "check": (2,),
+        "length": (4, 6, 7),
+        "payload_end_date": (5,),
+    }
+    _validate_match_sets(cfg, MatchSetStore(cfg))  # the store reads a file whole: its lines
+    err = capsys.readouterr().err
+    assert (
+        "justice: warning: match set 'custody': 7 row(s) dropped "
+        "(check: 1, length: 5, payload_end_date: 1); first lines of custody.csv: "
+        "check 3; length 5, 7, 8; payload_end_date 6 and more\n"
+    ) in err, err
+    assert bad_check not in err and "12345" not in err and "someday" not in err
+    # with `where`: the whole file's lines still, and the streamed rows of the selection
+    cfg = config(tmp_path, "custody.csv", where="term_months > 6", payload=["end_date"])
+    assert dict(load_match_set(cfg, "custody", AS_OF).dropped_rows)["length"] == (3, 5, 6)
+    _validate_match_sets(cfg, MatchSetStore(cfg))
+    assert "check 3; length 5, 7, 8; payload_end_date 6 and more" in capsys.readouterr().err

@@ -464,17 +464,18 @@ def test_rows_from_columns_are_the_rows_the_constructor_builds() -> None:
         rows_from_columns(EvidenceRow, (*columns[:6], [None]))
 
 
-def test_a_child_without_id_or_name_has_no_key_and_is_decided(tmp_path: Path) -> None:
+def test_a_child_without_id_or_name_is_refused_with_its_line(tmp_path: Path) -> None:
     """Found by the fuzz test: an empty child_name beside an empty child_id made the
-    repeated-child check raise ValueError("empty name") out of read_roster."""
+    repeated-child check raise ValueError("empty name") out of read_roster. The name is
+    required (data contract), so the row is now refused with its line."""
     path = _write(
         tmp_path / "r.csv",
         [
             ROSTER_HEADER,
-            ",,2019-02-03,F,,,,,candidate,,yes,,",
+            f"{CHILD},小明,,,,,,,candidate,,,,",
             ",,2019-02-03,F,,,,,candidate,,yes,,",
         ],
     )
-    roster = read_roster(path, as_of=date(2026, 11, 29))
-    assert [row.child_key for row in roster.rows] == [None, None]
-    assert len(roster.rows) == 2
+    with pytest.raises(InputError) as info:
+        read_roster(path, as_of=date(2026, 11, 29))
+    assert info.value.diagnostics() == f"{path}:3: column child_name: required (the child's name)"

@@ -123,15 +123,28 @@ def _cmd_rules_evaluate(args: argparse.Namespace) -> int:
     )
 
 
+def _warn_without_ca(args: argparse.Namespace) -> None:
+    """The spec's plain form (``audit verify LOG…``) checks without a CA; say what that misses."""
+    if args.ca is None and not args.no_ca:
+        print(
+            "xmatch: warning: no --ca given: each log is checked against the certificates it "
+            "carries only (a log re-signed with a self-made certificate would pass); give "
+            "--ca CA to check them against the federation CA, or --no-ca to silence this",
+            file=sys.stderr,
+        )
+
+
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from audit.cli import verify_command
 
+    _warn_without_ca(args)
     return verify_command(args.logs, ca=args.ca, allow_unsigned_tail=args.allow_unsigned_tail)
 
 
 def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
     from audit.cli import reconcile_command
 
+    _warn_without_ca(args)
     return reconcile_command(
         args.coordinator_log,
         args.node_logs,
@@ -143,14 +156,16 @@ def _cmd_audit_reconcile(args: argparse.Namespace) -> int:
 def _cmd_audit_report(args: argparse.Namespace) -> int:
     from audit.cli import report_command
 
+    _warn_without_ca(args)
     return report_command(
         args.logs, json_out=args.json, ca=args.ca, allow_unsigned_tail=args.allow_unsigned_tail
     )
 
 
 def _audit_trust_options(parser: argparse.ArgumentParser) -> None:
-    """``--ca CA`` or an explicit ``--no-ca`` (required), and ``--allow-unsigned-tail``."""
-    trust = parser.add_mutually_exclusive_group(required=True)
+    """``--ca CA`` or ``--no-ca`` (neither: as ``--no-ca``, with a warning), and
+    ``--allow-unsigned-tail``."""
+    trust = parser.add_mutually_exclusive_group()
     trust.add_argument(
         "--ca",
         type=Path,
@@ -162,7 +177,8 @@ def _audit_trust_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=(
             "UNSAFE: check each log only against the certificates it carries; a log forged "
-            "and re-signed with a self-made certificate passes (OK lines say so)"
+            "and re-signed with a self-made certificate passes (OK lines say so). This is "
+            "also what happens with neither option, plus a warning on stderr"
         ),
     )
     parser.add_argument(
@@ -196,9 +212,13 @@ class _Parser(argparse.ArgumentParser):
     """Bad arguments give one line, like every other error (exit 2), not the usage block."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes what was typed ("invalid choice: '…'", "unrecognized
+        # arguments: …"): an identity number typed in the wrong place is withheld
+        from runtime.config import withhold_numbers
+
         self.exit(
             exit_codes.USAGE,
-            f"xmatch: error: {message} (see `{self.prog} --help`)\n",
+            f"xmatch: error: {withhold_numbers(message)} (see `{self.prog} --help`)\n",
         )
 
 
@@ -613,6 +633,20 @@ def _interrupted() -> int:
     return exit_codes.INTERRUPTED
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for an OS error: the path (unless it holds a long number) and the OS's
+    reason (``strerror``), never more of the exception's text."""
+    from runtime.config import shown_path
+
+    reason = exc.strerror or (str(exc) if exc.filename is None and exc.args else type(exc).__name__)
+    if exc.filename is None:
+        return reason
+    where = shown_path(os.fsdecode(exc.filename))
+    if exc.filename2 is not None:
+        where += f" -> {shown_path(os.fsdecode(exc.filename2))}"
+    return f"{where}: {reason}"
+
+
 def _config_is_usage(args: argparse.Namespace) -> bool:
     """Whether this command exits 2 (not 1) for a configuration error (docs/coordinator.md,
     docs/node.md: every ``round`` subcommand and ``node serve``)."""
@@ -639,6 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # own certificate, key or CA) is a usage error (coordinator/exit_codes.py)
         if isinstance(exc, ConfigError) and _config_is_usage(args):
             return exit_codes.USAGE
+        return exit_codes.FAILURE
+    except OSError as exc:  # a file or folder the command cannot read or write
+        if ctrl_c.seen:
+            return _interrupted()
+        print(f"xmatch: error: {_os_error(exc)}", file=sys.stderr)
         return exit_codes.FAILURE
     except Exception as exc:  # a bug: say where, never echo the message (it may quote data)
         if ctrl_c.seen:  # a library that turned the KeyboardInterrupt into its own error
