@@ -169,6 +169,41 @@ def read_department_file(config: Path, file: Path, out: Path) -> DepartmentFile:
     return DepartmentFile(cfg=cfg, passphrase=passphrase, sender=sender, data=data, audit=audit)
 
 
+#: the bytes a keyed-hash responder draws for its key (X25519, or one SM2 scalar try)
+KEY_DRAW_BYTES = 32
+
+
+def _key_draw(protocol: str, text: object) -> bytes:
+    """The request's draw for this sub-round's key share, checked before anything uses it.
+
+    Only a keyed-hash sub-round carries one, of exactly :data:`KEY_DRAW_BYTES`: the
+    node's key share for that round, which the requester knows in any case (it shares
+    the round key). Anything else would let the requester choose the node's secrets:
+    the ecdh scalar ``b`` (then it could test any identity against the node's set), or,
+    with a longer draw, the padding and the order of the answer.
+
+    Raises:
+        SealedFileError: a draw where none belongs, or of another length.
+    """
+    if not text:
+        return b""
+    if protocol != "keyed-hash":
+        raise SealedFileError(
+            f"malformed request content: a {protocol} sub-round carries a key draw; "
+            "the node draws its own secrets"
+        )
+    try:
+        draw = base64.b64decode(str(text), validate=True)
+    except ValueError:
+        raise SealedFileError("malformed request content: the key draw is not base64") from None
+    if len(draw) != KEY_DRAW_BYTES:
+        raise SealedFileError(
+            f"malformed request content: the key draw is {len(draw)} bytes, "
+            f"not {KEY_DRAW_BYTES}"
+        )
+    return draw
+
+
 def _seeded(draw: bytes) -> Callable[[int], bytes]:
     """``os.urandom`` whose first bytes are the request's draw (the keyed-hash key share)."""
     left = bytearray(draw)
@@ -335,7 +370,7 @@ def _answers(
     unread: list[tuple[str, str]] = []
     for sub in manifest.get("sub_rounds", []):
         lo, hi = sub["parts"]
-        draw = base64.b64decode(sub.get("responder_draw", ""), validate=True)
+        draw = _key_draw(str(manifest.get("protocol")), sub.get("responder_draw", ""))
         state = _state(config, audit, opened.header["round_id"], draw)
         servicer = NodeServicer(state, log)
         with peer_scope(Peer(name=opened.sender, role=role)):
@@ -414,6 +449,9 @@ def answer_command(*, config: Path, request: Path, out: Path, stdout: TextIO | N
         try:
             try:
                 response = _answers(cfg, audit, opened, role, bundle)
+            except SealedFileError as exc:  # its content refused, before any set was read
+                _log_file(audit, opened, "refused", reason=exc.diagnostics())
+                raise SealedFileError(f"{request}: refused: {exc.diagnostics()}") from None
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 # signed by a coordinator of the federation, and still malformed: refuse it
                 reason = f"malformed request content ({type(exc).__name__})"

@@ -729,3 +729,48 @@ def test_a_retry_after_a_failed_answer_reconciles(
         if line.startswith("FINDING") and rid.group(1)[:12] in line
     ]
     assert findings == [], reconcile.stdout
+
+
+#: a coordinator whose requests carry the key draws it chooses (review finding: an ecdh
+#: draw became the node's secret scalar b, and then any identity could be tested)
+_PLANTING_COORDINATOR = """
+import sys
+import coordinator.offline as offline
+from coordinator.offline_runner import responder_share
+
+def planted(ctx):
+    share, draw = responder_share(ctx)
+    if ctx.protocol == "ecdh":
+        return share, bytes(range(1, 33))
+    return share, draw + bytes(32)  # keyed-hash: 64 bytes, the rest would seed the node
+
+offline.responder_share = planted
+from xmatch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_request_that_plants_the_nodes_secrets_is_refused(fed: Federation, online: Path) -> None:
+    config = _offline_toml(fed, "c-planting.toml", OFFLINE)
+    out = fed.root / "planting"
+    done = subprocess.run(
+        [sys.executable, "-c", _PLANTING_COORDINATOR, "round", "run", "--config", str(config),
+         "--as-of", AS_OF.isoformat(), "--out", str(out), "-q"],
+        capture_output=True, text=True, check=False, cwd=fed.root,
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    for node, needle in (
+        ("justice", "malformed request content: a ecdh sub-round carries a key draw"),
+        ("police", "malformed request content: the key draw is 64 bytes, not 32"),
+    ):
+        response = fed.root / f"planting-{node}.response"
+        answered = _answer(fed, node, out / "offline" / f"{node}.request", response)
+        assert answered.returncode == 1, answered.stdout
+        assert answered.stderr.count("\n") == 1 and needle in answered.stderr, answered.stderr
+        assert not response.exists()
+        refused = [
+            e
+            for e in audit_entries(fed.audit_log(node))
+            if e.get("event") == "offline_file" and e.get("action") == "refused"
+        ]
+        assert refused and needle.split(": ", 1)[1] in str(refused[-1].get("reason"))
