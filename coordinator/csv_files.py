@@ -14,7 +14,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
 from enum import StrEnum
@@ -37,10 +37,31 @@ def _near(name: str, header: Sequence[str]) -> str:
     words = [h for h in header if h and not any(c.isdigit() for c in h)]
     close = difflib.get_close_matches(name, words, n=1, cutoff=0.7)
     hint = f"the header has {close[0]!r}, a misspelling?" if close else ""
-    if name in ("father_id", "mother_id"):
-        empty = "the column is required; leave its cells empty where the parent is unknown"
-        hint = f"{hint}; {empty}" if hint else empty
     return f" ({hint})" if hint else ""
+
+
+def check_misspelled(
+    table_path: str, index: Mapping[str, int], optional: Sequence[str], formats: Sequence[str]
+) -> None:
+    """Refuse a header that lacks an optional column of ``optional`` but has a column that
+    looks like its misspelling (``fathr_id``): left out, the column means "all empty",
+    which for a parent's ID would make every parent unknown without a word.
+
+    ``formats``: every column of the format (a near name that is one of them is not a
+    misspelling).
+
+    Raises:
+        InputError: line 1 of ``table_path``, naming the column and the near name.
+    """
+    others = [n for n in index if n not in formats]
+    for name in optional:
+        if name not in index:
+            hint = _near(name, others)
+            if hint:
+                raise InputError(
+                    f"{table_path}:1: no column {name}{hint[:-1]}; leave the column out "
+                    "only when no parent is known)"
+                )
 
 
 #: a spreadsheet's delimiter line (``sep=,`` splits into ``sep=`` and an empty name)

@@ -180,10 +180,12 @@ def rows_from_columns(kind: type[_Row], columns: Sequence[Iterable[object]]) -> 
     return list(map(new, repeat(kind), zip(*columns, strict=True)))
 
 
-#: father_id and mother_id are required columns (their cells may be empty): a
-#: misspelled parent column would otherwise read as "no parent known" for every child
-ROSTER_REQUIRED = ("child_id", "child_name", "status", "father_id", "mother_id")
+#: father_id and mother_id may be left out (every parent then unknown), as the data
+#: contract says; a misspelled parent column is still refused, as an unknown column
+ROSTER_REQUIRED = ("child_id", "child_name", "status")
 ROSTER_OPTIONAL = (
+    "father_id",
+    "mother_id",
     "child_birth_date",
     "child_sex",
     "father_name",

@@ -24,6 +24,7 @@ from coordinator.csv_files import (
     _each,
     _normalize_ids,
     _Table,
+    check_misspelled,
     gc_paused,
 )
 from coordinator.record_types import (
@@ -58,6 +59,9 @@ def read_roster(path: Path, *, encoding: Encoding = "auto", as_of: date | None =
             birth date or sex, a region code that is not 6 digits, or no rows.
     """
     table = _Table(path, encoding=encoding, required=ROSTER_REQUIRED, known=ROSTER_OPTIONAL)
+    check_misspelled(
+        table.path, table.index, ("father_id", "mother_id"), ROSTER_REQUIRED + ROSTER_OPTIONAL
+    )
     lines, cells = table.columns(ROSTER_REQUIRED + ROSTER_OPTIONAL)
     return _roster_of_cells(table.path, lines, cells, as_of=as_of)
 

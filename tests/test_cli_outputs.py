@@ -121,3 +121,11 @@ def test_a_roster_row_without_a_name_is_refused(tmp_path: Path, name: str) -> No
     assert info.value.diagnostics() == (
         f"{roster}:2: column child_name: required (the child's name)"
     )
+
+
+def test_a_roster_without_parent_columns_has_every_parent_unknown(tmp_path: Path) -> None:
+    # data contract: father_id and mother_id are optional columns ("empty means unknown")
+    roster = tmp_path / "roster.csv"
+    roster.write_text(f"child_id,child_name,status\n{CHILD},小明,candidate\n", encoding="utf-8")
+    (row,) = read_roster(roster).rows
+    assert (row.child_id, row.father_id, row.mother_id) == (CHILD, None, None)
