@@ -198,8 +198,7 @@ def _key_draw(protocol: str, text: object) -> bytes:
         raise SealedFileError("malformed request content: the key draw is not base64") from None
     if len(draw) != KEY_DRAW_BYTES:
         raise SealedFileError(
-            f"malformed request content: the key draw is {len(draw)} bytes, "
-            f"not {KEY_DRAW_BYTES}"
+            f"malformed request content: the key draw is {len(draw)} bytes, not {KEY_DRAW_BYTES}"
         )
     return draw
 
